@@ -1,0 +1,83 @@
+"""Shared fixtures: paths to ../shared/data, a tiny BPE tokenizer, tiny models of each architecture."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EDITSCALE_SHARED_DATA", REPO.parent / "shared" / "data"))
+COUNTERFACT_500 = SHARED_DATA / "counterfact" / "counterfact_500.json"
+WIKITEXT = SHARED_DATA / "wikitext" / "wikitext-2_valid.tokens.txt"
+GLUE_DIR = SHARED_DATA / "glue"
+
+ARCHS = ("gpt2", "gptj", "gpt_neox", "llama")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("EDITSCALE_RUNSLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow test: pass --runslow (or EDITSCALE_RUNSLOW=1) to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not COUNTERFACT_500.exists():
+        pytest.skip(f"real data subsets not found at {SHARED_DATA} (a fresh clone has no ../shared/data)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def counterfact_path(shared_data) -> Path:
+    return COUNTERFACT_500
+
+
+def _tokenizer_texts() -> list[str]:
+    """Text for the tiny test tokenizer: the real CounterFact prompts when present, else a fixed text."""
+    if COUNTERFACT_500.exists():
+        import json
+
+        texts = []
+        for rec in json.loads(COUNTERFACT_500.read_text()):
+            rw = rec["requested_rewrite"]
+            texts.append(rw["prompt"].format(rw["subject"]) + " " + rw["target_true"]["str"])
+            texts.append(rw["target_new"]["str"])
+            texts.extend(rec["paraphrase_prompts"] + rec["neighborhood_prompts"])
+        return texts
+    words = "the of and to in is was a on for by with as at from capital city language born".split()
+    return [" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) for i in range(400)]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    from editscale.models import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(_tokenizer_texts(), vocab_size=600)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, tiny_tokenizer):
+    """Build (once per session and architecture) a tiny random model folder with save_pretrained."""
+    from editscale.models import build_scratch_model
+
+    built: dict[tuple, Path] = {}
+
+    def make(arch: str = "gpt2", n_layer: int = 3, d_model: int = 32, n_head: int = 4, seed: int = 0) -> Path:
+        key = (arch, n_layer, d_model, n_head, seed)
+        if key not in built:
+            dest = tmp_path_factory.mktemp(f"model-{arch}")
+            build_scratch_model(arch, tiny_tokenizer, dest, n_layer=n_layer, d_model=d_model,
+                                n_head=n_head, n_positions=128, seed=seed)
+            built[key] = dest
+        return built[key]
+
+    return make
