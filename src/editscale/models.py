@@ -336,3 +336,18 @@ def build_scratch_model(arch: str, tokenizer, dest: str | os.PathLike, *, n_laye
     tokenizer.save_pretrained(dest)
     return write_manifest(dest, source="scratch", arch=arch, seed=seed, n_layer=n_layer,
                           d_model=d_model, n_head=n_head)
+
+
+def model_identity(folder: str | os.PathLike) -> dict[str, str]:
+    """``model_id`` and ``revision`` naming a prepared model folder, for provenance and checks.
+
+    Hub models: the repo id and pinned revision. Local and scratch models: the folder's source
+    (path or architecture) and a digest of its files' hashes, so any change of weights shows.
+    """
+    manifest = read_manifest(folder)
+    files_digest = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
+    if manifest.get("source") == "hub":
+        return {"model_id": manifest["repo_id"], "revision": manifest["revision"]}
+    if manifest.get("source") == "scratch":
+        return {"model_id": f"scratch:{manifest.get('arch')}", "revision": f"seed{manifest.get('seed')}-{files_digest}"}
+    return {"model_id": f"local:{manifest.get('path', str(Path(folder).resolve()))}", "revision": files_digest}

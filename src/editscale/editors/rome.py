@@ -1,0 +1,292 @@
+"""ROME: rank-one model editing (Meng et al. 2022), with the r-ROME key option (Gupta et al. 2024).
+
+Faithful to the public algorithm:
+
+* u = C^-1 k*, normalised, where k* is the edited matrix's input at the subject's last token,
+  averaged over the prompt preceded by each context template;
+* v* = (MLP output at the subject) + delta, delta optimised with Adam on the NLL of the new
+  target after every context template + a KL term on "{} is a" + a weight-decay term, with
+  ||delta|| clamped to ``clamp_norm_factor`` x the initial output norm; 20 forward passes and 19
+  updates at most, stopping when the loss falls under ``early_stop_loss``;
+* v = (v* - W k - b) / (k . u) and W <- W + v u^T.
+
+``key_mode='original'`` uses the bare prompt's key k in the last step (the asymmetry the paper
+studied); ``key_mode='homogeneous'`` (r-ROME) uses k* there too.
+
+Speed: the blocks below the edited one never change during the v* optimisation, so they run once
+per edit; each step runs only the blocks above it, and the LM head only at the positions a loss
+reads. All prompts form one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..models import arch_of, get_module, n_layers, upper_layers_only
+from .base import EditResult, ParamUpdate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RomeHParams:
+    layer: int
+    v_num_grad_steps: int = 20
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    kl_prompt: str = "{} is a"
+    early_stop_loss: float = 0.05
+    mom2_adjustment: bool = True
+    context_template_lengths: list = field(default_factory=lambda: [[5, 10], [10, 10]])
+    context_template_top_k: int = 5
+    key_mode: str = "original"  # original | homogeneous (r-ROME)
+
+    def __post_init__(self):
+        if self.key_mode not in ("original", "homogeneous"):
+            raise ValueError(f"rome.key_mode must be 'original' or 'homogeneous', not {self.key_mode!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RomeHParams":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ROME hyperparameters: {unknown} (known: {sorted(known)})")
+        return cls(**d)
+
+
+@torch.no_grad()
+def generate_context_templates(model, tok, lengths: list, top_k: int, seed: int) -> list[str]:
+    """'{}' plus, for each (length, n), n prefixes sampled top-k from the model, each + '. {}'.
+
+    As the public code: generation starts from the BOS/EOS token and stops at ``length`` tokens
+    in all (so length - 1 sampled tokens); braces are removed. Unlike the public code, sampling
+    uses a local seeded generator, so the templates are reproducible.
+    """
+    device = next(model.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    templates = ["{}"]
+    for length, count in lengths:
+        ids = torch.full((count, 1), start, dtype=torch.long, device=device)
+        past = None
+        step_input = ids
+        for _ in range(int(length) - 1):
+            out = model(input_ids=step_input, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            logits = out.logits[:, -1].float().cpu()
+            top = logits.topk(top_k, dim=-1)
+            probs = top.values.softmax(-1)
+            choice = torch.multinomial(probs, 1, generator=gen)
+            nxt = top.indices.gather(1, choice).to(device)
+            ids = torch.cat([ids, nxt], dim=1)
+            step_input = nxt
+        for row in ids[:, 1:]:
+            text = tok.decode(row, skip_special_tokens=True).replace("{", " ").replace("}", " ")
+            templates.append(text + ". {}")
+    return templates
+
+
+def _subject_last_index(offsets: list[tuple[int, int]], subject_end: int) -> int:
+    """Index of the last token that starts before the subject's last character ends."""
+    idx = -1
+    for i, (s, e) in enumerate(offsets):
+        if e > s and s < subject_end:
+            idx = i
+    if idx < 0:
+        raise ValueError("subject not found among the prompt's tokens")
+    return idx
+
+
+def build_prompts(tok, texts: list[tuple[str, int]]):
+    """Tokenise (text, subject_end_char) pairs with right padding; return encoding + lookup indices."""
+    enc = tok([t for t, _ in texts], return_tensors="pt", padding=True, padding_side="right",
+              return_offsets_mapping=True)
+    lookup = [_subject_last_index(enc["offset_mapping"][i].tolist(), end) for i, (_, end) in enumerate(texts)]
+    del enc["offset_mapping"]
+    return enc, torch.tensor(lookup)
+
+
+class _StopForward(Exception):
+    pass
+
+
+class RomeEditor:
+    """Computes ROME updates for one matrix of a model (the MLP output projection of ``layer``)."""
+
+    name = "rome"
+    update_kind = "rank_one"
+    info_names = ("v_loss", "v_nll_init", "v_nll", "v_kl", "v_steps", "delta_norm", "target_init_norm", "key_gap")
+
+    def __init__(self, model, tok, hparams: RomeHParams, second_moment: torch.Tensor | None,
+                 context_templates: list[str]):
+        self.model, self.tok, self.hp = model, tok, hparams
+        self.spec = arch_of(model)
+        if not 0 <= hparams.layer < n_layers(model):
+            raise ValueError(f"rome.layer={hparams.layer} is outside the model's {n_layers(model)} layers")
+        self.module_path = self.spec.mlp_out_path(hparams.layer)
+        self.module = get_module(model, self.module_path)
+        self.device = next(model.parameters()).device
+        self.context_templates = list(context_templates)
+        self.c_inv = None
+        if hparams.mom2_adjustment:
+            if second_moment is None:
+                raise ValueError("ROME with mom2_adjustment needs key statistics (second_moment)")
+            self.c_inv = _inverse(second_moment).to(self.device, torch.float32)
+
+    @property
+    def edited_modules(self) -> list[str]:
+        return [self.module_path]
+
+    def state_strings(self) -> dict[str, list[str]]:
+        """What a resumed run needs to continue identically (stored in the trajectory file)."""
+        return {"context_templates": self.context_templates}
+
+    def hparams_dict(self) -> dict:
+        return asdict(self.hp)
+
+    # -- the edit -------------------------------------------------------------------------
+    def compute(self, record: dict) -> EditResult:
+        rw = record["requested_rewrite"]
+        prompt, subject = rw["prompt"], rw["subject"]
+        new = rw["target_new"]["str"]
+        target_ids = self.tok(new if new.startswith(" ") else " " + new, add_special_tokens=False)["input_ids"]
+        target_prefix = self.tok.decode(target_ids[:-1])
+        pre, _, post = prompt.partition("{}")
+
+        texts = []
+        for ctx in self.context_templates:
+            cpre, _, cpost = ctx.partition("{}")
+            head = cpre + pre + subject
+            texts.append((head + post + cpost + target_prefix, len(head)))
+        kpre, _, kpost = self.hp.kl_prompt.partition("{}")
+        texts.append((kpre + subject + kpost, len(kpre + subject)))
+        enc, lookup = build_prompts(self.tok, texts)
+        enc, lookup = enc.to(self.device), lookup.to(self.device)
+        n_rw = len(self.context_templates)
+
+        resid, keys, mlp_out0 = self._lower_pass(enc, lookup)
+        k_star = keys[:n_rw].mean(0)
+        k_bare = keys[0]
+        target_init = mlp_out0
+
+        delta, info = self._optimise_delta(enc, lookup, resid, target_ids, n_rw, target_init)
+        target = target_init + delta
+
+        u = k_star.float()
+        if self.c_inv is not None:
+            u = self.c_inv @ u
+        u = u / u.norm()
+        k_used = k_bare if self.hp.key_mode == "original" else k_star
+        with torch.no_grad():
+            cur_out = self.module(k_used.to(self.module.weight.dtype)[None]).float()[0]
+        v = (target - cur_out) / torch.dot(k_used.float(), u)
+        info.update(delta_norm=float(delta.norm()), target_init_norm=float(target_init.norm()),
+                    key_gap=float((k_star - k_bare).norm() / k_bare.norm()))
+        vectors = {"k_used": k_used, "k_star": k_star, "k_bare": k_bare, "target": target, "u": u}
+        return EditResult([ParamUpdate(self.module_path, u=u.detach(), v=v.detach())], info, vectors)
+
+    @torch.no_grad()
+    def _lower_pass(self, enc, lookup):
+        """One pass up to the edited block: residual after it, keys and MLP output at the subjects."""
+        captured = {}
+        rows = torch.arange(len(lookup), device=self.device)
+
+        def mlp_hook(mod, inputs, output):
+            captured["keys"] = inputs[0][rows, lookup].float()
+            captured["mlp0"] = output[0, lookup[0]].float()
+
+        def block_hook(mod, inputs, output):
+            captured["resid"] = (output[0] if isinstance(output, tuple) else output).detach()
+            raise _StopForward
+
+        block = get_module(self.model, self.spec.layer_path(self.hp.layer))
+        h1 = self.module.register_forward_hook(mlp_hook)
+        h2 = block.register_forward_hook(block_hook)
+        try:
+            get_module(self.model, self.spec.base)(**enc, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            h1.remove()
+            h2.remove()
+        return captured["resid"], captured["keys"], captured["mlp0"]
+
+    def _optimise_delta(self, enc, lookup, resid, target_ids, n_rw, target_init):
+        hp, dev = self.hp, self.device
+        mask = enc["attention_mask"]
+        n, t = mask.shape
+        lengths = mask.sum(1)
+        # positions whose logits predict target tokens (rewrite prompts) and the KL position
+        tgt = torch.tensor(target_ids, device=dev)
+        m = len(target_ids)
+        start = lengths[:n_rw] - m
+        pos = start[:, None] + torch.arange(m, device=dev)[None]  # (n_rw, m)
+        rw_rows = torch.arange(n_rw, device=dev)[:, None].expand(n_rw, m)
+        kl_row, kl_pos = n - 1, lookup[-1]
+        onehot = torch.zeros(n, t, 1, device=dev, dtype=resid.dtype)
+        onehot[torch.arange(n, device=dev), lookup] = 1
+
+        delta = torch.zeros(resid.shape[-1], device=dev, dtype=torch.float32, requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=hp.v_lr)
+        head = get_module(self.model, self.spec.lm_head)
+        init_kl = None
+        max_norm = hp.clamp_norm_factor * target_init.norm()
+        info = {}
+        with upper_layers_only(self.model, hp.layer + 1) as upper:
+            for it in range(hp.v_num_grad_steps):
+                opt.zero_grad()
+                h = resid + onehot * delta.to(resid.dtype)
+                hidden = upper(inputs_embeds=h, attention_mask=mask, use_cache=False).last_hidden_state
+                sel = torch.cat([hidden[rw_rows.reshape(-1), pos.reshape(-1)], hidden[kl_row, kl_pos][None]])
+                logp = head(sel).float().log_softmax(-1)
+                nll_tok = -logp[:-1].gather(1, tgt.repeat(n_rw)[:, None]).view(n_rw, m)
+                nll = (nll_tok.sum(1) / m).mean()
+                kl_logp = logp[-1:]
+                if init_kl is None:
+                    init_kl = kl_logp.detach().clone()
+                    nll_init = nll.item()
+                kl = hp.kl_factor * F.kl_div(init_kl, kl_logp, log_target=True, reduction="batchmean")
+                wd = hp.v_weight_decay * (delta.norm() / target_init.norm() ** 2)
+                loss = nll + kl + wd
+                info = {"v_loss": loss.item(), "v_nll_init": nll_init, "v_nll": nll.item(), "v_kl": kl.item(), "v_steps": it + 1}
+                if loss.item() < hp.early_stop_loss or it == hp.v_num_grad_steps - 1:
+                    break
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    norm = delta.norm()
+                    if norm > max_norm:
+                        delta.mul_(max_norm / norm)
+        return delta.detach(), info
+
+
+def _inverse(second_moment: torch.Tensor) -> torch.Tensor:
+    """Inverse of the key second moment in float64, with a clear error when it is singular."""
+    c = second_moment.double()
+    try:
+        chol = torch.linalg.cholesky(c)
+    except RuntimeError as err:  # torch raises _LinAlgError (a RuntimeError subclass)
+        raise ValueError(
+            "the key second-moment matrix is not positive definite: the statistics saw too few "
+            f"tokens for a {c.shape[0]}-dimensional key (raise stats.n_docs)"
+        ) from err
+    return torch.cholesky_inverse(chol)
+
+
+def make_editor(model, tok, hparams: dict, second_moment: torch.Tensor | None, seed: int,
+                state: dict | None = None) -> RomeEditor:
+    """Build a ROME editor; context templates come from ``state`` (resume) or are generated (seeded)."""
+    hp = RomeHParams.from_dict(hparams)
+    if state and state.get("context_templates"):
+        templates = list(state["context_templates"])
+    else:
+        templates = generate_context_templates(model, tok, hp.context_template_lengths,
+                                               hp.context_template_top_k, seed)
+        log.info("generated %d context templates (seed %d)", len(templates), seed)
+    return RomeEditor(model, tok, hp, second_moment, templates)

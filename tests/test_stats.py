@@ -1,0 +1,275 @@
+"""Tests of editscale.stats: key second moment, early stop, resume, provenance checks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import ARCHS
+from editscale.models import arch_of, get_module, load_model, weight_out_in
+from editscale.stats import (
+    StatsMismatchError,
+    compute_key_second_moment,
+    load_key_second_moment,
+    pack_batches,
+    stats_attrs,
+)
+
+WORDS = ("the of and to in is was a on for by with as at from capital city language born "
+         "river north lobster paris french poet ocean played guitar").split()
+IDENTITY = {"model_id": "tiny/gpt2", "revision": "abc123", "corpus": "synthetic",
+            "corpus_fingerprint": "f00d"}
+
+
+def make_docs(n: int, seed: int = 0) -> list[str]:
+    """Documents of varied length (some longer than the truncation limit, one empty)."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i in range(n):
+        n_words = int(rng.integers(1, 90))
+        docs.append(" ".join(WORDS[j] for j in rng.integers(0, len(WORDS), n_words)))
+    docs[3] = ""
+    return docs
+
+
+class KilledIterator:
+    """Yields documents, then raises (simulating a kill) after ``kill_after`` of them."""
+
+    def __init__(self, docs: list[str], kill_after: int):
+        self.docs, self.kill_after = docs, kill_after
+
+    def __iter__(self):
+        for i, d in enumerate(self.docs):
+            if i == self.kill_after:
+                raise KeyboardInterrupt("simulated kill")
+            yield d
+
+
+def brute_force(model, tok, layer: int, docs: list[str], max_len: int) -> torch.Tensor:
+    """sum k k^T / count with the full model, one document at a time, no padding."""
+    spec = arch_of(model)
+    target = get_module(model, spec.mlp_out_path(layer))
+    keys = []
+    handle = target.register_forward_hook(lambda m, i, o: keys.append(i[0][0]))
+    try:
+        with torch.no_grad():
+            for d in docs:
+                ids = tok(d, truncation=True, max_length=max_len, return_tensors="pt")["input_ids"]
+                if ids.shape[1]:
+                    model(input_ids=ids)
+    finally:
+        handle.remove()
+    k = torch.cat(keys).to(torch.float64)
+    return k.T @ k / k.shape[0]
+
+
+@pytest.fixture(scope="module")
+def gpt2(tiny_model_factory):
+    return load_model(tiny_model_factory("gpt2"))
+
+
+def test_matches_brute_force_float64(gpt2, tmp_path):
+    model, tok = gpt2
+    model = model.to(torch.float64)
+    try:
+        docs = make_docs(40)
+        out = tmp_path / "c.h5"
+        compute_key_second_moment(model, tok, 1, docs, out, n_docs=40, max_doc_tokens=48,
+                                  batch_tokens=256, attrs=IDENTITY)
+        got = load_key_second_moment(out, expect={"layer": 1})
+        want = brute_force(model, tok, 1, docs, 48)
+    finally:
+        model.to(torch.float32)
+    assert got.dtype == torch.float64 and got.shape == (128, 128)
+    rel = (got - want).norm() / want.norm()
+    assert rel < 1e-10, rel
+    attrs = stats_attrs(out)
+    n_tokens = sum(min(len(tok(d)["input_ids"]), 48) for d in docs)
+    assert attrs["count"] == n_tokens
+    assert attrs["n_docs"] == 40 and attrs["n_empty_docs"] == 1
+    assert attrs["layer"] == 1 and attrs["module"] == "transformer.h.1.mlp.c_proj"
+    assert attrs["max_doc_tokens"] == 48 and attrs["dtype"] == "float64"
+    for key, value in IDENTITY.items():
+        assert attrs[key] == value
+    with h5py.File(out) as h5:
+        assert h5["mom2_sum"].dtype == np.float64 and h5["mom2_sum"].compression == "gzip"
+        assert h5["mean_sum"].shape == (128,)
+
+
+def test_matches_brute_force_float32(gpt2, tmp_path):
+    model, tok = gpt2
+    docs = make_docs(30, seed=1)
+    out = tmp_path / "c.h5"
+    compute_key_second_moment(model, tok, 2, docs, out, n_docs=30, max_doc_tokens=64,
+                              batch_tokens=300, attrs=IDENTITY)
+    got = load_key_second_moment(out, expect={"layer": 2})
+    want = brute_force(model, tok, 2, docs, 64)
+    assert (got - want).norm() / want.norm() < 1e-5
+
+
+def test_truncates_to_model_positions(gpt2, tmp_path):
+    model, tok = gpt2
+    docs = [" ".join(["paris"] * 400)]
+    out = tmp_path / "c.h5"
+    compute_key_second_moment(model, tok, 0, docs, out, n_docs=1, max_doc_tokens=1024, attrs=IDENTITY)
+    attrs = stats_attrs(out)
+    assert attrs["max_doc_tokens"] == 128 and attrs["count"] == 128
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_architectures_symmetric_psd(arch, tiny_model_factory, tmp_path):
+    model, tok = load_model(tiny_model_factory(arch))
+    spec = arch_of(model)
+    d_in = weight_out_in(get_module(model, spec.mlp_out_path(1)).weight, spec).shape[1]
+    out = tmp_path / "c.h5"
+    compute_key_second_moment(model, tok, 1, make_docs(12), out, n_docs=12, max_doc_tokens=40,
+                              batch_tokens=128, attrs=IDENTITY)
+    c = load_key_second_moment(out, expect={"layer": 1, "module": spec.mlp_out_path(1)})
+    assert c.shape == (d_in, d_in)
+    assert torch.equal(c, c.T)
+    assert torch.linalg.eigvalsh(c).min() > -1e-10 * c.diagonal().max()
+    assert c.diagonal().min() >= 0 and c.trace() > 0
+
+
+def test_blocks_above_layer_not_run(gpt2, tmp_path):
+    model, tok = gpt2
+    spec = arch_of(model)
+    calls = {"below": 0, "above": 0, "head": 0}
+
+    def counter(name):
+        def hook(*_):
+            calls[name] += 1
+        return hook
+
+    handles = [
+        get_module(model, spec.layer_path(1)).register_forward_pre_hook(counter("below")),
+        get_module(model, spec.layer_path(2)).register_forward_hook(counter("above")),
+        get_module(model, spec.layer_path(2)).register_forward_pre_hook(counter("above")),
+        get_module(model, spec.lm_head).register_forward_hook(counter("head")),
+    ]
+    try:
+        compute_key_second_moment(model, tok, 1, make_docs(10), tmp_path / "c.h5", n_docs=10,
+                                  max_doc_tokens=32, batch_tokens=64, attrs=IDENTITY)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls["below"] > 0
+    assert calls["above"] == 0 and calls["head"] == 0
+
+
+def test_kill_and_resume_equals_uninterrupted(gpt2, tmp_path, caplog):
+    model, tok = gpt2
+    docs = make_docs(23, seed=2)
+    kw = dict(n_docs=23, max_doc_tokens=40, batch_tokens=128, checkpoint_every_docs=5,
+              attrs=IDENTITY)
+    ref = tmp_path / "ref.h5"
+    compute_key_second_moment(model, tok, 1, docs, ref, **kw)
+
+    out = tmp_path / "resumed.h5"
+    partial = Path(str(out) + ".partial.h5")
+    with pytest.raises(KeyboardInterrupt):
+        compute_key_second_moment(model, tok, 1, KilledIterator(docs, 13), out, **kw)
+    assert not out.exists() and partial.exists()
+    with h5py.File(partial) as h5:
+        assert h5.attrs["docs_done"] == 10
+    with caplog.at_level(logging.INFO, logger="editscale.stats"):
+        compute_key_second_moment(model, tok, 1, docs, out, **kw)
+    assert "resuming after 10 docs" in caplog.text
+    assert out.exists() and not partial.exists()
+    with h5py.File(ref) as a, h5py.File(out) as b:
+        assert np.array_equal(a["mom2_sum"][()], b["mom2_sum"][()])
+        assert np.array_equal(a["mean_sum"][()], b["mean_sum"][()])
+        assert a.attrs["count"] == b.attrs["count"]
+    assert stats_attrs(out)["n_docs"] == 23
+
+
+def test_checkpoint_with_other_settings_is_ignored(gpt2, tmp_path):
+    model, tok = gpt2
+    docs = make_docs(12, seed=3)
+    out = tmp_path / "c.h5"
+    with pytest.raises(KeyboardInterrupt):
+        compute_key_second_moment(model, tok, 1, KilledIterator(docs, 7), out, n_docs=12,
+                                  max_doc_tokens=40, checkpoint_every_docs=5,
+                                  attrs=dict(IDENTITY, corpus_fingerprint="other"))
+    compute_key_second_moment(model, tok, 1, docs, out, n_docs=12, max_doc_tokens=40,
+                              checkpoint_every_docs=5, attrs=IDENTITY)
+    ref = tmp_path / "ref.h5"
+    compute_key_second_moment(model, tok, 1, docs, ref, n_docs=12, max_doc_tokens=40,
+                              checkpoint_every_docs=5, attrs=IDENTITY)
+    assert stats_attrs(out)["count"] == stats_attrs(ref)["count"]
+
+
+@pytest.mark.parametrize("key,bad", [("model_id", "other/model"), ("revision", "deadbeef"),
+                                     ("layer", 5)])
+def test_mismatch_refused(gpt2, tmp_path, key, bad):
+    model, tok = gpt2
+    out = tmp_path / "c.h5"
+    compute_key_second_moment(model, tok, 1, make_docs(4), out, n_docs=4, max_doc_tokens=16,
+                              attrs=IDENTITY)
+    expect = {"model_id": IDENTITY["model_id"], "revision": IDENTITY["revision"], "layer": 1}
+    load_key_second_moment(out, expect=expect)
+    expect[key] = bad
+    with pytest.raises(StatsMismatchError) as err:
+        load_key_second_moment(out, expect=expect)
+    msg = str(err.value)
+    assert key in msg and str(out) in msg and repr(bad) in msg
+    found = 1 if key == "layer" else repr(IDENTITY[key])
+    assert str(found) in msg
+
+
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nope.h5"
+    with pytest.raises(FileNotFoundError, match="nope.h5"):
+        load_key_second_moment(missing, expect={})
+
+
+def test_short_corpus_records_real_n_docs(gpt2, tmp_path, caplog):
+    model, tok = gpt2
+    out = tmp_path / "c.h5"
+    with caplog.at_level(logging.WARNING, logger="editscale.stats"):
+        compute_key_second_moment(model, tok, 0, iter(make_docs(7)), out, n_docs=100,
+                                  max_doc_tokens=32, checkpoint_every_docs=3, attrs=IDENTITY)
+    attrs = stats_attrs(out)
+    assert attrs["n_docs"] == 7 and attrs["n_docs_requested"] == 100
+    assert "corpus ended after 7 documents" in caplog.text
+    assert not Path(str(out) + ".partial.h5").exists()
+
+
+def test_extra_attrs_round_trip(gpt2, tmp_path):
+    model, tok = gpt2
+    out = tmp_path / "c.h5"
+    extra = dict(IDENTITY, seeds=[1, 2], config={"a": 1.5}, note=None)
+    compute_key_second_moment(model, tok, 0, make_docs(4), out, n_docs=4, max_doc_tokens=16,
+                              attrs=extra)
+    attrs = stats_attrs(out)
+    assert attrs["seeds"] == [1, 2] and attrs["config"] == {"a": 1.5} and attrs["note"] is None
+    with pytest.raises(ValueError, match="layer"):
+        compute_key_second_moment(model, tok, 0, make_docs(4), out, n_docs=4,
+                                  attrs=dict(IDENTITY, layer=3))
+
+
+def test_pack_batches_respects_budget():
+    lengths = [5, 0, 17, 3, 17, 40, 1, 9, 9, 2]
+    batches = pack_batches(lengths, batch_tokens=36)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == [i for i, n in enumerate(lengths) if n > 0]
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 36
+    assert batches[0] == [5]  # longer than the budget: alone
+
+
+def test_progress_is_logged(gpt2, tmp_path, caplog):
+    model, tok = gpt2
+    with caplog.at_level(logging.INFO, logger="editscale.stats"):
+        compute_key_second_moment(model, tok, 0, make_docs(6), tmp_path / "c.h5", n_docs=6,
+                                  max_doc_tokens=16, batch_tokens=32, progress_every_s=0.0,
+                                  attrs=IDENTITY)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("key statistics of transformer.h.0.mlp.c_proj")
+    assert any("/ 6 docs" in line and "tokens/s" in line for line in lines)
+    assert "written to" in lines[-1]
