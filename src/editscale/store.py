@@ -1,0 +1,228 @@
+"""HDF5 store of one edit trajectory, written incrementally and resumable.
+
+Layout of ``<trajectory>.h5``::
+
+    attrs: format, method, editor, n_edits, snapshot_every, n_done, complete, params (json),
+           conv1d, config (json), config_hash, hparams (json), seed, environment (json),
+           model (json manifest), ordering_sha256, counterfact_sha256, stats_sha256, resume_key
+    editor_state/<key>            strings (e.g. context_templates)
+    metrics/<name>                (n_edits,) float64 per-edit values (NaN until written)
+    updates/<i>/u, updates/<i>/v  (n_edits, in) / (n_edits, out) float32 rank-one factors of param i
+    updates/<i>/dense             (n_edits, out, in) float32 for methods without factors
+    snapshots/<i>/<t>             exact copy (storage orientation and dtype) of param i after edit t
+
+While running, the file is ``<trajectory>.h5.partial``; ``n_done`` is advanced (and the file
+flushed) only after an edit's metrics, update and snapshot are all written. The finished file is
+renamed to its final name with ``complete=True``, so a half-written file never passes for a
+finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from .editors.base import ParamUpdate, apply_update
+from .models import ArchSpec, ARCHITECTURES
+
+FORMAT = "editscale-trajectory/1"
+_STR = h5py.string_dtype()
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    return Path(str(path) + ".partial")
+
+
+def _torch_to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: keep the bits
+        return t.view(torch.int16).numpy()
+    return t.numpy()
+
+
+def _numpy_to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if dtype == "torch.bfloat16":
+        return t.view(torch.bfloat16)
+    return t
+
+
+class TrajectoryWriter:
+    """Append-only writer of one trajectory; create or resume with :meth:`open`."""
+
+    def __init__(self, f: h5py.File, path: Path):
+        self.f, self.path = f, path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, n_edits: int, params: list[str],
+             shapes: dict[str, tuple], dtypes: dict[str, str], kinds: dict[str, str],
+             metric_names: list[str], attrs: dict, resume_key: str) -> "TrajectoryWriter":
+        """Create ``path.partial``, or reopen it when its ``resume_key`` matches."""
+        part = partial_path(path)
+        if part.exists():
+            f = h5py.File(part, "r+")
+            found = f.attrs.get("resume_key")
+            if found != resume_key:
+                f.close()
+                raise StoreError(
+                    f"{part} holds an unfinished trajectory made with different inputs or settings "
+                    f"(resume key {found!r} != {resume_key!r}); move it away to start afresh"
+                )
+            return cls(f, part)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(part) + ".new")
+        f = h5py.File(tmp, "w")
+        f.attrs["format"] = FORMAT
+        f.attrs["n_edits"] = n_edits
+        f.attrs["n_done"] = 0
+        f.attrs["complete"] = False
+        f.attrs["params"] = json.dumps(params)
+        f.attrs["param_dtypes"] = json.dumps(dtypes)
+        f.attrs["resume_key"] = resume_key
+        for k, v in attrs.items():
+            f.attrs[k] = v if isinstance(v, (int, float, str, bool, np.integer, np.floating)) else json.dumps(v)
+        g = f.create_group("metrics")
+        for name in metric_names:
+            g.create_dataset(name, shape=(n_edits,), dtype="f8", fillvalue=np.nan)
+        for i, p in enumerate(params):
+            out_dim, in_dim = shapes[p]
+            ug = f.create_group(f"updates/{i}")
+            ug.attrs["module"] = p
+            ug.attrs["kind"] = kinds[p]
+            if kinds[p] == "rank_one":
+                ug.create_dataset("u", shape=(n_edits, in_dim), dtype="f4", chunks=(1, in_dim))
+                ug.create_dataset("v", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim))
+            else:
+                ug.create_dataset("dense", shape=(n_edits, out_dim, in_dim), dtype="f4",
+                                  chunks=(1, out_dim, in_dim), compression="gzip", compression_opts=1)
+            f.create_group(f"snapshots/{i}")
+        f.create_group("editor_state")
+        f.flush()
+        f.close()
+        os.replace(tmp, part)
+        return cls(h5py.File(part, "r+"), part)
+
+    @property
+    def n_done(self) -> int:
+        return int(self.f.attrs["n_done"])
+
+    def editor_state(self) -> dict:
+        g = self.f["editor_state"]
+        return {k: [s.decode() if isinstance(s, bytes) else s for s in g[k][()]] for k in g}
+
+    def write_editor_state(self, state: dict) -> None:
+        g = self.f["editor_state"]
+        for k, v in state.items():
+            if isinstance(v, list) and all(isinstance(s, str) for s in v):
+                if k in g:
+                    del g[k]
+                g.create_dataset(k, data=np.array(v, dtype=object), dtype=_STR)
+            else:
+                g.attrs[k] = json.dumps(v)
+        self.f.flush()
+
+    def write_snapshot(self, t: int, weights: dict[str, torch.Tensor]) -> None:
+        params = json.loads(self.f.attrs["params"])
+        for i, p in enumerate(params):
+            g = self.f[f"snapshots/{i}"]
+            if str(t) in g:
+                del g[str(t)]
+            g.create_dataset(str(t), data=_torch_to_numpy(weights[p]), compression="gzip",
+                             compression_opts=1, chunks=True)
+
+    def write_edit(self, t: int, metrics: dict[str, float], updates: list[ParamUpdate],
+                   snapshot: dict[str, torch.Tensor] | None = None) -> None:
+        """Record edit ``t`` (1-based) and advance ``n_done`` to ``t`` after a flush."""
+        if t != self.n_done + 1:
+            raise StoreError(f"edit {t} written out of order (n_done={self.n_done})")
+        params = json.loads(self.f.attrs["params"])
+        for name, value in metrics.items():
+            self.f[f"metrics/{name}"][t - 1] = value
+        by_module = {u.module: u for u in updates}
+        for i, p in enumerate(params):
+            upd = by_module[p]
+            g = self.f[f"updates/{i}"]
+            if upd.kind == "rank_one":
+                g["u"][t - 1] = _torch_to_numpy(upd.u.float())
+                g["v"][t - 1] = _torch_to_numpy(upd.v.float())
+            else:
+                g["dense"][t - 1] = _torch_to_numpy(upd.dense.float())
+        if snapshot is not None:
+            self.write_snapshot(t, snapshot)
+        self.f.flush()
+        self.f.attrs["n_done"] = t
+        self.f.flush()
+
+    def finish(self, final_path: str | os.PathLike) -> None:
+        self.f.attrs["complete"] = True
+        self.f.flush()
+        self.f.close()
+        os.replace(self.path, final_path)
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+
+# -- readers --------------------------------------------------------------------------------
+def read_metrics(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The per-edit metric columns of a trajectory file (finished or partial), first ``n_done`` rows."""
+    with h5py.File(path, "r") as f:
+        n = int(f.attrs["n_done"])
+        return {k: f["metrics"][k][:n] for k in f["metrics"]}
+
+
+def read_updates(f: h5py.File, t_from: int, t_to: int) -> list[list[ParamUpdate]]:
+    """Updates of edits ``t_from+1 .. t_to`` (1-based, inclusive end), in order."""
+    params = json.loads(f.attrs["params"])
+    cols = []
+    for i, p in enumerate(params):
+        g = f[f"updates/{i}"]
+        if g.attrs["kind"] == "rank_one":
+            us, vs = g["u"][t_from:t_to], g["v"][t_from:t_to]
+            cols.append([ParamUpdate(p, u=torch.from_numpy(u), v=torch.from_numpy(v)) for u, v in zip(us, vs)])
+        else:
+            ds = g["dense"][t_from:t_to]
+            cols.append([ParamUpdate(p, dense=torch.from_numpy(d)) for d in ds])
+    return [list(row) for row in zip(*cols)]
+
+
+def snapshot_steps(f: h5py.File) -> list[int]:
+    return sorted(int(k) for k in f["snapshots/0"]) if "snapshots/0" in f else []
+
+
+def rebuild_weights(path: str | os.PathLike, t: int, spec: ArchSpec | str | None = None,
+                    device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The edited matrices after edit ``t`` (0 = before any edit), from the nearest snapshot.
+
+    Applies the stored updates with the runner's own :func:`apply_update`, so on the same device
+    the result equals the runner's in-memory weights bit for bit.
+    """
+    with h5py.File(path, "r") as f:
+        n_done = int(f.attrs["n_done"])
+        if not 0 <= t <= n_done:
+            raise StoreError(f"{path}: edit {t} requested, but the file holds edits 0..{n_done}")
+        if spec is None:
+            spec = f.attrs["arch"]
+        if isinstance(spec, str):
+            spec = ARCHITECTURES[spec]
+        params = json.loads(f.attrs["params"])
+        dtypes = json.loads(f.attrs["param_dtypes"])
+        base = max(s for s in snapshot_steps(f) if s <= t)
+        weights = {
+            p: _numpy_to_torch(f[f"snapshots/{i}/{base}"][()], dtypes[p]).to(device)
+            for i, p in enumerate(params)
+        }
+        for row in read_updates(f, base, t):
+            for upd in row:
+                apply_update(weights[upd.module], upd, spec)
+    return weights

@@ -1,0 +1,189 @@
+"""The trajectory runner: one model, one method, one ordering, edited sequentially.
+
+After every edit the runner records, for the record just edited, ES/PS/NS with magnitudes and
+argmax variants, the normalised distance ||W_t - W_0||_F / numel of every edited matrix, the
+Frobenius norm of the edit's update, the editor's diagnostics and wall times. Everything goes to
+the HDF5 store, flushed after each edit; a killed run resumes from its last complete edit.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from . import data as cf_data
+from .editors import load_editor_module
+from .editors.base import apply_updates
+from .evaluation import METRIC_NAMES, evaluate_record
+from .models import arch_of, edit_parameter, load_model, model_identity, read_manifest, sha256_file
+from .store import TrajectoryWriter, rebuild_weights
+
+log = logging.getLogger(__name__)
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
+def select_records(counterfact_path, ordering_path, n_edits: int) -> list[dict]:
+    """The first ``n_edits`` records of an ordering, validated, failing before any model work."""
+    records = cf_data.records_by_case_id(cf_data.load_counterfact(counterfact_path))
+    order = cf_data.read_ordering(ordering_path)
+    if len(order) < n_edits:
+        raise ValueError(f"n_edits={n_edits} but the ordering {ordering_path} has only {len(order)} records")
+    missing = [c for c in order[:n_edits] if c not in records]
+    if missing:
+        raise ValueError(f"ordering {ordering_path} names case_ids absent from {counterfact_path}: {missing[:5]}")
+    return [records[c] for c in order[:n_edits]]
+
+
+def load_second_moment(stats_path, model_dir, layer: int) -> torch.Tensor:
+    from .stats import load_key_second_moment
+
+    expect = {**model_identity(model_dir), "layer": layer}
+    return load_key_second_moment(stats_path, expect=expect)
+
+
+def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, out_path, method: str,
+                   editor: str, hparams: dict, n_edits: int, snapshot_every: int, seed: int,
+                   dtype: str = "float32", device: str = "cpu", config: dict | None = None,
+                   eval_batch_size: int = 64, progress_every_s: float = 30.0) -> None:
+    """Run (or resume) one sequential editing trajectory and write ``out_path`` (HDF5)."""
+    t_start = time.perf_counter()
+    if n_edits < 1 or snapshot_every < 1:
+        raise ValueError("n_edits and snapshot_every must be >= 1")
+    records = select_records(counterfact_path, ordering_path, n_edits)
+    module = load_editor_module(editor)
+    torch.manual_seed(seed)
+    model, tok = load_model(model_dir, dtype=dtype, device=device)
+    spec = arch_of(model)
+    second_moment = None
+    if stats_path is not None:
+        second_moment = load_second_moment(stats_path, model_dir, int(hparams["layer"]))
+
+    identity = model_identity(model_dir)
+    stats_sha = sha256_file(stats_path) if stats_path else None
+    resume_key = _hash({
+        "method": method, "editor": editor, "hparams": hparams, "model": identity, "seed": seed,
+        "n_edits": n_edits, "snapshot_every": snapshot_every, "dtype": dtype,
+        "case_ids": [r["case_id"] for r in records], "stats": stats_sha,
+    })
+    from .provenance import config_hash, environment
+
+    attrs = {
+        "method": method, "editor": editor, "arch": spec.name, "conv1d": spec.conv1d,
+        "snapshot_every": snapshot_every, "seed": seed, "dtype": dtype, "hparams": hparams,
+        "model": read_manifest(model_dir), "model_id": identity["model_id"],
+        "revision": identity["revision"], "counterfact_sha256": sha256_file(counterfact_path),
+        "ordering_sha256": sha256_file(ordering_path), "stats_sha256": stats_sha or "",
+        "config": config or {}, "config_hash": config_hash(config or {}), "environment": environment(),
+    }
+
+    # The writer needs the editor's matrices and diagnostics; build the editor (context
+    # templates from the file when resuming, else generated with the seed) on the unedited model.
+    part_state = _peek_editor_state(out_path)
+    ed = module.make_editor(model, tok, hparams, second_moment, seed, state=part_state)
+    params = ed.edited_modules
+    originals = {p: edit_parameter(model, p).detach().clone() for p in params}
+    shapes = {p: tuple(_out_in_shape(originals[p], spec)) for p in params}
+    metric_names = (["edit", "case_id", *METRIC_NAMES]
+                    + [f"update_norm_{i}" for i in range(len(params))]
+                    + [f"distance_{i}" for i in range(len(params))]
+                    + list(ed.info_names) + ["edit_seconds", "eval_seconds"])
+    writer = TrajectoryWriter.open(
+        out_path, n_edits=n_edits, params=params, shapes=shapes,
+        dtypes={p: str(originals[p].dtype) for p in params}, kinds={p: ed.update_kind for p in params},
+        metric_names=metric_names, attrs=attrs, resume_key=resume_key,
+    )
+    try:
+        if writer.n_done == 0:
+            writer.write_editor_state(ed.state_strings())
+            writer.write_snapshot(0, originals)
+        else:
+            log.info("resuming %s after edit %d of %d", writer.path, writer.n_done, n_edits)
+            rebuilt = rebuild_weights(writer.path, writer.n_done, spec, device=originals[params[0]].device)
+            with torch.no_grad():
+                for p in params:
+                    edit_parameter(model, p).copy_(rebuilt[p])
+        numel = {p: originals[p].numel() for p in params}
+        last_log = time.perf_counter()
+        log.info("trajectory %s: %d edits with %s on %s (%s), editing %s", out_path, n_edits, editor,
+                 identity["model_id"], dtype, params)
+        for t in range(writer.n_done + 1, n_edits + 1):
+            rec = records[t - 1]
+            t0 = time.perf_counter()
+            result = ed.compute(rec)
+            apply_updates(model, result.updates, spec)
+            t1 = time.perf_counter()
+            scores = evaluate_record(model, tok, rec, batch_size=eval_batch_size)
+            t2 = time.perf_counter()
+            row = {"edit": t, "case_id": rec["case_id"], **scores, "edit_seconds": t1 - t0, "eval_seconds": t2 - t1}
+            by_module = {u.module: u for u in result.updates}
+            for i, p in enumerate(params):
+                w = edit_parameter(model, p)
+                row[f"update_norm_{i}"] = by_module[p].frobenius_norm()
+                row[f"distance_{i}"] = float((w.double() - originals[p].double()).norm()) / numel[p]
+            for k in ed.info_names:
+                row[k] = float(result.info.get(k, np.nan))
+            snap = None
+            if t % snapshot_every == 0 or t == n_edits:
+                snap = {p: edit_parameter(model, p) for p in params}
+            writer.write_edit(t, row, result.updates, snapshot=snap)
+            now = time.perf_counter()
+            if now - last_log >= progress_every_s or t == n_edits or t == 1:
+                last_log = now
+                log.info("edit %d/%d case %d: ES %.0f PS %.2f NS %.2f dist %.3g | %.2f s edit, %.2f s eval",
+                         t, n_edits, rec["case_id"], scores["es"], scores["ps"], scores["ns"],
+                         row["distance_0"], t1 - t0, t2 - t1)
+        writer.finish(out_path)
+    finally:
+        writer.close()
+    log.info("trajectory done in %.1f s: %s", time.perf_counter() - t_start, out_path)
+
+
+def _out_in_shape(weight: torch.Tensor, spec) -> torch.Size:
+    return weight.T.shape if spec.conv1d else weight.shape
+
+
+def _peek_editor_state(out_path) -> dict | None:
+    from .store import partial_path
+
+    part = partial_path(out_path)
+    if not part.exists():
+        return None
+    with h5py.File(part, "r") as f:
+        if "editor_state" not in f or int(f.attrs.get("n_done", 0)) == 0:
+            return None
+        g = f["editor_state"]
+        return {k: [s.decode() if isinstance(s, bytes) else s for s in g[k][()]] for k in g}
+
+
+def export_metrics_csv(h5_path, csv_path) -> None:
+    """Write the per-edit metrics of a trajectory file as CSV (one row per edit)."""
+    from .store import read_metrics
+
+    cols = read_metrics(h5_path)
+    names = ["edit", "case_id"] + [k for k in sorted(cols) if k not in ("edit", "case_id")]
+    n = len(cols["edit"])
+    tmp = Path(str(csv_path) + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(names)
+        for i in range(n):
+            w.writerow([int(cols[k][i]) if k in ("edit", "case_id") else repr(float(cols[k][i])) for k in names])
+    os.replace(tmp, csv_path)
