@@ -98,7 +98,7 @@ def test_upper_layers_equal_full_forward_with_injected_delta(tiny_model_factory,
 
     h = get_module(model, spec.mlp_path(layer)).register_forward_hook(add_delta)
     with torch.no_grad():
-        full = get_module(model, spec.base)(**enc).last_hidden_state
+        full = get_module(model, spec.base)(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
     h.remove()
     ed = editor_for(model, tok, layer=layer, templates=["{}"])
     resid, _, _ = ed._lower_pass(enc, lookup)

@@ -291,7 +291,8 @@ def train_bpe_tokenizer(texts, vocab_size: int, dest: str | os.PathLike | None =
     )
     core.train_from_iterator(texts, trainer=trainer)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token=eos, eos_token=eos, pad_token=eos, unk_token=eos
+        tokenizer_object=core, bos_token=eos, eos_token=eos, pad_token=eos, unk_token=eos,
+        model_input_names=["input_ids", "attention_mask"],  # GPT-2 would add token-type embeddings
     )
     if dest is not None:
         tok.save_pretrained(dest)

@@ -108,8 +108,8 @@ def build_prompts(tok, texts: list[tuple[str, int]]):
     enc = tok([t for t, _ in texts], return_tensors="pt", padding=True, padding_side="right",
               return_offsets_mapping=True)
     lookup = [_subject_last_index(enc["offset_mapping"][i].tolist(), end) for i, (_, end) in enumerate(texts)]
-    del enc["offset_mapping"]
-    return enc, torch.tensor(lookup)
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}  # no token types
+    return batch, torch.tensor(lookup)
 
 
 class _StopForward(Exception):
@@ -167,7 +167,8 @@ class RomeEditor:
         kpre, _, kpost = self.hp.kl_prompt.partition("{}")
         texts.append((kpre + subject + kpost, len(kpre + subject)))
         enc, lookup = build_prompts(self.tok, texts)
-        enc, lookup = enc.to(self.device), lookup.to(self.device)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        lookup = lookup.to(self.device)
         n_rw = len(self.context_templates)
 
         resid, keys, mlp_out0 = self._lower_pass(enc, lookup)
@@ -209,7 +210,8 @@ class RomeEditor:
         h1 = self.module.register_forward_hook(mlp_hook)
         h2 = block.register_forward_hook(block_hook)
         try:
-            get_module(self.model, self.spec.base)(**enc, use_cache=False)
+            get_module(self.model, self.spec.base)(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                                     use_cache=False)
         except _StopForward:
             pass
         finally:

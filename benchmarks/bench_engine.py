@@ -1,0 +1,177 @@
+"""Engine benchmark: ROME edit time vs. its arithmetic floor, evaluation, covariance, memory, storage.
+
+    .venv/bin/python benchmarks/bench_engine.py [--smollm2 DIR] [--records N] [--threads T]
+
+For each model (a GPT-2-architecture model of ~14M parameters built here, and SmolLM2-135M when
+its folder exists: make it with ``../shared/tools/smollm2-offline DIR``) it prints:
+
+* seconds per ROME edit (paper hyperparameters, 21 context templates), and the time of 20 bare
+  forward + backward passes from the edited layer over the same batch, and their ratio;
+* seconds per record evaluation (ES/PS/NS of one CounterFact record);
+* covariance statistics throughput (tokens/s);
+* peak resident memory of the process (each model runs in its own process);
+* HDF5 bytes per edit of a trajectory file (updates + metrics), and of a snapshot.
+
+Results are also written as JSON to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+WIKITEXT = SHARED / "wikitext" / "wikitext-2_valid.tokens.txt"
+COUNTERFACT = SHARED / "counterfact" / "counterfact_500.json"
+PAPER_ROME = {"v_num_grad_steps": 20, "v_lr": 0.5, "v_weight_decay": 0.5, "clamp_norm_factor": 4.0,
+              "kl_factor": 0.0625, "mom2_adjustment": True,
+              "context_template_lengths": [[5, 10], [10, 10]], "context_template_top_k": 5}
+
+
+def build_gpt2_small(dest: Path) -> None:
+    from editscale.data import iter_corpus
+    from editscale.models import build_scratch_model, train_bpe_tokenizer
+
+    docs = list(iter_corpus({"type": "text_files", "paths": [str(WIKITEXT)], "doc_split": "blank_lines"}))
+    tok = train_bpe_tokenizer(docs, vocab_size=8000)
+    build_scratch_model("gpt2", tok, dest, n_layer=6, d_model=384, n_head=6, n_positions=512, seed=0)
+
+
+def bench_model(model_dir: str, layer: int, n_records: int, threads: int) -> dict:
+    import h5py
+    import torch
+
+    from editscale.data import iter_corpus, load_counterfact, write_ordering
+    from editscale.editors.rome import build_prompts, make_editor
+    from editscale.evaluation import evaluate_record
+    from editscale.models import arch_of, load_model, model_identity, upper_layers_only
+    from editscale.stats import compute_key_second_moment, load_key_second_moment
+    from editscale.trajectory import run_trajectory
+
+    torch.set_num_threads(threads)
+    model, tok = load_model(model_dir)
+    spec = arch_of(model)
+    res = {"model": model_dir, "params": sum(p.numel() for p in model.parameters()), "layer": layer,
+           "arch": spec.name}
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+
+    # covariance statistics
+    docs = iter_corpus({"type": "text_files", "paths": [str(WIKITEXT)], "doc_split": "blank_lines"})
+    t0 = time.perf_counter()
+    compute_key_second_moment(model, tok, layer, docs, work / "stats.h5", n_docs=300, max_doc_tokens=256,
+                              batch_tokens=8192, attrs={**model_identity(model_dir), "corpus": "wikitext",
+                                                        "corpus_fingerprint": "bench"})
+    dt = time.perf_counter() - t0
+    with h5py.File(work / "stats.h5") as f:
+        res["cov_tokens"] = int(f.attrs["count"])
+    res["cov_tokens_per_s"] = res["cov_tokens"] / dt
+    c = load_key_second_moment(work / "stats.h5", expect={})
+
+    records = load_counterfact(COUNTERFACT)[:n_records]
+    ed = make_editor(model, tok, {"layer": layer, **PAPER_ROME}, c, seed=0)
+
+    # ROME edit time (the model is not modified by compute)
+    ed.compute(records[0])  # warm-up
+    edit_times, steps = [], []
+    for rec in records:
+        t0 = time.perf_counter()
+        r = ed.compute(rec)
+        edit_times.append(time.perf_counter() - t0)
+        steps.append(r.info["v_steps"])
+    res["rome_s_per_edit"] = sum(edit_times) / len(edit_times)
+    res["rome_mean_v_steps"] = sum(steps) / len(steps)
+
+    # the floor: 20 forward + backward passes from the edited layer over the same batch
+    floor = []
+    for rec in records:
+        rw = rec["requested_rewrite"]
+        pre, _, post = rw["prompt"].partition("{}")
+        texts = [(c_.partition("{}")[0] + pre + rw["subject"] + post + " x", len(c_.partition("{}")[0] + pre + rw["subject"]))
+                 for c_ in ed.context_templates] + [(rw["subject"] + " is a", len(rw["subject"]))]
+        enc, lookup = build_prompts(tok, texts)
+        resid, _, _ = ed._lower_pass(enc, lookup)
+        delta = torch.zeros(resid.shape[-1], requires_grad=True)
+        t0 = time.perf_counter()
+        with upper_layers_only(model, layer + 1) as upper:
+            for _ in range(20):
+                h = upper(inputs_embeds=resid + delta, attention_mask=enc["attention_mask"]).last_hidden_state
+                h.float().pow(2).mean().backward()  # no LM head at all: a floor, not a rival
+        floor.append(time.perf_counter() - t0)
+    res["floor_20_fwd_bwd_s"] = sum(floor) / len(floor)
+    res["edit_over_floor"] = res["rome_s_per_edit"] / res["floor_20_fwd_bwd_s"]
+
+    # record evaluation
+    evaluate_record(model, tok, records[0])
+    t0 = time.perf_counter()
+    for rec in records:
+        evaluate_record(model, tok, rec)
+    res["eval_s_per_record"] = (time.perf_counter() - t0) / len(records)
+
+    # storage: a short trajectory, snapshots only at 0 and at the end
+    write_ordering(work / "order.json", [r["case_id"] for r in records])
+    hp = {"layer": layer, **PAPER_ROME, "v_num_grad_steps": 2}
+    run_trajectory(model_dir=model_dir, counterfact_path=COUNTERFACT, ordering_path=work / "order.json",
+                   stats_path=work / "stats.h5", out_path=work / "t.h5", method="rome", editor="rome",
+                   hparams=hp, n_edits=len(records), snapshot_every=10_000, seed=0)
+    with h5py.File(work / "t.h5") as f:
+        snap = sum(f[f"snapshots/0/{k}"].id.get_storage_size() for k in f["snapshots/0"]) / len(f["snapshots/0"])
+        upd = sum(f[f"updates/0/{k}"].id.get_storage_size() for k in f["updates/0"])
+        met = sum(f[f"metrics/{k}"].id.get_storage_size() for k in f["metrics"])
+    res["h5_bytes_per_edit"] = (upd + met) / len(records)
+    res["h5_bytes_per_snapshot"] = snap
+    res["h5_file_bytes"] = (work / "t.h5").stat().st_size
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smollm2", default="/work/models/smollm2", help="SmolLM2-135M folder (skipped if absent)")
+    ap.add_argument("--records", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--one", nargs=2, metavar=("MODEL_DIR", "LAYER"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(bench_model(args.one[0], int(args.one[1]), args.records, args.threads)))
+        return
+    if not COUNTERFACT.exists():
+        sys.exit(f"needs the real data subsets in {SHARED}")
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        gpt2 = Path(tmp) / "gpt2-small"
+        build_gpt2_small(gpt2)
+        targets = [("gpt2-14M (layer 2)", str(gpt2), 2)]
+        if (Path(args.smollm2) / "config.json").exists():
+            targets.append(("SmolLM2-135M (layer 6)", args.smollm2, 6))
+        else:
+            print(f"SmolLM2 folder {args.smollm2} not found: make it with ../shared/tools/smollm2-offline DIR")
+        for name, path, layer in targets:
+            out = subprocess.run([sys.executable, __file__, "--one", path, str(layer), "--records",
+                                  str(args.records), "--threads", str(args.threads)],
+                                 check=True, capture_output=True, text=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r["name"] = name
+            runs.append(r)
+    keys = [("params", "{:,.0f}"), ("rome_s_per_edit", "{:.2f}"), ("floor_20_fwd_bwd_s", "{:.2f}"),
+            ("edit_over_floor", "{:.2f}"), ("rome_mean_v_steps", "{:.1f}"), ("eval_s_per_record", "{:.3f}"),
+            ("cov_tokens_per_s", "{:,.0f}"), ("peak_rss_mb", "{:,.0f}"), ("h5_bytes_per_edit", "{:,.0f}"),
+            ("h5_bytes_per_snapshot", "{:,.0f}")]
+    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, threads={args.threads}")
+    print(f"{'metric':24s}" + "".join(f"{r['name']:>26s}" for r in runs))
+    for k, fmt in keys:
+        print(f"{k:24s}" + "".join(f"{fmt.format(r[k]):>26s}" for r in runs))
+    out_dir = REPO / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"engine-{platform.node()}.json").write_text(json.dumps(runs, indent=2))
+
+
+if __name__ == "__main__":
+    main()
