@@ -20,6 +20,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .provenance import sha256_file
+
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "editscale_manifest.json"
@@ -179,14 +181,6 @@ def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "c
     return model, tok
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def folder_digest(folder: str | os.PathLike) -> dict[str, str]:
     """sha256 of every file of a model folder (the manifest itself excluded), by relative path."""
     folder = Path(folder)
@@ -212,21 +206,33 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
+def weight_patterns(repo_files: list[str]) -> list[str]:
+    """Which files of a hub repo to fetch: config/tokenizer files and one weight format.
+
+    safetensors when the revision has them; otherwise PyTorch ``.bin`` files, which transformers
+    reads with ``torch.load(weights_only=True)`` (no code execution). Pickled ``.pt``/``.ckpt``
+    and remote code are never fetched.
+    """
+    meta = ["*.json", "*.txt", "*.model", "merges.txt", "vocab.*"]
+    if any(f.endswith(".safetensors") for f in repo_files):
+        return meta + ["*.safetensors"]
+    if any(f.endswith(".bin") for f in repo_files):
+        return meta + ["*.bin"]
+    raise FileNotFoundError("the hub revision holds neither .safetensors nor .bin weights")
+
+
 def download_model(repo_id: str, revision: str, dest: str | os.PathLike) -> dict:
     """Download a hub model at a pinned revision into ``dest`` and write its manifest.
 
-    Only safetensors weights, config and tokenizer files are fetched. The revision should be a
-    commit hash; a branch name is accepted but recorded as given.
+    The revision should be a commit hash; a branch name is accepted but recorded as given.
     """
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import list_repo_files, snapshot_download
 
     dest = Path(dest)
-    snapshot_download(
-        repo_id=repo_id,
-        revision=revision,
-        local_dir=dest,
-        allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "merges.txt", "vocab.*"],
-    )
+    files = list_repo_files(repo_id, revision=revision)
+    patterns = weight_patterns(files)
+    log.info("downloading %s@%s (%s) into %s", repo_id, revision, patterns[-1], dest)
+    snapshot_download(repo_id=repo_id, revision=revision, local_dir=dest, allow_patterns=patterns)
     return write_manifest(dest, source="hub", repo_id=repo_id, revision=revision)
 
 

@@ -1,0 +1,46 @@
+# make run   - build/reuse the virtual environment, then run the workflow (default config)
+# make test  - build/reuse the virtual environment, then run the test suite
+# make lint  - snakemake --lint and snakefmt --check
+#
+# The environment is .venv, built from requirements.txt (pinned) plus this package in editable
+# mode. It is rebuilt only when requirements.txt or pyproject.toml change (stamp file).
+
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= all
+SNAKEMAKE_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.editscale-installed
+
+.PHONY: all venv run dry-run test lint format clean-results
+
+all: test
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+dry-run: $(STAMP)
+	$(BIN)/snakemake -n $(SNAKEMAKE_ARGS)
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules/
+
+format: $(STAMP)
+	$(BIN)/snakefmt Snakefile rules/
+
+# Removes what the workflow made (models, statistics, trajectories, logs); asks nothing.
+clean-results:
+	rm -rf results resources logs

@@ -1,0 +1,52 @@
+rule prepare_model:
+    input:
+        model_inputs,
+    output:
+        manifest="resources/models/{model}/editscale_manifest.json",
+    params:
+        spec=model_build_spec,
+        tokenizer_corpus=tokenizer_corpus,
+    log:
+        "logs/prepare_model/{model}.log",
+    benchmark:
+        "results/benchmarks/prepare_model/{model}.tsv"
+    threads: model_resource("threads")
+    resources:
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/prepare_model.py"
+
+
+rule counterfact:
+    input:
+        counterfact_input,
+    output:
+        "resources/data/counterfact.json",
+    params:
+        url=config["counterfact"].get("url"),
+        sha256=config["counterfact"].get("sha256"),
+    log:
+        "logs/counterfact.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/counterfact.py"
+
+
+rule ordering:
+    input:
+        "resources/data/counterfact.json",
+    output:
+        "resources/data/orderings/sample{sample}.json",
+    params:
+        seed=config["ordering_seed"],
+        unique_subjects=config["counterfact"]["unique_subjects"],
+    log:
+        "logs/ordering/sample{sample}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/ordering.py"

@@ -1,0 +1,25 @@
+rule key_stats:
+    input:
+        model="resources/models/{model}/editscale_manifest.json",
+        corpus=lambda wildcards: corpus_files(wildcards.corpus),
+    output:
+        "resources/stats/{model}/{corpus}/layer{layer}.h5",
+    params:
+        corpus=lambda wildcards: config["corpora"][wildcards.corpus],
+        n_docs=config["stats"]["n_docs"],
+        max_doc_tokens=config["stats"]["max_doc_tokens"],
+        batch_tokens=config["stats"]["batch_tokens"],
+        dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
+    log:
+        "logs/key_stats/{model}/{corpus}/layer{layer}.log",
+    benchmark:
+        "results/benchmarks/key_stats/{model}/{corpus}/layer{layer}.tsv"
+    threads: model_resource("threads")
+    resources:
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+        gpu=model_resource("gpu"),
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/key_stats.py"

@@ -1,0 +1,38 @@
+rule trajectory:
+    input:
+        unpack(trajectory_inputs),
+    output:
+        "results/trajectories/{model}/{method}/sample{sample}.h5",
+    params:
+        editor=lambda wildcards: config["methods"][wildcards.method]["editor"],
+        hparams=method_hparams,
+        n_edits=config["n_edits"],
+        snapshot_every=config["snapshot_every"],
+        seed=config["seed"],
+        dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
+    log:
+        "logs/trajectory/{model}/{method}/sample{sample}.log",
+    benchmark:
+        "results/benchmarks/trajectory/{model}/{method}/sample{sample}.tsv"
+    threads: model_resource("threads")
+    resources:
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+        gpu=model_resource("gpu"),
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/trajectory.py"
+
+
+rule metrics_csv:
+    input:
+        "results/trajectories/{model}/{method}/sample{sample}.h5",
+    output:
+        "results/trajectories/{model}/{method}/sample{sample}.csv",
+    log:
+        "logs/metrics_csv/{model}/{method}/sample{sample}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/metrics_csv.py"

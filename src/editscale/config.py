@@ -1,0 +1,324 @@
+"""Workflow configuration: schema validation with defaults, cross-key checks, derived values.
+
+The JSON schema is ``workflow/schemas/config.schema.yaml`` (the same file the Snakefile gives
+to ``snakemake.utils.validate``). :func:`load_config` validates a config (a YAML path or a dict),
+fills in the schema's defaults and then runs :func:`check_config`, the checks a schema cannot
+express (names that must refer to each other, layers within the model, ...). Every problem is a
+:class:`ConfigError` whose message starts with the dotted key path, e.g.
+``config key 'models.gpt2-xl.source': 'hug' is not one of ['hub', 'local', 'scratch']``.
+
+This module is light (yaml, jsonschema and the editor registry; no torch) so that the
+Snakefile can import it at parse time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "ConfigWarning",
+    "SCHEMA_NAME",
+    "schema_path",
+    "load_schema",
+    "load_config",
+    "validate_schema",
+    "check_config",
+    "experiments",
+    "method_hparams",
+    "needs_covariance",
+    "stats_layer",
+    "model_resources",
+    "model_n_layer",
+]
+
+SCHEMA_NAME = "config.schema.yaml"
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; ``key`` is the dotted path of the offending key."""
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        self.problem = problem
+        super().__init__(f"config key '{key}': {problem}" if key else f"config: {problem}")
+
+
+class ConfigWarning(UserWarning):
+    """A configuration that runs but probably is not what was meant (e.g. an unpinned revision)."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def schema_path() -> Path:
+    """The schema file: ``$EDITSCALE_CONFIG_SCHEMA``, a copy next to this module, or the repo's."""
+    env = os.environ.get("EDITSCALE_CONFIG_SCHEMA")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve().parent
+    candidates += [here / SCHEMA_NAME, here.parents[1] / "workflow" / "schemas" / SCHEMA_NAME]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"config schema not found (looked at {', '.join(map(str, candidates))})")
+
+
+@lru_cache(maxsize=None)
+def _load_schema_text(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def load_schema() -> dict:
+    """A fresh copy of the parsed schema."""
+    return yaml.safe_load(_load_schema_text(str(schema_path())))
+
+
+def _key_path(parts: Iterable[Any]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _default_filling_validator(schema: dict):
+    """A Draft 2020-12 validator that also sets the schema's defaults (deep copies) while validating."""
+    from jsonschema import Draft202012Validator, validators
+
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, subschema)
+
+    cls = validators.extend(Draft202012Validator, {"properties": set_defaults})
+    return cls(schema)
+
+
+def _error_key(error) -> tuple[str, str]:
+    """(dotted key path, message) of a jsonschema error, naming a missing key in the path."""
+    path = list(error.absolute_path)
+    message = error.message
+    if error.validator == "required":
+        match = re.match(r"^'([^']+)' is a required property$", message)
+        if match:
+            path.append(match.group(1))
+            message = "is required but missing"
+    elif error.validator == "additionalProperties":
+        match = re.search(r"\('([^']+)' was unexpected\)", message)
+        if match:
+            path.append(match.group(1))
+            message = "is not a known key here (a typo?)"
+    elif "propertyNames" in error.absolute_schema_path:
+        path.append(str(error.instance))
+        message = f"{error.instance!r} is not a valid name (letters, digits, '.', '_', '-'; no '/')"
+    elif error.validator == "type" and error.instance is None:
+        message = message.replace("None is not", "null is not", 1)
+    return _key_path(path), message
+
+
+def validate_schema(cfg: dict) -> dict:
+    """Validate ``cfg`` in place against the schema and fill in defaults; returns ``cfg``.
+
+    On failure raises :class:`ConfigError` for the most specific error (the deepest key).
+    """
+    from jsonschema.exceptions import best_match
+
+    validator = _default_filling_validator(load_schema())
+    errors = list(validator.iter_errors(cfg))
+    if errors:
+        # Prefer the deepest error (the most precise key); best_match breaks ties.
+        depth = max(len(e.absolute_path) for e in errors)
+        deepest = [e for e in errors if len(e.absolute_path) == depth]
+        key, message = _error_key(best_match(deepest))
+        raise ConfigError(key, message)
+    return cfg
+
+
+def load_config(path_or_dict: str | os.PathLike | dict, base_dir: str | os.PathLike = ".") -> dict:
+    """Read (YAML path) or copy (dict) a config, validate it, fill defaults and check cross-keys.
+
+    Relative paths inside the config are relative to ``base_dir`` (the working directory of the
+    snakemake run); they are used here only to read a local model's ``config.json``.
+    """
+    if isinstance(path_or_dict, dict):
+        cfg = copy.deepcopy(path_or_dict)
+    else:
+        with open(path_or_dict, encoding="utf-8") as f:
+            cfg = yaml.safe_load(f)
+        if cfg is None:
+            cfg = {}
+    if not isinstance(cfg, dict):
+        raise ConfigError("", f"expected a mapping at the top level, got {type(cfg).__name__}")
+    validate_schema(cfg)
+    check_config(cfg, base_dir=base_dir)
+    return cfg
+
+
+# --------------------------------------------------------------------------- derived values
+
+
+def experiments(cfg: dict) -> list[tuple[str, str]]:
+    """The (model, method) pairs, in config order."""
+    return [(e["model"], e["method"]) for e in cfg["experiments"]]
+
+
+def method_hparams(cfg: dict, method: str, model: str) -> dict:
+    """The hyperparameters of ``method`` on ``model``: ``hparams`` updated by ``per_model[model]``."""
+    m = cfg["methods"][method]
+    return {**copy.deepcopy(m.get("hparams", {})), **copy.deepcopy(m.get("per_model", {}).get(model, {}))}
+
+
+def needs_covariance(cfg: dict, method: str) -> bool:
+    """Whether the editor of ``method`` uses key statistics (``EDITORS[editor].needs_covariance``)."""
+    from editscale.editors import editor_info
+
+    return editor_info(cfg["methods"][method]["editor"]).needs_covariance
+
+
+def stats_layer(cfg: dict, method: str, model: str) -> int | None:
+    """The layer whose key statistics ``method`` needs on ``model`` (None if it needs none)."""
+    if not needs_covariance(cfg, method):
+        return None
+    return int(cfg["methods"][method]["per_model"][model]["layer"])
+
+
+def _resource_defaults() -> dict:
+    props = load_schema()["$defs"]["resources"]["properties"]
+    return {k: v["default"] for k, v in props.items() if "default" in v}
+
+
+def model_resources(cfg: dict, model: str) -> dict:
+    """``mem_mb``, ``runtime`` (minutes), ``threads`` and ``gpu`` of the heavy rules for ``model``."""
+    return {**_resource_defaults(), **cfg.get("resources", {}).get(model, {})}
+
+
+def model_n_layer(cfg: dict, model: str, base_dir: str | os.PathLike = ".") -> int | None:
+    """The model's number of blocks when known: ``n_layer`` in the config, else a local model's
+    ``config.json`` (``n_layer`` / ``num_hidden_layers``); None otherwise (e.g. a hub model)."""
+    spec = cfg["models"][model]
+    if spec.get("n_layer") is not None:
+        return int(spec["n_layer"])
+    if spec.get("source") == "local":
+        cfg_json = Path(base_dir) / spec["path"] / "config.json"
+        try:
+            hf = json.loads(cfg_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        for key in ("n_layer", "num_hidden_layers", "num_layers"):
+            if isinstance(hf.get(key), int):
+                return hf[key]
+    return None
+
+
+# --------------------------------------------------------------------------- cross-key checks
+
+
+def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
+    """Checks across keys, on a schema-valid config with defaults filled in.
+
+    * every experiment names a defined model and method, and no pair is repeated;
+    * every method's editor exists; every method has ``per_model`` hparams for each model it
+      runs on, with an integer ``layer`` (below the model's ``n_layer`` when known) if the editor
+      needs covariance statistics;
+    * ``stats.corpus`` and every scratch model's ``tokenizer_corpus`` name a defined corpus;
+    * ``counterfact`` has exactly one of ``path`` and ``url``;
+    * scratch models: ``d_model`` divisible by ``n_head``;
+    * ``resources`` only names defined models.
+
+    Warns (:class:`ConfigWarning`) for hub models and corpora whose revision is not a commit hash.
+    """
+    from editscale.editors import EDITORS
+
+    models = cfg["models"]
+    methods = cfg["methods"]
+    corpora = cfg.get("corpora", {})
+
+    for name, spec in models.items():
+        where = f"models.{name}"
+        if spec["source"] == "scratch":
+            if spec["d_model"] % spec["n_head"]:
+                raise ConfigError(f"{where}.d_model",
+                                  f"{spec['d_model']} is not divisible by n_head={spec['n_head']}")
+            if spec["tokenizer_corpus"] not in corpora:
+                raise ConfigError(f"{where}.tokenizer_corpus",
+                                  f"{spec['tokenizer_corpus']!r} is not a key of corpora "
+                                  f"(defined: {sorted(corpora)})")
+        if spec["source"] == "hub" and not _COMMIT.match(spec["revision"]):
+            warnings.warn(f"config key '{where}.revision': {spec['revision']!r} is not a commit hash; "
+                          "a branch or tag can move, pin the 40-character commit for reproducibility",
+                          ConfigWarning, stacklevel=2)
+
+    for name, spec in corpora.items():
+        if spec["type"] == "hub" and spec.get("data_files") is None and not (
+                spec.get("revision") and _COMMIT.match(spec["revision"])):
+            warnings.warn(f"config key 'corpora.{name}.revision': {spec.get('revision')!r} is not a commit "
+                          "hash; the data set may change between runs", ConfigWarning, stacklevel=2)
+
+    cf = cfg["counterfact"]
+    has_path, has_url = cf.get("path") is not None, cf.get("url") is not None
+    if has_path == has_url:
+        raise ConfigError("counterfact", "give exactly one of 'path' (a local file) and 'url' "
+                          f"(downloaded and checked against 'sha256'); got path={cf.get('path')!r}, "
+                          f"url={cf.get('url')!r}")
+
+    for name, spec in methods.items():
+        if spec["editor"] not in EDITORS:
+            raise ConfigError(f"methods.{name}.editor",
+                              f"unknown editor {spec['editor']!r}; known editors: {sorted(EDITORS)}")
+        for model in spec.get("per_model", {}):
+            if model not in models:
+                raise ConfigError(f"methods.{name}.per_model.{model}",
+                                  f"{model!r} is not a key of models (defined: {sorted(models)})")
+
+    seen: set[tuple[str, str]] = set()
+    uses_covariance = False
+    for i, exp in enumerate(cfg["experiments"]):
+        model, method = exp["model"], exp["method"]
+        if model not in models:
+            raise ConfigError(f"experiments[{i}].model",
+                              f"{model!r} is not a key of models (defined: {sorted(models)})")
+        if method not in methods:
+            raise ConfigError(f"experiments[{i}].method",
+                              f"{method!r} is not a key of methods (defined: {sorted(methods)})")
+        if (model, method) in seen:
+            raise ConfigError(f"experiments[{i}]", f"({model}, {method}) is listed twice")
+        seen.add((model, method))
+        per_model = methods[method].get("per_model", {})
+        if model not in per_model:
+            raise ConfigError(f"methods.{method}.per_model.{model}",
+                              f"missing: method {method!r} runs on model {model!r} (experiments[{i}]) "
+                              "and needs its per-model hparams there")
+        if EDITORS[methods[method]["editor"]].needs_covariance:
+            uses_covariance = True
+            layer = per_model[model].get("layer")
+            key = f"methods.{method}.per_model.{model}.layer"
+            if not isinstance(layer, int) or isinstance(layer, bool):
+                raise ConfigError(key, f"required (an integer >= 0): editor {methods[method]['editor']!r} "
+                                  "edits one layer and needs its key statistics")
+            n_layer = model_n_layer(cfg, model, base_dir)
+            if n_layer is not None and layer >= n_layer:
+                raise ConfigError(key, f"{layer} is out of range: model {model!r} has {n_layer} layers "
+                                  f"(0..{n_layer - 1})")
+
+    stats_corpus = cfg["stats"].get("corpus")
+    if stats_corpus is not None and stats_corpus not in corpora:
+        raise ConfigError("stats.corpus", f"{stats_corpus!r} is not a key of corpora (defined: {sorted(corpora)})")
+    if uses_covariance and stats_corpus is None:
+        raise ConfigError("stats.corpus", "required: an experiment's editor needs covariance statistics")
+
+    for model in cfg.get("resources", {}):
+        if model not in models:
+            raise ConfigError(f"resources.{model}", f"{model!r} is not a key of models (defined: {sorted(models)})")

@@ -1,0 +1,252 @@
+"""Tests of editscale.config: schema errors name the key, defaults, cross-key checks, shipped configs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from editscale import config as escfg
+from editscale.config import ConfigError, ConfigWarning, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "config" / "config.yaml"
+PAPER = REPO / "config" / "paper.yaml"
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def minimal() -> dict:
+    """The smallest valid config: every optional key left to its default."""
+    return {
+        "models": {
+            "m": {"source": "scratch", "arch": "gpt2", "n_layer": 2, "d_model": 16, "n_head": 2,
+                  "vocab_size": 300, "tokenizer_corpus": "c"},
+        },
+        "counterfact": {"path": "cf.json"},
+        "corpora": {"c": {"type": "text_files", "paths": ["c.txt"]}},
+        "stats": {"corpus": "c"},
+        "experiments": [{"model": "m", "method": "rome"}],
+        "methods": {"rome": {"editor": "rome", "per_model": {"m": {"layer": 1}}}},
+    }
+
+
+def error_key(cfg: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert str(info.value).startswith(f"config key '{info.value.key}'")
+    return info.value.key
+
+
+# ---------------------------------------------------------------- shipped configs
+
+
+@pytest.mark.parametrize("path", [DEFAULT, PAPER], ids=["default", "paper"])
+def test_shipped_configs_validate_without_warnings(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)
+        cfg = load_config(path)
+    assert cfg["experiments"]
+
+
+def test_paper_config_is_the_papers_setting():
+    cfg = load_config(PAPER)
+    assert cfg["samples"] == 10 and cfg["snapshot_every"] == 100 and cfg["stats"]["n_docs"] == 100_000
+    assert {m["repo_id"] for m in cfg["models"].values()} == {"EleutherAI/gpt-j-6b", "openai-community/gpt2-xl"}
+    for spec in cfg["models"].values():
+        assert len(spec["revision"]) == 40  # pinned commits
+    assert escfg.stats_layer(cfg, "rome", "gpt-j-6b") == 5
+    assert escfg.stats_layer(cfg, "rome", "gpt2-xl") == 17
+    assert cfg["counterfact"]["url"] == "https://rome.baulab.info/data/dsets/counterfact.json"
+    assert len(cfg["counterfact"]["sha256"]) == 64
+    hp = escfg.method_hparams(cfg, "rome", "gpt2-xl")
+    assert hp["v_num_grad_steps"] == 20 and hp["v_lr"] == 0.5 and hp["clamp_norm_factor"] == 4.0
+    assert hp["kl_factor"] == 0.0625 and hp["v_weight_decay"] == 0.5 and hp["layer"] == 17
+
+
+# ---------------------------------------------------------------- defaults
+
+
+def test_defaults_are_filled_in():
+    cfg = load_config(minimal())
+    assert cfg["seed"] == 37 and cfg["ordering_seed"] == 37
+    assert cfg["samples"] == 10 and cfg["n_edits"] == 1200 and cfg["snapshot_every"] == 100
+    assert cfg["stats"] == {"corpus": "c", "n_docs": 100_000, "max_doc_tokens": None, "batch_tokens": 8192,
+                            "checkpoint_every_docs": 1000}
+    model = cfg["models"]["m"]
+    assert model["dtype"] == "float32" and model["device"] == "auto"
+    assert model["n_positions"] == 128 and model["tokenizer_docs"] == 2000 and model["seed"] is None
+    assert cfg["counterfact"]["unique_subjects"] is True
+    assert cfg["corpora"]["c"]["doc_split"] == "wikitext_articles"
+    assert cfg["methods"]["rome"]["hparams"] == {}
+    assert cfg["resources"] == {}
+
+
+def test_hub_corpus_defaults():
+    cfg = minimal()
+    cfg["corpora"]["w"] = {"type": "hub", "dataset": "wikimedia/wikipedia", "revision": "a" * 40}
+    out = load_config(cfg)["corpora"]["w"]
+    assert out == {"type": "hub", "dataset": "wikimedia/wikipedia", "revision": "a" * 40, "name": None,
+                   "split": "train", "text_field": "text", "streaming": True}
+
+
+def test_load_config_does_not_mutate_its_argument_and_reads_yaml(tmp_path):
+    cfg = minimal()
+    before = copy.deepcopy(cfg)
+    load_config(cfg)
+    assert cfg == before
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert load_config(path) == load_config(cfg)
+
+
+def test_snakemake_validate_fills_the_same_defaults():
+    """The Snakefile validates with snakemake.utils.validate: same schema, same result."""
+    from snakemake.utils import validate
+
+    cfg = minimal()
+    validate(cfg, str(SCHEMA))
+    escfg.check_config(cfg)
+    assert cfg == load_config(minimal())
+
+
+def test_schema_defaults_are_not_shared_between_configs():
+    a, b = load_config(minimal()), load_config(minimal())
+    a["methods"]["rome"]["hparams"]["x"] = 1
+    assert b["methods"]["rome"]["hparams"] == {}
+    assert load_config(minimal())["methods"]["rome"]["hparams"] == {}
+
+
+# ---------------------------------------------------------------- schema errors name the key
+
+
+def _set(path: str, value):
+    def mutate(cfg):
+        *parents, last = path.split(".")
+        node = cfg
+        for p in parents:
+            node = node[int(p)] if p.isdigit() else node[p]
+        node[last] = value
+    return mutate
+
+
+def _drop(path: str):
+    def mutate(cfg):
+        *parents, last = path.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        del node[last]
+    return mutate
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (_set("n_edits", -1), "n_edits"),
+    (_set("samples", 0), "samples"),
+    (_set("snapshot_every", 0), "snapshot_every"),
+    (_set("samples", "2"), "samples"),
+    (_set("models.m.source", "bogus"), "models.m.source"),
+    (_set("models.m.dtype", "float64"), "models.m.dtype"),
+    (_set("models.m.device", "gpu"), "models.m.device"),
+    (_set("models.m.colour", "red"), "models.m.colour"),
+    (_drop("models.m.arch"), "models.m.arch"),
+    (_set("models.m.arch", "bert"), "models.m.arch"),
+    (_set("models.m", {"source": "hub", "repo_id": "gpt2"}), "models.m.revision"),
+    (_set("models.m", {"source": "local"}), "models.m.path"),
+    (_set("counterfact.sha256", "XYZ"), "counterfact.sha256"),
+    (_set("counterfact", {"url": "https://example.org/cf.json"}), "counterfact.sha256"),
+    (_set("corpora.c.doc_split", "sentences"), "corpora.c.doc_split"),
+    (_set("corpora.c.type", "ftp"), "corpora.c.type"),
+    (_set("stats.n_docs", 0), "stats.n_docs"),
+    (_set("experiments", []), "experiments"),
+    (_set("experiments.0.model", 3), "experiments[0].model"),
+    (_set("methods.rome.per_model.m.layer", -1), "methods.rome.per_model.m.layer"),
+    (_set("resources", {"m": {"mem_mb": 0}}), "resources.m.mem_mb"),
+    (_set("typo_key", 1), "typo_key"),
+    (_drop("methods"), "methods"),
+])
+def test_schema_error_names_the_key(mutate, key):
+    cfg = minimal()
+    mutate(cfg)
+    assert error_key(cfg) == key
+
+
+def test_names_used_in_paths_are_checked():
+    cfg = minimal()
+    cfg["models"]["a/b"] = cfg["models"]["m"]
+    with pytest.raises(ConfigError, match="no '/'") as info:
+        load_config(cfg)
+    assert info.value.key == "models.a/b"
+
+
+# ---------------------------------------------------------------- cross-key checks
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (_set("experiments", [{"model": "nope", "method": "rome"}]), "experiments[0].model"),
+    (_set("experiments", [{"model": "m", "method": "nope"}]), "experiments[0].method"),
+    (_set("experiments", [{"model": "m", "method": "rome"}] * 2), "experiments[1]"),
+    (_set("methods.rome.editor", "nope"), "methods.rome.editor"),
+    (_set("methods.rome.per_model", {}), "methods.rome.per_model.m"),
+    (_set("methods.rome.per_model.m", {}), "methods.rome.per_model.m.layer"),
+    (_set("methods.rome.per_model.m.layer", 2), "methods.rome.per_model.m.layer"),
+    (_set("methods.rome.per_model.ghost", {"layer": 0}), "methods.rome.per_model.ghost"),
+    (_set("stats.corpus", None), "stats.corpus"),
+    (_set("stats.corpus", "nope"), "stats.corpus"),
+    (_set("models.m.tokenizer_corpus", "nope"), "models.m.tokenizer_corpus"),
+    (_set("models.m.d_model", 15), "models.m.d_model"),
+    (_set("counterfact", {"path": "a.json", "url": "https://x.org/a.json", "sha256": "a" * 64}), "counterfact"),
+    (_set("counterfact", {}), "counterfact"),
+    (_set("resources", {"ghost": {}}), "resources.ghost"),
+])
+def test_cross_key_error_names_the_key(mutate, key):
+    cfg = minimal()
+    mutate(cfg)
+    assert error_key(cfg) == key
+
+
+def test_layer_is_checked_against_a_local_models_config_json(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 3}))
+    cfg = minimal()
+    cfg["models"]["m"] = {"source": "local", "path": "model"}
+    cfg["methods"]["rome"]["per_model"]["m"]["layer"] = 3
+    with pytest.raises(ConfigError, match="has 3 layers") as info:
+        load_config(cfg, base_dir=tmp_path)
+    assert info.value.key == "methods.rome.per_model.m.layer"
+    cfg["methods"]["rome"]["per_model"]["m"]["layer"] = 2
+    load_config(cfg, base_dir=tmp_path)
+    # unknown number of layers (folder absent, no n_layer): accepted, the run checks it
+    load_config(cfg, base_dir=tmp_path / "elsewhere")
+
+
+def test_unpinned_hub_revision_warns():
+    cfg = minimal()
+    cfg["models"]["m"] = {"source": "hub", "repo_id": "EleutherAI/gpt-j-6b", "revision": "float16"}
+    with pytest.warns(ConfigWarning, match="models.m.revision"):
+        load_config(cfg)
+
+
+# ---------------------------------------------------------------- derived values
+
+
+def test_derived_values():
+    cfg = minimal()
+    cfg["methods"]["rome"]["hparams"] = {"v_lr": 0.5, "layer": 0}
+    cfg["resources"] = {"m": {"mem_mb": 64000, "gpu": 1}}
+    cfg = load_config(cfg)
+    assert escfg.experiments(cfg) == [("m", "rome")]
+    assert escfg.method_hparams(cfg, "rome", "m") == {"v_lr": 0.5, "layer": 1}  # per_model wins
+    assert escfg.needs_covariance(cfg, "rome") is True
+    assert escfg.stats_layer(cfg, "rome", "m") == 1
+    assert escfg.model_resources(cfg, "m") == {"mem_mb": 64000, "runtime": 60, "threads": 1, "gpu": 1}
+    assert escfg.model_n_layer(cfg, "m") == 2
+
+
+def test_schema_is_found_and_parsed():
+    assert escfg.schema_path().resolve() == SCHEMA.resolve()
+    assert escfg.load_schema()["$schema"].endswith("2020-12/schema")

@@ -1,0 +1,92 @@
+"""The architecture table, loading, manifests and the (offline-tested) hub download."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import huggingface_hub
+import pytest
+import torch
+
+from conftest import ARCHS
+from editscale.models import (ARCHITECTURES, MANIFEST_NAME, UnsupportedArchitecture, arch_of, download_model,
+                              edit_parameter, get_module, link_local_model, load_model, model_identity, n_layers,
+                              read_manifest, weight_out_in, weight_patterns)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_table_names_real_modules(tiny_model_factory, arch):
+    model, tok = load_model(tiny_model_factory(arch, n_layer=3, d_model=32))
+    spec = arch_of(model)
+    assert spec is ARCHITECTURES[arch]
+    assert n_layers(model) == 3
+    for layer in range(3):
+        w_out = weight_out_in(edit_parameter(model, spec.mlp_out_path(layer)), spec)
+        w_in = weight_out_in(edit_parameter(model, spec.mlp_in_path(layer)), spec)
+        assert w_out.shape == (32, 128), "MLP out projection maps 4d -> d"
+        assert w_in.shape == (128, 32), "MLP in projection maps d -> 4d"
+    assert get_module(model, spec.lm_head).weight.shape[0] == len(tok)
+    assert not any(p.requires_grad for p in model.parameters())
+    out = model(**tok(["a b c"], return_tensors="pt"))
+    assert out.logits.shape[-1] == len(tok)
+
+
+def test_dtype_and_unknown_dtype(tiny_model_factory):
+    model, _ = load_model(tiny_model_factory("llama"), dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype"):
+        load_model(tiny_model_factory("llama"), dtype="float8")
+
+
+def test_unsupported_architecture_is_named(tiny_model_factory):
+    model, _ = load_model(tiny_model_factory("gpt2"))
+    model.config.model_type = "bert"
+    with pytest.raises(UnsupportedArchitecture, match="bert"):
+        arch_of(model)
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        load_model(tmp_path)
+
+
+def test_local_link_manifest_and_identity(tiny_model_factory, tmp_path):
+    src = tiny_model_factory("gpt2")
+    man = link_local_model(src, tmp_path / "m")
+    assert man["source"] == "local" and "model.safetensors" in man["files"]
+    assert man["files"] == read_manifest(src)["files"]
+    ident = model_identity(tmp_path / "m")
+    assert ident["model_id"].startswith("local:") and len(ident["revision"]) == 16
+    load_model(tmp_path / "m")
+
+
+def test_weight_patterns_prefer_safetensors():
+    assert weight_patterns(["config.json", "model.safetensors", "pytorch_model.bin"])[-1] == "*.safetensors"
+    assert weight_patterns(["config.json", "pytorch_model.bin"])[-1] == "*.bin"
+    with pytest.raises(FileNotFoundError):
+        weight_patterns(["config.json", "model.ckpt"])
+
+
+def test_download_model_writes_hub_manifest(tiny_model_factory, tmp_path, monkeypatch):
+    """The hub client is replaced by a local copy: everything else is the production path."""
+    src = tiny_model_factory("gpt2")
+    calls = {}
+
+    def fake_list(repo_id, revision):
+        calls["list"] = (repo_id, revision)
+        return [p.name for p in src.iterdir()]
+
+    def fake_snapshot(repo_id, revision, local_dir, allow_patterns):
+        calls["snapshot"] = (repo_id, revision, allow_patterns)
+        shutil.copytree(src, local_dir, dirs_exist_ok=True)
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", fake_list)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    man = download_model("org/tiny", rev, tmp_path / "dl")
+    assert calls["list"] == ("org/tiny", rev) and calls["snapshot"][2][-1] == "*.safetensors"
+    assert man["repo_id"] == "org/tiny" and man["revision"] == rev
+    on_disk = json.loads((tmp_path / "dl" / MANIFEST_NAME).read_text())
+    assert on_disk["files"]["model.safetensors"] == read_manifest(src)["files"]["model.safetensors"]
+    assert model_identity(tmp_path / "dl") == {"model_id": "org/tiny", "revision": rev}
