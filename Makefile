@@ -1,6 +1,7 @@
 # make run   - build/reuse the virtual environment, then run the workflow (default config)
 # make test  - build/reuse the virtual environment, then run the test suite
 # make lint  - snakemake --lint and snakefmt --check
+# make bench - engine benchmark (benchmarks/bench_engine.py): ROME edit, evaluation, covariance, storage
 #
 # The environment is .venv, built from requirements.txt (pinned) plus this package in editable
 # mode. It is rebuilt only when requirements.txt or pyproject.toml change (stamp file).
@@ -13,7 +14,7 @@ SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.editscale-installed
 
-.PHONY: all venv run dry-run test lint format clean-results
+.PHONY: all venv run dry-run test lint format bench clean-results
 
 all: test
 
@@ -33,6 +34,9 @@ dry-run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_engine.py
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
