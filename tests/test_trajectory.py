@@ -15,49 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from editscale.data import write_ordering
-from editscale.models import load_model, model_identity
-from editscale.stats import compute_key_second_moment
+from conftest import TRAJ_HPARAMS
 from editscale.store import StoreError, read_metrics, rebuild_weights
 from editscale.trajectory import export_metrics_csv, run_trajectory
 
-SUBJECTS = ["Ada Lovelace", "Toko Yasuda", "Danielle Darrieux", "Paris Hilton", "Nokia", "Rome",
-            "Marie Curie", "BBC", "Apple", "Bern"]
-TEMPLATES = ["{} was born in", "The mother tongue of {} is", "{} is located in", "The headquarters of {} is in"]
-OBJECTS = ["France", "Japan", "Canada", "Italy", "London", "Berlin"]
-HPARAMS = {"layer": 1, "v_num_grad_steps": 5, "context_template_lengths": [[4, 2]]}
-
-
-def synthetic_records(n: int = 10) -> list[dict]:
-    recs = []
-    for i in range(n):
-        s, t = SUBJECTS[i % len(SUBJECTS)], TEMPLATES[i % len(TEMPLATES)]
-        recs.append({
-            "case_id": 100 + i,
-            "requested_rewrite": {"prompt": t, "subject": s, "relation_id": "P1",
-                                  "target_new": {"str": OBJECTS[i % 6], "id": "Q1"},
-                                  "target_true": {"str": OBJECTS[(i + 1) % 6], "id": "Q2"}},
-            "paraphrase_prompts": [f"Someone said. {t.replace('{}', s)}", f"{s} is known. {t.replace('{}', s)}"],
-            "neighborhood_prompts": [t.replace("{}", SUBJECTS[(i + j) % len(SUBJECTS)]) for j in (1, 2, 3)],
-            "attribute_prompts": [], "generation_prompts": [],
-        })
-    return recs
+HPARAMS = TRAJ_HPARAMS
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, tiny_model_factory):
-    d = tmp_path_factory.mktemp("traj-inputs")
-    model_dir = tiny_model_factory("gpt2")
-    (d / "cf.json").write_text(json.dumps(synthetic_records()))
-    write_ordering(d / "order.json", [100 + i for i in (3, 1, 4, 0, 5, 9, 2, 6, 8, 7)], sample=0)
-    model, tok = load_model(model_dir)
-    docs = [f"{s} {t.replace('{}', s)} {o} and then some more text number {i}"
-            for i, (s, t, o) in enumerate(zip(SUBJECTS * 30, TEMPLATES * 75, OBJECTS * 50))]
-    compute_key_second_moment(model, tok, 1, docs, d / "stats.h5", n_docs=len(docs), max_doc_tokens=64,
-                              batch_tokens=2048, attrs={**model_identity(model_dir), "corpus": "synthetic",
-                                                        "corpus_fingerprint": "x"})
-    return {"model_dir": model_dir, "counterfact_path": d / "cf.json", "ordering_path": d / "order.json",
-            "stats_path": d / "stats.h5"}
+def inputs(traj_inputs):
+    return traj_inputs
 
 
 def run(inputs, out, **kw):

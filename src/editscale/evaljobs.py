@@ -1,0 +1,180 @@
+"""Evaluation jobs over a finished trajectory: chunks of checkpoints, and their merge.
+
+Each chunk job rebuilds the edited weights after edit t from the trajectory's HDF5 file (nearest
+snapshot + stored updates), loads them into the unedited model and evaluates forgetting (every
+fact edited so far) and/or the downstream tasks there. Results are written per checkpoint to
+``<chunk>.h5.partial`` and flushed; a killed job resumes at the first checkpoint not done. The
+merge combines the chunks of a trajectory into one HDF5 file (facts x checkpoints matrices,
+downstream scores, the trajectory's distances carried along, the curves) and tidy CSVs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from .checkpoints import checkpoint_plan
+from .downstream import evaluate_task_set
+from .forgetting import evaluate_facts, forgetting_curves
+from .models import arch_of, edit_parameter, load_model
+from .provenance import environment, sha256_file
+from .store import read_metrics, rebuild_weights
+from .trajectory import select_records
+
+log = logging.getLogger(__name__)
+DOWNSTREAM_METRICS = ("f1", "accuracy", "mcc", "n_invalid")
+
+
+def _trajectory_meta(path) -> dict:
+    with h5py.File(path, "r") as f:
+        if not bool(f.attrs.get("complete", False)):
+            raise ValueError(f"{path} is not a finished trajectory (complete flag missing)")
+        return {"n_edits": int(f.attrs["n_done"]), "params": json.loads(f.attrs["params"])}
+
+
+def load_weights_into(model, weights: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, w in weights.items():
+            edit_parameter(model, name).copy_(w)
+
+
+def run_eval_chunk(*, trajectory_path, model_dir, counterfact_path, ordering_path, task_sets: dict[str, str],
+                   out_path, checkpoints: list[dict], forgetting_paraphrases: bool = False,
+                   dtype: str = "float32", device: str = "cpu", batch_size: int = 64,
+                   downstream_batch_size: int = 16, max_new_tokens: int = 3) -> None:
+    """Evaluate the given checkpoints of one trajectory and write ``out_path`` (HDF5)."""
+    meta = _trajectory_meta(trajectory_path)
+    records = select_records(counterfact_path, ordering_path, meta["n_edits"])
+    sets = {name: json.loads(Path(p).read_text()) for name, p in sorted(task_sets.items())}
+    model, tok = load_model(model_dir, dtype=dtype, device=device)
+    spec = arch_of(model)
+    traj_sha = sha256_file(trajectory_path)
+    part = Path(str(out_path) + ".partial")
+    mode = "r+" if part.exists() else "w"
+    f = h5py.File(part, mode)
+    try:
+        if mode == "r+" and f.attrs.get("trajectory_sha256") != traj_sha:
+            f.close()
+            part.unlink()
+            f = h5py.File(part, "w")
+        if "done" not in f.attrs:
+            f.attrs["trajectory_sha256"] = traj_sha
+            f.attrs["checkpoints"] = json.dumps(checkpoints)
+            f.attrs["environment"] = json.dumps(environment())
+            f.attrs["done"] = json.dumps([])
+        done = set(json.loads(f.attrs["done"]))
+        todo = [c for c in checkpoints if c["t"] not in done]
+        if done:
+            log.info("resuming %s: %d of %d checkpoints already done", part, len(done), len(checkpoints))
+        for i, ck in enumerate(todo):
+            t = ck["t"]
+            t0 = time.perf_counter()
+            load_weights_into(model, rebuild_weights(trajectory_path, t, spec, device=next(model.parameters()).device))
+            g = f.require_group(f"t{t}")
+            if ck["forgetting"] and t > 0:
+                res = evaluate_facts(model, tok, records[:t], paraphrases=forgetting_paraphrases, batch_size=batch_size)
+                for k, v in res.items():
+                    g.create_dataset(f"forgetting/{k}", data=v)
+            if ck["downstream"]:
+                for name, ts in sets.items():
+                    r = evaluate_task_set(model, tok, ts, batch_size=downstream_batch_size, max_new_tokens=max_new_tokens)
+                    dg = g.require_group(f"downstream/{name}")
+                    for m in DOWNSTREAM_METRICS:
+                        dg.attrs[m] = float(r[m])
+                    dg.create_dataset("predictions", data=np.asarray(r["predictions"], dtype=np.int64))
+            g.attrs["seconds"] = time.perf_counter() - t0
+            f.flush()
+            done.add(t)
+            f.attrs["done"] = json.dumps(sorted(done))
+            f.flush()
+            log.info("checkpoint t=%d (%d/%d in this job): %.1f s%s", t, i + 1, len(todo),
+                     time.perf_counter() - t0,
+                     "".join(f", {n} F1 {g[f'downstream/{n}'].attrs['f1']:.3f}" for n in sets if ck["downstream"]))
+        f.attrs["complete"] = True
+    finally:
+        f.close()
+    os.replace(part, out_path)
+
+
+def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgetting_csv, downstream_csv,
+                      *, forgetting_every: int, downstream_every: int, test: str = "argmax_ok") -> None:
+    """Combine the chunk files of one trajectory; derive the forgetting curves; write tidy CSVs."""
+    meta = _trajectory_meta(trajectory_path)
+    n = meta["n_edits"]
+    plan = checkpoint_plan(n, forgetting_every, downstream_every)
+    results = {}
+    chunk_info = []
+    traj_sha = sha256_file(trajectory_path)
+    for p in chunk_paths:
+        with h5py.File(p, "r") as f:
+            if f.attrs["trajectory_sha256"] != traj_sha:
+                raise ValueError(f"evaluation chunk {p} was computed from another version of {trajectory_path}")
+            chunk_info.append({"path": str(p), "sha256": sha256_file(p), "checkpoints": json.loads(f.attrs["checkpoints"])})
+            for key in f:
+                t = int(key[1:])
+                results[t] = {"forgetting": {k: f[key]["forgetting"][k][()] for k in f[key].get("forgetting", {})},
+                              "downstream": {k: dict(f[key]["downstream"][k].attrs) for k in f[key].get("downstream", {})}}
+    missing = [c["t"] for c in plan if c["t"] not in results]
+    if missing:
+        raise ValueError(f"checkpoints {missing[:10]} of {trajectory_path} are in none of the chunk files")
+
+    traj = read_metrics(trajectory_path)
+    f_ckpts = np.array([c["t"] for c in plan if c["forgetting"]], dtype=np.int64)
+    d_ckpts = np.array([c["t"] for c in plan if c["downstream"]], dtype=np.int64)
+    keys = sorted({k for t in f_ckpts for k in results[int(t)]["forgetting"]})
+    mats = {k: np.full((n, len(f_ckpts)), np.nan) for k in keys}
+    for c, t in enumerate(f_ckpts):
+        for k in keys:
+            mats[k][: int(t), c] = results[int(t)]["forgetting"][k]
+    success = traj["es_argmax"] == 1 if test == "argmax_ok" else traj["es"] == 1
+    curves = forgetting_curves(mats[test], f_ckpts, success) if len(f_ckpts) else {}
+    tasks = sorted({k for t in d_ckpts for k in results[int(t)]["downstream"]})
+
+    tmp = Path(str(out_path) + ".tmp")
+    with h5py.File(tmp, "w") as out:
+        out.attrs["trajectory"] = str(trajectory_path)
+        out.attrs["trajectory_sha256"] = traj_sha
+        out.attrs["chunks"] = json.dumps(chunk_info)
+        out.attrs["forgetting_test"] = test
+        fg = out.create_group("forgetting")
+        fg["checkpoints"] = f_ckpts
+        fg["success_after_edit"] = success.astype(np.int8)
+        for k, m in mats.items():
+            fg.create_dataset(k, data=m, compression="gzip")
+        for k, v in curves.items():
+            fg[f"curve_{k}"] = v
+        dg = out.create_group("downstream")
+        dg["checkpoints"] = d_ckpts
+        for task in tasks:
+            for m in DOWNSTREAM_METRICS:
+                dg[f"{task}/{m}"] = np.array([results[int(t)]["downstream"][task][m] for t in d_ckpts])
+        tg = out.create_group("trajectory")
+        for k, v in traj.items():
+            if k == "edit" or k == "case_id" or k.startswith(("distance_", "update_norm_")) or k in ("es", "ps", "ns"):
+                tg[k] = v
+    os.replace(tmp, out_path)
+
+    _write_csv(forgetting_csv, ["checkpoint", "metric", "value"],
+               [(int(t), f"forgetting_{k}", float(v[c])) for k, v in curves.items() for c, t in enumerate(f_ckpts)]
+               + [(int(t), f"facts_{k}_rate", float(np.nanmean(mats[k][: int(t), c])))
+                  for k in keys for c, t in enumerate(f_ckpts)])
+    _write_csv(downstream_csv, ["checkpoint", "task", "metric", "value"],
+               [(int(t), task, m, float(results[int(t)]["downstream"][task][m]))
+                for t in d_ckpts for task in tasks for m in DOWNSTREAM_METRICS])
+
+
+def _write_csv(path, header: list[str], rows: list[tuple]) -> None:
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
