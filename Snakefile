@@ -21,6 +21,7 @@ include: "rules/common.smk"
 include: "rules/prepare.smk"
 include: "rules/stats.smk"
 include: "rules/trajectory.smk"
+include: "rules/evaluation.smk"
 
 
 # Light jobs run on the submitting host under a cluster executor.
@@ -29,9 +30,12 @@ localrules:
     counterfact,
     ordering,
     metrics_csv,
+    eval_merge,
+    downstream_set,
 
 
 rule all:
     input:
         all_metrics_csv(),
+        all_evaluations(),
     default_target: True

@@ -12,10 +12,12 @@ from snakemake.utils import validate
 
 try:
     from editscale import config as escfg
+    from editscale.checkpoints import checkpoint_plan, chunks as plan_chunks
 except ImportError:
     # snakemake runs outside the project's environment: use the source tree
     sys.path.insert(0, str(Path(workflow.basedir) / "src"))
     from editscale import config as escfg
+    from editscale.checkpoints import checkpoint_plan, chunks as plan_chunks
 
 
 # Schema validation fills in the defaults; the cross-key checks then fail before any job runs.
@@ -125,3 +127,57 @@ def method_hparams(wildcards):
 def model_resource(key):
     """A resource of the heavy rules for the job's model (config ``resources``, schema defaults)."""
     return lambda wildcards: escfg.model_resources(config, wildcards.model)[key]
+
+
+# ---------------------------------------------------------------- evaluations
+
+
+def eval_plan_chunks():
+    ev = config["evaluation"]
+    plan = checkpoint_plan(
+        config["n_edits"], ev["forgetting_every"], ev["downstream_every"]
+    )
+    return plan_chunks(plan, ev["chunk_size"])
+
+
+def eval_chunk_files(wildcards):
+    return [
+        f"results/evaluations/{wildcards.model}/{wildcards.method}/sample{wildcards.sample}/chunk{i}.h5"
+        for i in range(len(eval_plan_chunks()))
+    ]
+
+
+def downstream_sets():
+    return {
+        task: f"resources/data/downstream/{task}.json"
+        for task in config["downstream"]["tasks"]
+    }
+
+
+def downstream_source_files(wildcards):
+    source = config["downstream"]["source"]
+    if source["type"] != "glue_files":
+        return []
+    sub = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}[
+        wildcards.task
+    ]
+    return [str(Path(source["path"]) / sub / "dev.tsv")]
+
+
+def trajectory_file(wildcards):
+    return f"results/trajectories/{wildcards.model}/{wildcards.method}/sample{wildcards.sample}.h5"
+
+
+def all_evaluations():
+    out = []
+    for model, method in escfg.experiments(config):
+        for sample in range(config["samples"]):
+            base = f"results/evaluations/{model}/{method}/sample{sample}"
+            if eval_plan_chunks():
+                out += [
+                    f"{base}.h5",
+                    f"{base}_forgetting.csv",
+                    f"{base}_downstream.csv",
+                ]
+            out.append(f"results/disabling/{model}/{method}/sample{sample}.json")
+    return out

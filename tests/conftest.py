@@ -71,12 +71,13 @@ def tiny_model_factory(tmp_path_factory, tiny_tokenizer):
 
     built: dict[tuple, Path] = {}
 
-    def make(arch: str = "gpt2", n_layer: int = 3, d_model: int = 32, n_head: int = 4, seed: int = 0) -> Path:
-        key = (arch, n_layer, d_model, n_head, seed)
+    def make(arch: str = "gpt2", n_layer: int = 3, d_model: int = 32, n_head: int = 4, seed: int = 0,
+             n_positions: int = 128) -> Path:
+        key = (arch, n_layer, d_model, n_head, seed, n_positions)
         if key not in built:
             dest = tmp_path_factory.mktemp(f"model-{arch}")
             build_scratch_model(arch, tiny_tokenizer, dest, n_layer=n_layer, d_model=d_model,
-                                n_head=n_head, n_positions=128, seed=seed)
+                                n_head=n_head, n_positions=n_positions, seed=seed)
             built[key] = dest
         return built[key]
 

@@ -57,6 +57,9 @@ def test_paper_config_dry_run_plans_twenty_trajectories(tmp_path):
     assert counts["trajectory"] == 20 and counts["metrics_csv"] == 20
     assert counts["prepare_model"] == 2 and counts["key_stats"] == 2  # one layer per model
     assert counts["ordering"] == 10 and counts["counterfact"] == 1
+    # 3000 edits, forgetting every 10, downstream every 5: 601 checkpoints in chunks of 50 = 13 jobs
+    assert counts["eval_chunk"] == 20 * 13 and counts["eval_merge"] == 20 and counts["disabling"] == 20
+    assert counts["downstream_set"] == 4
     for path in ("resources/stats/gpt-j-6b/wikipedia/layer5.h5", "resources/stats/gpt2-xl/wikipedia/layer17.h5",
                  "results/trajectories/gpt2-xl/rome/sample9.h5"):
         assert path in out
@@ -90,7 +93,7 @@ def test_bad_config_fails_at_start_up(tmp_path, override, key):
 
 def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, counterfact_path):
     """2 orderings x 5 ROME edits of a tiny local GPT-2, real CounterFact and WikiText statistics."""
-    model_dir = tiny_model_factory("gpt2", n_layer=3, d_model=32, n_head=4)
+    model_dir = tiny_model_factory("gpt2", n_layer=3, d_model=32, n_head=4, n_positions=1024)
     n_edits, samples = 5, 2
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["models"] = {"tiny-local": {"source": "local", "path": str(model_dir), "device": "cpu"}}
@@ -99,6 +102,9 @@ def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, coun
     cfg["stats"].update(n_docs=8, max_doc_tokens=64)
     cfg.update(samples=samples, n_edits=n_edits, snapshot_every=2,
                experiments=[{"model": "tiny-local", "method": "rome"}])
+    cfg["evaluation"].update(forgetting_every=2, downstream_every=5, chunk_size=2)
+    cfg["downstream"].update(tasks=["sst2", "rte"], n_per_label=3,
+                             source={"type": "glue_files", "path": str(counterfact_path.parents[1] / "glue")})
     cfg["methods"]["rome"]["per_model"] = {"tiny-local": {"layer": 1}}
     cfg["methods"]["rome"]["hparams"].update(v_num_grad_steps=5,
                                              context_template_lengths=[[5, 2], [10, 2]])
@@ -128,6 +134,18 @@ def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, coun
         assert [int(r["edit"]) for r in rows] == list(range(1, n_edits + 1))
         for name in ("logs/trajectory/tiny-local/rome/sample{}.log", "results/benchmarks/trajectory/tiny-local/rome/sample{}.tsv"):
             assert (work / name.format(sample)).is_file()
+
+        # evaluations: checkpoints 0, 2, 4, 5 in two chunks, merged; disabling edits measured
+        ev = work / f"results/evaluations/tiny-local/rome/sample{sample}"
+        assert (ev / "chunk0.h5").is_file() and (ev / "chunk1.h5").is_file()
+        with h5py.File(f"{ev}.h5", "r") as f:
+            assert list(f["forgetting/checkpoints"][()]) == [2, 4]
+            assert list(f["downstream/checkpoints"][()]) == [0, 5]
+            assert f["downstream/rte/f1"].shape == (2,)
+        down = list(csv.DictReader(open(f"{ev}_downstream.csv")))
+        assert {r["task"] for r in down} == {"sst2", "rte"}
+        dis = json.loads((work / f"results/disabling/tiny-local/rome/sample{sample}.json").read_text())
+        assert dis["n_edits"] == n_edits and dis["summary"]["normal"]["count"] >= 1
 
     # Everything is up to date afterwards: a second dry run plans nothing.
     again = snakemake("-n", "--configfile", str(config_file), "--directory", str(work), cwd=tmp_path)

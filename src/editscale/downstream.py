@@ -293,6 +293,8 @@ def _load_hub(task: str, source: Mapping, base_dir: Path) -> list[dict]:
     for key in ("revision", "cache_dir"):
         if source.get(key):
             kwargs[key] = source[key]
+    if not source.get("data_files") and not source.get("revision"):
+        log.warning("downstream source %s has no pinned revision: the download may change over time", dataset)
     if source.get("data_files"):
         ds = load_dataset(dataset, data_files=_resolve_data_files(source["data_files"], base_dir), **kwargs)
     else:

@@ -1,0 +1,103 @@
+rule downstream_set:
+    input:
+        downstream_source_files,
+    output:
+        "resources/data/downstream/{task}.json",
+    params:
+        source=config["downstream"]["source"],
+        n_per_label=config["downstream"]["n_per_label"],
+        seed=config["downstream"]["seed"],
+        rte_label_mapping=config["downstream"]["rte_label_mapping"],
+        selection=config["downstream"]["selection"],
+        demo_source=config["downstream"]["demo_source"],
+    log:
+        "logs/downstream_set/{task}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/downstream_set.py"
+
+
+rule eval_chunk:
+    input:
+        unpack(trajectory_inputs),
+        trajectory=trajectory_file,
+        task_sets=list(downstream_sets().values()),
+    output:
+        "results/evaluations/{model}/{method}/sample{sample}/chunk{chunk}.h5",
+    params:
+        checkpoints=lambda wildcards: eval_plan_chunks()[int(wildcards.chunk)],
+        tasks=list(downstream_sets()),
+        forgetting_paraphrases=config["evaluation"]["forgetting_paraphrases"],
+        max_new_tokens=config["downstream"]["max_new_tokens"],
+        dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
+    log:
+        "logs/eval_chunk/{model}/{method}/sample{sample}/chunk{chunk}.log",
+    benchmark:
+        "results/benchmarks/eval_chunk/{model}/{method}/sample{sample}/chunk{chunk}.tsv"
+    threads: model_resource("threads")
+    resources:
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+        gpu=model_resource("gpu"),
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/eval_chunk.py"
+
+
+rule eval_merge:
+    input:
+        chunks=eval_chunk_files,
+        trajectory=trajectory_file,
+    output:
+        h5="results/evaluations/{model}/{method}/sample{sample}.h5",
+        forgetting="results/evaluations/{model}/{method}/sample{sample}_forgetting.csv",
+        downstream="results/evaluations/{model}/{method}/sample{sample}_downstream.csv",
+    params:
+        forgetting_every=config["evaluation"]["forgetting_every"],
+        downstream_every=config["evaluation"]["downstream_every"],
+        test=config["evaluation"]["forgetting_test"],
+    log:
+        "logs/eval_merge/{model}/{method}/sample{sample}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/eval_merge.py"
+
+
+rule disabling:
+    input:
+        unpack(trajectory_inputs),
+        trajectory=trajectory_file,
+    output:
+        json="results/disabling/{model}/{method}/sample{sample}.json",
+        csv="results/disabling/{model}/{method}/sample{sample}.csv",
+    params:
+        rule={
+            k: config["disabling"][k]
+            for k in (
+                "norm_multiple",
+                "min_history",
+                "collapse_window",
+                "collapse_es_below",
+                "min_normal",
+            )
+        },
+        prompts=config["disabling"]["prompts"],
+        seed=config["disabling"]["seed"],
+        n_tokens=config["disabling"]["generation_tokens"],
+        dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
+    log:
+        "logs/disabling/{model}/{method}/sample{sample}.log",
+    benchmark:
+        "results/benchmarks/disabling/{model}/{method}/sample{sample}.tsv"
+    threads: model_resource("threads")
+    resources:
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+        gpu=model_resource("gpu"),
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/disabling.py"
