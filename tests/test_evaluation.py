@@ -58,3 +58,23 @@ def test_record_metrics_follow_their_definitions(tiny_model_factory):
     mag = np.mean([np.exp(-nll(p, "London")) - np.exp(-nll(p, "Paris")) for p in rec["neighborhood_prompts"]])
     assert m["ns_mag"] == pytest.approx(mag, rel=1e-4, abs=1e-7)
     assert 0.0 <= m["ps_argmax"] <= 1.0
+
+
+def test_out_of_memory_halves_the_batch(tiny_model_factory, monkeypatch):
+    import editscale.evaluation as ev
+
+    model, tok = load_model(tiny_model_factory("gpt2"))
+    real = ev._score_batch
+    sizes = []
+
+    def limited(model, tok, prompts, targets):
+        sizes.append(len(prompts))
+        if len(prompts) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, tok, prompts, targets)
+
+    monkeypatch.setattr(ev, "_score_batch", limited)
+    sc = score_targets(model, tok, PROMPTS, TARGETS, batch_size=4)
+    assert sizes == [3, 2, 1, 1, 1]
+    monkeypatch.setattr(ev, "_score_batch", real)
+    np.testing.assert_allclose(sc.nll, score_targets(model, tok, PROMPTS, TARGETS).nll, rtol=1e-5)

@@ -115,7 +115,9 @@ def test_chunked_evaluation_merged_equals_unchunked(traj_inputs, trajectory, tas
         np.testing.assert_array_equal(f["trajectory/distance_0"][()], traj["distance_0"])
         assert len(json.loads(f.attrs["chunks"])) == 3  # 5 checkpoints (0, 2, 4, 6, 8) in chunks of 2
     lines = (tmp_path / "f2.csv").read_text().splitlines()
-    assert lines[0] == "checkpoint,metric,value" and any(",forgetting_paper," in l for l in lines)
+    assert lines[0] == "edit,checkpoint,metric,value" and any(l.startswith(",2,forgetting_paper,") for l in lines)
+    # every edited fact at every checkpoint after its edit: 2 + 4 + 6 + 8 cells per test
+    assert sum(1 for l in lines if ",argmax_ok," in l) == 20
     with pytest.raises(ValueError, match="in none of the chunk files"):
         merge_eval_chunks(parts[:1], trajectory, tmp_path / "m3.h5", tmp_path / "f3.csv", tmp_path / "d3.csv", **kw)
 

@@ -162,10 +162,12 @@ def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgett
                 tg[k] = v
     os.replace(tmp, out_path)
 
-    _write_csv(forgetting_csv, ["checkpoint", "metric", "value"],
-               [(int(t), f"forgetting_{k}", float(v[c])) for k, v in curves.items() for c, t in enumerate(f_ckpts)]
-               + [(int(t), f"facts_{k}_rate", float(np.nanmean(mats[k][: int(t), c])))
-                  for k in keys for c, t in enumerate(f_ckpts)])
+    # tidy: curve rows have no edit; fact rows give each edited fact's test at each checkpoint
+    rows = [("", int(t), f"forgetting_{k}", float(v[c])) for k, v in curves.items() for c, t in enumerate(f_ckpts)]
+    for k in keys:
+        facts, cks = np.nonzero(~np.isnan(mats[k]))
+        rows += [(int(i) + 1, int(f_ckpts[c]), k, float(mats[k][i, c])) for i, c in zip(facts, cks)]
+    _write_csv(forgetting_csv, ["edit", "checkpoint", "metric", "value"], rows)
     _write_csv(downstream_csv, ["checkpoint", "task", "metric", "value"],
                [(int(t), task, m, float(results[int(t)]["downstream"][task][m]))
                 for t in d_ckpts for task in tasks for m in DOWNSTREAM_METRICS])

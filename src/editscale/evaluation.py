@@ -8,6 +8,7 @@ padded forward pass (left padding for prompts, right padding for continuations).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ import numpy as np
 import torch
 
 from .models import get_module, arch_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,17 +102,38 @@ def _score_batch(model, tok, prompts: list[str], targets: list[list[list[int]]])
     return nll.view(n, k).cpu().numpy().astype(np.float64), ok.view(n, k).cpu().numpy()
 
 
+def _is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
 def score_targets(model, tok, prompts: list[str], targets: list[list[str]] | list[list[list[int]]],
                   batch_size: int = 64) -> TargetScores:
-    """Teacher-forced scores of ``targets[i][j]`` after ``prompts[i]`` (strings or token ids)."""
+    """Teacher-forced scores of ``targets[i][j]`` after ``prompts[i]`` (strings or token ids).
+
+    Prompts go through in padded batches of ``batch_size``; a batch that runs out of memory is
+    retried at half the size (down to 1), and the smaller size is kept for the rest.
+    """
     if len(prompts) != len(targets):
         raise ValueError("one list of targets per prompt is required")
     ids = [[t if isinstance(t, list) else target_token_ids(tok, t) for t in row] for row in targets]
     nlls, oks = [], []
-    for s in range(0, len(prompts), batch_size):
-        a, b = _score_batch(model, tok, prompts[s : s + batch_size], ids[s : s + batch_size])
+    s = 0
+    while s < len(prompts):
+        try:
+            a, b = _score_batch(model, tok, prompts[s : s + batch_size], ids[s : s + batch_size])
+        except (RuntimeError, torch.OutOfMemoryError) as err:
+            if not _is_out_of_memory(err) or batch_size == 1:
+                raise
+            batch_size //= 2
+            log.warning("out of memory: scoring batch size lowered to %d", batch_size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
         nlls.append(a)
         oks.append(b)
+        s += len(a)
     return TargetScores(np.concatenate(nlls), np.concatenate(oks))
 
 
