@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -28,6 +27,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import report  # noqa: E402
+
 SHARED = REPO.parent / "shared" / "data"
 WIKITEXT = SHARED / "wikitext" / "wikitext-2_valid.tokens.txt"
 COUNTERFACT = SHARED / "counterfact" / "counterfact_500.json"
@@ -164,14 +166,7 @@ def main() -> None:
             ("edit_over_floor", "{:.2f}"), ("rome_mean_v_steps", "{:.1f}"), ("eval_s_per_record", "{:.3f}"),
             ("cov_tokens_per_s", "{:,.0f}"), ("peak_rss_mb", "{:,.0f}"), ("h5_bytes_per_edit", "{:,.0f}"),
             ("h5_bytes_per_snapshot", "{:,.0f}")]
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, threads={args.threads}")
-    print(f"{'metric':24s}" + "".join(f"{r['name']:>26s}" for r in runs))
-    for k, fmt in keys:
-        print(f"{k:24s}" + "".join(f"{fmt.format(r[k]):>26s}" for r in runs))
-    out_dir = REPO / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"engine-{platform.node()}.json").write_text(json.dumps(runs, indent=2))
-
+    report("engine", runs, keys, f"threads={args.threads}, records={args.records}")
 
 if __name__ == "__main__":
     main()

@@ -12,13 +12,15 @@ K examples per label (the paper: 100) at one checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import report  # noqa: E402
+
 SHARED = REPO.parent / "shared" / "data"
 
 
@@ -79,17 +81,10 @@ def main() -> None:
             r = bench(path, args.facts, args.n_per_label, args.threads)
             r["name"] = name
             runs.append(r)
-    print(f"machine: {platform.node()} {platform.machine()}, threads={args.threads}, facts={args.facts}, "
-          f"downstream examples per task={2 * args.n_per_label}")
-    keys = ["params", "facts_per_s", "facts_per_s_with_paraphrases", "downstream_s_per_checkpoint",
-            "sst2_f1", "mrpc_f1", "cola_f1", "rte_f1"]
-    print(f"{'metric':30s}" + "".join(f"{r['name']:>22s}" for r in runs))
-    for k in keys:
-        print(f"{k:30s}" + "".join(f"{r[k]:>22,.3f}" for r in runs))
-    out_dir = REPO / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"eval-{platform.node()}.json").write_text(json.dumps(runs, indent=2))
-
+    keys = [("params", "{:,.0f}"), ("facts_per_s", "{:,.1f}"), ("facts_per_s_with_paraphrases", "{:,.1f}"),
+            ("downstream_s_per_checkpoint", "{:,.1f}")] + [(f"{t}_f1", "{:.3f}") for t in ("sst2", "mrpc", "cola", "rte")]
+    report("eval", runs, keys, f"threads={args.threads}, facts={args.facts}, "
+                               f"downstream examples per task={2 * args.n_per_label}")
 
 if __name__ == "__main__":
     main()
