@@ -33,7 +33,7 @@ from .downstream import generate_greedy
 from .editors import load_editor_module
 from .evaljobs import load_weights_into
 from .models import arch_of, edit_parameter, load_model
-from .store import read_metrics, rebuild_weights
+from .store import read_editor_state, read_metrics, rebuild_weights
 from .trajectory import load_second_moment, select_records
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path
         hparams = json.loads(f.attrs["hparams"])
         editor_name = str(f.attrs["editor"])
         traj_seed = int(f.attrs["seed"])
-        state = {k: [s.decode() if isinstance(s, bytes) else s for s in f["editor_state"][k][()]]
-                 for k in f["editor_state"]}
+        state = read_editor_state(f)
     m = read_metrics(trajectory_path)
     n = len(m["edit"])
     records = select_records(counterfact_path, ordering_path, n)

@@ -116,8 +116,7 @@ class TrajectoryWriter:
         return int(self.f.attrs["n_done"])
 
     def editor_state(self) -> dict:
-        g = self.f["editor_state"]
-        return {k: [s.decode() if isinstance(s, bytes) else s for s in g[k][()]] for k in g}
+        return read_editor_state(self.f)
 
     def write_editor_state(self, state: dict) -> None:
         g = self.f["editor_state"]
@@ -174,6 +173,12 @@ class TrajectoryWriter:
 
 
 # -- readers --------------------------------------------------------------------------------
+def read_editor_state(f: h5py.File) -> dict[str, list[str]]:
+    """The editor's stored string lists (e.g. ROME's context templates) of an open trajectory file."""
+    g = f.get("editor_state", {})
+    return {k: [s.decode() if isinstance(s, bytes) else s for s in g[k][()]] for k in g}
+
+
 def read_metrics(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The per-edit metric columns of a trajectory file (finished or partial), first ``n_done`` rows."""
     with h5py.File(path, "r") as f:

@@ -161,16 +161,15 @@ def _out_in_shape(weight: torch.Tensor, spec) -> torch.Size:
 
 
 def _peek_editor_state(out_path) -> dict | None:
-    from .store import partial_path
+    from .store import partial_path, read_editor_state
 
     part = partial_path(out_path)
     if not part.exists():
         return None
     with h5py.File(part, "r") as f:
-        if "editor_state" not in f or int(f.attrs.get("n_done", 0)) == 0:
+        if int(f.attrs.get("n_done", 0)) == 0:
             return None
-        g = f["editor_state"]
-        return {k: [s.decode() if isinstance(s, bytes) else s for s in g[k][()]] for k in g}
+        return read_editor_state(f)
 
 
 def export_metrics_csv(h5_path, csv_path) -> None:
