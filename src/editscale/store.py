@@ -115,9 +115,6 @@ class TrajectoryWriter:
     def n_done(self) -> int:
         return int(self.f.attrs["n_done"])
 
-    def editor_state(self) -> dict:
-        return read_editor_state(self.f)
-
     def write_editor_state(self, state: dict) -> None:
         g = self.f["editor_state"]
         for k, v in state.items():
