@@ -32,7 +32,7 @@ import torch
 from .downstream import generate_greedy
 from .editors import load_editor_module
 from .evaljobs import load_weights_into
-from .models import arch_of, edit_parameter, load_model
+from .models import arch_of, edit_parameter, load_model, model_identity
 from .store import read_editor_state, read_metrics, rebuild_weights
 from .trajectory import load_second_moment, select_records
 
@@ -64,7 +64,7 @@ def flag_disabling(update_norm: np.ndarray, es: np.ndarray, *, norm_multiple: fl
 
 def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path, stats_path, out_json, out_csv,
                   rule: dict, prompts: list[str], seed: int, dtype: str = "float32", device: str = "cpu",
-                  n_tokens: int = 20) -> None:
+                  n_tokens: int = 20, editor_file=None) -> None:
     """Flag disabling edits of one trajectory, measure them standalone, store generations."""
     with h5py.File(trajectory_path, "r") as f:
         hparams = json.loads(f.attrs["hparams"])
@@ -86,7 +86,9 @@ def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path
     model, tok = load_model(model_dir, dtype=dtype, device=device)
     spec = arch_of(model)
     second_moment = load_second_moment(stats_path, model_dir, int(hparams["layer"])) if stats_path else None
-    editor = load_editor_module(editor_name).make_editor(model, tok, hparams, second_moment, traj_seed, state=state)
+    extra = {} if editor_file is None else {"editor_file": editor_file, "identity": model_identity(model_dir)}
+    editor = load_editor_module(editor_name).make_editor(model, tok, hparams, second_moment, traj_seed, state=state,
+                                                         **extra)
     numel = {p: edit_parameter(model, p).numel() for p in editor.edited_modules}
     reasons = dict(flagged)
     rows = []

@@ -9,6 +9,9 @@ Layout of ``<trajectory>.h5``::
     metrics/<name>                (n_edits,) float64 per-edit values (NaN until written)
     updates/<i>/u, updates/<i>/v  (n_edits, in) / (n_edits, out) float32 rank-one factors of param i
     updates/<i>/dense             (n_edits, out, in) float32 for methods without factors
+    updates/<i>/u, v, offsets     kind low_rank (MEND): (rows, in) / (rows, out) float32 factor rows
+                                  of all edits, growing; edit t owns rows offsets[t-1]:offsets[t]
+                                  (delta = v^T u); offsets (n_edits + 1,) int64
     snapshots/<i>/<t>             exact copy (storage orientation and dtype) of param i after edit t
 
 While running, the file is ``<trajectory>.h5.partial``; ``n_done`` is advanced (and the file
@@ -101,9 +104,17 @@ class TrajectoryWriter:
             if kinds[p] == "rank_one":
                 ug.create_dataset("u", shape=(n_edits, in_dim), dtype="f4", chunks=(1, in_dim))
                 ug.create_dataset("v", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim))
-            else:
+            elif kinds[p] == "low_rank":
+                ug.create_dataset("u", shape=(0, in_dim), maxshape=(None, in_dim), dtype="f4",
+                                  chunks=(16, in_dim))
+                ug.create_dataset("v", shape=(0, out_dim), maxshape=(None, out_dim), dtype="f4",
+                                  chunks=(16, out_dim))
+                ug.create_dataset("offsets", shape=(n_edits + 1,), dtype="i8", fillvalue=0)
+            elif kinds[p] == "dense":
                 ug.create_dataset("dense", shape=(n_edits, out_dim, in_dim), dtype="f4",
                                   chunks=(1, out_dim, in_dim), compression="gzip", compression_opts=1)
+            else:
+                raise StoreError(f"unknown update kind {kinds[p]!r} for {p}")
             f.create_group(f"snapshots/{i}")
         f.create_group("editor_state")
         f.flush()
@@ -147,9 +158,19 @@ class TrajectoryWriter:
         for i, p in enumerate(params):
             upd = by_module[p]
             g = self.f[f"updates/{i}"]
+            if upd.kind != g.attrs["kind"]:
+                raise StoreError(f"edit {t}: a {upd.kind} update for {p}, whose store kind is {g.attrs['kind']}")
             if upd.kind == "rank_one":
                 g["u"][t - 1] = _torch_to_numpy(upd.u.float())
                 g["v"][t - 1] = _torch_to_numpy(upd.v.float())
+            elif upd.kind == "low_rank":
+                # rows past offsets[n_done] belong to no finished edit (a killed run): overwritten
+                start = int(g["offsets"][t - 1])
+                end = start + int(upd.u.shape[0])
+                for name, fac in (("u", upd.u), ("v", upd.v)):
+                    g[name].resize(end, axis=0)
+                    g[name][start:end] = _torch_to_numpy(fac.float())
+                g["offsets"][t] = end
             else:
                 g["dense"][t - 1] = _torch_to_numpy(upd.dense.float())
         if snapshot is not None:
@@ -192,6 +213,12 @@ def read_updates(f: h5py.File, t_from: int, t_to: int) -> list[list[ParamUpdate]
         if g.attrs["kind"] == "rank_one":
             us, vs = g["u"][t_from:t_to], g["v"][t_from:t_to]
             cols.append([ParamUpdate(p, u=torch.from_numpy(u), v=torch.from_numpy(v)) for u, v in zip(us, vs)])
+        elif g.attrs["kind"] == "low_rank":
+            off = g["offsets"][t_from:t_to + 1]
+            us, vs = g["u"][off[0]:off[-1]], g["v"][off[0]:off[-1]]
+            cols.append([ParamUpdate(p, u=torch.from_numpy(us[a - off[0]:b - off[0]]),
+                                     v=torch.from_numpy(vs[a - off[0]:b - off[0]]))
+                         for a, b in zip(off[:-1], off[1:])])
         else:
             ds = g["dense"][t_from:t_to]
             cols.append([ParamUpdate(p, dense=torch.from_numpy(d)) for d in ds])

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import data as cf_data
-from .editors import load_editor_module
+from .editors import editor_info, load_editor_module
 from .editors.base import apply_updates
 from .evaluation import METRIC_NAMES, evaluate_record
 from .models import arch_of, edit_parameter, load_model, model_identity, read_manifest, sha256_file
@@ -62,11 +62,16 @@ def load_second_moment(stats_path, model_dir, layer: int) -> torch.Tensor:
 def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, out_path, method: str,
                    editor: str, hparams: dict, n_edits: int, snapshot_every: int, seed: int,
                    dtype: str = "float32", device: str = "cpu", config: dict | None = None,
-                   eval_batch_size: int = 64, progress_every_s: float = 30.0) -> None:
-    """Run (or resume) one sequential editing trajectory and write ``out_path`` (HDF5)."""
+                   eval_batch_size: int = 64, progress_every_s: float = 30.0, editor_file=None) -> None:
+    """Run (or resume) one sequential editing trajectory and write ``out_path`` (HDF5).
+
+    ``editor_file``: the trained editor networks of editors that need one (MEND).
+    """
     t_start = time.perf_counter()
     if n_edits < 1 or snapshot_every < 1:
         raise ValueError("n_edits and snapshot_every must be >= 1")
+    if editor_info(editor).needs_editor_file and editor_file is None:
+        raise ValueError(f"editor {editor!r} needs an editor file (editor_file=...)")
     records = select_records(counterfact_path, ordering_path, n_edits)
     module = load_editor_module(editor)
     torch.manual_seed(seed)
@@ -78,11 +83,15 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
 
     identity = model_identity(model_dir)
     stats_sha = sha256_file(stats_path) if stats_path else None
-    resume_key = _hash({
+    editor_sha = sha256_file(editor_file) if editor_file is not None else None
+    key_inputs = {
         "method": method, "editor": editor, "hparams": hparams, "model": identity, "seed": seed,
         "n_edits": n_edits, "snapshot_every": snapshot_every, "dtype": dtype,
         "case_ids": [r["case_id"] for r in records], "stats": stats_sha,
-    })
+    }
+    if editor_sha is not None:
+        key_inputs["editor_file"] = editor_sha
+    resume_key = _hash(key_inputs)
     from .provenance import config_hash, environment
 
     attrs = {
@@ -91,13 +100,15 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
         "model": read_manifest(model_dir), "model_id": identity["model_id"],
         "revision": identity["revision"], "counterfact_sha256": sha256_file(counterfact_path),
         "ordering_sha256": sha256_file(ordering_path), "stats_sha256": stats_sha or "",
+        "editor_file_sha256": editor_sha or "",
         "config": config or {}, "config_hash": config_hash(config or {}), "environment": environment(),
     }
 
     # The writer needs the editor's matrices and diagnostics; build the editor (context
     # templates from the file when resuming, else generated with the seed) on the unedited model.
     part_state = _peek_editor_state(out_path)
-    ed = module.make_editor(model, tok, hparams, second_moment, seed, state=part_state)
+    extra = {} if editor_file is None else {"editor_file": editor_file, "identity": identity}
+    ed = module.make_editor(model, tok, hparams, second_moment, seed, state=part_state, **extra)
     params = ed.edited_modules
     originals = {p: edit_parameter(model, p).detach().clone() for p in params}
     shapes = {p: tuple(_out_in_shape(originals[p], spec)) for p in params}

@@ -24,4 +24,5 @@ run_disabling(
     dtype=p.dtype,
     device=snakemake.config["models"][snakemake.wildcards.model]["device"],
     n_tokens=p.n_tokens,
+    editor_file=snakemake.input.get("editor_file"),
 )

@@ -25,4 +25,5 @@ run_trajectory(
     dtype=snakemake.params.dtype,
     device=snakemake.config["models"][wc.model]["device"],
     config=snakemake.config,
+    editor_file=snakemake.input.get("editor_file"),
 )

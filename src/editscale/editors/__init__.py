@@ -13,12 +13,17 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class EditorInfo:
-    module: str  # module defining ``make_editor(model, tok, hparams, stats_path, seed)``
+    module: str  # module defining ``make_editor(model, tok, hparams, second_moment, seed, state=None)``
     needs_covariance: bool  # the workflow computes key statistics for it
+    # the editor needs a trained editor file (MEND): make_editor then also takes
+    # ``editor_file=<path>`` and ``identity=<models.model_identity of the model>``
+    needs_editor_file: bool = False
 
 
 EDITORS: dict[str, EditorInfo] = {
     "rome": EditorInfo(module="editscale.editors.rome", needs_covariance=True),
+    "ftc": EditorInfo(module="editscale.editors.ftc", needs_covariance=False),
+    "mend": EditorInfo(module="editscale.editors.mend", needs_covariance=False, needs_editor_file=True),
 }
 
 

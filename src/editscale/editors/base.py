@@ -1,7 +1,8 @@
 """What every editor returns, and the one function that applies it to a model.
 
 An edit is a list of :class:`ParamUpdate`, one per edited matrix, either rank-one factors
-(``delta = v u^T`` in (out, in) orientation) or a dense delta in (out, in) orientation. The
+(``delta = v u^T`` in (out, in) orientation), low-rank factors (``u`` (r, in) and ``v`` (r, out):
+``delta = v^T u``, a sum of r outer products; MEND) or a dense delta in (out, in) orientation. The
 trajectory runner and the rebuild-from-HDF5 code both call :func:`apply_update`, so weights
 rebuilt from a file equal the runner's weights bit for bit on the same device.
 """
@@ -18,22 +19,29 @@ from ..models import ArchSpec, edit_parameter
 @dataclass
 class ParamUpdate:
     module: str  # module path of the edited matrix, e.g. transformer.h.5.mlp.c_proj
-    u: torch.Tensor | None = None  # (in,) rank-one key-side factor
-    v: torch.Tensor | None = None  # (out,) rank-one value-side factor
+    u: torch.Tensor | None = None  # (in,) rank-one key-side factor, or (r, in) low-rank factors
+    v: torch.Tensor | None = None  # (out,) rank-one value-side factor, or (r, out) low-rank factors
     dense: torch.Tensor | None = None  # (out, in) dense delta
 
     @property
     def kind(self) -> str:
-        return "dense" if self.dense is not None else "rank_one"
+        if self.dense is not None:
+            return "dense"
+        return "low_rank" if self.u.dim() == 2 else "rank_one"
 
     def delta_out_in(self) -> torch.Tensor:
         if self.dense is not None:
             return self.dense
+        if self.u.dim() == 2:
+            return self.v.T @ self.u
         return torch.outer(self.v, self.u)
 
     def frobenius_norm(self) -> float:
         if self.dense is not None:
             return float(self.dense.double().norm())
+        if self.u.dim() == 2:  # ||V^T U||_F^2 = trace((U U^T)(V V^T)), without forming the matrix
+            u, v = self.u.double(), self.v.double()
+            return float(((u @ u.T) * (v @ v.T)).sum().clamp(min=0).sqrt())
         return float(self.u.double().norm() * self.v.double().norm())
 
 
@@ -49,6 +57,8 @@ def apply_update(weight: torch.Tensor, update: ParamUpdate, spec: ArchSpec) -> N
     """Add an update to a stored weight in place, in the weight's own orientation and dtype."""
     if update.dense is not None:
         delta = update.dense.T if spec.conv1d else update.dense
+    elif update.u.dim() == 2:
+        delta = update.u.T @ update.v if spec.conv1d else update.v.T @ update.u
     elif spec.conv1d:
         delta = torch.outer(update.u, update.v)
     else:
