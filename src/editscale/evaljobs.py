@@ -144,6 +144,9 @@ def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgett
         out.attrs["trajectory_sha256"] = traj_sha
         out.attrs["chunks"] = json.dumps(chunk_info)
         out.attrs["forgetting_test"] = test
+        out.attrs["params"] = json.dumps(meta["params"])  # names of the edited matrices (distance_i order)
+        with h5py.File(trajectory_path, "r") as tf:  # where the trajectory ran (CPU, GPUs), for the figures
+            out.attrs["trajectory_environment"] = str(tf.attrs.get("environment", "{}"))
         fg = out.create_group("forgetting")
         fg["checkpoints"] = f_ckpts
         fg["success_after_edit"] = success.astype(np.int8)

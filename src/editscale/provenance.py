@@ -20,7 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PACKAGES", "sha256_file", "environment", "config_hash", "canonical_json", "git_state", "setup_rule_logging"]
+__all__ = ["PACKAGES", "sha256_file", "environment", "config_hash", "canonical_json", "git_state", "setup_rule_logging",
+           "artifact_provenance", "write_sidecar"]
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +158,126 @@ def setup_rule_logging(log_file: str | os.PathLike | None, threads: int | None =
         logger.info("torch threads: %d", torch.get_num_threads())
     logger.info("environment: %s", canonical_json(environment()))
     return logger
+
+
+# ---------------------------------------------------------------- figures and tables
+
+# Packages the figures and tables additionally depend on.
+FIGURE_PACKAGES = ("matplotlib", "pillow", "jinja2", "docutils")
+
+
+def _model_record(manifest_path: str | os.PathLike) -> dict[str, Any]:
+    """Identity of a prepared model from its manifest: id, revision, file hashes.
+
+    ``editscale.models.model_identity`` names it (hub models by repo id and revision, others by
+    their source and a digest of their files' hashes); without torch, the same rule is applied
+    here to the manifest.
+    """
+    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    files = manifest.get("files", {})
+    source = manifest.get("source")
+    try:  # the one definition, where torch is installed
+        from .models import model_identity
+
+        ident = model_identity(Path(manifest_path).parent)
+        model_id, revision = ident["model_id"], ident["revision"]
+    except ImportError:  # a light environment (envs/plot.yaml): the same naming, from the manifest
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+        if source == "hub":
+            model_id, revision = manifest.get("repo_id"), manifest.get("revision")
+        elif source == "world":
+            model_id = f"world:{manifest.get('world')}:{manifest.get('arch')}"
+            revision = f"seed{manifest.get('seed')}-{digest}"
+        elif source == "scratch":
+            model_id, revision = f"scratch:{manifest.get('arch')}", f"seed{manifest.get('seed')}-{digest}"
+        else:
+            model_id, revision = f"local:{manifest.get('path')}", digest
+    return {"model_id": model_id, "revision": revision, "source": source, "file_sha256": files,
+            "manifest": str(manifest_path), "manifest_sha256": sha256_file(manifest_path)}
+
+
+def _h5_upstream(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The provenance an HDF5 input carries about its own inputs (its trajectory, its hashes)."""
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - h5py is in every environment of the workflow
+        return None
+    keep = ("trajectory", "trajectory_sha256", "config_hash", "model_id", "revision", "counterfact_sha256",
+            "ordering_sha256", "stats_sha256")
+    try:
+        with h5py.File(path, "r") as f:
+            out = {k: (v.decode() if isinstance(v, bytes) else v if isinstance(v, str) else str(v))
+                   for k in keep if (v := f.attrs.get(k)) is not None}
+            env = f.attrs.get("trajectory_environment", f.attrs.get("environment"))
+    except OSError as exc:
+        return {"error": str(exc)}
+    if env is not None:
+        try:
+            env = json.loads(env)
+            out["trajectory_hardware"] = {k: env.get(k) for k in ("hostname", "cpu", "cpu_count", "gpus", "torch_cuda")}
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+def artifact_provenance(*, outputs: list[str], inputs: list[str], config: dict, rule: str,
+                        models: dict[str, str] | None = None, data: list[str] | None = None,
+                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The provenance record of a figure or table (its JSON sidecar and embedded metadata).
+
+    ``inputs``: every input file (sha256 of each; HDF5 inputs also listed with what they record
+    about their own inputs); ``models``: model name -> its ``editscale_manifest.json``;
+    ``data``: the data files among the inputs (CounterFact, orderings, downstream sets).
+    ``digest`` is the sha256 of the record without its time stamp: it changes when an input,
+    the config, the code version or the environment changes, and only then.
+    """
+    from datetime import datetime, timezone
+
+    env = environment()
+    env["packages"].update({name: _version(name) for name in FIGURE_PACKAGES})
+    git = {"commit": env.pop("git_commit", None), "dirty": env.pop("git_dirty", None)}
+    hashes = {str(p): sha256_file(p) for p in inputs}
+    record: dict[str, Any] = {
+        "outputs": [str(p) for p in outputs],
+        "rule": rule,
+        "git": git,
+        "config_hash": config_hash(config),
+        "config": config,
+        "environment": env,
+        "hardware": {"cpu": env.get("cpu"), "cpu_count": env.get("cpu_count"), "gpus": env.get("gpus")},
+        "models": {name: _model_record(path) for name, path in (models or {}).items()},
+        "data_sha256": {str(p): hashes.get(str(p)) or sha256_file(p) for p in (data or [])},
+        "seeds": _seeds(config),
+        "inputs_sha256": hashes,
+        "hdf5_inputs": {p: {"sha256": h, "records": _h5_upstream(p)} for p, h in hashes.items()
+                        if p.endswith((".h5", ".hdf5"))},
+    }
+    # this job's hardware above; where the trajectories behind the HDF5 inputs ran, here
+    record["hardware"]["trajectories"] = {
+        p: v["records"]["trajectory_hardware"] for p, v in record["hdf5_inputs"].items()
+        if v["records"] and "trajectory_hardware" in v["records"]}
+    if extra:
+        record["extra"] = extra
+    record["digest"] = hashlib.sha256(canonical_json(record).encode("utf-8")).hexdigest()
+    record["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return record
+
+
+def _seeds(config: dict) -> dict[str, Any]:
+    seeds = {k: config.get(k) for k in ("seed", "ordering_seed")}
+    for section in ("downstream", "disabling"):
+        if isinstance(config.get(section), dict) and "seed" in config[section]:
+            seeds[f"{section}.seed"] = config[section]["seed"]
+    for name, spec in (config.get("models") or {}).items():
+        if isinstance(spec, dict) and spec.get("seed") is not None:
+            seeds[f"models.{name}.seed"] = spec["seed"]
+    return seeds
+
+
+def write_sidecar(record: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a provenance record as indented JSON (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,265 @@
+"""The paper's tables from tidy data: Table 2 (+ the Table 8 analogue) and the runtime table.
+
+* :func:`table2_rows` pools the disabling JSONs of every sample of a method: the mean
+  standalone normalised distance ||delta W||_F / numel of the flagged (disabling) edits and of
+  the sampled normal edits, each applied alone to the unedited model, with counts, the sample
+  standard deviation and the range. :func:`write_table2` writes it as Markdown, CSV and LaTeX,
+  with a second small table of the generations before and after the first disabling edit.
+* :func:`find_benchmarks` + :func:`runtime_rows` read Snakemake ``benchmark:`` files into one table.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["table2_rows", "generation_rows", "write_table2", "find_benchmarks", "runtime_rows", "runtime_summary",
+           "write_runtime"]
+
+_KINDS = ("disabling", "normal")
+TABLE2_FIELDS = ["method", "label", "sample", "kind", "count", "mean", "std", "min", "max"]
+
+
+def _stats(values) -> dict:
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    return {"count": int(v.size), "mean": float(v.mean()) if v.size else None,
+            "std": float(v.std(ddof=1)) if v.size > 1 else None,
+            "min": float(v.min()) if v.size else None, "max": float(v.max()) if v.size else None}
+
+
+def table2_rows(disabling: dict[str, list[dict]]) -> list[dict]:
+    """Rows (method, sample or 'all', kind, count, mean, std, min, max) from disabling JSONs.
+
+    ``disabling``: method -> one document per sample (``editscale.disabling.run_disabling``'s
+    JSON with ``sample`` and ``label`` added). The 'all' rows pool the edits of every sample.
+    """
+    rows = []
+    for method, docs in disabling.items():
+        label = docs[0].get("label", method) if docs else method
+        for kind in _KINDS:
+            pooled = []
+            for doc in docs:
+                vals = [float(e["standalone_distance"]) for e in doc["edits"] if e["kind"] == kind]
+                pooled += vals
+                rows.append({"method": method, "label": label, "sample": str(doc["sample"]), "kind": kind,
+                             **_stats(vals)})
+            rows.append({"method": method, "label": label, "sample": "all", "kind": kind, **_stats(pooled)})
+    return rows
+
+
+def generation_rows(disabling: dict[str, list[dict]]) -> list[dict]:
+    """Per method, the generations around the first disabling edit of the first sample that has one."""
+    rows = []
+    for method, docs in disabling.items():
+        for doc in docs:
+            gen = doc.get("generations")
+            if not gen:
+                continue
+            for prompt, before, after in zip(gen["prompts"], gen["before"], gen["after"]):
+                rows.append({"method": method, "label": doc.get("label", method), "sample": doc["sample"],
+                             "edit": gen["edit"], "case_id": gen["case_id"], "prompt": prompt,
+                             "before": before, "after": after})
+            break
+    return rows
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _sci_md(x) -> str:
+    return "n/a" if x is None else f"{x:.3e}"
+
+
+def _sci_tex(x) -> str:
+    if x is None:
+        return "--"
+    mant, exp = f"{x:.3e}".split("e")
+    return f"${mant}\\times10^{{{int(exp)}}}$"
+
+
+def _cell_md(s: str) -> str:
+    return " ".join(str(s).split()).replace("|", "\\|") or " "
+
+
+def _tex_escape(s: str) -> str:
+    out = []
+    for ch in " ".join(str(s).split()):
+        out.append({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}.get(ch, ch))
+    return "".join(out)
+
+
+def _pooled(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    out: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        if r["sample"] == "all":
+            out.setdefault(r["method"], {"label": r["label"]})[r["kind"]] = r
+    return out
+
+
+def _ratio(p: dict):
+    d, n = p["disabling"]["mean"], p["normal"]["mean"]
+    return d / n if d is not None and n else None
+
+
+def _spread_md(r: dict) -> str:
+    if r["mean"] is None:
+        return "n/a"
+    sd = f" ± {r['std']:.2e}" if r["std"] is not None else ""
+    rng = f" [{r['min']:.2e}, {r['max']:.2e}]" if r["count"] > 1 else ""
+    return f"{_sci_md(r['mean'])}{sd}{rng}"
+
+
+def table2_markdown(rows: list[dict], gens: list[dict], n_samples: int) -> str:
+    pooled = _pooled(rows)
+    lines = [
+        "**Table 2.** Mean normalised distance ‖ΔW‖_F / #elements of the edited matrix when an edit is "
+        f"applied alone to the unedited model, disabling vs normal edits (pooled over {n_samples} "
+        "sample(s); ± sample standard deviation, [min, max]; n = number of edits).",
+        "",
+        "| Method | Disabling n | Disabling distance | Normal n | Normal distance | Ratio |",
+        "|---|---:|---|---:|---|---:|",
+    ]
+    for p in pooled.values():
+        ratio = _ratio(p)
+        lines.append(f"| {p['label']} | {p['disabling']['count']} | {_spread_md(p['disabling'])} | "
+                     f"{p['normal']['count']} | {_spread_md(p['normal'])} | "
+                     f"{'n/a' if ratio is None else f'{ratio:.3g}'} |")
+    lines += ["", "Paper (GPT-J, ROME): disabling 3.339e-04, normal 8.156e-07.", ""]
+    lines += ["**Table 8 analogue.** Greedy generations before (model after edit t-1) and after (model "
+              "after edit t) the first disabling edit t.", ""]
+    if not gens:
+        lines.append("No disabling edit was flagged, so there are no generations to show.")
+    else:
+        lines += ["| Method | Edit t (case id) | Prompt | Before | After |", "|---|---|---|---|---|"]
+        for g in gens:
+            lines.append(f"| {g['label']} | {g['edit']} ({g['case_id']}) | {_cell_md(g['prompt'])} | "
+                         f"{_cell_md(g['before'])} | {_cell_md(g['after'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def table2_latex(rows: list[dict], gens: list[dict], n_samples: int) -> str:
+    pooled = _pooled(rows)
+    out = [
+        "% Table 2 analogue (editscale): standalone normalised distance of disabling vs normal edits",
+        r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{lrlrl}", r"\hline",
+        r"Method & \multicolumn{2}{c}{Disabling edits} & \multicolumn{2}{c}{Normal edits} \\",
+        r" & $n$ & distance & $n$ & distance \\", r"\hline",
+    ]
+    for p in pooled.values():
+        cells = []
+        for kind in _KINDS:
+            r = p[kind]
+            sd = f" $\\pm$ {_sci_tex(r['std'])}" if r["std"] is not None else ""
+            cells += [str(r["count"]), _sci_tex(r["mean"]) + sd]
+        out.append(f"{_tex_escape(p['label'])} & " + " & ".join(cells) + r" \\")
+    out += [r"\hline", r"\end{tabular}",
+            r"\caption{Mean distance $\|\Delta W\|_F/\#\mathrm{elements}$ of the edited matrix when an edit is "
+            rf"applied alone to the unedited model, disabling vs normal edits (pooled over {n_samples} "
+            r"sample(s); $\pm$ sample standard deviation).}", r"\label{tab:disabling-distance}", r"\end{table}", ""]
+    out += ["% Table 8 analogue: generations around the first disabling edit",
+            r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{p{0.12\linewidth}p{0.2\linewidth}"
+            r"p{0.3\linewidth}p{0.3\linewidth}}", r"\hline", r"Method (edit) & Prompt & Before & After \\", r"\hline"]
+    if not gens:
+        out.append(r"\multicolumn{4}{l}{No disabling edit was flagged.} \\")
+    for g in gens:
+        out.append(f"{_tex_escape(g['label'])} ({g['edit']}) & {_tex_escape(g['prompt'])} & "
+                   f"{_tex_escape(g['before'])} & {_tex_escape(g['after'])} \\\\")
+    out += [r"\hline", r"\end{tabular}",
+            r"\caption{Greedy generations of the model before and after the first disabling edit.}",
+            r"\label{tab:disabling-generations}", r"\end{table}", ""]
+    return "\n".join(out)
+
+
+def _write_text(path, text: str) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_csv(path, fields: list[str], rows: list[dict]) -> None:
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows([{k: ("" if r.get(k) is None else r.get(k)) for k in fields} for r in rows])
+    os.replace(tmp, path)
+
+
+def write_table2(disabling: dict[str, list[dict]], *, md, csv_path, tex, generations_csv) -> tuple[list, list]:
+    """Write Table 2 (+ the Table 8 analogue) as Markdown, LaTeX and two CSVs; return the rows."""
+    rows = table2_rows(disabling)
+    gens = generation_rows(disabling)
+    n_samples = max((len(d) for d in disabling.values()), default=0)
+    _write_text(md, table2_markdown(rows, gens, n_samples))
+    _write_text(tex, table2_latex(rows, gens, n_samples))
+    _write_csv(csv_path, TABLE2_FIELDS, rows)
+    _write_csv(generations_csv, ["method", "label", "sample", "edit", "case_id", "prompt", "before", "after"], gens)
+    return rows, gens
+
+
+# --------------------------------------------------------------------------- runtime
+
+RUNTIME_FIELDS = ["rule", "job", "s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out",
+                  "mean_load", "cpu_time"]
+
+
+def runtime_rows(benchmarks: list[str], root: str = "results/benchmarks") -> list[dict]:
+    """One row per benchmark file (``results/benchmarks/<rule>/<job...>.tsv``); repeated
+    measurements (``repeat()``) are averaged."""
+    rows = []
+    for path in benchmarks:
+        rel = Path(path).relative_to(root) if Path(path).is_relative_to(root) else Path(path)
+        with open(path, newline="", encoding="utf-8") as fh:
+            recs = list(csv.DictReader(fh, delimiter="\t"))
+        row = {"rule": rel.parts[0], "job": str(Path(*rel.parts[1:]).with_suffix("")) if len(rel.parts) > 1 else ""}
+        for k in RUNTIME_FIELDS[2:]:
+            vals = [r.get(k) for r in recs if r.get(k) not in (None, "", "NA", "-")]
+            if k == "h:m:s":
+                row[k] = vals[0] if vals else ""
+                continue
+            try:
+                row[k] = float(np.mean([float(v) for v in vals])) if vals else None
+            except ValueError:
+                row[k] = None
+        rows.append(row)
+    return rows
+
+
+def runtime_summary(rows: list[dict]) -> list[dict]:
+    """Per rule: jobs, total / mean / max wall seconds, peak RSS (MB), total CPU seconds."""
+    out = []
+    for rule in dict.fromkeys(r["rule"] for r in rows):
+        rr = [r for r in rows if r["rule"] == rule]
+        s = [r["s"] for r in rr if r["s"] is not None]
+        rss = [r["max_rss"] for r in rr if r.get("max_rss") is not None]
+        cpu = [r["cpu_time"] for r in rr if r.get("cpu_time") is not None]
+        out.append({"rule": rule, "jobs": len(rr), "total_s": sum(s), "mean_s": float(np.mean(s)) if s else None,
+                    "max_s": max(s) if s else None, "peak_rss_mb": max(rss) if rss else None,
+                    "total_cpu_s": sum(cpu) if cpu else None})
+    return out
+
+
+def find_benchmarks(root: str = "results/benchmarks", models: list[str] | None = None) -> list[str]:
+    """Every benchmark file under ``root`` (``<rule>/<model>/...tsv`` or ``<rule>/<model>.tsv``),
+    restricted to jobs of ``models`` when given (files left by runs of other configs are skipped)."""
+    out = []
+    for path in sorted(Path(root).rglob("*.tsv")):
+        parts = path.relative_to(root).parts
+        if len(parts) < 2:
+            continue
+        model = parts[1] if len(parts) > 2 else Path(parts[1]).stem
+        if models is None or model in models:
+            out.append(str(path))
+    return out
+
+
+def write_runtime(benchmarks: list[str], *, jobs_csv, summary_csv, root: str = "results/benchmarks") -> None:
+    rows = runtime_rows(sorted(benchmarks), root)
+    _write_csv(jobs_csv, RUNTIME_FIELDS, rows)
+    _write_csv(summary_csv, ["rule", "jobs", "total_s", "mean_s", "max_s", "peak_rss_mb", "total_cpu_s"],
+               runtime_summary(rows))
