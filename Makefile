@@ -1,6 +1,7 @@
 # make run   - build/reuse the virtual environment, then run the workflow (default config)
 # make test  - build/reuse the virtual environment, then run the test suite
 # make lint  - snakemake --lint and snakefmt --check
+# make report - report.html (figures, tables, configuration, runtimes) of the last run
 # make bench - engine benchmark (benchmarks/bench_engine.py): ROME edit, evaluation, covariance, storage
 #
 # The environment is .venv, built from requirements.txt (pinned) plus this package in editable
@@ -14,7 +15,7 @@ SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.editscale-installed
 
-.PHONY: all venv run dry-run test lint format bench clean-results
+.PHONY: all venv run dry-run test lint format bench clean-results report
 
 all: test
 
@@ -28,6 +29,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+report: $(STAMP)
+	$(BIN)/snakemake --report report.html $(SNAKEMAKE_ARGS)
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n $(SNAKEMAKE_ARGS)
@@ -47,4 +51,4 @@ format: $(STAMP)
 
 # Removes what the workflow made (models, statistics, trajectories, logs); asks nothing.
 clean-results:
-	rm -rf results resources logs
+	rm -rf results resources logs figures/*/ report.html

@@ -12,30 +12,50 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+report: "workflow/report/workflow.rst"
+
+
 if not workflow.overwrite_configfiles:
 
     configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/world.smk"
 include: "rules/prepare.smk"
 include: "rules/stats.smk"
 include: "rules/trajectory.smk"
 include: "rules/evaluation.smk"
+include: "rules/mend.smk"
+include: "rules/figures.smk"
 
 
-# Light jobs run on the submitting host under a cluster executor.
+# Light jobs run on the submitting host under a cluster executor: downloads (compute nodes
+# often have no internet; prepare_model downloads hub models), data preparation, aggregation.
+# Every other rule is submitted (profiles/slurm asks GPUs for the heavy ones).
 localrules:
     all,
+    world,
+    prepare_model,
     counterfact,
     ordering,
     metrics_csv,
     eval_merge,
     downstream_set,
+    editor_split,
+    download_editor,
+    figure1,
+    figure1_sample,
+    figure2,
+    figure2_sample,
+    table2,
+    run_config,
+    runtime_table,
 
 
 rule all:
     input:
         all_metrics_csv(),
         all_evaluations(),
+        all_figures(),
     default_target: True

@@ -5,6 +5,8 @@ rerun trigger). Settings that do not change a result (device, checkpoint frequen
 config stored for provenance) are read by the scripts from ``snakemake.config`` instead.
 """
 
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -19,9 +21,20 @@ except ImportError:
     from editscale import config as escfg
     from editscale.checkpoints import checkpoint_plan, chunks as plan_chunks
 
+# Jobs in conda environments (--sdm conda) and on cluster nodes import editscale from this
+# source tree: the environments hold its dependencies, not the package itself.
+_src = str(Path(workflow.basedir) / "src")
+if _src not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ.update(
+        PYTHONPATH=os.pathsep.join(p for p in (_src, os.environ.get("PYTHONPATH")) if p)
+    )
+
 
 # Schema validation fills in the defaults; the cross-key checks then fail before any job runs.
 validate(config, schema="../workflow/schemas/config.schema.yaml")
+# Snakemake skips validate() in cluster jobs (--mode remote), which re-parse the workflow on the
+# node: fill the same defaults there too (in the main process this changes nothing).
+escfg.validate_schema(config)
 escfg.check_config(config)
 
 
@@ -97,6 +110,52 @@ def model_inputs(wildcards):
     return []
 
 
+def world_models():
+    """Models trained here on a synthetic world (source: world)."""
+    return [m for m, spec in config["models"].items() if spec["source"] == "world"]
+
+
+def _one_of(names):
+    """A wildcard regex matching exactly these names (none: a regex matching nothing)."""
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+def world_models_regex():
+    return _one_of(world_models())
+
+
+def other_models_regex():
+    """Any model name that is not trained on a world (rule prepare_model makes those)."""
+    return rf"(?!(?:{_one_of(world_models())})/)[^/]+"
+
+
+def world_corpus(wildcards):
+    world = config["models"][wildcards.model]["world"]
+    return f"resources/worlds/{world}/corpus_train.jsonl"
+
+
+def world_training_hparams(wildcards):
+    """Architecture (from the model entry) + training hyperparameters of a world model."""
+    spec = config["models"][wildcards.model]
+    seed = spec.get("seed")
+    return {
+        "n_layer": spec["n_layer"],
+        "d_model": spec["d_model"],
+        "n_head": spec["n_head"],
+        "vocab_size": spec["vocab_size"],
+        "block_size": spec["n_positions"],
+        "seed": config["seed"] if seed is None else seed,
+        **spec.get("training", {}),
+    }
+
+
+def gates_file(model):
+    """The gates JSON a world model must pass before any edit (None for other models)."""
+    if config["models"][model]["source"] != "world":
+        return None
+    return f"resources/models/{model}/gates.json"
+
+
 def counterfact_input(wildcards):
     path = config["counterfact"].get("path")
     return [path] if path is not None else []
@@ -114,7 +173,27 @@ def trajectory_inputs(wildcards):
     stats = stats_path(wildcards.model, wildcards.method)
     if stats is not None:
         inputs["stats"] = stats
+    gates = gates_file(wildcards.model)
+    if gates is not None:
+        inputs["gates"] = gates
+    editor = escfg.editor_file(config, wildcards.method, wildcards.model)
+    if editor is not None:
+        inputs["editor_file"] = editor
     return inputs
+
+
+# ---------------------------------------------------------------- editor networks (MEND)
+
+EDITOR_SPLIT = "resources/data/editor_split.json"
+
+
+def editor_split_inputs(wildcards):
+    """The editor split when some experiment trains an editor: orderings then exclude its records."""
+    return [EDITOR_SPLIT] if escfg.trained_editors(config) else []
+
+
+def editor_training_corpus_files(wildcards):
+    return corpus_files(escfg.editor_training_corpus(config))
 
 
 def method_hparams(wildcards):
@@ -125,8 +204,14 @@ def method_hparams(wildcards):
 
 
 def model_resource(key):
-    """A resource of the heavy rules for the job's model (config ``resources``, schema defaults)."""
-    return lambda wildcards: escfg.model_resources(config, wildcards.model)[key]
+    """A resource of the heavy rules for the job's model and rule.
+
+    Config ``resources.<model>``, its per-rule ``rules`` overrides, then the schema defaults.
+    Snakemake passes the rule's name (``rulename``) to resource and thread functions.
+    """
+    return lambda wildcards, rulename: escfg.model_resources(
+        config, wildcards.model, rulename
+    )[key]
 
 
 # ---------------------------------------------------------------- evaluations
@@ -181,3 +266,86 @@ def all_evaluations():
                 ]
             out.append(f"results/disabling/{model}/{method}/sample{sample}.json")
     return out
+
+
+# ---------------------------------------------------------------- figures and report
+
+
+from editscale import figdata
+from editscale.provenance import config_hash
+
+
+def figure_models():
+    return list(dict.fromkeys(model for model, _ in escfg.experiments(config)))
+
+
+def figure_layout(wildcards):
+    return figdata.figure_layout(
+        config, wildcards.model, evaluated=bool(eval_plan_chunks())
+    )
+
+
+def figure_inputs(wildcards):
+    """The tidy files a figure of the model reads (one sample when the job has a sample wildcard),
+    plus the model manifest and the data files, whose hashes go into the provenance."""
+    sample = getattr(wildcards, "sample", None)
+    layout = [
+        e
+        for e in figure_layout(wildcards)
+        if sample is None or e["sample"] == int(sample)
+    ]
+    inputs = {
+        "metrics": [e["metrics"] for e in layout],
+        "evaluations": [e["evaluation"] for e in layout if e["evaluation"]],
+        "manifest": model_manifest(wildcards.model),
+        "counterfact": "resources/data/counterfact.json",
+        "orderings": sorted({ordering_path(e["sample"]) for e in layout}),
+    }
+    return inputs
+
+
+def figure2_inputs(wildcards):
+    inputs = figure_inputs(wildcards)
+    sample = getattr(wildcards, "sample", None)
+    inputs["downstream"] = [
+        e["downstream"]
+        for e in figure_layout(wildcards)
+        if e["downstream"] and (sample is None or e["sample"] == int(sample))
+    ]
+    inputs["task_sets"] = list(downstream_sets().values()) if eval_plan_chunks() else []
+    return inputs
+
+
+def table2_inputs(wildcards):
+    return {
+        "disabling": [e["disabling"] for e in figure_layout(wildcards)],
+        "manifest": model_manifest(wildcards.model),
+        "counterfact": "resources/data/counterfact.json",
+        "orderings": [ordering_path(s) for s in range(config["samples"])],
+    }
+
+
+def figure_settings():
+    return {
+        k: config["figures"][k] for k in ("bucket", "window", "band", "dpi", "labels")
+    }
+
+
+def all_figures():
+    out = []
+    for model in figure_models():
+        base = f"figures/{model}"
+        for fig in ("figure1", "figure2"):
+            out += [f"{base}/{fig}.{ext}" for ext in ("pdf", "png", "json")]
+            out += [
+                f"{base}/samples/{fig}_sample{s}.{ext}"
+                for s in range(config["samples"])
+                for ext in ("pdf", "png", "json")
+            ]
+        out += [f"{base}/table2.{ext}" for ext in ("md", "csv", "tex", "json")]
+        out.append(f"{base}/table2_generations.csv")
+    return out + [
+        "results/report/config.yaml",
+        "results/report/runtime.csv",
+        "results/report/runtime_summary.csv",
+    ]

@@ -1,4 +1,6 @@
 rule prepare_model:
+    wildcard_constraints:
+        model=other_models_regex(),
     input:
         model_inputs,
     output:
@@ -39,6 +41,7 @@ rule counterfact:
 rule ordering:
     input:
         "resources/data/counterfact.json",
+        reserved=editor_split_inputs,
     output:
         "resources/data/orderings/sample{sample}.json",
     params:

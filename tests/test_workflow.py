@@ -36,6 +36,21 @@ def job_counts(output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
+def planned_jobs(output: str) -> dict[tuple[str, str], dict]:
+    """{(rule, model wildcard): {"local", "threads", "resources": {name: value}}} of a dry run's
+    job listing (the last job of each pair wins)."""
+    jobs = {}
+    for m in re.finditer(r"^(local)?rule (\w+):\n((?:    .*\n)+)", output, re.M):
+        body = m.group(3)
+        model = re.search(r"wildcards: .*?\bmodel=([^,\s]+)", body)
+        threads = re.search(r"threads: (\d+)", body)
+        res = re.search(r"resources: (.*)", body)
+        jobs[(m.group(2), model.group(1) if model else "")] = {
+            "local": bool(m.group(1)), "threads": threads.group(1) if threads else None,
+            "resources": dict(kv.split("=", 1) for kv in res.group(1).split(", ")) if res else {}}
+    return jobs
+
+
 def test_lint_is_clean(tmp_path):
     proc = snakemake("--lint", cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -48,9 +63,10 @@ def test_lint_is_clean(tmp_path):
 
 
 def test_paper_config_dry_run_plans_twenty_trajectories(tmp_path):
-    """config/paper.yaml resolves without network: 2 models x 1 method x 10 samples."""
+    """config/paper.yaml resolves without network: 2 models x 1 method x 10 samples. Planned with
+    the SLURM profile: the heavy jobs get the per-model (and per-rule) resources of the config."""
     proc = snakemake("-n", "--configfile", str(REPO / "config" / "paper.yaml"), "--directory", str(tmp_path),
-                     cwd=tmp_path)
+                     "--workflow-profile", str(REPO / "profiles" / "slurm"), cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     counts = job_counts(out)
@@ -66,15 +82,30 @@ def test_paper_config_dry_run_plans_twenty_trajectories(tmp_path):
     assert not (tmp_path / "resources").exists()  # a dry run writes nothing
     # the shipped default config is not merged in: no tiny model in the paper's plan
     assert "tiny-gpt2" not in out
+    # what each job asks SLURM for (config/paper.yaml resources; profiles/slurm partition)
+    jobs = planned_jobs(out)
+    assert jobs[("trajectory", "gpt-j-6b")]["resources"].items() >= {"gpu": "1", "mem_mb": "64000", "runtime": "2880"}.items()
+    assert jobs[("trajectory", "gpt2-xl")]["resources"].items() >= {"gpu": "1", "mem_mb": "32000", "runtime": "1440"}.items()
+    assert jobs[("eval_chunk", "gpt-j-6b")]["resources"].items() >= {"gpu": "1", "runtime": "480"}.items()
+    assert jobs[("key_stats", "gpt2-xl")]["resources"].items() >= {"gpu": "1", "mem_mb": "32000"}.items()
+    assert jobs[("trajectory", "gpt-j-6b")]["threads"] == "8"
 
 
-def test_default_config_dry_run(shared_data):
-    proc = snakemake("-n", cwd=REPO)
+def test_default_config_dry_run(tmp_path):
+    """The embedded default plans the whole experiment from nothing but the repository."""
+    proc = snakemake("-n", "--directory", str(tmp_path), cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    counts = job_counts(out) if "Job stats:" in out else {}
-    if counts:  # nothing to do when the default workflow already ran here
-        assert counts.get("trajectory", 0) <= 2
+    counts = job_counts(out)
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert cfg["n_edits"] >= 1000 and cfg["samples"] >= 2
+    assert {e["method"] for e in cfg["experiments"]} == {"rome", "ftc", "mend"}
+    for rule in ("world", "train_world_model", "model_gates", "key_stats", "train_mend", "counterfact"):
+        assert counts[rule] == 1, rule
+    assert "prepare_model" not in counts  # the model is trained here, not downloaded
+    assert counts["trajectory"] == 3 * cfg["samples"] and counts["figure1"] == 1
+    assert "resources/worlds/toy/corpus_heldout.jsonl" in out
+    assert not (tmp_path / "resources").exists()
 
 
 @pytest.mark.parametrize("override, key", [
@@ -98,8 +129,8 @@ def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, coun
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["models"] = {"tiny-local": {"source": "local", "path": str(model_dir), "device": "cpu"}}
     cfg["counterfact"]["path"] = str(counterfact_path)
-    cfg["corpora"]["wikitext"]["paths"] = [str(WIKITEXT)]
-    cfg["stats"].update(n_docs=8, max_doc_tokens=64)
+    cfg["corpora"] = {"wikitext": {"type": "text_files", "paths": [str(WIKITEXT)], "doc_split": "blank_lines"}}
+    cfg["stats"].update(corpus="wikitext", n_docs=8, max_doc_tokens=64)
     cfg.update(samples=samples, n_edits=n_edits, snapshot_every=2,
                experiments=[{"model": "tiny-local", "method": "rome"}])
     cfg["evaluation"].update(forgetting_every=2, downstream_every=5, chunk_size=2)
@@ -146,6 +177,33 @@ def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, coun
         assert {r["task"] for r in down} == {"sst2", "rte"}
         dis = json.loads((work / f"results/disabling/tiny-local/rome/sample{sample}.json").read_text())
         assert dis["n_edits"] == n_edits and dis["summary"]["normal"]["count"] >= 1
+
+    # figures and tables of the model, each with its provenance sidecar; the runtime table
+    figs = work / "figures/tiny-local"
+    for name in ("figure1.pdf", "figure1.png", "figure2.pdf", "figure2.png", "table2.md", "table2.csv", "table2.tex",
+                 "table2_generations.csv", "samples/figure1_sample1.pdf", "samples/figure2_sample0.png"):
+        assert (figs / name).stat().st_size > 0, name
+    for name in ("figure1", "figure2", "table2", "samples/figure1_sample0", "samples/figure2_sample1"):
+        side = json.loads((figs / f"{name}.json").read_text())
+        assert side["config"]["n_edits"] == n_edits and side["git"]["commit"] and side["digest"]
+        assert side["models"]["tiny-local"]["model_id"].startswith("local:")
+    side = json.loads((figs / "figure1.json").read_text())
+    assert side["rule"] == "figure1"
+    assert set(side["hdf5_inputs"]) == {f"results/evaluations/tiny-local/rome/sample{s}.h5" for s in range(samples)}
+    with open(work / "results/report/runtime_summary.csv", newline="") as f:
+        runtime = {r["rule"]: r for r in csv.DictReader(f)}
+    assert set(runtime) >= {"prepare_model", "key_stats", "trajectory", "eval_chunk", "disabling"}
+    assert int(runtime["eval_chunk"]["jobs"]) == 2 * samples
+
+    # the self-contained report: every figure and table with its caption, config and runtime
+    report = tmp_path / "report.html"
+    proc = snakemake("--configfile", str(config_file), "--directory", str(work), "--report", str(report), cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    html = report.read_text()
+    assert len(html) > 100_000
+    for caption in ("Figure 1 (tiny-local)", "Figure 2 (tiny-local)", "Table 2 (tiny-local)", "Figure 1, sample 1",
+                    "Runtime of the heavy jobs", "Configuration of this run", "experiments (model / method)"):
+        assert caption in html, caption
 
     # Everything is up to date afterwards: a second dry run plans nothing.
     again = snakemake("-n", "--configfile", str(config_file), "--directory", str(work), cwd=tmp_path)

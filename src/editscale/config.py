@@ -39,6 +39,9 @@ __all__ = [
     "stats_layer",
     "model_resources",
     "model_n_layer",
+    "editor_file",
+    "trained_editors",
+    "editor_training_corpus",
 ]
 
 SCHEMA_NAME = "config.schema.yaml"
@@ -195,14 +198,46 @@ def stats_layer(cfg: dict, method: str, model: str) -> int | None:
     return int(cfg["methods"][method]["per_model"][model]["layer"])
 
 
+def editor_file(cfg: dict, method: str, model: str) -> str | None:
+    """The editor file ``method`` needs on ``model`` (MEND), or None: a downloaded public file
+    (``.pt``) when ``editor_weights`` names the model, else one trained by rule train_mend."""
+    from editscale.editors import editor_info
+
+    spec = cfg["methods"][method]
+    if not editor_info(spec["editor"]).needs_editor_file:
+        return None
+    ext = "pt" if model in spec.get("editor_weights", {}) else "safetensors"
+    return f"resources/editors/{model}/{method}.{ext}"
+
+
+def trained_editors(cfg: dict) -> list[tuple[str, str]]:
+    """The (model, method) experiments whose editor is trained here (rule train_mend)."""
+    return [(model, method) for model, method in experiments(cfg)
+            if (editor_file(cfg, method, model) or "").endswith(".safetensors")]
+
+
+def editor_training_corpus(cfg: dict) -> str | None:
+    """The locality corpus of editor training: ``editor_training.corpus``, else ``stats.corpus``."""
+    return cfg.get("editor_training", {}).get("corpus") or cfg["stats"].get("corpus")
+
+
 def _resource_defaults() -> dict:
     props = load_schema()["$defs"]["resources"]["properties"]
     return {k: v["default"] for k, v in props.items() if "default" in v}
 
 
-def model_resources(cfg: dict, model: str) -> dict:
-    """``mem_mb``, ``runtime`` (minutes), ``threads`` and ``gpu`` of the heavy rules for ``model``."""
-    return {**_resource_defaults(), **cfg.get("resources", {}).get(model, {})}
+def model_resources(cfg: dict, model: str, rule: str | None = None) -> dict:
+    """``mem_mb``, ``runtime`` (minutes), ``threads`` and ``gpu`` of the heavy rules for ``model``.
+
+    Schema defaults, updated by ``resources.<model>``, updated by ``resources.<model>.rules.<rule>``
+    (per-rule amounts for that model, e.g. a longer runtime for trajectories than for evaluation
+    chunks). The ``rules`` table itself is not part of the result.
+    """
+    spec = cfg.get("resources", {}).get(model, {})
+    out = {k: v for k, v in {**_resource_defaults(), **spec}.items() if k != "rules"}
+    if rule is not None:
+        out.update(spec.get("rules", {}).get(rule, {}))
+    return out
 
 
 def model_n_layer(cfg: dict, model: str, base_dir: str | os.PathLike = ".") -> int | None:
@@ -256,6 +291,13 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
                 raise ConfigError(f"{where}.tokenizer_corpus",
                                   f"{spec['tokenizer_corpus']!r} is not a key of corpora "
                                   f"(defined: {sorted(corpora)})")
+        if spec["source"] == "world":
+            if spec["world"] not in cfg.get("worlds", {}):
+                raise ConfigError(f"{where}.world", f"{spec['world']!r} is not a key of worlds "
+                                  f"(defined: {sorted(cfg.get('worlds', {}))})")
+            if spec["d_model"] % spec["n_head"]:
+                raise ConfigError(f"{where}.d_model",
+                                  f"{spec['d_model']} is not divisible by n_head={spec['n_head']}")
         if spec["source"] == "hub" and not _COMMIT.match(spec["revision"]):
             warnings.warn(f"config key '{where}.revision': {spec['revision']!r} is not a commit hash; "
                           "a branch or tag can move, pin the 40-character commit for reproducibility",
@@ -282,6 +324,13 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
             if model not in models:
                 raise ConfigError(f"methods.{name}.per_model.{model}",
                                   f"{model!r} is not a key of models (defined: {sorted(models)})")
+        for model in spec.get("editor_weights", {}):
+            if model not in models:
+                raise ConfigError(f"methods.{name}.editor_weights.{model}",
+                                  f"{model!r} is not a key of models (defined: {sorted(models)})")
+        if (spec.get("training") or spec.get("editor_weights")) and not EDITORS[spec["editor"]].needs_editor_file:
+            raise ConfigError(f"methods.{name}", f"'training' and 'editor_weights' apply to editors that need "
+                              f"an editor file (MEND), not to {spec['editor']!r}")
 
     seen: set[tuple[str, str]] = set()
     uses_covariance = False
@@ -312,6 +361,18 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
             if n_layer is not None and layer >= n_layer:
                 raise ConfigError(key, f"{layer} is out of range: model {model!r} has {n_layer} layers "
                                   f"(0..{n_layer - 1})")
+
+    if trained_editors(cfg):
+        model, method = trained_editors(cfg)[0]
+        loc_corpus = editor_training_corpus(cfg)
+        if loc_corpus is None:
+            raise ConfigError("editor_training.corpus",
+                              f"required: method {method!r} trains an editor for model {model!r} (no "
+                              f"methods.{method}.editor_weights.{model}) and needs locality text: set "
+                              "editor_training.corpus or stats.corpus")
+        if loc_corpus not in corpora:
+            raise ConfigError("editor_training.corpus",
+                              f"{loc_corpus!r} is not a key of corpora (defined: {sorted(corpora)})")
 
     stats_corpus = cfg["stats"].get("corpus")
     if stats_corpus is not None and stats_corpus not in corpora:

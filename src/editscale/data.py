@@ -59,7 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CORPUS_TYPES = ("text_files", "hub")
-DOC_SPLITS = ("wikitext_articles", "blank_lines", "lines")
+DOC_SPLITS = ("wikitext_articles", "blank_lines", "lines", "jsonl")
 
 # Known corpus keys per type; others are reported with a warning (likely typos).
 _CORPUS_KEYS = {
@@ -375,6 +375,11 @@ def _split_documents(lines: Iterable[str], doc_split: str) -> Iterator[str]:
 def _iter_text_files(corpus: dict, base_dir: str | os.PathLike) -> Iterator[str]:
     doc_split = _doc_split(corpus)
     for path in _text_file_paths(corpus, base_dir):
+        if doc_split == "jsonl":  # one JSON object per line, its "text" is the document
+            from .world import read_jsonl_docs
+
+            yield from read_jsonl_docs(path)
+            continue
         with open(path, encoding="utf-8") as f:
             yield from _split_documents(f, doc_split)
 

@@ -355,6 +355,9 @@ def model_identity(folder: str | os.PathLike) -> dict[str, str]:
     files_digest = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
     if manifest.get("source") == "hub":
         return {"model_id": manifest["repo_id"], "revision": manifest["revision"]}
+    if manifest.get("source") == "world":
+        return {"model_id": f"world:{manifest.get('world')}:{manifest.get('arch')}",
+                "revision": f"seed{manifest.get('seed')}-{files_digest}"}
     if manifest.get("source") == "scratch":
         return {"model_id": f"scratch:{manifest.get('arch')}", "revision": f"seed{manifest.get('seed')}-{files_digest}"}
     return {"model_id": f"local:{manifest.get('path', str(Path(folder).resolve()))}", "revision": files_digest}

@@ -1,0 +1,89 @@
+"""Gates on a trained model before any edit: does it know the facts it will be edited on, and can
+it do the (toy) downstream tasks? Measured values go to a JSON next to the model; a missed gate
+raises :class:`GateError` naming each gate, its value and its threshold."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .evaluation import score_targets, target_token_ids
+
+log = logging.getLogger(__name__)
+
+FACT_GATES = ("rewrite", "paraphrase", "neighborhood")
+
+
+class GateError(RuntimeError):
+    pass
+
+
+def fact_knowledge(model, tok, records: Sequence[dict], batch_size: int = 128) -> dict[str, float]:
+    """Fraction of rewrite, paraphrase and neighbourhood prompts with P(true) > P(new)."""
+    prompts, targets, kinds = [], [], []
+    for rec in records:
+        rw = rec["requested_rewrite"]
+        ids = [target_token_ids(tok, rw["target_true"]["str"]), target_token_ids(tok, rw["target_new"]["str"])]
+        groups = {"rewrite": [rw["prompt"].replace("{}", rw["subject"], 1)],
+                  "paraphrase": list(rec["paraphrase_prompts"]),
+                  "neighborhood": list(rec["neighborhood_prompts"])}
+        for kind, plist in groups.items():
+            prompts += plist
+            targets += [ids] * len(plist)
+            kinds += [kind] * len(plist)
+    sc = score_targets(model, tok, prompts, targets, batch_size=batch_size)
+    known = sc.nll[:, 0] < sc.nll[:, 1]
+    kinds_arr = np.asarray(kinds)
+    return {k: float(known[kinds_arr == k].mean()) for k in FACT_GATES}
+
+
+def gate_failures(values: Mapping[str, float], thresholds: Mapping[str, float]) -> list[str]:
+    return [f"{name}: {values[name]:.3f} < {thresholds[name]:.3f}"
+            for name in thresholds if name in values and values[name] < thresholds[name]]
+
+
+def run_gates(*, model_dir, counterfact_path, ordering_paths: Sequence[str], n_edits: int,
+              task_set_paths: Mapping[str, str], thresholds: Mapping[str, float], out_json,
+              dtype: str = "float32", device: str = "cpu") -> dict:
+    """Measure every gate, write ``out_json`` (also when a gate fails), raise on failures.
+
+    ``thresholds``: ``rewrite``, ``paraphrase``, ``neighborhood`` and ``downstream_f1`` (each task).
+    """
+    from .downstream import evaluate_task_set
+    from .models import load_model, model_identity
+    from .trajectory import select_records
+
+    model, tok = load_model(model_dir, dtype=dtype, device=device)
+    case_ids: dict[int, dict] = {}
+    for path in ordering_paths:
+        for rec in select_records(counterfact_path, path, n_edits):
+            case_ids.setdefault(rec["case_id"], rec)
+    records = [case_ids[c] for c in sorted(case_ids)]
+    log.info("gates on %d records to be edited (%d orderings x %d edits)", len(records), len(ordering_paths), n_edits)
+    values = fact_knowledge(model, tok, records)
+    limits = {k: float(thresholds[k]) for k in FACT_GATES}
+    for task, path in sorted(task_set_paths.items()):
+        with open(path, encoding="utf-8") as f:
+            result = evaluate_task_set(model, tok, json.load(f))
+        values[f"f1_{task}"] = float(result["f1"])
+        limits[f"f1_{task}"] = float(thresholds["downstream_f1"])
+    failures = gate_failures(values, limits)
+    report = {"model": model_identity(model_dir), "n_records": len(records), "values": values,
+              "thresholds": limits, "passed": not failures, "failures": failures}
+    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{out_json}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    os.replace(tmp, out_json)
+    for name, value in values.items():
+        log.info("gate %-13s %.3f (threshold %.2f)%s", name, value, limits[name],
+                 "" if value >= limits[name] else "  MISSED")
+    if failures:
+        raise GateError(f"model {model_dir} misses its gates ({out_json}): " + "; ".join(failures)
+                        + ". Train longer or on a smaller world (models.<name>.training, worlds.<name>).")
+    return report

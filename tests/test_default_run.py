@@ -1,0 +1,62 @@
+"""The embedded default, end to end: config/config.yaml with fewer edits (same world, same
+training, same rules) runs offline through Snakemake: world, training, gates, statistics, ROME /
+FT-C / MEND trajectories, evaluations, figures and the report. Slow (the model is trained for
+real, as in the default run): CI runs it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from editscale.store import read_metrics
+
+from test_workflow import REPO, job_counts, snakemake
+
+N_EDITS = 20
+
+
+@pytest.mark.slow
+def test_reduced_default_config_runs_offline(tmp_path):
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg.update(n_edits=N_EDITS, snapshot_every=10)
+    cfg["evaluation"].update(forgetting_every=10, downstream_every=N_EDITS, chunk_size=2)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    work = tmp_path / "work"
+
+    proc = snakemake("--cores", "2", "--configfile", str(config_file), "--directory", str(work), cwd=tmp_path,
+                     timeout=2400)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-8000:]
+    counts = job_counts(out)
+    for rule in ("world", "train_world_model", "model_gates", "key_stats", "train_mend"):
+        assert counts[rule] == 1, rule
+    assert counts["trajectory"] == 3 * cfg["samples"]
+
+    model = "toy-gpt2"
+    gates = json.loads((work / "resources" / "models" / model / "gates.json").read_text())
+    assert gates["passed"], gates
+    log = (work / "logs" / "train_world_model" / f"{model}.log").read_text()
+    assert "tokens/s" in log and "model written" in log  # progress lines
+
+    for method in ("rome", "ftc", "mend"):
+        for sample in range(cfg["samples"]):
+            metrics = read_metrics(work / "results" / "trajectories" / model / method / f"sample{sample}.h5")
+            assert list(metrics["edit"]) == list(range(1, N_EDITS + 1)), (method, sample)
+    # ROME edits of a model that knows its facts succeed (before any collapse)
+    csv_text = (work / "results" / "trajectories" / model / "rome" / "sample0.csv").read_text().splitlines()
+    header = csv_text[0].split(",")
+    es = [float(row.split(",")[header.index("es")]) for row in csv_text[1:]]
+    assert len(es) == N_EDITS and sum(es[:10]) >= 8, es
+
+    figures = work / "figures" / model
+    for name in ("figure1.pdf", "figure1.png", "figure2.pdf", "figure2.png", "table2.md", "figure1.json"):
+        assert (figures / name).exists(), name
+
+    report = tmp_path / "report.html"
+    proc = snakemake("--configfile", str(config_file), "--directory", str(work), "--report", str(report),
+                     cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert report.stat().st_size > 100_000

@@ -1,0 +1,141 @@
+"""Training a world model: the schedule, block packing, a real SIGKILL + resume that ends with the
+same weights as an uninterrupted run, and the gates (JSON written, clear failure)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from editscale import data, gates, training, world
+from editscale.models import load_model, model_identity, read_manifest
+
+SPEC = {"n_people": 300, "n_places": 60, "n_companies": 60, "n_neighbors": 3, "n_attribute": 3,
+        "n_task_dev": 40, "n_task_heldout": 10, "n_task_chains": 6, "chain_length": 3, "n_filler": 10,
+        "n_heldout_docs": 10}
+HP = {"n_layer": 1, "d_model": 32, "n_head": 2, "vocab_size": 600, "block_size": 64, "batch_size": 4,
+      "max_steps": 24, "lr": 3e-3, "warmup_steps": 4, "checkpoint_every": 2, "seed": 5}
+
+TRAIN_SCRIPT = """
+import json, sys, torch
+torch.set_num_threads(1)
+from editscale import training
+training.train_world_model(sys.argv[1], sys.argv[2], training.TrainHParams.from_dict(json.loads(sys.argv[3])),
+                           world_name="small", progress_every_s=0)
+"""
+
+
+@pytest.fixture(scope="module")
+def world_files(tmp_path_factory):
+    return world.write_world(world.generate_world(world.WorldSpec.from_dict(SPEC)), tmp_path_factory.mktemp("w"))
+
+
+def test_learning_rate_schedule():
+    hp = training.TrainHParams.from_dict({"max_steps": 110, "warmup_steps": 10, "lr": 1.0, "min_lr_ratio": 0.1})
+    assert training.lr_at(0, hp) == pytest.approx(0.1) and training.lr_at(9, hp) == pytest.approx(1.0)
+    assert training.lr_at(10, hp) == pytest.approx(1.0)
+    assert training.lr_at(60, hp) == pytest.approx(0.55)  # half-way down the cosine
+    assert training.lr_at(110, hp) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="d_model"):
+        training.TrainHParams.from_dict({"d_model": 30, "n_head": 4})
+    with pytest.raises(ValueError, match="lr_max"):
+        training.TrainHParams.from_dict({"lr_max": 1})
+
+
+def test_packing_keeps_documents_whole():
+    docs = [[1] * 3, [2] * 5, [3] * 2, [4] * 9, [5] * 1]
+    blocks = training.pack_blocks(docs, [0, 1, 2, 3, 4], block_size=8, eos_id=0)
+    assert blocks == [[1, 1, 1, 0], [2, 2, 2, 2, 2, 0], [3, 3, 0], [4] * 7 + [0], [5, 0]]
+    blocks = training.pack_blocks(docs, [2, 0, 4], block_size=8, eos_id=0)
+    assert blocks == [[3, 3, 0, 1, 1, 1, 0], [5, 0]]
+
+
+def test_every_step_gets_a_full_batch_across_epochs():
+    docs = [[1 + i % 7] * (1 + (i * 5) % 11) for i in range(60)]
+    hp = training.TrainHParams.from_dict({"block_size": 16, "batch_size": 4, "seed": 1})
+    sched = training._Schedule(docs, hp, eos_id=0)
+    for step in range(sched.batches_per_epoch * 6):
+        epoch, blocks = sched.batch(step)
+        assert len(blocks) == 4 and all(0 < len(b) <= 16 for b in blocks)
+    assert epoch == 5
+
+
+def test_training_resumes_after_a_kill(world_files, tmp_path):
+    corpus = world_files["train"]
+    ref = tmp_path / "ref"
+    torch.set_num_threads(1)
+    training.train_world_model(corpus, ref, training.TrainHParams.from_dict(HP), world_name="small")
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(corpus), str(killed), json.dumps(HP)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = Path(f"{killed}.train") / "checkpoint.pt"
+    deadline = time.time() + 120
+    step = 0
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists():
+            try:
+                step = torch.load(ckpt, weights_only=True)["step"]
+            except Exception:  # being replaced right now
+                step = 0
+            if step >= 6:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed: " + proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.safetensors").exists()
+    done = torch.load(ckpt, weights_only=True)["step"]
+    assert 6 <= done < HP["max_steps"]
+
+    manifest = training.train_world_model(corpus, killed, training.TrainHParams.from_dict(HP), world_name="small")
+    a, b = load_file(ref / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not Path(f"{killed}.train").exists()  # checkpoints are removed once the model is written
+    assert manifest["source"] == "world" and manifest["training"]["max_steps"] == HP["max_steps"]
+    assert read_manifest(killed)["corpus_sha256"] == read_manifest(ref)["corpus_sha256"]
+    assert model_identity(killed)["model_id"] == "world:small:gpt2"
+    model, tok = load_model(killed)
+    assert model.config.n_positions == HP["block_size"] and len(tok) <= HP["vocab_size"]
+
+
+def test_gates_write_json_and_fail_clearly(world_files, tmp_path):
+    model_dir = tmp_path / "m"
+    torch.set_num_threads(1)
+    training.train_world_model(world_files["train"], model_dir,
+                               training.TrainHParams.from_dict({**HP, "max_steps": 4, "block_size": 512}),
+                               world_name="small")
+    records = data.load_counterfact(world_files["counterfact"])
+    ordering = tmp_path / "ordering.json"
+    data.write_ordering(ordering, [r["case_id"] for r in records])
+    from editscale import downstream
+
+    sets = {}
+    for task in ("sst2", "cola"):
+        ex = downstream.load_glue(task, {"type": "glue_files", "path": str(world_files["counterfact"].parent / "glue")})
+        path = tmp_path / f"{task}.json"
+        path.write_text(json.dumps(downstream.prepare_task_set(task, ex, 5, seed=1)))
+        sets[task] = str(path)
+    kwargs = dict(model_dir=model_dir, counterfact_path=world_files["counterfact"], ordering_paths=[str(ordering)],
+                  n_edits=30, task_set_paths=sets)
+    out = tmp_path / "gates.json"
+    report = gates.run_gates(**kwargs, thresholds={"rewrite": 0, "paraphrase": 0, "neighborhood": 0,
+                                                   "downstream_f1": 0}, out_json=out)
+    assert report["passed"] and report["n_records"] == 30
+    assert set(report["values"]) == {"rewrite", "paraphrase", "neighborhood", "f1_sst2", "f1_cola"}
+    assert all(0 <= v <= 1 for v in report["values"].values())
+    with pytest.raises(gates.GateError, match=r"rewrite: [0-9.]+ < 1\.000"):
+        gates.run_gates(**kwargs, thresholds={"rewrite": 1.0, "paraphrase": 0, "neighborhood": 0,
+                                              "downstream_f1": 0}, out_json=out)
+    failed = json.loads(out.read_text())
+    assert not failed["passed"] and failed["failures"][0].startswith("rewrite")

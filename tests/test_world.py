@@ -1,0 +1,121 @@
+"""The synthetic world of the embedded default: deterministic, CounterFact-schema records, balanced
+toy tasks in GLUE's file formats whose labels need more than one word, JSON-lines corpora."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from editscale import data, downstream, world
+
+SMALL = {"n_people": 300, "n_places": 60, "n_companies": 60, "n_neighbors": 3, "n_attribute": 3,
+         "n_task_dev": 60, "n_task_heldout": 20, "n_task_chains": 10, "chain_length": 4, "n_filler": 20,
+         "n_heldout_docs": 30}
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    spec = world.WorldSpec.from_dict(SMALL)
+    dest = tmp_path_factory.mktemp("world")
+    w = world.generate_world(spec)
+    return w, world.write_world(w, dest)
+
+
+def test_generator_is_deterministic(small_world, tmp_path):
+    _, files = small_world
+    again = world.write_world(world.generate_world(world.WorldSpec.from_dict(SMALL)), tmp_path)
+    for role, path in files.items():
+        assert path.read_bytes() == again[role].read_bytes(), role
+    other = world.write_world(world.generate_world(world.WorldSpec.from_dict({**SMALL, "seed": 1})),
+                              tmp_path / "other")
+    assert other["counterfact"].read_bytes() != files["counterfact"].read_bytes()
+
+
+def test_records_pass_the_counterfact_loader(small_world):
+    w, files = small_world
+    records = data.load_counterfact(files["counterfact"])
+    assert len(records) == len(w.subjects) == 420
+    assert len(data.unique_subject_records(records)) == len(records)
+    facts = {(s.name, s.relation_id): s.obj for s in w.subjects}
+    by_fact = Counter((s.relation_id, s.obj) for s in w.subjects)
+    positions = Counter()
+    for rec in records:
+        rw = rec["requested_rewrite"]
+        rel = world.relation(rw["relation_id"])
+        assert rw["prompt"] in rel.templates and rw["prompt"].count("{}") == 1
+        positions["first" if rw["prompt"].startswith("{}") else "middle"] += 1
+        assert rw["target_true"]["str"] == facts[(rw["subject"], rw["relation_id"])]
+        assert rw["target_new"]["str"] != rw["target_true"]["str"] and rw["target_new"]["str"] in rel.objects
+        assert len(rec["paraphrase_prompts"]) == 2 and len(rec["neighborhood_prompts"]) == 3
+        assert all(rw["subject"] in p for p in rec["paraphrase_prompts"])
+        for prompt in rec["neighborhood_prompts"]:  # another subject, same relation and true object
+            template = next(t for t in rel.templates if prompt.startswith(t.split("{}")[0])
+                            and prompt.endswith(t.split("{}")[1]))
+            subject = prompt[len(template.split("{}")[0]): len(prompt) - len(template.split("{}")[1])]
+            assert subject != rw["subject"] and facts[(subject, rw["relation_id"])] == rw["target_true"]["str"]
+        assert by_fact[(rw["relation_id"], rw["target_new"]["str"])] >= 3
+    assert positions["first"] > 0 and positions["middle"] > 0  # both template shapes are edited
+    assert len(world.RELATIONS) >= 6
+
+
+def test_every_fact_is_stated_in_every_template(small_world):
+    w, files = small_world
+    train = set(world.read_jsonl_docs(files["train"]))
+    for s in w.subjects[:20]:
+        for t in world.relation(s.relation_id).templates:
+            assert f"{t.format(s.name)} {s.obj}." in train
+
+
+@pytest.mark.parametrize("task", ["sst2", "mrpc", "rte", "cola"])
+def test_toy_tasks_are_balanced_held_out_and_read_as_glue(small_world, task):
+    w, files = small_world
+    examples = downstream.load_glue(task, {"type": "glue_files", "path": str(files["counterfact"].parent / "glue")})
+    assert len(examples) == 60
+    assert Counter(ex["label"] for ex in examples) == {0: 30, 1: 30}
+    spec = downstream.TASKS[task]
+    train_text = files["train"].read_text(encoding="utf-8")
+    for ex in examples:  # evaluation examples never appear in the training corpus
+        assert json.dumps(spec.render(ex, with_answer=False))[1:-1] not in train_text
+    task_set = downstream.prepare_task_set(task, examples, 20, seed=3)
+    assert Counter(ex["label"] for ex in task_set["eval"]) == {0: 20, 1: 20}
+
+
+def test_toy_labels_need_more_than_one_word():
+    rng = random.Random(0)
+    # sentiment: the adjective alone does not decide (negation flips it)
+    sst = [world._sst2(rng) for _ in range(400)]
+    for adj in world.SST_POSITIVE[:3]:
+        labels = {ex["label"] for ex in sst if f" {adj} ." in ex["sentence"]}
+        assert labels == {0, 1}
+    # paraphrase: the second adjective alone does not decide
+    mrpc = [world._mrpc(rng) for _ in range(600)]
+    for adj in ("large", "tiny"):
+        assert {ex["label"] for ex in mrpc if ex["sentence2"].endswith(f"{adj} .")} == {0, 1}
+    # entailment: neither the item nor the category alone decides
+    rte = [world._rte(rng) for _ in range(600)]
+    assert {ex["label"] for ex in rte if " dog" in ex["sentence1"]} == {0, 1}
+    assert {ex["label"] for ex in rte if ex["sentence2"].endswith("fruit .")} == {0, 1}
+    # acceptability: same words, different order
+    cola = [world._cola(rng) for _ in range(200)]
+    bad = [ex for ex in cola if ex["label"] == 0]
+    assert bad and all(ex["sentence"].endswith(".") for ex in bad)
+
+
+def test_jsonl_corpus_reads_through_iter_corpus_and_names_the_bad_line(small_world, tmp_path):
+    w, files = small_world
+    docs = list(data.iter_corpus({"type": "text_files", "paths": [str(files["heldout"])], "doc_split": "jsonl"}))
+    assert docs == w.heldout_docs and any("\n\n" in d for d in docs)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
+        list(world.read_jsonl_docs(bad))
+
+
+def test_spec_errors_name_the_key():
+    with pytest.raises(ValueError, match="n_peple"):
+        world.WorldSpec.from_dict({"n_peple": 3})
+    with pytest.raises(ValueError, match="neighbours"):
+        world.generate_world(world.WorldSpec.from_dict({**SMALL, "n_people": 20}))

@@ -1,0 +1,21 @@
+"""Rule model_gates: before any edit, check that a trained model knows the facts it will be
+edited on and does the toy downstream tasks; fails the rule with the missed gates."""
+
+from pathlib import Path
+
+from editscale.provenance import setup_rule_logging
+
+log = setup_rule_logging(snakemake.log[0], snakemake.threads)
+
+from editscale import gates  # noqa: E402  (after logging is set up)
+
+gates.run_gates(
+    model_dir=Path(snakemake.input.model).parent,
+    counterfact_path=snakemake.input.counterfact,
+    ordering_paths=list(snakemake.input.orderings),
+    n_edits=snakemake.params.n_edits,
+    task_set_paths=dict(zip(snakemake.params.tasks, snakemake.input.task_sets)),
+    thresholds=snakemake.params.thresholds,
+    out_json=snakemake.output[0],
+    dtype=snakemake.params.dtype,
+)
