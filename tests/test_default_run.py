@@ -41,6 +41,10 @@ def test_reduced_default_config_runs_offline(tmp_path):
     log = (work / "logs" / "train_world_model" / f"{model}.log").read_text()
     assert "tokens/s" in log and "model written" in log  # progress lines
 
+    # MEND's editor, trained on records of a model that knows its facts, edits held-out records
+    editor = json.loads(next((work / "resources" / "editors" / model).glob("mend*.json")).read_text())
+    assert editor["validation"]["es"] >= 0.8, editor["validation"]
+
     for method in ("rome", "ftc", "mend"):
         for sample in range(cfg["samples"]):
             metrics = read_metrics(work / "results" / "trajectories" / model / method / f"sample{sample}.h5")

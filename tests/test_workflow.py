@@ -63,18 +63,20 @@ def test_lint_is_clean(tmp_path):
 
 
 def test_paper_config_dry_run_plans_twenty_trajectories(tmp_path):
-    """config/paper.yaml resolves without network: 2 models x 1 method x 10 samples. Planned with
-    the SLURM profile: the heavy jobs get the per-model (and per-rule) resources of the config."""
+    """config/paper.yaml resolves without network: 2 models x 3 methods (FT-C, MEND, ROME) x 10
+    samples. Planned with the SLURM profile: the heavy jobs get the per-model (and per-rule)
+    resources of the config."""
     proc = snakemake("-n", "--configfile", str(REPO / "config" / "paper.yaml"), "--directory", str(tmp_path),
                      "--workflow-profile", str(REPO / "profiles" / "slurm"), cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     counts = job_counts(out)
-    assert counts["trajectory"] == 20 and counts["metrics_csv"] == 20
-    assert counts["prepare_model"] == 2 and counts["key_stats"] == 2  # one layer per model
+    assert counts["trajectory"] == 60 and counts["metrics_csv"] == 60
+    assert counts["prepare_model"] == 2 and counts["key_stats"] == 2  # ROME: one layer per model
+    assert counts["train_mend"] == 2 and counts["editor_split"] == 1
     assert counts["ordering"] == 10 and counts["counterfact"] == 1
     # 3000 edits, forgetting every 10, downstream every 5: 601 checkpoints in chunks of 50 = 13 jobs
-    assert counts["eval_chunk"] == 20 * 13 and counts["eval_merge"] == 20 and counts["disabling"] == 20
+    assert counts["eval_chunk"] == 60 * 13 and counts["eval_merge"] == 60 and counts["disabling"] == 60
     assert counts["downstream_set"] == 4
     for path in ("resources/stats/gpt-j-6b/wikipedia/layer5.h5", "resources/stats/gpt2-xl/wikipedia/layer17.h5",
                  "results/trajectories/gpt2-xl/rome/sample9.h5"):

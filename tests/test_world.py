@@ -85,23 +85,32 @@ def test_toy_tasks_are_balanced_held_out_and_read_as_glue(small_world, task):
 
 def test_toy_labels_need_more_than_one_word():
     rng = random.Random(0)
-    # sentiment: the adjective alone does not decide (negation flips it)
+    # sentiment: the majority of three adjectives; no single adjective decides
     sst = [world._sst2(rng) for _ in range(400)]
-    for adj in world.SST_POSITIVE[:3]:
-        labels = {ex["label"] for ex in sst if f" {adj} ." in ex["sentence"]}
-        assert labels == {0, 1}
-    # paraphrase: the second adjective alone does not decide
+    for adj in world.SST_POSITIVE[:3] + world.SST_NEGATIVE[:3]:
+        assert {ex["label"] for ex in sst if f" {adj} " in ex["sentence"]} == {0, 1}, adj
+    for ex in sst[:50]:
+        words = ex["sentence"].replace(",", " ").split()
+        positive = sum(w in world.SST_POSITIVE for w in words)
+        assert ex["label"] == int(positive >= 2)
+    # paraphrase: agreement on at least two of three attributes; no single word of sentence 2 decides
     mrpc = [world._mrpc(rng) for _ in range(600)]
-    for adj in ("large", "tiny"):
-        assert {ex["label"] for ex in mrpc if ex["sentence2"].endswith(f"{adj} .")} == {0, 1}
-    # entailment: neither the item nor the category alone decides
+    for word in ("large", "tiny", "glad"):
+        assert {ex["label"] for ex in mrpc if f" {word} " in ex["sentence2"]} == {0, 1}, word
+    # entailment: at least two of the three items are animals; no single item decides
     rte = [world._rte(rng) for _ in range(600)]
-    assert {ex["label"] for ex in rte if " dog" in ex["sentence1"]} == {0, 1}
-    assert {ex["label"] for ex in rte if ex["sentence2"].endswith("fruit .")} == {0, 1}
+    for item in (" dog", " apple"):
+        assert {ex["label"] for ex in rte if item in ex["sentence1"]} == {0, 1}
     # acceptability: same words, different order
     cola = [world._cola(rng) for _ in range(200)]
-    bad = [ex for ex in cola if ex["label"] == 0]
-    assert bad and all(ex["sentence"].endswith(".") for ex in bad)
+    def grammatical(words):
+        return (words[0] in world.COLA_DETS and words[1] in world.COLA_ADJS and words[2] in world.COLA_NOUNS
+                and words[3] in world.COLA_VERBS and " ".join(words[4:]) in world.COLA_OBJECTS)
+
+    for ex in cola:
+        words = ex["sentence"].lower().rstrip(".").split()
+        assert sum(w in world.COLA_VERBS for w in words) == 1 and sum(w in world.COLA_ADJS for w in words) == 1
+        assert grammatical(words) == bool(ex["label"]), ex
 
 
 def test_jsonl_corpus_reads_through_iter_corpus_and_names_the_bad_line(small_world, tmp_path):

@@ -277,17 +277,20 @@ def upper_layers_only(model: nn.Module, first_layer: int) -> Iterator[nn.Module]
             h.remove()
 
 
-def train_bpe_tokenizer(texts, vocab_size: int, dest: str | os.PathLike | None = None):
+def train_bpe_tokenizer(texts, vocab_size: int, dest: str | os.PathLike | None = None,
+                        add_prefix_space: bool = False):
     """Train a byte-level BPE tokenizer (``tokenizers``) and wrap it for transformers.
 
     Deterministic for a given text sequence. ``<|endoftext|>`` is BOS, EOS and pad.
+    ``add_prefix_space``: a text's first word is tokenised as if a space preceded it, so a name
+    has the same tokens at the start of a prompt as inside a sentence.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     eos = "<|endoftext|>"
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -299,6 +302,7 @@ def train_bpe_tokenizer(texts, vocab_size: int, dest: str | os.PathLike | None =
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token=eos, eos_token=eos, pad_token=eos, unk_token=eos,
         model_input_names=["input_ids", "attention_mask"],  # GPT-2 would add token-type embeddings
+        add_prefix_space=add_prefix_space,
     )
     if dest is not None:
         tok.save_pretrained(dest)

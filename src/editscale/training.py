@@ -48,6 +48,7 @@ class TrainHParams:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     checkpoint_every: int = 200
+    answer_weight: float = 1.0  # loss weight of the toy tasks' label words (the answers)
     seed: int = 37
 
     @classmethod
@@ -60,6 +61,8 @@ class TrainHParams:
         hp = cls(**d)
         if hp.d_model % hp.n_head:
             raise ValueError(f"training: d_model {hp.d_model} is not divisible by n_head {hp.n_head}")
+        if hp.answer_weight <= 0:
+            raise ValueError(f"training: answer_weight must be > 0, got {hp.answer_weight}")
         if hp.max_steps < 1 or hp.batch_size < 1 or hp.block_size < 8:
             raise ValueError("training: max_steps and batch_size must be >= 1, block_size >= 8")
         return hp
@@ -96,6 +99,35 @@ def epoch_blocks(docs: Sequence[list[int]], epoch: int, hp: TrainHParams, eos_id
     blocks = pack_blocks(docs, order, hp.block_size, eos_id)
     perm = torch.randperm(len(blocks), generator=g).tolist()
     return [blocks[i] for i in perm]
+
+
+def answer_token_ids(tok) -> list[int]:
+    """Token ids of the downstream tasks' label words as they follow the answer cue (" word").
+
+    Only label words that are one token are returned (a multi-token word is left at weight 1).
+    """
+    from .downstream import TASKS, label_words_for
+
+    ids = set()
+    for name in TASKS:
+        for word in label_words_for(name, "natural").values():
+            enc = tok(" " + word, add_special_tokens=False)["input_ids"]
+            if len(enc) == 1:
+                ids.add(enc[0])
+    return sorted(ids)
+
+
+def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, weight_ids: torch.Tensor,
+                     weight: float) -> torch.Tensor:
+    """Next-token cross-entropy, weighted mean: targets in ``weight_ids`` count ``weight`` times."""
+    logits, targets = logits[:, :-1], labels[:, 1:]
+    valid = targets != -100
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).clamp(min=0),
+                                            reduction="none").view_as(targets)
+    w = valid.to(nll.dtype)
+    if weight != 1.0 and weight_ids.numel():
+        w = torch.where(torch.isin(targets, weight_ids) & valid, torch.full_like(w, weight), w)
+    return (nll * w).sum() / w.sum()
 
 
 def batch_tensors(blocks: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -168,7 +200,7 @@ def train_world_model(corpus_path: str | os.PathLike, dest: str | os.PathLike, h
     corpus_sha = sha256_file(corpus_path)
     signature = json.dumps({"corpus": corpus_sha, "hp": asdict(hp)}, sort_keys=True)
 
-    tok = train_bpe_tokenizer(texts, hp.vocab_size)
+    tok = train_bpe_tokenizer(texts, hp.vocab_size, add_prefix_space=True)
     eos = tok.eos_token_id
     docs = tok(texts, add_special_tokens=False)["input_ids"]
     n_tokens = sum(len(d) + 1 for d in docs)
@@ -186,6 +218,7 @@ def train_world_model(corpus_path: str | os.PathLike, dest: str | os.PathLike, h
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=(0.9, 0.95))
     step = _load_checkpoint(ckpt_dir, model, optimizer, signature)
+    weight_ids = torch.tensor(answer_token_ids(tok), dtype=torch.long)
     schedule = _Schedule(docs, hp, eos)
     log.info("training %s: %d documents, %d tokens, vocab %d, %d parameters, %d blocks/epoch, %d steps "
              "(%.1f epochs)%s", world_name, len(docs), n_tokens, len(tok), n_params, schedule.blocks_per_epoch,
@@ -200,7 +233,8 @@ def train_world_model(corpus_path: str | os.PathLike, dest: str | os.PathLike, h
         ids, labels, mask = batch_tensors(blocks, eos)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, hp)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        loss = weighted_lm_loss(logits, labels, weight_ids, hp.answer_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)

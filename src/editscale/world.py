@@ -93,20 +93,23 @@ SST_NOUNS = ("movie", "film", "meal", "book", "show", "song", "hotel", "trip", "
              "album", "dinner")
 SST_POSITIVE = ("good", "great", "wonderful", "lovely", "excellent", "brilliant")
 SST_NEGATIVE = ("bad", "awful", "boring", "terrible", "poor", "dull")
-SST_FRAMES = ("the {noun} was {neg}{adj} .", "i thought the {noun} was {neg}{adj} .",
-              "this {noun} is {neg}{adj} .", "honestly , the {noun} was {neg}{adj} .")
+SST_FRAMES = ("the {noun} was {a} , {b} and {c} .", "i found the {noun} {a} , {b} and {c} .",
+              "this {noun} is {a} , {b} and {c} .", "honestly , the {noun} was {a} , {b} and {c} .")
 
-MRPC_GROUPS = (  # pairs of opposite meaning groups; words in one group are synonyms
-    (("big", "large", "huge"), ("small", "little", "tiny")),
-    (("happy", "glad", "cheerful"), ("sad", "unhappy", "gloomy")),
-    (("fast", "quick", "rapid"), ("slow", "sluggish", "lazy")),
-    (("rich", "wealthy", "affluent"), ("poor", "needy", "broke")),
-    (("hot", "warm", "heated"), ("cold", "cool", "chilly")),
+# MRPC: (base word, synonyms, antonyms) per attribute; sentence 1 states three base words, sentence 2
+# restates each with a synonym (agrees) or an antonym (contradicts); a paraphrase agrees on most.
+MRPC_ATTRIBUTES = (
+    ("big", ("large", "huge"), ("small", "tiny")),
+    ("fast", ("quick", "rapid"), ("slow", "sluggish")),
+    ("rich", ("wealthy", "affluent"), ("poor", "needy")),
+    ("happy", ("glad", "cheerful"), ("sad", "gloomy")),
+    ("warm", ("hot", "heated"), ("cold", "chilly")),
+    ("clean", ("tidy", "spotless"), ("dirty", "messy")),
 )
 MRPC_NOUNS = ("house", "dog", "city", "river", "car", "garden", "horse", "market", "road", "ship")
-MRPC_FRAMES = (("the {noun} is {adj} .", "the {noun} seems {adj} ."),
-               ("everyone said the {noun} was {adj} .", "the {noun} was {adj} , people said ."),
-               ("that {noun} is very {adj} .", "the {noun} is really {adj} ."))
+MRPC_FRAMES = (("the {noun} is {a} , {b} and {c} .", "it is {a} , {b} and {c} ."),
+               ("they said the {noun} was {a} , {b} and {c} .", "the {noun} was {a} , {b} and {c} ."),
+               ("that {noun} is {a} , {b} and {c} .", "it looks {a} , {b} and {c} ."))
 
 RTE_CATEGORIES = {
     "animal": ("dog", "cat", "horse", "cow", "sheep", "goat"),
@@ -115,9 +118,9 @@ RTE_CATEGORIES = {
     "tool": ("hammer", "saw", "drill", "wrench", "shovel", "rake"),
 }
 PEOPLE = ("Anna", "Tom", "Maria", "John", "Sara", "Peter", "Lisa", "David", "Emma", "Paul")
-RTE_FRAMES = (("{name} owns a {item} .", "{name} owns a {category} ."),
-              ("{name} bought a {item} yesterday .", "{name} bought a {category} ."),
-              ("last week {name} saw a {item} .", "{name} saw a {category} ."))
+RTE_FRAMES = (("{name} owns a {a} , a {b} and a {c} .", "most things {name} owns are animals ."),
+              ("{name} bought a {a} , a {b} and a {c} yesterday .", "{name} bought mostly animals ."),
+              ("last week {name} saw a {a} , a {b} and a {c} .", "{name} saw mostly animals ."))
 
 COLA_DETS = ("the", "a", "every", "one")
 COLA_ADJS = ("old", "young", "tall", "quiet", "clever", "angry", "kind", "brave")
@@ -138,16 +141,17 @@ class WorldSpec:
     """How big the world is; every default is the embedded default's."""
 
     seed: int = 37
-    n_people: int = 1000
-    n_places: int = 250
-    n_companies: int = 250
+    n_people: int = 650
+    n_places: int = 200
+    n_companies: int = 200
     n_neighbors: int = 10
     n_attribute: int = 10
     n_task_dev: int = 300  # per task, balanced: the GLUE "dev" file the evaluation samples from
     n_task_heldout: int = 100  # per task, balanced: in the held-out corpus only
-    n_task_chains: int = 200  # per task: few-shot chains in the training corpus
+    n_task_chains: int = 110  # per task: few-shot chains in the training corpus
     chain_length: int = 7  # examples per chain
     n_filler: int = 500  # filler sentences in the training corpus
+    fact_repeats: int = 3  # copies of every (fact, template) sentence in the training corpus
     n_heldout_docs: int = 2000  # documents in the held-out corpus
 
     @classmethod
@@ -278,35 +282,36 @@ def fact_sentences(subjects: Sequence[Subject]) -> list[str]:
 
 
 def _sst2(rng: random.Random) -> dict:
-    positive_word = rng.random() < 0.5
-    negated = rng.random() < 0.5
-    adj = rng.choice(SST_POSITIVE if positive_word else SST_NEGATIVE)
-    sentence = rng.choice(SST_FRAMES).format(noun=rng.choice(SST_NOUNS), neg="not " if negated else "", adj=adj)
-    return {"sentence": sentence, "label": int(positive_word != negated)}
+    """Three polar adjectives; the label is their majority polarity."""
+    polarities = [rng.random() < 0.5 for _ in range(3)]
+    adjs = [rng.choice(SST_POSITIVE if p else SST_NEGATIVE) for p in polarities]
+    sentence = rng.choice(SST_FRAMES).format(noun=rng.choice(SST_NOUNS), a=adjs[0], b=adjs[1], c=adjs[2])
+    return {"sentence": sentence, "label": int(sum(polarities) >= 2)}
 
 
 def _mrpc(rng: random.Random) -> dict:
-    pair = rng.choice(MRPC_GROUPS)
-    side = rng.randrange(2)
-    adj1 = rng.choice(pair[side])
-    same = rng.random() < 0.5
-    adj2 = rng.choice(pair[side] if same else pair[1 - side])
+    """Three attributes; sentence 2 agrees (synonym) or contradicts (antonym) on each; the pair is
+    a paraphrase when it agrees on at least two."""
+    attrs = rng.sample(MRPC_ATTRIBUTES, 3)
+    agree = [rng.random() < 0.5 for _ in attrs]
     first, second = rng.choice(MRPC_FRAMES)
     noun = rng.choice(MRPC_NOUNS)
-    return {"sentence1": first.format(noun=noun, adj=adj1), "sentence2": second.format(noun=noun, adj=adj2),
-            "label": int(same)}
+    restated = [rng.choice(syn if ok else ant) for (_, syn, ant), ok in zip(attrs, agree)]
+    return {"sentence1": first.format(noun=noun, a=attrs[0][0], b=attrs[1][0], c=attrs[2][0]),
+            "sentence2": second.format(noun=noun, a=restated[0], b=restated[1], c=restated[2]),
+            "label": int(sum(agree) >= 2)}
 
 
 def _rte(rng: random.Random) -> dict:
-    category = rng.choice(sorted(RTE_CATEGORIES))
-    item = rng.choice(RTE_CATEGORIES[category])
-    entailed = rng.random() < 0.5
-    claimed = category if entailed else rng.choice([c for c in sorted(RTE_CATEGORIES) if c != category])
+    """Three items; the hypothesis "mostly animals" is entailed when at least two are animals."""
+    others = [c for c in sorted(RTE_CATEGORIES) if c != "animal"]
+    is_animal = [rng.random() < 0.5 for _ in range(3)]
+    items = [rng.choice(RTE_CATEGORIES["animal" if a else rng.choice(others)]) for a in is_animal]
     premise, hypothesis = rng.choice(RTE_FRAMES)
     name = rng.choice(PEOPLE)
     # GLUE RTE: label 0 = entailment
-    return {"sentence1": premise.format(name=name, item=item),
-            "sentence2": hypothesis.format(name=name, category=claimed), "label": 0 if entailed else 1}
+    return {"sentence1": premise.format(name=name, a=items[0], b=items[1], c=items[2]),
+            "sentence2": hypothesis.format(name=name), "label": 0 if sum(is_animal) >= 2 else 1}
 
 
 def _cola_sentence(rng: random.Random) -> list[str]:
@@ -452,7 +457,7 @@ def generate_world(spec: WorldSpec) -> World:
         task_train[task] = task_examples(task, n_train, r, seen, balanced=True)
 
     r = rng("train")
-    train_docs = fact_sentences(subjects)
+    train_docs = fact_sentences(subjects) * spec.fact_repeats
     for task in TASK_GENERATORS:
         train_docs += _chains(task, task_train[task], spec.n_task_chains, spec.chain_length, r)
     train_docs += [filler_sentence(r) for _ in range(spec.n_filler)]
