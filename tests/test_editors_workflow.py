@@ -35,6 +35,7 @@ def test_ftc_and_mend_trajectories_through_the_dag(tmp_path, tiny_model_factory,
                               "checkpoint_every": 5}},
     }
     cfg["evaluation"] = {"forgetting_every": 0, "downstream_every": 0}
+    cfg["resources"] = {}
     cfg.pop("downstream", None)
     cfg.pop("disabling", None)
     config_file = tmp_path / "config.yaml"

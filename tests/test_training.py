@@ -33,6 +33,15 @@ training.train_world_model(sys.argv[1], sys.argv[2], training.TrainHParams.from_
 """
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Train with one torch thread, then restore the count (later tests compare runs bitwise)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def world_files(tmp_path_factory):
     return world.write_world(world.generate_world(world.WorldSpec.from_dict(SPEC)), tmp_path_factory.mktemp("w"))
@@ -71,7 +80,6 @@ def test_every_step_gets_a_full_batch_across_epochs():
 def test_training_resumes_after_a_kill(world_files, tmp_path):
     corpus = world_files["train"]
     ref = tmp_path / "ref"
-    torch.set_num_threads(1)
     training.train_world_model(corpus, ref, training.TrainHParams.from_dict(HP), world_name="small")
 
     killed = tmp_path / "killed"
@@ -111,7 +119,6 @@ def test_training_resumes_after_a_kill(world_files, tmp_path):
 
 def test_gates_write_json_and_fail_clearly(world_files, tmp_path):
     model_dir = tmp_path / "m"
-    torch.set_num_threads(1)
     training.train_world_model(world_files["train"], model_dir,
                                training.TrainHParams.from_dict({**HP, "max_steps": 4, "block_size": 512}),
                                world_name="small")

@@ -101,6 +101,8 @@ def test_deterministic_rerun(inputs, finished, tmp_path):
 CHILD = """
 import logging, sys, json
 from pathlib import Path
+import torch
+torch.set_num_threads(int(sys.argv[2]))  # the parent's count: results are compared bitwise
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
 from editscale.trajectory import run_trajectory
 a = json.loads(sys.argv[1])
@@ -114,7 +116,8 @@ def test_sigkill_and_resume_equals_uninterrupted(inputs, finished, tmp_path):
     args.update(out_path=str(out), method="rome", editor="rome", hparams=HPARAMS, n_edits=6,
                 snapshot_every=4, seed=5, config={"test": True}, progress_every_s=0.0)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args), str(torch.get_num_threads())],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     seen = []
     deadline = time.time() + 120

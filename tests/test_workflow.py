@@ -135,6 +135,8 @@ def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, coun
     cfg["stats"].update(corpus="wikitext", n_docs=8, max_doc_tokens=64)
     cfg.update(samples=samples, n_edits=n_edits, snapshot_every=2,
                experiments=[{"model": "tiny-local", "method": "rome"}])
+    cfg["methods"] = {"rome": cfg["methods"]["rome"]}  # the default config also has FT-C and MEND
+    cfg["resources"] = {}
     cfg["evaluation"].update(forgetting_every=2, downstream_every=5, chunk_size=2)
     cfg["downstream"].update(tasks=["sst2", "rte"], n_per_label=3,
                              source={"type": "glue_files", "path": str(counterfact_path.parents[1] / "glue")})

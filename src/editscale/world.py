@@ -141,7 +141,7 @@ class WorldSpec:
     """How big the world is; every default is the embedded default's."""
 
     seed: int = 37
-    n_people: int = 650
+    n_people: int = 700
     n_places: int = 200
     n_companies: int = 200
     n_neighbors: int = 10
