@@ -1,11 +1,12 @@
 """The embedded default, end to end: config/config.yaml with fewer edits (same world, same
 training, same rules) runs offline through Snakemake: world, training, gates, statistics, ROME /
 FT-C / MEND trajectories, evaluations, figures and the report. Slow (the model is trained for
-real, as in the default run): CI runs it."""
+real, as in the default run): it runs only with EDITSCALE_RUN_DEFAULT=1 (not yet part of CI)."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
@@ -18,6 +19,8 @@ N_EDITS = 20
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("EDITSCALE_RUN_DEFAULT") != "1",
+                    reason="about 15 min (the world model is trained for real): set EDITSCALE_RUN_DEFAULT=1")
 def test_reduced_default_config_runs_offline(tmp_path):
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg.update(n_edits=N_EDITS, snapshot_every=10)
