@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import ARCHS
-from editscale.models import (ARCHITECTURES, MANIFEST_NAME, UnsupportedArchitecture, arch_of, download_model,
+from editscale.models import (ARCHITECTURES, MANIFEST_NAME, UnsupportedArchitecture, arch_of, causal_attention_mask,
+                              download_model,
                               edit_parameter, get_module, link_local_model, load_model, model_identity, n_layers,
                               read_manifest, weight_out_in, weight_patterns)
 
@@ -90,3 +91,41 @@ def test_download_model_writes_hub_manifest(tiny_model_factory, tmp_path, monkey
     on_disk = json.loads((tmp_path / "dl" / MANIFEST_NAME).read_text())
     assert on_disk["files"]["model.safetensors"] == read_manifest(src)["files"]["model.safetensors"]
     assert model_identity(tmp_path / "dl") == {"model_id": "org/tiny", "revision": rev}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_causal_attention_mask_matches_the_models_own(tiny_model_factory, arch, side):
+    """The 4-D mask gives the logits of the model's own 2-D-mask path at every real position,
+    with and without a KV cache, and keeps padded rows finite."""
+    model, tok = load_model(tiny_model_factory(arch, n_layer=2, d_model=32))
+    base, head = get_module(model, arch_of(model).base), get_module(model, arch_of(model).lm_head)
+    enc = tok(["a b c d e f", "a", "c d"], return_tensors="pt", padding=True, padding_side=side)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ref = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        ours = base(input_ids=ids, attention_mask=causal_attention_mask(mask, ids.shape[1], base.dtype),
+                    position_ids=pos, use_cache=True)
+        real = mask.bool()
+        assert torch.isfinite(ours.last_hidden_state).all()
+        torch.testing.assert_close(head(ours.last_hidden_state[real]), head(ref.last_hidden_state[real]),
+                                   rtol=1e-5, atol=1e-5)
+        nxt = torch.tensor([[5, 6], [7, 8], [9, 10]])
+        full = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        npos = mask.sum(-1, keepdim=True) + torch.arange(2)[None]
+        ref2 = base(input_ids=nxt, attention_mask=full, position_ids=npos, past_key_values=ref.past_key_values)
+        ours2 = base(input_ids=nxt, attention_mask=causal_attention_mask(full, 2, base.dtype), position_ids=npos,
+                     past_key_values=ours.past_key_values)
+        torch.testing.assert_close(ours2.last_hidden_state, ref2.last_hidden_state, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_attention_mask_values():
+    pad = torch.tensor([[0, 1, 1], [1, 1, 0]])
+    m = causal_attention_mask(pad, 2, torch.float32)
+    assert m.shape == (2, 1, 2, 3)
+    seen = (m == 0)[:, 0]
+    assert seen[0].tolist() == [[False, True, False], [False, True, True]]
+    assert seen[1].tolist() == [[True, True, False], [True, True, False]]
+    first = causal_attention_mask(pad, 3, torch.float32)[0, 0, 0]
+    assert (first == 0).tolist() == [True, False, False], "a left pad sees only itself"

@@ -62,7 +62,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-from .models import arch_of, get_module
+from .models import arch_of, causal_attention_mask, get_module
 
 log = logging.getLogger(__name__)
 
@@ -508,7 +508,8 @@ def _generate_batch(model, ids: list[list[int]], pad_id: int, max_new_tokens: in
     input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in ids], device=device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = base(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    out = base(input_ids=input_ids, attention_mask=causal_attention_mask(mask, width, base.dtype), position_ids=pos,
+               use_cache=True)
     steps = []
     for step in range(max_new_tokens):
         nxt = head(out.last_hidden_state[:, -1]).argmax(-1)
@@ -517,7 +518,7 @@ def _generate_batch(model, ids: list[list[int]], pad_id: int, max_new_tokens: in
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = pos[:, -1:] + 1
-        out = base(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
+        out = base(input_ids=nxt[:, None], attention_mask=causal_attention_mask(mask, 1, base.dtype), position_ids=pos,
                    past_key_values=out.past_key_values, use_cache=True)
     return torch.stack(steps, dim=1).tolist()
 

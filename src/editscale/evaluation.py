@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .models import get_module, arch_of
+from .models import arch_of, causal_attention_mask, get_module
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def _score_batch(model, tok, prompts: list[str], targets: list[list[list[int]]])
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     base = _base(model)
     head = _lm_head(model)
-    out = base(input_ids=enc["input_ids"], attention_mask=mask, position_ids=pos, use_cache=True)
+    out = base(input_ids=enc["input_ids"], attention_mask=causal_attention_mask(mask, mask.shape[1], base.dtype),
+               position_ids=pos, use_cache=True)
     first_logits = head(out.last_hidden_state[:, -1]).float().log_softmax(-1)  # (N, V)
 
     flat = [t for row in targets for t in row]  # N*K targets, prompt-major
@@ -86,7 +87,8 @@ def _score_batch(model, tok, prompts: list[str], targets: list[list[list[int]]])
         full_mask = torch.cat([mask.repeat_interleave(k, dim=0), cont_mask], dim=1)
         start = mask.sum(-1).repeat_interleave(k)[:, None]
         cont_pos = start + torch.arange(max_len - 1, device=device)[None, :]
-        out2 = base(input_ids=cont, attention_mask=full_mask, position_ids=cont_pos,
+        out2 = base(input_ids=cont, attention_mask=causal_attention_mask(full_mask, cont.shape[1], base.dtype),
+                    position_ids=cont_pos,
                     past_key_values=cache, use_cache=True)
         sel = labels >= 0
         hidden = out2.last_hidden_state[sel]

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from editscale.models import arch_of, get_module, weight_out_in
+from editscale.models import arch_of, causal_attention_mask, get_module, weight_out_in
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def _capture_keys(base: nn.Module, target: nn.Module, ids: torch.Tensor,
 
     handle = target.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        base(input_ids=ids, attention_mask=mask, use_cache=False)
+        base(input_ids=ids, attention_mask=causal_attention_mask(mask, ids.shape[1], base.dtype), use_cache=False)
     except _StopForward:
         pass
     finally:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..evaluation import target_token_ids
-from ..models import arch_of, get_module, n_layers
+from ..models import arch_of, causal_attention_mask, get_module, n_layers
 from .base import EditResult, ParamUpdate
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ def target_nll(model, tok, prompt: str, target: str, mode: str = "own") -> torch
         pos = torch.full((m,), len(prompt_ids) - 1, device=device)
     base = get_module(model, arch_of(model).base)
     head = get_module(model, arch_of(model).lm_head)
-    hidden = base(input_ids=ids, use_cache=False).last_hidden_state[0]
+    mask = causal_attention_mask(torch.ones_like(ids), ids.shape[1], base.dtype)  # skips transformers' slow builder
+    hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[0]
     logp = head(hidden[pos]).float().log_softmax(-1)
     return -logp.gather(1, torch.tensor(tgt, device=device)[:, None]).mean()
 

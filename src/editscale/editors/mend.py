@@ -40,7 +40,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..evaluation import target_token_ids
-from ..models import arch_of, get_module, n_layers
+from ..models import arch_of, causal_attention_mask, get_module, n_layers
 from .base import EditResult, ParamUpdate
 
 log = logging.getLogger(__name__)
@@ -231,6 +231,7 @@ def model_logits(model, params: dict | None = None):
     prefix = spec.base + "."
 
     def fn(ids, mask, rows, pos):
+        mask = causal_attention_mask(mask, ids.shape[1], base.dtype)
         if params:
             base_params = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
             hidden = functional_call(base, base_params, (), {"input_ids": ids, "attention_mask": mask,

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..models import arch_of, get_module, n_layers, upper_layers_only
+from ..models import arch_of, causal_attention_mask, get_module, n_layers, upper_layers_only
 from .base import EditResult, ParamUpdate
 
 log = logging.getLogger(__name__)
@@ -224,8 +224,9 @@ class RomeEditor:
         h1 = self.module.register_forward_hook(mlp_hook)
         h2 = block.register_forward_hook(block_hook)
         try:
-            get_module(self.model, self.spec.base)(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                                     use_cache=False)
+            base = get_module(self.model, self.spec.base)
+            mask = causal_attention_mask(enc["attention_mask"], enc["input_ids"].shape[1], base.dtype)
+            base(input_ids=enc["input_ids"], attention_mask=mask, use_cache=False)
         except _StopForward:
             pass
         finally:
@@ -254,11 +255,12 @@ class RomeEditor:
         init_kl = None
         max_norm = hp.clamp_norm_factor * target_init.norm()
         info = {}
+        attn = causal_attention_mask(mask, t, resid.dtype)
         with upper_layers_only(self.model, hp.layer + 1) as upper:
             for it in range(hp.v_num_grad_steps):
                 opt.zero_grad()
                 h = resid + onehot * delta.to(resid.dtype)
-                hidden = upper(inputs_embeds=h, attention_mask=mask, use_cache=False).last_hidden_state
+                hidden = upper(inputs_embeds=h, attention_mask=attn, use_cache=False).last_hidden_state
                 sel = torch.cat([hidden[rw_rows.reshape(-1), pos.reshape(-1)], hidden[kl_row, kl_pos][None]])
                 logp = head(sel).float().log_softmax(-1)
                 nll_tok = -logp[:-1].gather(1, tgt.repeat(n_rw)[:, None]).view(n_rw, m)
