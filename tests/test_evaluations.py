@@ -154,6 +154,11 @@ def test_flag_rule():
     es = np.array([1, 1, 1, 1, 0, 0, 0, 0], dtype=float)
     flagged = flag_disabling(np.ones(8), es, norm_multiple=10, min_history=3, collapse_window=2, collapse_es_below=0.5)
     assert [t for t, _ in flagged] == [4] and "ES of the next 2 edits" in flagged[0][1]
+    # several edited matrices (MEND): a spike in any one of them flags the edit, and is named
+    per_matrix = np.stack([np.ones(8), np.array([1.0, 1.2, 0.8, 1.0, 1.1, 1.0, 50.0, 1.0])], axis=1)
+    flagged = flag_disabling(per_matrix, np.ones(8), norm_multiple=10, min_history=3, collapse_window=0,
+                             collapse_es_below=0.5)
+    assert [t for t, _ in flagged] == [7] and "(matrix 1)" in flagged[0][1]
 
 
 def test_standalone_distance_of_first_edit_equals_its_trajectory_update(traj_inputs, trajectory, tmp_path):

@@ -2,8 +2,9 @@
 
 Rule (stated in config ``disabling``): edit t is flagged when
 
-* its update norm exceeds ``norm_multiple`` x the median of the update norms of edits 1..t-1
-  (once at least ``min_history`` earlier edits exist), or
+* the update norm of any edited matrix exceeds ``norm_multiple`` x the median of that matrix's
+  update norms over edits 1..t-1 (once at least ``min_history`` earlier edits exist; an editor
+  that changes several matrices, as MEND, can blow up in one of them only), or
 * ``collapse_window`` > 0 and efficacy collapses right after it: the mean ES of the next
   ``collapse_window`` edits is below ``collapse_es_below`` while the mean ES of the previous
   window (edit t included) was not; one collapse flags one edit (no second flag within the
@@ -41,16 +42,22 @@ log = logging.getLogger(__name__)
 
 def flag_disabling(update_norm: np.ndarray, es: np.ndarray, *, norm_multiple: float, min_history: int,
                    collapse_window: int, collapse_es_below: float) -> list[tuple[int, str]]:
-    """(edit t, reason) for every flagged edit (t is 1-based)."""
+    """(edit t, reason) for every flagged edit (t is 1-based).
+
+    ``update_norm``: (n,) or (n, matrices), the update norms of each edit (per edited matrix).
+    """
+    norms = np.asarray(update_norm, dtype=float)
+    norms = norms[:, None] if norms.ndim == 1 else norms
     flagged = []
-    n = len(update_norm)
+    n = len(norms)
     last_collapse = -(10**9)
     for i in range(n):
         reasons = []
         if i >= max(min_history, 1):
-            med = float(np.median(update_norm[:i]))
-            if update_norm[i] > norm_multiple * med:
-                reasons.append(f"update norm {update_norm[i]:.4g} > {norm_multiple:g} x median {med:.4g}")
+            med = np.median(norms[:i], axis=0)
+            for j in np.flatnonzero(norms[i] > norm_multiple * med):
+                where = f" (matrix {j})" if norms.shape[1] > 1 else ""
+                reasons.append(f"update norm{where} {norms[i, j]:.4g} > {norm_multiple:g} x median {med[j]:.4g}")
         if collapse_window > 0 and i + collapse_window < n and i + 1 >= collapse_window:
             before = float(np.mean(es[i + 1 - collapse_window : i + 1]))
             after = float(np.mean(es[i + 1 : i + 1 + collapse_window]))
@@ -74,7 +81,9 @@ def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path
     m = read_metrics(trajectory_path)
     n = len(m["edit"])
     records = select_records(counterfact_path, ordering_path, n)
-    flagged = flag_disabling(m["update_norm_0"], m["es"], norm_multiple=rule["norm_multiple"],
+    n_mat = sum(1 for k in m if k.startswith("update_norm_"))
+    norms = np.stack([m[f"update_norm_{i}"] for i in range(n_mat)], axis=1)
+    flagged = flag_disabling(norms, m["es"], norm_multiple=rule["norm_multiple"],
                              min_history=rule["min_history"], collapse_window=rule["collapse_window"],
                              collapse_es_below=rule["collapse_es_below"])
     flagged_t = {t for t, _ in flagged}
@@ -98,7 +107,7 @@ def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path
             dists = [u.frobenius_norm() / numel[u.module] for u in res.updates]
             rows.append({"edit": t, "case_id": records[t - 1]["case_id"], "kind": kind,
                          "standalone_distance": float(np.mean(dists)),
-                         "trajectory_update_norm": float(m["update_norm_0"][t - 1]),
+                         "trajectory_update_norm": float(norms[t - 1].max()),
                          "reason": reasons.get(t, "")})
     summary = {}
     for kind in ("disabling", "normal"):
