@@ -66,8 +66,10 @@ def test_paper_config_dry_run_plans_twenty_trajectories(tmp_path):
     """config/paper.yaml resolves without network: 2 models x 3 methods (FT-C, MEND, ROME) x 10
     samples. Planned with the SLURM profile: the heavy jobs get the per-model (and per-rule)
     resources of the config."""
-    proc = snakemake("-n", "--configfile", str(REPO / "config" / "paper.yaml"), "--directory", str(tmp_path),
-                     "--workflow-profile", str(REPO / "profiles" / "slurm"), cwd=tmp_path)
+    # a dry run caps every job's threads at --cores (1 when not given, snakemake >= 9.2x); a real
+    # SLURM run does not, so give a bound above any job's threads to see what SLURM would get
+    proc = snakemake("-n", "--cores", "64", "--configfile", str(REPO / "config" / "paper.yaml"), "--directory",
+                     str(tmp_path), "--workflow-profile", str(REPO / "profiles" / "slurm"), cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     counts = job_counts(out)
