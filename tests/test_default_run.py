@@ -42,9 +42,9 @@ def test_reduced_default_config_runs_offline(tmp_path):
     assert "tokens/s" in log and "model written" in log  # progress lines
 
     # MEND's editor, trained on records of a model that knows its facts, edits held-out records
-    # (before training, P(new) > P(true) on under 1% of them; the default run measures 0.8 on 10)
+    # (before editing, P(new) > P(true) on under 1% of them; the default run and CI measure 0.8 on 10)
     editor = json.loads(next((work / "resources" / "editors" / model).glob("mend*.json")).read_text())
-    assert editor["validation"]["es"] >= 0.7, editor["validation"]
+    assert editor["validation"]["es"] >= 0.8, editor["validation"]
 
     for method in ("rome", "ftc", "mend"):
         for sample in range(cfg["samples"]):
