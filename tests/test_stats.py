@@ -188,20 +188,33 @@ def test_kill_and_resume_equals_uninterrupted(gpt2, tmp_path, caplog):
     assert stats_attrs(out)["n_docs"] == 23
 
 
-def test_checkpoint_with_other_settings_is_ignored(gpt2, tmp_path):
+def test_checkpoint_with_other_settings_is_ignored(gpt2, tmp_path, caplog):
+    """A checkpoint of another corpus (other documents, other fingerprint) must not be resumed:
+    its sums differ, so resuming it would change the result of the second run."""
     model, tok = gpt2
     docs = make_docs(12, seed=3)
+    other_docs = make_docs(12, seed=11)
+    assert other_docs[:5] != docs[:5]
     out = tmp_path / "c.h5"
+    partial = Path(str(out) + ".partial.h5")
     with pytest.raises(KeyboardInterrupt):
-        compute_key_second_moment(model, tok, 1, KilledIterator(docs, 7), out, n_docs=12,
+        compute_key_second_moment(model, tok, 1, KilledIterator(other_docs, 7), out, n_docs=12,
                                   max_doc_tokens=40, checkpoint_every_docs=5,
                                   attrs=dict(IDENTITY, corpus_fingerprint="other"))
-    compute_key_second_moment(model, tok, 1, docs, out, n_docs=12, max_doc_tokens=40,
-                              checkpoint_every_docs=5, attrs=IDENTITY)
+    with h5py.File(partial) as h5:
+        assert h5.attrs["docs_done"] == 5
+    with caplog.at_level(logging.INFO, logger="editscale.stats"):
+        compute_key_second_moment(model, tok, 1, docs, out, n_docs=12, max_doc_tokens=40,
+                                  checkpoint_every_docs=5, attrs=IDENTITY)
+    assert "written with other settings" in caplog.text and "resuming" not in caplog.text
     ref = tmp_path / "ref.h5"
     compute_key_second_moment(model, tok, 1, docs, ref, n_docs=12, max_doc_tokens=40,
                               checkpoint_every_docs=5, attrs=IDENTITY)
-    assert stats_attrs(out)["count"] == stats_attrs(ref)["count"]
+    with h5py.File(ref) as a, h5py.File(out) as b:
+        assert np.array_equal(a["mom2_sum"][()], b["mom2_sum"][()])
+        assert np.array_equal(a["mean_sum"][()], b["mean_sum"][()])
+        assert a.attrs["count"] == b.attrs["count"]
+    assert not partial.exists()
 
 
 @pytest.mark.parametrize("key,bad", [("model_id", "other/model"), ("revision", "deadbeef"),

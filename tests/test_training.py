@@ -139,10 +139,36 @@ def test_gates_write_json_and_fail_clearly(world_files, tmp_path):
     report = gates.run_gates(**kwargs, thresholds={"rewrite": 0, "paraphrase": 0, "neighborhood": 0,
                                                    "downstream_f1": 0}, out_json=out)
     assert report["passed"] and report["n_records"] == 30
-    assert set(report["values"]) == {"rewrite", "paraphrase", "neighborhood", "f1_sst2", "f1_cola"}
-    assert all(0 <= v <= 1 for v in report["values"].values())
-    with pytest.raises(gates.GateError, match=r"rewrite: [0-9.]+ < 1\.000"):
-        gates.run_gates(**kwargs, thresholds={"rewrite": 1.0, "paraphrase": 0, "neighborhood": 0,
-                                              "downstream_f1": 0}, out_json=out)
-    failed = json.loads(out.read_text())
-    assert not failed["passed"] and failed["failures"][0].startswith("rewrite")
+    values = report["values"]
+    assert set(values) == {"rewrite", "paraphrase", "neighborhood", "f1_sst2", "f1_cola"}
+    assert all(0 <= v <= 1 for v in values.values())
+    assert json.loads(out.read_text())["values"] == values
+
+    f1s = [values["f1_sst2"], values["f1_cola"]]
+    below = {k: values[k] - 0.01 for k in gates.FACT_GATES}
+    # thresholds just below (or at) every measured value: passes
+    for thresholds in ({**below, "downstream_f1": min(f1s) - 0.01},
+                       {**{k: values[k] for k in gates.FACT_GATES}, "downstream_f1": min(f1s)}):
+        report = gates.run_gates(**kwargs, thresholds=thresholds, out_json=out)
+        assert report["passed"] and report["failures"] == [] and report["values"] == values
+        assert json.loads(out.read_text())["passed"]
+
+    # a threshold just above one measured value: that gate (and only it) fails, named with both numbers
+    for gate in gates.FACT_GATES:
+        over = values[gate] + 0.01
+        with pytest.raises(gates.GateError) as err:
+            gates.run_gates(**kwargs, thresholds={**below, gate: over, "downstream_f1": min(f1s) - 0.01},
+                            out_json=out)
+        expected = f"{gate}: {values[gate]:.3f} < {over:.3f}"
+        assert expected in str(err.value)
+        failed = json.loads(out.read_text())
+        assert not failed["passed"] and failed["failures"] == [expected]
+        assert failed["thresholds"][gate] == pytest.approx(over)
+
+    # downstream_f1 just above the best task's F1: every task's gate fails
+    over = max(f1s) + 0.01
+    with pytest.raises(gates.GateError) as err:
+        gates.run_gates(**kwargs, thresholds={**below, "downstream_f1": over}, out_json=out)
+    expected = [f"f1_{task}: {values[f'f1_{task}']:.3f} < {over:.3f}" for task in ("cola", "sst2")]
+    assert all(e in str(err.value) for e in expected)
+    assert sorted(json.loads(out.read_text())["failures"]) == expected
