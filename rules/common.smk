@@ -139,6 +139,7 @@ def world_training_hparams(wildcards):
     spec = config["models"][wildcards.model]
     seed = spec.get("seed")
     return {
+        "arch": spec.get("arch", "gpt2"),
         "n_layer": spec["n_layer"],
         "d_model": spec["d_model"],
         "n_head": spec["n_head"],
@@ -154,6 +155,15 @@ def gates_file(model):
     if config["models"][model]["source"] != "world":
         return None
     return f"resources/models/{model}/gates.json"
+
+
+def edit_gate_stats(wildcards):
+    """The key statistics the edit gates of a world model need (none without edit gates)."""
+    edit = config["models"][wildcards.model].get("gates", {}).get("edit")
+    if edit is None:
+        return []
+    path = stats_path(wildcards.model, edit["method"])
+    return [path] if path is not None else []
 
 
 def counterfact_input(wildcards):
@@ -249,6 +259,24 @@ def downstream_source_files(wildcards):
     return [str(Path(source["path"]) / sub / "dev.tsv")]
 
 
+COLLAPSE_PROBE = "resources/data/collapse_probe.json"
+
+
+def perplexity_corpus_name():
+    """The corpus of the held-out perplexity (None: not measured)."""
+    return escfg.perplexity_corpus(config)
+
+
+def perplexity_corpus_spec():
+    name = perplexity_corpus_name()
+    return None if name is None else config["corpora"][name]
+
+
+def perplexity_corpus_files(wildcards):
+    name = perplexity_corpus_name()
+    return [] if name is None else corpus_files(name)
+
+
 def trajectory_file(wildcards):
     return f"results/trajectories/{wildcards.model}/{wildcards.method}/sample{wildcards.sample}.h5"
 
@@ -263,6 +291,7 @@ def all_evaluations():
                     f"{base}.h5",
                     f"{base}_forgetting.csv",
                     f"{base}_downstream.csv",
+                    f"{base}_collapse.csv",
                 ]
             out.append(f"results/disabling/{model}/{method}/sample{sample}.json")
     return out
@@ -316,6 +345,16 @@ def figure2_inputs(wildcards):
     return inputs
 
 
+def collapse_figure_inputs(wildcards):
+    """The collapse figure's tidy files: per-edit metrics (weight norms), evaluation HDF5 files
+    (initial norms) and collapse CSVs (perplexity, generation entropy)."""
+    inputs = figure_inputs(wildcards)
+    inputs["collapse"] = [
+        e["collapse"] for e in figure_layout(wildcards) if e["collapse"]
+    ]
+    return inputs
+
+
 def table2_inputs(wildcards):
     return {
         "disabling": [e["disabling"] for e in figure_layout(wildcards)],
@@ -342,6 +381,7 @@ def all_figures():
                 for s in range(config["samples"])
                 for ext in ("pdf", "png", "json")
             ]
+        out += [f"{base}/collapse.{ext}" for ext in ("pdf", "png", "json")]
         out += [f"{base}/table2.{ext}" for ext in ("md", "csv", "tex", "json")]
         out.append(f"{base}/table2_generations.csv")
     return out + [

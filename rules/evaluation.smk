@@ -18,11 +18,36 @@ rule downstream_set:
         "../workflow/scripts/downstream_set.py"
 
 
+rule collapse_probe:
+    input:
+        counterfact="resources/data/counterfact.json",
+        corpus=perplexity_corpus_files,
+    output:
+        COLLAPSE_PROBE,
+    params:
+        corpus_name=perplexity_corpus_name(),
+        corpus=perplexity_corpus_spec(),
+        perplexity={
+            k: config["evaluation"]["perplexity"][k]
+            for k in ("n_docs", "pool_docs", "seed")
+        },
+        generation={
+            k: config["evaluation"]["generation"][k] for k in ("prompts", "n_prompts")
+        },
+    log:
+        "logs/collapse_probe.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/collapse_probe.py"
+
+
 rule eval_chunk:
     input:
         unpack(trajectory_inputs),
         trajectory=trajectory_file,
         task_sets=list(downstream_sets().values()),
+        collapse_probe=COLLAPSE_PROBE,
     output:
         "results/evaluations/{model}/{method}/sample{sample}/chunk{chunk}.h5",
     params:
@@ -30,6 +55,8 @@ rule eval_chunk:
         tasks=list(downstream_sets()),
         forgetting_paraphrases=config["evaluation"]["forgetting_paraphrases"],
         max_new_tokens=config["downstream"]["max_new_tokens"],
+        perplexity_max_tokens=config["evaluation"]["perplexity"]["max_tokens"],
+        generation_max_new_tokens=config["evaluation"]["generation"]["max_new_tokens"],
         dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
     log:
         "logs/eval_chunk/{model}/{method}/sample{sample}/chunk{chunk}.log",
@@ -54,6 +81,7 @@ rule eval_merge:
         h5="results/evaluations/{model}/{method}/sample{sample}.h5",
         forgetting="results/evaluations/{model}/{method}/sample{sample}_forgetting.csv",
         downstream="results/evaluations/{model}/{method}/sample{sample}_downstream.csv",
+        collapse="results/evaluations/{model}/{method}/sample{sample}_collapse.csv",
     params:
         forgetting_every=config["evaluation"]["forgetting_every"],
         downstream_every=config["evaluation"]["downstream_every"],
@@ -78,9 +106,9 @@ rule disabling:
             k: config["disabling"][k]
             for k in (
                 "norm_multiple",
+                "window",
                 "min_history",
-                "collapse_window",
-                "collapse_es_below",
+                "refractory",
                 "min_normal",
             )
         },

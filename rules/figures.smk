@@ -107,6 +107,32 @@ rule figure2_sample:
         "../workflow/scripts/figure.py"
 
 
+rule figure_collapse:
+    input:
+        unpack(collapse_figure_inputs),
+    output:
+        pdf="figures/{model}/collapse.pdf",
+        png=report(
+            "figures/{model}/collapse.png",
+            caption="../workflow/report/collapse.rst",
+            category="Figures",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "Collapse measures"},
+        ),
+        json="figures/{model}/collapse.json",
+    params:
+        kind="collapse",
+        sample=None,
+        layout=figure_layout,
+        settings=figure_settings(),
+    log:
+        "logs/figures/{model}/collapse.log",
+    conda:
+        "../envs/plot.yaml"
+    script:
+        "../workflow/scripts/figure.py"
+
+
 rule table2:
     input:
         unpack(table2_inputs),

@@ -47,6 +47,8 @@ rule ordering:
     params:
         seed=config["ordering_seed"],
         unique_subjects=config["counterfact"]["unique_subjects"],
+        # checked against the records left (the ordering itself does not depend on it)
+        n_edits=config["n_edits"],
     log:
         "logs/ordering/sample{sample}.log",
     conda:

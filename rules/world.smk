@@ -50,10 +50,17 @@ rule model_gates:
         counterfact="resources/data/counterfact.json",
         orderings=[ordering_path(s) for s in range(config["samples"])],
         task_sets=list(downstream_sets().values()),
+        stats=edit_gate_stats,
     output:
         "resources/models/{model}/gates.json",
     params:
-        thresholds=lambda wildcards: config["models"][wildcards.model]["gates"],
+        thresholds=lambda wildcards: {
+            k: v
+            for k, v in config["models"][wildcards.model]["gates"].items()
+            if k != "edit"
+        },
+        edit=lambda wildcards: escfg.edit_gate_spec(config, wildcards.model),
+        seed=config["seed"],
         n_edits=config["n_edits"],
         tasks=list(downstream_sets()),
         dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],

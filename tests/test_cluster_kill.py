@@ -49,7 +49,7 @@ def tiny_workflow_config(model_dir: Path, counterfact_path: Path, *, n_edits: in
                        "forgetting_paraphrases": False},
         "downstream": {"tasks": ["sst2"], "n_per_label": 2,
                        "source": {"type": "glue_files", "path": str(counterfact_path.parents[1] / "glue")}},
-        "disabling": {"min_history": 3, "collapse_window": 3, "min_normal": 3},
+        "disabling": {"min_history": 3, "refractory": 3, "min_normal": 3},
         "resources": {"tiny-local": {"threads": 1}},
     }
     cfg.update(overrides)

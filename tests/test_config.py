@@ -65,6 +65,17 @@ def test_paper_config_is_the_papers_setting():
     hp = escfg.method_hparams(cfg, "rome", "gpt2-xl")
     assert hp["v_num_grad_steps"] == 20 and hp["v_lr"] == 0.5 and hp["clamp_norm_factor"] == 4.0
     assert hp["kl_factor"] == 0.0625 and hp["v_weight_decay"] == 0.5 and hp["layer"] == 17
+    # the authors' experiment (issue 14): models in float32, FT-C tunes weight and bias, the
+    # public MEND editors (nothing reserved: the orderings are theirs), their GLUE subsets and shots
+    assert {spec["dtype"] for spec in cfg["models"].values()} == {"float32"}
+    for model in ("gpt-j-6b", "gpt2-xl"):
+        assert escfg.method_hparams(cfg, "ftc", model)["include_bias"] is True
+        assert escfg.editor_file(cfg, "mend", model) == f"resources/editors/{model}/mend.pt"
+        url = cfg["methods"]["mend"]["editor_weights"][model]["url"]
+        assert url == f"https://rome.baulab.info/data/weights/mend-10tok-{model}.pt"
+    assert escfg.trained_editors(cfg) == []
+    assert cfg["downstream"]["selection"] == "authors_chain" and cfg["downstream"]["demo_source"] == "authors"
+    assert cfg["downstream"]["tasks"] == ["sst2", "mrpc", "cola", "rte"]  # the chain's order
 
 
 # ---------------------------------------------------------------- defaults
@@ -250,3 +261,52 @@ def test_derived_values():
 def test_schema_is_found_and_parsed():
     assert escfg.schema_path().resolve() == SCHEMA.resolve()
     assert escfg.load_schema()["$schema"].endswith("2020-12/schema")
+
+
+def test_schema_cache_hands_out_copies_and_follows_the_file(tmp_path, monkeypatch):
+    """The parsed schema is cached (planning asks for resource defaults thousands of times), but
+    callers get copies: nothing they change leaks into the next config; an edited or another
+    schema file is parsed afresh."""
+    a = escfg.load_schema()
+    a["$defs"]["resources"]["properties"]["mem_mb"]["default"] = 1
+    a["properties"].clear()
+    assert escfg.load_schema()["$defs"]["resources"]["properties"]["mem_mb"]["default"] == 4000
+    defaults = escfg._resource_defaults()
+    defaults["mem_mb"] = 1
+    defaults["rules"]["trajectory"] = {"runtime": 1}
+    assert escfg._resource_defaults() == {"mem_mb": 4000, "runtime": 60, "threads": 1, "gpu": 0, "rules": {}}
+    # per-config resources do not leak into another config
+    one = minimal()
+    one["resources"] = {"m": {"mem_mb": 64000, "rules": {"trajectory": {"runtime": 999}}}}
+    one = load_config(one)
+    two = load_config(minimal())
+    assert escfg.model_resources(one, "m", "trajectory")["runtime"] == 999
+    assert escfg.model_resources(two, "m", "trajectory") == {"mem_mb": 4000, "runtime": 60, "threads": 1, "gpu": 0}
+    # another schema file (same path, edited afterwards) is re-read
+    copy_path = tmp_path / "schema.yaml"
+    text = SCHEMA.read_text()
+    copy_path.write_text(text)
+    monkeypatch.setenv("EDITSCALE_CONFIG_SCHEMA", str(copy_path))
+    assert escfg.schema_path() == copy_path
+    assert escfg._resource_defaults()["runtime"] == 60
+    schema = yaml.safe_load(text)
+    schema["$defs"]["resources"]["properties"]["runtime"]["default"] = 61
+    copy_path.write_text(yaml.safe_dump(schema) + "# edited\n")
+    assert escfg._resource_defaults()["runtime"] == 61
+    assert escfg.load_schema()["$defs"]["resources"]["properties"]["runtime"]["default"] == 61
+    monkeypatch.delenv("EDITSCALE_CONFIG_SCHEMA")
+    assert escfg._resource_defaults()["runtime"] == 60
+
+
+def test_editor_weights_sha256_is_optional():
+    cfg = minimal()
+    cfg["experiments"].append({"model": "m", "method": "mend"})
+    cfg["methods"]["mend"] = {"editor": "mend", "per_model": {"m": {}},
+                              "editor_weights": {"m": {"url": "https://example.org/mend-10tok-m.pt"}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)
+        out = load_config(cfg)
+        assert out["methods"]["mend"]["editor_weights"]["m"]["sha256"] is None  # recorded on first download
+        assert escfg.trained_editors(out) == []
+        cfg["methods"]["mend"]["editor_weights"]["m"]["sha256"] = "abc"
+        assert error_key(cfg) == "methods.mend.editor_weights.m.sha256"

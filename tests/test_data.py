@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED_DATA
 from editscale import data as D
 
 WIKITEXT_REL = "wikitext/wikitext-2_valid.tokens.txt"
@@ -209,6 +210,55 @@ def test_orderings_golden(real_records):
     samples = D.make_orderings(ids, 2, seed=37)
     assert samples[0][:5] == GOLDEN_SEED37_SAMPLE0_HEAD
     assert sorted(samples[1]) == sorted(ids)
+
+
+AUTHORS_ORDERINGS = SHARED_DATA / "authors" / "counterfact_sampled_unique_10_20391.json"
+
+
+@pytest.fixture(scope="module")
+def authors_orderings() -> dict[str, list[int]]:
+    """The authors' own orderings file (read in place, never copied into the project)."""
+    if not AUTHORS_ORDERINGS.exists():
+        pytest.skip(f"{AUTHORS_ORDERINGS} not found (a fresh clone has no ../shared/data)")
+    return json.loads(AUTHORS_ORDERINGS.read_text())
+
+
+def test_orderings_reproduce_the_authors_ten_samples(authors_orderings):
+    """random.seed(37) + 10 successive shuffles of the ascending id list = their file, all 10."""
+    assert sorted(authors_orderings) == [str(n) for n in range(10)]
+    ids = sorted(authors_orderings["0"])
+    assert len(ids) == 20391
+    samples = D.make_orderings(ids, 10, seed=37)
+    for n in range(10):
+        assert samples[n] == authors_orderings[str(n)], f"sample {n}"
+    # the rule's entry point: any input order of the ids (it sorts them first)
+    shuffled = list(ids)
+    random.Random(1).shuffle(shuffled)
+    for n in (0, 3, 9):
+        assert D.ordering_sample(shuffled, n, seed=37) == authors_orderings[str(n)]
+
+
+def test_reserved_records_are_dropped_after_shuffling(authors_orderings):
+    """With records reserved for editor training, every other record keeps its relative order:
+    the ordering is the authors' sample with the reserved ids struck out."""
+    from editscale.editor_split import make_editor_split
+
+    ids = sorted(authors_orderings["0"])
+    split = make_editor_split(ids, 1000, 50, seed=37)
+    reserved = set(split["train"]) | set(split["val"])
+    for n in range(10):
+        got = D.ordering_sample(ids, n, seed=37, exclude=reserved)
+        full = authors_orderings[str(n)]
+        assert got == [c for c in full if c not in reserved]
+        assert len(got) == len(ids) - len(reserved) and not reserved & set(got)
+        # a subsequence of the authors' sample: positions increase
+        pos = {c: i for i, c in enumerate(full)}
+        assert all(pos[a] < pos[b] for a, b in zip(got, got[1:]))
+    # removing the reserved ids BEFORE shuffling (the old behaviour) gives another order
+    kept = [c for c in ids if c not in reserved]
+    assert D.make_orderings(kept, 1, seed=37)[0] != D.ordering_sample(ids, 0, seed=37, exclude=reserved)
+    with pytest.raises(ValueError):
+        D.ordering_sample(ids, -1, seed=37)
 
 
 def test_write_read_ordering(tmp_path):

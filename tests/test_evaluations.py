@@ -11,7 +11,7 @@ import torch
 
 from conftest import TRAJ_HPARAMS, synthetic_records
 from editscale.checkpoints import checkpoint_plan, chunks, n_chunks
-from editscale.disabling import flag_disabling, run_disabling
+from editscale.disabling import run_disabling
 from editscale.downstream import prepare_task_set
 from editscale.evaljobs import merge_eval_chunks, run_eval_chunk
 from editscale.forgetting import evaluate_facts, forgetting_curves
@@ -146,25 +146,10 @@ def test_chunk_resumes_without_redoing_checkpoints(traj_inputs, trajectory, task
     assert calls == [6, 8]  # checkpoints 2 and 4 were not redone
 
 
-def test_flag_rule():
-    norms = np.array([1.0, 1.1, 0.9, 1.0, 1.05, 30.0, 1.0, 1.0])
-    es = np.ones(8)
-    assert [t for t, _ in flag_disabling(norms, es, norm_multiple=10, min_history=3, collapse_window=0,
-                                         collapse_es_below=0.5)] == [6]
-    es = np.array([1, 1, 1, 1, 0, 0, 0, 0], dtype=float)
-    flagged = flag_disabling(np.ones(8), es, norm_multiple=10, min_history=3, collapse_window=2, collapse_es_below=0.5)
-    assert [t for t, _ in flagged] == [4] and "ES of the next 2 edits" in flagged[0][1]
-    # several edited matrices (MEND): a spike in any one of them flags the edit, and is named
-    per_matrix = np.stack([np.ones(8), np.array([1.0, 1.2, 0.8, 1.0, 1.1, 1.0, 50.0, 1.0])], axis=1)
-    flagged = flag_disabling(per_matrix, np.ones(8), norm_multiple=10, min_history=3, collapse_window=0,
-                             collapse_es_below=0.5)
-    assert [t for t, _ in flagged] == [7] and "(matrix 1)" in flagged[0][1]
-
-
 def test_standalone_distance_of_first_edit_equals_its_trajectory_update(traj_inputs, trajectory, tmp_path):
-    rule = {"norm_multiple": 0.0, "min_history": 1, "collapse_window": 0, "collapse_es_below": 0.5, "min_normal": 2}
-    # norm_multiple 0 flags every edit after the first: edit 1 lands in the normal sample or not;
-    # ask for all normal edits that exist (just edit 1) by construction
+    rule = {"norm_multiple": 0.0, "window": 20, "min_history": 1, "refractory": 0, "min_normal": 2}
+    # norm_multiple 0 with no refractory window makes every edit after the first an onset: edit 1 lands
+    # in the normal sample or not; ask for all normal edits that exist (just edit 1) by construction
     run_disabling(trajectory_path=trajectory, model_dir=traj_inputs["model_dir"],
                   counterfact_path=traj_inputs["counterfact_path"], ordering_path=traj_inputs["ordering_path"],
                   stats_path=traj_inputs["stats_path"], out_json=tmp_path / "d.json", out_csv=tmp_path / "d.csv",

@@ -115,3 +115,101 @@ def test_ftc_trajectory_stores_dense_updates_and_rebuilds(traj_inputs, tmp_path)
         assert f["updates/0"].attrs["kind"] == "dense" and f["updates/0/dense"].shape[0] == 3
         snap3 = torch.from_numpy(f["snapshots/0/3"][()])
     assert torch.equal(next(iter(rebuild_weights(out, 3).values())), snap3)
+
+
+# --------------------------------------------------------------------------- the bias (include_bias)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj"])
+def test_bias_is_fine_tuned_and_clamped_with_the_matrix(tiny_model_factory, arch):
+    """include_bias (the public baseline: parameters selected by module name, bias included): the
+    bias moves, stays in the L-infinity ball after every step, and the model is untouched."""
+    model, tok = load_model(tiny_model_factory(arch))
+    eps = 1e-3
+    ed = make_editor(model, tok, {"layer": 0, "lr": 1e-2, "norm_constraint": eps, "num_steps": 8,
+                                  "early_stop_loss": 0.0, "include_bias": True}, None, seed=0)
+    path = ed.edited_modules[0]
+    assert ed.edited_biases == [path] and "ft_max_abs_bias_delta" in ed.info_names
+    w0 = edit_parameter(model, path).detach().clone()
+    b0 = edit_parameter(model, path + ".bias").detach().clone()
+    res = ed.compute(RECORD)
+    assert torch.equal(edit_parameter(model, path), w0) and torch.equal(edit_parameter(model, path + ".bias"), b0)
+    upd = res.updates[0]
+    assert upd.bias is not None and upd.bias.shape == (ed.shape[0],) and upd.bias.dtype == torch.float32
+    per_step = res.vectors["max_abs_bias_per_step"]
+    assert len(per_step) == 8 and (per_step <= eps).all()
+    assert per_step.max() == pytest.approx(eps)  # binding: lr >> eps
+    assert res.info["ft_max_abs_bias_delta"] == pytest.approx(eps)
+    apply_updates(model, res.updates, arch_of(model))
+    b1 = edit_parameter(model, path + ".bias").detach()
+    assert not torch.equal(b1, b0)  # the bias changed
+    # eps itself rounds up in float32 (1e-3 -> 1.00000005e-3), then b + delta rounds once
+    assert (b1.double() - b0.double()).abs().max() <= eps * (1 + 1e-6) + torch.finfo(torch.float32).eps * float(b0.abs().max())
+    assert torch.equal(b1, b0 + upd.bias)  # exactly the stored delta
+
+
+def test_default_edits_the_matrix_only(tiny_model_factory):
+    model, tok = load_model(tiny_model_factory("gpt2"))
+    ed = make_editor(model, tok, {"layer": 0, "lr": 1e-2, "norm_constraint": 1e-3, "num_steps": 3}, None, seed=0)
+    assert ed.edited_biases == [] and FtcHParams().include_bias is False
+    assert ed.compute(RECORD).updates[0].bias is None
+
+
+def test_include_bias_needs_a_bias(tiny_model_factory):
+    model, tok = load_model(tiny_model_factory("llama"))  # LLaMA's MLP has no biases
+    with pytest.raises(ValueError, match="has no bias"):
+        make_editor(model, tok, {"layer": 0, "include_bias": True}, None, seed=0)
+    with pytest.raises(ValueError, match="include_bias"):
+        FtcHParams(include_bias="yes")
+
+
+def test_bias_trajectory_stores_rebuilds_and_evaluates_bitwise(traj_inputs, tmp_path):
+    """The store records the bias deltas and snapshots; rebuilding from a snapshot + updates equals
+    the runner's own snapshot bit for bit (matrix and bias); the evaluation loads both."""
+    import h5py
+
+    from editscale.evaljobs import load_weights_into
+    from editscale.store import initial_weight_norms, read_metrics, rebuild_weights, replay_weights
+    from editscale.trajectory import run_trajectory
+
+    eps = 1e-3
+    out = tmp_path / "ftc_bias.h5"
+    inputs = {k: v for k, v in traj_inputs.items() if k != "stats_path"}
+    run_trajectory(**inputs, stats_path=None, out_path=out, method="ftc", editor="ftc",
+                   hparams={"layer": 0, "lr": 1e-2, "norm_constraint": eps, "num_steps": 5, "include_bias": True},
+                   n_edits=4, snapshot_every=3, seed=0, progress_every_s=0.0)
+    m = read_metrics(out)
+    assert (m["ft_max_abs_bias_delta"] <= eps * (1 + 1e-6)).all()
+    assert (m["bias_update_norm_0"] > 0).all() and (m["bias_distance_0"] > 0).all()
+    with h5py.File(out) as f:
+        module = json_list(f.attrs["params"])[0]
+        assert json_list(f.attrs["bias_params"]) == [module]
+        assert f["updates/0"].attrs["bias"] and f["updates/0/bias"].shape == (4, f["updates/0/dense"].shape[1])
+        snaps = {t: (torch.from_numpy(f[f"snapshots/0/{t}"][()]), torch.from_numpy(f[f"bias_snapshots/0/{t}"][()]))
+                 for t in (0, 3, 4)}
+    key = module + ".bias"
+    # edits 1..3 replayed from the unedited snapshot equal the runner's snapshot after edit 3
+    for t, w in replay_weights(out, 3):
+        if t == 3:
+            assert torch.equal(w[module], snaps[3][0]) and torch.equal(w[key], snaps[3][1])
+    # edit 4 from snapshot 3 equals the runner's final snapshot
+    rebuilt = rebuild_weights(out, 4)
+    assert set(rebuilt) == {module, key}
+    assert torch.equal(rebuilt[module], snaps[4][0]) and torch.equal(rebuilt[key], snaps[4][1])
+    assert not torch.equal(snaps[4][1], snaps[0][1])  # the bias moved
+    # each edit's bias step stays in the clamp around the bias before it
+    prev = rebuild_weights(out, 0)[key]
+    for t in range(1, 5):
+        cur = rebuild_weights(out, t)[key]
+        assert (cur.double() - prev.double()).abs().max() <= eps * (1 + 1e-6) + torch.finfo(torch.float32).eps * float(prev.abs().max())
+        prev = cur
+    assert len(initial_weight_norms(out)) == 1  # the matrices only
+    model, _ = load_model(inputs["model_dir"])
+    load_weights_into(model, rebuilt)
+    assert torch.equal(edit_parameter(model, key), snaps[4][1]) and torch.equal(edit_parameter(model, module), snaps[4][0])
+
+
+def json_list(s) -> list:
+    import json
+
+    return json.loads(s)

@@ -273,6 +273,83 @@ def test_figure2_linear_distance_when_range_is_small(tmp_path, monkeypatch):
     assert fig.get_axes()[1].get_yscale() == "linear"
 
 
+def add_collapse_fixture(root, layout, n_edits=12, checkpoints=(0, 4, 8, 12)):
+    """Weight norms in the metrics CSVs, initial norms in the evaluation files, collapse CSVs."""
+    for e in layout:
+        m, s = e["method"], e["sample"]
+        nmat = len(MATRICES[m])
+        with open(root / e["metrics"], newline="") as fh:
+            rows = list(csv.reader(fh))
+        rows[0] += [f"weight_norm_{i}" for i in range(nmat)]
+        for t in range(1, n_edits + 1):  # ||W_t|| = ||W_0|| (1 + 0.1 t (i + 1) (1 + s)), ||W_0|| = 2 (i + 1)
+            rows[t] += [2.0 * (i + 1) * (1 + 0.1 * t * (i + 1) * (1 + s)) for i in range(nmat)]
+        with open(root / e["metrics"], "w", newline="") as fh:
+            csv.writer(fh).writerows(rows)
+        with h5py.File(root / e["evaluation"], "r+") as f:
+            f["trajectory/weight_norm_initial"] = [2.0 * (i + 1) for i in range(nmat)]
+        rank = sorted(MATRICES).index(m)
+        with open(root / e["collapse"], "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["checkpoint", "metric", "value"])
+            for t in checkpoints:
+                w.writerows([(t, "perplexity", 20.0 + t * (rank + 1) + s), (t, "mean_nll", 3.0),
+                             (t, "n_tokens", 500), (t, "generation_entropy", 4.0 - 0.1 * t - 0.2 * s)])
+
+
+def test_collapse_figure_panels_lines_and_labels(three_methods, tmp_path):
+    cfg, layout = three_methods
+    add_collapse_fixture(tmp_path, layout)
+    methods = figdata.load_methods(layout)
+    fig = plots.figure_collapse(methods)
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["(a) Norm growth of the edited weights", "(b) Held-out perplexity",
+                                               "(c) Generation entropy"]
+    norm, ppl, ent = axes
+    labels = [ln.get_label() for ln in _lines(norm)]
+    assert labels == ["FT-C: h.0.mlp.c_proj", "MEND: h.2.mlp.c_fc", "MEND: h.2.mlp.c_proj",
+                      "ROME: h.1.mlp.c_proj", "r-ROME: h.1.mlp.c_proj"]
+    mend = [ln for ln in _lines(norm) if ln.get_label().startswith("MEND")]
+    # matrix 1 of MEND: 1 + 0.1 t x 2 x (1 + s), mean over s = 0, 1; 1 before the first edit
+    assert mend[1].get_xdata().tolist() == list(range(13))
+    np.testing.assert_allclose(mend[1].get_ydata(), 1 + 0.1 * np.arange(13) * 2 * 1.5)
+    assert mend[0].get_linestyle() != mend[1].get_linestyle() and mend[0].get_color() == mend[1].get_color()
+    assert "W_0" in norm.get_ylabel()
+    got = {ln.get_label(): ln for ln in _lines(ppl)}
+    assert list(got) == ["FT-C", "MEND", "ROME", "r-ROME"]  # the paper's order, then the rest
+    assert got["ROME"].get_xdata().tolist() == [0, 4, 8, 12]
+    np.testing.assert_allclose(got["ROME"].get_ydata(), 20.5 + np.array([0, 4, 8, 12]) * 3)  # rome ranks 3rd
+    assert got["ROME"].get_color() == next(ln for ln in _lines(norm) if ln.get_label().startswith("ROME")).get_color()
+    assert ppl.get_yscale() == "linear"
+    np.testing.assert_allclose(next(ln for ln in _lines(ent) if ln.get_label() == "FT-C").get_ydata(),
+                               3.9 - 0.1 * np.array([0, 4, 8, 12]))
+    assert "entropy" in ent.get_ylabel()
+    texts = [[t.get_text() for t in lg.get_texts()] for lg in fig.legends]
+    assert texts[0] == ["FT-C", "MEND", "ROME", "r-ROME", "min-max over samples"]
+    assert sorted(texts[1]) == sorted(labels)
+    _assert_readable(fig)
+
+
+def test_collapse_figure_without_measures(tmp_path, monkeypatch):
+    """Files from before the collapse measures: the panels say so instead of failing."""
+    monkeypatch.chdir(tmp_path)
+    cfg = make_cfg(["rome"], samples=1)
+    layout = write_fixture(tmp_path, cfg, n_edits=5)
+    methods = figdata.load_methods(layout)
+    assert methods[0].samples[0].norm_growth() == [] and methods[0].samples[0].collapse == {}
+    fig = plots.figure_collapse(methods)
+    assert [t.get_text() for ax in fig.get_axes() for t in ax.texts] == [
+        "weight norms not recorded", "not evaluated", "not evaluated"]
+
+
+def test_render_collapse_figure_reads_its_inputs(three_methods, tmp_path):
+    cfg, layout = three_methods
+    add_collapse_fixture(tmp_path, layout)
+    record, stem = _render(tmp_path, cfg, layout, "collapse")
+    assert stem.with_suffix(".pdf").exists() and stem.with_suffix(".png").exists()
+    side = json.loads(stem.with_suffix(".json").read_text())
+    assert side["digest"] == record["digest"] and side["extra"]["figure"] == "collapse"
+
+
 def _assert_readable(fig):
     """Nothing drawn outside the figure (no clipped label), fonts >= 8 pt, legends off the panels."""
     canvas = FigureCanvasAgg(fig)
@@ -379,6 +456,10 @@ def test_sidecar_changes_when_an_input_changes(tmp_path, monkeypatch):
 def test_table2_rows_and_files(three_methods, tmp_path):
     cfg, layout = three_methods
     dis = figdata.load_disabling(layout)
+    # MEND's sample 1 has a second onset (the rule's reason names the matrix)
+    mend1 = dis["mend"][1]
+    mend1["edits"].append({"edit": 9, "case_id": 1009, "kind": "disabling", "standalone_distance": 5e-4,
+                           "reason": "onset in matrix 1: update norm 50 = 45 x the median 1.1 of edits 4..8"})
     rows, gens = tables.write_table2(dis, md=tmp_path / "t.md", csv_path=tmp_path / "t.csv", tex=tmp_path / "t.tex",
                                      generations_csv=tmp_path / "g.csv")
     pooled = {(r["method"], r["kind"]): r for r in rows if r["sample"] == "all"}
@@ -395,12 +476,31 @@ def test_table2_rows_and_files(three_methods, tmp_path):
     assert "A \\| pipe & 50%" in md  # a pipe in a cell is escaped
     tex = (tmp_path / "t.tex").read_text()
     assert r"$4.500\times10^{-4}$" in tex and r"A | pipe \& 50\%" in tex and r"\$x\_1\$" in tex
-    assert tex.count(r"\begin{tabular}") == 2
+    assert tex.count(r"\begin{tabular}") == 4  # Table 2, onset counts, onset list, Table 8
     with open(tmp_path / "t.csv") as fh:
         got = list(csv.DictReader(fh))
     assert got[0].keys() == set(tables.TABLE2_FIELDS) | set() or list(got[0]) == tables.TABLE2_FIELDS
-    assert len(got) == 4 * 2 * 3  # 4 methods x 2 kinds x (2 samples + pooled)
+    stats = [r for r in got if r["kind"] != "onset"]
+    assert len(stats) == 4 * 2 * 3  # 4 methods x 2 kinds x (2 samples + pooled)
     assert len(gens) == 4 * 2 and gens[0]["before"] == " Paris." and gens[0]["sample"] == 0
+    # onsets: per method and sample, the per-sample disabling count, and one CSV row per onset edit
+    assert tables.onset_counts(dis) == {m: {"0": 1, "1": 2 if m == "mend" else 1} for m in ("ftc", "mend", "rome",
+                                                                                             "rrome")}
+    onsets = [(r["method"], r["sample"], r["edit"], r["case_id"]) for r in got if r["kind"] == "onset"]
+    assert onsets == [(m, s, e, c) for m in ("ftc", "mend", "rome", "rrome") for s in ("0", "1")
+                      for e, c in ([("4", "1004"), ("9", "1009")] if (m, s) == ("mend", "1") else [("4", "1004")])]
+    mend_onset = next(r for r in got if r["kind"] == "onset" and r["edit"] == "9")
+    assert mend_onset["count"] == "1" and float(mend_onset["mean"]) == 5e-4 and "matrix 1" in mend_onset["reason"]
+    per_sample_counts = {(r["method"], r["sample"]): int(r["count"]) for r in stats if r["kind"] == "disabling"}
+    assert per_sample_counts[("mend", "1")] == 2 and per_sample_counts[("mend", "all")] == 3
+    assert "| Method | Sample 0 | Sample 1 | All |" in md
+    assert "| MEND | 1 | 2 | 3 |" in md and "| ROME | 1 | 1 | 2 |" in md
+    assert ("| MEND | 1 | 9 | 1009 | 5.000e-04 | onset in matrix 1: update norm 50 = 45 x the median 1.1 of edits "
+            "4..8 |") in md
+    assert md.count("| 4 | 1004 |") == 8
+    assert md.index("**Onsets.**") < md.index("**Table 8 analogue.**")
+    assert r"MEND & 1 & 2 & 3 \\" in tex and r"MEND & 1 & 9 & 1009 & $5.000\times10^{-4}$ & onset in matrix 1" in tex
+    assert r"\label{tab:disabling-onsets}" in tex
 
 
 def test_table2_without_disabling_edits(tmp_path, monkeypatch):
@@ -416,6 +516,10 @@ def test_table2_without_disabling_edits(tmp_path, monkeypatch):
     assert gens == []
     md = (tmp_path / "t.md").read_text()
     assert "| ROME | 0 | n/a | 2 |" in md and "No disabling edit was flagged" in md
+    assert "| ROME | 0 | 0 |" in md and "No onset was flagged." in md
+    assert "No onset was flagged." in (tmp_path / "t.tex").read_text()
+    with open(tmp_path / "t.csv") as fh:
+        assert not [r for r in csv.DictReader(fh) if r["kind"] == "onset"]
 
 
 def test_runtime_table(tmp_path):

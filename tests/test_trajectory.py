@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from conftest import TRAJ_HPARAMS
-from editscale.store import StoreError, read_metrics, rebuild_weights
+from editscale.store import StoreError, initial_weight_norms, read_metrics, rebuild_weights, replay_weights
 from editscale.trajectory import export_metrics_csv, run_trajectory
 
 HPARAMS = TRAJ_HPARAMS
@@ -48,7 +49,7 @@ def test_rows_and_attributes(finished, tmp_path):
     m = read_metrics(finished)
     assert list(m["edit"]) == [1, 2, 3, 4, 5, 6]
     assert list(m["case_id"]) == [103, 101, 104, 100, 105, 109]
-    for k in ("es", "ps", "ns", "es_mag", "ps_argmax", "update_norm_0", "distance_0", "v_loss"):
+    for k in ("es", "ps", "ns", "es_mag", "ps_argmax", "update_norm_0", "distance_0", "weight_norm_0", "v_loss"):
         assert np.isfinite(m[k]).all(), k
     assert (np.diff(m["distance_0"]) != 0).all()
     with h5py.File(finished) as f:
@@ -140,6 +141,32 @@ def test_sigkill_and_resume_equals_uninterrupted(inputs, finished, tmp_path):
     with h5py.File(finished) as fa, h5py.File(out) as fb:
         np.testing.assert_array_equal(fa["updates/0/u"][()], fb["updates/0/u"][()])
         np.testing.assert_array_equal(fa["snapshots/0/6"][()], fb["snapshots/0/6"][()])
+
+
+def test_weight_norm_equals_norm_of_rebuilt_weight(finished):
+    m = read_metrics(finished)
+    for t in range(1, 7):
+        w = next(iter(rebuild_weights(finished, t).values()))
+        assert m["weight_norm_0"][t - 1] == float(torch.linalg.norm(w.double())), t
+    w0 = next(iter(rebuild_weights(finished, 0).values()))
+    assert initial_weight_norms(finished) == [float(torch.linalg.norm(w0.double()))]
+    assert m["weight_norm_0"][0] != initial_weight_norms(finished)[0]
+    assert [t for t, _ in replay_weights(finished, 6)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_of_a_partial_file_without_weight_norms_fills_them_in(inputs, finished, tmp_path):
+    """A partial file written before the metric existed: resumed, its earlier edits get the norms."""
+    out = tmp_path / "old.h5"
+    shutil.copy(finished, str(out) + ".partial")
+    with h5py.File(str(out) + ".partial", "r+") as f:
+        f.attrs["n_done"] = 3
+        f.attrs["complete"] = False
+        del f["metrics/weight_norm_0"]
+    run(inputs, out)
+    a, b = read_metrics(finished), read_metrics(out)
+    for k in a:
+        if k not in TIMINGS:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_partial_file_from_other_settings_is_refused(inputs, tmp_path):

@@ -64,8 +64,9 @@ def test_lint_is_clean(tmp_path):
 
 def test_paper_config_dry_run_plans_twenty_trajectories(tmp_path):
     """config/paper.yaml resolves without network: 2 models x 3 methods (FT-C, MEND, ROME) x 10
-    samples. Planned with the SLURM profile: the heavy jobs get the per-model (and per-rule)
-    resources of the config."""
+    samples, MEND with the authors' public editors (downloaded, nothing trained or reserved).
+    Planned with the SLURM profile: the heavy jobs get the per-model (and per-rule) resources of
+    the config."""
     # a dry run caps every job's threads at --cores (1 when not given, snakemake >= 9.2x); a real
     # SLURM run does not, so give a bound above any job's threads to see what SLURM would get
     proc = snakemake("-n", "--cores", "64", "--configfile", str(REPO / "config" / "paper.yaml"), "--directory",
@@ -75,13 +76,13 @@ def test_paper_config_dry_run_plans_twenty_trajectories(tmp_path):
     counts = job_counts(out)
     assert counts["trajectory"] == 60 and counts["metrics_csv"] == 60
     assert counts["prepare_model"] == 2 and counts["key_stats"] == 2  # ROME: one layer per model
-    assert counts["train_mend"] == 2 and counts["editor_split"] == 1
+    assert counts["download_editor"] == 2 and "train_mend" not in counts and "editor_split" not in counts
     assert counts["ordering"] == 10 and counts["counterfact"] == 1
     # 3000 edits, forgetting every 10, downstream every 5: 601 checkpoints in chunks of 50 = 13 jobs
     assert counts["eval_chunk"] == 60 * 13 and counts["eval_merge"] == 60 and counts["disabling"] == 60
     assert counts["downstream_set"] == 4
     for path in ("resources/stats/gpt-j-6b/wikipedia/layer5.h5", "resources/stats/gpt2-xl/wikipedia/layer17.h5",
-                 "results/trajectories/gpt2-xl/rome/sample9.h5"):
+                 "results/trajectories/gpt2-xl/rome/sample9.h5", "resources/editors/gpt-j-6b/mend.pt"):
         assert path in out
     assert not (tmp_path / "resources").exists()  # a dry run writes nothing
     # the shipped default config is not merged in: no tiny model in the paper's plan
@@ -90,7 +91,7 @@ def test_paper_config_dry_run_plans_twenty_trajectories(tmp_path):
     jobs = planned_jobs(out)
     assert jobs[("trajectory", "gpt-j-6b")]["resources"].items() >= {"gpu": "1", "mem_mb": "64000", "runtime": "2880"}.items()
     assert jobs[("trajectory", "gpt2-xl")]["resources"].items() >= {"gpu": "1", "mem_mb": "32000", "runtime": "1440"}.items()
-    assert jobs[("eval_chunk", "gpt-j-6b")]["resources"].items() >= {"gpu": "1", "runtime": "480"}.items()
+    assert jobs[("eval_chunk", "gpt-j-6b")]["resources"].items() >= {"gpu": "1", "runtime": "720"}.items()
     assert jobs[("key_stats", "gpt2-xl")]["resources"].items() >= {"gpu": "1", "mem_mb": "32000"}.items()
     assert jobs[("trajectory", "gpt-j-6b")]["threads"] == "8"
 
@@ -103,11 +104,17 @@ def test_default_config_dry_run(tmp_path):
     counts = job_counts(out)
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert cfg["n_edits"] >= 1000 and cfg["samples"] >= 2
-    assert {e["method"] for e in cfg["experiments"]} == {"rome", "ftc", "mend"}
+    methods = {e["method"] for e in cfg["experiments"]}
+    assert methods == {"rome", "rrome", "ftc", "mend"}
+    assert cfg["methods"]["rrome"]["hparams"]["key_mode"] == "homogeneous"
+    assert cfg["methods"]["rome"]["hparams"]["key_mode"] == "original"
+    # r-ROME differs from ROME by its key only
+    same = {k: v for k, v in cfg["methods"]["rrome"]["hparams"].items() if k != "key_mode"}
+    assert same == {k: v for k, v in cfg["methods"]["rome"]["hparams"].items() if k != "key_mode"}
     for rule in ("world", "train_world_model", "model_gates", "key_stats", "train_mend", "counterfact"):
         assert counts[rule] == 1, rule
     assert "prepare_model" not in counts  # the model is trained here, not downloaded
-    assert counts["trajectory"] == 3 * cfg["samples"] and counts["figure1"] == 1
+    assert counts["trajectory"] == len(methods) * cfg["samples"] and counts["figure1"] == 1
     assert "resources/worlds/toy/corpus_heldout.jsonl" in out
     assert not (tmp_path / "resources").exists()
 
@@ -181,15 +188,21 @@ def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, coun
             assert f["downstream/rte/f1"].shape == (2,)
         down = list(csv.DictReader(open(f"{ev}_downstream.csv")))
         assert {r["task"] for r in down} == {"sst2", "rte"}
+        # collapse measures at every checkpoint, on the one probe of the run
+        ppl = {int(r["checkpoint"]): float(r["value"]) for r in csv.DictReader(open(f"{ev}_collapse.csv"))
+               if r["metric"] == "perplexity"}
+        assert sorted(ppl) == [0, 2, 4, 5] and all(v > 1 for v in ppl.values())
+        assert float(rows[0]["weight_norm_0"]) > 0
         dis = json.loads((work / f"results/disabling/tiny-local/rome/sample{sample}.json").read_text())
         assert dis["n_edits"] == n_edits and dis["summary"]["normal"]["count"] >= 1
 
     # figures and tables of the model, each with its provenance sidecar; the runtime table
     figs = work / "figures/tiny-local"
     for name in ("figure1.pdf", "figure1.png", "figure2.pdf", "figure2.png", "table2.md", "table2.csv", "table2.tex",
-                 "table2_generations.csv", "samples/figure1_sample1.pdf", "samples/figure2_sample0.png"):
+                 "table2_generations.csv", "samples/figure1_sample1.pdf", "samples/figure2_sample0.png",
+                 "collapse.pdf", "collapse.png"):
         assert (figs / name).stat().st_size > 0, name
-    for name in ("figure1", "figure2", "table2", "samples/figure1_sample0", "samples/figure2_sample1"):
+    for name in ("figure1", "figure2", "table2", "samples/figure1_sample0", "samples/figure2_sample1", "collapse"):
         side = json.loads((figs / f"{name}.json").read_text())
         assert side["config"]["n_edits"] == n_edits and side["git"]["commit"] and side["digest"]
         assert side["models"]["tiny-local"]["model_id"].startswith("local:")
@@ -208,6 +221,7 @@ def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, coun
     html = report.read_text()
     assert len(html) > 100_000
     for caption in ("Figure 1 (tiny-local)", "Figure 2 (tiny-local)", "Table 2 (tiny-local)", "Figure 1, sample 1",
+                    "Collapse measures (tiny-local)",
                     "Runtime of the heavy jobs", "Configuration of this run", "experiments (model / method)"):
         assert caption in html, caption
 

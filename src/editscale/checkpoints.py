@@ -7,16 +7,27 @@ union of those steps, in order, is cut into chunks of ``chunk_size`` checkpoints
 
 from __future__ import annotations
 
+from functools import lru_cache
 
-def checkpoint_plan(n_edits: int, forgetting_every: int, downstream_every: int) -> list[dict]:
-    """One entry per evaluated step: {"t": int, "forgetting": bool, "downstream": bool}."""
-    plan = []
+
+@lru_cache(maxsize=32)
+def _plan_steps(n_edits: int, forgetting_every: int, downstream_every: int) -> tuple[tuple[int, bool, bool], ...]:
+    """The plan as an immutable tuple, cached: the Snakefile asks for it once per evaluation job
+    (780 jobs in the paper's DAG), each time with the same arguments."""
+    steps = []
     for t in range(0, n_edits + 1):
         forget = t > 0 and forgetting_every > 0 and t % forgetting_every == 0
         down = downstream_every > 0 and t % downstream_every == 0
         if forget or down:
-            plan.append({"t": t, "forgetting": forget, "downstream": down})
-    return plan
+            steps.append((t, forget, down))
+    return tuple(steps)
+
+
+def checkpoint_plan(n_edits: int, forgetting_every: int, downstream_every: int) -> list[dict]:
+    """One entry per evaluated step: {"t": int, "forgetting": bool, "downstream": bool} (new dicts
+    each call)."""
+    return [{"t": t, "forgetting": f, "downstream": d}
+            for t, f, d in _plan_steps(int(n_edits), int(forgetting_every), int(downstream_every))]
 
 
 def chunks(plan: list[dict], chunk_size: int) -> list[list[dict]]:

@@ -17,6 +17,7 @@ import copy
 import json
 import os
 import re
+import stat
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -42,6 +43,7 @@ __all__ = [
     "editor_file",
     "trained_editors",
     "editor_training_corpus",
+    "perplexity_corpus",
 ]
 
 SCHEMA_NAME = "config.schema.yaml"
@@ -64,26 +66,51 @@ class ConfigWarning(UserWarning):
 # --------------------------------------------------------------------------- schema
 
 
+_HERE = Path(__file__).resolve().parent
+
+
+def _schema_candidates() -> list[Path]:
+    env = os.environ.get("EDITSCALE_CONFIG_SCHEMA")
+    return ([Path(env)] if env else []) + [_HERE / SCHEMA_NAME,
+                                           _HERE.parents[1] / "workflow" / "schemas" / SCHEMA_NAME]
+
+
 def schema_path() -> Path:
     """The schema file: ``$EDITSCALE_CONFIG_SCHEMA``, a copy next to this module, or the repo's."""
-    env = os.environ.get("EDITSCALE_CONFIG_SCHEMA")
-    candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve().parent
-    candidates += [here / SCHEMA_NAME, here.parents[1] / "workflow" / "schemas" / SCHEMA_NAME]
+    candidates = _schema_candidates()
     for path in candidates:
         if path.is_file():
             return path
     raise FileNotFoundError(f"config schema not found (looked at {', '.join(map(str, candidates))})")
 
 
-@lru_cache(maxsize=None)
-def _load_schema_text(path: str) -> str:
-    return Path(path).read_text(encoding="utf-8")
+def _schema_key() -> tuple[str, int, int]:
+    """(path, mtime_ns, size) of the schema file (:func:`schema_path`): the key of the parse
+    caches, so that an edited or another schema file (``$EDITSCALE_CONFIG_SCHEMA``) is parsed
+    afresh. One ``stat`` per candidate: cheap enough to run for every resource of every job."""
+    for path in _schema_candidates():
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            return str(path), st.st_mtime_ns, st.st_size
+    return str(schema_path()), 0, 0  # raises FileNotFoundError naming the places looked at
+
+
+@lru_cache(maxsize=8)
+def _parsed_schema(path: str, mtime_ns: int, size: int) -> dict:
+    """The parsed schema, cached. Never handed out: :func:`load_schema` returns deep copies."""
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
 
 def load_schema() -> dict:
-    """A fresh copy of the parsed schema."""
-    return yaml.safe_load(_load_schema_text(str(schema_path())))
+    """A fresh copy of the parsed schema (the caller may change it; the cache stays intact).
+
+    Parsing the YAML is the expensive part (planning the paper's DAG asked for it thousands of
+    times, once per resource of every job); it is parsed once per schema file version.
+    """
+    return copy.deepcopy(_parsed_schema(*_schema_key()))
 
 
 def _key_path(parts: Iterable[Any]) -> str:
@@ -221,9 +248,24 @@ def editor_training_corpus(cfg: dict) -> str | None:
     return cfg.get("editor_training", {}).get("corpus") or cfg["stats"].get("corpus")
 
 
+def perplexity_corpus(cfg: dict) -> str | None:
+    """The corpus of the held-out perplexity: ``evaluation.perplexity.corpus``, else ``stats.corpus``;
+    None when neither is set or ``n_docs`` is 0 (perplexity not measured)."""
+    ppl = cfg.get("evaluation", {}).get("perplexity", {})
+    if int(ppl.get("n_docs", 0)) == 0:
+        return None
+    return ppl.get("corpus") or cfg.get("stats", {}).get("corpus")
+
+
+@lru_cache(maxsize=8)
+def _resource_default_items(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, Any], ...]:
+    props = _parsed_schema(path, mtime_ns, size)["$defs"]["resources"]["properties"]
+    return tuple((k, copy.deepcopy(v["default"])) for k, v in props.items() if "default" in v)
+
+
 def _resource_defaults() -> dict:
-    props = load_schema()["$defs"]["resources"]["properties"]
-    return {k: v["default"] for k, v in props.items() if "default" in v}
+    """The schema's defaults of ``resources.<model>`` (a new dict each call, values copied)."""
+    return {k: copy.deepcopy(v) for k, v in _resource_default_items(*_schema_key())}
 
 
 def model_resources(cfg: dict, model: str, rule: str | None = None) -> dict:
@@ -259,6 +301,27 @@ def model_n_layer(cfg: dict, model: str, base_dir: str | os.PathLike = ".") -> i
 
 
 # --------------------------------------------------------------------------- cross-key checks
+
+
+def _check_edit_gates(cfg: dict, model: str, edit: dict) -> None:
+    where = f"models.{model}.gates.edit"
+    method = edit["method"]
+    if method not in cfg["methods"]:
+        raise ConfigError(f"{where}.method", f"{method!r} is not a key of methods (defined: {sorted(cfg['methods'])})")
+    if model not in cfg["methods"][method].get("per_model", {}):
+        raise ConfigError(f"{where}.method", f"methods.{method}.per_model has no entry for {model!r}")
+    if edit["n_records"] > cfg["n_edits"]:
+        raise ConfigError(f"{where}.n_records", f"{edit['n_records']} exceeds n_edits={cfg['n_edits']} "
+                          "(the gates use the records to be edited)")
+
+
+def edit_gate_spec(cfg: dict, model: str) -> dict | None:
+    """What the edit gates of ``model`` run (method, editor, hparams, limits), or None."""
+    edit = cfg["models"][model].get("gates", {}).get("edit")
+    if edit is None:
+        return None
+    method = edit["method"]
+    return {**edit, "editor": cfg["methods"][method]["editor"], "hparams": method_hparams(cfg, method, model)}
 
 
 def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
@@ -298,6 +361,9 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
             if spec["d_model"] % spec["n_head"]:
                 raise ConfigError(f"{where}.d_model",
                                   f"{spec['d_model']} is not divisible by n_head={spec['n_head']}")
+            edit = spec.get("gates", {}).get("edit")
+            if edit is not None:
+                _check_edit_gates(cfg, name, edit)
         if spec["source"] == "hub" and not _COMMIT.match(spec["revision"]):
             warnings.warn(f"config key '{where}.revision': {spec['revision']!r} is not a commit hash; "
                           "a branch or tag can move, pin the 40-character commit for reproducibility",
@@ -379,6 +445,11 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
         raise ConfigError("stats.corpus", f"{stats_corpus!r} is not a key of corpora (defined: {sorted(corpora)})")
     if uses_covariance and stats_corpus is None:
         raise ConfigError("stats.corpus", "required: an experiment's editor needs covariance statistics")
+
+    ppl_corpus = cfg.get("evaluation", {}).get("perplexity", {}).get("corpus")
+    if ppl_corpus is not None and ppl_corpus not in corpora:
+        raise ConfigError("evaluation.perplexity.corpus",
+                          f"{ppl_corpus!r} is not a key of corpora (defined: {sorted(corpora)})")
 
     for model in cfg.get("resources", {}):
         if model not in models:

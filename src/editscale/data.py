@@ -18,7 +18,10 @@ Orderings reproduce the authors' sampling: ``random.seed(37)`` and then the SAME
 shuffled in place n times in a row, sample n being the state after the (n+1)-th shuffle.
 The shuffles are therefore cumulative (sample 1 is a shuffle of sample 0's order, not of
 the file order). Here a local ``random.Random(seed)`` replaces the global RNG; it yields the
-same permutations as ``random.seed(seed); random.shuffle(...)``.
+same permutations as ``random.seed(seed); random.shuffle(...)``. The list shuffled is the
+ascending list of every usable case id; records reserved for training an editor are dropped from
+the shuffled list afterwards (:func:`ordering_sample`), so sample n is the authors' sample n less
+those records.
 
 Corpora (for covariance statistics) are dicts from the YAML config, either local text files
 (``type: text_files``) or a ``datasets`` data set (``type: hub``); see :func:`iter_corpus`.
@@ -243,6 +246,24 @@ def make_orderings(case_ids: list[int], n_samples: int, seed: int) -> list[list[
         rng.shuffle(order)
         samples.append(list(order))
     return samples
+
+
+def ordering_sample(case_ids: Iterable[int], sample: int, seed: int,
+                    exclude: Iterable[int] = ()) -> list[int]:
+    """Sample ``sample`` (0-based) of the authors' orderings, with ``exclude`` dropped afterwards.
+
+    The shuffles run on the ascending list of ALL ``case_ids`` (the authors' list of unique-subject
+    record indices, which are the case ids in the public file), exactly as
+    :func:`make_orderings`; only then are the ``exclude``d ids (records reserved for training an
+    editor) removed, so every other record keeps its position relative to the others and the
+    trajectory edits the authors' sample n minus the reserved records. Removing them before
+    shuffling would give different permutations altogether.
+    """
+    if sample < 0:
+        raise ValueError(f"sample must be >= 0, got {sample}")
+    order = make_orderings(sorted(case_ids), sample + 1, seed)[sample]
+    drop = set(exclude)
+    return [c for c in order if c not in drop] if drop else order
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

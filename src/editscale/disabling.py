@@ -1,14 +1,34 @@
 """Disabling edits (Table 2, section 3.4.1): single edits after which the model collapses.
 
-Rule (stated in config ``disabling``): edit t is flagged when
+A disabling edit is the *onset* of a run-away of the update norm of an edited matrix: the first
+edit whose update is many times larger than the updates just before it. The rule (config
+``disabling``; :func:`find_onsets`) looks at each edited matrix j on its own (an editor that
+changes several matrices, as MEND, can blow up in one of them only). Let x_t be the update norm
+||delta W_j||_F of edit t (1-based) in matrix j and s the start of the current regime of j:
+s = 1 at first, and s = t0 after an onset at edit t0. Edit t is an onset in matrix j when
 
-* the update norm of any edited matrix exceeds ``norm_multiple`` x the median of that matrix's
-  update norms over edits 1..t-1 (once at least ``min_history`` earlier edits exist; an editor
-  that changes several matrices, as MEND, can blow up in one of them only), or
-* ``collapse_window`` > 0 and efficacy collapses right after it: the mean ES of the next
-  ``collapse_window`` edits is below ``collapse_es_below`` while the mean ES of the previous
-  window (edit t included) was not; one collapse flags one edit (no second flag within the
-  window).
+* enough edits precede it: t - 1 >= ``min_history`` while no onset of j has been found yet,
+  and t - t0 > ``refractory`` after an onset at t0 (edits t0+1 .. t0+``refractory`` are never
+  onsets of j: the refractory window), and
+* x_t > ``norm_multiple`` x B_t, where B_t is the median of x over the trailing window of the
+  current regime, edits max(s, t - ``window``) .. t-1 (non-finite norms are left out of the
+  median; a NaN x_t is never an onset).
+
+Because the baseline window restarts at each onset (the onset edit included), the elevated level
+of a run-away becomes the recent level that a later onset of the same matrix must jump above:
+edits that merely stay at, or keep slowly rising from, the run-away's level are not onsets, and a
+gradual rise is not one either (geometric growth g per edit gives x_t / B_t ~ g^((window+1)/2),
+below ``norm_multiple`` for g < ``norm_multiple`` ** (2 / (window + 1)): 24% per edit with
+10 and 20). An isolated spike is one onset; the run-away's drop back to normal is none, and a
+later jump from the normal level again is a new onset. An edit is flagged when it is an onset
+in any matrix; its reason names every matrix with an onset there.
+
+Only the update norm is looked at: it is the per-edit quantity that Table 2 measures standalone
+(the standalone distance is the update norm / numel of the edit recomputed on the unedited
+model), while the trajectory's normalised distance accumulates every earlier edit, so a jump of
+one edit is diluted there by all the others. The former efficacy-collapse criterion (a drop of
+the windowed ES) was dropped: it flags edits whose update is ordinary and fires on noise once ES
+sits at chance, which is not an edit "after which the distance spikes".
 
 Every flagged edit, and a seeded random sample of as many normal edits (at least
 ``min_normal``), is then applied alone to the unedited model (the editor recomputes it there);
@@ -24,11 +44,14 @@ import json
 import logging
 import os
 import random
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .downstream import generate_greedy
 from .editors import load_editor_module
@@ -39,34 +62,78 @@ from .trajectory import load_second_moment, select_records
 
 log = logging.getLogger(__name__)
 
+RULE_KEYS = ("norm_multiple", "window", "min_history", "refractory")
 
-def flag_disabling(update_norm: np.ndarray, es: np.ndarray, *, norm_multiple: float, min_history: int,
-                   collapse_window: int, collapse_es_below: float) -> list[tuple[int, str]]:
-    """(edit t, reason) for every flagged edit (t is 1-based).
 
-    ``update_norm``: (n,) or (n, matrices), the update norms of each edit (per edited matrix).
+@dataclass(frozen=True)
+class Onset:
+    """The onset of a run-away of the update norm of one edited matrix."""
+
+    edit: int  # 1-based edit index
+    matrix: int  # index of the edited matrix (update_norm_<matrix>)
+    norm: float  # its update norm at the onset
+    baseline: float  # median update norm of the baseline window
+    first: int  # first and last edit of the baseline window (1-based, inclusive)
+    last: int
+
+    def reason(self) -> str:
+        ratio = self.norm / self.baseline if self.baseline > 0 else float("inf")
+        return (f"onset in matrix {self.matrix}: update norm {self.norm:.4g} = {ratio:.3g} x the median "
+                f"{self.baseline:.4g} of edits {self.first}..{self.last}")
+
+
+def trailing_medians(x: np.ndarray, window: int) -> np.ndarray:
+    """b[k] = median of the finite values of x[max(0, k - window):k]; NaN where there are none (k = 0)."""
+    x = np.asarray(x, dtype=float)
+    padded = np.concatenate([np.full(window, np.nan), np.where(np.isfinite(x), x, np.nan)])
+    views = sliding_window_view(padded, window)[: len(x)]  # views[k] = x[k - window:k], NaN-padded
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows give NaN
+        return np.nanmedian(views, axis=1) if len(x) else np.empty(0)
+
+
+def matrix_onsets(x: np.ndarray, matrix: int, *, norm_multiple: float, window: int, min_history: int,
+                  refractory: int) -> list[Onset]:
+    """The onsets of one matrix's update-norm series ``x`` (n,), in order (see the module docstring)."""
+    x = np.asarray(x, dtype=float)
+    out: list[Onset] = []
+    start, first_allowed = 0, min_history  # 0-based regime start; first offset in it that may be an onset
+    while start + first_allowed < len(x):
+        seg = x[start:]
+        base = trailing_medians(seg, window)
+        with np.errstate(invalid="ignore"):
+            hits = np.flatnonzero(seg[first_allowed:] > norm_multiple * base[first_allowed:])
+        if not hits.size:
+            break
+        k = first_allowed + int(hits[0])
+        out.append(Onset(edit=start + k + 1, matrix=matrix, norm=float(seg[k]), baseline=float(base[k]),
+                         first=start + max(0, k - window) + 1, last=start + k))
+        start, first_allowed = start + k, refractory + 1
+    return out
+
+
+def find_onsets(update_norm: np.ndarray, *, norm_multiple: float, window: int, min_history: int,
+                refractory: int) -> list[Onset]:
+    """Every onset of every matrix, ordered by edit then matrix.
+
+    ``update_norm``: (n,) or (n, matrices), the update norm of each edit (per edited matrix).
     """
     norms = np.asarray(update_norm, dtype=float)
     norms = norms[:, None] if norms.ndim == 1 else norms
-    flagged = []
-    n = len(norms)
-    last_collapse = -(10**9)
-    for i in range(n):
-        reasons = []
-        if i >= max(min_history, 1):
-            med = np.median(norms[:i], axis=0)
-            for j in np.flatnonzero(norms[i] > norm_multiple * med):
-                where = f" (matrix {j})" if norms.shape[1] > 1 else ""
-                reasons.append(f"update norm{where} {norms[i, j]:.4g} > {norm_multiple:g} x median {med[j]:.4g}")
-        if collapse_window > 0 and i + collapse_window < n and i + 1 >= collapse_window:
-            before = float(np.mean(es[i + 1 - collapse_window : i + 1]))
-            after = float(np.mean(es[i + 1 : i + 1 + collapse_window]))
-            if after < collapse_es_below <= before and i - last_collapse > collapse_window:
-                last_collapse = i
-                reasons.append(f"ES of the next {collapse_window} edits {after:.2f} < {collapse_es_below:g}")
-        if reasons:
-            flagged.append((i + 1, "; ".join(reasons)))
-    return flagged
+    onsets = [o for j in range(norms.shape[1])
+              for o in matrix_onsets(norms[:, j], j, norm_multiple=norm_multiple, window=window,
+                                     min_history=min_history, refractory=refractory)]
+    return sorted(onsets, key=lambda o: (o.edit, o.matrix))
+
+
+def flag_disabling(update_norm: np.ndarray, *, norm_multiple: float, window: int, min_history: int,
+                   refractory: int) -> list[tuple[int, str]]:
+    """(edit t, reason) for every edit that is an onset in at least one matrix (t is 1-based)."""
+    reasons: dict[int, list[str]] = {}
+    for o in find_onsets(update_norm, norm_multiple=norm_multiple, window=window, min_history=min_history,
+                         refractory=refractory):
+        reasons.setdefault(o.edit, []).append(o.reason())
+    return [(t, "; ".join(r)) for t, r in sorted(reasons.items())]
 
 
 def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path, stats_path, out_json, out_csv,
@@ -83,14 +150,14 @@ def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path
     records = select_records(counterfact_path, ordering_path, n)
     n_mat = sum(1 for k in m if k.startswith("update_norm_"))
     norms = np.stack([m[f"update_norm_{i}"] for i in range(n_mat)], axis=1)
-    flagged = flag_disabling(norms, m["es"], norm_multiple=rule["norm_multiple"],
-                             min_history=rule["min_history"], collapse_window=rule["collapse_window"],
-                             collapse_es_below=rule["collapse_es_below"])
+    flagged = flag_disabling(norms, **{k: rule[k] for k in RULE_KEYS})
     flagged_t = {t for t, _ in flagged}
     normal_pool = [t for t in range(1, n + 1) if t not in flagged_t]
     k = min(len(normal_pool), max(len(flagged), rule["min_normal"]))
     normal = sorted(random.Random(seed).sample(normal_pool, k))
-    log.info("%d disabling edits flagged, %d normal edits sampled", len(flagged), len(normal))
+    log.info("%d disabling edits (run-away onsets) flagged, %d normal edits sampled", len(flagged), len(normal))
+    for t, why in flagged:
+        log.info("edit %d (case %s): %s", t, records[t - 1]["case_id"], why)
 
     model, tok = load_model(model_dir, dtype=dtype, device=device)
     spec = arch_of(model)

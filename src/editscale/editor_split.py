@@ -2,8 +2,9 @@
 
 Light (no torch): the ordering rule imports it. A seeded sample of ``n_train + n_val`` case ids
 of the usable (unique-subject) records is drawn with a local ``random.Random(seed)``; the ordering
-rule then shuffles only the remaining case ids, so no trajectory edits a record the editor was
-trained or validated on.
+rule shuffles ALL usable case ids exactly as the authors did and then drops the reserved ones
+(``editscale.data.ordering_sample``), so no trajectory edits a record the editor was trained or
+validated on, and the other records keep the authors' order.
 """
 
 from __future__ import annotations

@@ -2,10 +2,13 @@
 
 Each chunk job rebuilds the edited weights after edit t from the trajectory's HDF5 file (nearest
 snapshot + stored updates), loads them into the unedited model and evaluates forgetting (every
-fact edited so far) and/or the downstream tasks there. Results are written per checkpoint to
-``<chunk>.h5.partial`` and flushed; a killed job resumes at the first checkpoint not done. The
-merge combines the chunks of a trajectory into one HDF5 file (facts x checkpoints matrices,
-downstream scores, the trajectory's distances carried along, the curves) and tidy CSVs.
+fact edited so far) and/or the downstream tasks there, and, given a collapse probe, the held-out
+perplexity and generation entropy (:mod:`editscale.collapse`) at every checkpoint. Results are
+written per checkpoint to ``<chunk>.h5.partial`` and flushed; a killed job resumes at the first
+checkpoint not done (a partial file made from another trajectory or with other collapse settings
+is started afresh). The merge combines the chunks of a trajectory into one HDF5 file (facts x
+checkpoints matrices, downstream scores, collapse measures, the trajectory's distances and weight
+norms carried along, the curves) and tidy CSVs.
 """
 
 from __future__ import annotations
@@ -22,15 +25,18 @@ import numpy as np
 import torch
 
 from .checkpoints import checkpoint_plan
+from .collapse import MEASURES as COLLAPSE_MEASURES
+from .collapse import evaluate_collapse, heldout_token_lists
 from .downstream import evaluate_task_set
 from .forgetting import evaluate_facts, forgetting_curves
 from .models import arch_of, edit_parameter, load_model
 from .provenance import environment, sha256_file
-from .store import read_metrics, rebuild_weights
+from .store import initial_weight_norms, read_metrics, rebuild_weights
 from .trajectory import select_records
 
 log = logging.getLogger(__name__)
 DOWNSTREAM_METRICS = ("f1", "accuracy", "mcc", "n_invalid")
+_STR = h5py.string_dtype()
 
 
 def _trajectory_meta(path) -> dict:
@@ -46,27 +52,52 @@ def load_weights_into(model, weights: dict[str, torch.Tensor]) -> None:
             edit_parameter(model, name).copy_(w)
 
 
+def collapse_settings(probe_path, perplexity_max_tokens: int, generation_max_new_tokens: int) -> dict | None:
+    """What defines the collapse measures of a chunk: the probe's bytes and the two lengths."""
+    if probe_path is None:
+        return None
+    return {"probe_sha256": sha256_file(probe_path), "perplexity_max_tokens": int(perplexity_max_tokens),
+            "generation_max_new_tokens": int(generation_max_new_tokens)}
+
+
 def run_eval_chunk(*, trajectory_path, model_dir, counterfact_path, ordering_path, task_sets: dict[str, str],
                    out_path, checkpoints: list[dict], forgetting_paraphrases: bool = False,
                    dtype: str = "float32", device: str = "cpu", batch_size: int = 64,
-                   downstream_batch_size: int = 16, max_new_tokens: int = 3) -> None:
-    """Evaluate the given checkpoints of one trajectory and write ``out_path`` (HDF5)."""
+                   downstream_batch_size: int = 16, max_new_tokens: int = 3, collapse_probe=None,
+                   perplexity_max_tokens: int = 128, generation_max_new_tokens: int = 24,
+                   perplexity_batch_size: int = 16) -> None:
+    """Evaluate the given checkpoints of one trajectory and write ``out_path`` (HDF5).
+
+    ``collapse_probe``: the JSON file of :func:`editscale.collapse.build_probe`; with it, every
+    checkpoint also gets the held-out perplexity (documents cut to ``perplexity_max_tokens``
+    tokens, ``perplexity_batch_size`` per forward pass) and the entropy of greedy generations of
+    ``generation_max_new_tokens`` tokens (``downstream_batch_size`` prompts per batch).
+    """
     meta = _trajectory_meta(trajectory_path)
     records = select_records(counterfact_path, ordering_path, meta["n_edits"])
     sets = {name: json.loads(Path(p).read_text()) for name, p in sorted(task_sets.items())}
+    probe = json.loads(Path(collapse_probe).read_text()) if collapse_probe is not None else None
+    settings = json.dumps(collapse_settings(collapse_probe, perplexity_max_tokens, generation_max_new_tokens),
+                          sort_keys=True)
     model, tok = load_model(model_dir, dtype=dtype, device=device)
     spec = arch_of(model)
+    heldout = heldout_token_lists(tok, probe["perplexity"]["docs"], perplexity_max_tokens) if probe else None
     traj_sha = sha256_file(trajectory_path)
     part = Path(str(out_path) + ".partial")
     mode = "r+" if part.exists() else "w"
     f = h5py.File(part, mode)
     try:
-        if mode == "r+" and f.attrs.get("trajectory_sha256") != traj_sha:
+        # a file from before the collapse measures has no attribute: it matches a run without them
+        if mode == "r+" and (f.attrs.get("trajectory_sha256") != traj_sha
+                             or f.attrs.get("collapse_settings", "null") != settings):
+            log.warning("%s was computed from another trajectory or with other collapse settings: starting afresh",
+                        part)
             f.close()
             part.unlink()
             f = h5py.File(part, "w")
         if "done" not in f.attrs:
             f.attrs["trajectory_sha256"] = traj_sha
+            f.attrs["collapse_settings"] = settings
             f.attrs["checkpoints"] = json.dumps(checkpoints)
             f.attrs["environment"] = json.dumps(environment())
             f.attrs["done"] = json.dumps([])
@@ -78,7 +109,9 @@ def run_eval_chunk(*, trajectory_path, model_dir, counterfact_path, ordering_pat
             t = ck["t"]
             t0 = time.perf_counter()
             load_weights_into(model, rebuild_weights(trajectory_path, t, spec, device=next(model.parameters()).device))
-            g = f.require_group(f"t{t}")
+            if f"t{t}" in f:  # begun by a killed run: redo it whole
+                del f[f"t{t}"]
+            g = f.create_group(f"t{t}")
             if ck["forgetting"] and t > 0:
                 res = evaluate_facts(model, tok, records[:t], paraphrases=forgetting_paraphrases, batch_size=batch_size)
                 for k, v in res.items():
@@ -90,38 +123,72 @@ def run_eval_chunk(*, trajectory_path, model_dir, counterfact_path, ordering_pat
                     for m in DOWNSTREAM_METRICS:
                         dg.attrs[m] = float(r[m])
                     dg.create_dataset("predictions", data=np.asarray(r["predictions"], dtype=np.int64))
+            if probe is not None:
+                _write_collapse(g, evaluate_collapse(
+                    model, tok, probe, max_tokens=perplexity_max_tokens, max_new_tokens=generation_max_new_tokens,
+                    batch_size=perplexity_batch_size, generation_batch_size=downstream_batch_size,
+                    token_lists=heldout))
             g.attrs["seconds"] = time.perf_counter() - t0
             f.flush()
             done.add(t)
             f.attrs["done"] = json.dumps(sorted(done))
             f.flush()
-            log.info("checkpoint t=%d (%d/%d in this job): %.1f s%s", t, i + 1, len(todo),
+            log.info("checkpoint t=%d (%d/%d in this job): %.1f s%s%s", t, i + 1, len(todo),
                      time.perf_counter() - t0,
-                     "".join(f", {n} F1 {g[f'downstream/{n}'].attrs['f1']:.3f}" for n in sets if ck["downstream"]))
+                     "".join(f", {n} F1 {g[f'downstream/{n}'].attrs['f1']:.3f}" for n in sets if ck["downstream"]),
+                     "" if probe is None else (f", perplexity {g['collapse'].attrs['perplexity']:.4g}, generation "
+                                               f"entropy {g['collapse'].attrs['generation_entropy']:.3f}"))
         f.attrs["complete"] = True
     finally:
         f.close()
     os.replace(part, out_path)
 
 
+def _write_collapse(g: h5py.Group, res: dict) -> None:
+    """The collapse measures of one checkpoint: scalars as attributes, per-item values as datasets."""
+    cg = g.create_group("collapse")
+    for m in COLLAPSE_MEASURES:
+        cg.attrs[m] = float(res[m])
+    cg.create_dataset("doc_nll", data=np.asarray(res["doc_nll"], dtype=np.float64))
+    cg.create_dataset("entropies", data=np.asarray(res["entropies"], dtype=np.float64))
+    cg.create_dataset("generations", data=np.array(res["generations"], dtype=object), dtype=_STR)
+
+
+def _read_collapse(g: h5py.Group) -> dict:
+    return {**{m: float(g.attrs[m]) for m in COLLAPSE_MEASURES},
+            "doc_nll": g["doc_nll"][()], "entropies": g["entropies"][()],
+            "generations": [s.decode() if isinstance(s, bytes) else str(s) for s in g["generations"][()]]}
+
+
 def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgetting_csv, downstream_csv,
-                      *, forgetting_every: int, downstream_every: int, test: str = "argmax_ok") -> None:
-    """Combine the chunk files of one trajectory; derive the forgetting curves; write tidy CSVs."""
+                      collapse_csv=None, *, forgetting_every: int, downstream_every: int,
+                      test: str = "argmax_ok") -> None:
+    """Combine the chunk files of one trajectory; derive the forgetting curves; write tidy CSVs.
+
+    ``collapse_csv``: where to write the collapse measures (checkpoint, metric, value); the rows
+    are those of the checkpoints whose chunk measured them (none for chunks without a probe).
+    """
     meta = _trajectory_meta(trajectory_path)
     n = meta["n_edits"]
     plan = checkpoint_plan(n, forgetting_every, downstream_every)
     results = {}
     chunk_info = []
+    settings = set()
     traj_sha = sha256_file(trajectory_path)
     for p in chunk_paths:
         with h5py.File(p, "r") as f:
             if f.attrs["trajectory_sha256"] != traj_sha:
                 raise ValueError(f"evaluation chunk {p} was computed from another version of {trajectory_path}")
             chunk_info.append({"path": str(p), "sha256": sha256_file(p), "checkpoints": json.loads(f.attrs["checkpoints"])})
+            settings.add(str(f.attrs.get("collapse_settings", "null")))
             for key in f:
                 t = int(key[1:])
                 results[t] = {"forgetting": {k: f[key]["forgetting"][k][()] for k in f[key].get("forgetting", {})},
-                              "downstream": {k: dict(f[key]["downstream"][k].attrs) for k in f[key].get("downstream", {})}}
+                              "downstream": {k: dict(f[key]["downstream"][k].attrs) for k in f[key].get("downstream", {})},
+                              "collapse": _read_collapse(f[key]["collapse"]) if "collapse" in f[key] else None}
+    if len(settings) > 1:
+        raise ValueError(f"the evaluation chunks of {trajectory_path} were computed with different collapse "
+                         f"settings: {sorted(settings)}")
     missing = [c["t"] for c in plan if c["t"] not in results]
     if missing:
         raise ValueError(f"checkpoints {missing[:10]} of {trajectory_path} are in none of the chunk files")
@@ -137,6 +204,8 @@ def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgett
     success = traj["es_argmax"] == 1 if test == "argmax_ok" else traj["es"] == 1
     curves = forgetting_curves(mats[test], f_ckpts, success) if len(f_ckpts) else {}
     tasks = sorted({k for t in d_ckpts for k in results[int(t)]["downstream"]})
+    c_ckpts = np.array([c["t"] for c in plan if results[c["t"]]["collapse"] is not None], dtype=np.int64)
+    collapse = [results[int(t)]["collapse"] for t in c_ckpts]
 
     tmp = Path(str(out_path) + ".tmp")
     with h5py.File(tmp, "w") as out:
@@ -159,10 +228,14 @@ def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgett
         for task in tasks:
             for m in DOWNSTREAM_METRICS:
                 dg[f"{task}/{m}"] = np.array([results[int(t)]["downstream"][task][m] for t in d_ckpts])
+        _write_merged_collapse(out, c_ckpts, collapse, settings.pop() if settings else "null")
         tg = out.create_group("trajectory")
         for k, v in traj.items():
-            if k == "edit" or k == "case_id" or k.startswith(("distance_", "update_norm_")) or k in ("es", "ps", "ns"):
+            if (k == "edit" or k == "case_id" or k.startswith(("distance_", "update_norm_", "weight_norm_"))
+                    or k in ("es", "ps", "ns")):
                 tg[k] = v
+        # ||W_0||_F of each edited matrix (from the unedited snapshot): weight_norm_i / this = norm growth
+        tg["weight_norm_initial"] = np.array(initial_weight_norms(trajectory_path), dtype=np.float64)
     os.replace(tmp, out_path)
 
     # tidy: curve rows have no edit; fact rows give each edited fact's test at each checkpoint
@@ -174,6 +247,24 @@ def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgett
     _write_csv(downstream_csv, ["checkpoint", "task", "metric", "value"],
                [(int(t), task, m, float(results[int(t)]["downstream"][task][m]))
                 for t in d_ckpts for task in tasks for m in DOWNSTREAM_METRICS])
+    if collapse_csv is not None:
+        _write_csv(collapse_csv, ["checkpoint", "metric", "value"],
+                   [(int(t), m, float(r[m])) for t, r in zip(c_ckpts, collapse) for m in COLLAPSE_MEASURES])
+
+
+def _write_merged_collapse(out: h5py.File, checkpoints: np.ndarray, results: list[dict], settings: str) -> None:
+    """Group ``collapse``: per checkpoint the scalars, per checkpoint x prompt the generations and
+    their entropies, per checkpoint x document the mean NLL."""
+    cg = out.create_group("collapse")
+    cg.attrs["settings"] = settings
+    cg["checkpoints"] = checkpoints
+    for m in COLLAPSE_MEASURES:
+        cg[m] = np.array([r[m] for r in results], dtype=np.float64)
+    if not results:
+        return
+    cg["entropies"] = np.vstack([r["entropies"] for r in results]).astype(np.float64)
+    cg["doc_nll"] = np.vstack([r["doc_nll"] for r in results]).astype(np.float64)
+    cg.create_dataset("generations", data=np.array([r["generations"] for r in results], dtype=object), dtype=_STR)
 
 
 def _write_csv(path, header: list[str], rows: list[tuple]) -> None:

@@ -6,8 +6,8 @@ Two layers, both free of torch and matplotlib:
   model are drawn and where their tidy files are (the workflow's path conventions). They use the
   standard library only, so that the Snakefile can call them when it builds the DAG.
 * :func:`load_sample` / :func:`load_methods` / :func:`load_disabling` read those files (the
-  per-edit metrics CSV, the merged evaluation HDF5 + downstream CSV, the disabling JSON) into
-  plain numpy arrays: the plot code (:mod:`editscale.plots`) takes these, never a model.
+  per-edit metrics CSV, the merged evaluation HDF5 + downstream and collapse CSVs, the disabling
+  JSON) into plain numpy arrays: the plot code (:mod:`editscale.plots`) takes these, never a model.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["PAPER_ORDER", "LABELS", "method_label", "figure_methods", "figure_layout", "SampleData",
-           "MethodData", "load_metrics_csv", "load_sample", "load_methods", "load_disabling",
+           "MethodData", "load_metrics_csv", "load_collapse_csv", "load_sample", "load_methods", "load_disabling",
            "short_matrix_name"]
 
 # The paper's panel order (by editor), then every other method in config order.
@@ -72,6 +72,7 @@ def figure_layout(cfg: dict, model: str, evaluated: bool = True) -> list[dict[st
                 "metrics": f"results/trajectories/{model}/{method}/sample{sample}.csv",
                 "evaluation": f"{ev}.h5" if evaluated else None,
                 "downstream": f"{ev}_downstream.csv" if evaluated else None,
+                "collapse": f"{ev}_collapse.csv" if evaluated else None,
                 "disabling": f"results/disabling/{model}/{method}/sample{sample}.json",
             })
     return out
@@ -89,6 +90,8 @@ class SampleData:
     matrices: list[str] = field(default_factory=list)  # names of the edited matrices (distance_i order)
     forgetting: tuple | None = None  # (checkpoints, percent forgotten), the paper's curve
     downstream: dict = field(default_factory=dict)  # task -> (checkpoints, F1 in [0, 1])
+    collapse: dict = field(default_factory=dict)  # measure -> (checkpoints, values), e.g. perplexity
+    initial_norms: list | None = None  # ||W_0||_F of each edited matrix (distance_i order), if stored
 
     @property
     def edits(self):
@@ -101,6 +104,14 @@ class SampleData:
             out.append(self.metrics[f"distance_{i}"])
             i += 1
         return out
+
+    def norm_growth(self) -> list:
+        """||W_t||_F / ||W_0||_F per edit of each edited matrix (empty when the trajectory or the
+        evaluation file predates the weight norms)."""
+        names = [f"weight_norm_{i}" for i in range(len(self.initial_norms or []))]
+        if self.initial_norms is None or any(k not in self.metrics for k in names):
+            return []
+        return [self.metrics[k] / w0 for k, w0 in zip(names, self.initial_norms)]
 
 
 @dataclass
@@ -134,33 +145,52 @@ def _load_downstream_csv(path) -> dict:
             for task, v in by_task.items()}
 
 
-def _load_evaluation_h5(path) -> tuple[tuple | None, list[str]]:
-    """(checkpoints, the paper's forgetting curve) and the edited matrices' names, if stored."""
+def load_collapse_csv(path) -> dict:
+    """measure -> (checkpoints, values) of a tidy collapse CSV (checkpoint, metric, value)."""
+    import numpy as np
+
+    by_metric: dict[str, dict[int, float]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            by_metric.setdefault(r["metric"], {})[int(r["checkpoint"])] = float(r["value"])
+    return {m: (np.array(sorted(v), dtype=float), np.array([v[t] for t in sorted(v)]))
+            for m, v in by_metric.items()}
+
+
+def _load_evaluation_h5(path) -> tuple[tuple | None, list[str], list | None]:
+    """(checkpoints, the paper's forgetting curve), the edited matrices' names and their initial
+    Frobenius norms, as far as stored."""
     import h5py
     import numpy as np
 
     with h5py.File(path, "r") as f:
         matrices = json.loads(f.attrs["params"]) if "params" in f.attrs else []
+        w0 = f.get("trajectory/weight_norm_initial")
+        initial = [float(x) for x in w0[()]] if w0 is not None else None
         fg = f.get("forgetting")
         if fg is None or "curve_paper" not in fg or len(fg["checkpoints"]) == 0:
-            return None, matrices
+            return None, matrices, initial
         curve = (np.asarray(fg["checkpoints"][()], dtype=float), np.asarray(fg["curve_paper"][()], dtype=float))
-        return curve, matrices
+        return curve, matrices, initial
 
 
 def load_sample(entry: dict) -> SampleData:
     """Read one :func:`figure_layout` entry (missing evaluation files give empty panels)."""
     metrics = load_metrics_csv(entry["metrics"])
-    forgetting, matrices, downstream = None, [], {}
+    forgetting, matrices, downstream, collapse, initial = None, [], {}, {}, None
     if entry.get("evaluation") and Path(entry["evaluation"]).exists():
-        forgetting, matrices = _load_evaluation_h5(entry["evaluation"])
+        forgetting, matrices, initial = _load_evaluation_h5(entry["evaluation"])
     if entry.get("downstream") and Path(entry["downstream"]).exists():
         downstream = _load_downstream_csv(entry["downstream"])
+    if entry.get("collapse") and Path(entry["collapse"]).exists():
+        collapse = load_collapse_csv(entry["collapse"])
     n_mat = sum(1 for k in metrics if k.startswith("distance_"))
     if len(matrices) != n_mat:
         matrices = [f"matrix {i}" for i in range(n_mat)]
+    if initial is not None and len(initial) != n_mat:
+        initial = None
     return SampleData(sample=int(entry["sample"]), metrics=metrics, matrices=matrices,
-                      forgetting=forgetting, downstream=downstream)
+                      forgetting=forgetting, downstream=downstream, collapse=collapse, initial_norms=initial)
 
 
 def load_methods(layout: list[dict]) -> list[MethodData]:

@@ -1,6 +1,8 @@
-"""Gates on a trained model before any edit: does it know the facts it will be edited on, and can
-it do the (toy) downstream tasks? Measured values go to a JSON next to the model; a missed gate
-raises :class:`GateError` naming each gate, its value and its threshold."""
+"""Gates on a trained model before any edit: does it know the facts it will be edited on, can
+it do the (toy) downstream tasks, and (``edit`` gates) do single ROME edits on it behave as on a
+real model (update small relative to the matrix, effective, specific)? Measured values go to a
+JSON next to the model; a missed gate raises :class:`GateError` naming each gate, its value and
+its threshold."""
 
 from __future__ import annotations
 
@@ -47,12 +49,45 @@ def gate_failures(values: Mapping[str, float], thresholds: Mapping[str, float]) 
             for name in thresholds if name in values and values[name] < thresholds[name]]
 
 
+def edit_gates(model, tok, records: Sequence[dict], edit: Mapping, *, stats_path, model_dir, seed: int,
+               diagnostic_dir=None) -> tuple[dict[str, float], dict[str, str], list[str], dict]:
+    """Single-edit diagnostic over the first ``edit['n_records']`` records, applied alone.
+
+    Returns the measured values, their limits as text, the misses and the diagnostic summary.
+    """
+    from .edit_diagnostic import edit_gate_failures, edit_gate_values, run_diagnostic, write_outputs
+    from .trajectory import load_second_moment
+
+    hparams = dict(edit["hparams"])
+    n = int(edit["n_records"])
+    if len(records) < n:
+        raise ValueError(f"gates.edit.n_records={n} but only {len(records)} records are to be edited")
+    c = load_second_moment(stats_path, model_dir, int(hparams["layer"])) if stats_path else None
+    log.info("edit gates: %d single %s edits at layer %s on the unedited model", n, edit["editor"],
+             hparams.get("layer"))
+    rows, summary = run_diagnostic(model, tok, editor_name=edit["editor"], hparams=hparams, records=records[:n],
+                                   second_moment=c, seed=seed)
+    if diagnostic_dir is not None:
+        write_outputs(rows, summary, diagnostic_dir, f"{Path(model_dir).name}, {edit['method']} single edits",
+                      extra={"method": edit["method"], "hparams": hparams, "seed": seed})
+    values = edit_gate_values(summary)
+    limits = {"edit_ratio_median": f"<= {edit['max_ratio_median']:g}", "edit_es": f">= {edit['min_es']:g}",
+              "edit_ps": f">= {edit['min_ps']:g}", "edit_ns_drop": f"<= {edit['max_ns_drop']:g}"}
+    return values, limits, edit_gate_failures(values, edit), summary
+
+
 def run_gates(*, model_dir, counterfact_path, ordering_paths: Sequence[str], n_edits: int,
               task_set_paths: Mapping[str, str], thresholds: Mapping[str, float], out_json,
-              dtype: str = "float32", device: str = "cpu") -> dict:
+              dtype: str = "float32", device: str = "cpu", edit: Mapping | None = None, stats_path=None,
+              seed: int = 37) -> dict:
     """Measure every gate, write ``out_json`` (also when a gate fails), raise on failures.
 
     ``thresholds``: ``rewrite``, ``paraphrase``, ``neighborhood`` and ``downstream_f1`` (each task).
+    ``edit``: the edit gates (``method``, ``editor``, ``hparams``, ``n_records``,
+    ``max_ratio_median``, ``min_es``, ``min_ps``, ``max_ns_drop``), measured on the first
+    ``n_records`` records of the first ordering, each applied alone (``stats_path``: the key
+    statistics of the edited layer); the per-record diagnostic goes to ``edit_diagnostic/``
+    next to ``out_json``.
     """
     from .downstream import evaluate_task_set
     from .models import load_model, model_identity
@@ -75,6 +110,17 @@ def run_gates(*, model_dir, counterfact_path, ordering_paths: Sequence[str], n_e
     failures = gate_failures(values, limits)
     report = {"model": model_identity(model_dir), "n_records": len(records), "values": values,
               "thresholds": limits, "passed": not failures, "failures": failures}
+    if edit is not None:
+        first = select_records(counterfact_path, ordering_paths[0], n_edits)
+        e_values, e_limits, e_failures, summary = edit_gates(
+            model, tok, first, edit, stats_path=stats_path, model_dir=model_dir, seed=seed,
+            diagnostic_dir=Path(out_json).parent / "edit_diagnostic")
+        failures += e_failures
+        report.update(passed=not failures, failures=failures, edit_values=e_values, edit_thresholds=e_limits,
+                      edit_method=edit["method"], edit_diagnostic=summary)
+        for name, value in e_values.items():
+            log.info("gate %-17s %.3f (%s)%s", name, value, e_limits[name],
+                     "  MISSED" if any(f.startswith(name + ":") for f in e_failures) else "")
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{out_json}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -85,5 +131,6 @@ def run_gates(*, model_dir, counterfact_path, ordering_paths: Sequence[str], n_e
                  "" if value >= limits[name] else "  MISSED")
     if failures:
         raise GateError(f"model {model_dir} misses its gates ({out_json}): " + "; ".join(failures)
-                        + ". Train longer or on a smaller world (models.<name>.training, worlds.<name>).")
+                        + ". Train longer or on a smaller world (models.<name>.training, worlds.<name>); "
+                        "edit gates: see the single-edit diagnostic in edit_diagnostic/ next to it.")
     return report

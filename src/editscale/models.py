@@ -138,7 +138,13 @@ def n_layers(model: nn.Module) -> int:
 
 
 def edit_parameter(model: nn.Module, path: str) -> nn.Parameter:
-    """The weight parameter of the module at ``path`` (e.g. ``transformer.h.5.mlp.c_proj``)."""
+    """The weight parameter of the module at ``path`` (e.g. ``transformer.h.5.mlp.c_proj``), or,
+    for ``<module>.bias`` (the key of an edited bias, see ``editors.base.bias_key``), its bias."""
+    if path.endswith(".bias"):
+        bias = getattr(get_module(model, path[: -len(".bias")]), "bias", None)
+        if not isinstance(bias, torch.Tensor):
+            raise ValueError(f"module {path[: -len('.bias')]} has no bias")
+        return bias
     return get_module(model, path).weight
 
 
@@ -299,14 +305,16 @@ def upper_layers_only(model: nn.Module, first_layer: int) -> Iterator[nn.Module]
 
 
 def train_bpe_tokenizer(texts, vocab_size: int, dest: str | os.PathLike | None = None,
-                        add_prefix_space: bool = False):
+                        add_prefix_space: bool = False, add_bos: bool = False):
     """Train a byte-level BPE tokenizer (``tokenizers``) and wrap it for transformers.
 
     Deterministic for a given text sequence. ``<|endoftext|>`` is BOS, EOS and pad.
     ``add_prefix_space``: a text's first word is tokenised as if a space preceded it, so a name
-    has the same tokens at the start of a prompt as inside a sentence.
+    has the same tokens at the start of a prompt as inside a sentence. ``add_bos``: encoding with
+    special tokens (the default) prepends BOS, as Llama-family tokenizers do; continuations encoded
+    with ``add_special_tokens=False`` get none.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     eos = "<|endoftext|>"
@@ -320,6 +328,9 @@ def train_bpe_tokenizer(texts, vocab_size: int, dest: str | os.PathLike | None =
         show_progress=False,
     )
     core.train_from_iterator(texts, trainer=trainer)
+    if add_bos:
+        core.post_processor = processors.TemplateProcessing(
+            single=f"{eos} $A", pair=f"{eos} $A {eos} $B:1", special_tokens=[(eos, core.token_to_id(eos))])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token=eos, eos_token=eos, pad_token=eos, unk_token=eos,
         model_input_names=["input_ids", "attention_mask"],  # GPT-2 would add token-type embeddings
@@ -330,9 +341,13 @@ def train_bpe_tokenizer(texts, vocab_size: int, dest: str | os.PathLike | None =
     return tok
 
 
+SCRATCH_ARCHS = ("gpt2", "gptj", "gpt_neox", "llama")
+
+
 def scratch_config(arch: str, vocab_size: int, n_layer: int, d_model: int, n_head: int,
-                   n_positions: int = 256, eos_token_id: int = 0):
-    """A transformers config for a small model of the given architecture."""
+                   n_positions: int = 256, eos_token_id: int = 0, dropout: float | None = None):
+    """A transformers config for a small model of the given architecture (``dropout``: every
+    dropout probability of the architecture, when given)."""
     from transformers import GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig
 
     common = dict(vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id)
@@ -352,7 +367,13 @@ def scratch_config(arch: str, vocab_size: int, n_layer: int, d_model: int, n_hea
     }
     if arch not in builders:
         raise UnsupportedArchitecture(f"no scratch config for architecture {arch!r}")
-    return builders[arch]()
+    cfg = builders[arch]()
+    if dropout is not None:
+        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout",
+                     "classifier_dropout"):
+            if hasattr(cfg, name):
+                setattr(cfg, name, dropout)
+    return cfg
 
 
 def build_scratch_model(arch: str, tokenizer, dest: str | os.PathLike, *, n_layer: int,

@@ -5,6 +5,9 @@
 * :func:`aggregate`: mean over samples with a band (min-max, or a 95% t-interval of the mean).
 * :func:`figure1` / :func:`figure2`: :class:`matplotlib.figure.Figure` objects (no pyplot, no
   global state), one panel per method in the given order plus a last panel across methods.
+* :func:`figure_collapse` (supplementary): the collapse measures the field uses, one panel each,
+  one line per method: norm growth ||W_t||_F / ||W_0||_F over edits, held-out perplexity and
+  generation entropy per evaluation checkpoint.
 * :func:`save_figure`: PDF + PNG with the provenance record embedded (PDF ``Subject``, PNG text
   chunk ``editscale:provenance``).
 
@@ -30,7 +33,7 @@ from matplotlib.patches import Patch
 from .figdata import MethodData, short_matrix_name
 
 __all__ = ["METRICS", "TASKS", "STYLE", "bucket_means", "trailing_mean", "aggregate", "figure1", "figure2",
-           "method_colours", "save_figure", "PROVENANCE_KEY"]
+           "figure_collapse", "method_colours", "save_figure", "PROVENANCE_KEY"]
 
 # The authors' colours: efficacy black, paraphrase blue, neighbourhood red.
 METRICS = (("es", "Efficacy", "black"), ("ps", "Paraphrase", "tab:blue"), ("ns", "Neighborhood", "tab:red"))
@@ -335,6 +338,81 @@ def figure2(methods: list[MethodData], *, band: str = "minmax", title: str | Non
     return fig
 
 
+COLLAPSE_PANELS = ("Norm growth of the edited weights", "Held-out perplexity", "Generation entropy")
+
+
+def figure_collapse(methods: list[MethodData], *, band: str = "minmax", title: str | None = None) -> Figure:
+    """Supplementary figure: collapse measures, one panel each, one colour per method.
+
+    (a) ||W_t||_F / ||W_0||_F of every edited matrix after each edit (line style = matrix; 1 at
+    t = 0); (b) perplexity of the fixed held-out sample and (c) the weighted 2-/3-gram entropy of
+    greedy generations of the fixed prompts, at every evaluation checkpoint. Panels (a) and (b) use
+    a log scale when their positive values span more than two orders of magnitude.
+    """
+    if not methods:
+        raise ValueError("no methods to plot")
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(PANEL_W * 3, PANEL_H + 1.2), layout="constrained")
+        axes = list(fig.subplots(1, 3, squeeze=False).ravel())
+        colours = method_colours(methods)
+        n_samples = max(len(m.samples) for m in methods)
+        x_max = max(_n_edits(m) for m in methods)
+
+        ax, norm_handles, values = axes[0], [], []
+        for md in methods:
+            samples = [s for s in md.samples if s.norm_growth()]
+            if not samples:
+                continue
+            for j, matrix in enumerate(samples[0].matrices):
+                curves = [(np.r_[0.0, s.edits], np.r_[1.0, s.norm_growth()[j]]) for s in samples]
+                values += [c[1] for c in curves]
+                label = f"{md.label}: {short_matrix_name(matrix)}"
+                style = _MATRIX_STYLES[j % len(_MATRIX_STYLES)]
+                _plot_band(ax, curves, band, colours[md.method], label, linestyle=style)
+                norm_handles.append(Line2D([], [], color=colours[md.method], linestyle=style, label=label))
+        if norm_handles:
+            ax.axhline(1.0, color="0.5", linewidth=0.6, linestyle=":")
+            if _use_log(values):
+                ax.set_yscale("log")
+        else:
+            _empty(ax, "weight norms not recorded")
+        ax.set_ylabel(r"$\|W_t\|_F\ /\ \|W_0\|_F$")
+
+        drawn = {}
+        for ax, key, ylabel in ((axes[1], "perplexity", "Perplexity (held-out text)"),
+                                (axes[2], "generation_entropy", "n-gram entropy (bits)")):
+            values = []
+            for md in methods:
+                curves = [s.collapse[key] for s in md.samples if key in s.collapse and len(s.collapse[key][0])]
+                if curves:
+                    _plot_band(ax, curves, band, colours[md.method], md.label, marker="o", markersize=2.5)
+                    values += [c[1] for c in curves]
+                    drawn[md.method] = md
+            if not values:
+                _empty(ax, "not evaluated")
+            elif key == "perplexity" and _use_log(values):
+                ax.set_yscale("log")
+            ax.set_ylabel(ylabel)
+        for i, (ax, name) in enumerate(zip(axes, COLLAPSE_PANELS)):
+            ax.set_title(f"{_letter(i)} {name}")
+            ax.set_xlabel("Number of edits")
+            ax.set_xlim(0, x_max)
+
+        handles = [Line2D([], [], color=colours[m.method], marker="o", markersize=2.5, label=m.label)
+                   for m in methods if m.method in drawn]
+        if n_samples > 1:
+            handles.append(Patch(color="0.3", alpha=0.18, label=_band_label(band)))
+        if handles:
+            fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 5), frameon=False)
+        if norm_handles:
+            fig.legend(handles=_row_major(norm_handles, 3), loc="outside lower center",
+                       ncol=min(len(norm_handles), 3), frameon=False, title_fontsize=8,
+                       title="(a) norm growth, by method and matrix")
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
 # --------------------------------------------------------------------------- saving
 
 
@@ -361,13 +439,14 @@ def save_figure(fig: Figure, pdf_path, png_path, provenance: dict, *, title: str
 
 # --------------------------------------------------------------------------- a figure job
 
-FIGURES = {"figure1": "Figure 1: editing scores and forgetting", "figure2": "Figure 2: downstream F1 and distance"}
+FIGURES = {"figure1": "Figure 1: editing scores and forgetting", "figure2": "Figure 2: downstream F1 and distance",
+           "collapse": "Supplementary figure: collapse measures (norm growth, perplexity, generation entropy)"}
 
 
 def render_figure(kind: str, layout: list[dict], *, pdf, png, sidecar, config: dict, rule: str,
                   inputs: list[str], manifests: dict[str, str], data: list[str], sample: int | None = None) -> dict:
-    """Draw ``kind`` (figure1 / figure2) from the tidy files of ``layout`` (one sample when
-    ``sample`` is given), write PDF + PNG with the provenance embedded, and the JSON sidecar.
+    """Draw ``kind`` (figure1 / figure2 / collapse) from the tidy files of ``layout`` (one sample
+    when ``sample`` is given), write PDF + PNG with the provenance embedded, and the JSON sidecar.
     Returns the provenance record."""
     from .figdata import load_methods
     from .provenance import artifact_provenance, write_sidecar
@@ -376,7 +455,12 @@ def render_figure(kind: str, layout: list[dict], *, pdf, png, sidecar, config: d
         raise ValueError(f"unknown figure {kind!r}")
     if sample is not None:
         layout = [e for e in layout if int(e["sample"]) == int(sample)]
-    if kind == "figure1":  # reads only its declared inputs: no downstream scores
+    # each figure reads only its declared inputs
+    if kind == "figure1":
+        layout = [{**e, "downstream": None, "collapse": None} for e in layout]
+    elif kind == "figure2":
+        layout = [{**e, "collapse": None} for e in layout]
+    else:
         layout = [{**e, "downstream": None} for e in layout]
     methods = load_methods(layout)
     fc = config.get("figures", {})
@@ -385,8 +469,10 @@ def render_figure(kind: str, layout: list[dict], *, pdf, png, sidecar, config: d
     if kind == "figure1":
         fig = figure1(methods, bucket=int(fc.get("bucket", 5)), window=int(fc.get("window", 50)), band=band,
                       title=title)
-    else:
+    elif kind == "figure2":
         fig = figure2(methods, band=band, title=title)
+    else:
+        fig = figure_collapse(methods, band=band, title=title)
     n_samples = max(len(m.samples) for m in methods)
     record = artifact_provenance(
         outputs=[str(pdf), str(png)], inputs=inputs, config=config, rule=rule, models=manifests, data=data,

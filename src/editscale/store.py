@@ -6,18 +6,24 @@ Layout of ``<trajectory>.h5``::
            conv1d, config (json), config_hash, hparams (json), seed, environment (json),
            model (json manifest), ordering_sha256, counterfact_sha256, stats_sha256, resume_key
     editor_state/<key>            strings (e.g. context_templates)
-    metrics/<name>                (n_edits,) float64 per-edit values (NaN until written)
+    metrics/<name>                (n_edits,) float64 per-edit values (NaN until written); files
+                                  written before a metric existed lack its dataset
     updates/<i>/u, updates/<i>/v  (n_edits, in) / (n_edits, out) float32 rank-one factors of param i
     updates/<i>/dense             (n_edits, out, in) float32 for methods without factors
     updates/<i>/u, v, offsets     kind low_rank (MEND): (rows, in) / (rows, out) float32 factor rows
                                   of all edits, growing; edit t owns rows offsets[t-1]:offsets[t]
                                   (delta = v^T u); offsets (n_edits + 1,) int64
     snapshots/<i>/<t>             exact copy (storage orientation and dtype) of param i after edit t
+    updates/<i>/bias              (n_edits, out) float32 bias deltas, when the editor also changes
+                                  the bias of param i's module (attrs bias=True; FT-C include_bias);
+                                  the file's attrs bias_params (json) list those modules
+    bias_snapshots/<i>/<t>        exact copy of that bias after edit t (at the same steps)
 
 While running, the file is ``<trajectory>.h5.partial``; ``n_done`` is advanced (and the file
 flushed) only after an edit's metrics, update and snapshot are all written. The finished file is
 renamed to its final name with ``complete=True``, so a half-written file never passes for a
-finished one.
+finished one. A partial file resumed by a runner that records more metrics gets their datasets
+(NaN) on reopening; :attr:`TrajectoryWriter.added_metrics` names them, for the runner to fill in.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import h5py
 import numpy as np
 import torch
 
-from .editors.base import ParamUpdate, apply_update
+from .editors.base import ParamUpdate, apply_update, bias_key
 from .models import ArchSpec, ARCHITECTURES
 
 FORMAT = "editscale-trajectory/1"
@@ -62,14 +68,20 @@ def _numpy_to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
 class TrajectoryWriter:
     """Append-only writer of one trajectory; create or resume with :meth:`open`."""
 
-    def __init__(self, f: h5py.File, path: Path):
+    def __init__(self, f: h5py.File, path: Path, added_metrics: list[str] | None = None):
         self.f, self.path = f, path
+        self.added_metrics = list(added_metrics or [])
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, n_edits: int, params: list[str],
              shapes: dict[str, tuple], dtypes: dict[str, str], kinds: dict[str, str],
-             metric_names: list[str], attrs: dict, resume_key: str) -> "TrajectoryWriter":
-        """Create ``path.partial``, or reopen it when its ``resume_key`` matches."""
+             metric_names: list[str], attrs: dict, resume_key: str,
+             biases: dict[str, str] | None = None) -> "TrajectoryWriter":
+        """Create ``path.partial``, or reopen it when its ``resume_key`` matches.
+
+        ``biases``: {module: dtype} of the params whose module's bias every edit also changes.
+        """
+        biases = dict(biases or {})
         part = partial_path(path)
         if part.exists():
             f = h5py.File(part, "r+")
@@ -80,7 +92,12 @@ class TrajectoryWriter:
                     f"{part} holds an unfinished trajectory made with different inputs or settings "
                     f"(resume key {found!r} != {resume_key!r}); move it away to start afresh"
                 )
-            return cls(f, part)
+            added = [name for name in metric_names if name not in f["metrics"]]
+            for name in added:  # a file from before these metrics existed
+                f["metrics"].create_dataset(name, shape=(int(f.attrs["n_edits"]),), dtype="f8", fillvalue=np.nan)
+            if added:
+                f.flush()
+            return cls(f, part, added)
         part.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(str(part) + ".new")
         f = h5py.File(tmp, "w")
@@ -90,6 +107,8 @@ class TrajectoryWriter:
         f.attrs["complete"] = False
         f.attrs["params"] = json.dumps(params)
         f.attrs["param_dtypes"] = json.dumps(dtypes)
+        f.attrs["bias_params"] = json.dumps([p for p in params if p in biases])
+        f.attrs["bias_dtypes"] = json.dumps(biases)
         f.attrs["resume_key"] = resume_key
         for k, v in attrs.items():
             f.attrs[k] = v if isinstance(v, (int, float, str, bool, np.integer, np.floating)) else json.dumps(v)
@@ -116,6 +135,10 @@ class TrajectoryWriter:
             else:
                 raise StoreError(f"unknown update kind {kinds[p]!r} for {p}")
             f.create_group(f"snapshots/{i}")
+            ug.attrs["bias"] = p in biases
+            if p in biases:
+                ug.create_dataset("bias", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim))
+                f.create_group(f"bias_snapshots/{i}")
         f.create_group("editor_state")
         f.flush()
         f.close()
@@ -138,13 +161,18 @@ class TrajectoryWriter:
         self.f.flush()
 
     def write_snapshot(self, t: int, weights: dict[str, torch.Tensor]) -> None:
+        """Copies of every edited tensor after edit ``t``: ``weights[p]`` of each param and
+        ``weights[bias_key(p)]`` of each param whose bias is edited."""
         params = json.loads(self.f.attrs["params"])
+        biased = set(_bias_params(self.f))
         for i, p in enumerate(params):
-            g = self.f[f"snapshots/{i}"]
-            if str(t) in g:
-                del g[str(t)]
-            g.create_dataset(str(t), data=_torch_to_numpy(weights[p]), compression="gzip",
-                             compression_opts=1, chunks=True)
+            groups = [(f"snapshots/{i}", p)] + ([(f"bias_snapshots/{i}", bias_key(p))] if p in biased else [])
+            for group, key in groups:
+                g = self.f[group]
+                if str(t) in g:
+                    del g[str(t)]
+                g.create_dataset(str(t), data=_torch_to_numpy(weights[key]), compression="gzip",
+                                 compression_opts=1, chunks=True)
 
     def write_edit(self, t: int, metrics: dict[str, float], updates: list[ParamUpdate],
                    snapshot: dict[str, torch.Tensor] | None = None) -> None:
@@ -160,6 +188,12 @@ class TrajectoryWriter:
             g = self.f[f"updates/{i}"]
             if upd.kind != g.attrs["kind"]:
                 raise StoreError(f"edit {t}: a {upd.kind} update for {p}, whose store kind is {g.attrs['kind']}")
+            if (upd.bias is not None) != ("bias" in g):
+                raise StoreError(f"edit {t}: the update of {p} {'changes' if upd.bias is not None else 'leaves'} "
+                                 f"its bias, but the store {'does not record' if 'bias' not in g else 'expects'} "
+                                 "bias updates")
+            if upd.bias is not None:
+                g["bias"][t - 1] = _torch_to_numpy(upd.bias.float())
             if upd.kind == "rank_one":
                 g["u"][t - 1] = _torch_to_numpy(upd.u.float())
                 g["v"][t - 1] = _torch_to_numpy(upd.v.float())
@@ -222,19 +256,68 @@ def read_updates(f: h5py.File, t_from: int, t_to: int) -> list[list[ParamUpdate]
         else:
             ds = g["dense"][t_from:t_to]
             cols.append([ParamUpdate(p, dense=torch.from_numpy(d)) for d in ds])
+        if "bias" in g:
+            for upd, b in zip(cols[-1], g["bias"][t_from:t_to]):
+                upd.bias = torch.from_numpy(b)
     return [list(row) for row in zip(*cols)]
+
+
+def _bias_params(f: h5py.File) -> list[str]:
+    """The params whose module's bias is edited too (none in files from before bias updates)."""
+    return json.loads(f.attrs.get("bias_params", "[]"))
+
+
+def _apply(weights: dict[str, torch.Tensor], upd: ParamUpdate, spec: ArchSpec) -> None:
+    apply_update(weights[upd.module], upd, spec, bias=weights.get(bias_key(upd.module)))
 
 
 def snapshot_steps(f: h5py.File) -> list[int]:
     return sorted(int(k) for k in f["snapshots/0"]) if "snapshots/0" in f else []
 
 
+def replay_weights(path: str | os.PathLike, t_to: int, spec: ArchSpec | str | None = None,
+                   device: str | torch.device = "cpu", block: int = 64):
+    """Yield ``(t, weights)`` after every edit ``t = 1 .. t_to`` in turn, from the unedited snapshot.
+
+    ``weights`` is the same dict of tensors each time, updated in place (copy what is kept). Each
+    step applies one stored update with :func:`apply_update`, so the values are bitwise those of
+    :func:`rebuild_weights` (and of the runner). Updates are read ``block`` edits at a time.
+    """
+    weights = rebuild_weights(path, 0, spec, device=device)
+    with h5py.File(path, "r") as f:
+        spec = _spec(f, spec)
+        n_done = int(f.attrs["n_done"])
+        if not 0 <= t_to <= n_done:
+            raise StoreError(f"{path}: edits up to {t_to} requested, but the file holds edits 0..{n_done}")
+        for start in range(0, t_to, block):
+            for i, row in enumerate(read_updates(f, start, min(start + block, t_to))):
+                for upd in row:
+                    _apply(weights, upd, spec)
+                yield start + i + 1, weights
+
+
+def initial_weight_norms(path: str | os.PathLike) -> list[float]:
+    """||W_0||_F (float64) of each edited matrix, in ``params`` order, from the unedited snapshot
+    (edited biases are not matrices: left out)."""
+    with h5py.File(path, "r") as f:
+        params = json.loads(f.attrs["params"])
+    weights = rebuild_weights(path, 0)
+    return [float(torch.linalg.norm(weights[p].double())) for p in params]
+
+
+def _spec(f: h5py.File, spec: ArchSpec | str | None) -> ArchSpec:
+    if spec is None:
+        spec = f.attrs["arch"]
+    return ARCHITECTURES[spec] if isinstance(spec, str) else spec
+
+
 def rebuild_weights(path: str | os.PathLike, t: int, spec: ArchSpec | str | None = None,
                     device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """The edited matrices after edit ``t`` (0 = before any edit), from the nearest snapshot.
 
-    Applies the stored updates with the runner's own :func:`apply_update`, so on the same device
-    the result equals the runner's in-memory weights bit for bit.
+    Keyed by module path; an edited bias is included under ``bias_key(module)``. Applies the
+    stored updates with the runner's own :func:`apply_update`, so on the same device the result
+    equals the runner's in-memory weights bit for bit.
     """
     with h5py.File(path, "r") as f:
         n_done = int(f.attrs["n_done"])
@@ -251,7 +334,12 @@ def rebuild_weights(path: str | os.PathLike, t: int, spec: ArchSpec | str | None
             p: _numpy_to_torch(f[f"snapshots/{i}/{base}"][()], dtypes[p]).to(device)
             for i, p in enumerate(params)
         }
+        biased = set(_bias_params(f))
+        bias_dtypes = json.loads(f.attrs.get("bias_dtypes", "{}"))
+        for i, p in enumerate(params):
+            if p in biased:
+                weights[bias_key(p)] = _numpy_to_torch(f[f"bias_snapshots/{i}/{base}"][()], bias_dtypes[p]).to(device)
         for row in read_updates(f, base, t):
             for upd in row:
-                apply_update(weights[upd.module], upd, spec)
+                _apply(weights, upd, spec)
     return weights

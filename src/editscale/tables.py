@@ -3,8 +3,14 @@
 * :func:`table2_rows` pools the disabling JSONs of every sample of a method: the mean
   standalone normalised distance ||delta W||_F / numel of the flagged (disabling) edits and of
   the sampled normal edits, each applied alone to the unedited model, with counts, the sample
-  standard deviation and the range. :func:`write_table2` writes it as Markdown, CSV and LaTeX,
-  with a second small table of the generations before and after the first disabling edit.
+  standard deviation and the range. The disabling edits are the onsets of update-norm run-aways
+  (:mod:`editscale.disabling`): :func:`onset_rows` lists them per method and sample (edit, case
+  id, standalone distance, reason) and :func:`onset_counts` counts them per sample.
+  :func:`write_table2` writes all of it as Markdown, CSV and LaTeX, with a small table of the
+  generations before and after the first disabling edit. The CSV holds the statistics rows (kind
+  ``disabling`` / ``normal``; the count of a per-sample ``disabling`` row is that sample's number
+  of onsets) followed by one row of kind ``onset`` per onset edit (count 1, its standalone
+  distance as mean/min/max, and its edit, case id and reason).
 * :func:`find_benchmarks` + :func:`runtime_rows` read Snakemake ``benchmark:`` files into one table.
 """
 
@@ -17,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["table2_rows", "generation_rows", "write_table2", "find_benchmarks", "runtime_rows", "runtime_summary",
-           "write_runtime"]
+__all__ = ["table2_rows", "onset_rows", "onset_counts", "generation_rows", "write_table2", "find_benchmarks",
+           "runtime_rows", "runtime_summary", "write_runtime"]
 
 _KINDS = ("disabling", "normal")
-TABLE2_FIELDS = ["method", "label", "sample", "kind", "count", "mean", "std", "min", "max"]
+TABLE2_FIELDS = ["method", "label", "sample", "kind", "count", "mean", "std", "min", "max",
+                 "edit", "case_id", "reason"]  # the last three: rows of kind "onset" only
 
 
 def _stats(values) -> dict:
@@ -49,6 +56,32 @@ def table2_rows(disabling: dict[str, list[dict]]) -> list[dict]:
                              **_stats(vals)})
             rows.append({"method": method, "label": label, "sample": "all", "kind": kind, **_stats(pooled)})
     return rows
+
+
+def onset_rows(disabling: dict[str, list[dict]]) -> list[dict]:
+    """One row per disabling edit (run-away onset): method, label, sample, edit, case id, standalone
+    distance and the rule's reason, by method (layout order), sample, then edit."""
+    rows = []
+    for method, docs in disabling.items():
+        for doc in docs:
+            for e in sorted((e for e in doc["edits"] if e["kind"] == "disabling"), key=lambda e: int(e["edit"])):
+                rows.append({"method": method, "label": doc.get("label", method), "sample": str(doc["sample"]),
+                             "edit": int(e["edit"]), "case_id": e.get("case_id"),
+                             "standalone_distance": e.get("standalone_distance"), "reason": e.get("reason", "")})
+    return rows
+
+
+def onset_counts(disabling: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
+    """method -> {sample: number of onsets in that sample's trajectory} (layout order)."""
+    return {method: {str(doc["sample"]): sum(e["kind"] == "disabling" for e in doc["edits"]) for doc in docs}
+            for method, docs in disabling.items()}
+
+
+def _onset_csv_row(o: dict) -> dict:
+    d = o["standalone_distance"]
+    return {"method": o["method"], "label": o["label"], "sample": o["sample"], "kind": "onset", "count": 1,
+            "mean": d, "std": None, "min": d, "max": d, "edit": o["edit"], "case_id": o["case_id"],
+            "reason": o["reason"]}
 
 
 def generation_rows(disabling: dict[str, list[dict]]) -> list[dict]:
@@ -114,7 +147,39 @@ def _spread_md(r: dict) -> str:
     return f"{_sci_md(r['mean'])}{sd}{rng}"
 
 
-def table2_markdown(rows: list[dict], gens: list[dict], n_samples: int) -> str:
+def _sample_ids(counts: dict[str, dict[str, int]]) -> list[str]:
+    return list(dict.fromkeys(s for per_sample in counts.values() for s in per_sample))
+
+
+def _label_of(rows: list[dict], method: str) -> str:
+    return next((r["label"] for r in rows if r["method"] == method), method)
+
+
+def onsets_markdown(rows: list[dict], onsets: list[dict], counts: dict[str, dict[str, int]]) -> list[str]:
+    """Markdown lines: onsets per method and sample, then the list of onset edits."""
+    samples = _sample_ids(counts)
+    lines = ["**Onsets.** Disabling edits are the onsets of update-norm run-aways (the first edit of each "
+             "run-away of an edited matrix; config `disabling`): their number per method and sample, then "
+             "each onset edit t with its CounterFact case id, its standalone distance and the rule's reason.", "",
+             "| Method | " + " | ".join(f"Sample {s}" for s in samples) + " | All |",
+             "|---|" + "---:|" * (len(samples) + 1)]
+    for method, per_sample in counts.items():
+        cells = [str(per_sample[s]) if s in per_sample else "n/a" for s in samples]
+        lines.append(f"| {_label_of(rows, method)} | " + " | ".join(cells) + f" | {sum(per_sample.values())} |")
+    lines.append("")
+    if not onsets:
+        lines.append("No onset was flagged.")
+    else:
+        lines += ["| Method | Sample | Edit t | Case id | Distance | Reason |", "|---|---:|---:|---:|---|---|"]
+        for o in onsets:
+            case = "n/a" if o["case_id"] is None else o["case_id"]
+            lines.append(f"| {_cell_md(o['label'])} | {o['sample']} | {o['edit']} | {case} | "
+                         f"{_sci_md(o['standalone_distance'])} | {_cell_md(o['reason'])} |")
+    return lines + [""]
+
+
+def table2_markdown(rows: list[dict], gens: list[dict], n_samples: int, *, onsets: list[dict] | None = None,
+                    counts: dict[str, dict[str, int]] | None = None) -> str:
     pooled = _pooled(rows)
     lines = [
         "**Table 2.** Mean normalised distance ‖ΔW‖_F / #elements of the edited matrix when an edit is "
@@ -130,6 +195,8 @@ def table2_markdown(rows: list[dict], gens: list[dict], n_samples: int) -> str:
                      f"{p['normal']['count']} | {_spread_md(p['normal'])} | "
                      f"{'n/a' if ratio is None else f'{ratio:.3g}'} |")
     lines += ["", "Paper (GPT-J, ROME): disabling 3.339e-04, normal 8.156e-07.", ""]
+    if counts is not None:
+        lines += onsets_markdown(rows, onsets or [], counts)
     lines += ["**Table 8 analogue.** Greedy generations before (model after edit t-1) and after (model "
               "after edit t) the first disabling edit t.", ""]
     if not gens:
@@ -142,7 +209,36 @@ def table2_markdown(rows: list[dict], gens: list[dict], n_samples: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table2_latex(rows: list[dict], gens: list[dict], n_samples: int) -> str:
+def onsets_latex(rows: list[dict], onsets: list[dict], counts: dict[str, dict[str, int]]) -> list[str]:
+    """LaTeX lines: a table float with the onsets per method and sample and the list of onset edits."""
+    samples = _sample_ids(counts)
+    out = ["% Onsets of update-norm run-aways (the disabling edits) per method and sample",
+           r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "r" * (len(samples) + 1) + "}",
+           r"\hline", "Method & " + " & ".join(f"sample {_tex_escape(s)}" for s in samples) + r" & all \\",
+           r"\hline"]
+    for method, per_sample in counts.items():
+        cells = [str(per_sample[s]) if s in per_sample else "--" for s in samples]
+        out.append(f"{_tex_escape(_label_of(rows, method))} & " + " & ".join(cells)
+                   + f" & {sum(per_sample.values())} " + r"\\")
+    out += [r"\hline", r"\end{tabular}", r"\medskip", "",
+            r"\begin{tabular}{lrrrlp{0.42\linewidth}}", r"\hline",
+            r"Method & sample & edit $t$ & case id & distance & reason \\", r"\hline"]
+    if not onsets:
+        out.append(r"\multicolumn{6}{l}{No onset was flagged.} \\")
+    for o in onsets:
+        case = "--" if o["case_id"] is None else _tex_escape(o["case_id"])
+        out.append(f"{_tex_escape(o['label'])} & {_tex_escape(o['sample'])} & {o['edit']} & "
+                   f"{case} & {_sci_tex(o['standalone_distance'])} & "
+                   f"{_tex_escape(o['reason'])} " + r"\\")
+    out += [r"\hline", r"\end{tabular}",
+            r"\caption{Disabling edits: onsets of update-norm run-aways (the first edit of each run-away of an "
+            r"edited matrix), per method and sample, and each onset edit with its case id, standalone distance "
+            r"and the rule's reason.}", r"\label{tab:disabling-onsets}", r"\end{table}", ""]
+    return out
+
+
+def table2_latex(rows: list[dict], gens: list[dict], n_samples: int, *, onsets: list[dict] | None = None,
+                 counts: dict[str, dict[str, int]] | None = None) -> str:
     pooled = _pooled(rows)
     out = [
         "% Table 2 analogue (editscale): standalone normalised distance of disabling vs normal edits",
@@ -161,6 +257,8 @@ def table2_latex(rows: list[dict], gens: list[dict], n_samples: int) -> str:
             r"\caption{Mean distance $\|\Delta W\|_F/\#\mathrm{elements}$ of the edited matrix when an edit is "
             rf"applied alone to the unedited model, disabling vs normal edits (pooled over {n_samples} "
             r"sample(s); $\pm$ sample standard deviation).}", r"\label{tab:disabling-distance}", r"\end{table}", ""]
+    if counts is not None:
+        out += onsets_latex(rows, onsets or [], counts)
     out += ["% Table 8 analogue: generations around the first disabling edit",
             r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{p{0.12\linewidth}p{0.2\linewidth}"
             r"p{0.3\linewidth}p{0.3\linewidth}}", r"\hline", r"Method (edit) & Prompt & Before & After \\", r"\hline"]
@@ -191,13 +289,19 @@ def _write_csv(path, fields: list[str], rows: list[dict]) -> None:
 
 
 def write_table2(disabling: dict[str, list[dict]], *, md, csv_path, tex, generations_csv) -> tuple[list, list]:
-    """Write Table 2 (+ the Table 8 analogue) as Markdown, LaTeX and two CSVs; return the rows."""
+    """Write Table 2 (+ the onsets and the Table 8 analogue) as Markdown, LaTeX and two CSVs.
+
+    Returns the statistics rows and the generation rows; the onset rows are in the CSV (kind
+    ``onset``) and in the Markdown and LaTeX tables.
+    """
     rows = table2_rows(disabling)
     gens = generation_rows(disabling)
+    onsets = onset_rows(disabling)
+    counts = onset_counts(disabling)
     n_samples = max((len(d) for d in disabling.values()), default=0)
-    _write_text(md, table2_markdown(rows, gens, n_samples))
-    _write_text(tex, table2_latex(rows, gens, n_samples))
-    _write_csv(csv_path, TABLE2_FIELDS, rows)
+    _write_text(md, table2_markdown(rows, gens, n_samples, onsets=onsets, counts=counts))
+    _write_text(tex, table2_latex(rows, gens, n_samples, onsets=onsets, counts=counts))
+    _write_csv(csv_path, TABLE2_FIELDS, rows + [_onset_csv_row(o) for o in onsets])
     _write_csv(generations_csv, ["method", "label", "sample", "edit", "case_id", "prompt", "before", "after"], gens)
     return rows, gens
 

@@ -1,7 +1,8 @@
 """Train the embedded default's model from scratch on a world's corpus (seeded, resumable).
 
-A byte-level BPE tokenizer (``tokenizers``) is trained on the corpus, then a GPT-2-architecture
-model with AdamW, linear warm-up and cosine decay. Every epoch the documents are shuffled with a
+A byte-level BPE tokenizer (``tokenizers``) is trained on the corpus (prepending BOS to every
+text when ``bos``, as Llama-family tokenizers do; every training document then starts with it),
+then a model of architecture ``arch`` (GPT-2 or Llama, ...) with AdamW, linear warm-up and cosine decay. Every epoch the documents are shuffled with a
 generator seeded by (seed, epoch) and packed into blocks that start at a document boundary
 (documents never straddle two blocks, so a fact is seen whole, often at position 0 as at
 evaluation time). Dropout is off: the model is meant to memorise its world.
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainHParams:
+    arch: str = "gpt2"  # a key of models.ARCHITECTURES with a scratch config
+    bos: bool = False  # the tokenizer prepends its BOS token to every text (as Llama-family tokenizers do)
     n_layer: int = 4
     d_model: int = 128
     n_head: int = 4
@@ -59,6 +62,10 @@ class TrainHParams:
         if unknown:
             raise ValueError(f"training: unknown keys {unknown}; known: {sorted(known)}")
         hp = cls(**d)
+        from .models import SCRATCH_ARCHS
+
+        if hp.arch not in SCRATCH_ARCHS:
+            raise ValueError(f"training: arch {hp.arch!r} is not one of {list(SCRATCH_ARCHS)}")
         if hp.d_model % hp.n_head:
             raise ValueError(f"training: d_model {hp.d_model} is not divisible by n_head {hp.n_head}")
         if hp.answer_weight <= 0:
@@ -78,12 +85,15 @@ def lr_at(step: int, hp: TrainHParams) -> float:
     return floor + 0.5 * (hp.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
-def pack_blocks(docs: Sequence[list[int]], order: Sequence[int], block_size: int, eos_id: int) -> list[list[int]]:
-    """Greedy packing of documents (each followed by EOS) in ``order`` into blocks <= block_size."""
+def pack_blocks(docs: Sequence[list[int]], order: Sequence[int], block_size: int, eos_id: int,
+                bos_id: int | None = None) -> list[list[int]]:
+    """Greedy packing of documents (each followed by EOS, and preceded by BOS when ``bos_id`` is
+    given) in ``order`` into blocks <= block_size."""
     blocks: list[list[int]] = []
     current: list[int] = []
+    head = [] if bos_id is None else [bos_id]
     for i in order:
-        doc = list(docs[i][: block_size - 1]) + [eos_id]
+        doc = head + list(docs[i][: block_size - 1 - len(head)]) + [eos_id]
         if current and len(current) + len(doc) > block_size:
             blocks.append(current)
             current = []
@@ -96,7 +106,7 @@ def pack_blocks(docs: Sequence[list[int]], order: Sequence[int], block_size: int
 def epoch_blocks(docs: Sequence[list[int]], epoch: int, hp: TrainHParams, eos_id: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(hp.seed * 1_000_003 + epoch)
     order = torch.randperm(len(docs), generator=g).tolist()
-    blocks = pack_blocks(docs, order, hp.block_size, eos_id)
+    blocks = pack_blocks(docs, order, hp.block_size, eos_id, bos_id=eos_id if hp.bos else None)
     perm = torch.randperm(len(blocks), generator=g).tolist()
     return [blocks[i] for i in perm]
 
@@ -200,17 +210,17 @@ def train_world_model(corpus_path: str | os.PathLike, dest: str | os.PathLike, h
     corpus_sha = sha256_file(corpus_path)
     signature = json.dumps({"corpus": corpus_sha, "hp": asdict(hp)}, sort_keys=True)
 
-    tok = train_bpe_tokenizer(texts, hp.vocab_size, add_prefix_space=True)
+    tok = train_bpe_tokenizer(texts, hp.vocab_size, add_prefix_space=True, add_bos=hp.bos)
     eos = tok.eos_token_id
     docs = tok(texts, add_special_tokens=False)["input_ids"]
-    n_tokens = sum(len(d) + 1 for d in docs)
+    n_tokens = sum(len(d) + 1 + hp.bos for d in docs)
     too_long = sum(len(d) >= hp.block_size for d in docs)
     if too_long:
         log.warning("%d documents are longer than block_size %d and are truncated", too_long, hp.block_size)
 
     torch.manual_seed(hp.seed)
-    cfg = scratch_config("gpt2", len(tok), hp.n_layer, hp.d_model, hp.n_head, hp.block_size, eos_token_id=eos)
-    cfg.resid_pdrop = cfg.embd_pdrop = cfg.attn_pdrop = 0.0
+    cfg = scratch_config(hp.arch, len(tok), hp.n_layer, hp.d_model, hp.n_head, hp.block_size, eos_token_id=eos,
+                         dropout=0.0)
     model = AutoModelForCausalLM.from_config(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -261,7 +271,7 @@ def train_world_model(corpus_path: str | os.PathLike, dest: str | os.PathLike, h
         shutil.rmtree(dest)
     model.save_pretrained(dest, safe_serialization=True)
     tok.save_pretrained(dest)
-    info = {"source": "world", "world": world_name, "arch": "gpt2", "seed": hp.seed, "training": asdict(hp),
+    info = {"source": "world", "world": world_name, "arch": hp.arch, "seed": hp.seed, "training": asdict(hp),
             "corpus_sha256": corpus_sha, "n_parameters": n_params, "corpus_tokens": n_tokens,
             "epochs": hp.max_steps / schedule.batches_per_epoch, "final_loss_ema": loss_ema,
             "train_seconds": time.perf_counter() - t0, **(extra_manifest or {})}

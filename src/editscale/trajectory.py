@@ -1,9 +1,14 @@
 """The trajectory runner: one model, one method, one ordering, edited sequentially.
 
 After every edit the runner records, for the record just edited, ES/PS/NS with magnitudes and
-argmax variants, the normalised distance ||W_t - W_0||_F / numel of every edited matrix, the
-Frobenius norm of the edit's update, the editor's diagnostics and wall times. Everything goes to
-the HDF5 store, flushed after each edit; a killed run resumes from its last complete edit.
+argmax variants, the normalised distance ||W_t - W_0||_F / numel of every edited matrix
+(``distance_i``), its Frobenius norm ||W_t||_F (``weight_norm_i``, in float64, of the matrix as
+stored), the Frobenius norm of the edit's update (``update_norm_i``), the editor's diagnostics
+and wall times. When the editor also changes the module's bias (FT-C ``include_bias``), the bias
+gets ``bias_update_norm_i`` (||delta b||_2) and ``bias_distance_i`` (||b_t - b_0||_2 / numel(b));
+the matrix metrics stay those of the matrix alone. Everything goes to the HDF5 store, flushed after each edit; a killed run resumes
+from its last complete edit (metrics a partial file from an older version lacks are recomputed
+for its edits by replaying the stored updates).
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ import torch
 
 from . import data as cf_data
 from .editors import editor_info, load_editor_module
-from .editors.base import apply_updates
+from .editors.base import apply_updates, bias_key
 from .evaluation import METRIC_NAMES, evaluate_record
 from .models import arch_of, edit_parameter, load_model, model_identity, read_manifest, sha256_file
-from .store import TrajectoryWriter, rebuild_weights
+from .store import TrajectoryWriter, rebuild_weights, replay_weights
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +115,22 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
     extra = {} if editor_file is None else {"editor_file": editor_file, "identity": identity}
     ed = module.make_editor(model, tok, hparams, second_moment, seed, state=part_state, **extra)
     params = ed.edited_modules
+    biases = [p for p in params if p in set(getattr(ed, "edited_biases", ()))]  # FT-C include_bias
     originals = {p: edit_parameter(model, p).detach().clone() for p in params}
+    originals.update({bias_key(p): edit_parameter(model, bias_key(p)).detach().clone() for p in biases})
     shapes = {p: tuple(_out_in_shape(originals[p], spec)) for p in params}
     metric_names = (["edit", "case_id", *METRIC_NAMES]
                     + [f"update_norm_{i}" for i in range(len(params))]
                     + [f"distance_{i}" for i in range(len(params))]
+                    + [f"weight_norm_{i}" for i in range(len(params))]
+                    + [f"bias_{m}_{i}" for i, p in enumerate(params) if p in biases
+                       for m in ("update_norm", "distance")]
                     + list(ed.info_names) + ["edit_seconds", "eval_seconds"])
     writer = TrajectoryWriter.open(
         out_path, n_edits=n_edits, params=params, shapes=shapes,
         dtypes={p: str(originals[p].dtype) for p in params}, kinds={p: ed.update_kind for p in params},
         metric_names=metric_names, attrs=attrs, resume_key=resume_key,
+        biases={p: str(originals[bias_key(p)].dtype) for p in biases},
     )
     try:
         if writer.n_done == 0:
@@ -127,10 +138,11 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
             writer.write_snapshot(0, originals)
         else:
             log.info("resuming %s after edit %d of %d", writer.path, writer.n_done, n_edits)
+            _backfill_weight_norms(writer, params, spec, device=originals[params[0]].device)
             rebuilt = rebuild_weights(writer.path, writer.n_done, spec, device=originals[params[0]].device)
             with torch.no_grad():
-                for p in params:
-                    edit_parameter(model, p).copy_(rebuilt[p])
+                for name, w in rebuilt.items():  # the matrices and any edited bias
+                    edit_parameter(model, name).copy_(w)
         numel = {p: originals[p].numel() for p in params}
         last_log = time.perf_counter()
         log.info("trajectory %s: %d edits with %s on %s (%s), editing %s", out_path, n_edits, editor,
@@ -146,14 +158,19 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
             row = {"edit": t, "case_id": rec["case_id"], **scores, "edit_seconds": t1 - t0, "eval_seconds": t2 - t1}
             by_module = {u.module: u for u in result.updates}
             for i, p in enumerate(params):
-                w = edit_parameter(model, p)
+                w = edit_parameter(model, p).double()
                 row[f"update_norm_{i}"] = by_module[p].frobenius_norm()
-                row[f"distance_{i}"] = float((w.double() - originals[p].double()).norm()) / numel[p]
+                row[f"distance_{i}"] = float((w - originals[p].double()).norm()) / numel[p]
+                row[f"weight_norm_{i}"] = float(torch.linalg.norm(w))
+                if p in biases:  # ||b_t - b_0||_2 / numel(b), as distance_i for the matrix
+                    b = edit_parameter(model, bias_key(p)).double()
+                    row[f"bias_update_norm_{i}"] = by_module[p].bias_norm()
+                    row[f"bias_distance_{i}"] = float((b - originals[bias_key(p)].double()).norm()) / b.numel()
             for k in ed.info_names:
                 row[k] = float(result.info.get(k, np.nan))
             snap = None
             if t % snapshot_every == 0 or t == n_edits:
-                snap = {p: edit_parameter(model, p) for p in params}
+                snap = {name: edit_parameter(model, name) for name in originals}
             writer.write_edit(t, row, result.updates, snapshot=snap)
             now = time.perf_counter()
             if now - last_log >= progress_every_s or t == n_edits or t == 1:
@@ -165,6 +182,18 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
     finally:
         writer.close()
     log.info("trajectory done in %.1f s: %s", time.perf_counter() - t_start, out_path)
+
+
+def _backfill_weight_norms(writer: TrajectoryWriter, params: list[str], spec, device) -> None:
+    """Fill ``weight_norm_i`` of the edits done when a resumed partial file lacked that metric."""
+    names = [f"weight_norm_{i}" for i in range(len(params))]
+    if not set(names) & set(writer.added_metrics) or writer.n_done == 0:
+        return
+    log.info("%s predates the weight_norm metrics: replaying %d edits to fill them in", writer.path, writer.n_done)
+    for t, weights in replay_weights(writer.path, writer.n_done, spec, device=device):
+        for i, p in enumerate(params):
+            writer.f[f"metrics/{names[i]}"][t - 1] = float(torch.linalg.norm(weights[p].double()))
+    writer.f.flush()
 
 
 def _out_in_shape(weight: torch.Tensor, spec) -> torch.Size:

@@ -1,4 +1,5 @@
-"""Rule eval_chunk: forgetting and downstream scores at a chunk of checkpoints of one trajectory."""
+"""Rule eval_chunk: forgetting and downstream scores, held-out perplexity and generation entropy at a
+chunk of checkpoints of one trajectory."""
 
 from pathlib import Path
 
@@ -24,4 +25,8 @@ run_eval_chunk(
     batch_size=ev["batch_size"],
     downstream_batch_size=ev["downstream_batch_size"],
     max_new_tokens=p.max_new_tokens,
+    collapse_probe=snakemake.input.collapse_probe,
+    perplexity_max_tokens=p.perplexity_max_tokens,
+    generation_max_new_tokens=p.generation_max_new_tokens,
+    perplexity_batch_size=ev["perplexity"]["batch_size"],
 )

@@ -12,6 +12,7 @@ merge_eval_chunks(
     snakemake.output.h5,
     snakemake.output.forgetting,
     snakemake.output.downstream,
+    snakemake.output.collapse,
     forgetting_every=snakemake.params.forgetting_every,
     downstream_every=snakemake.params.downstream_every,
     test=snakemake.params.test,

@@ -1,5 +1,5 @@
-"""Rules figure1, figure2 (+ _sample): draw a figure of one model from the tidy results, with
-its provenance embedded in the PDF/PNG and written to a JSON sidecar."""
+"""Rules figure1, figure2 (+ _sample), figure_collapse: draw a figure of one model from the tidy
+results, with its provenance embedded in the PDF/PNG and written to a JSON sidecar."""
 
 import sys
 from pathlib import Path

@@ -1,5 +1,6 @@
 """Rule model_gates: before any edit, check that a trained model knows the facts it will be
-edited on and does the toy downstream tasks; fails the rule with the missed gates."""
+edited on, does the toy downstream tasks and (edit gates) takes single edits as a real model
+does; fails the rule with the missed gates."""
 
 from pathlib import Path
 
@@ -18,4 +19,7 @@ gates.run_gates(
     thresholds=snakemake.params.thresholds,
     out_json=snakemake.output[0],
     dtype=snakemake.params.dtype,
+    edit=snakemake.params.edit,
+    stats_path=snakemake.input.stats[0] if snakemake.input.stats else None,
+    seed=snakemake.params.seed,
 )

@@ -1,5 +1,9 @@
 """Rule ordering: resources/data/orderings/sample{sample}.json = the sample-th seeded shuffle of the
-(unique-subject) CounterFact case ids, with its provenance."""
+(unique-subject) CounterFact case ids, with its provenance.
+
+The shuffles run on the ascending list of all usable case ids, as the authors' (sample n = the
+list after the (n+1)-th of successive in-place shuffles after ``random.seed(ordering_seed)``);
+records reserved for training an editor are dropped afterwards, the others keeping their order."""
 
 from editscale.provenance import setup_rule_logging
 
@@ -14,26 +18,28 @@ if snakemake.params.unique_subjects:
     records = data.unique_subject_records(records)
 case_ids = [r["case_id"] for r in records]
 reserved = snakemake.input.get("reserved")
-n_reserved = 0
+held = set()
 if reserved:  # records reserved for training editor networks never appear in a trajectory
     from editscale.editor_split import reserved_case_ids
 
     held = reserved_case_ids(reserved[0] if isinstance(reserved, list) else reserved)
-    n_reserved = len(held)
-    case_ids = [c for c in case_ids if c not in held]
-n_edits = snakemake.config["n_edits"]
-if n_edits > len(case_ids):
+ordering = data.ordering_sample(case_ids, sample, snakemake.params.seed, exclude=held)
+n_edits = snakemake.params.n_edits
+if n_edits > len(ordering):
     raise ValueError(f"config key 'n_edits': {n_edits} edits asked but {source} has only "
-                     f"{len(case_ids)} usable records")
-ordering = data.make_orderings(case_ids, sample + 1, snakemake.params.seed)[sample]
+                     f"{len(ordering)} usable records"
+                     + (f" ({len(held)} more are reserved for editor training)" if held else ""))
 data.write_ordering(
     snakemake.output[0],
     ordering,
     seed=snakemake.params.seed,
     sample=sample,
-    n_records=len(case_ids),
+    n_records=len(ordering),
+    n_shuffled=len(case_ids),
     unique_subjects=bool(snakemake.params.unique_subjects),
-    n_reserved_for_editor_training=n_reserved,
+    n_reserved_for_editor_training=len(held),
+    reserved_dropped="after_shuffling",
     source_sha256=data.sha256_file(source),
 )
-log.info("sample %d: %d case ids, first %s", sample, len(ordering), ordering[:5])
+log.info("sample %d: %d case ids (%d shuffled, %d reserved dropped), first %s", sample, len(ordering),
+         len(case_ids), len(held), ordering[:5])

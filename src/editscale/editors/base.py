@@ -5,6 +5,11 @@ An edit is a list of :class:`ParamUpdate`, one per edited matrix, either rank-on
 ``delta = v^T u``, a sum of r outer products; MEND) or a dense delta in (out, in) orientation. The
 trajectory runner and the rebuild-from-HDF5 code both call :func:`apply_update`, so weights
 rebuilt from a file equal the runner's weights bit for bit on the same device.
+
+An update may also change the module's bias (``bias``: an (out,) delta; FT-C with
+``include_bias``, as the public baseline, which fine-tunes every parameter of the module). In
+dicts of edited tensors (snapshots, rebuilt weights) the bias of module ``m`` is keyed
+:func:`bias_key` ``(m)`` = ``m + ".bias"``, which :func:`editscale.models.edit_parameter` resolves.
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ import torch
 
 from ..models import ArchSpec, edit_parameter
 
+BIAS_SUFFIX = ".bias"
+
+
+def bias_key(module: str) -> str:
+    """The key of ``module``'s bias in dicts of edited tensors (``transformer.h.0.mlp.c_proj.bias``)."""
+    return module + BIAS_SUFFIX
+
 
 @dataclass
 class ParamUpdate:
@@ -22,6 +34,7 @@ class ParamUpdate:
     u: torch.Tensor | None = None  # (in,) rank-one key-side factor, or (r, in) low-rank factors
     v: torch.Tensor | None = None  # (out,) rank-one value-side factor, or (r, out) low-rank factors
     dense: torch.Tensor | None = None  # (out, in) dense delta
+    bias: torch.Tensor | None = None  # (out,) delta of the module's bias (None: bias unchanged)
 
     @property
     def kind(self) -> str:
@@ -37,12 +50,17 @@ class ParamUpdate:
         return torch.outer(self.v, self.u)
 
     def frobenius_norm(self) -> float:
+        """||delta||_F of the matrix (the bias, if changed, is not included: :meth:`bias_norm`)."""
         if self.dense is not None:
             return float(self.dense.double().norm())
         if self.u.dim() == 2:  # ||V^T U||_F^2 = trace((U U^T)(V V^T)), without forming the matrix
             u, v = self.u.double(), self.v.double()
             return float(((u @ u.T) * (v @ v.T)).sum().clamp(min=0).sqrt())
         return float(self.u.double().norm() * self.v.double().norm())
+
+    def bias_norm(self) -> float:
+        """||delta b||_2 of the bias (0.0 when the update leaves the bias alone)."""
+        return 0.0 if self.bias is None else float(self.bias.double().norm())
 
 
 @dataclass
@@ -53,8 +71,14 @@ class EditResult:
 
 
 @torch.no_grad()
-def apply_update(weight: torch.Tensor, update: ParamUpdate, spec: ArchSpec) -> None:
-    """Add an update to a stored weight in place, in the weight's own orientation and dtype."""
+def apply_update(weight: torch.Tensor, update: ParamUpdate, spec: ArchSpec,
+                 bias: torch.Tensor | None = None) -> None:
+    """Add an update to a stored weight (and, if the update changes it, to ``bias``) in place, in
+    the tensors' own orientation and dtype."""
+    if update.bias is not None:
+        if bias is None:
+            raise ValueError(f"the update of {update.module} changes its bias, but no bias tensor was given")
+        bias.add_(update.bias.to(device=bias.device, dtype=bias.dtype))
     if update.dense is not None:
         delta = update.dense.T if spec.conv1d else update.dense
     elif update.u.dim() == 2:
@@ -68,4 +92,11 @@ def apply_update(weight: torch.Tensor, update: ParamUpdate, spec: ArchSpec) -> N
 
 def apply_updates(model, updates: list[ParamUpdate], spec: ArchSpec) -> None:
     for upd in updates:
-        apply_update(edit_parameter(model, upd.module), upd, spec)
+        bias = edit_parameter(model, bias_key(upd.module)) if upd.bias is not None else None
+        apply_update(edit_parameter(model, upd.module), upd, spec, bias=bias)
+
+
+def edited_tensor_names(editor) -> list[str]:
+    """The keys of every tensor an editor changes: its matrices, then ``bias_key(m)`` of each
+    module whose bias it edits (``editor.edited_biases``, empty for most editors)."""
+    return list(editor.edited_modules) + [bias_key(m) for m in getattr(editor, "edited_biases", ())]

@@ -7,11 +7,17 @@ Per edit, as the public baseline (kmeng01/rome ``baselines/ft``, hparams ``FT/*_
   ``num_steps`` iterations at most; an iteration whose loss is already under ``early_stop_loss``
   takes no step and ends the edit;
 * after every step the matrix is clamped to the L-infinity ball of radius ``norm_constraint``
-  around the matrix before this edit (5e-4 GPT-2 XL, 5e-5 GPT-J).
+  around the matrix before this edit (5e-4 GPT-2 XL, 5e-5 GPT-J);
+* ``include_bias``: the module's bias is fine-tuned and clamped with the matrix, in the same Adam.
+  The public baseline selects the parameters by name (``transformer.h.0.mlp.c_proj`` /
+  ``mlp.fc_out`` matches ``.weight`` and ``.bias``), so its runs, and the paper's numbers, edit
+  both: ``include_bias: true`` is the authors' behaviour (config/paper.yaml). The default
+  (false) edits the matrix alone, the method as the paper describes it.
 
-The optimised variable is the delta itself (a float32 (out, in) tensor added to the layer's output
-through a forward hook): the model is never modified while computing, the clamp is exact in
-float32, and the stored dense delta is exactly what the runner adds.
+The optimised variables are the deltas themselves (a float32 (out, in) tensor, and an (out,)
+bias delta, added to the layer's output through a forward hook): the model is never modified
+while computing, the clamp is exact in float32, and the stored deltas are exactly what the runner
+adds.
 
 Deliberate difference: the public code scores every target token at the LAST prompt position
 (``logits[last_token]`` gathered for all target ids), which for a multi-token target optimises
@@ -44,12 +50,15 @@ class FtcHParams:
     norm_constraint: float = 5e-4  # L-infinity radius around the weights before the edit
     early_stop_loss: float = 1e-2
     target_positions: str = "own"  # own | last_prompt (the public baseline's scoring)
+    include_bias: bool = False  # also fine-tune (and clamp) the module's bias: the public baseline
 
     def __post_init__(self):
         if self.target_positions not in TARGET_POSITIONS:
             raise ValueError(f"ftc.target_positions must be one of {TARGET_POSITIONS}, not {self.target_positions!r}")
         if self.num_steps < 1 or self.lr <= 0 or self.norm_constraint <= 0:
             raise ValueError("ftc: num_steps >= 1, lr > 0 and norm_constraint > 0 are required")
+        if not isinstance(self.include_bias, bool):
+            raise ValueError(f"ftc.include_bias must be true or false, not {self.include_bias!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "FtcHParams":
@@ -90,7 +99,6 @@ class FtcEditor:
 
     name = "ftc"
     update_kind = "dense"
-    info_names = ("ft_loss_init", "ft_loss", "ft_steps", "ft_max_abs_delta")
 
     def __init__(self, model, tok, hparams: FtcHParams):
         self.model, self.tok, self.hp = model, tok, hparams
@@ -102,10 +110,19 @@ class FtcEditor:
         w = self.module.weight
         self.shape = tuple(w.T.shape if self.spec.conv1d else w.shape)  # (out, in)
         self.device = w.device
+        if hparams.include_bias and not isinstance(getattr(self.module, "bias", None), torch.Tensor):
+            raise ValueError(f"ftc.include_bias: {self.module_path} has no bias (architecture {self.spec.name})")
+        self.info_names = ("ft_loss_init", "ft_loss", "ft_steps", "ft_max_abs_delta") + (
+            ("ft_max_abs_bias_delta",) if hparams.include_bias else ())
 
     @property
     def edited_modules(self) -> list[str]:
         return [self.module_path]
+
+    @property
+    def edited_biases(self) -> list[str]:
+        """Modules whose bias the edit changes too (``include_bias``)."""
+        return [self.module_path] if self.hp.include_bias else []
 
     def state_strings(self) -> dict[str, list[str]]:
         return {}
@@ -120,14 +137,17 @@ class FtcEditor:
         hp = self.hp
         eps = hp.norm_constraint
         delta = torch.zeros(self.shape, device=self.device, dtype=torch.float32, requires_grad=True)
-        opt = torch.optim.Adam([delta], lr=hp.lr)
+        bias = None
+        if hp.include_bias:
+            bias = torch.zeros(self.shape[0], device=self.device, dtype=torch.float32, requires_grad=True)
+        opt = torch.optim.Adam([delta] + ([bias] if bias is not None else []), lr=hp.lr)
 
         def add_delta(mod, inputs, output):
-            return output + F.linear(inputs[0].float(), delta).to(output.dtype)
+            return output + F.linear(inputs[0].float(), delta, bias).to(output.dtype)
 
         handle = self.module.register_forward_hook(add_delta)
         steps, loss_init, loss_val = 0, None, float("nan")
-        max_abs = []
+        max_abs, max_abs_bias = [], []
         try:
             with torch.enable_grad():
                 for _ in range(hp.num_steps):
@@ -144,12 +164,20 @@ class FtcEditor:
                     with torch.no_grad():
                         delta.clamp_(-eps, eps)
                         max_abs.append(float(delta.abs().max()))
+                        if bias is not None:
+                            bias.clamp_(-eps, eps)
+                            max_abs_bias.append(float(bias.abs().max()))
         finally:
             handle.remove()
         info = {"ft_loss_init": loss_init, "ft_loss": loss_val, "ft_steps": steps,
                 "ft_max_abs_delta": max(max_abs) if max_abs else 0.0}
-        return EditResult([ParamUpdate(self.module_path, dense=delta.detach().clone())], info,
-                          {"max_abs_per_step": torch.tensor(max_abs)})
+        vectors = {"max_abs_per_step": torch.tensor(max_abs)}
+        if bias is not None:
+            info["ft_max_abs_bias_delta"] = max(max_abs_bias) if max_abs_bias else 0.0
+            vectors["max_abs_bias_per_step"] = torch.tensor(max_abs_bias)
+        update = ParamUpdate(self.module_path, dense=delta.detach().clone(),
+                             bias=bias.detach().clone() if bias is not None else None)
+        return EditResult([update], info, vectors)
 
 
 def make_editor(model, tok, hparams: dict, second_moment: torch.Tensor | None, seed: int,

@@ -23,8 +23,9 @@ non-zero gradient): ``u = x~`` (r, in) and ``v = -lr * lr_scale * delta~`` (r, o
 Editor files: ``<name>.safetensors`` written by :mod:`editscale.mend_training` (tensors + a JSON
 manifest in the safetensors metadata and beside the file as ``<name>.safetensors.json``), or a public ``mend-*.pt`` file (read
 with ``torch.load(weights_only=True)``; a sidecar ``<file>.json`` from the download rule names the
-model it is meant for). A file made for another model, revision, set of matrices or matrix shape
-is refused with :class:`EditorFileMismatch` before any edit.
+model it is meant for and the sha256 recorded at download, checked on every load:
+:mod:`editscale.editor_weights`). A file made for another model, revision, set of matrices or
+matrix shape is refused with :class:`EditorFileMismatch` before any edit.
 """
 
 from __future__ import annotations
@@ -362,6 +363,10 @@ def load_editor(path, model, modules: list[str], identity: dict | None = None) -
         manifest = json.loads(meta["manifest"])
         state = load_file(str(path))
     else:
+        from ..editor_weights import verify_editor_weights
+
+        # a downloaded file must still have the bytes whose sha256 was recorded when it was fetched
+        verify_editor_weights(path)
         side = Path(str(path) + ".json")
         manifest = json.loads(side.read_text()) if side.exists() else {}
         raw = _load_public_pt(path)
