@@ -111,3 +111,16 @@ def test_command_line(traj_inputs, tmp_path):
     summary = json.loads((out / "summary.json").read_text())["summary"]
     assert summary["n_records"] == 2 and summary["spectrum"]["dim"] > 0
     assert "‖ΔW‖_F / ‖W‖_F" in (out / "summary.md").read_text()
+
+
+def test_edit_gates_not_enforced_are_recorded_and_do_not_stop(traj_inputs, tmp_path):
+    from editscale.gates import run_gates
+
+    edit = {"method": "rome", "editor": "rome", "hparams": HP, "n_records": 2, "max_ratio_median": 1e-9,
+            "min_es": 0.0, "min_ps": 0.0, "max_ns_drop": 1.0, "enforce": False}
+    report = run_gates(model_dir=traj_inputs["model_dir"], counterfact_path=traj_inputs["counterfact_path"],
+                       ordering_paths=[traj_inputs["ordering_path"]], n_edits=2, task_set_paths={},
+                       thresholds={"rewrite": 0.0, "paraphrase": 0.0, "neighborhood": 0.0, "downstream_f1": 0.0},
+                       stats_path=traj_inputs["stats_path"], seed=3, edit=edit, out_json=tmp_path / "gates.json")
+    assert report["passed"] and not report["passed_edit"] and not report["edit_enforced"]
+    assert report["edit_failures"][0].startswith("edit_ratio_median:")

@@ -67,6 +67,39 @@ def test_packing_keeps_documents_whole():
     assert blocks == [[3, 3, 0, 1, 1, 1, 0], [5, 0]]
 
 
+def test_packing_with_bos_starts_every_document_with_it():
+    docs = [[1] * 3, [2] * 5, [3] * 9]
+    blocks = training.pack_blocks(docs, [0, 1, 2], block_size=8, eos_id=0, bos_id=0)
+    assert blocks == [[0, 1, 1, 1, 0], [0, 2, 2, 2, 2, 2, 0], [0] + [3] * 6 + [0]]
+
+
+def test_bos_tokenizer_prepends_bos_to_texts_not_to_continuations():
+    from editscale.models import train_bpe_tokenizer
+
+    texts = ["Gaglum was born in Paris.", "The mother tongue of Stena is Greek."] * 20
+    plain = train_bpe_tokenizer(texts, 300, add_prefix_space=True)
+    bos = train_bpe_tokenizer(texts, 300, add_prefix_space=True, add_bos=True)
+    a, b = plain("Gaglum was born in")["input_ids"], bos("Gaglum was born in")["input_ids"]
+    assert b == [bos.bos_token_id] + a and a[0] != plain.bos_token_id
+    assert bos(" Paris", add_special_tokens=False)["input_ids"] == plain(" Paris", add_special_tokens=False)["input_ids"]
+    enc = bos(["Stena", "The mother tongue of Stena"], padding=True, padding_side="left")
+    assert all(row[row.index(1) if 1 in row else 0] == 1 for row in enc["attention_mask"])
+    assert [ids[m.index(1)] for ids, m in zip(enc["input_ids"], enc["attention_mask"])] == [bos.bos_token_id] * 2
+
+
+@pytest.mark.parametrize("arch, attr", [("gpt2", "n_inner"), ("llama", "intermediate_size")])
+def test_scratch_config_mlp_width_and_dropout(arch, attr):
+    from editscale.models import scratch_config
+
+    cfg = scratch_config(arch, 100, 2, 32, 4, d_mlp=48, dropout=0.0)
+    assert getattr(cfg, attr) == 48
+    assert all(getattr(cfg, k) == 0.0 for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout")
+               if hasattr(cfg, k))
+    assert getattr(scratch_config(arch, 100, 2, 32, 4), attr) in (None, 128)  # GPT-2: None means 4 x d_model
+    with pytest.raises(ValueError, match="arch"):
+        training.TrainHParams.from_dict({"arch": "t5"})
+
+
 def test_every_step_gets_a_full_batch_across_epochs():
     docs = [[1 + i % 7] * (1 + (i * 5) % 11) for i in range(60)]
     hp = training.TrainHParams.from_dict({"block_size": 16, "batch_size": 4, "seed": 1})
@@ -172,3 +205,14 @@ def test_gates_write_json_and_fail_clearly(world_files, tmp_path):
     expected = [f"f1_{task}: {values[f'f1_{task}']:.3f} < {over:.3f}" for task in ("cola", "sst2")]
     assert all(e in str(err.value) for e in expected)
     assert sorted(json.loads(out.read_text())["failures"]) == expected
+
+
+def test_llama_organism_with_bos_trains_and_loads(world_files, tmp_path):
+    """arch / bos / d_mlp of a world model: a Llama-architecture model whose tokenizer prepends BOS."""
+    dest = tmp_path / "llama"
+    hp = training.TrainHParams.from_dict({**HP, "arch": "llama", "bos": True, "d_mlp": 40, "max_steps": 3})
+    manifest = training.train_world_model(world_files["train"], dest, hp, world_name="small")
+    assert manifest["arch"] == "llama" and model_identity(dest)["model_id"] == "world:small:llama"
+    model, tok = load_model(dest)
+    assert model.config.model_type == "llama" and model.config.intermediate_size == 40
+    assert tok("Gaglum was born in")["input_ids"][0] == tok.bos_token_id

@@ -61,7 +61,7 @@ def edit_gates(model, tok, records: Sequence[dict], edit: Mapping, *, stats_path
     hparams = dict(edit["hparams"])
     n = int(edit["n_records"])
     if len(records) < n:
-        raise ValueError(f"gates.edit.n_records={n} but only {len(records)} records are to be edited")
+        raise ValueError(f"gates.edit.n_records={n} but only {len(records)} records were given")
     c = load_second_moment(stats_path, model_dir, int(hparams["layer"])) if stats_path else None
     log.info("edit gates: %d single %s edits at layer %s on the unedited model", n, edit["editor"],
              hparams.get("layer"))
@@ -85,7 +85,7 @@ def run_gates(*, model_dir, counterfact_path, ordering_paths: Sequence[str], n_e
     ``thresholds``: ``rewrite``, ``paraphrase``, ``neighborhood`` and ``downstream_f1`` (each task).
     ``edit``: the edit gates (``method``, ``editor``, ``hparams``, ``n_records``,
     ``max_ratio_median``, ``min_es``, ``min_ps``, ``max_ns_drop``), measured on the first
-    ``n_records`` records of the first ordering, each applied alone (``stats_path``: the key
+    ``n_records`` records of the first ordering (also beyond ``n_edits``), each applied alone (``stats_path``: the key
     statistics of the edited layer); the per-record diagnostic goes to ``edit_diagnostic/``
     next to ``out_json``.
     """
@@ -111,16 +111,20 @@ def run_gates(*, model_dir, counterfact_path, ordering_paths: Sequence[str], n_e
     report = {"model": model_identity(model_dir), "n_records": len(records), "values": values,
               "thresholds": limits, "passed": not failures, "failures": failures}
     if edit is not None:
-        first = select_records(counterfact_path, ordering_paths[0], n_edits)
+        first = select_records(counterfact_path, ordering_paths[0], int(edit["n_records"]))
         e_values, e_limits, e_failures, summary = edit_gates(
             model, tok, first, edit, stats_path=stats_path, model_dir=model_dir, seed=seed,
             diagnostic_dir=Path(out_json).parent / "edit_diagnostic")
-        failures += e_failures
+        enforce = bool(edit.get("enforce", True))
+        if enforce:
+            failures += e_failures
         report.update(passed=not failures, failures=failures, edit_values=e_values, edit_thresholds=e_limits,
-                      edit_method=edit["method"], edit_diagnostic=summary)
+                      edit_method=edit["method"], edit_diagnostic=summary, edit_enforced=enforce,
+                      passed_edit=not e_failures, edit_failures=e_failures)
         for name, value in e_values.items():
-            log.info("gate %-17s %.3f (%s)%s", name, value, e_limits[name],
-                     "  MISSED" if any(f.startswith(name + ":") for f in e_failures) else "")
+            missed = any(f.startswith(name + ":") for f in e_failures)
+            log.log(logging.WARNING if missed else logging.INFO, "gate %-17s %.3f (%s)%s", name, value,
+                    e_limits[name], "" if not missed else "  MISSED" if enforce else "  MISSED (not enforced)")
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{out_json}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -345,24 +345,27 @@ SCRATCH_ARCHS = ("gpt2", "gptj", "gpt_neox", "llama")
 
 
 def scratch_config(arch: str, vocab_size: int, n_layer: int, d_model: int, n_head: int,
-                   n_positions: int = 256, eos_token_id: int = 0, dropout: float | None = None):
+                   n_positions: int = 256, eos_token_id: int = 0, dropout: float | None = None,
+                   d_mlp: int | None = None):
     """A transformers config for a small model of the given architecture (``dropout``: every
-    dropout probability of the architecture, when given)."""
+    dropout probability of the architecture, when given; ``d_mlp``: the MLP's hidden width,
+    4 x ``d_model`` when None)."""
+    d_mlp = 4 * d_model if d_mlp is None else int(d_mlp)
     from transformers import GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig
 
     common = dict(vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id)
     builders = {
-        "gpt2": lambda: GPT2Config(n_layer=n_layer, n_embd=d_model, n_head=n_head,
+        "gpt2": lambda: GPT2Config(n_layer=n_layer, n_embd=d_model, n_head=n_head, n_inner=d_mlp,
                                    n_positions=n_positions, **common),
-        "gptj": lambda: GPTJConfig(n_layer=n_layer, n_embd=d_model, n_head=n_head,
+        "gptj": lambda: GPTJConfig(n_layer=n_layer, n_embd=d_model, n_head=n_head, n_inner=d_mlp,
                                    n_positions=n_positions, rotary_dim=max(4, d_model // n_head // 2),
                                    tie_word_embeddings=False, **common),
         "gpt_neox": lambda: GPTNeoXConfig(num_hidden_layers=n_layer, hidden_size=d_model,
-                                          num_attention_heads=n_head, intermediate_size=4 * d_model,
+                                          num_attention_heads=n_head, intermediate_size=d_mlp,
                                           max_position_embeddings=n_positions, **common),
         "llama": lambda: LlamaConfig(num_hidden_layers=n_layer, hidden_size=d_model,
                                      num_attention_heads=n_head, num_key_value_heads=n_head,
-                                     intermediate_size=4 * d_model,
+                                     intermediate_size=d_mlp,
                                      max_position_embeddings=n_positions, **common),
     }
     if arch not in builders:

@@ -40,6 +40,7 @@ class TrainHParams:
     bos: bool = False  # the tokenizer prepends its BOS token to every text (as Llama-family tokenizers do)
     n_layer: int = 4
     d_model: int = 128
+    d_mlp: int | None = None  # MLP hidden width (the keys ROME edits); None: 4 x d_model
     n_head: int = 4
     vocab_size: int = 4096
     block_size: int = 256  # = the model's n_positions
@@ -220,7 +221,7 @@ def train_world_model(corpus_path: str | os.PathLike, dest: str | os.PathLike, h
 
     torch.manual_seed(hp.seed)
     cfg = scratch_config(hp.arch, len(tok), hp.n_layer, hp.d_model, hp.n_head, hp.block_size, eos_token_id=eos,
-                         dropout=0.0)
+                         dropout=0.0, d_mlp=hp.d_mlp)
     model = AutoModelForCausalLM.from_config(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
