@@ -105,6 +105,8 @@ def _break(mutate) -> list[dict]:
          "exactly one"),
         (lambda r: r["requested_rewrite"].update(prompt="{} and {} are in"), "requested_rewrite.prompt",
          "found 2"),
+        (lambda r: r["requested_rewrite"]["target_new"].update(str="Africa"), "requested_rewrite.target_new.str",
+         "equals requested_rewrite.target_true.str"),
     ],
 )
 def test_record_errors(tmp_path, mutate, field, fragment):
@@ -152,6 +154,25 @@ def test_bad_json(tmp_path):
         D.load_counterfact(path)
     msg = str(info.value)
     assert str(path) in msg and "not valid JSON" in msg and "line 3" in msg and "column" in msg
+
+
+def test_not_utf8_names_file_and_offset(tmp_path):
+    path = tmp_path / "latin1.json"
+    good = json.dumps([_record(10)], indent=1).encode()
+    at = good.index(b"Angola")
+    path.write_bytes(good[:at] + "Ang\u00f6la".encode("latin-1") + good[at + len("Angola"):])
+    with pytest.raises(D.RecordError) as info:
+        D.load_counterfact(path)
+    msg = str(info.value)
+    line = good[:at].count(b"\n") + 1
+    assert str(path) in msg and "not UTF-8" in msg and f"byte offset {at + 3}" in msg and f"line {line}" in msg
+
+
+def test_empty_list_names_file(tmp_path):
+    path = _write(tmp_path, [])
+    with pytest.raises(D.RecordError, match="empty") as info:
+        D.load_counterfact(path)
+    assert str(path) in str(info.value)
 
 
 def test_not_a_list(tmp_path):
@@ -273,6 +294,32 @@ def test_write_read_ordering(tmp_path):
 
 
 # --------------------------------------------------------------------------- downloads
+
+
+def test_link_relative_survives_a_moved_project(tmp_path):
+    import os
+    import shutil
+
+    from editscale.data import link_relative
+
+    project = tmp_path / "proj"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "cf.json").write_text("[1]")
+    link = project / "resources" / "data" / "counterfact.json"
+    (link.parent).mkdir(parents=True)
+    link.write_text("old")  # an existing file or link is replaced
+    target = link_relative(project / "data" / "cf.json", link)
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+    assert os.readlink(link) == str(target) == os.path.join("..", "..", "data", "cf.json")
+    assert link.resolve() == (project / "data" / "cf.json").resolve() and link.read_text() == "[1]"
+    shutil.move(project, tmp_path / "moved")
+    (tmp_path / "moved" / "data" / "cf.json").write_text("[2]")
+    assert (tmp_path / "moved" / "resources" / "data" / "counterfact.json").read_text() == "[2]"
+
+
+def test_counterfact_rule_links_relatively():
+    script = (Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "counterfact.py").read_text()
+    assert "link_relative(" in script and "os.symlink" not in script
 
 
 def test_download_file_url(tmp_path):

@@ -15,7 +15,7 @@ from editscale.store import read_metrics
 from test_workflow import REPO, job_counts, snakemake
 
 N_EDITS = 20
-MEND_VAL_ES = 0.5  # MEND's held-out efficacy; measured values are in the README (default run, CI run)
+MEND_VAL_ES = 0.7  # MEND held-out efficacy: the default run measures 0.97 on 30 records; a broken editor gives ~0
 
 
 @pytest.mark.slow

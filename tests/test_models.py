@@ -129,3 +129,39 @@ def test_causal_attention_mask_values():
     assert seen[1].tolist() == [[True, True, False], [True, True, False]]
     first = causal_attention_mask(pad, 3, torch.float32)[0, 0, 0]
     assert (first == 0).tolist() == [True, False, False], "a left pad sees only itself"
+
+
+def _manifested_copy(src, dest):
+    """A copy of a tiny model folder with an ``editscale_manifest.json`` written for it."""
+    from editscale.models import write_manifest
+
+    shutil.copytree(src, dest)
+    (dest / MANIFEST_NAME).unlink(missing_ok=True)
+    write_manifest(dest, source="scratch", arch="gpt2", seed=0)
+    return dest
+
+
+def test_load_model_refuses_weights_changed_since_the_manifest(tiny_model_factory, tmp_path):
+    folder = _manifested_copy(tiny_model_factory("gpt2"), tmp_path / "m")
+    before = model_identity(folder)
+    model, _ = load_model(folder)
+    assert set(model.editscale_weight_sha256) == {"model.safetensors"}
+    assert model_identity(folder, verify=True) == before, "identity stable for an unchanged folder"
+    weights = folder / "model.safetensors"
+    listed = read_manifest(folder)["files"]["model.safetensors"]
+    data = bytearray(weights.read_bytes())
+    mid = len(data) // 2  # inside the tensor data: the file still parses, only the values change
+    data[mid:mid + 8] = bytes(b ^ 0xFF for b in data[mid:mid + 8])
+    weights.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="model.safetensors") as err:
+        load_model(folder)
+    assert listed in str(err.value), "the error names the manifest's hash"
+    with pytest.raises(Exception, match="model.safetensors"):
+        model_identity(folder, verify=True)
+
+
+def test_load_model_refuses_a_missing_listed_weight_file(tiny_model_factory, tmp_path):
+    folder = _manifested_copy(tiny_model_factory("gpt2"), tmp_path / "m")
+    (folder / "model.safetensors").rename(folder / "other.name")
+    with pytest.raises(Exception, match="model.safetensors.*missing"):
+        load_model(folder)

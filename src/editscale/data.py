@@ -52,6 +52,7 @@ __all__ = [
     "read_ordering",
     "records_by_case_id",
     "download_file",
+    "link_relative",
     "sha256_file",
     "iter_corpus",
     "corpus_fingerprint",
@@ -164,6 +165,10 @@ def validate_record(record: dict, index: int, source: str = "<memory>") -> None:
         _check_str(record, index, source, _get(record, index, source, tgt, "str", f"{base}.str"), f"{base}.str")
         if "id" in tgt:
             _check_str(record, index, source, tgt["id"], f"{base}.id")
+    if rw["target_new"]["str"] == rw["target_true"]["str"]:
+        raise _fail(record, index, source, "requested_rewrite.target_new.str",
+                    f"equals requested_rewrite.target_true.str ({rw['target_true']['str']!r}): "
+                    f"the edit would change nothing")
 
     for field in ("paraphrase_prompts", "neighborhood_prompts"):
         _check_str_list(record, index, source, _get(record, index, source, record, field, field), field)
@@ -175,18 +180,27 @@ def validate_record(record: dict, index: int, source: str = "<memory>") -> None:
 def load_counterfact(path: str | os.PathLike) -> list[dict]:
     """Read a CounterFact JSON list and validate every record (the first error is raised).
 
-    Also rejects duplicate ``case_id``s. Raises :class:`RecordError` (a ``ValueError``) for
-    schema problems and for a file that is not valid JSON (with line and column).
+    Also rejects duplicate ``case_id``s and an empty list. Raises :class:`RecordError` (a
+    ``ValueError``) for schema problems, for a file that is not UTF-8 (with byte offset and line)
+    and for a file that is not valid JSON (with line and column).
     """
     path = Path(path)
     source = str(path)
+    raw = path.read_bytes()
     try:
-        with open(path, encoding="utf-8") as f:
-            records = json.load(f)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise RecordError(f"{source}: not UTF-8 text: byte {raw[exc.start:exc.start + 1]!r} at byte offset "
+                          f"{exc.start} (line {line}): {exc.reason}") from exc
+    try:
+        records = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RecordError(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
     if not isinstance(records, list):
         raise RecordError(f"{source}: expected a JSON list of records, got {_type_name(records)}")
+    if not records:
+        raise RecordError(f"{source}: the CounterFact list is empty (no records)")
     first_index: dict[int, int] = {}
     for i, rec in enumerate(records):
         validate_record(rec, i, source)
@@ -301,6 +315,18 @@ def read_ordering(path: str | os.PathLike) -> list[int]:
 
 
 # --------------------------------------------------------------------------- downloads
+
+
+def link_relative(src: str | os.PathLike, link: str | os.PathLike) -> Path:
+    """Make ``link`` a symlink to ``src`` by a relative path (from the link's resolved folder),
+    replacing any file or link there, so a copied or moved project that keeps both in place reads
+    its own copy rather than the original checkout's. Returns the link's target as written."""
+    src, link = Path(src).resolve(), Path(link)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    target = Path(os.path.relpath(src, link.parent.resolve()))
+    link.unlink(missing_ok=True)
+    os.symlink(target, link)
+    return target
 
 
 def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None) -> str:

@@ -226,7 +226,11 @@ def _fmt(x, digits: int = 3) -> str:
 def markdown(summary: dict, title: str) -> str:
     """The summary as a Markdown table (the README shows one per model)."""
     s, sp = summary, summary.get("spectrum") or {}
-    q = lambda key: f"{_fmt(s[key].get('median'))} ({_fmt(s[key].get('p10'))}-{_fmt(s[key].get('p90'))})"  # noqa: E731
+    def q(key: str) -> str:
+        if not s.get(key):
+            return "not recorded"
+        return f"{_fmt(s[key].get('median'))} ({_fmt(s[key].get('p10'))}-{_fmt(s[key].get('p90'))})"
+
     lines = [f"**{title}** ({s['n_records']} single edits; median, 10th-90th percentile)", "",
              "| quantity | value |", "|---|---|",
              f"| ‖ΔW‖_F / ‖W‖_F | {q('ratio')} |",

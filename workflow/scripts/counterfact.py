@@ -1,14 +1,13 @@
 """Rule counterfact: resources/data/counterfact.json = a download checked against its sha256, or a
-symlink to the configured local file (checked when a sha256 is configured)."""
+relative symlink to the configured local file (checked when a sha256 is configured)."""
 
-import os
 from pathlib import Path
 
 from editscale.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0])
 
-from editscale.data import download_file, sha256_file  # noqa: E402
+from editscale.data import download_file, link_relative, sha256_file  # noqa: E402
 
 out = Path(snakemake.output[0])
 expected = snakemake.params.sha256
@@ -19,7 +18,5 @@ else:
     digest = sha256_file(src)
     if expected is not None and digest != expected:
         raise ValueError(f"config key 'counterfact.sha256': {src} has sha256 {digest}, expected {expected}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.unlink(missing_ok=True)
-    os.symlink(src, out)
+    link_relative(src, out)  # relative: a copied or moved project does not read the original's file
 log.info("CounterFact at %s (sha256 %s)", out, digest)
