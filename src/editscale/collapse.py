@@ -49,7 +49,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .models import arch_of, causal_attention_mask, get_module
+from .models import arch_of, causal_attention_mask, get_module, right_padded
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +184,8 @@ def _doc_nll_sums(model, token_lists: list[list[int]], pad_id: int) -> list[floa
     device = next(model.parameters()).device
     spec = arch_of(model)
     base, head = get_module(model, spec.base), get_module(model, spec.lm_head)
-    width = max(len(x) for x in token_lists)
-    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
-    for j, x in enumerate(token_lists):
-        ids[j, : len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[j, : len(x)] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = right_padded(token_lists, pad_id, device)
+    width = ids.shape[1]
     pos = torch.arange(width, device=device)[None, :].expand(len(token_lists), -1)
     out = base(input_ids=ids, attention_mask=causal_attention_mask(mask, width, base.dtype), position_ids=pos,
                use_cache=False)

@@ -174,6 +174,17 @@ def causal_attention_mask(padding_mask: torch.Tensor, query_length: int, dtype: 
     return mask[:, None]
 
 
+def right_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` (long tensors on ``device``) for token lists."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):  # one row copy per sequence, not per token
+        ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[j, : len(r)] = 1
+    return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` picks CUDA when present, else CPU; anything else is passed to torch."""
     if device == "auto":

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from editscale.models import arch_of, causal_attention_mask, get_module, weight_out_in
+from editscale.models import arch_of, causal_attention_mask, get_module, right_padded, weight_out_in
 
 log = logging.getLogger(__name__)
 
@@ -212,16 +212,6 @@ def pack_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def _padded(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask`` for token lists."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for j, r in enumerate(rows):
-        ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[j, : len(r)] = 1
-    return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-
 
 def _next_boundary(done: int, n_docs: int, checkpoint_every: int) -> int:
     """End of the document chunk starting at ``done`` (a multiple of the buffer or checkpoint)."""
@@ -280,7 +270,7 @@ def _process_chunk(texts: list[str], tok, base: nn.Module, target: nn.Module, ac
     acc.n_empty_docs += n_empty
     done_in_chunk = n_empty
     for batch in pack_batches(lengths, batch_tokens):
-        ids, mask = _padded([token_lists[i] for i in batch], pad_id, device)
+        ids, mask = right_padded([token_lists[i] for i in batch], pad_id, device)
         _accumulate(acc, _capture_keys(base, target, ids, mask))
         done_in_chunk += len(batch)
         progress.maybe_log(acc, acc.docs_done + done_in_chunk)
