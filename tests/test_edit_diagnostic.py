@@ -23,6 +23,8 @@ def test_rows_match_the_update_and_weights_are_restored(traj_inputs):
     model, tok = load_model(traj_inputs["model_dir"])
     c = load_second_moment(traj_inputs["stats_path"], traj_inputs["model_dir"], 1)
     path = arch_of(model).mlp_out_path(1)
+    with torch.no_grad():  # a non-zero bias: ROME's value gap is taken against the module's output
+        model.get_submodule(path).bias.copy_(torch.linspace(-1.0, 1.0, model.get_submodule(path).bias.numel()))
     w0 = edit_parameter(model, path).detach().clone()
     records = synthetic_records(3)
     rows, summary = ed.run_diagnostic(model, tok, editor_name="rome", hparams=HP, records=records,

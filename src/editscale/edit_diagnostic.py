@@ -119,18 +119,15 @@ def diagnose_record(model, tok, editor, record: dict, weights: dict[str, torch.T
         k_used, u, k_star = vec["k_used"].double(), vec["u"].double(), vec["k_star"].double()
         row["denominator"] = float(k_used @ u)
         row["k_norm"] = float(k_used.norm())
-        cur = w0.double() @ k_used.to(w0.device)
-        bias = getattr(edit_parameter(model, main.module), "bias", None)
-        row["value_gap"] = float((vec["target"].double().to(w0.device) - cur).norm())
+        # as ROME: the gap to the module's output at k, bias included (GPT-2's Conv1D has one)
+        module = model.get_submodule(main.module)
+        with torch.no_grad():
+            out = module(k_used.to(device=w0.device, dtype=w0.dtype)[None]).double()[0]
+        row["value_gap"] = float((vec["target"].double().to(w0.device) - out).norm())
         if second_moment_inv is not None:
             ck = second_moment_inv.to(k_star.device) @ k_star
             row["key_cos"] = float(k_star @ ck / (k_star.norm() * ck.norm()))
         row["key_gap"] = float(res.info.get("key_gap", math.nan))
-        if bias is not None:  # ROME's value gap is measured against the module output, bias included
-            module = model.get_submodule(main.module)
-            with torch.no_grad():
-                out = module(k_used.to(device=w0.device, dtype=w0.dtype)[None]).double()[0]
-            row["value_gap"] = float((vec["target"].double().to(w0.device) - out).norm())
         row["ratio_isotropic"] = row["value_gap"] / (row["k_norm"] * w_norm)
         clamp = getattr(getattr(editor, "hp", None), "clamp_norm_factor", None)
         if clamp and res.info.get("target_init_norm"):
