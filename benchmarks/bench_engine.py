@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_engine.py [--smollm2 DIR] [--records N] [--threads T]
 
 For each model (a GPT-2-architecture model of ~14M parameters built here, and SmolLM2-135M when
-its folder exists: make it with ``../shared/tools/smollm2-offline DIR``) it prints:
+its folder exists: make it with ``benchmarks/prepare_smollm2.sh DIR``) it prints:
 
 * seconds per ROME edit (paper hyperparameters, 21 context templates), and the time of 20 bare
   forward + backward passes from the edited layer over the same batch, and their ratio;
@@ -154,7 +154,7 @@ def main() -> None:
         if (Path(args.smollm2) / "config.json").exists():
             targets.append(("SmolLM2-135M (layer 6)", args.smollm2, 6))
         else:
-            print(f"SmolLM2 folder {args.smollm2} not found: make it with ../shared/tools/smollm2-offline DIR")
+            print(f"SmolLM2 folder {args.smollm2} not found: make it with benchmarks/prepare_smollm2.sh DIR")
         for name, path, layer in targets:
             out = subprocess.run([sys.executable, __file__, "--one", path, str(layer), "--records",
                                   str(args.records), "--threads", str(args.threads)],

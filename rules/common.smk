@@ -107,6 +107,8 @@ def model_inputs(wildcards):
         return [str(Path(spec["path"]) / "config.json")]
     if spec["source"] == "scratch":
         return corpus_files(spec["tokenizer_corpus"])
+    if spec["source"] == "gguf" and spec.get("path"):
+        return [spec["path"]]
     return []
 
 
@@ -227,18 +229,30 @@ def model_resource(key):
 # ---------------------------------------------------------------- evaluations
 
 
-def eval_plan_chunks():
+def eval_plan_chunks(model, method):
+    """The evaluation checkpoints of experiment (model, method), in chunks (one job each)."""
     ev = config["evaluation"]
     plan = checkpoint_plan(
-        config["n_edits"], ev["forgetting_every"], ev["downstream_every"]
+        escfg.experiment_n_edits(config, model, method),
+        ev["forgetting_every"],
+        ev["downstream_every"],
     )
     return plan_chunks(plan, ev["chunk_size"])
+
+
+def model_evaluated(model):
+    """Whether any experiment of the model has evaluation checkpoints."""
+    return any(
+        eval_plan_chunks(m, method)
+        for m, method in escfg.experiments(config)
+        if m == model
+    )
 
 
 def eval_chunk_files(wildcards):
     return [
         f"results/evaluations/{wildcards.model}/{wildcards.method}/sample{wildcards.sample}/chunk{i}.h5"
-        for i in range(len(eval_plan_chunks()))
+        for i in range(len(eval_plan_chunks(wildcards.model, wildcards.method)))
     ]
 
 
@@ -286,7 +300,7 @@ def all_evaluations():
     for model, method in escfg.experiments(config):
         for sample in range(config["samples"]):
             base = f"results/evaluations/{model}/{method}/sample{sample}"
-            if eval_plan_chunks():
+            if eval_plan_chunks(model, method):
                 out += [
                     f"{base}.h5",
                     f"{base}_forgetting.csv",
@@ -310,7 +324,7 @@ def figure_models():
 
 def figure_layout(wildcards):
     return figdata.figure_layout(
-        config, wildcards.model, evaluated=bool(eval_plan_chunks())
+        config, wildcards.model, evaluated=model_evaluated(wildcards.model)
     )
 
 
@@ -341,7 +355,9 @@ def figure2_inputs(wildcards):
         for e in figure_layout(wildcards)
         if e["downstream"] and (sample is None or e["sample"] == int(sample))
     ]
-    inputs["task_sets"] = list(downstream_sets().values()) if eval_plan_chunks() else []
+    inputs["task_sets"] = (
+        list(downstream_sets().values()) if model_evaluated(wildcards.model) else []
+    )
     return inputs
 
 

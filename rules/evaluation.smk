@@ -51,7 +51,9 @@ rule eval_chunk:
     output:
         "results/evaluations/{model}/{method}/sample{sample}/chunk{chunk}.h5",
     params:
-        checkpoints=lambda wildcards: eval_plan_chunks()[int(wildcards.chunk)],
+        checkpoints=lambda wildcards: eval_plan_chunks(
+            wildcards.model, wildcards.method
+        )[int(wildcards.chunk)],
         tasks=list(downstream_sets()),
         forgetting_paraphrases=config["evaluation"]["forgetting_paraphrases"],
         max_new_tokens=config["downstream"]["max_new_tokens"],

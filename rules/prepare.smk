@@ -48,7 +48,7 @@ rule ordering:
         seed=config["ordering_seed"],
         unique_subjects=config["counterfact"]["unique_subjects"],
         # checked against the records left (the ordering itself does not depend on it)
-        n_edits=config["n_edits"],
+        n_edits=escfg.max_n_edits(config),
     log:
         "logs/ordering/sample{sample}.log",
     conda:

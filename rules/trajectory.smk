@@ -6,7 +6,9 @@ rule trajectory:
     params:
         editor=lambda wildcards: config["methods"][wildcards.method]["editor"],
         hparams=method_hparams,
-        n_edits=config["n_edits"],
+        n_edits=lambda wildcards: escfg.experiment_n_edits(
+            config, wildcards.model, wildcards.method
+        ),
         snapshot_every=config["snapshot_every"],
         seed=config["seed"],
         dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],

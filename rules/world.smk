@@ -61,7 +61,7 @@ rule model_gates:
         },
         edit=lambda wildcards: escfg.edit_gate_spec(config, wildcards.model),
         seed=config["seed"],
-        n_edits=config["n_edits"],
+        n_edits=escfg.max_n_edits(config),
         tasks=list(downstream_sets()),
         dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
     log:

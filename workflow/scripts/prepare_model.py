@@ -1,5 +1,5 @@
-"""Rule prepare_model: resources/models/{model}/ = a hub download, a link to a local folder or a
-freshly built scratch model (BPE tokenizer trained on a corpus + seeded random weights)."""
+"""Rule prepare_model: resources/models/{model}/ = a hub download, a link to a local folder, a
+GGUF file dequantised into a folder, or a freshly built scratch model (BPE tokenizer trained on a corpus + seeded random weights)."""
 
 from itertools import islice
 from pathlib import Path
@@ -8,7 +8,7 @@ from editscale.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
-from editscale import data, models  # noqa: E402  (after logging is set up)
+from editscale import data, gguf_model, models  # noqa: E402  (after logging is set up)
 
 spec = snakemake.params.spec
 dest = Path(snakemake.output.manifest).parent
@@ -18,6 +18,8 @@ if spec["source"] == "hub":
     models.download_model(spec["repo_id"], spec["revision"], dest)
 elif spec["source"] == "local":
     models.link_local_model(spec["path"], dest)
+elif spec["source"] == "gguf":
+    gguf_model.prepare_gguf_model(spec, dest)
 else:
     docs = islice(data.iter_corpus(snakemake.params.tokenizer_corpus), spec["tokenizer_docs"])
     tokenizer = models.train_bpe_tokenizer(docs, spec["vocab_size"])

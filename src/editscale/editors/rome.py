@@ -90,8 +90,8 @@ def generate_context_templates(model, tok, lengths: list, top_k: int, seed: int)
         past = None
         step_input = ids
         for _ in range(int(length) - 1):
-            out = model(input_ids=step_input, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=step_input, cache=past, use_cache=True)
+            past = out.cache
             logits = out.logits[:, -1].float().cpu()
             top = logits.topk(top_k, dim=-1)
             probs = top.values.softmax(-1)
