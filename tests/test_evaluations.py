@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import h5py
 import numpy as np
@@ -144,6 +145,74 @@ def test_chunk_resumes_without_redoing_checkpoints(traj_inputs, trajectory, task
     monkeypatch.setattr(ej, "evaluate_facts", lambda m, t, r, **kw: (calls.append(len(r)), real(m, t, r, **kw))[1])
     run_eval_chunk(**args, out_path=tmp_path / "c.h5", checkpoints=plan)
     assert calls == [6, 8]  # checkpoints 2 and 4 were not redone
+
+
+def _chunk_contents(path) -> str:
+    """Per checkpoint of a chunk file: its forgetting arrays and downstream scores (no timings), as
+    JSON (so that NaN equals NaN)."""
+    with h5py.File(path) as f:
+        out = {key: {"forgetting": {k: v[()].tolist() for k, v in f[key].get("forgetting", {}).items()},
+                     "downstream": {k: {m: float(x) for m, x in g.attrs.items()}
+                                    for k, g in f[key].get("downstream", {}).items()}}
+               for key in f}
+    return json.dumps(out, sort_keys=True)
+
+
+@pytest.mark.parametrize("change", [{"forgetting_paraphrases": True}, {"max_new_tokens": 5}],
+                         ids=["paraphrases", "max_new_tokens"])
+def test_chunk_killed_with_other_settings_is_started_afresh(traj_inputs, trajectory, task_sets, tmp_path, monkeypatch,
+                                                           caplog, change):
+    """Killed with one setting, rerun with another (new keys, or the same keys with other numbers): the
+    partial file is moved aside and every checkpoint recomputed, never mixed into one chunk."""
+    import editscale.evaljobs as ej
+
+    plan = checkpoint_plan(8, forgetting_every=2, downstream_every=4)  # t = 0, 2, 4, 6, 8
+    args = {**_eval_args(traj_inputs, trajectory, task_sets), "forgetting_paraphrases": False, "max_new_tokens": 3}
+    real = ej.evaluate_facts
+    calls = []
+
+    def dying(model, tok, records, **kw):
+        calls.append(len(records))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed during checkpoint 6
+        return real(model, tok, records, **kw)
+
+    monkeypatch.setattr(ej, "evaluate_facts", dying)
+    with pytest.raises(KeyboardInterrupt):
+        ej.run_eval_chunk(**args, out_path=tmp_path / "c.h5", checkpoints=plan)
+    calls.clear()
+    monkeypatch.setattr(ej, "evaluate_facts", lambda m, t, r, **kw: (calls.append(len(r)), real(m, t, r, **kw))[1])
+    with caplog.at_level(logging.WARNING, logger="editscale.evaljobs"):
+        ej.run_eval_chunk(**{**args, **change}, out_path=tmp_path / "c.h5", checkpoints=plan)
+    assert calls == [2, 4, 6, 8]  # nothing kept from the run with the other setting
+    stale = list(tmp_path.glob("c.h5.partial.stale-*"))
+    assert len(stale) == 1 and not (tmp_path / "c.h5.partial").exists()
+    [setting] = change
+    assert any(setting in r.getMessage() and str(stale[0]) in r.getMessage() for r in caplog.records), caplog.text
+    ej.run_eval_chunk(**{**args, **change}, out_path=tmp_path / "fresh.h5", checkpoints=plan)
+    assert _chunk_contents(tmp_path / "c.h5") == _chunk_contents(tmp_path / "fresh.h5")
+
+
+def test_unreadable_chunk_partial_is_moved_aside(traj_inputs, trajectory, task_sets, tmp_path, caplog):
+    part = tmp_path / "c.h5.partial"
+    part.write_bytes(b"not an HDF5 file: a copy that was cut short")
+    with caplog.at_level(logging.WARNING, logger="editscale.store"):
+        run_eval_chunk(**_eval_args(traj_inputs, trajectory, task_sets), out_path=tmp_path / "c.h5",
+                       checkpoints=checkpoint_plan(8, forgetting_every=4, downstream_every=0))
+    assert (tmp_path / "c.h5").exists()
+    aside = list(tmp_path.glob("c.h5.partial.unreadable-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"not an HDF5 file")
+    assert any(str(part) in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING), caplog.text
+
+
+def test_merge_refuses_chunks_computed_with_different_settings(traj_inputs, trajectory, task_sets, tmp_path):
+    plan = checkpoint_plan(8, forgetting_every=4, downstream_every=0)  # t = 4, 8
+    args = _eval_args(traj_inputs, trajectory, task_sets)
+    run_eval_chunk(**args, out_path=tmp_path / "a.h5", checkpoints=plan[:1])
+    run_eval_chunk(**{**args, "forgetting_paraphrases": False}, out_path=tmp_path / "b.h5", checkpoints=plan[1:])
+    with pytest.raises(ValueError, match="forgetting_paraphrases"):
+        merge_eval_chunks([tmp_path / "a.h5", tmp_path / "b.h5"], trajectory, tmp_path / "m.h5", tmp_path / "f.csv",
+                          tmp_path / "d.csv", forgetting_every=4, downstream_every=0)
 
 
 def test_standalone_distance_of_first_edit_equals_its_trajectory_update(traj_inputs, trajectory, tmp_path):

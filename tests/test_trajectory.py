@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -17,7 +18,9 @@ import pytest
 import torch
 
 from conftest import TRAJ_HPARAMS
-from editscale.store import StoreError, initial_weight_norms, read_metrics, rebuild_weights, replay_weights
+from editscale.editors.base import ParamUpdate
+from editscale.store import (StoreError, TrajectoryWriter, initial_weight_norms, read_metrics, rebuild_weights,
+                             replay_weights)
 from editscale.trajectory import export_metrics_csv, run_trajectory
 
 HPARAMS = TRAJ_HPARAMS
@@ -175,8 +178,99 @@ def test_partial_file_from_other_settings_is_refused(inputs, tmp_path):
         run(inputs, out, n_edits=50)
     run(inputs, out, n_edits=1)
     os.replace(out, str(out) + ".partial")  # pretend it was interrupted
-    with pytest.raises(StoreError, match="different inputs or settings"):
+    with pytest.raises(StoreError, match="different inputs or settings") as err:
         run(inputs, out, n_edits=2)
+    # the message names the file, what it holds and what to do
+    msg = str(err.value)
+    assert f"{out}.partial" in msg and "1 of 1 edits done" in msg
+    assert "Delete it" in msg and "restore the inputs and config" in msg
+    assert Path(str(out) + ".partial").exists()  # finished edits are never thrown away
+
+
+def _matches_finished(finished, out) -> None:
+    a, b = read_metrics(finished), read_metrics(out)
+    for k in a:
+        if k not in TIMINGS:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_partial_file_without_a_finished_edit_from_other_settings_is_replaced(inputs, finished, tmp_path, caplog):
+    """A failed start leaves a partial file with no edit done: the rerun with the fixed config replaces it."""
+    out = tmp_path / "z.h5"
+    part = str(out) + ".partial"
+    shutil.copy(finished, part)
+    with h5py.File(part, "r+") as f:
+        f.attrs["n_done"] = 0
+        f.attrs["complete"] = False
+        f.attrs["resume_key"] = "the key of a config since fixed"
+    with caplog.at_level(logging.INFO, logger="editscale.store"):
+        run(inputs, out)
+    _matches_finished(finished, out)
+    assert not Path(part).exists()
+    assert any(r.levelno == logging.INFO and part in r.getMessage() and "no finished edit" in r.getMessage()
+               for r in caplog.records), caplog.text
+
+
+def test_unreadable_partial_file_is_moved_aside(inputs, finished, tmp_path, caplog):
+    """A truncated partial file is kept under another name, with a warning naming it; the run starts afresh."""
+    out = tmp_path / "t.h5"
+    part = Path(str(out) + ".partial")
+    shutil.copy(finished, part)
+    os.truncate(part, part.stat().st_size // 2)
+    truncated = part.read_bytes()
+    with caplog.at_level(logging.WARNING, logger="editscale.store"):
+        run(inputs, out)
+    _matches_finished(finished, out)
+    aside = list(tmp_path.glob("t.h5.partial.unreadable-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == truncated
+    assert any(r.levelno == logging.WARNING and str(part) in r.getMessage() and str(aside[0]) in r.getMessage()
+               and "truncated" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def _small_trajectory(path: Path, n_edits: int = 4) -> None:
+    """A finished trajectory file of one 6x5 matrix with rank-one edits, written through the store API."""
+    gen = torch.Generator().manual_seed(0)
+    writer = TrajectoryWriter.open(path, n_edits=n_edits, params=["m"], shapes={"m": (6, 5)},
+                                   dtypes={"m": "torch.float32"}, kinds={"m": "rank_one"}, metric_names=["es"],
+                                   attrs={"arch": "llama"}, resume_key="k")
+    w = torch.randn(6, 5, generator=gen)
+    writer.write_snapshot(0, {"m": w})
+    for t in range(1, n_edits + 1):
+        upd = ParamUpdate("m", u=torch.randn(5, generator=gen), v=torch.randn(6, generator=gen))
+        w = w + torch.outer(upd.v, upd.u)
+        writer.write_edit(t, {"es": t / 10}, [upd], snapshot={"m": w} if t == n_edits else None)
+    writer.finish(path)
+    writer.close()
+
+
+def _flip_first_bytes(path: Path, name: str, n: int = 8) -> None:
+    """Invert ``n`` bytes at the start of dataset ``name``'s stored data (its first chunk), in place."""
+    with h5py.File(path, "r") as f:
+        ds = f[name]
+        offset = ds.id.get_chunk_info(0).byte_offset if ds.chunks else ds.id.get_offset()
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        data = fh.read(n)
+        fh.seek(offset)
+        fh.write(bytes(b ^ 0xFF for b in data))
+
+
+@pytest.mark.parametrize("name", ["metrics/es", "updates/0/u", "snapshots/0/0"])
+def test_bytes_changed_on_disk_fail_the_read_naming_file_and_dataset(tmp_path, name):
+    path = tmp_path / "small.h5"
+    _small_trajectory(path)
+    assert list(read_metrics(path)["es"]) == [0.1, 0.2, 0.3, 0.4]
+    before = rebuild_weights(path, 2)["m"]
+    _flip_first_bytes(path, name)
+    with pytest.raises(StoreError) as err:
+        read_metrics(path)
+        rebuild_weights(path, 2)
+    assert type(err.value).__name__ == "CorruptDataError"
+    assert str(path) in str(err.value) and f"/{name}" in str(err.value) and "fletcher32" in str(err.value)
+    if name != "metrics/es":  # the other datasets are still read as written
+        assert list(read_metrics(path)["es"]) == [0.1, 0.2, 0.3, 0.4]
+    else:
+        assert torch.equal(rebuild_weights(path, 2)["m"], before)
 
 
 def test_stats_for_another_layer_are_refused(inputs, tmp_path):

@@ -21,7 +21,7 @@ import stat
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, NoReturn
 
 import yaml
 
@@ -336,13 +336,87 @@ def model_n_layer(cfg: dict, model: str, base_dir: str | os.PathLike = ".") -> i
 # --------------------------------------------------------------------------- cross-key checks
 
 
-def _check_edit_gates(cfg: dict, model: str, edit: dict) -> None:
+def _check_edit_gates(cfg: dict, model: str, edit: dict, base_dir: str | os.PathLike = ".") -> None:
     where = f"models.{model}.gates.edit"
     method = edit["method"]
     if method not in cfg["methods"]:
         raise ConfigError(f"{where}.method", f"{method!r} is not a key of methods (defined: {sorted(cfg['methods'])})")
     if model not in cfg["methods"][method].get("per_model", {}):
         raise ConfigError(f"{where}.method", f"methods.{method}.per_model has no entry for {model!r}")
+    _check_method_hparams(cfg, method, model, base_dir)
+
+
+def _check_layers(hp: Any, n_layer: int | None, model: str, key: Callable[[str], str], given: Iterable[str]) -> None:
+    """The layers an editor's hparams ``hp`` name exist in ``model`` (``n_layer`` blocks, None when
+    unknown): an integer ``layer``, else MEND's ``layers`` list or, without it, ``n_last_layers``.
+    ``key`` maps a field name to its config key; ``given`` are the fields the config sets."""
+    given = set(given)
+
+    def fail(name: str, problem: str, index: int | None = None) -> NoReturn:
+        default = "" if name in given else " (the default)"
+        raise ConfigError(key(name) + ("" if index is None else f"[{index}]"), problem + default)
+
+    span = "" if n_layer is None else f": model {model!r} has {n_layer} layers (0..{n_layer - 1})"
+
+    def check_index(name: str, value: Any, index: int | None = None) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            fail(name, f"expected an integer layer, got {value!r}", index)
+        if value < 0 or (n_layer is not None and value >= n_layer):
+            fail(name, f"{value} is out of range{span or ' (layers start at 0)'}", index)
+
+    if isinstance(getattr(hp, "layer", None), int):
+        check_index("layer", hp.layer)
+    if getattr(hp, "layers", None) is not None:
+        if not hp.layers:
+            fail("layers", "is empty: give at least one layer, or null to edit the last n_last_layers")
+        for i, layer in enumerate(hp.layers):
+            check_index("layers", layer, i)
+    elif isinstance(getattr(hp, "n_last_layers", None), int):
+        n = hp.n_last_layers
+        if n < 1:
+            fail("n_last_layers", f"{n} is out of range: at least 1 layer is edited")
+        if n_layer is not None and n > n_layer:
+            fail("n_last_layers", f"{n} is out of range: model {model!r} has {n_layer} layers")
+
+
+def _check_method_hparams(cfg: dict, method: str, model: str, base_dir: str | os.PathLike = ".") -> None:
+    """The hparams ``method`` runs with on ``model`` (``hparams`` merged with ``per_model[model]``)
+    build its editor's dataclass (known names, types, the dataclass's own checks) and name layers
+    the model has; an error names the key where the value was set (a missing required value: the
+    ``per_model`` entry, a default one: ``hparams``). Torch-free (editors.hparams), so that this
+    runs at start-up."""
+    from editscale.editors import EDITORS
+    from editscale.editors.hparams import HParamError, check_hparams
+
+    spec = cfg["methods"][method]
+    cls = EDITORS[spec["editor"]].hparams
+    if cls is None:
+        return
+    per_model = spec.get("per_model", {}).get(model, {})
+    where = f"methods.{method}.per_model.{model}"
+    keys = {name: f"methods.{method}.hparams.{name}" for name in spec.get("hparams", {}) if name not in per_model}
+    values = method_hparams(cfg, method, model)
+    try:
+        hp = check_hparams(cls, values, where, keys)
+    except HParamError as e:
+        raise ConfigError(e.key, e.problem) from None
+    _check_layers(hp, model_n_layer(cfg, model, base_dir), model,
+                  lambda name: f"{where}.{name}" if name in per_model else f"methods.{method}.hparams.{name}", values)
+
+
+def _check_training_hparams(cfg: dict, method: str) -> None:
+    """``methods.<method>.training`` builds its editor's training dataclass (MEND's rule train_mend)."""
+    from editscale.editors import EDITORS
+    from editscale.editors.hparams import HParamError, check_hparams
+
+    spec = cfg["methods"][method]
+    cls = EDITORS[spec["editor"]].training
+    if cls is None:
+        return
+    try:
+        check_hparams(cls, spec.get("training", {}), f"methods.{method}.training")
+    except HParamError as e:
+        raise ConfigError(e.key, e.problem) from None
 
 
 def edit_gate_spec(cfg: dict, model: str) -> dict | None:
@@ -361,6 +435,10 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     * every method's editor exists; every method has ``per_model`` hparams for each model it
       runs on, with an integer ``layer`` (below the model's ``n_layer`` when known) if the editor
       needs covariance statistics;
+    * the hparams every experiment (and edit gate) runs with build the editor's dataclass
+      (``EditorInfo.hparams``: known names, value types, the dataclass's own checks) and the
+      layers they name (``layer``, MEND's ``layers`` / ``n_last_layers``) exist in the model when
+      its size is known; ``training`` builds ``EditorInfo.training`` where an editor is trained;
     * ``stats.corpus`` and every scratch model's ``tokenizer_corpus`` name a defined corpus;
     * ``counterfact`` has exactly one of ``path`` and ``url``;
     * scratch models: ``d_model`` divisible by ``n_head``;
@@ -393,7 +471,7 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
                                   f"{spec['d_model']} is not divisible by n_head={spec['n_head']}")
             edit = spec.get("gates", {}).get("edit")
             if edit is not None:
-                _check_edit_gates(cfg, name, edit)
+                _check_edit_gates(cfg, name, edit, base_dir)
         if spec["source"] == "gguf":
             _check_gguf_source(where, spec, base_dir)
         if spec["source"] == "hub" and not _COMMIT.match(spec["revision"]):
@@ -459,7 +537,10 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
             if n_layer is not None and layer >= n_layer:
                 raise ConfigError(key, f"{layer} is out of range: model {model!r} has {n_layer} layers "
                                   f"(0..{n_layer - 1})")
+        _check_method_hparams(cfg, method, model, base_dir)
 
+    for method in dict.fromkeys(method for _, method in trained_editors(cfg)):
+        _check_training_hparams(cfg, method)
     if trained_editors(cfg):
         model, method = trained_editors(cfg)[0]
         loc_corpus = editor_training_corpus(cfg)

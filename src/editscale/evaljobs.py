@@ -5,8 +5,11 @@ snapshot + stored updates), loads them into the unedited model and evaluates for
 fact edited so far) and/or the downstream tasks there, and, given a collapse probe, the held-out
 perplexity and generation entropy (:mod:`editscale.collapse`) at every checkpoint. Results are
 written per checkpoint to ``<chunk>.h5.partial`` and flushed; a killed job resumes at the first
-checkpoint not done (a partial file made from another trajectory or with other collapse settings
-is started afresh). The merge combines the chunks of a trajectory into one HDF5 file (facts x
+checkpoint not done. The partial file records every setting that defines the chunk's numbers
+(:func:`chunk_settings`); one made with other settings is moved aside to
+``<chunk>.h5.partial.stale-<timestamp>`` and the chunk started afresh, so a chunk never mixes
+checkpoints of two settings (one HDF5 cannot open is moved aside as ``.unreadable-<timestamp>``).
+The merge combines the chunks of a trajectory into one HDF5 file (facts x
 checkpoints matrices, downstream scores, collapse measures, the trajectory's distances and weight
 norms carried along, the curves) and tidy CSVs.
 """
@@ -14,6 +17,7 @@ norms carried along, the curves) and tidy CSVs.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -29,9 +33,9 @@ from .collapse import MEASURES as COLLAPSE_MEASURES
 from .collapse import evaluate_collapse, heldout_token_lists
 from .downstream import evaluate_task_set
 from .forgetting import evaluate_facts, forgetting_curves
-from .models import arch_of, edit_parameter, load_model
-from .provenance import environment, sha256_file
-from .store import initial_weight_norms, read_metrics, rebuild_weights
+from .models import arch_of, edit_parameter, load_model, model_identity
+from .provenance import canonical_json, environment, sha256_file
+from .store import initial_weight_norms, move_aside, open_partial, read_metrics, rebuild_weights
 from .trajectory import select_records
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,64 @@ def collapse_settings(probe_path, perplexity_max_tokens: int, generation_max_new
             "generation_max_new_tokens": int(generation_max_new_tokens)}
 
 
+def chunk_settings(*, trajectory_sha256: str, checkpoints: list[dict], model_dir, dtype: str, counterfact_path,
+                   ordering_path, task_sets: dict[str, str], forgetting_paraphrases: bool, max_new_tokens: int,
+                   collapse: dict | None) -> dict:
+    """Everything that defines the numbers of an evaluation chunk, as a JSON-able dict.
+
+    The trajectory's bytes, the checkpoints, the model and dtype, the facts (CounterFact and
+    ordering files), the downstream task sets' bytes and generation length, the forgetting
+    settings and the collapse settings. Batch sizes and the device are left out, as in the
+    trajectory's resume key: they change how the chunk is computed (a smaller batch after running
+    out of memory), not what.
+    """
+    return {
+        "trajectory_sha256": trajectory_sha256,
+        "checkpoints": checkpoints,
+        "model": model_identity(model_dir),
+        "dtype": dtype,
+        "counterfact_sha256": sha256_file(counterfact_path),
+        "ordering_sha256": sha256_file(ordering_path),
+        "task_sets_sha256": {name: sha256_file(p) for name, p in sorted(task_sets.items())},
+        "forgetting_paraphrases": bool(forgetting_paraphrases),
+        "max_new_tokens": int(max_new_tokens),
+        "collapse": collapse,
+    }
+
+
+def _settings_difference(found: str | None, settings: dict) -> str:
+    """Which settings of a stored chunk differ from ``settings`` (for the log), with both hashes."""
+    now = canonical_json(settings)
+    if found is None:
+        return "it records no settings: written by an older version, or killed as it began"
+    old, new = json.loads(found), json.loads(now)
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return (f"{', '.join(keys) or 'nothing'} differ; settings sha256 {_sha256(found)[:12]} "
+            f"!= {_sha256(now)[:12]}")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _open_chunk_partial(part: Path, settings: dict) -> h5py.File:
+    """The chunk's partial file, resumed when it was made with exactly ``settings``, else new.
+
+    A partial file made with other settings is moved aside (``.stale-<timestamp>``) rather than
+    resumed: its checkpoints would be mixed with new ones in one chunk, silently or failing only
+    at the merge.
+    """
+    f = open_partial(part, "r+")
+    if f is not None and f.attrs.get("settings") != canonical_json(settings):
+        found = f.attrs.get("settings")
+        f.close()
+        f = None
+        dest = move_aside(part, "stale")
+        log.warning("%s was computed with other settings (%s): moved it aside to %s, starting the chunk "
+                    "afresh", part, _settings_difference(found, settings), dest)
+    return f if f is not None else h5py.File(part, "w")
+
+
 def run_eval_chunk(*, trajectory_path, model_dir, counterfact_path, ordering_path, task_sets: dict[str, str],
                    out_path, checkpoints: list[dict], forgetting_paraphrases: bool = False,
                    dtype: str = "float32", device: str = "cpu", batch_size: int = 64,
@@ -77,27 +139,22 @@ def run_eval_chunk(*, trajectory_path, model_dir, counterfact_path, ordering_pat
     records = select_records(counterfact_path, ordering_path, meta["n_edits"])
     sets = {name: json.loads(Path(p).read_text()) for name, p in sorted(task_sets.items())}
     probe = json.loads(Path(collapse_probe).read_text()) if collapse_probe is not None else None
-    settings = json.dumps(collapse_settings(collapse_probe, perplexity_max_tokens, generation_max_new_tokens),
-                          sort_keys=True)
+    collapse = collapse_settings(collapse_probe, perplexity_max_tokens, generation_max_new_tokens)
     model, tok = load_model(model_dir, dtype=dtype, device=device)
     spec = arch_of(model)
     heldout = heldout_token_lists(tok, probe["perplexity"]["docs"], perplexity_max_tokens) if probe else None
     traj_sha = sha256_file(trajectory_path)
+    settings = chunk_settings(
+        trajectory_sha256=traj_sha, checkpoints=checkpoints, model_dir=model_dir, dtype=dtype,
+        counterfact_path=counterfact_path, ordering_path=ordering_path, task_sets=task_sets,
+        forgetting_paraphrases=forgetting_paraphrases, max_new_tokens=max_new_tokens, collapse=collapse)
     part = Path(str(out_path) + ".partial")
-    mode = "r+" if part.exists() else "w"
-    f = h5py.File(part, mode)
+    f = _open_chunk_partial(part, settings)
     try:
-        # a file from before the collapse measures has no attribute: it matches a run without them
-        if mode == "r+" and (f.attrs.get("trajectory_sha256") != traj_sha
-                             or f.attrs.get("collapse_settings", "null") != settings):
-            log.warning("%s was computed from another trajectory or with other collapse settings: starting afresh",
-                        part)
-            f.close()
-            part.unlink()
-            f = h5py.File(part, "w")
         if "done" not in f.attrs:
+            f.attrs["settings"] = canonical_json(settings)
             f.attrs["trajectory_sha256"] = traj_sha
-            f.attrs["collapse_settings"] = settings
+            f.attrs["collapse_settings"] = json.dumps(collapse, sort_keys=True)
             f.attrs["checkpoints"] = json.dumps(checkpoints)
             f.attrs["environment"] = json.dumps(environment())
             f.attrs["done"] = json.dumps([])
@@ -167,6 +224,8 @@ def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgett
 
     ``collapse_csv``: where to write the collapse measures (checkpoint, metric, value); the rows
     are those of the checkpoints whose chunk measured them (none for chunks without a probe).
+    Chunks whose :func:`chunk_settings` differ (beyond their checkpoints) are refused, naming what
+    differs, rather than merged into mixed matrices.
     """
     meta = _trajectory_meta(trajectory_path)
     n = meta["n_edits"]
@@ -174,6 +233,7 @@ def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgett
     results = {}
     chunk_info = []
     settings = set()
+    other_settings = {}  # all but the checkpoints, by chunk (files from before they were recorded: none)
     traj_sha = sha256_file(trajectory_path)
     for p in chunk_paths:
         with h5py.File(p, "r") as f:
@@ -181,6 +241,9 @@ def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgett
                 raise ValueError(f"evaluation chunk {p} was computed from another version of {trajectory_path}")
             chunk_info.append({"path": str(p), "sha256": sha256_file(p), "checkpoints": json.loads(f.attrs["checkpoints"])})
             settings.add(str(f.attrs.get("collapse_settings", "null")))
+            if "settings" in f.attrs:
+                other_settings[str(p)] = {k: v for k, v in json.loads(f.attrs["settings"]).items()
+                                          if k != "checkpoints"}
             for key in f:
                 t = int(key[1:])
                 results[t] = {"forgetting": {k: f[key]["forgetting"][k][()] for k in f[key].get("forgetting", {})},
@@ -189,6 +252,7 @@ def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgett
     if len(settings) > 1:
         raise ValueError(f"the evaluation chunks of {trajectory_path} were computed with different collapse "
                          f"settings: {sorted(settings)}")
+    _check_same_settings(other_settings, trajectory_path)
     missing = [c["t"] for c in plan if c["t"] not in results]
     if missing:
         raise ValueError(f"checkpoints {missing[:10]} of {trajectory_path} are in none of the chunk files")
@@ -250,6 +314,17 @@ def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgett
     if collapse_csv is not None:
         _write_csv(collapse_csv, ["checkpoint", "metric", "value"],
                    [(int(t), m, float(r[m])) for t, r in zip(c_ckpts, collapse) for m in COLLAPSE_MEASURES])
+
+
+def _check_same_settings(by_chunk: dict[str, dict], trajectory_path) -> None:
+    """Refuse to merge chunks computed with different settings, naming the settings that differ."""
+    distinct = {canonical_json(s) for s in by_chunk.values()}
+    if len(distinct) <= 1:
+        return
+    first = next(iter(by_chunk.values()))
+    keys = sorted({k for s in by_chunk.values() for k in set(s) | set(first) if s.get(k) != first.get(k)})
+    raise ValueError(f"the evaluation chunks of {trajectory_path} were computed with different settings "
+                     f"({', '.join(keys)} differ): rerun the chunks, e.g. snakemake --forcerun eval_chunk")
 
 
 def _write_merged_collapse(out: h5py.File, checkpoints: np.ndarray, results: list[dict], settings: str) -> None:

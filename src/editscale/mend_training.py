@@ -29,54 +29,19 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from . import data as cf_data
 from .editor_split import read_editor_split
+from .editors.hparams import MendTrainHParams
 from .editors.mend import (MendHParams, MendNetwork, batch_nll, capture_factors, edit_batch, edited_module_paths,
                            edited_params, model_logits, module_shape, save_editor, shape_key)
-from .models import load_model, model_identity
+from .models import load_model, model_identity, n_layers
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class MendTrainHParams:
-    rank: int = 1920
-    n_hidden: int = 1
-    combine: bool = True
-    edit_lr_init: float = 1e-4
-    lr: float = 1e-6
-    lr_lr: float = 1e-4
-    cedit: float = 0.1
-    cloc: float = 1.0
-    accumulate: int = 10  # training edits per optimiser step
-    grad_clip: float = 100.0
-    max_steps: int = 100000  # training edits in all
-    val_every: int = 5000  # training edits between validations
-    early_stop_patience: int = 4  # validations without a lower validation loss
-    norm_records: int = 1000
-    loc_docs: int = 1000
-    loc_max_tokens: int = 128
-    checkpoint_every: int = 1000
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.checkpoint_every % self.accumulate or self.val_every % self.accumulate:
-            raise ValueError("mend training: checkpoint_every and val_every must be multiples of accumulate")
-        if min(self.max_steps, self.val_every, self.norm_records, self.loc_docs, self.loc_max_tokens) < 1:
-            raise ValueError("mend training: max_steps, val_every, norm_records, loc_docs, loc_max_tokens >= 1")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MendTrainHParams":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown MEND training hyperparameters: {unknown} (known: {sorted(known)})")
-        return cls(**d)
 
 
 def records_hash(train: list[int], val: list[int], counterfact_sha256: str) -> str:
@@ -214,7 +179,7 @@ def train_mend(*, model_dir, counterfact_path, split_path, corpus: dict, out_pat
     torch.manual_seed(thp.seed)
     model, tok = load_model(model_dir, dtype=dtype, device=device)
     identity = model_identity(model_dir)
-    modules = edited_module_paths(model, hp.layer_list(model))
+    modules = edited_module_paths(model, hp.layer_indices(n_layers(model)))
     shapes = {m: module_shape(model, m) for m in modules}
     net = MendNetwork(modules, shapes, rank=thp.rank, n_hidden=thp.n_hidden, combine=thp.combine,
                       edit_lr_init=thp.edit_lr_init, seed=thp.seed).to(next(model.parameters()).device)

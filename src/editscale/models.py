@@ -239,7 +239,9 @@ def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "c
     computed are kept on the model as ``model.editscale_weight_sha256``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per load would flood cluster logs; the job logs its own progress
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
     path = Path(path)

@@ -124,6 +124,27 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(canonical_json(cfg).encode("utf-8")).hexdigest()
 
 
+KEEP_ATTEMPT_LOGS = 10
+
+
+def attempt_log_path(log_file: str | os.PathLike, when: float | None = None, pid: int | None = None) -> Path:
+    """Where this attempt's copy of a rule log goes: ``logs/x/y.log`` ->
+    ``logs/x/y.attempts/20261129T015500Z-1234.log`` (sortable by start time)."""
+    import time
+
+    log_file = Path(log_file)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if when is None else when))
+    folder = log_file.with_name((log_file.stem if log_file.suffix == ".log" else log_file.name) + ".attempts")
+    return folder / f"{stamp}-{os.getpid() if pid is None else pid}.log"
+
+
+def _prune_attempt_logs(folder: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` attempt logs of a folder (names sort by start time)."""
+    logs = sorted(folder.glob("*.log"))
+    for old in logs[: max(0, len(logs) - keep)]:
+        old.unlink(missing_ok=True)
+
+
 def setup_rule_logging(log_file: str | os.PathLike | None, threads: int | None = None,
                        level: int = logging.INFO) -> logging.Logger:
     """Logging for a workflow rule script: everything to the rule's log file, and torch threads.
@@ -132,11 +153,20 @@ def setup_rule_logging(log_file: str | os.PathLike | None, threads: int | None =
     warnings) go to ``log_file``; an uncaught exception is logged with its traceback there and
     still printed to stderr. When ``threads`` is given and torch is installed, torch uses that
     many threads (the rule's ``threads``). The environment is logged for provenance.
+
+    Snakemake deletes a job's log before it reruns the job, so the log of a killed or failed
+    attempt would be lost with it: every record also goes to a copy per attempt,
+    ``<log without .log>.attempts/<UTC start time>-<pid>.log`` (:func:`attempt_log_path`), which
+    no rule declares and Snakemake never deletes; the newest ``KEEP_ATTEMPT_LOGS`` are kept.
     """
     handlers: list[logging.Handler] = []
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w", encoding="utf-8"))
+        attempt = attempt_log_path(log_file)
+        attempt.parent.mkdir(parents=True, exist_ok=True)
+        _prune_attempt_logs(attempt.parent, KEEP_ATTEMPT_LOGS - 1)
+        handlers.append(logging.FileHandler(attempt, mode="w", encoding="utf-8"))
     else:
         handlers.append(logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=level, handlers=handlers, force=True,

@@ -24,12 +24,20 @@ flushed) only after an edit's metrics, update and snapshot are all written. The 
 renamed to its final name with ``complete=True``, so a half-written file never passes for a
 finished one. A partial file resumed by a runner that records more metrics gets their datasets
 (NaN) on reopening; :attr:`TrajectoryWriter.added_metrics` names them, for the runner to fill in.
+A partial file made with other inputs is replaced when it holds no finished edit and refused
+otherwise; one HDF5 cannot open (truncated, garbage) is moved aside by :func:`open_partial`.
+
+Every numeric dataset is written with HDF5's fletcher32 checksum (files written before it have
+none), so bytes changed on disk make the read fail instead of passing wrong numbers on; the
+readers here turn that failure into a :class:`CorruptDataError` naming the file and dataset.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from pathlib import Path
 
 import h5py
@@ -39,16 +47,76 @@ import torch
 from .editors.base import ParamUpdate, apply_update, bias_key
 from .models import ArchSpec, ARCHITECTURES
 
+log = logging.getLogger(__name__)
+
 FORMAT = "editscale-trajectory/1"
 _STR = h5py.string_dtype()
+# Every numeric dataset carries a checksum: a read of bytes changed on disk fails (needs chunks).
+_CHECKSUM = {"fletcher32": True}
 
 
 class StoreError(RuntimeError):
     pass
 
 
+class CorruptDataError(StoreError):
+    """A dataset could not be read back as written (its checksum fails: the file is damaged)."""
+
+
 def partial_path(path: str | os.PathLike) -> Path:
     return Path(str(path) + ".partial")
+
+
+def move_aside(path: str | os.PathLike, reason: str) -> Path:
+    """Rename ``path`` to ``<path>.<reason>-<timestamp>`` (never deleting it) and return the new name.
+
+    Used for unfinished files that cannot be resumed, so that their bytes stay for inspection.
+    """
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    dest = path.with_name(f"{path.name}.{reason}-{stamp}")
+    n = 1
+    while dest.exists():  # two in the same second
+        dest = path.with_name(f"{path.name}.{reason}-{stamp}-{n}")
+        n += 1
+    os.replace(path, dest)
+    return dest
+
+
+def open_partial(path: str | os.PathLike, mode: str = "r") -> h5py.File | None:
+    """Open an unfinished HDF5 file to resume it; None when there is none to resume.
+
+    A file HDF5 cannot open (truncated by a full disk or a copy, not HDF5 at all) would otherwise
+    stop every rerun with a bare ``OSError`` that does not name it: it is moved aside to
+    ``<path>.unreadable-<timestamp>`` with a warning naming it and the error, and the caller starts
+    afresh. A file locked by another process is not unreadable: that stays an error, naming it.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return h5py.File(path, mode)
+    except BlockingIOError as err:
+        raise StoreError(f"{path} is open in another process (is another job writing it?): {err}") from err
+    except (FileNotFoundError, PermissionError):
+        raise
+    except OSError as err:
+        dest = move_aside(path, "unreadable")
+        log.warning("cannot read the unfinished file %s (%s): moved it aside to %s and starting afresh",
+                    path, err, dest)
+        return None
+
+
+def _read(ds: h5py.Dataset, sel=()) -> np.ndarray:
+    """``ds[sel]``; a failed read raises :class:`CorruptDataError` naming the file and dataset, where
+    h5py's error (``filter returned failure during read`` for a fletcher32 mismatch) names neither."""
+    try:
+        return ds[sel]
+    except OSError as err:
+        why = ("it carries a fletcher32 checksum, so its bytes on disk are most likely not those written"
+               if ds.fletcher32 else "it carries no checksum (written before them)")
+        raise CorruptDataError(f"{ds.file.filename}: dataset {ds.name} cannot be read back ({err}); {why}: "
+                               "the file is damaged, recompute it") from err
 
 
 def _torch_to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -83,18 +151,25 @@ class TrajectoryWriter:
         """
         biases = dict(biases or {})
         part = partial_path(path)
-        if part.exists():
-            f = h5py.File(part, "r+")
-            found = f.attrs.get("resume_key")
-            if found != resume_key:
-                f.close()
+        f = open_partial(part, "r+")
+        if f is not None and f.attrs.get("resume_key") != resume_key:
+            found, n_done, n_total = f.attrs.get("resume_key"), int(f.attrs.get("n_done", 0)), f.attrs.get("n_edits")
+            f.close()
+            f = None
+            if n_done > 0:
                 raise StoreError(
-                    f"{part} holds an unfinished trajectory made with different inputs or settings "
-                    f"(resume key {found!r} != {resume_key!r}); move it away to start afresh"
+                    f"{part} holds an unfinished trajectory ({n_done} of {n_total} edits done) made with "
+                    f"different inputs or settings (resume key {found!r} != {resume_key!r}). Delete it to "
+                    "start afresh (its edits are lost), or restore the inputs and config it was made with "
+                    "to resume it"
                 )
+            log.info("replacing %s: it holds no finished edit and was made with different inputs or settings",
+                     part)
+        if f is not None:
             added = [name for name in metric_names if name not in f["metrics"]]
             for name in added:  # a file from before these metrics existed
-                f["metrics"].create_dataset(name, shape=(int(f.attrs["n_edits"]),), dtype="f8", fillvalue=np.nan)
+                f["metrics"].create_dataset(name, shape=(int(f.attrs["n_edits"]),), dtype="f8", fillvalue=np.nan,
+                                            **_CHECKSUM)
             if added:
                 f.flush()
             return cls(f, part, added)
@@ -114,30 +189,32 @@ class TrajectoryWriter:
             f.attrs[k] = v if isinstance(v, (int, float, str, bool, np.integer, np.floating)) else json.dumps(v)
         g = f.create_group("metrics")
         for name in metric_names:
-            g.create_dataset(name, shape=(n_edits,), dtype="f8", fillvalue=np.nan)
+            g.create_dataset(name, shape=(n_edits,), dtype="f8", fillvalue=np.nan, **_CHECKSUM)
         for i, p in enumerate(params):
             out_dim, in_dim = shapes[p]
             ug = f.create_group(f"updates/{i}")
             ug.attrs["module"] = p
             ug.attrs["kind"] = kinds[p]
             if kinds[p] == "rank_one":
-                ug.create_dataset("u", shape=(n_edits, in_dim), dtype="f4", chunks=(1, in_dim))
-                ug.create_dataset("v", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim))
+                ug.create_dataset("u", shape=(n_edits, in_dim), dtype="f4", chunks=(1, in_dim), **_CHECKSUM)
+                ug.create_dataset("v", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim), **_CHECKSUM)
             elif kinds[p] == "low_rank":
                 ug.create_dataset("u", shape=(0, in_dim), maxshape=(None, in_dim), dtype="f4",
-                                  chunks=(16, in_dim))
+                                  chunks=(16, in_dim), **_CHECKSUM)
                 ug.create_dataset("v", shape=(0, out_dim), maxshape=(None, out_dim), dtype="f4",
-                                  chunks=(16, out_dim))
-                ug.create_dataset("offsets", shape=(n_edits + 1,), dtype="i8", fillvalue=0)
+                                  chunks=(16, out_dim), **_CHECKSUM)
+                ug.create_dataset("offsets", shape=(n_edits + 1,), dtype="i8", fillvalue=0, **_CHECKSUM)
             elif kinds[p] == "dense":
                 ug.create_dataset("dense", shape=(n_edits, out_dim, in_dim), dtype="f4",
-                                  chunks=(1, out_dim, in_dim), compression="gzip", compression_opts=1)
+                                  chunks=(1, out_dim, in_dim), compression="gzip", compression_opts=1,
+                                  **_CHECKSUM)
             else:
                 raise StoreError(f"unknown update kind {kinds[p]!r} for {p}")
             f.create_group(f"snapshots/{i}")
             ug.attrs["bias"] = p in biases
             if p in biases:
-                ug.create_dataset("bias", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim))
+                ug.create_dataset("bias", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim),
+                                  **_CHECKSUM)
                 f.create_group(f"bias_snapshots/{i}")
         f.create_group("editor_state")
         f.flush()
@@ -172,7 +249,7 @@ class TrajectoryWriter:
                 if str(t) in g:
                     del g[str(t)]
                 g.create_dataset(str(t), data=_torch_to_numpy(weights[key]), compression="gzip",
-                                 compression_opts=1, chunks=True)
+                                 compression_opts=1, chunks=True, **_CHECKSUM)
 
     def write_edit(self, t: int, metrics: dict[str, float], updates: list[ParamUpdate],
                    snapshot: dict[str, torch.Tensor] | None = None) -> None:
@@ -199,7 +276,7 @@ class TrajectoryWriter:
                 g["v"][t - 1] = _torch_to_numpy(upd.v.float())
             elif upd.kind == "low_rank":
                 # rows past offsets[n_done] belong to no finished edit (a killed run): overwritten
-                start = int(g["offsets"][t - 1])
+                start = int(_read(g["offsets"], t - 1))
                 end = start + int(upd.u.shape[0])
                 for name, fac in (("u", upd.u), ("v", upd.v)):
                     g[name].resize(end, axis=0)
@@ -235,7 +312,7 @@ def read_metrics(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The per-edit metric columns of a trajectory file (finished or partial), first ``n_done`` rows."""
     with h5py.File(path, "r") as f:
         n = int(f.attrs["n_done"])
-        return {k: f["metrics"][k][:n] for k in f["metrics"]}
+        return {k: _read(f["metrics"][k], slice(0, n)) for k in f["metrics"]}
 
 
 def read_updates(f: h5py.File, t_from: int, t_to: int) -> list[list[ParamUpdate]]:
@@ -245,19 +322,19 @@ def read_updates(f: h5py.File, t_from: int, t_to: int) -> list[list[ParamUpdate]
     for i, p in enumerate(params):
         g = f[f"updates/{i}"]
         if g.attrs["kind"] == "rank_one":
-            us, vs = g["u"][t_from:t_to], g["v"][t_from:t_to]
+            us, vs = _read(g["u"], slice(t_from, t_to)), _read(g["v"], slice(t_from, t_to))
             cols.append([ParamUpdate(p, u=torch.from_numpy(u), v=torch.from_numpy(v)) for u, v in zip(us, vs)])
         elif g.attrs["kind"] == "low_rank":
-            off = g["offsets"][t_from:t_to + 1]
-            us, vs = g["u"][off[0]:off[-1]], g["v"][off[0]:off[-1]]
+            off = _read(g["offsets"], slice(t_from, t_to + 1))
+            us, vs = _read(g["u"], slice(off[0], off[-1])), _read(g["v"], slice(off[0], off[-1]))
             cols.append([ParamUpdate(p, u=torch.from_numpy(us[a - off[0]:b - off[0]]),
                                      v=torch.from_numpy(vs[a - off[0]:b - off[0]]))
                          for a, b in zip(off[:-1], off[1:])])
         else:
-            ds = g["dense"][t_from:t_to]
+            ds = _read(g["dense"], slice(t_from, t_to))
             cols.append([ParamUpdate(p, dense=torch.from_numpy(d)) for d in ds])
         if "bias" in g:
-            for upd, b in zip(cols[-1], g["bias"][t_from:t_to]):
+            for upd, b in zip(cols[-1], _read(g["bias"], slice(t_from, t_to))):
                 upd.bias = torch.from_numpy(b)
     return [list(row) for row in zip(*cols)]
 
@@ -331,14 +408,15 @@ def rebuild_weights(path: str | os.PathLike, t: int, spec: ArchSpec | str | None
         dtypes = json.loads(f.attrs["param_dtypes"])
         base = max(s for s in snapshot_steps(f) if s <= t)
         weights = {
-            p: _numpy_to_torch(f[f"snapshots/{i}/{base}"][()], dtypes[p]).to(device)
+            p: _numpy_to_torch(_read(f[f"snapshots/{i}/{base}"]), dtypes[p]).to(device)
             for i, p in enumerate(params)
         }
         biased = set(_bias_params(f))
         bias_dtypes = json.loads(f.attrs.get("bias_dtypes", "{}"))
         for i, p in enumerate(params):
             if p in biased:
-                weights[bias_key(p)] = _numpy_to_torch(f[f"bias_snapshots/{i}/{base}"][()], bias_dtypes[p]).to(device)
+                weights[bias_key(p)] = _numpy_to_torch(_read(f[f"bias_snapshots/{i}/{base}"]),
+                                                       bias_dtypes[p]).to(device)
         for row in read_updates(f, base, t):
             for upd in row:
                 _apply(weights, upd, spec)

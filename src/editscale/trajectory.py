@@ -21,7 +21,6 @@ import os
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
@@ -201,12 +200,14 @@ def _out_in_shape(weight: torch.Tensor, spec) -> torch.Size:
 
 
 def _peek_editor_state(out_path) -> dict | None:
-    from .store import partial_path, read_editor_state
+    """The editor state stored in a resumable partial file with finished edits (an unreadable one is
+    moved aside by :func:`open_partial`)."""
+    from .store import open_partial, partial_path, read_editor_state
 
-    part = partial_path(out_path)
-    if not part.exists():
+    f = open_partial(partial_path(out_path), "r")
+    if f is None:
         return None
-    with h5py.File(part, "r") as f:
+    with f:
         if int(f.attrs.get("n_done", 0)) == 0:
             return None
         return read_editor_state(f)

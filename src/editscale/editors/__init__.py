@@ -1,14 +1,17 @@
 """Editing methods behind one interface.
 
 This module is light (no torch import) so that the Snakefile can ask which editors need
-covariance statistics. A method = one module (``editscale.editors.<name>``) + one entry here
-+ one config entry under ``methods:``.
+covariance statistics. A method = one module (``editscale.editors.<name>``) + its hyperparameter
+dataclass in :mod:`editscale.editors.hparams` (torch-free: the config is checked against it at
+start-up) + one entry here + one config entry under ``methods:``.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+
+from .hparams import FtcHParams, MendHParams, MendTrainHParams, RomeHParams
 
 
 @dataclass(frozen=True)
@@ -18,12 +21,18 @@ class EditorInfo:
     # the editor needs a trained editor file (MEND): make_editor then also takes
     # ``editor_file=<path>`` and ``identity=<models.model_identity of the model>``
     needs_editor_file: bool = False
+    # the dataclasses (editors.hparams, torch-free) of ``methods.<m>.hparams`` merged with
+    # ``per_model``, and of ``methods.<m>.training`` (editors that train an editor file): the
+    # config is checked against them at start-up
+    hparams: type | None = None
+    training: type | None = None
 
 
 EDITORS: dict[str, EditorInfo] = {
-    "rome": EditorInfo(module="editscale.editors.rome", needs_covariance=True),
-    "ftc": EditorInfo(module="editscale.editors.ftc", needs_covariance=False),
-    "mend": EditorInfo(module="editscale.editors.mend", needs_covariance=False, needs_editor_file=True),
+    "rome": EditorInfo(module="editscale.editors.rome", needs_covariance=True, hparams=RomeHParams),
+    "ftc": EditorInfo(module="editscale.editors.ftc", needs_covariance=False, hparams=FtcHParams),
+    "mend": EditorInfo(module="editscale.editors.mend", needs_covariance=False, needs_editor_file=True,
+                       hparams=MendHParams, training=MendTrainHParams),
 }
 
 

@@ -28,7 +28,7 @@ teacher forcing (``target_positions: own``); ``last_prompt`` reproduces the base
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
@@ -36,37 +36,9 @@ import torch.nn.functional as F
 from ..evaluation import target_token_ids
 from ..models import arch_of, causal_attention_mask, get_module, n_layers
 from .base import EditResult, ParamUpdate
+from .hparams import TARGET_POSITIONS, FtcHParams  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-TARGET_POSITIONS = ("own", "last_prompt")
-
-
-@dataclass
-class FtcHParams:
-    layer: int = 0
-    num_steps: int = 25
-    lr: float = 5e-4
-    norm_constraint: float = 5e-4  # L-infinity radius around the weights before the edit
-    early_stop_loss: float = 1e-2
-    target_positions: str = "own"  # own | last_prompt (the public baseline's scoring)
-    include_bias: bool = False  # also fine-tune (and clamp) the module's bias: the public baseline
-
-    def __post_init__(self):
-        if self.target_positions not in TARGET_POSITIONS:
-            raise ValueError(f"ftc.target_positions must be one of {TARGET_POSITIONS}, not {self.target_positions!r}")
-        if self.num_steps < 1 or self.lr <= 0 or self.norm_constraint <= 0:
-            raise ValueError("ftc: num_steps >= 1, lr > 0 and norm_constraint > 0 are required")
-        if not isinstance(self.include_bias, bool):
-            raise ValueError(f"ftc.include_bias must be true or false, not {self.include_bias!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FtcHParams":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown FT-C hyperparameters: {unknown} (known: {sorted(known)})")
-        return cls(**d)
 
 
 def target_nll(model, tok, prompt: str, target: str, mode: str = "own") -> torch.Tensor:

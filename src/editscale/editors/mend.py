@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -43,6 +43,7 @@ from torch.func import functional_call
 from ..evaluation import target_token_ids
 from ..models import arch_of, causal_attention_mask, get_module, n_layers
 from .base import EditResult, ParamUpdate
+from .hparams import MendHParams
 
 log = logging.getLogger(__name__)
 
@@ -53,31 +54,6 @@ PUBLIC_MATRIX_ORDER = {"gpt2": ("mlp_out", "mlp_in"), "gptj": ("mlp_in", "mlp_ou
 
 class EditorFileMismatch(ValueError):
     """An editor file that does not belong to this model / revision / set of matrices."""
-
-
-@dataclass
-class MendHParams:
-    """Edit-time settings (``methods.<m>.hparams``): which matrices, and the public ``lr_scale``."""
-
-    layers: list | None = None  # explicit layers; None = the last ``n_last_layers`` layers
-    n_last_layers: int = 3
-    lr_scale: float = 1.0
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MendHParams":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown MEND hyperparameters: {unknown} (known: {sorted(known)})")
-        return cls(**d)
-
-    def layer_list(self, model) -> list[int]:
-        n = n_layers(model)
-        layers = list(self.layers) if self.layers is not None else list(range(n - self.n_last_layers, n))
-        bad = [layer for layer in layers if not 0 <= layer < n]
-        if bad or not layers:
-            raise ValueError(f"mend layers {layers} are outside the model's {n} layers")
-        return sorted(layers)
 
 
 def edited_module_paths(model, layers: list[int]) -> list[str]:
@@ -457,7 +433,7 @@ def make_editor(model, tok, hparams: dict, second_moment: torch.Tensor | None, s
     hp = MendHParams.from_dict(hparams)
     if editor_file is None:
         raise ValueError("MEND needs an editor file (train_mend, or public weights via editor_weights)")
-    modules = edited_module_paths(model, hp.layer_list(model))
+    modules = edited_module_paths(model, hp.layer_indices(n_layers(model)))
     net, manifest = load_editor(editor_file, model, modules, identity)
     log.info("MEND editor %s for %s", editor_file, modules)
     return MendEditor(model, tok, hp, net, manifest)

@@ -31,43 +31,16 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 
 from ..models import arch_of, causal_attention_mask, get_module, n_layers, upper_layers_only
 from .base import EditResult, ParamUpdate
+from .hparams import RomeHParams
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RomeHParams:
-    layer: int
-    v_num_grad_steps: int = 20
-    v_lr: float = 0.5
-    v_weight_decay: float = 0.5
-    clamp_norm_factor: float = 4.0
-    kl_factor: float = 0.0625
-    kl_prompt: str = "{} is a"
-    early_stop_loss: float = 0.05
-    mom2_adjustment: bool = True
-    context_template_lengths: list = field(default_factory=lambda: [[5, 10], [10, 10]])
-    context_template_top_k: int = 5
-    key_mode: str = "original"  # original | homogeneous (r-ROME)
-
-    def __post_init__(self):
-        if self.key_mode not in ("original", "homogeneous"):
-            raise ValueError(f"rome.key_mode must be 'original' or 'homogeneous', not {self.key_mode!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RomeHParams":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ROME hyperparameters: {unknown} (known: {sorted(known)})")
-        return cls(**d)
 
 
 @torch.no_grad()
