@@ -31,10 +31,11 @@ if _src not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
 
 
 # Schema validation fills in the defaults; the cross-key checks then fail before any job runs.
-validate(config, schema="../workflow/schemas/config.schema.yaml")
-# Snakemake skips validate() in cluster jobs (--mode remote), which re-parse the workflow on the
-# node: fill the same defaults there too (in the main process this changes nothing).
+# editscale's validation first: a bad key gets one line naming it (snakemake's validate() would
+# print the whole schema, over a thousand lines). Snakemake skips validate() in cluster jobs
+# (--mode remote), which re-parse the workflow on the node; editscale's fills the defaults there.
 escfg.validate_schema(config)
+validate(config, schema="../workflow/schemas/config.schema.yaml")
 escfg.check_config(config)
 
 

@@ -435,3 +435,24 @@ def test_config_check_does_not_import_torch():
             "import editscale.editors.hparams; assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_more_edits_than_records_fails_at_start_up(counterfact_path):
+    """The 500-record file keeps 1,000 edits from starting (it used to fail inside rule ordering
+    or a trajectory job); an experiment's own n_edits is named when it is the one too large."""
+    from editscale.data import load_counterfact, unique_subject_records
+
+    usable = len(unique_subject_records(load_counterfact(counterfact_path)))
+    cfg = minimal()
+    cfg["counterfact"]["path"] = str(counterfact_path)
+    cfg["n_edits"] = usable
+    load_config(cfg)  # exactly as many as there are: fine
+    cfg["n_edits"] = usable + 1
+    with pytest.raises(ConfigError, match=rf"{usable + 1} edits asked but .* has {usable} records to edit"):
+        load_config(cfg)
+    cfg["n_edits"] = 10
+    cfg["experiments"] = [{"model": "m", "method": "rome", "n_edits": usable + 5}]
+    assert error_key(cfg) == "experiments[0].n_edits"
+    # a file that is not there yet (made by a rule, or downloaded) is checked later, by rule ordering
+    cfg["counterfact"]["path"] = "not-yet-made.json"
+    load_config(cfg)

@@ -133,6 +133,20 @@ def test_bad_config_fails_at_start_up(tmp_path, override, key):
     assert not (tmp_path / "resources").exists()
 
 
+def test_misspelled_key_is_one_short_message(tmp_path):
+    """A misspelled top-level key: a few lines naming the key and the closest known one (Snakemake's
+    own schema validation printed the whole schema, ~1,700 lines)."""
+    text = (REPO / "config" / "config.yaml").read_text().replace("\nn_edits:", "\nn_edit:")
+    assert "\nn_edit:" in text
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(text)
+    proc = snakemake("-n", "--configfile", str(config_file), "--directory", str(tmp_path), cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "config key 'n_edit': is not a known key here (did you mean 'n_edits'?" in out, out
+    assert len(out.splitlines()) < 20, out
+
+
 def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, counterfact_path):
     """2 orderings x 5 ROME edits of a tiny local GPT-2, real CounterFact and WikiText statistics."""
     model_dir = tiny_model_factory("gpt2", n_layer=3, d_model=32, n_head=4, n_positions=1024)

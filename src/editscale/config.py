@@ -14,6 +14,7 @@ Snakefile can import it at parse time.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import os
 import re
@@ -150,7 +151,11 @@ def _error_key(error) -> tuple[str, str]:
         match = re.search(r"\('([^']+)' was unexpected\)", message)
         if match:
             path.append(match.group(1))
-            message = "is not a known key here (a typo?)"
+            known = sorted(error.schema.get("properties", {}))
+            close = difflib.get_close_matches(match.group(1), known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            message = f"is not a known key here ({hint}known: {known})" if known else \
+                "is not a known key here (a typo?)"
     elif "propertyNames" in error.absolute_schema_path:
         path.append(str(error.instance))
         message = f"{error.instance!r} is not a valid name (letters, digits, '.', '_', '-'; no '/')"
@@ -404,6 +409,34 @@ def _check_method_hparams(cfg: dict, method: str, model: str, base_dir: str | os
                   lambda name: f"{where}.{name}" if name in per_model else f"methods.{method}.hparams.{name}", values)
 
 
+def _check_enough_records(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
+    """The local CounterFact file holds enough records for the longest trajectory: its
+    (unique-subject) records, less those reserved for training an editor, at least the largest
+    ``n_edits``. Checked at start-up when the file is already on disk (a file a rule makes, or
+    a download, is checked by rule ordering); an unreadable file is left to rule counterfact,
+    whose error names the record."""
+    from editscale.data import load_counterfact, unique_subject_records
+
+    path = cfg["counterfact"].get("path")
+    if path is None or not (Path(base_dir) / path).is_file():
+        return
+    try:
+        records = load_counterfact(Path(base_dir) / path)
+    except ValueError:
+        return
+    if cfg["counterfact"].get("unique_subjects", True):
+        records = unique_subject_records(records)
+    training = cfg.get("editor_training", {})
+    reserved = training.get("n_train", 0) + training.get("n_val", 0) if trained_editors(cfg) else 0
+    available = len(records) - reserved
+    for i, e in enumerate(cfg["experiments"]):
+        n = experiment_n_edits(cfg, e["model"], e["method"])
+        if n > available:
+            key = f"experiments[{i}].n_edits" if e.get("n_edits") is not None else "n_edits"
+            raise ConfigError(key, f"{n} edits asked but {path} has {available} records to edit "
+                              f"({len(records)} usable, {reserved} reserved for editor training)")
+
+
 def _check_training_hparams(cfg: dict, method: str) -> None:
     """``methods.<method>.training`` builds its editor's training dataclass (MEND's rule train_mend)."""
     from editscale.editors import EDITORS
@@ -541,6 +574,7 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
 
     for method in dict.fromkeys(method for _, method in trained_editors(cfg)):
         _check_training_hparams(cfg, method)
+    _check_enough_records(cfg, base_dir)
     if trained_editors(cfg):
         model, method = trained_editors(cfg)[0]
         loc_corpus = editor_training_corpus(cfg)
