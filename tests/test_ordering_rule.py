@@ -41,11 +41,13 @@ def test_ordering_rule_drops_reserved_records_after_shuffling_and_checks_n_edits
     assert ordering["n_reserved_for_editor_training"] == 35 and ordering["n_shuffled"] == len(ids)
     assert ordering["n_records"] == len(ids) - 35
 
-    # more edits than records left: the changed param re-runs the rule, and its check stops it
+    # more edits than records left: the local file is checked at start-up, before any job (rule
+    # ordering checks again for a file that a rule makes or downloads)
     too_many = len(ids) - 35 + 1
     proc = snakemake(target, "--cores", "1", "--configfile", str(config_file), "--directory", str(work),
                      "--config", f"n_edits={too_many}", cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
-    assert "config key 'n_edits'" in out and f"only {len(ids) - 35} usable records" in out
-    assert "35 more are reserved for editor training" in out
+    assert f"config key 'n_edits': {too_many} edits asked but" in out
+    assert f"has {len(ids) - 35} records to edit ({len(ids)} usable, 35 reserved for editor training)" in out
+    assert "Job stats" not in out

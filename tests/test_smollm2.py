@@ -165,21 +165,24 @@ def test_smollm2_config_resolves_and_is_sized_as_the_issue_asks():
     assert cfg["methods"]["rome"]["per_model"]["smollm2"]["layer"] == 6
     assert cfg["methods"]["rrome"]["hparams"]["key_mode"] == "homogeneous"
     # the data paths are relative to runs/smollm2/ (the run's working directory) and exist
+    # (runs/smollm2/ itself need not exist yet: snakemake --directory creates it)
     work = REPO / "runs" / "smollm2"
     if SHARED_DATA.exists():
-        assert sha256_file(work / cfg["counterfact"]["path"]) == cfg["counterfact"]["sha256"]
-        assert (work / cfg["corpora"]["wikitext"]["paths"][0]).exists()
-        assert (work / cfg["downstream"]["source"]["path"] / "SST-2" / "dev.tsv").exists()
+        assert sha256_file(escfg.under(work, cfg["counterfact"]["path"])) == cfg["counterfact"]["sha256"]
+        assert escfg.under(work, cfg["corpora"]["wikitext"]["paths"][0]).exists()
+        assert (escfg.under(work, cfg["downstream"]["source"]["path"]) / "SST-2" / "dev.tsv").exists()
 
 
 def reduced_smollm2_config(n_edits: int = 3) -> dict:
     """config/smollm2.yaml with a few edits per method, small statistics and a tiny MEND editor
     (same model, methods, layers and data), paths made absolute."""
     cfg = yaml.safe_load((REPO / "config" / "smollm2.yaml").read_text())
+    from editscale.config import under
+
     work = REPO / "runs" / "smollm2"
-    cfg["counterfact"]["path"] = str((work / cfg["counterfact"]["path"]).resolve())
-    cfg["corpora"]["wikitext"]["paths"] = [str((work / p).resolve()) for p in cfg["corpora"]["wikitext"]["paths"]]
-    cfg["downstream"]["source"]["path"] = str((work / cfg["downstream"]["source"]["path"]).resolve())
+    cfg["counterfact"]["path"] = str(under(work, cfg["counterfact"]["path"]))
+    cfg["corpora"]["wikitext"]["paths"] = [str(under(work, p)) for p in cfg["corpora"]["wikitext"]["paths"]]
+    cfg["downstream"]["source"]["path"] = str(under(work, cfg["downstream"]["source"]["path"]))
     cfg["n_edits"] = n_edits
     for e in cfg["experiments"]:
         e.pop("n_edits", None)

@@ -301,13 +301,20 @@ def model_resources(cfg: dict, model: str, rule: str | None = None) -> dict:
     return out
 
 
+def under(base_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """``path`` relative to the run's working directory ``base_dir``, with ``..`` resolved by name:
+    the working directory may not exist yet at start-up (snakemake --directory creates it), and
+    the operating system cannot walk ``..`` out of a directory that does not exist."""
+    return Path(os.path.normpath(Path(base_dir) / path))
+
+
 def _check_gguf_source(where: str, spec: dict, base_dir: str | os.PathLike = ".") -> None:
     """A gguf model's file exists (``path``) or its package is installed (``package``), checked
     at start-up without reading the file."""
     import importlib.util
 
     if spec.get("path"):
-        if not (Path(base_dir) / spec["path"]).is_file():
+        if not under(base_dir, spec["path"]).is_file():
             raise ConfigError(f"{where}.path", f"GGUF file {spec['path']!r} does not exist")
         return
     found = importlib.util.find_spec(spec["package"])
@@ -327,7 +334,7 @@ def model_n_layer(cfg: dict, model: str, base_dir: str | os.PathLike = ".") -> i
     if spec.get("n_layer") is not None:
         return int(spec["n_layer"])
     if spec.get("source") == "local":
-        cfg_json = Path(base_dir) / spec["path"] / "config.json"
+        cfg_json = under(base_dir, spec["path"]) / "config.json"
         try:
             hf = json.loads(cfg_json.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -418,10 +425,10 @@ def _check_enough_records(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     from editscale.data import load_counterfact, unique_subject_records
 
     path = cfg["counterfact"].get("path")
-    if path is None or not (Path(base_dir) / path).is_file():
+    if path is None or not under(base_dir, path).is_file():
         return
     try:
-        records = load_counterfact(Path(base_dir) / path)
+        records = load_counterfact(under(base_dir, path))
     except ValueError:
         return
     if cfg["counterfact"].get("unique_subjects", True):
