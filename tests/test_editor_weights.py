@@ -116,6 +116,7 @@ def test_download_rule_records_then_refuses_other_bytes(tmp_path, tiny_model_fac
     cfg["models"] = {"tiny-local": {"source": "local", "path": str(model_dir), "device": "cpu"}}
     cfg["counterfact"] = {"path": str(counterfact_path), "url": None, "sha256": None, "unique_subjects": True}
     cfg["experiments"] = [{"model": "tiny-local", "method": "mend"}]
+    cfg["n_edits"] = 10  # the default's 1,000 is more than the shared file's 498 usable records
     cfg["methods"] = {"mend": {"editor": "mend", "hparams": {"n_last_layers": 3}, "per_model": {"tiny-local": {}},
                                "editor_weights": {"tiny-local": {"url": url}}}}
     cfg["resources"] = {}

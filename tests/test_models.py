@@ -114,9 +114,9 @@ def test_causal_attention_mask_matches_the_models_own(tiny_model_factory, arch, 
         nxt = torch.tensor([[5, 6], [7, 8], [9, 10]])
         full = torch.cat([mask, torch.ones_like(nxt)], dim=1)
         npos = mask.sum(-1, keepdim=True) + torch.arange(2)[None]
-        ref2 = base(input_ids=nxt, attention_mask=full, position_ids=npos, past_key_values=ref.past_key_values)
+        ref2 = base(input_ids=nxt, attention_mask=full, position_ids=npos, cache=ref.cache)
         ours2 = base(input_ids=nxt, attention_mask=causal_attention_mask(full, 2, base.dtype), position_ids=npos,
-                     past_key_values=ours.past_key_values)
+                     cache=ours.cache)
         torch.testing.assert_close(ours2.last_hidden_state, ref2.last_hidden_state, rtol=1e-5, atol=1e-5)
 
 
