@@ -60,10 +60,7 @@ def ordering_path(sample):
 
 def stats_path(model, method):
     """The key statistics file ``method`` needs on ``model``, or None."""
-    layer = escfg.stats_layer(config, method, model)
-    if layer is None:
-        return None
-    return f"resources/stats/{model}/{config['stats']['corpus']}/layer{layer}.h5"
+    return escfg.stats_file(config, method, model)
 
 
 def all_metrics_csv():
@@ -145,6 +142,7 @@ def world_training_hparams(wildcards):
         "arch": spec.get("arch", "gpt2"),
         "n_layer": spec["n_layer"],
         "d_model": spec["d_model"],
+        "d_mlp": spec.get("d_mlp"),
         "n_head": spec["n_head"],
         "vocab_size": spec["vocab_size"],
         "block_size": spec["n_positions"],

@@ -7,6 +7,8 @@ rule key_stats:
     params:
         corpus=lambda wildcards: config["corpora"][wildcards.corpus],
         n_docs=config["stats"]["n_docs"],
+        sample=config["stats"]["sample"],
+        sample_seed=config["stats"]["sample_seed"],
         max_doc_tokens=config["stats"]["max_doc_tokens"],
         batch_tokens=config["stats"]["batch_tokens"],
         dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
@@ -23,3 +25,28 @@ rule key_stats:
         "../envs/torch.yaml"
     script:
         "../workflow/scripts/key_stats.py"
+
+
+rule import_stats:
+    input:
+        model="resources/models/{model}/editscale_manifest.json",
+    output:
+        "resources/stats_published/{model}/layer{layer}.h5",
+    params:
+        entry=lambda wildcards: escfg.published_stats(
+            config, wildcards.model, int(wildcards.layer)
+        ),
+        hub_name=lambda wildcards: config["models"][wildcards.model].get("repo_id"),
+        dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
+    log:
+        "logs/import_stats/{model}/layer{layer}.log",
+    benchmark:
+        "results/benchmarks/import_stats/{model}/layer{layer}.tsv"
+    threads: 1
+    resources:
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/import_stats.py"

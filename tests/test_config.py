@@ -89,7 +89,7 @@ def test_defaults_are_filled_in():
     assert cfg["seed"] == 37 and cfg["ordering_seed"] == 37
     assert cfg["samples"] == 10 and cfg["n_edits"] == 1200 and cfg["snapshot_every"] == 100
     assert cfg["stats"] == {"corpus": "c", "n_docs": 100_000, "max_doc_tokens": None, "batch_tokens": 8192,
-                            "checkpoint_every_docs": 1000}
+                            "checkpoint_every_docs": 1000, "sample": "first", "sample_seed": 1, "published": []}
     model = cfg["models"]["m"]
     assert model["dtype"] == "float32" and model["device"] == "auto"
     assert model["n_positions"] == 128 and model["tokenizer_docs"] == 2000 and model["seed"] is None
@@ -455,4 +455,79 @@ def test_more_edits_than_records_fails_at_start_up(counterfact_path):
     assert error_key(cfg) == "experiments[0].n_edits"
     # a file that is not there yet (made by a rule, or downloaded) is checked later, by rule ordering
     cfg["counterfact"]["path"] = "not-yet-made.json"
+    load_config(cfg)
+
+
+def test_bad_counterfact_record_fails_at_start_up(tmp_path, counterfact_path):
+    """A bad record stops the run at start-up, naming the file and the record, before rule
+    counterfact could replace the data link and what depends on it."""
+    records = json.loads(Path(counterfact_path).read_text())[:40]
+    rw = records[7]["requested_rewrite"]
+    rw["target_new"] = dict(rw["target_true"])
+    bad = tmp_path / "cf.json"
+    bad.write_text(json.dumps(records))
+    cfg = minimal()
+    cfg["counterfact"]["path"] = str(bad)
+    cfg["n_edits"] = 10
+    with pytest.raises(ConfigError, match=r"counterfact\.path.*cf\.json.*record") as err:
+        load_config(cfg)
+    assert str(records[7]["case_id"]) in str(err.value) or "record 7" in str(err.value)
+    bad.write_text(json.dumps(records[:7] + records[8:]))
+    load_config(cfg)
+
+
+def test_statistics_file_of_another_layer_fails_at_start_up(tmp_path):
+    """A statistics file already on disk whose attributes name another layer (or corpus) than
+    its path stops the run at start-up, naming the file; one that matches passes."""
+    import h5py
+
+    cfg = minimal()
+    cfg["n_edits"] = 10
+    loaded = load_config(cfg)
+    layer = loaded["methods"]["rome"]["per_model"]["m"]["layer"]
+    corpus = loaded["stats"]["corpus"]
+    rel = Path(f"resources/stats/m/{corpus}/layer{layer}.h5")
+    (tmp_path / rel).parent.mkdir(parents=True)
+
+    def write(**attrs):
+        with h5py.File(tmp_path / rel, "w") as h5:
+            h5.attrs.update(attrs)
+
+    write(layer=layer, corpus=corpus)
+    load_config(cfg, base_dir=tmp_path)
+    write(layer=layer + 1, corpus=corpus)
+    with pytest.raises(ConfigError, match=rf"per_model\.m\.layer.*{rel}.*holds layer {layer + 1}"):
+        load_config(cfg, base_dir=tmp_path)
+    write(layer=layer, corpus="another_corpus")
+    with pytest.raises(ConfigError, match=r"holds corpus 'another_corpus'"):
+        load_config(cfg, base_dir=tmp_path)
+    (tmp_path / rel).write_bytes(b"not hdf5")
+    with pytest.raises(ConfigError, match="unreadable"):
+        load_config(cfg, base_dir=tmp_path)
+
+
+def test_random_statistics_sample_needs_a_non_streaming_hub_corpus():
+    cfg = minimal()
+    cfg["stats"]["sample"] = "random"
+    load_config(cfg)  # a text_files corpus: its length is known
+    cfg["corpora"]["c"] = {"type": "hub", "dataset": "wikimedia/wikipedia", "name": "20231101.en",
+                           "revision": "b04c8d1ceb2f5cd4588862100d08de323dccfbaa"}
+    assert error_key(cfg) == "stats.sample"
+    cfg["corpora"]["c"]["streaming"] = False
+    load_config(cfg)
+
+
+def test_published_statistics_replace_the_computed_ones_for_their_layer():
+    cfg = minimal()
+    url = "https://rome.baulab.info/data/stats/m/wikipedia_stats/transformer.h.1.mlp.c_proj_float32_mom2_100000.npz"
+    cfg["stats"]["published"] = [{"model": "m", "layer": 1, "url": url}]
+    loaded = load_config(cfg)
+    assert escfg.stats_file(loaded, "rome", "m") == "resources/stats_published/m/layer1.h5"
+    assert loaded["stats"]["published"][0]["sha256"] is None
+    cfg["stats"]["published"][0]["layer"] = 0  # another layer: layer 1's are computed
+    assert escfg.stats_file(load_config(cfg), "rome", "m") == "resources/stats/m/c/layer1.h5"
+    cfg["stats"]["published"][0].update(layer=1, model="other")
+    assert error_key(cfg) == "stats.published[0].model"
+    cfg["stats"]["published"][0]["model"] = "m"
+    cfg["stats"]["corpus"] = None  # the published file is all ROME needs: no corpus required
     load_config(cfg)

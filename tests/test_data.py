@@ -431,3 +431,38 @@ def test_corpus_fingerprint_text_files(tmp_path):
 def test_corpus_fingerprint_real(shared_data):
     fp = D.corpus_fingerprint(_wikitext("wikitext_articles"), shared_data)
     assert fp == D.corpus_fingerprint(_wikitext("wikitext_articles"), shared_data)
+
+
+def test_sample_corpus_first_and_romes_fixed_random_subset(tmp_path):
+    """``first`` keeps file order; ``random`` is ROME's FixedRandomSubsetSampler: indices
+    shuffled by random.Random(seed), the first n taken in that order (seeded, repeatable)."""
+    import random
+
+    docs = [f"document number {i}" for i in range(50)]
+    (tmp_path / "c.txt").write_text("\n".join(docs) + "\n")
+    corpus = {"type": "text_files", "paths": ["c.txt"], "doc_split": "lines"}
+    assert list(D.sample_corpus(corpus, 7, "first", base_dir=tmp_path)) == docs[:7]
+    order = list(range(50))
+    random.Random(1).shuffle(order)
+    picked = list(D.sample_corpus(corpus, 7, "random", 1, base_dir=tmp_path))
+    assert picked == [docs[i] for i in order[:7]]
+    assert picked != docs[:7] and picked == list(D.sample_corpus(corpus, 7, "random", 1, base_dir=tmp_path))
+    assert list(D.sample_corpus(corpus, 7, "random", 2, base_dir=tmp_path)) != picked
+    assert len(list(D.sample_corpus(corpus, 500, "random", 1, base_dir=tmp_path))) == 50
+    with pytest.raises(ValueError, match="streaming: false"):
+        list(D.sample_corpus({"type": "hub", "dataset": "x", "streaming": True}, 5, "random"))
+    with pytest.raises(ValueError, match="'first' or 'random'"):
+        list(D.sample_corpus(corpus, 5, "last", base_dir=tmp_path))
+
+
+def test_sample_corpus_random_from_a_local_hub_dataset(tmp_path):
+    """A hub corpus (here ``json`` over a local file, streaming off) is indexed by position."""
+    import random
+
+    rows = [{"text": f"row {i}"} for i in range(30)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    corpus = {"type": "hub", "dataset": "json", "data_files": "d.jsonl", "split": "train",
+              "streaming": False, "text_field": "text"}
+    order = list(range(30))
+    random.Random(1).shuffle(order)
+    assert list(D.sample_corpus(corpus, 5, "random", 1, base_dir=tmp_path)) == [rows[i]["text"] for i in order[:5]]

@@ -26,7 +26,20 @@ from test_workflow import job_counts, snakemake
 N_EDITS = 10
 
 
-def rehearsal_config(tiny_model_factory) -> dict:
+def publish_rome_npz(root, url: str, d_in: int, count: int = 12345) -> str:
+    """A statistics file as ROME's layer_stats saves it (CombinedStat of SecondMoment, npz), at
+    the URL's last three path parts under ``root``; returns its file:// URL."""
+    import numpy as np
+
+    path = root.joinpath(*url.split("/")[-3:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = np.random.default_rng(0).standard_normal((3 * d_in, d_in)).astype(np.float32)
+    np.savez(path, **{"mom2.constructor": np.array("util.runningstats.SecondMoment()"),
+                      "mom2.count": np.array(count), "mom2.mom2": a.T @ a, "sample_size": np.array(100000)})
+    return path.resolve().as_uri()
+
+
+def rehearsal_config(tiny_model_factory, published_dir) -> dict:
     cfg = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     # long contexts: the authors' few-shot GLUE prompts reach ~1,050 tokens with the tiny test
@@ -42,6 +55,11 @@ def rehearsal_config(tiny_model_factory) -> dict:
     cfg["counterfact"].update(url=COUNTERFACT_500.resolve().as_uri(), sha256=sha256_file(COUNTERFACT_500))
     cfg["corpora"]["wikipedia"] = {"type": "text_files", "paths": [str(WIKITEXT)], "doc_split": "blank_lines"}
     cfg["stats"].update(n_docs=20, checkpoint_every_docs=10)
+    # GPT-J's published statistics: a file in ROME's npz format and folder layout, from a file://
+    # URL; GPT-2 XL's are computed here instead (ROME's random subset of the text)
+    gptj_entry = next(e for e in paper["stats"]["published"] if e["model"] == "gpt-j-6b")
+    cfg["stats"]["published"] = [{**gptj_entry, "url": publish_rome_npz(published_dir, gptj_entry["url"],
+                                                                        d_in=4 * 32)}]
     cfg.update(samples=1, n_edits=N_EDITS, snapshot_every=5)
     # the public editors cannot be downloaded here: the alternative the config names, training
     del cfg["methods"]["mend"]["editor_weights"]
@@ -57,7 +75,7 @@ def rehearsal_config(tiny_model_factory) -> dict:
 
 @pytest.mark.slow
 def test_paper_config_rehearsal_runs_through_the_dag(tmp_path, tiny_model_factory, shared_data):
-    cfg = rehearsal_config(tiny_model_factory)
+    cfg = rehearsal_config(tiny_model_factory, tmp_path / "published")
     paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     # what is kept: the paper's methods, layers, schedule and downstream protocol
     assert cfg["methods"]["rome"]["hparams"] == paper["methods"]["rome"]["hparams"]
@@ -76,13 +94,20 @@ def test_paper_config_rehearsal_runs_through_the_dag(tmp_path, tiny_model_factor
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-8000:]
     counts = job_counts(out)
-    assert counts["trajectory"] == 6 and counts["key_stats"] == 2 and counts["train_mend"] == 2
+    assert counts["trajectory"] == 6 and counts["key_stats"] == 1 and counts["import_stats"] == 1
+    assert counts["train_mend"] == 2
     assert counts["counterfact"] == 1 and counts["ordering"] == 1
     # 10 edits, forgetting every 10, downstream every 5: checkpoints 0, 5, 10 in one chunk of 50
     assert counts["eval_chunk"] == 6
 
-    for model, layer in (("gpt-j-6b", 5), ("gpt2-xl", 17)):
-        assert (work / "resources" / "stats" / model / "wikipedia" / f"layer{layer}.h5").exists()
+    from editscale.stats import stats_attrs
+
+    imported = stats_attrs(work / "resources/stats_published/gpt-j-6b/layer5.h5")
+    assert imported["module"] == "transformer.h.5.mlp.fc_out" and imported["count"] == 12345
+    assert imported["published_model"] == "EleutherAI_gpt-j-6B" and imported["layer"] == 5
+    computed = stats_attrs(work / "resources/stats/gpt2-xl/wikipedia/layer17.h5")
+    assert computed["sample"] == "random" and computed["sample_seed"] == 1 and computed["n_docs"] == 20
+    for model in ("gpt-j-6b", "gpt2-xl"):
         for method in ("rome", "ftc", "mend"):
             ev = work / "results" / "evaluations" / model / method / "sample0_downstream.csv"
             assert ev.exists(), ev

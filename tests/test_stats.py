@@ -286,3 +286,41 @@ def test_progress_is_logged(gpt2, tmp_path, caplog):
     assert lines[0].startswith("key statistics of transformer.h.0.mlp.c_proj")
     assert any("/ 6 docs" in line and "tokens/s" in line for line in lines)
     assert "written to" in lines[-1]
+
+
+def test_import_published_rome_statistics(tmp_path, tiny_model_factory):
+    """ROME's published .npz (CombinedStat of SecondMoment) becomes a statistics file whose C is
+    mom2 / count; files named for another module, model or width are refused, naming the file."""
+    import numpy as np
+
+    from editscale.models import load_model
+    from editscale.stats import StatsMismatchError, import_published_second_moment, load_key_second_moment
+    from test_paper_rehearsal import publish_rome_npz
+
+    model, _ = load_model(tiny_model_factory("gpt2"))
+    url = "https://rome.baulab.info/data/stats/gpt2-xl/wikipedia_stats/transformer.h.1.mlp.c_proj_float32_mom2_100000.npz"
+    local = publish_rome_npz(tmp_path / "pub", url, d_in=128)
+    npz = local.removeprefix("file://")
+    out = tmp_path / "layer1.h5"
+    attrs = import_published_second_moment(npz, out, model=model, layer=1, source=url, hub_name="openai-community/gpt2-xl",
+                                           attrs={"model_id": "m", "revision": "r"})
+    assert attrs["count"] == 12345 and attrs["n_docs"] == 100000 and attrs["published_dataset"] == "wikipedia"
+    with np.load(npz) as z:
+        expected = z["mom2.mom2"].astype(np.float64) / 12345
+    c = load_key_second_moment(out, expect={"model_id": "m", "layer": 1, "module": "transformer.h.1.mlp.c_proj"})
+    np.testing.assert_array_equal(c.numpy(), expected)
+
+    with pytest.raises(StatsMismatchError, match=r"module transformer\.h\.1\.mlp\.c_proj, but layer 2"):
+        import_published_second_moment(npz, out, model=model, layer=2, source=url)
+    with pytest.raises(StatsMismatchError, match=r"model 'gpt2-xl', but 'EleutherAI/gpt-j-6b'"):
+        import_published_second_moment(npz, out, model=model, layer=1, source=url, hub_name="EleutherAI/gpt-j-6b")
+    wide = publish_rome_npz(tmp_path / "wide", url, d_in=64).removeprefix("file://")
+    with pytest.raises(StatsMismatchError, match=r"64x64 second moment, but .* takes 128 inputs"):
+        import_published_second_moment(wide, out, model=model, layer=1, source=url)
+    with pytest.raises(StatsMismatchError, match="not a ROME statistics file name"):
+        import_published_second_moment(npz, out, model=model, layer=1, source="https://x/stats.npz")
+    pickled = tmp_path / "p" / "transformer.h.1.mlp.c_proj_float32_mom2.npz"
+    pickled.parent.mkdir()
+    np.savez(pickled, **{"mom2.mom2": np.array([object()], dtype=object), "mom2.count": np.array(3)})
+    with pytest.raises(ValueError, match="pickle"):
+        import_published_second_moment(pickled, out, model=model, layer=1, source=str(pickled))

@@ -39,6 +39,8 @@ __all__ = [
     "method_hparams",
     "needs_covariance",
     "stats_layer",
+    "stats_file",
+    "published_stats",
     "model_resources",
     "model_n_layer",
     "editor_file",
@@ -244,6 +246,27 @@ def stats_layer(cfg: dict, method: str, model: str) -> int | None:
     return int(cfg["methods"][method]["per_model"][model]["layer"])
 
 
+def published_stats(cfg: dict, model: str, layer: int) -> dict | None:
+    """The ``stats.published`` entry for block ``layer`` of ``model`` (None: computed here)."""
+    for entry in cfg["stats"].get("published") or []:
+        if entry["model"] == model and int(entry["layer"]) == int(layer):
+            return entry
+    return None
+
+
+def stats_file(cfg: dict, method: str, model: str) -> str | None:
+    """The key statistics file ``method`` needs on ``model`` (None: it needs none): imported
+    published statistics (``resources/stats_published/``, rule import_stats) where
+    ``stats.published`` lists that model and layer, else ``resources/stats/<model>/<corpus>/``
+    (rule key_stats)."""
+    layer = stats_layer(cfg, method, model)
+    if layer is None:
+        return None
+    if published_stats(cfg, model, layer) is not None:
+        return f"resources/stats_published/{model}/layer{layer}.h5"
+    return f"resources/stats/{model}/{cfg['stats']['corpus']}/layer{layer}.h5"
+
+
 def editor_file(cfg: dict, method: str, model: str) -> str | None:
     """The editor file ``method`` needs on ``model`` (MEND), or None: a downloaded public file
     (``.pt``) when ``editor_weights`` names the model, else one trained by rule train_mend."""
@@ -420,8 +443,9 @@ def _check_enough_records(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     """The local CounterFact file holds enough records for the longest trajectory: its
     (unique-subject) records, less those reserved for training an editor, at least the largest
     ``n_edits``. Checked at start-up when the file is already on disk (a file a rule makes, or
-    a download, is checked by rule ordering); an unreadable file is left to rule counterfact,
-    whose error names the record."""
+    a download, is checked by rule ordering); an unreadable file or a bad record stops the run
+    here, naming the record, before rule counterfact would replace the data link (and the
+    outputs that depend on it)."""
     from editscale.data import load_counterfact, unique_subject_records
 
     path = cfg["counterfact"].get("path")
@@ -429,8 +453,8 @@ def _check_enough_records(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
         return
     try:
         records = load_counterfact(under(base_dir, path))
-    except ValueError:
-        return
+    except ValueError as e:  # a bad record stops the run before any job replaces a finished output
+        raise ConfigError("counterfact.path", str(e)) from None
     if cfg["counterfact"].get("unique_subjects", True):
         records = unique_subject_records(records)
     training = cfg.get("editor_training", {})
@@ -442,6 +466,40 @@ def _check_enough_records(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
             key = f"experiments[{i}].n_edits" if e.get("n_edits") is not None else "n_edits"
             raise ConfigError(key, f"{n} edits asked but {path} has {available} records to edit "
                               f"({len(records)} usable, {reserved} reserved for editor training)")
+
+
+def _check_stats_files(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
+    """Key statistics files already on disk hold the layer (and corpus) their path names.
+
+    A file put in place by hand for another layer would otherwise be found out only by the
+    trajectory job, after Snakemake had deleted that job's finished output. Reads HDF5
+    attributes only (cheap); the model's identity is checked where the file is loaded.
+    """
+    import h5py
+
+    for i, exp in enumerate(cfg["experiments"]):
+        layer = stats_layer(cfg, exp["method"], exp["model"])
+        published = layer is not None and published_stats(cfg, exp["model"], layer) is not None
+        corpus = "published" if published else cfg["stats"].get("corpus")
+        if layer is None or corpus is None:
+            continue
+        rel = stats_file(cfg, exp["method"], exp["model"])
+        path = under(base_dir, rel)
+        if not path.is_file():
+            continue
+        try:
+            with h5py.File(path, "r") as h5:
+                attrs = {k: h5.attrs[k] for k in ("layer", "corpus") if k in h5.attrs}
+        except OSError as e:
+            raise ConfigError(f"methods.{exp['method']}.per_model.{exp['model']}.layer",
+                              f"statistics file {rel} is unreadable ({e}); move it aside to recompute it") from None
+        found = {"layer": int(attrs["layer"]) if "layer" in attrs else None,
+                 "corpus": str(attrs["corpus"]) if "corpus" in attrs else None}
+        for key, want in (("layer", layer), ("corpus", corpus)):
+            if found[key] not in (None, "unknown") and found[key] != want:
+                raise ConfigError(f"methods.{exp['method']}.per_model.{exp['model']}.layer",
+                                  f"statistics file {rel} holds {key} {found[key]!r}, not {want!r}; "
+                                  "move it aside to recompute it (experiments[" + str(i) + "])")
 
 
 def _check_training_hparams(cfg: dict, method: str) -> None:
@@ -549,7 +607,6 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
                               f"an editor file (MEND), not to {spec['editor']!r}")
 
     seen: set[tuple[str, str]] = set()
-    uses_covariance = False
     for i, exp in enumerate(cfg["experiments"]):
         model, method = exp["model"], exp["method"]
         if model not in models:
@@ -567,7 +624,6 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
                               f"missing: method {method!r} runs on model {model!r} (experiments[{i}]) "
                               "and needs its per-model hparams there")
         if EDITORS[methods[method]["editor"]].needs_covariance:
-            uses_covariance = True
             layer = per_model[model].get("layer")
             key = f"methods.{method}.per_model.{model}.layer"
             if not isinstance(layer, int) or isinstance(layer, bool):
@@ -582,6 +638,7 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     for method in dict.fromkeys(method for _, method in trained_editors(cfg)):
         _check_training_hparams(cfg, method)
     _check_enough_records(cfg, base_dir)
+    _check_stats_files(cfg, base_dir)
     if trained_editors(cfg):
         model, method = trained_editors(cfg)[0]
         loc_corpus = editor_training_corpus(cfg)
@@ -597,8 +654,19 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     stats_corpus = cfg["stats"].get("corpus")
     if stats_corpus is not None and stats_corpus not in corpora:
         raise ConfigError("stats.corpus", f"{stats_corpus!r} is not a key of corpora (defined: {sorted(corpora)})")
-    if uses_covariance and stats_corpus is None:
-        raise ConfigError("stats.corpus", "required: an experiment's editor needs covariance statistics")
+    if (stats_corpus is not None and cfg["stats"].get("sample") == "random"
+            and corpora[stats_corpus]["type"] == "hub" and corpora[stats_corpus].get("streaming", True)):
+        raise ConfigError("stats.sample", f"'random' needs the length of corpus {stats_corpus!r}: set "
+                          f"corpora.{stats_corpus}.streaming: false (or stats.sample: first)")
+    for i, entry in enumerate(cfg["stats"].get("published") or []):
+        if entry["model"] not in models:
+            raise ConfigError(f"stats.published[{i}].model",
+                              f"{entry['model']!r} is not a key of models (defined: {sorted(models)})")
+    needs_computed = [(e["model"], e["method"]) for e in cfg["experiments"]
+                      if (stats_file(cfg, e["method"], e["model"]) or "").startswith("resources/stats/")]
+    if needs_computed and stats_corpus is None:
+        raise ConfigError("stats.corpus", f"required: {needs_computed[0][1]!r} on {needs_computed[0][0]!r} needs "
+                          "covariance statistics (and stats.published has none for its layer)")
 
     ppl_corpus = cfg.get("evaluation", {}).get("perplexity", {}).get("corpus")
     if ppl_corpus is not None and ppl_corpus not in corpora:

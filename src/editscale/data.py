@@ -37,6 +37,7 @@ import random
 import re
 import tempfile
 import urllib.request
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -445,7 +446,8 @@ def _resolve_data_files(data_files: Any, base_dir: str | os.PathLike) -> Any:
     return one(data_files)
 
 
-def _iter_hub(corpus: dict, base_dir: str | os.PathLike) -> Iterator[str]:
+def _hub_dataset(corpus: dict, base_dir: str | os.PathLike):
+    """``datasets.load_dataset`` of a hub corpus spec (its text field checked)."""
     import datasets  # heavy import, only when a hub corpus is used
 
     name = corpus.get("dataset")
@@ -466,6 +468,12 @@ def _iter_hub(corpus: dict, base_dir: str | os.PathLike) -> Iterator[str]:
     columns = getattr(ds, "column_names", None)
     if columns is not None and text_field not in columns:
         raise ValueError(f"corpus.text_field: field {text_field!r} not in data set {name!r} (columns: {columns})")
+    return ds
+
+
+def _iter_hub(corpus: dict, base_dir: str | os.PathLike) -> Iterator[str]:
+    ds = _hub_dataset(corpus, base_dir)
+    name, text_field = corpus.get("dataset"), corpus.get("text_field", "text")
     for i, example in enumerate(ds):
         if text_field not in example:
             raise ValueError(f"corpus.text_field: field {text_field!r} not in data set {name!r} "
@@ -499,6 +507,41 @@ def iter_corpus(corpus: dict, base_dir: str | os.PathLike = ".") -> Iterator[str
     if kind == "text_files":
         return _iter_text_files(corpus, base_dir)
     return _iter_hub(corpus, base_dir)
+
+
+def sample_corpus(corpus: dict, n_docs: int, mode: str = "first", seed: int = 1,
+                  base_dir: str | os.PathLike = ".") -> Iterator[str]:
+    """The ``n_docs`` documents statistics are computed from, in a fixed order.
+
+    ``first``: the corpus's first ``n_docs`` documents (:func:`iter_corpus`'s order).
+    ``random``: ROME's fixed random subset (``layer_stats`` with ``random_sample=1``): the
+    indices ``0..N-1`` of the corpus's N documents shuffled by ``random.Random(seed)`` and the
+    first ``n_docs`` of them taken, in that shuffled order (so any prefix is a random subset
+    too). It needs the corpus's length: all documents of a ``text_files`` corpus, a hub data set
+    loaded with ``streaming: false``. A hub document whose text is empty is skipped (its index
+    still counts, as in ROME).
+    """
+    if mode == "first":
+        yield from islice(iter_corpus(corpus, base_dir), n_docs)
+        return
+    if mode != "random":
+        raise ValueError(f"stats.sample: expected 'first' or 'random', got {mode!r}")
+    if _corpus_type(corpus) == "text_files":
+        docs: Any = list(iter_corpus(corpus, base_dir))
+        text_of = lambda d: d  # noqa: E731
+    else:
+        if corpus.get("streaming", True):
+            raise ValueError("stats.sample: 'random' needs the corpus's length; set streaming: false "
+                             f"for hub corpus {corpus.get('dataset')!r}")
+        docs = _hub_dataset(corpus, base_dir)
+        field = corpus.get("text_field", "text")
+        text_of = lambda d: (d[field] or "").strip()  # noqa: E731
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    for i in order[:n_docs]:
+        text = text_of(docs[i])
+        if text:
+            yield text
 
 
 def corpus_fingerprint(corpus: dict, base_dir: str | os.PathLike = ".") -> str:

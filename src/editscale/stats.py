@@ -24,6 +24,9 @@ already consumed; because batches never straddle a checkpoint boundary, a resume
 bitwise the same sums as an uninterrupted one. The final file is written as ``<out>.tmp`` and
 renamed to ``<out>``; the checkpoint is then deleted.
 
+Published statistics: :func:`import_published_second_moment` converts ROME/MEMIT's ``.npz``
+files (rule import_stats) into the same layout (``mean_sum`` NaN: they carry no mean).
+
 Final HDF5 layout: datasets ``mom2_sum`` (float64 [d, d], gzip) and ``mean_sum`` (float64 [d]);
 attributes ``count``, ``n_docs``, ``layer``, ``module``, ``model_id``, ``revision``, ``corpus``,
 ``corpus_fingerprint``, ``dtype``, ``max_doc_tokens`` and the caller's extra ``attrs``
@@ -35,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from itertools import islice
@@ -435,3 +439,85 @@ def _consume(doc_iter: Iterator[str], tok, base: nn.Module, target: nn.Module, a
             return
         if acc.docs_done % checkpoint_every == 0 and acc.docs_done < n_docs:
             _write_partial(partial, acc, signature)
+
+
+# --------------------------------------------------------------------------------------------
+# Published statistics (ROME / MEMIT's precomputed .npz files)
+
+# ROME's layer_stats names its cache <module>_<precision>_<stats>[_<n samples>].npz, under
+# <model name with '/' -> '_'>/<data set>_stats/ (e.g. gpt2-xl/wikipedia_stats/
+# transformer.h.17.mlp.c_proj_float32_mom2_100000.npz).
+_PUBLISHED_NAME = re.compile(
+    r"^(?P<module>.+?)_(?P<precision>float16|bfloat16|float32|float64)_(?P<stats>[a-z0-9_-]+?)(?:_(?P<n>\d+))?\.npz$")
+
+
+def published_name_parts(url_or_path: str) -> dict[str, str | None]:
+    """``module``, ``precision``, ``n_samples``, ``model`` and ``dataset`` read from a published
+    statistics file's name and folders (None where the name does not follow ROME's layout)."""
+    parts = [p for p in re.split(r"[/\\]", url_or_path.split("?", 1)[0]) if p]
+    m = _PUBLISHED_NAME.match(parts[-1]) if parts else None
+    if m is None:
+        raise StatsMismatchError(
+            f"{url_or_path}: not a ROME statistics file name (<module>_<precision>_mom2[_<n>].npz, "
+            "e.g. transformer.h.17.mlp.c_proj_float32_mom2_100000.npz)")
+    if "mom2" not in m["stats"].split("-"):
+        raise StatsMismatchError(f"{url_or_path}: holds statistics {m['stats']!r}, not the second moment mom2")
+    model = dataset = None
+    if len(parts) >= 3 and parts[-2].endswith("_stats"):
+        dataset, model = parts[-2].removesuffix("_stats"), parts[-3]
+    return {"module": m["module"], "precision": m["precision"], "n_samples": m["n"], "model": model,
+            "dataset": dataset}
+
+
+def import_published_second_moment(npz_path: str | os.PathLike, out_path: str | os.PathLike, *,
+                                   model: nn.Module, layer: int, source: str,
+                                   hub_name: str | None = None, attrs: dict | None = None) -> dict[str, Any]:
+    """Convert ROME/MEMIT's published ``mom2`` statistics (``source``: the URL or file name the
+    ``.npz`` came from) into this module's statistics file for block ``layer`` of ``model``.
+
+    Refused (:class:`StatsMismatchError`, naming the file) when the file's name names another
+    module than this layer's MLP output projection, another model than ``hub_name`` (the hub
+    repo id: ROME's folder, e.g. ``EleutherAI_gpt-j-6B``, must end with its name, case aside), or
+    when its matrix does not have the module's input width. The file is read with ``allow_pickle=False``; the attributes
+    record the source, the layer, the module, the sample size and the caller's ``attrs``
+    (the model's identity). Returns the attributes written.
+    """
+    spec = arch_of(model)
+    module_path = spec.mlp_out_path(layer)
+    d_in = int(weight_out_in(get_module(model, module_path).weight, spec).shape[1])
+    parts = published_name_parts(source)
+    if parts["module"] != module_path:
+        raise StatsMismatchError(f"{source}: statistics of module {parts['module']}, but layer {layer} of this "
+                                 f"model is {module_path}")
+    if hub_name is not None and parts["model"] is not None and \
+            not parts["model"].lower().endswith(hub_name.rsplit("/", 1)[-1].lower()):
+        raise StatsMismatchError(f"{source}: statistics of model {parts['model']!r}, but {hub_name!r} is being "
+                                 "edited")
+    with np.load(npz_path, allow_pickle=False) as z:
+        keys = set(z.files)
+        mom2_key = next((k for k in ("mom2.mom2", "mom2") if k in keys), None)
+        count_key = next((k for k in ("mom2.count", "count") if k in keys), None)
+        if mom2_key is None or count_key is None:
+            raise StatsMismatchError(f"{npz_path} ({source}): no second moment in it (arrays: {sorted(keys)})")
+        mom2 = np.asarray(z[mom2_key], dtype=np.float64)
+        count = int(z[count_key])
+        sample_size = int(z["sample_size"]) if "sample_size" in keys and z["sample_size"].ndim == 0 \
+            and np.issubdtype(z["sample_size"].dtype, np.integer) else None
+    if mom2.shape != (d_in, d_in):
+        raise StatsMismatchError(f"{source}: a {mom2.shape[0]}x{mom2.shape[-1]} second moment, but {module_path} "
+                                 f"of this model takes {d_in} inputs: made for another model")
+    if count <= 0 or not np.isfinite(mom2).all():
+        raise StatsMismatchError(f"{source}: count {count}, or non-finite entries: not usable statistics")
+    out = {k: "unknown" for k in IDENTITY_ATTRS}
+    out.update(attrs or {})
+    out.update({"layer": int(layer), "module": module_path, "d_in": d_in, "dtype": parts["precision"],
+                "accumulation_dtype": parts["precision"], "format_version": FORMAT_VERSION, "count": count,
+                "n_docs": sample_size if sample_size is not None else int(parts["n_samples"] or 0),
+                "published_source": source, "published_model": parts["model"] or "unknown",
+                "published_dataset": parts["dataset"] or "unknown"})
+    acc = _Accumulator(mom2_sum=torch.from_numpy(mom2), mean_sum=torch.full((d_in,), float("nan"), dtype=torch.float64))
+    out_path = os.fspath(out_path)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    _write_h5_atomic(out_path, acc, out, final=True)
+    log.info("imported published statistics %s (%d tokens, module %s) -> %s", source, count, module_path, out_path)
+    return out

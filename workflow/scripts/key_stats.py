@@ -1,5 +1,6 @@
 """Rule key_stats: resources/stats/{model}/{corpus}/layer{layer}.h5 = the uncentred second moment of
-the keys of block {layer}'s MLP output matrix over the first n_docs documents of {corpus}."""
+the keys of block {layer}'s MLP output matrix over n_docs documents of {corpus}: its first, or
+ROME's fixed random subset (stats.sample)."""
 
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from editscale.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
-from editscale.data import corpus_fingerprint, iter_corpus  # noqa: E402
+from editscale.data import corpus_fingerprint, sample_corpus  # noqa: E402
 from editscale.models import load_model, model_identity  # noqa: E402
 from editscale.stats import compute_key_second_moment  # noqa: E402
 
@@ -23,11 +24,17 @@ compute_key_second_moment(
     model,
     tok,
     int(wc.layer),
-    iter_corpus(corpus),
+    sample_corpus(corpus, snakemake.params.n_docs, snakemake.params.sample, snakemake.params.sample_seed),
     snakemake.output[0],
     n_docs=snakemake.params.n_docs,
     max_doc_tokens=max_doc_tokens,
     batch_tokens=snakemake.params.batch_tokens,
     checkpoint_every_docs=snakemake.config["stats"]["checkpoint_every_docs"],
-    attrs={**model_identity(model_dir), "corpus": wc.corpus, "corpus_fingerprint": corpus_fingerprint(corpus)},
+    attrs={
+        **model_identity(model_dir),
+        "corpus": wc.corpus,
+        "corpus_fingerprint": corpus_fingerprint(corpus),
+        "sample": snakemake.params.sample,
+        "sample_seed": snakemake.params.sample_seed,
+    },
 )
