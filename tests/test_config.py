@@ -477,8 +477,9 @@ def test_bad_counterfact_record_fails_at_start_up(tmp_path, counterfact_path):
 
 
 def test_statistics_file_of_another_layer_fails_at_start_up(tmp_path):
-    """A statistics file already on disk whose attributes name another layer (or corpus) than
-    its path stops the run at start-up, naming the file; one that matches passes."""
+    """A statistics file already on disk whose attributes name another layer, corpus or (the
+    model being prepared) model than its path stops the run at start-up, naming the file; one
+    that matches passes."""
     import h5py
 
     cfg = minimal()
@@ -500,6 +501,18 @@ def test_statistics_file_of_another_layer_fails_at_start_up(tmp_path):
         load_config(cfg, base_dir=tmp_path)
     write(layer=layer, corpus="another_corpus")
     with pytest.raises(ConfigError, match=r"holds corpus 'another_corpus'"):
+        load_config(cfg, base_dir=tmp_path)
+    # the model is prepared: statistics of another model (or another revision of it) are refused
+    from editscale.provenance import identity_from_manifest
+
+    manifest = {"source": "scratch", "arch": "gpt2", "seed": 37, "files": {"model.safetensors": "ab" * 32}}
+    (tmp_path / "resources/models/m").mkdir(parents=True)
+    (tmp_path / "resources/models/m/editscale_manifest.json").write_text(json.dumps(manifest))
+    ident = identity_from_manifest(manifest, tmp_path / "resources/models/m")
+    write(layer=layer, corpus=corpus, **ident)
+    load_config(cfg, base_dir=tmp_path)
+    write(layer=layer, corpus=corpus, model_id=ident["model_id"], revision="seed37-0123456789abcdef")
+    with pytest.raises(ConfigError, match=r"holds revision 'seed37-0123456789abcdef'"):
         load_config(cfg, base_dir=tmp_path)
     (tmp_path / rel).write_bytes(b"not hdf5")
     with pytest.raises(ConfigError, match="unreadable"):

@@ -471,11 +471,14 @@ def _check_enough_records(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
 def _check_stats_files(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     """Key statistics files already on disk hold the layer (and corpus) their path names.
 
-    A file put in place by hand for another layer would otherwise be found out only by the
-    trajectory job, after Snakemake had deleted that job's finished output. Reads HDF5
-    attributes only (cheap); the model's identity is checked where the file is loaded.
+    A file put in place by hand for another layer, corpus or model would otherwise be found
+    out only by the trajectory job, after Snakemake had deleted that job's finished output.
+    Reads HDF5 attributes and the model's manifest only (cheap); the model is compared when it
+    is already prepared (its ``model_id`` and ``revision``, as the trajectory job compares them).
     """
     import h5py
+
+    from editscale.provenance import identity_from_manifest
 
     for i, exp in enumerate(cfg["experiments"]):
         layer = stats_layer(cfg, exp["method"], exp["model"])
@@ -489,13 +492,18 @@ def _check_stats_files(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
             continue
         try:
             with h5py.File(path, "r") as h5:
-                attrs = {k: h5.attrs[k] for k in ("layer", "corpus") if k in h5.attrs}
+                attrs = {k: h5.attrs[k] for k in ("layer", "corpus", "model_id", "revision") if k in h5.attrs}
         except OSError as e:
             raise ConfigError(f"methods.{exp['method']}.per_model.{exp['model']}.layer",
                               f"statistics file {rel} is unreadable ({e}); move it aside to recompute it") from None
         found = {"layer": int(attrs["layer"]) if "layer" in attrs else None,
-                 "corpus": str(attrs["corpus"]) if "corpus" in attrs else None}
-        for key, want in (("layer", layer), ("corpus", corpus)):
+                 **{k: str(attrs[k]) if k in attrs else None for k in ("corpus", "model_id", "revision")}}
+        wanted = [("layer", layer), ("corpus", corpus)]
+        manifest = under(base_dir, f"resources/models/{exp['model']}/editscale_manifest.json")
+        if manifest.is_file():  # the model is prepared: its identity is known
+            ident = identity_from_manifest(json.loads(manifest.read_text()), manifest.parent)
+            wanted += [("model_id", ident["model_id"]), ("revision", ident["revision"])]
+        for key, want in wanted:
             if found[key] not in (None, "unknown") and found[key] != want:
                 raise ConfigError(f"methods.{exp['method']}.per_model.{exp['model']}.layer",
                                   f"statistics file {rel} holds {key} {found[key]!r}, not {want!r}; "

@@ -8,7 +8,6 @@ All edit code works in the (out, in) convention through :func:`weight_out_in`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .provenance import sha256_file
+from .provenance import identity_from_manifest, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -460,19 +459,4 @@ def model_identity(folder: str | os.PathLike, verify: bool = False) -> dict[str,
     """
     if verify:
         verify_weights(folder)
-    manifest = read_manifest(folder)
-    files_digest = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
-    if manifest.get("source") == "hub":
-        return {"model_id": manifest["repo_id"], "revision": manifest["revision"]}
-    if manifest.get("source") == "world":
-        return {"model_id": f"world:{manifest.get('world')}:{manifest.get('arch')}",
-                "revision": f"seed{manifest.get('seed')}-{files_digest}"}
-    if manifest.get("source") == "scratch":
-        return {"model_id": f"scratch:{manifest.get('arch')}", "revision": f"seed{manifest.get('seed')}-{files_digest}"}
-    if manifest.get("source") == "gguf":
-        origin = manifest.get("package") or "file"
-        if manifest.get("package_version"):
-            origin += f"=={manifest['package_version']}"
-        return {"model_id": f"gguf:{origin}:{manifest.get('gguf_file')}",
-                "revision": f"{manifest.get('gguf_sha256', '')[:16]}-{files_digest}"}
-    return {"model_id": f"local:{manifest.get('path', str(Path(folder).resolve()))}", "revision": files_digest}
+    return identity_from_manifest(read_manifest(folder), folder)

@@ -196,34 +196,38 @@ def setup_rule_logging(log_file: str | os.PathLike | None, threads: int | None =
 FIGURE_PACKAGES = ("matplotlib", "pillow", "jinja2", "docutils")
 
 
-def _model_record(manifest_path: str | os.PathLike) -> dict[str, Any]:
-    """Identity of a prepared model from its manifest: id, revision, file hashes.
+def identity_from_manifest(manifest: dict, folder: str | os.PathLike) -> dict[str, str]:
+    """``model_id`` and ``revision`` of a prepared model folder from its manifest (torch-free).
 
-    ``editscale.models.model_identity`` names it (hub models by repo id and revision, others by
-    their source and a digest of their files' hashes); without torch, the same rule is applied
-    here to the manifest.
+    Hub models: the repo id and pinned revision. Local, world, scratch and GGUF models: their
+    source and a digest of their files' hashes, so any change of weights shows.
     """
-    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
-    files = manifest.get("files", {})
+    files_digest = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
     source = manifest.get("source")
-    try:  # the one definition, where torch is installed
-        from .models import model_identity
+    if source == "hub":
+        return {"model_id": manifest["repo_id"], "revision": manifest["revision"]}
+    if source == "world":
+        return {"model_id": f"world:{manifest.get('world')}:{manifest.get('arch')}",
+                "revision": f"seed{manifest.get('seed')}-{files_digest}"}
+    if source == "scratch":
+        return {"model_id": f"scratch:{manifest.get('arch')}", "revision": f"seed{manifest.get('seed')}-{files_digest}"}
+    if source == "gguf":
+        origin = manifest.get("package") or "file"
+        if manifest.get("package_version"):
+            origin += f"=={manifest['package_version']}"
+        return {"model_id": f"gguf:{origin}:{manifest.get('gguf_file')}",
+                "revision": f"{manifest.get('gguf_sha256', '')[:16]}-{files_digest}"}
+    return {"model_id": f"local:{manifest.get('path', str(Path(folder).resolve()))}", "revision": files_digest}
 
-        ident = model_identity(Path(manifest_path).parent)
-        model_id, revision = ident["model_id"], ident["revision"]
-    except ImportError:  # a light environment (envs/plot.yaml): the same naming, from the manifest
-        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
-        if source == "hub":
-            model_id, revision = manifest.get("repo_id"), manifest.get("revision")
-        elif source == "world":
-            model_id = f"world:{manifest.get('world')}:{manifest.get('arch')}"
-            revision = f"seed{manifest.get('seed')}-{digest}"
-        elif source == "scratch":
-            model_id, revision = f"scratch:{manifest.get('arch')}", f"seed{manifest.get('seed')}-{digest}"
-        else:
-            model_id, revision = f"local:{manifest.get('path')}", digest
-    return {"model_id": model_id, "revision": revision, "source": source, "file_sha256": files,
-            "manifest": str(manifest_path), "manifest_sha256": sha256_file(manifest_path)}
+
+def _model_record(manifest_path: str | os.PathLike) -> dict[str, Any]:
+    """Identity of a prepared model from its manifest: id, revision (:func:`identity_from_manifest`,
+    the one naming rule), file hashes."""
+    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    ident = identity_from_manifest(manifest, Path(manifest_path).parent)
+    return {"model_id": ident["model_id"], "revision": ident["revision"], "source": manifest.get("source"),
+            "file_sha256": manifest.get("files", {}), "manifest": str(manifest_path),
+            "manifest_sha256": sha256_file(manifest_path)}
 
 
 def _h5_upstream(path: str | os.PathLike) -> dict[str, Any] | None:
