@@ -1,0 +1,128 @@
+"""How many tokens ROME's key statistics need: cos(u, u_full) of u = C^-1 k* against the token count.
+
+    python benchmarks/bench_stats_convergence.py --model runs/smollm2/resources/models/smollm2 \
+        [--layer 6] [--docs 2000] [--chunk 100] [--records 20] [--max-doc-tokens 256]
+
+The statistics of block ``--layer`` are accumulated over ``--docs`` WikiText-2 paragraphs
+(``../shared/data/wikitext``, ROME's fixed random order: ``stats.sample: random``, seed 1, so
+every prefix is itself a random subset), ``--chunk`` documents at a time with
+:func:`editscale.stats.compute_key_second_moment`, keeping the running sums after every chunk.
+For ``--records`` CounterFact records (``../shared/data/counterfact/counterfact_500.json``, the
+first ones) ROME's key k* is computed by the ROME editor with the project's default settings
+(6 context templates; one v* step and no C, neither of which k* depends on). For every prefix it reports:
+
+* min over the records of cos(u_m, u_full), u = C^-1 k* as ROME computes it (Cholesky in
+  float64), u_full from all ``--docs`` documents;
+* the change a convergence test between two consecutive checkpoints would see: max over the
+  records of 1 - cos(u_m, u_{m-1}).
+
+It prints the tokens needed for cos(u, u_full) >= 0.999 on every record, the fraction of the
+full run's tokens (and so of its time: the statistics cost is linear in tokens) that saves, and
+where a tolerance on the checkpoint-to-checkpoint change (1e-3, 1e-4) would have stopped.
+Results are also written as JSON to ``benchmarks/results/``. Seeded and deterministic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import report  # noqa: E402
+
+from editscale.data import load_counterfact, sample_corpus  # noqa: E402
+from editscale.editors.rome import make_editor  # noqa: E402
+from editscale.models import load_model  # noqa: E402
+from editscale.stats import compute_key_second_moment, stats_attrs  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def solve(c: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """u = C^-1 k for every row k, as ROME (Cholesky of C in float64)."""
+    chol = torch.linalg.cholesky(c)
+    return torch.cholesky_solve(keys.T, chol).T
+
+
+def cos_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="a prepared model folder (SmolLM2-135M: rule prepare_model)")
+    ap.add_argument("--layer", type=int, default=6)
+    ap.add_argument("--docs", type=int, default=2000)
+    ap.add_argument("--chunk", type=int, default=100)
+    ap.add_argument("--records", type=int, default=20)
+    ap.add_argument("--max-doc-tokens", type=int, default=256)
+    ap.add_argument("--wikitext", default=str(SHARED / "wikitext" / "wikitext-2_valid.tokens.txt"))
+    ap.add_argument("--counterfact", default=str(SHARED / "counterfact" / "counterfact_500.json"))
+    args = ap.parse_args()
+    torch.manual_seed(37)
+    model, tok = load_model(args.model, "float32", "cpu")
+
+    records = load_counterfact(args.counterfact)[: args.records]
+    editor = make_editor(model, tok, {"layer": args.layer, "context_template_lengths": [[5, 5]],
+                                      "v_num_grad_steps": 1, "mom2_adjustment": False}, None, 37)
+    k_star = torch.stack([editor.compute(r).vectors["k_star"].double() for r in records])
+
+    corpus = {"type": "text_files", "paths": [args.wikitext], "doc_split": "lines"}
+    docs = list(sample_corpus(corpus, args.docs, "random", 1))
+    sums, counts, seconds = [], [], []
+    mom2, count, t0 = None, 0, time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, a in enumerate(range(0, len(docs), args.chunk)):
+            part = Path(tmp) / f"chunk{i}.h5"
+            compute_key_second_moment(model, tok, args.layer, docs[a:a + args.chunk], part,
+                                      n_docs=args.chunk, max_doc_tokens=args.max_doc_tokens,
+                                      checkpoint_every_docs=10 ** 9, attrs={"model_id": "bench", "revision": "-",
+                                                                            "corpus": "wikitext", "corpus_fingerprint": "-"},
+                                      progress_every_s=1e9)
+            with h5py.File(part, "r") as h5:
+                m = torch.from_numpy(h5["mom2_sum"][...])
+            mom2 = m if mom2 is None else mom2 + m
+            count += int(stats_attrs(part)["count"])
+            sums.append(mom2.clone())
+            counts.append(count)
+            seconds.append(time.perf_counter() - t0)
+    u_full = solve(sums[-1] / counts[-1], k_star)
+    rows, prev = [], None
+    for m, n, s in zip(sums, counts, seconds):
+        try:
+            u = solve(m / n, k_star)
+        except RuntimeError:  # not yet positive definite
+            rows.append({"tokens": n, "seconds": s, "min_cos_full": float("nan"), "change": float("nan")})
+            prev = None
+            continue
+        change = float((1 - cos_rows(u, prev)).max()) if prev is not None else float("nan")
+        rows.append({"tokens": n, "seconds": s, "min_cos_full": float(cos_rows(u, u_full).min()), "change": change})
+        prev = u
+    for r in rows:
+        print(f"{r['tokens']:>9d} tokens  {r['seconds']:7.1f} s  min cos(u, u_full) {r['min_cos_full']:.6f}  "
+              f"checkpoint change {r['change']:.2e}")
+    total = counts[-1]
+    need = next((r for r in rows if r["min_cos_full"] >= 0.999), rows[-1])
+    runs = [{"name": "cos >= 0.999", "tokens": need["tokens"], "fraction_of_tokens": need["tokens"] / total,
+             "seconds": need["seconds"], "min_cos_full": need["min_cos_full"]}]
+    for tol in (1e-3, 1e-4):
+        stop = next((r for r in rows if r["change"] == r["change"] and r["change"] < tol), rows[-1])
+        runs.append({"name": f"change < {tol:g}", "tokens": stop["tokens"], "fraction_of_tokens": stop["tokens"] / total,
+                     "seconds": stop["seconds"], "min_cos_full": stop["min_cos_full"]})
+    runs.append({"name": "all documents", "tokens": total, "fraction_of_tokens": 1.0, "seconds": seconds[-1],
+                 "min_cos_full": 1.0})
+    report("stats_convergence", runs, [("tokens", "{:.0f}"), ("fraction_of_tokens", "{:.3f}"), ("seconds", "{:.1f}"),
+                                       ("min_cos_full", "{:.6f}")],
+           f"{args.model} layer {args.layer}, {len(docs)} WikiText-2 paragraphs (<= {args.max_doc_tokens} tokens, ROME's "
+           f"random order), checkpoints every {args.chunk} documents, k* of {len(records)} CounterFact records; "
+           f"torch threads {torch.get_num_threads()}")
+
+
+if __name__ == "__main__":
+    main()
