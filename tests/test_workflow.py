@@ -75,13 +75,14 @@ def test_paper_config_dry_run_plans_twenty_trajectories(tmp_path):
     assert proc.returncode == 0, out
     counts = job_counts(out)
     assert counts["trajectory"] == 60 and counts["metrics_csv"] == 60
-    assert counts["prepare_model"] == 2 and counts["key_stats"] == 2  # ROME: one layer per model
+    # ROME: one layer per model, its statistics ROME's published ones (stats.published), not computed
+    assert counts["prepare_model"] == 2 and counts["import_stats"] == 2 and "key_stats" not in counts
     assert counts["download_editor"] == 2 and "train_mend" not in counts and "editor_split" not in counts
     assert counts["ordering"] == 10 and counts["counterfact"] == 1
     # 3000 edits, forgetting every 10, downstream every 5: 601 checkpoints in chunks of 50 = 13 jobs
     assert counts["eval_chunk"] == 60 * 13 and counts["eval_merge"] == 60 and counts["disabling"] == 60
     assert counts["downstream_set"] == 4
-    for path in ("resources/stats/gpt-j-6b/wikipedia/layer5.h5", "resources/stats/gpt2-xl/wikipedia/layer17.h5",
+    for path in ("resources/stats_published/gpt-j-6b/layer5.h5", "resources/stats_published/gpt2-xl/layer17.h5",
                  "results/trajectories/gpt2-xl/rome/sample9.h5", "resources/editors/gpt-j-6b/mend.pt"):
         assert path in out
     assert not (tmp_path / "resources").exists()  # a dry run writes nothing
@@ -92,7 +93,7 @@ def test_paper_config_dry_run_plans_twenty_trajectories(tmp_path):
     assert jobs[("trajectory", "gpt-j-6b")]["resources"].items() >= {"gpu": "1", "mem_mb": "64000", "runtime": "2880"}.items()
     assert jobs[("trajectory", "gpt2-xl")]["resources"].items() >= {"gpu": "1", "mem_mb": "32000", "runtime": "1440"}.items()
     assert jobs[("eval_chunk", "gpt-j-6b")]["resources"].items() >= {"gpu": "1", "runtime": "720"}.items()
-    assert jobs[("key_stats", "gpt2-xl")]["resources"].items() >= {"gpu": "1", "mem_mb": "32000"}.items()
+    assert jobs[("import_stats", "gpt2-xl")]["resources"].items() >= {"mem_mb": "32000"}.items()
     assert jobs[("trajectory", "gpt-j-6b")]["threads"] == "8"
 
 
