@@ -514,6 +514,12 @@ def test_statistics_file_of_another_layer_fails_at_start_up(tmp_path):
     write(layer=layer, corpus=corpus, model_id=ident["model_id"], revision="seed37-0123456789abcdef")
     with pytest.raises(ConfigError, match=r"holds revision 'seed37-0123456789abcdef'"):
         load_config(cfg, base_dir=tmp_path)
+    # a model prepared after the file (retrained): Snakemake recomputes the statistics, no error
+    import os
+
+    later = (tmp_path / rel).stat().st_mtime + 10
+    os.utime(tmp_path / "resources/models/m/editscale_manifest.json", (later, later))
+    load_config(cfg, base_dir=tmp_path)
     (tmp_path / rel).write_bytes(b"not hdf5")
     with pytest.raises(ConfigError, match="unreadable"):
         load_config(cfg, base_dir=tmp_path)

@@ -474,7 +474,8 @@ def _check_stats_files(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     A file put in place by hand for another layer, corpus or model would otherwise be found
     out only by the trajectory job, after Snakemake had deleted that job's finished output.
     Reads HDF5 attributes and the model's manifest only (cheap); the model is compared when it
-    is already prepared (its ``model_id`` and ``revision``, as the trajectory job compares them).
+    is already prepared (its ``model_id`` and ``revision``, as the trajectory job compares them)
+    and the file is not older than it (else rule key_stats recomputes the file anyway).
     """
     import h5py
 
@@ -500,7 +501,9 @@ def _check_stats_files(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
                  **{k: str(attrs[k]) if k in attrs else None for k in ("corpus", "model_id", "revision")}}
         wanted = [("layer", layer), ("corpus", corpus)]
         manifest = under(base_dir, f"resources/models/{exp['model']}/editscale_manifest.json")
-        if manifest.is_file():  # the model is prepared: its identity is known
+        # the model is prepared and not newer than the file (a newer model makes Snakemake
+        # recompute the statistics anyway): the file must be this model's
+        if manifest.is_file() and path.stat().st_mtime >= manifest.stat().st_mtime:
             ident = identity_from_manifest(json.loads(manifest.read_text()), manifest.parent)
             wanted += [("model_id", ident["model_id"]), ("revision", ident["revision"])]
         for key, want in wanted:
