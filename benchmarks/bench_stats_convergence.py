@@ -14,7 +14,11 @@ first ones) ROME's key k* is computed by the ROME editor with the project's defa
 * min over the records of cos(u_m, u_full), u = C^-1 k* as ROME computes it (Cholesky in
   float64), u_full from all ``--docs`` documents;
 * the change a convergence test between two consecutive checkpoints would see: max over the
-  records of 1 - cos(u_m, u_{m-1}).
+  records of 1 - cos(u_m, u_{m-1});
+* the change the workflow's own test (``stats.convergence``) sees: max over the records of
+  ||u_m - u_{m-1}|| / ||u_m||, u = C^-1 k of the bare subject keys
+  (:func:`editscale.stats.subject_keys`, :func:`~editscale.stats.solution_change`), and where it
+  stops with ``patience`` 2 for several tolerances.
 
 It prints the tokens needed for cos(u, u_full) >= 0.999 on every record, the fraction of the
 full run's tokens (and so of its time: the statistics cost is linear in tokens) that saves, and
@@ -36,10 +40,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import report  # noqa: E402
 
-from editscale.data import load_counterfact, sample_corpus  # noqa: E402
+from editscale.data import load_counterfact, sample_corpus, subject_prompt  # noqa: E402
 from editscale.editors.rome import make_editor  # noqa: E402
 from editscale.models import load_model  # noqa: E402
-from editscale.stats import compute_key_second_moment, stats_attrs  # noqa: E402
+from editscale.stats import (  # noqa: E402
+    compute_key_second_moment,
+    probe_solutions,
+    solution_change,
+    stats_attrs,
+    subject_keys,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -72,6 +82,7 @@ def main() -> None:
     editor = make_editor(model, tok, {"layer": args.layer, "context_template_lengths": [[5, 5]],
                                       "v_num_grad_steps": 1, "mom2_adjustment": False}, None, 37)
     k_star = torch.stack([editor.compute(r).vectors["k_star"].double() for r in records])
+    probes = subject_keys(model, tok, args.layer, [subject_prompt(r) for r in records])
 
     corpus = {"type": "text_files", "paths": [args.wikitext], "doc_split": "lines"}
     docs = list(sample_corpus(corpus, args.docs, "random", 1))
@@ -93,20 +104,25 @@ def main() -> None:
             counts.append(count)
             seconds.append(time.perf_counter() - t0)
     u_full = solve(sums[-1] / counts[-1], k_star)
-    rows, prev = [], None
+    rows, prev, prev_probe = [], None, None
     for m, n, s in zip(sums, counts, seconds):
+        u_probe = probe_solutions(m, n, probes)
+        option_change = solution_change(u_probe, prev_probe)
+        prev_probe = u_probe
         try:
             u = solve(m / n, k_star)
         except RuntimeError:  # not yet positive definite
-            rows.append({"tokens": n, "seconds": s, "min_cos_full": float("nan"), "change": float("nan")})
+            rows.append({"tokens": n, "seconds": s, "min_cos_full": float("nan"), "change": float("nan"),
+                         "option_change": option_change})
             prev = None
             continue
         change = float((1 - cos_rows(u, prev)).max()) if prev is not None else float("nan")
-        rows.append({"tokens": n, "seconds": s, "min_cos_full": float(cos_rows(u, u_full).min()), "change": change})
+        rows.append({"tokens": n, "seconds": s, "min_cos_full": float(cos_rows(u, u_full).min()), "change": change,
+                     "option_change": option_change})
         prev = u
     for r in rows:
         print(f"{r['tokens']:>9d} tokens  {r['seconds']:7.1f} s  min cos(u, u_full) {r['min_cos_full']:.6f}  "
-              f"checkpoint change {r['change']:.2e}")
+              f"checkpoint change {r['change']:.2e}  stats.convergence change {r['option_change']:.2e}")
     total = counts[-1]
     need = next((r for r in rows if r["min_cos_full"] >= 0.999), rows[-1])
     runs = [{"name": "cos >= 0.999", "tokens": need["tokens"], "fraction_of_tokens": need["tokens"] / total,
@@ -115,6 +131,16 @@ def main() -> None:
         stop = next((r for r in rows if r["change"] == r["change"] and r["change"] < tol), rows[-1])
         runs.append({"name": f"change < {tol:g}", "tokens": stop["tokens"], "fraction_of_tokens": stop["tokens"] / total,
                      "seconds": stop["seconds"], "min_cos_full": stop["min_cos_full"]})
+    for tol in (1e-1, 3e-2, 1e-2):  # stats.convergence with patience 2
+        streak, stop = 0, rows[-1]
+        for r in rows:
+            streak = streak + 1 if r["option_change"] < tol else 0
+            if streak >= 2:
+                stop = r
+                break
+        runs.append({"name": f"stats.convergence tolerance {tol:g}", "tokens": stop["tokens"],
+                     "fraction_of_tokens": stop["tokens"] / total, "seconds": stop["seconds"],
+                     "min_cos_full": stop["min_cos_full"]})
     runs.append({"name": "all documents", "tokens": total, "fraction_of_tokens": 1.0, "seconds": seconds[-1],
                  "min_cos_full": 1.0})
     report("stats_convergence", runs, [("tokens", "{:.0f}"), ("fraction_of_tokens", "{:.3f}"), ("seconds", "{:.1f}"),

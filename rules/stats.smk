@@ -2,6 +2,12 @@ rule key_stats:
     input:
         model="resources/models/{model}/editscale_manifest.json",
         corpus=lambda wildcards: corpus_files(wildcards.corpus),
+        # the convergence probes are CounterFact subjects
+        counterfact=(
+            ["resources/data/counterfact.json"]
+            if config["stats"]["convergence"]["tolerance"]
+            else []
+        ),
     output:
         "resources/stats/{model}/{corpus}/layer{layer}.h5",
     params:
@@ -11,6 +17,7 @@ rule key_stats:
         sample_seed=config["stats"]["sample_seed"],
         max_doc_tokens=config["stats"]["max_doc_tokens"],
         batch_tokens=config["stats"]["batch_tokens"],
+        convergence=config["stats"]["convergence"],
         dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
     log:
         "logs/key_stats/{model}/{corpus}/layer{layer}.log",

@@ -89,7 +89,9 @@ def test_defaults_are_filled_in():
     assert cfg["seed"] == 37 and cfg["ordering_seed"] == 37
     assert cfg["samples"] == 10 and cfg["n_edits"] == 1200 and cfg["snapshot_every"] == 100
     assert cfg["stats"] == {"corpus": "c", "n_docs": 100_000, "max_doc_tokens": None, "batch_tokens": 8192,
-                            "checkpoint_every_docs": 1000, "sample": "first", "sample_seed": 1, "published": []}
+                            "checkpoint_every_docs": 1000, "sample": "first", "sample_seed": 1, "published": [],
+                            "convergence": {"tolerance": None, "n_probes": 20, "check_every_docs": 1000,
+                                            "patience": 2, "min_docs": 0}}
     model = cfg["models"]["m"]
     assert model["dtype"] == "float32" and model["device"] == "auto"
     assert model["n_positions"] == 128 and model["tokenizer_docs"] == 2000 and model["seed"] is None
@@ -550,3 +552,15 @@ def test_published_statistics_replace_the_computed_ones_for_their_layer():
     cfg["stats"]["published"][0]["model"] = "m"
     cfg["stats"]["corpus"] = None  # the published file is all ROME needs: no corpus required
     load_config(cfg)
+
+
+def test_statistics_convergence_settings():
+    cfg = minimal()
+    assert load_config(cfg)["stats"]["convergence"]["tolerance"] is None  # off unless asked for
+    cfg["stats"]["convergence"] = {"tolerance": 1e-4}
+    conv = load_config(cfg)["stats"]["convergence"]
+    assert conv == {"tolerance": 1e-4, "n_probes": 20, "check_every_docs": 1000, "patience": 2, "min_docs": 0}
+    cfg["stats"]["convergence"] = {"tolerance": 0}
+    assert error_key(cfg) == "stats.convergence.tolerance"
+    cfg["stats"]["convergence"] = {"tolerance": 1e-3, "check_every_docs": cfg["stats"].get("n_docs", 100000) + 1}
+    assert error_key(cfg) == "stats.convergence.check_every_docs"

@@ -13,11 +13,13 @@ import torch
 from conftest import ARCHS
 from editscale.models import arch_of, get_module, load_model, weight_out_in
 from editscale.stats import (
+    Convergence,
     StatsMismatchError,
     compute_key_second_moment,
     load_key_second_moment,
     pack_batches,
     stats_attrs,
+    subject_keys,
 )
 
 WORDS = ("the of and to in is was a on for by with as at from capital city language born "
@@ -324,3 +326,141 @@ def test_import_published_rome_statistics(tmp_path, tiny_model_factory):
     np.savez(pickled, **{"mom2.mom2": np.array([object()], dtype=object), "mom2.count": np.array(3)})
     with pytest.raises(ValueError, match="pickle"):
         import_published_second_moment(pickled, out, model=model, layer=1, source=str(pickled))
+
+
+# --------------------------------------------------------------------------------------------
+# Early stop on convergence (stats.convergence)
+
+CONV_DOCS = 60
+
+
+def _probes(model, tok, layer: int = 1) -> torch.Tensor:
+    prompts = [(f"{s} was born in", len(s)) for s in ("the poet", "Paris ocean", "river north", "guitar city")]
+    return subject_keys(model, tok, layer, prompts)
+
+
+def _conv_run(model, tok, out, docs, conv, **kw):
+    args = dict(n_docs=CONV_DOCS, max_doc_tokens=40, batch_tokens=256, checkpoint_every_docs=10,
+                attrs=IDENTITY, convergence=conv)
+    args.update(kw)
+    compute_key_second_moment(model, tok, 1, docs, out, **args)
+    return stats_attrs(out)
+
+
+def test_subject_keys_are_the_keys_at_the_last_subject_token(gpt2):
+    """The probes are what a full forward pass feeds the MLP output projection at the subject's
+    last token (the prompts batched with padding must not change them)."""
+    model, tok = gpt2
+    prompts = [("the poet was born in", 8), ("Paris ocean river played guitar", 11)]
+    got = subject_keys(model, tok, 1, prompts)
+    target = get_module(model, arch_of(model).mlp_out_path(1))
+    for row, (text, end) in enumerate(prompts):
+        enc = tok(text, return_offsets_mapping=True, return_tensors="pt")
+        last = max(i for i, (s, e) in enumerate(enc["offset_mapping"][0].tolist()) if e > s and s < end)
+        seen = []
+        handle = target.register_forward_hook(lambda m, i, o: seen.append(i[0][0, last]))
+        try:
+            with torch.no_grad():
+                model(input_ids=enc["input_ids"])
+        finally:
+            handle.remove()
+        torch.testing.assert_close(got[row], seen[0].to(torch.float64), rtol=1e-5, atol=1e-6)
+
+
+def test_convergence_stops_where_the_rule_says_with_the_prefix_sums(gpt2, tmp_path):
+    """Every check's change is max_i ||u_i - u_i'|| / ||u_i|| of u = C^-1 k against the previous
+    check, recomputed here from separate runs over the prefixes; the run stops at the first
+    check after `patience` changes below the tolerance, and its sums are that prefix's sums."""
+    model, tok = gpt2
+    docs = make_docs(CONV_DOCS, seed=5)
+    probes = _probes(model, tok)
+    never = Convergence(probes=probes, tolerance=1e-300, check_every_docs=10, patience=2)
+    full = _conv_run(model, tok, tmp_path / "never.h5", docs, never)
+    assert full["n_docs"] == CONV_DOCS and full["converged"] is False
+    history = full["convergence_history"]
+    assert [h[0] for h in history] == [10, 20, 30, 40, 50, 60]
+
+    # the changes, from the prefix statistics computed without any convergence check
+    sols = []
+    for n in (10, 20, 30, 40, 50, 60):
+        compute_key_second_moment(model, tok, 1, docs, tmp_path / f"p{n}.h5", n_docs=n, max_doc_tokens=40,
+                                  batch_tokens=256, checkpoint_every_docs=10, attrs=IDENTITY)
+        c = load_key_second_moment(tmp_path / f"p{n}.h5", expect={})
+        sols.append(torch.linalg.solve(c, probes.T).T)
+        assert history[len(sols) - 1][1] == stats_attrs(tmp_path / f"p{n}.h5")["count"]
+    assert history[0][2] is None  # no previous check
+    for i in range(1, 6):
+        want = float(((sols[i] - sols[i - 1]).norm(dim=1) / sols[i].norm(dim=1)).max())
+        assert history[i][2] == pytest.approx(want, rel=1e-6)
+
+    # a tolerance between the changes: the stop is where two consecutive ones fall below it
+    changes = [h[2] for h in history[1:]]
+    tol = sorted(changes)[2] * 1.0001  # three changes fall below it
+    below = [c < tol for c in changes]
+    stop = next(i + 2 for i in range(1, len(below)) if below[i] and below[i - 1])  # index in history
+    conv = Convergence(probes=probes, tolerance=tol, check_every_docs=10, patience=2)
+    attrs = _conv_run(model, tok, tmp_path / "conv.h5", docs, conv)
+    assert attrs["converged"] is True and attrs["n_docs"] == history[stop - 1][0] < CONV_DOCS
+    assert attrs["n_docs_requested"] == CONV_DOCS and attrs["convergence"]["tolerance"] == tol
+    assert attrs["convergence"]["n_probes"] == 4 and len(attrs["convergence"]["probe_sha256"]) == 64
+    with h5py.File(tmp_path / "conv.h5") as a, h5py.File(tmp_path / f"p{attrs['n_docs']}.h5") as b:
+        assert np.array_equal(a["mom2_sum"][()], b["mom2_sum"][()])
+        assert a.attrs["count"] == b.attrs["count"]
+    # min_docs holds the stop back to a later check
+    late = Convergence(probes=probes, tolerance=tol, check_every_docs=10, patience=2, min_docs=CONV_DOCS)
+    assert _conv_run(model, tok, tmp_path / "late.h5", docs, late)["n_docs"] == CONV_DOCS
+
+
+def test_convergence_kill_and_resume_is_bitwise(gpt2, tmp_path):
+    """A run killed between checks resumes with the last check's u and history from the
+    checkpoint and stops at the same document, with the same sums, as an uninterrupted run."""
+    model, tok = gpt2
+    docs = make_docs(CONV_DOCS, seed=5)
+    probes = _probes(model, tok)
+    never = _conv_run(model, tok, tmp_path / "never.h5", docs,
+                      Convergence(probes=probes, tolerance=1e-300, check_every_docs=5))
+    changes = [h[2] for h in never["convergence_history"][1:]]
+    conv = Convergence(probes=probes, tolerance=sorted(changes)[len(changes) // 2] * 1.0001,
+                       check_every_docs=5, patience=2)
+    ref = tmp_path / "ref.h5"
+    ref_attrs = _conv_run(model, tok, ref, docs, conv)
+    assert ref_attrs["n_docs"] > 20
+    out = tmp_path / "resumed.h5"
+    with pytest.raises(KeyboardInterrupt):
+        _conv_run(model, tok, out, KilledIterator(docs, 23), conv)
+    with h5py.File(str(out) + ".partial.h5") as h5:
+        assert h5.attrs["docs_done"] == 20 and "probe_u" in h5
+    attrs = _conv_run(model, tok, out, docs, conv)
+    assert attrs["n_docs"] == ref_attrs["n_docs"]
+    assert attrs["convergence_history"] == ref_attrs["convergence_history"]
+    with h5py.File(ref) as a, h5py.File(out) as b:
+        assert np.array_equal(a["mom2_sum"][()], b["mom2_sum"][()])
+    # a checkpoint made without the convergence check is not resumed by a run with it
+    plain = tmp_path / "plain.h5"
+    with pytest.raises(KeyboardInterrupt):
+        compute_key_second_moment(model, tok, 1, KilledIterator(docs, 23), plain, n_docs=CONV_DOCS,
+                                  max_doc_tokens=40, batch_tokens=256, checkpoint_every_docs=10, attrs=IDENTITY)
+    assert _conv_run(model, tok, plain, docs, conv)["convergence_history"] == ref_attrs["convergence_history"]
+
+
+def test_convergence_with_singular_statistics_keeps_reading(gpt2, tmp_path):
+    """Fewer tokens than key dimensions: C is singular, the change is unknown (None), no stop."""
+    model, tok = gpt2
+    docs = ["the", "of", "and", "to"] + make_docs(20, seed=1)
+    conv = Convergence(probes=_probes(model, tok), tolerance=1e9, check_every_docs=1, patience=1)
+    attrs = _conv_run(model, tok, tmp_path / "s.h5", docs, conv, n_docs=24)
+    hist = attrs["convergence_history"]
+    assert hist[0][2] is None and hist[1][2] is None  # 1-2 tokens of 32+ dimensions
+    assert attrs["converged"] is True and attrs["n_docs"] > 2
+
+
+def test_convergence_settings_are_checked(gpt2):
+    model, tok = gpt2
+    probes = _probes(model, tok)
+    with pytest.raises(ValueError, match="tolerance"):
+        Convergence(probes=probes, tolerance=0.0, check_every_docs=5)
+    with pytest.raises(ValueError, match="probes"):
+        Convergence(probes=probes[0], tolerance=1e-3, check_every_docs=5)
+    with pytest.raises(ValueError, match="width"):
+        compute_key_second_moment(model, tok, 1, make_docs(4), "/nonexistent/x.h5", n_docs=4,
+                                  convergence=Convergence(probes=probes[:, :3], tolerance=1e-3, check_every_docs=2))

@@ -18,6 +18,7 @@ import yaml
 
 from conftest import WIKITEXT
 from editscale import provenance
+from editscale.stats import stats_attrs
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
@@ -156,7 +157,10 @@ def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, coun
     cfg["models"] = {"tiny-local": {"source": "local", "path": str(model_dir), "device": "cpu"}}
     cfg["counterfact"]["path"] = str(counterfact_path)
     cfg["corpora"] = {"wikitext": {"type": "text_files", "paths": [str(WIKITEXT)], "doc_split": "blank_lines"}}
-    cfg["stats"].update(corpus="wikitext", n_docs=8, max_doc_tokens=64)
+    cfg["stats"].update(corpus="wikitext", n_docs=40, max_doc_tokens=64)
+    # the statistics stop once u = C^-1 k of 3 CounterFact subjects has settled: with this
+    # tolerance at the first check that has a previous, non-singular C to compare with
+    cfg["stats"]["convergence"] = {"n_probes": 3, "tolerance": 100.0, "check_every_docs": 4, "patience": 1}
     cfg.update(samples=samples, n_edits=n_edits, snapshot_every=2,
                experiments=[{"model": "tiny-local", "method": "rome"}])
     cfg["methods"] = {"rome": cfg["methods"]["rome"]}  # the default config also has FT-C and MEND
@@ -179,6 +183,11 @@ def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, coun
     with h5py.File(stats, "r") as f:
         assert f.attrs["layer"] == 1 and f.attrs["corpus"] == "wikitext"
         assert f.attrs["model_id"].startswith("local:")
+    conv = stats_attrs(stats)
+    hist = conv["convergence_history"]
+    assert conv["converged"] is True and conv["n_docs"] == hist[-1][0] < conv["n_docs_requested"] == 40
+    assert hist[-1][2] < 100.0 and all(h[2] is None for h in hist[:-1]) and len(hist) >= 2
+    assert conv["convergence"]["probe_source"].startswith("CounterFact case_ids ")
     for sample in range(samples):
         ordering = json.loads((work / f"resources/data/orderings/sample{sample}.json").read_text())
         assert ordering["sample"] == sample and ordering["seed"] == cfg["ordering_seed"]

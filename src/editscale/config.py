@@ -678,6 +678,11 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     if needs_computed and stats_corpus is None:
         raise ConfigError("stats.corpus", f"required: {needs_computed[0][1]!r} on {needs_computed[0][0]!r} needs "
                           "covariance statistics (and stats.published has none for its layer)")
+    conv = cfg["stats"]["convergence"]
+    if conv["tolerance"] is not None and conv["check_every_docs"] > cfg["stats"]["n_docs"]:
+        raise ConfigError("stats.convergence.check_every_docs",
+                          f"{conv['check_every_docs']} exceeds stats.n_docs ({cfg['stats']['n_docs']}): "
+                          "no convergence check would ever run")
 
     ppl_corpus = cfg.get("evaluation", {}).get("perplexity", {}).get("corpus")
     if ppl_corpus is not None and ppl_corpus not in corpora:

@@ -214,6 +214,14 @@ def load_counterfact(path: str | os.PathLike) -> list[dict]:
     return records
 
 
+def subject_prompt(record: dict) -> tuple[str, int]:
+    """A record's rewrite prompt with its subject filled in, and the end of the subject in it
+    (the character index after the subject's last character, as ROME's lookup takes it)."""
+    rw = record["requested_rewrite"]
+    pre, _, post = rw["prompt"].partition("{}")
+    return pre + rw["subject"] + post, len(pre) + len(rw["subject"])
+
+
 def unique_subject_records(records: list[dict]) -> list[dict]:
     """Keep the first record of every unique lower-cased subject, in file order.
 

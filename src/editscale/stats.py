@@ -24,6 +24,14 @@ already consumed; because batches never straddle a checkpoint boundary, a resume
 bitwise the same sums as an uninterrupted one. The final file is written as ``<out>.tmp`` and
 renamed to ``<out>``; the checkpoint is then deleted.
 
+Early stop on convergence (optional, :class:`Convergence`): every ``check_every_docs``
+documents, ``u = C^-1 k`` is solved for a fixed set of probe keys ``k`` (the keys of CounterFact
+subjects, :func:`subject_keys`). When the largest relative change of ``u`` since the previous
+check stays below ``tolerance`` for ``patience`` checks in a row (and at least ``min_docs``
+documents were read), the sums so far are written as the final file. The check history goes
+into the file's attributes; the last ``u`` and the history go into the checkpoint, so a resumed
+run stops at the same document as an uninterrupted one, with the same sums.
+
 Published statistics: :func:`import_published_second_moment` converts ROME/MEMIT's ``.npz``
 files (rule import_stats) into the same layout (``mean_sum`` NaN: they carry no mean).
 
@@ -35,6 +43,7 @@ attributes ``count``, ``n_docs``, ``layer``, ``module``, ``model_id``, ``revisio
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -83,6 +92,64 @@ class _Accumulator:
     count: int = 0
     docs_done: int = 0
     n_empty_docs: int = 0
+    # convergence checks: u = C^-1 k of the probes at the last check, [(docs, tokens, change)],
+    # consecutive checks below the tolerance, and whether the run stopped on convergence
+    probe_u: torch.Tensor | None = None
+    history: list = field(default_factory=list)
+    streak: int = 0
+    converged: bool = False
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Stop the statistics early once ``u = C^-1 k`` of fixed probe keys has settled.
+
+    ``probes``: [n_probes, d_in] keys (float64; :func:`subject_keys`). The change at a check is
+    ``max_i ||u_i - u_i'|| / ||u_i||`` against the previous check's ``u_i'``; the run stops after
+    ``patience`` consecutive changes below ``tolerance``, once ``min_docs`` documents were read.
+    ``probe_source`` describes the probes in the file's attributes.
+    """
+
+    probes: torch.Tensor
+    tolerance: float
+    check_every_docs: int
+    patience: int = 2
+    min_docs: int = 0
+    probe_source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.probes.ndim != 2 or self.probes.shape[0] < 1:
+            raise ValueError(f"convergence probes must be [n_probes >= 1, d_in], got {tuple(self.probes.shape)}")
+        if not self.tolerance > 0 or self.check_every_docs < 1 or self.patience < 1 or self.min_docs < 0:
+            raise ValueError("convergence: tolerance must be > 0, check_every_docs and patience >= 1, "
+                             "min_docs >= 0")
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as recorded in the file (and in the checkpoint's signature)."""
+        digest = hashlib.sha256(self.probes.to(torch.float64).cpu().numpy().tobytes()).hexdigest()
+        return {"tolerance": float(self.tolerance), "check_every_docs": int(self.check_every_docs),
+                "patience": int(self.patience), "min_docs": int(self.min_docs),
+                "n_probes": int(self.probes.shape[0]), "probe_source": self.probe_source,
+                "probe_sha256": digest}
+
+
+def probe_solutions(mom2_sum: torch.Tensor, count: int, probes: torch.Tensor) -> torch.Tensor | None:
+    """``C^-1 k`` for every probe (rows of the result), ``C = mom2_sum / count``; None while
+    ``C`` is singular (fewer tokens than dimensions, dead units)."""
+    if count < mom2_sum.shape[0]:  # rank(C) <= count: singular, however it rounds
+        return None
+    c = (mom2_sum / count).to(torch.float64)
+    sol, info = torch.linalg.solve_ex(c, probes.to(c).T)
+    if int(info) != 0 or not torch.isfinite(sol).all():
+        return None
+    return sol.T
+
+
+def solution_change(new: torch.Tensor | None, old: torch.Tensor | None) -> float:
+    """Largest relative change ``||u - u'|| / ||u||`` over the probes (inf without both)."""
+    if new is None or old is None:
+        return float("inf")
+    return float(((new - old).norm(dim=1) / new.norm(dim=1).clamp_min(1e-300)).max())
 
 
 @dataclass
@@ -145,12 +212,15 @@ def _read_attrs(h5: h5py.File) -> dict[str, Any]:
 
 
 def _write_h5_atomic(path: str, acc: _Accumulator, attrs: dict[str, Any], *, final: bool) -> None:
-    """Write sums + attributes to ``path`` through a temporary file and a rename."""
+    """Write sums + attributes to ``path`` through a temporary file and a rename (a checkpoint
+    also keeps the last convergence check's ``probe_u``)."""
     tmp = path + ".tmp"
     compression = dict(compression="gzip", compression_opts=4, shuffle=True) if final else {}
     with h5py.File(tmp, "w") as h5:
         h5.create_dataset("mom2_sum", data=acc.mom2_sum.cpu().numpy(), **compression)
         h5.create_dataset("mean_sum", data=acc.mean_sum.cpu().numpy(), **compression)
+        if not final and acc.probe_u is not None:
+            h5.create_dataset("probe_u", data=acc.probe_u.cpu().numpy())
         _write_attrs(h5, attrs)
     os.replace(tmp, path)
 
@@ -217,10 +287,14 @@ def pack_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 
 
-def _next_boundary(done: int, n_docs: int, checkpoint_every: int) -> int:
-    """End of the document chunk starting at ``done`` (a multiple of the buffer or checkpoint)."""
-    return min((done // SORT_BUFFER_DOCS + 1) * SORT_BUFFER_DOCS,
-               (done // checkpoint_every + 1) * checkpoint_every, n_docs)
+def _next_boundary(done: int, n_docs: int, checkpoint_every: int, check_every: int | None = None) -> int:
+    """End of the document chunk starting at ``done`` (a multiple of the buffer, the checkpoint
+    interval or the convergence-check interval)."""
+    ends = [(done // SORT_BUFFER_DOCS + 1) * SORT_BUFFER_DOCS,
+            (done // checkpoint_every + 1) * checkpoint_every, n_docs]
+    if check_every:
+        ends.append((done // check_every + 1) * check_every)
+    return min(ends)
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,9 +309,9 @@ def _model_max_positions(model: nn.Module) -> int | None:
     return None
 
 
-def _capture_keys(base: nn.Module, target: nn.Module, ids: torch.Tensor,
-                  mask: torch.Tensor) -> torch.Tensor:
-    """Inputs of ``target`` at the non-padding positions, [n_tokens, d_in]; stops the forward there."""
+def _mlp_out_inputs(base: nn.Module, target: nn.Module, ids: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+    """Inputs of ``target`` at every position, [rows, length, d_in]; stops the forward there."""
     captured: list[torch.Tensor] = []
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -253,7 +327,13 @@ def _capture_keys(base: nn.Module, target: nn.Module, ids: torch.Tensor,
         handle.remove()
     if not captured:
         raise RuntimeError("the MLP output projection was not called during the forward pass")
-    return captured[0][mask.bool()]
+    return captured[0]
+
+
+def _capture_keys(base: nn.Module, target: nn.Module, ids: torch.Tensor,
+                  mask: torch.Tensor) -> torch.Tensor:
+    """Inputs of ``target`` at the non-padding positions, [n_tokens, d_in]."""
+    return _mlp_out_inputs(base, target, ids, mask)[mask.bool()]
 
 
 def _accumulate(acc: _Accumulator, keys: torch.Tensor) -> None:
@@ -284,11 +364,14 @@ def _process_chunk(texts: list[str], tok, base: nn.Module, target: nn.Module, ac
 # Checkpoints
 
 
-def _signature(attrs: dict[str, Any], n_docs: int, batch_tokens: int, checkpoint_every: int) -> str:
+def _signature(attrs: dict[str, Any], n_docs: int, batch_tokens: int, checkpoint_every: int,
+               convergence: Convergence | None = None) -> str:
     """What a checkpoint must share with the current run to be resumed (JSON)."""
     sig = dict(attrs, n_docs_requested=n_docs, batch_tokens=batch_tokens,
                checkpoint_every_docs=checkpoint_every, sort_buffer_docs=SORT_BUFFER_DOCS,
                format_version=FORMAT_VERSION)
+    if convergence is not None:
+        sig["convergence"] = convergence.describe()
     return json.dumps(sig, sort_keys=True, default=str)
 
 
@@ -304,6 +387,7 @@ def _load_partial(partial: str, signature: str, acc: _Accumulator) -> bool:
                 return False
             mom2 = torch.from_numpy(np.asarray(h5["mom2_sum"], dtype=np.float64))
             mean = torch.from_numpy(np.asarray(h5["mean_sum"], dtype=np.float64))
+            probe_u = torch.from_numpy(np.asarray(h5["probe_u"], dtype=np.float64)) if "probe_u" in h5 else None
     except (OSError, KeyError) as err:
         log.warning("ignoring unreadable checkpoint %s: %s", partial, err)
         return False
@@ -316,13 +400,18 @@ def _load_partial(partial: str, signature: str, acc: _Accumulator) -> bool:
     acc.count = int(attrs["count"])
     acc.docs_done = int(attrs["docs_done"])
     acc.n_empty_docs = int(attrs["n_empty_docs"])
+    acc.probe_u = probe_u.to(acc.mom2_sum.device) if probe_u is not None else None
+    acc.history = [list(h) for h in attrs.get("convergence_history", [])]
+    acc.streak = int(attrs.get("convergence_streak", 0))
     return True
 
 
 def _write_partial(partial: str, acc: _Accumulator, signature: str) -> None:
     _write_h5_atomic(partial, acc, {"signature": signature, "count": acc.count,
                                     "docs_done": acc.docs_done, "n_tokens": acc.count,
-                                    "n_empty_docs": acc.n_empty_docs}, final=False)
+                                    "n_empty_docs": acc.n_empty_docs,
+                                    "convergence_history": acc.history,
+                                    "convergence_streak": acc.streak}, final=False)
     log.info("key statistics checkpoint: %d docs, %d tokens -> %s", acc.docs_done, acc.count,
              partial)
 
@@ -357,13 +446,16 @@ def compute_key_second_moment(model: nn.Module, tok, layer: int, docs: Iterable[
                               out_path: str | os.PathLike, *, n_docs: int,
                               max_doc_tokens: int = 1024, batch_tokens: int = 8192,
                               checkpoint_every_docs: int = 1000, attrs: dict | None = None,
-                              progress_every_s: float = 30.0) -> None:
+                              progress_every_s: float = 30.0,
+                              convergence: Convergence | None = None) -> None:
     """Accumulate ``sum k k^T`` of block ``layer``'s MLP-output keys over ``n_docs`` documents.
 
     ``docs`` yields document texts in a fixed order (it is re-iterated from the start on resume).
     Each document is truncated to ``max_doc_tokens`` tokens (and to the model's maximum number of
     positions). The result is written to ``out_path`` (see the module docstring for the layout);
     ``attrs`` should carry ``model_id``, ``revision``, ``corpus`` and ``corpus_fingerprint``.
+    With ``convergence``, reading stops early once the probes' ``C^-1 k`` has settled (module
+    docstring); ``n_docs`` is then an upper bound.
     """
     if n_docs < 1 or batch_tokens < 1 or checkpoint_every_docs < 1 or max_doc_tokens < 1:
         raise ValueError("n_docs, batch_tokens, checkpoint_every_docs and max_doc_tokens must be >= 1")
@@ -379,7 +471,10 @@ def compute_key_second_moment(model: nn.Module, tok, layer: int, docs: Iterable[
         log.warning("max_doc_tokens=%d exceeds the model's %d positions; using %d",
                     max_doc_tokens, max_pos, max_len)
     run_attrs = _run_attrs(model, layer, module_path, d_in, max_len, attrs)
-    signature = _signature(run_attrs, n_docs, batch_tokens, checkpoint_every_docs)
+    if convergence is not None and convergence.probes.shape[1] != d_in:
+        raise ValueError(f"convergence probes have width {convergence.probes.shape[1]}, but {module_path} "
+                         f"takes {d_in} inputs")
+    signature = _signature(run_attrs, n_docs, batch_tokens, checkpoint_every_docs, convergence)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     out_path = os.fspath(out_path)
@@ -405,17 +500,21 @@ def compute_key_second_moment(model: nn.Module, tok, layer: int, docs: Iterable[
         with torch.inference_mode():
             _consume(doc_iter, tok, base, target, acc, progress, partial, signature,
                      n_docs=n_docs, max_len=max_len, batch_tokens=batch_tokens,
-                     checkpoint_every=checkpoint_every_docs, pad_id=pad_id, device=device)
+                     checkpoint_every=checkpoint_every_docs, pad_id=pad_id, device=device,
+                     convergence=convergence)
     finally:
         model.train(was_training)
 
-    if acc.docs_done < n_docs:
+    if acc.docs_done < n_docs and not acc.converged:
         log.warning("corpus ended after %d documents (%d requested); statistics use %d documents",
                     acc.docs_done, n_docs, acc.docs_done)
     if acc.count == 0:
         raise ValueError(f"no tokens in the {acc.docs_done} documents read: nothing to write to {out_path}")
     final_attrs = dict(run_attrs, count=acc.count, n_docs=acc.docs_done, n_docs_requested=n_docs,
                        n_empty_docs=acc.n_empty_docs)
+    if convergence is not None:
+        final_attrs.update(convergence=convergence.describe(), convergence_history=acc.history,
+                           converged=acc.converged)
     _write_h5_atomic(out_path, acc, final_attrs, final=True)
     if os.path.exists(partial):
         os.remove(partial)
@@ -425,10 +524,13 @@ def compute_key_second_moment(model: nn.Module, tok, layer: int, docs: Iterable[
 
 def _consume(doc_iter: Iterator[str], tok, base: nn.Module, target: nn.Module, acc: _Accumulator,
              progress: _Progress, partial: str, signature: str, *, n_docs: int, max_len: int,
-             batch_tokens: int, checkpoint_every: int, pad_id: int, device: torch.device) -> None:
-    """Read the corpus chunk by chunk until ``n_docs`` documents or its end, checkpointing."""
+             batch_tokens: int, checkpoint_every: int, pad_id: int, device: torch.device,
+             convergence: Convergence | None = None) -> None:
+    """Read the corpus chunk by chunk until ``n_docs`` documents, its end or convergence,
+    checkpointing."""
+    check_every = convergence.check_every_docs if convergence is not None else None
     while acc.docs_done < n_docs:
-        wanted = _next_boundary(acc.docs_done, n_docs, checkpoint_every) - acc.docs_done
+        wanted = _next_boundary(acc.docs_done, n_docs, checkpoint_every, check_every) - acc.docs_done
         texts = list(islice(doc_iter, wanted))
         if texts:
             _process_chunk(texts, tok, base, target, acc, max_len=max_len,
@@ -437,8 +539,53 @@ def _consume(doc_iter: Iterator[str], tok, base: nn.Module, target: nn.Module, a
             acc.docs_done += len(texts)
         if len(texts) < wanted:
             return
+        if check_every and acc.docs_done % check_every == 0 and _check_convergence(acc, convergence):
+            return
         if acc.docs_done % checkpoint_every == 0 and acc.docs_done < n_docs:
             _write_partial(partial, acc, signature)
+
+
+def _check_convergence(acc: _Accumulator, conv: Convergence) -> bool:
+    """One convergence check (updates ``acc``); True when reading should stop."""
+    u = probe_solutions(acc.mom2_sum, acc.count, conv.probes.to(acc.mom2_sum.device))
+    change = solution_change(u, acc.probe_u)
+    acc.probe_u = u
+    acc.streak = acc.streak + 1 if change < conv.tolerance else 0
+    acc.history.append([acc.docs_done, acc.count, change if np.isfinite(change) else None])
+    acc.converged = acc.streak >= conv.patience and acc.docs_done >= conv.min_docs
+    log.info("key statistics convergence check at %d docs (%d tokens): max relative change of C^-1 k "
+             "%.3g (tolerance %g, %d/%d below)%s", acc.docs_done, acc.count, change, conv.tolerance,
+             acc.streak, conv.patience, "; converged, stopping" if acc.converged else "")
+    return acc.converged
+
+
+def subject_keys(model: nn.Module, tok, layer: int, prompts: list[tuple[str, int]],
+                 batch_size: int = 16) -> torch.Tensor:
+    """Keys of block ``layer``'s MLP output projection at the last subject token of each prompt.
+
+    ``prompts``: (text, index of the subject's last character + 1), as ROME's lookup takes
+    them. Returns [len(prompts), d_in] float64 on the model's device (the convergence probes).
+    """
+    from editscale.editors.rome import build_prompts
+
+    spec = arch_of(model)
+    target = get_module(model, spec.mlp_out_path(layer))
+    base = get_module(model, spec.base)
+    device = next(model.parameters()).device
+    out = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(prompts), batch_size):
+                enc, lookup = build_prompts(tok, prompts[start:start + batch_size])
+                ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+                keys = _mlp_out_inputs(base, target, ids, mask)
+                rows = torch.arange(len(lookup), device=device)
+                out.append(keys[rows, lookup.to(device)].to(torch.float64))
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Rule key_stats: resources/stats/{model}/{corpus}/layer{layer}.h5 = the uncentred second moment of
 the keys of block {layer}'s MLP output matrix over n_docs documents of {corpus}: its first, or
-ROME's fixed random subset (stats.sample)."""
+ROME's fixed random subset (stats.sample), stopped early once it has converged (stats.convergence:
+u = C^-1 k of the first n_probes CounterFact subjects' keys settles)."""
 
 from pathlib import Path
 
@@ -8,9 +9,9 @@ from editscale.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
-from editscale.data import corpus_fingerprint, sample_corpus  # noqa: E402
+from editscale.data import corpus_fingerprint, load_counterfact, sample_corpus, subject_prompt  # noqa: E402
 from editscale.models import load_model, model_identity  # noqa: E402
-from editscale.stats import compute_key_second_moment  # noqa: E402
+from editscale.stats import Convergence, compute_key_second_moment, subject_keys  # noqa: E402
 
 wc = snakemake.wildcards
 model_dir = Path(snakemake.input.model).parent
@@ -20,6 +21,22 @@ model, tok = load_model(model_dir, snakemake.params.dtype, snakemake.config["mod
 max_doc_tokens = snakemake.params.max_doc_tokens or (
     getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
 )
+convergence = None
+conv = snakemake.params.convergence
+if conv["tolerance"] is not None:
+    records = load_counterfact(snakemake.input.counterfact[0])
+    if len(records) < conv["n_probes"]:
+        raise ValueError(f"stats.convergence.n_probes is {conv['n_probes']}, but {snakemake.input.counterfact[0]} "
+                         f"holds only {len(records)} records")
+    probe_records = records[: conv["n_probes"]]
+    convergence = Convergence(
+        probes=subject_keys(model, tok, int(wc.layer), [subject_prompt(r) for r in probe_records]),
+        tolerance=conv["tolerance"],
+        check_every_docs=conv["check_every_docs"],
+        patience=conv["patience"],
+        min_docs=conv["min_docs"],
+        probe_source="CounterFact case_ids " + ",".join(str(r["case_id"]) for r in probe_records),
+    )
 compute_key_second_moment(
     model,
     tok,
@@ -37,4 +54,5 @@ compute_key_second_moment(
         "sample": snakemake.params.sample,
         "sample_seed": snakemake.params.sample_seed,
     },
+    convergence=convergence,
 )
