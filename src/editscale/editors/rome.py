@@ -20,7 +20,9 @@ prompt (causal attention: the target tokens after it do not change it), and delt
 the residual stream after the edited block, which equals adding it to the MLP output.
 
 Other deliberate differences from the public code, none of which changes an edit on the models
-compared (u and v cosine 1 - 2e-7 on SmolLM2-135M, same templates and covariance): the subject's
+compared (20 sequential edits of SmolLM2-135M layer 6 under transformers 5, same templates and
+covariance: u and v cosine >= 1 - 1e-11, ||dW - dW_ref|| / ||dW_ref|| <= 4.5e-6, identical
+ES/PS/NS; ``benchmarks/bench_rome_reference.py``): the subject's
 last token is located from the tokenizer's offset mapping rather than by tokenising prefix and
 subject separately (identical unless BPE merges the subject's last character with what follows);
 targets are tokenised with an explicit leading space and without special tokens; C is inverted
