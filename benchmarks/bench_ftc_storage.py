@@ -23,7 +23,12 @@ alike) and scaled to the full matrix:
   decode to the same bits;
 * ``checkpoint XOR``: only the weights at the evaluation checkpoints (every 5 edits: the paper's
   downstream schedule), each stored as the XOR of its float32 bits with the previous
-  checkpoint's, byte-shuffled, zlib-6 (exact; per edit = per checkpoint / 5).
+  checkpoint's, byte-shuffled, zlib-6 (exact; per edit = per checkpoint / 5);
+* ``snapshots only (replay)``: what ``store_updates: false`` stores (the paper config's FT-C): no
+  update, a snapshot of the weights (and bias) every ``--snapshot-every`` edits and after the
+  last, as the store writes them (gzip-1), measured on the weights after the simulated edits;
+  the evaluation jobs replay the edits in between (:mod:`editscale.replay`). Per edit = the
+  trajectory's snapshots / ``--n-edits``.
 
 It prints bytes per edit and the projection for an ``--n-edits`` trajectory (3,000: the paper
 config), against the 25 GB target of the issue. Results are also written as JSON to
@@ -130,6 +135,10 @@ def simulate(args) -> dict:
         print(f"edit {e + 1}/{args.edits}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     n_ckpt_edits = args.edits - args.edits % CHECKPOINT_EVERY
     per_edit = {k: v / (n_ckpt_edits if k == "checkpoint XOR" else args.edits) for k, v in sums.items()}
+    # snapshots 0, k, 2k, ... and the last edit; the bias (OUT_DIM floats) uncompressed
+    n_snapshots = len(set(range(0, args.n_edits + 1, args.snapshot_every)) | {args.n_edits})
+    snapshot = gzip1_bytes(w[rows].numpy()) * OUT_DIM / args.rows + 4 * OUT_DIM
+    per_edit["snapshots only (replay)"] = n_snapshots * snapshot / args.n_edits
     return {"per_edit": per_edit, "fractions": fractions, "seconds": time.perf_counter() - t0}
 
 
@@ -139,6 +148,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--n-edits", type=int, default=3000, help="trajectory length for the projection")
+    ap.add_argument("--snapshot-every", type=int, default=100, help="snapshot interval (the paper config's)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     res = simulate(args)

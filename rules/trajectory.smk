@@ -10,6 +10,9 @@ rule trajectory:
             config, wildcards.model, wildcards.method
         ),
         snapshot_every=config["snapshot_every"],
+        store_updates=lambda wildcards: config["methods"][wildcards.method][
+            "store_updates"
+        ],
         seed=config["seed"],
         dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
     log:

@@ -168,7 +168,7 @@ def test_bias_trajectory_stores_rebuilds_and_evaluates_bitwise(traj_inputs, tmp_
     the runner's own snapshot bit for bit (matrix and bias); the evaluation loads both."""
     import h5py
 
-    from editscale.evaljobs import load_weights_into
+    from editscale.replay import load_weights_into
     from editscale.store import initial_weight_norms, read_metrics, rebuild_weights, replay_weights
     from editscale.trajectory import run_trajectory
 

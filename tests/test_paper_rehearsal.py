@@ -107,6 +107,13 @@ def test_paper_config_rehearsal_runs_through_the_dag(tmp_path, tiny_model_factor
     assert imported["published_model"] == "EleutherAI_gpt-j-6B" and imported["layer"] == 5
     computed = stats_attrs(work / "resources/stats/gpt2-xl/wikipedia/layer17.h5")
     assert computed["sample"] == "random" and computed["sample_seed"] == 1 and computed["n_docs"] == 20
+    # FT-C keeps snapshots only (store_updates: false): its evaluation replays the edits in between,
+    # checked bitwise against the stored snapshot after edit 5
+    import h5py
+
+    with h5py.File(work / "results/trajectories/gpt-j-6b/ftc/sample0.h5") as f:
+        assert f["updates/0"].attrs["kind"] == "replay" and sorted(f["snapshots/0"], key=int) == ["0", "5", "10"]
+    assert "replayed edits 1..5" in (work / "logs/eval_chunk/gpt-j-6b/ftc/sample0/chunk0.log").read_text()
     for model in ("gpt-j-6b", "gpt2-xl"):
         for method in ("rome", "ftc", "mend"):
             ev = work / "results" / "evaluations" / model / method / "sample0_downstream.csv"

@@ -48,17 +48,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
-import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .downstream import generate_greedy
-from .editors import load_editor_module
-from .evaljobs import load_weights_into
-from .models import arch_of, edit_parameter, load_model, model_identity
-from .store import read_editor_state, read_metrics, rebuild_weights
-from .trajectory import load_second_moment, select_records
+from .models import arch_of, edit_parameter, load_model
+from .replay import WeightLoader
+from .store import read_metrics
+from .trajectory import select_records, trajectory_editor
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +137,6 @@ def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path
                   rule: dict, prompts: list[str], seed: int, dtype: str = "float32", device: str = "cpu",
                   n_tokens: int = 20, editor_file=None) -> None:
     """Flag disabling edits of one trajectory, measure them standalone, store generations."""
-    with h5py.File(trajectory_path, "r") as f:
-        hparams = json.loads(f.attrs["hparams"])
-        editor_name = str(f.attrs["editor"])
-        traj_seed = int(f.attrs["seed"])
-        state = read_editor_state(f)
     m = read_metrics(trajectory_path)
     n = len(m["edit"])
     records = select_records(counterfact_path, ordering_path, n)
@@ -161,10 +153,7 @@ def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path
 
     model, tok = load_model(model_dir, dtype=dtype, device=device)
     spec = arch_of(model)
-    second_moment = load_second_moment(stats_path, model_dir, int(hparams["layer"])) if stats_path else None
-    extra = {} if editor_file is None else {"editor_file": editor_file, "identity": model_identity(model_dir)}
-    editor = load_editor_module(editor_name).make_editor(model, tok, hparams, second_moment, traj_seed, state=state,
-                                                         **extra)
+    editor = trajectory_editor(trajectory_path, model, tok, model_dir, stats_path, editor_file)
     numel = {p: edit_parameter(model, p).numel() for p in editor.edited_modules}
     reasons = dict(flagged)
     rows = []
@@ -187,8 +176,9 @@ def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path
     if flagged:
         t = flagged[0][0]
         generations = {"edit": t, "case_id": records[t - 1]["case_id"], "prompts": prompts}
+        loader = WeightLoader(trajectory_path, model, spec, records, lambda: editor)  # after the standalone edits
         for label, step in (("before", t - 1), ("after", t)):
-            load_weights_into(model, rebuild_weights(trajectory_path, step, spec, device=next(model.parameters()).device))
+            loader.load(step)
             generations[label] = generate_greedy(model, tok, prompts, max_new_tokens=n_tokens)
     out = {"trajectory": str(trajectory_path), "rule": rule, "seed": seed, "n_edits": n, "edits": rows,
            "summary": summary, "generations": generations}

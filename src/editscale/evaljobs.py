@@ -26,17 +26,17 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 
 from .checkpoints import checkpoint_plan
 from .collapse import MEASURES as COLLAPSE_MEASURES
 from .collapse import evaluate_collapse, heldout_token_lists
 from .downstream import evaluate_task_set
 from .forgetting import evaluate_facts, forgetting_curves
-from .models import arch_of, edit_parameter, load_model, model_identity
+from .models import arch_of, load_model, model_identity
 from .provenance import canonical_json, environment, sha256_file
-from .store import initial_weight_norms, move_aside, open_partial, read_metrics, rebuild_weights
-from .trajectory import select_records
+from .replay import WeightLoader
+from .store import initial_weight_norms, move_aside, open_partial, read_metrics
+from .trajectory import select_records, trajectory_editor
 
 log = logging.getLogger(__name__)
 DOWNSTREAM_METRICS = ("f1", "accuracy", "mcc", "n_invalid")
@@ -48,12 +48,6 @@ def _trajectory_meta(path) -> dict:
         if not bool(f.attrs.get("complete", False)):
             raise ValueError(f"{path} is not a finished trajectory (complete flag missing)")
         return {"n_edits": int(f.attrs["n_done"]), "params": json.loads(f.attrs["params"])}
-
-
-def load_weights_into(model, weights: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, w in weights.items():
-            edit_parameter(model, name).copy_(w)
 
 
 def collapse_settings(probe_path, perplexity_max_tokens: int, generation_max_new_tokens: int) -> dict | None:
@@ -127,8 +121,12 @@ def run_eval_chunk(*, trajectory_path, model_dir, counterfact_path, ordering_pat
                    dtype: str = "float32", device: str = "cpu", batch_size: int = 64,
                    downstream_batch_size: int = 16, max_new_tokens: int = 3, collapse_probe=None,
                    perplexity_max_tokens: int = 128, generation_max_new_tokens: int = 24,
-                   perplexity_batch_size: int = 16) -> None:
+                   perplexity_batch_size: int = 16, stats_path=None, editor_file=None) -> None:
     """Evaluate the given checkpoints of one trajectory and write ``out_path`` (HDF5).
+
+    ``stats_path``, ``editor_file``: the trajectory's key statistics and editor networks, used
+    only to replay the edits of a trajectory that keeps snapshots only (``store_updates: false``,
+    :mod:`editscale.replay`).
 
     ``collapse_probe``: the JSON file of :func:`editscale.collapse.build_probe`; with it, every
     checkpoint also gets the held-out perplexity (documents cut to ``perplexity_max_tokens``
@@ -142,6 +140,8 @@ def run_eval_chunk(*, trajectory_path, model_dir, counterfact_path, ordering_pat
     collapse = collapse_settings(collapse_probe, perplexity_max_tokens, generation_max_new_tokens)
     model, tok = load_model(model_dir, dtype=dtype, device=device)
     spec = arch_of(model)
+    loader = WeightLoader(trajectory_path, model, spec, records,
+                          lambda: trajectory_editor(trajectory_path, model, tok, model_dir, stats_path, editor_file))
     heldout = heldout_token_lists(tok, probe["perplexity"]["docs"], perplexity_max_tokens) if probe else None
     traj_sha = sha256_file(trajectory_path)
     settings = chunk_settings(
@@ -165,7 +165,7 @@ def run_eval_chunk(*, trajectory_path, model_dir, counterfact_path, ordering_pat
         for i, ck in enumerate(todo):
             t = ck["t"]
             t0 = time.perf_counter()
-            load_weights_into(model, rebuild_weights(trajectory_path, t, spec, device=next(model.parameters()).device))
+            loader.load(t)
             if f"t{t}" in f:  # begun by a killed run: redo it whole
                 del f[f"t{t}"]
             g = f.create_group(f"t{t}")

@@ -13,6 +13,10 @@ Layout of ``<trajectory>.h5``::
     updates/<i>/u, v, offsets     kind low_rank (MEND): (rows, in) / (rows, out) float32 factor rows
                                   of all edits, growing; edit t owns rows offsets[t-1]:offsets[t]
                                   (delta = v^T u); offsets (n_edits + 1,) int64
+    updates/<i>                   kind replay (``store_updates: false``): no update is stored; the
+                                  weights after an edit between two snapshots are rebuilt by
+                                  replaying the editor from the earlier one (:mod:`editscale.replay`,
+                                  checked bitwise against the later one)
     snapshots/<i>/<t>             exact copy (storage orientation and dtype) of param i after edit t
     updates/<i>/bias              (n_edits, out) float32 bias deltas, when the editor also changes
                                   the bias of param i's module (attrs bias=True; FT-C include_bias);
@@ -61,6 +65,14 @@ class StoreError(RuntimeError):
 
 class CorruptDataError(StoreError):
     """A dataset could not be read back as written (its checksum fails: the file is damaged)."""
+
+
+class UpdatesNotStored(StoreError):
+    """The trajectory keeps snapshots only (update kind ``replay``): edits between snapshots are
+    rebuilt by replaying the editor (:class:`editscale.replay.WeightLoader`)."""
+
+
+REPLAY = "replay"
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -204,6 +216,8 @@ class TrajectoryWriter:
                 ug.create_dataset("v", shape=(0, out_dim), maxshape=(None, out_dim), dtype="f4",
                                   chunks=(16, out_dim), **_CHECKSUM)
                 ug.create_dataset("offsets", shape=(n_edits + 1,), dtype="i8", fillvalue=0, **_CHECKSUM)
+            elif kinds[p] == REPLAY:
+                pass  # snapshots only
             elif kinds[p] == "dense":
                 ug.create_dataset("dense", shape=(n_edits, out_dim, in_dim), dtype="f4",
                                   chunks=(1, out_dim, in_dim), compression="gzip", compression_opts=1,
@@ -213,8 +227,9 @@ class TrajectoryWriter:
             f.create_group(f"snapshots/{i}")
             ug.attrs["bias"] = p in biases
             if p in biases:
-                ug.create_dataset("bias", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim),
-                                  **_CHECKSUM)
+                if kinds[p] != REPLAY:
+                    ug.create_dataset("bias", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim),
+                                      **_CHECKSUM)
                 f.create_group(f"bias_snapshots/{i}")
         f.create_group("editor_state")
         f.flush()
@@ -263,6 +278,8 @@ class TrajectoryWriter:
         for i, p in enumerate(params):
             upd = by_module[p]
             g = self.f[f"updates/{i}"]
+            if g.attrs["kind"] == REPLAY:
+                continue
             if upd.kind != g.attrs["kind"]:
                 raise StoreError(f"edit {t}: a {upd.kind} update for {p}, whose store kind is {g.attrs['kind']}")
             if (upd.bias is not None) != ("bias" in g):
@@ -321,6 +338,14 @@ def read_updates(f: h5py.File, t_from: int, t_to: int) -> list[list[ParamUpdate]
     cols = []
     for i, p in enumerate(params):
         g = f[f"updates/{i}"]
+        if g.attrs["kind"] == REPLAY:
+            if t_to <= t_from:
+                cols.append([])
+                continue
+            raise UpdatesNotStored(
+                f"{f.filename}: the updates of {p} are not stored (store_updates: false); the weights after "
+                f"edits {t_from + 1}..{t_to} are rebuilt by replaying the editor from snapshot {t_from} "
+                "(editscale.replay.WeightLoader)")
         if g.attrs["kind"] == "rank_one":
             us, vs = _read(g["u"], slice(t_from, t_to)), _read(g["v"], slice(t_from, t_to))
             cols.append([ParamUpdate(p, u=torch.from_numpy(u), v=torch.from_numpy(v)) for u, v in zip(us, vs)])
@@ -350,6 +375,13 @@ def _apply(weights: dict[str, torch.Tensor], upd: ParamUpdate, spec: ArchSpec) -
 
 def snapshot_steps(f: h5py.File) -> list[int]:
     return sorted(int(k) for k in f["snapshots/0"]) if "snapshots/0" in f else []
+
+
+def updates_stored(path: str | os.PathLike) -> bool:
+    """Whether a trajectory file stores every edit's update (False: snapshots only, the edits in
+    between rebuilt by replaying the editor, :mod:`editscale.replay`)."""
+    with h5py.File(path, "r") as f:
+        return not any(f[f"updates/{i}"].attrs["kind"] == REPLAY for i in range(len(json.loads(f.attrs["params"]))))
 
 
 def replay_weights(path: str | os.PathLike, t_to: int, spec: ArchSpec | str | None = None,

@@ -8,7 +8,10 @@ and wall times. When the editor also changes the module's bias (FT-C ``include_b
 gets ``bias_update_norm_i`` (||delta b||_2) and ``bias_distance_i`` (||b_t - b_0||_2 / numel(b));
 the matrix metrics stay those of the matrix alone. Everything goes to the HDF5 store, flushed after each edit; a killed run resumes
 from its last complete edit (metrics a partial file from an older version lacks are recomputed
-for its edits by replaying the stored updates).
+for its edits by replaying the stored updates). With ``store_updates=False`` the updates are not
+stored, only the snapshots (every ``snapshot_every`` edits and the last): a resumed run, the
+evaluation chunks and the disabling job rebuild the edits in between by replaying the editor
+(:mod:`editscale.replay`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
@@ -29,7 +33,8 @@ from .editors import editor_info, load_editor_module
 from .editors.base import apply_updates, bias_key
 from .evaluation import METRIC_NAMES, evaluate_record
 from .models import arch_of, edit_parameter, load_model, model_identity, read_manifest, sha256_file
-from .store import TrajectoryWriter, rebuild_weights, replay_weights
+from .replay import WeightLoader
+from .store import REPLAY, TrajectoryWriter, read_editor_state, replay_weights
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +68,29 @@ def load_second_moment(stats_path, model_dir, layer: int) -> torch.Tensor:
     return load_key_second_moment(stats_path, expect=expect)
 
 
+def trajectory_editor(trajectory_path, model, tok, model_dir, stats_path=None, editor_file=None):
+    """The editor of a trajectory, built on ``model`` (the unedited model) as the runner built it:
+    the method's hparams, seed and stored editor state (ROME's context templates) read from the
+    trajectory file, the key statistics and editor networks from the same inputs."""
+    with h5py.File(trajectory_path, "r") as f:
+        hparams = json.loads(f.attrs["hparams"])
+        editor_name = str(f.attrs["editor"])
+        seed = int(f.attrs["seed"])
+        state = read_editor_state(f)
+    second_moment = load_second_moment(stats_path, model_dir, int(hparams["layer"])) if stats_path else None
+    extra = {} if editor_file is None else {"editor_file": editor_file, "identity": model_identity(model_dir)}
+    return load_editor_module(editor_name).make_editor(model, tok, hparams, second_moment, seed, state=state, **extra)
+
+
 def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, out_path, method: str,
                    editor: str, hparams: dict, n_edits: int, snapshot_every: int, seed: int,
                    dtype: str = "float32", device: str = "cpu", config: dict | None = None,
-                   eval_batch_size: int = 64, progress_every_s: float = 30.0, editor_file=None) -> None:
+                   eval_batch_size: int = 64, progress_every_s: float = 30.0, editor_file=None,
+                   store_updates: bool = True) -> None:
     """Run (or resume) one sequential editing trajectory and write ``out_path`` (HDF5).
 
     ``editor_file``: the trained editor networks of editors that need one (MEND).
+    ``store_updates``: False keeps snapshots only (see the module docstring).
     """
     t_start = time.perf_counter()
     if n_edits < 1 or snapshot_every < 1:
@@ -95,6 +116,8 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
     }
     if editor_sha is not None:
         key_inputs["editor_file"] = editor_sha
+    if not store_updates:
+        key_inputs["store_updates"] = False
     resume_key = _hash(key_inputs)
     from .provenance import config_hash, environment
 
@@ -104,7 +127,7 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
         "model": read_manifest(model_dir), "model_id": identity["model_id"],
         "revision": identity["revision"], "counterfact_sha256": sha256_file(counterfact_path),
         "ordering_sha256": sha256_file(ordering_path), "stats_sha256": stats_sha or "",
-        "editor_file_sha256": editor_sha or "",
+        "editor_file_sha256": editor_sha or "", "store_updates": bool(store_updates),
         "config": config or {}, "config_hash": config_hash(config or {}), "environment": environment(),
     }
 
@@ -127,7 +150,8 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
                     + list(ed.info_names) + ["edit_seconds", "eval_seconds"])
     writer = TrajectoryWriter.open(
         out_path, n_edits=n_edits, params=params, shapes=shapes,
-        dtypes={p: str(originals[p].dtype) for p in params}, kinds={p: ed.update_kind for p in params},
+        dtypes={p: str(originals[p].dtype) for p in params},
+        kinds={p: ed.update_kind if store_updates else REPLAY for p in params},
         metric_names=metric_names, attrs=attrs, resume_key=resume_key,
         biases={p: str(originals[bias_key(p)].dtype) for p in biases},
     )
@@ -138,10 +162,9 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
         else:
             log.info("resuming %s after edit %d of %d", writer.path, writer.n_done, n_edits)
             _backfill_weight_norms(writer, params, spec, device=originals[params[0]].device)
-            rebuilt = rebuild_weights(writer.path, writer.n_done, spec, device=originals[params[0]].device)
-            with torch.no_grad():
-                for name, w in rebuilt.items():  # the matrices and any edited bias
-                    edit_parameter(model, name).copy_(w)
+            # the matrices and any edited bias after the last finished edit: from the file, or
+            # (store_updates false) by replaying this editor from the last snapshot
+            WeightLoader(writer.path, model, spec, records, lambda: ed).load(writer.n_done)
         numel = {p: originals[p].numel() for p in params}
         last_log = time.perf_counter()
         log.info("trajectory %s: %d edits with %s on %s (%s), editing %s", out_path, n_edits, editor,

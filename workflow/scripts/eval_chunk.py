@@ -29,4 +29,6 @@ run_eval_chunk(
     perplexity_max_tokens=p.perplexity_max_tokens,
     generation_max_new_tokens=p.generation_max_new_tokens,
     perplexity_batch_size=ev["perplexity"]["batch_size"],
+    stats_path=snakemake.input.get("stats"),
+    editor_file=snakemake.input.get("editor_file"),
 )

@@ -1,5 +1,6 @@
 """Rule trajectory: results/trajectories/{model}/{method}/sample{sample}.h5 = n_edits sequential
-edits of the model in the sample's order, with per-edit metrics, updates and snapshots."""
+edits of the model in the sample's order, with per-edit metrics, snapshots and (unless the method
+sets store_updates: false) every edit's update."""
 
 from pathlib import Path
 
@@ -26,4 +27,5 @@ run_trajectory(
     device=snakemake.config["models"][wc.model]["device"],
     config=snakemake.config,
     editor_file=snakemake.input.get("editor_file"),
+    store_updates=snakemake.params.store_updates,
 )
