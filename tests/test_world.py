@@ -128,3 +128,27 @@ def test_spec_errors_name_the_key():
         world.WorldSpec.from_dict({"n_peple": 3})
     with pytest.raises(ValueError, match="neighbours"):
         world.generate_world(world.WorldSpec.from_dict({**SMALL, "n_people": 20}))
+    with pytest.raises(ValueError, match="filler_grammar"):
+        world.WorldSpec.from_dict({"filler_grammar": "english"})
+
+
+def test_rich_filler_is_varied_seeded_and_used_in_both_corpora():
+    def words(grammar, seed):
+        r = random.Random(seed)
+        return [world.filler_sentence(r, grammar) for _ in range(400)]
+
+    rich, cola = words("rich", 0), words("cola", 0)
+    assert rich == words("rich", 0) and rich != words("rich", 1)
+    vocab = {w.strip(".,").lower() for s in rich for w in s.split()}
+    assert len(vocab) > 200 and len({w.strip(".,").lower() for s in cola for w in s.split()}) < 60
+    assert all(s[0].isupper() and s.endswith(".") for s in rich)
+    assert not any(" we was " in f" {s.lower()} " or " they was " in f" {s.lower()} " for s in rich)
+
+    spec = world.WorldSpec.from_dict({**SMALL, "filler_grammar": "rich", "n_filler": 50})
+    w = world.generate_world(spec)
+    plain = world.generate_world(world.WorldSpec.from_dict({**SMALL, "n_filler": 50}))
+    assert w.records == plain.records and w.task_dev == plain.task_dev  # only the filler differs
+    rich_words = set(world.RICH_NOUNS) - set(world.COLA_NOUNS) - {"river bank"}
+    for docs in (w.train_docs, w.heldout_docs):
+        assert any(set(d.lower().replace(".", " ").split()) & rich_words for d in docs)
+    assert len(w.train_docs) == len(plain.train_docs) and len(w.heldout_docs) == len(plain.heldout_docs)

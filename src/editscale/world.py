@@ -133,6 +133,41 @@ _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
 _VOWELS = ("a", "e", "i", "o", "u")
 _CODAS = ("", "", "n", "r", "l", "s", "k", "m")
 
+# The "rich" filler grammar: everyday English words in varied sentence frames, so that the text
+# around the facts needs many features, as real text does (the "cola" filler is 8 x 8 x 8 words)
+RICH_NOUNS = ("river", "village", "garden", "road", "letter", "window", "market", "forest", "bridge",
+              "station", "school", "doctor", "teacher", "farmer", "child", "soldier", "painter", "baker",
+              "sailor", "writer", "student", "neighbour", "stranger", "friend", "king", "queen", "horse",
+              "dog", "bird", "boat", "train", "tower", "castle", "church", "library", "hospital", "kitchen",
+              "table", "chair", "door", "wall", "field", "hill", "lake", "island", "valley", "storm", "song",
+              "story", "picture", "machine", "engine", "company", "factory", "harbour", "museum", "theatre",
+              "newspaper", "journey", "winter", "summer", "morning", "evening", "mountain", "ocean",
+              "coat", "hat", "basket", "bottle", "lamp", "clock", "map", "ticket", "coin", "stone", "tree",
+              "flower", "apple", "bread", "cheese", "wine", "council", "army", "river bank", "shop",
+              "office", "prison", "palace", "temple", "street", "square", "farm", "mill", "mine", "camp")
+RICH_ADJS = ("old", "young", "tall", "quiet", "clever", "angry", "kind", "brave", "small", "large",
+             "green", "red", "dark", "bright", "cold", "warm", "heavy", "empty", "famous", "strange",
+             "ancient", "modern", "narrow", "wide", "busy", "lonely", "proud", "gentle", "wooden",
+             "broken", "golden", "distant", "simple", "careful", "hungry", "tired", "wild", "rich", "poor",
+             "northern", "southern", "local", "public", "secret", "early", "late", "long", "short")
+RICH_VERBS = ("saw", "helped", "called", "followed", "thanked", "visited", "met", "found", "built",
+              "painted", "opened", "closed", "carried", "bought", "sold", "left", "crossed", "watched",
+              "described", "remembered", "repaired", "cleaned", "moved", "wrote", "read", "lost",
+              "covered", "reached", "joined", "avoided", "protected", "discovered", "destroyed", "owned")
+RICH_INTRANS = ("slept", "waited", "laughed", "arrived", "disappeared", "worked", "travelled", "rested",
+                "sang", "danced", "listened", "returned", "grew", "fell", "shone", "changed")
+RICH_ADVS = ("quickly", "slowly", "quietly", "suddenly", "often", "rarely", "carefully", "always",
+             "never", "later", "finally", "again", "happily", "barely")
+RICH_PREPS = ("near", "behind", "under", "beside", "across", "inside", "above", "around", "beyond",
+              "along", "towards", "without", "after", "before", "during")
+RICH_DETS = ("the", "a", "every", "one", "that", "this", "some", "no", "her", "his", "their", "our")
+RICH_NUMBERS = ("two", "three", "four", "five", "six", "seven", "ten", "twelve", "twenty", "forty",
+                "a hundred", "many", "several", "few")
+RICH_CONJ = ("and", "but", "because", "while", "although", "so", "until", "when")
+RICH_PRONOUNS = ("He", "She", "They", "We", "Nobody", "Everyone", "Someone")
+
+FILLER_GRAMMARS = ("cola", "rich")
+
 GLUE_DIRS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}
 
 
@@ -153,6 +188,7 @@ class WorldSpec:
     n_filler: int = 500  # filler sentences in the training corpus
     fact_repeats: int = 3  # copies of every (fact, template) sentence in the training corpus
     n_heldout_docs: int = 2000  # documents in the held-out corpus
+    filler_grammar: str = "cola"  # "cola": the CoLA frame's words; "rich": varied everyday English
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "WorldSpec":
@@ -162,8 +198,11 @@ class WorldSpec:
         if unknown:
             raise ValueError(f"world: unknown keys {unknown}; known: {sorted(known)}")
         spec = cls(**d)
+        if spec.filler_grammar not in FILLER_GRAMMARS:
+            raise ValueError(f"world.filler_grammar must be one of {list(FILLER_GRAMMARS)}, "
+                             f"got {spec.filler_grammar!r}")
         for f in fields(cls):
-            if getattr(spec, f.name) < 0:
+            if f.name != "filler_grammar" and getattr(spec, f.name) < 0:
                 raise ValueError(f"world.{f.name} must be >= 0, got {getattr(spec, f.name)}")
         if spec.n_task_dev % 2 or spec.n_task_heldout % 2:
             raise ValueError("world.n_task_dev and world.n_task_heldout must be even (balanced labels)")
@@ -404,7 +443,54 @@ def write_glue_file(task: str, examples: Sequence[dict], path: str | os.PathLike
 # ----------------------------------------------------------------------------- corpora
 
 
-def filler_sentence(rng: random.Random) -> str:
+def _noun_phrase(rng: random.Random) -> str:
+    det = rng.choice(RICH_DETS)
+    det = "an" if det == "a" else det  # "a"/"an" is settled below, once the adjective is known
+    adj = rng.choice(RICH_ADJS) + " " if rng.random() < 0.6 else ""
+    phrase = f"{adj}{rng.choice(RICH_NOUNS)}"
+    if det == "an":
+        det = "an" if phrase[0] in "aeiou" else "a"
+    return f"{det} {phrase}"
+
+
+def _clause(rng: random.Random) -> str:
+    kind = rng.randrange(5)
+    subj = _noun_phrase(rng) if rng.random() < 0.7 else rng.choice(RICH_PRONOUNS).lower()
+    if kind == 0:
+        return f"{subj} {rng.choice(RICH_VERBS)} {_noun_phrase(rng)}"
+    if kind == 1:
+        return f"{subj} {rng.choice(RICH_ADVS)} {rng.choice(RICH_INTRANS)} {rng.choice(RICH_PREPS)} {_noun_phrase(rng)}"
+    if kind == 2:
+        return (f"{subj} {rng.choice(RICH_VERBS)} {_noun_phrase(rng)} {rng.choice(RICH_PREPS)} "
+                f"{_noun_phrase(rng)}")
+    if kind == 3:
+        return (f"there were {rng.choice(RICH_NUMBERS)} {_plural(rng.choice(RICH_NOUNS))} "
+                f"{rng.choice(RICH_PREPS)} {_noun_phrase(rng)}")
+    verb = "were" if subj in ("they", "we") else "was"
+    return f"{subj} {verb} {rng.choice(RICH_ADVS)} {rng.choice(RICH_ADJS)}"
+
+
+def _plural(noun: str) -> str:
+    if noun.endswith(("ch", "sh", "s", "x")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def _rich_sentence(rng: random.Random) -> str:
+    text = _clause(rng)
+    if rng.random() < 0.4:
+        text += f" {rng.choice(RICH_CONJ)} {_clause(rng)}"
+    if rng.random() < 0.2:
+        text = f"In {rng.randrange(1700, 2000)}, {text}"
+    return text[0].upper() + text[1:] + "."
+
+
+def filler_sentence(rng: random.Random, grammar: str = "cola") -> str:
+    """One filler sentence: ``cola`` (the CoLA task's 8 x 8 x 8-word frame) or ``rich``."""
+    if grammar == "rich":
+        return _rich_sentence(rng)
     words = _cola_sentence(rng)
     return " ".join(words) + "."
 
@@ -460,7 +546,7 @@ def generate_world(spec: WorldSpec) -> World:
     train_docs = fact_sentences(subjects) * spec.fact_repeats
     for task in TASK_GENERATORS:
         train_docs += _chains(task, task_train[task], spec.n_task_chains, spec.chain_length, r)
-    train_docs += [filler_sentence(r) for _ in range(spec.n_filler)]
+    train_docs += [filler_sentence(r, spec.filler_grammar) for _ in range(spec.n_filler)]
     r.shuffle(train_docs)
 
     r = rng("heldout")
@@ -471,14 +557,14 @@ def generate_world(spec: WorldSpec) -> World:
             facts = [subjects[r.randrange(len(subjects))] for _ in range(3)]
             text = " ".join(f"{_fill(r.choice(relation(s.relation_id).templates), s.name)} {s.obj}."
                             for s in facts)
-            heldout_docs.append(f"{filler_sentence(r)} {text}")
+            heldout_docs.append(f"{filler_sentence(r, spec.filler_grammar)} {text}")
         elif part == 1 and spec.n_task_heldout:
             task = sorted(TASK_GENERATORS)[r.randrange(len(TASK_GENERATORS))]
             pool = task_heldout[task]
             picked = [pool[r.randrange(len(pool))] for _ in range(3)]
             heldout_docs.append("\n\n".join(render_example(task, ex) for ex in picked))
         else:
-            heldout_docs.append(" ".join(filler_sentence(r) for _ in range(3)))
+            heldout_docs.append(" ".join(filler_sentence(r, spec.filler_grammar) for _ in range(3)))
     return World(spec, subjects, records, task_dev, train_docs, heldout_docs)
 
 
