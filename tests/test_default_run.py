@@ -53,7 +53,7 @@ def test_reduced_default_config_runs_offline(tmp_path):
     assert misses == expected and gates["passed_edit"] == (not misses), gates
     if limits.get("enforce", True):
         assert not misses, gates
-    # single ROME edits on a model that knows its facts succeed: the default run measures ES 0.915 over 200
+    # single ROME edits on a model that knows its facts succeed: the default run measures ES 0.935 over 200
     # single edits (README, "Single-edit diagnostic"); a broken ROME or model gives ~0
     assert edit["edit_es"] >= 0.8, edit
     assert (work / "resources" / "models" / model / "edit_diagnostic" / "records.csv").exists()
