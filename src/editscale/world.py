@@ -445,11 +445,10 @@ def write_glue_file(task: str, examples: Sequence[dict], path: str | os.PathLike
 
 def _noun_phrase(rng: random.Random) -> str:
     det = rng.choice(RICH_DETS)
-    det = "an" if det == "a" else det  # "a"/"an" is settled below, once the adjective is known
     adj = rng.choice(RICH_ADJS) + " " if rng.random() < 0.6 else ""
     phrase = f"{adj}{rng.choice(RICH_NOUNS)}"
-    if det == "an":
-        det = "an" if phrase[0] in "aeiou" else "a"
+    if det == "a" and phrase[0] in "aeiou":
+        det = "an"
     return f"{det} {phrase}"
 
 
