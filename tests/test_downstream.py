@@ -461,3 +461,35 @@ def test_evaluate_task_end_to_end(tiny_model_factory):
     ts = {"task": "sst2", "eval": TOY_SST, "demos": demos, "label_words": {"0": "negative", "1": "positive"}}
     assert ds.evaluate_task_set(model, tok, ts, batch_size=5)["predictions"] == res["predictions"]
     assert torch.is_grad_enabled()
+
+
+def test_shared_prefix_length_leaves_every_prompt_a_token():
+    assert ds.shared_prefix_length([[5, 6, 7, 8], [5, 6, 9], [5, 6, 7]]) == 2
+    assert ds.shared_prefix_length([[5, 6, 7], [5, 6, 7, 8]]) == 2  # one prompt is all prefix: keep its last
+    assert ds.shared_prefix_length([[5, 6], [4, 6]]) == 0
+    assert ds.shared_prefix_length([[1, 2, 3]]) == 2
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_shared_prefix_generation_equals_unshared(tiny_model_factory, arch):
+    model, tok = load_model(tiny_model_factory(arch))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(10.0)
+    demos = [dict(ex, idx=100 + i) for i, ex in enumerate(TOY_SST[:4])]
+    prompts = ds.build_prompts("sst2", TOY_SST, demos, SST_WORDS)
+    ids = tok(prompts)["input_ids"]
+    n = ds.shared_prefix_length(ids)
+    assert n > 10 and len({len(x) for x in ids}) > 3  # a real shared context and real left padding
+    shared = ds.generate_greedy(model, tok, prompts, max_new_tokens=4, batch_size=3)
+    unshared = ds.generate_greedy(model, tok, prompts, max_new_tokens=4, batch_size=3, share_prefix=False)
+    assert shared == unshared
+    assert len(set(shared)) > 2, shared
+    # the first step's logits, through the shared cache and without it
+    pad = tok.pad_token_id
+    rows = ids[:3]
+    cache = ds._prefix_cache(model, rows[0][:n])
+    a = ds._generate_batch(model, rows, pad, 1, n, cache)
+    b = ds._generate_batch(model, rows, pad, 1)
+    assert a == b

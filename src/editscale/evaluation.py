@@ -114,17 +114,22 @@ def score_targets(model, tok, prompts: list[str], targets: list[list[str]] | lis
                   batch_size: int = 64) -> TargetScores:
     """Teacher-forced scores of ``targets[i][j]`` after ``prompts[i]`` (strings or token ids).
 
-    Prompts go through in padded batches of ``batch_size``; a batch that runs out of memory is
-    retried at half the size (down to 1), and the smaller size is kept for the rest.
+    Prompts go through in padded batches of ``batch_size``, batched in order of their token
+    length (stable) so that a batch pads little; the scores come back in the given order. A batch
+    that runs out of memory is retried at half the size (down to 1), and the smaller size is kept
+    for the rest.
     """
     if len(prompts) != len(targets):
         raise ValueError("one list of targets per prompt is required")
     ids = [[t if isinstance(t, list) else target_token_ids(tok, t) for t in row] for row in targets]
+    lengths = [len(x) for x in tok(list(prompts))["input_ids"]] if len(prompts) > 1 else [0] * len(prompts)
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
     nlls, oks = [], []
     s = 0
-    while s < len(prompts):
+    while s < len(order):
+        rows = order[s : s + batch_size]
         try:
-            a, b = _score_batch(model, tok, prompts[s : s + batch_size], ids[s : s + batch_size])
+            a, b = _score_batch(model, tok, [prompts[i] for i in rows], [ids[i] for i in rows])
         except (RuntimeError, torch.OutOfMemoryError) as err:
             if not _is_out_of_memory(err) or batch_size == 1:
                 raise
@@ -136,7 +141,10 @@ def score_targets(model, tok, prompts: list[str], targets: list[list[str]] | lis
         nlls.append(a)
         oks.append(b)
         s += len(a)
-    return TargetScores(np.concatenate(nlls), np.concatenate(oks))
+    nll, ok = np.empty((len(order), len(ids[0]) if ids else 0)), np.empty((len(order), len(ids[0]) if ids else 0), bool)
+    if order:
+        nll[order], ok[order] = np.concatenate(nlls), np.concatenate(oks)
+    return TargetScores(nll, ok)
 
 
 METRIC_NAMES = (

@@ -27,9 +27,11 @@ def evaluate_facts(model, tok, records: list[dict], paraphrases: bool = False,
     All prompts of all facts are batched together (one padded forward pass per batch).
     """
     prompts, targets, owner = [], [], []
+    token_ids: dict[str, list[int]] = {}  # targets repeat across facts: tokenise each once
     for i, rec in enumerate(records):
         rw = rec["requested_rewrite"]
-        ids = [target_token_ids(tok, rw["target_new"]["str"]), target_token_ids(tok, rw["target_true"]["str"])]
+        ids = [token_ids.setdefault(s, target_token_ids(tok, s)) if s not in token_ids else token_ids[s]
+               for s in (rw["target_new"]["str"], rw["target_true"]["str"])]
         plist = [rw["prompt"].replace("{}", rw["subject"], 1)]
         if paraphrases:
             plist += list(rec["paraphrase_prompts"])
