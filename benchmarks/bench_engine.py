@@ -52,7 +52,7 @@ def bench_model(model_dir: str, layer: int, n_records: int, threads: int) -> dic
     import torch
 
     from editscale.data import iter_corpus, load_counterfact, write_ordering
-    from editscale.editors.rome import build_prompts, make_editor
+    from editscale.editors.rome import build_prompts, lower_pass, make_editor
     from editscale.evaluation import evaluate_record
     from editscale.models import arch_of, load_model, model_identity, upper_layers_only
     from editscale.stats import compute_key_second_moment, load_key_second_moment
@@ -99,7 +99,7 @@ def bench_model(model_dir: str, layer: int, n_records: int, threads: int) -> dic
         texts = [(c_.partition("{}")[0] + pre + rw["subject"] + post + " x", len(c_.partition("{}")[0] + pre + rw["subject"]))
                  for c_ in ed.context_templates] + [(rw["subject"] + " is a", len(rw["subject"]))]
         enc, lookup = build_prompts(tok, texts)
-        resid, _, _ = ed._lower_pass(enc, lookup)
+        resid, _, _ = lower_pass(model, layer, enc, lookup)
         delta = torch.zeros(resid.shape[-1], requires_grad=True)
         t0 = time.perf_counter()
         with upper_layers_only(model, layer + 1) as upper:

@@ -59,8 +59,12 @@ def ordering_path(sample):
 
 
 def stats_path(model, method):
-    """The key statistics file ``method`` needs on ``model``, or None."""
-    return escfg.stats_file(config, method, model)
+    """The key statistics ``method`` needs on ``model``: None, one file, or a list of files
+    (one per edited layer: MEMIT)."""
+    files = escfg.stats_files(config, method, model)
+    if not files:
+        return None
+    return files[0] if len(files) == 1 else files
 
 
 def all_metrics_csv():
@@ -163,8 +167,7 @@ def edit_gate_stats(wildcards):
     edit = config["models"][wildcards.model].get("gates", {}).get("edit")
     if edit is None:
         return []
-    path = stats_path(wildcards.model, edit["method"])
-    return [path] if path is not None else []
+    return escfg.stats_files(config, edit["method"], wildcards.model)
 
 
 def counterfact_input(wildcards):

@@ -7,7 +7,8 @@ import torch
 
 from conftest import ARCHS
 from editscale.editors.base import apply_updates
-from editscale.editors.rome import RomeEditor, RomeHParams, build_prompts, generate_context_templates, make_editor
+from editscale.editors.rome import (RomeEditor, RomeHParams, build_prompts, generate_context_templates, lower_pass,
+                                    make_editor)
 from editscale.models import arch_of, get_module, load_model, upper_layers_only
 
 RECORD = {
@@ -101,7 +102,7 @@ def test_upper_layers_equal_full_forward_with_injected_delta(tiny_model_factory,
         full = get_module(model, spec.base)(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
     h.remove()
     ed = editor_for(model, tok, layer=layer, templates=["{}"])
-    resid, _, _ = ed._lower_pass(enc, lookup)
+    resid, _, _ = lower_pass(model, layer, enc, lookup)
     onehot = torch.zeros(*enc["input_ids"].shape, 1)
     onehot[rows, lookup] = 1
     with torch.no_grad(), upper_layers_only(model, layer + 1) as upper:

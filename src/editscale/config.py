@@ -40,6 +40,9 @@ __all__ = [
     "needs_covariance",
     "stats_layer",
     "stats_file",
+    "stats_files",
+    "stats_layer_file",
+    "stats_layers",
     "published_stats",
     "model_resources",
     "model_n_layer",
@@ -239,11 +242,21 @@ def needs_covariance(cfg: dict, method: str) -> bool:
     return editor_info(cfg["methods"][method]["editor"]).needs_covariance
 
 
-def stats_layer(cfg: dict, method: str, model: str) -> int | None:
-    """The layer whose key statistics ``method`` needs on ``model`` (None if it needs none)."""
+def stats_layers(cfg: dict, method: str, model: str) -> list[int]:
+    """The layers whose key statistics ``method`` needs on ``model``, in the editor's order: its
+    merged hyperparameters' ``layers`` (MEMIT) or ``layer`` (ROME); [] if it needs none."""
     if not needs_covariance(cfg, method):
-        return None
-    return int(cfg["methods"][method]["per_model"][model]["layer"])
+        return []
+    hp = method_hparams(cfg, method, model)
+    return [int(x) for x in hp["layers"]] if "layers" in hp else [int(hp["layer"])]
+
+
+def stats_layer(cfg: dict, method: str, model: str) -> int | None:
+    """The one layer whose key statistics ``method`` needs on ``model`` (None if it needs none)."""
+    layers = stats_layers(cfg, method, model)
+    if len(layers) > 1:
+        raise ValueError(f"{method!r} on {model!r} needs the statistics of layers {layers}: use stats_layers")
+    return layers[0] if layers else None
 
 
 def published_stats(cfg: dict, model: str, layer: int) -> dict | None:
@@ -254,17 +267,24 @@ def published_stats(cfg: dict, model: str, layer: int) -> dict | None:
     return None
 
 
-def stats_file(cfg: dict, method: str, model: str) -> str | None:
-    """The key statistics file ``method`` needs on ``model`` (None: it needs none): imported
-    published statistics (``resources/stats_published/``, rule import_stats) where
-    ``stats.published`` lists that model and layer, else ``resources/stats/<model>/<corpus>/``
-    (rule key_stats)."""
-    layer = stats_layer(cfg, method, model)
-    if layer is None:
-        return None
+def stats_layer_file(cfg: dict, model: str, layer: int) -> str:
+    """The key statistics file of block ``layer`` of ``model``: imported published statistics
+    (``resources/stats_published/``, rule import_stats) where ``stats.published`` lists that
+    model and layer, else ``resources/stats/<model>/<corpus>/`` (rule key_stats)."""
     if published_stats(cfg, model, layer) is not None:
         return f"resources/stats_published/{model}/layer{layer}.h5"
     return f"resources/stats/{model}/{cfg['stats']['corpus']}/layer{layer}.h5"
+
+
+def stats_files(cfg: dict, method: str, model: str) -> list[str]:
+    """The key statistics files ``method`` needs on ``model``, one per :func:`stats_layers`."""
+    return [stats_layer_file(cfg, model, layer) for layer in stats_layers(cfg, method, model)]
+
+
+def stats_file(cfg: dict, method: str, model: str) -> str | None:
+    """The one key statistics file ``method`` needs on ``model`` (None: it needs none)."""
+    layer = stats_layer(cfg, method, model)
+    return None if layer is None else stats_layer_file(cfg, model, layer)
 
 
 def editor_file(cfg: dict, method: str, model: str) -> str | None:
@@ -477,26 +497,30 @@ def _check_stats_files(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     is already prepared (its ``model_id`` and ``revision``, as the trajectory job compares them)
     and the file is not older than it (else rule key_stats recomputes the file anyway).
     """
+    for i, exp in enumerate(cfg["experiments"]):
+        key = (f"methods.{exp['method']}.per_model.{exp['model']}."
+               + ("layers" if "layers" in method_hparams(cfg, exp["method"], exp["model"]) else "layer"))
+        for layer in stats_layers(cfg, exp["method"], exp["model"]):
+            _check_stats_file(cfg, exp, layer, key, i, base_dir)
+
+
+def _check_stats_file(cfg: dict, exp: dict, layer: int, key: str, i: int, base_dir) -> None:
     import h5py
 
     from editscale.provenance import identity_from_manifest
 
-    for i, exp in enumerate(cfg["experiments"]):
-        layer = stats_layer(cfg, exp["method"], exp["model"])
-        published = layer is not None and published_stats(cfg, exp["model"], layer) is not None
-        corpus = "published" if published else cfg["stats"].get("corpus")
-        if layer is None or corpus is None:
-            continue
-        rel = stats_file(cfg, exp["method"], exp["model"])
+    published = published_stats(cfg, exp["model"], layer) is not None
+    corpus = "published" if published else cfg["stats"].get("corpus")
+    if corpus is not None:
+        rel = stats_layer_file(cfg, exp["model"], layer)
         path = under(base_dir, rel)
         if not path.is_file():
-            continue
+            return
         try:
             with h5py.File(path, "r") as h5:
                 attrs = {k: h5.attrs[k] for k in ("layer", "corpus", "model_id", "revision") if k in h5.attrs}
         except OSError as e:
-            raise ConfigError(f"methods.{exp['method']}.per_model.{exp['model']}.layer",
-                              f"statistics file {rel} is unreadable ({e}); move it aside to recompute it") from None
+            raise ConfigError(key, f"statistics file {rel} is unreadable ({e}); move it aside to recompute it") from None
         found = {"layer": int(attrs["layer"]) if "layer" in attrs else None,
                  **{k: str(attrs[k]) if k in attrs else None for k in ("corpus", "model_id", "revision")}}
         wanted = [("layer", layer), ("corpus", corpus)]
@@ -506,10 +530,9 @@ def _check_stats_files(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
         if manifest.is_file() and path.stat().st_mtime >= manifest.stat().st_mtime:
             ident = identity_from_manifest(json.loads(manifest.read_text()), manifest.parent)
             wanted += [("model_id", ident["model_id"]), ("revision", ident["revision"])]
-        for key, want in wanted:
-            if found[key] not in (None, "unknown") and found[key] != want:
-                raise ConfigError(f"methods.{exp['method']}.per_model.{exp['model']}.layer",
-                                  f"statistics file {rel} holds {key} {found[key]!r}, not {want!r}; "
+        for attr, want in wanted:
+            if found[attr] not in (None, "unknown") and found[attr] != want:
+                raise ConfigError(key, f"statistics file {rel} holds {attr} {found[attr]!r}, not {want!r}; "
                                   "move it aside to recompute it (experiments[" + str(i) + "])")
 
 
@@ -634,7 +657,8 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
             raise ConfigError(f"methods.{method}.per_model.{model}",
                               f"missing: method {method!r} runs on model {model!r} (experiments[{i}]) "
                               "and needs its per-model hparams there")
-        if EDITORS[methods[method]["editor"]].needs_covariance:
+        info = EDITORS[methods[method]["editor"]]
+        if info.needs_covariance and "layer" in info.hparams.__dataclass_fields__:
             layer = per_model[model].get("layer")
             key = f"methods.{method}.per_model.{model}.layer"
             if not isinstance(layer, int) or isinstance(layer, bool):
@@ -644,6 +668,10 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
             if n_layer is not None and layer >= n_layer:
                 raise ConfigError(key, f"{layer} is out of range: model {model!r} has {n_layer} layers "
                                   f"(0..{n_layer - 1})")
+        elif info.needs_covariance and "layers" not in per_model[model]:
+            raise ConfigError(f"methods.{method}.per_model.{model}.layers",
+                              f"required (a list of layers): editor {methods[method]['editor']!r} edits these "
+                              "layers of this model and needs their key statistics")
         _check_method_hparams(cfg, method, model, base_dir)
 
     for method in dict.fromkeys(method for _, method in trained_editors(cfg)):
@@ -674,7 +702,7 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
             raise ConfigError(f"stats.published[{i}].model",
                               f"{entry['model']!r} is not a key of models (defined: {sorted(models)})")
     needs_computed = [(e["model"], e["method"]) for e in cfg["experiments"]
-                      if (stats_file(cfg, e["method"], e["model"]) or "").startswith("resources/stats/")]
+                      if any(f.startswith("resources/stats/") for f in stats_files(cfg, e["method"], e["model"]))]
     if needs_computed and stats_corpus is None:
         raise ConfigError("stats.corpus", f"required: {needs_computed[0][1]!r} on {needs_computed[0][0]!r} needs "
                           "covariance statistics (and stats.published has none for its layer)")

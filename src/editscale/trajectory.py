@@ -68,6 +68,31 @@ def load_second_moment(stats_path, model_dir, layer: int) -> torch.Tensor:
     return load_key_second_moment(stats_path, expect=expect)
 
 
+def stats_layers(hparams: dict) -> list[int]:
+    """The layers whose key statistics an editor reads: ``layers`` (MEMIT) or ``layer`` (ROME)."""
+    return [int(x) for x in hparams["layers"]] if "layers" in hparams else [int(hparams["layer"])]
+
+
+def _stats_paths(stats_path) -> list:
+    return [stats_path] if isinstance(stats_path, (str, os.PathLike)) else list(stats_path)
+
+
+def load_second_moments(stats_path, model_dir, hparams: dict) -> dict[int, torch.Tensor] | None:
+    """{layer: C} from one statistics file per layer of :func:`stats_layers` (``stats_path``: a
+    path, or a list in that order), each checked to be of this model and layer; None without."""
+    if stats_path is None:
+        return None
+    paths, layers = _stats_paths(stats_path), stats_layers(hparams)
+    if len(paths) != len(layers):
+        raise ValueError(f"{len(paths)} statistics files {paths} for the {len(layers)} layers {layers}")
+    return {layer: load_second_moment(p, model_dir, layer) for p, layer in zip(paths, layers)}
+
+
+def stats_sha256(stats_path) -> str | None:
+    """The statistics' sha256 (several files: their sha256s joined by commas, in layer order)."""
+    return None if stats_path is None else ",".join(sha256_file(p) for p in _stats_paths(stats_path))
+
+
 def trajectory_editor(trajectory_path, model, tok, model_dir, stats_path=None, editor_file=None):
     """The editor of a trajectory, built on ``model`` (the unedited model) as the runner built it:
     the method's hparams, seed and stored editor state (ROME's context templates) read from the
@@ -77,7 +102,7 @@ def trajectory_editor(trajectory_path, model, tok, model_dir, stats_path=None, e
         editor_name = str(f.attrs["editor"])
         seed = int(f.attrs["seed"])
         state = read_editor_state(f)
-    second_moment = load_second_moment(stats_path, model_dir, int(hparams["layer"])) if stats_path else None
+    second_moment = load_second_moments(stats_path, model_dir, hparams)
     extra = {} if editor_file is None else {"editor_file": editor_file, "identity": model_identity(model_dir)}
     return load_editor_module(editor_name).make_editor(model, tok, hparams, second_moment, seed, state=state, **extra)
 
@@ -102,12 +127,10 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
     torch.manual_seed(seed)
     model, tok = load_model(model_dir, dtype=dtype, device=device)
     spec = arch_of(model)
-    second_moment = None
-    if stats_path is not None:
-        second_moment = load_second_moment(stats_path, model_dir, int(hparams["layer"]))
+    second_moment = load_second_moments(stats_path, model_dir, hparams)
 
     identity = model_identity(model_dir)
-    stats_sha = sha256_file(stats_path) if stats_path else None
+    stats_sha = stats_sha256(stats_path)
     editor_sha = sha256_file(editor_file) if editor_file is not None else None
     key_inputs = {
         "method": method, "editor": editor, "hparams": hparams, "model": identity, "seed": seed,

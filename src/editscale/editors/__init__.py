@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from .hparams import FtcHParams, MendHParams, MendTrainHParams, RomeHParams
+from .hparams import EmmetHParams, FtcHParams, MemitHParams, MendHParams, MendTrainHParams, RomeHParams
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class EditorInfo:
 
 EDITORS: dict[str, EditorInfo] = {
     "rome": EditorInfo(module="editscale.editors.rome", needs_covariance=True, hparams=RomeHParams),
+    "memit": EditorInfo(module="editscale.editors.memit", needs_covariance=True, hparams=MemitHParams),
+    "emmet": EditorInfo(module="editscale.editors.emmet", needs_covariance=True, hparams=EmmetHParams),
     "ftc": EditorInfo(module="editscale.editors.ftc", needs_covariance=False, hparams=FtcHParams),
     "mend": EditorInfo(module="editscale.editors.mend", needs_covariance=False, needs_editor_file=True,
                        hparams=MendHParams, training=MendTrainHParams),

@@ -20,6 +20,8 @@ from typing import Any, Literal, Mapping, TypeVar, Union
 __all__ = [
     "TARGET_POSITIONS",
     "RomeHParams",
+    "MemitHParams",
+    "EmmetHParams",
     "FtcHParams",
     "MendHParams",
     "MendTrainHParams",
@@ -61,6 +63,57 @@ class RomeHParams:
     @classmethod
     def from_dict(cls, d: dict) -> "RomeHParams":
         return _from_dict(cls, d, "ROME hyperparameters")
+
+
+@dataclass
+class MemitHParams:
+    """MEMIT (Meng et al. 2023): the public GPT-J/GPT-2 XL settings are the defaults, except the
+    layers (model-specific: GPT-J 3-8, GPT-2 XL 13-17) and ``mom2_update_weight`` (GPT-J 15000,
+    GPT-2 XL 20000)."""
+
+    layers: list
+    v_num_grad_steps: int = 20
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75
+    kl_factor: float = 0.0625
+    kl_prompt: str = "{} is a"
+    early_stop_loss: float = 0.05
+    mom2_update_weight: float = 15000.0
+    context_template_lengths: list = field(default_factory=lambda: [[10, 5]])
+    context_template_starts: list = field(default_factory=lambda: ["The", "Therefore", "Because", "I", "You"])
+    context_template_top_k: int = 5
+
+    def __post_init__(self):
+        if not self.layers or any(not isinstance(x, int) or isinstance(x, bool) for x in self.layers):
+            raise ValueError(f"memit.layers must be a non-empty list of layer indices, not {self.layers!r}")
+        if list(self.layers) != sorted(set(self.layers)):
+            raise ValueError(f"memit.layers must be increasing without repeats, not {self.layers!r}")
+        if self.mom2_update_weight <= 0:
+            raise ValueError(f"memit.mom2_update_weight must be > 0, not {self.mom2_update_weight!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MemitHParams":
+        return _from_dict(cls, d, "MEMIT hyperparameters")
+
+
+@dataclass
+class EmmetHParams(MemitHParams):
+    """EMMET (Gupta et al. 2024): MEMIT's targets, keys and layer spreading with equality
+    constraints. Defaults: the public GPT-J settings (one layer; ``mom2_update_weight`` 1)."""
+
+    mom2_update_weight: float = 1.0
+    emmet_lambda: float = 0.1  # added to D = K^T C^-1 K (batches of 2 or more) against ill-conditioning
+    update_norm_lambda: float = 0.0  # added to C's diagonal
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.emmet_lambda < 0 or self.update_norm_lambda < 0:
+            raise ValueError("emmet: emmet_lambda and update_norm_lambda must be >= 0")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EmmetHParams":
+        return _from_dict(cls, d, "EMMET hyperparameters")
 
 
 @dataclass

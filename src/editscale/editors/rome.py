@@ -46,7 +46,33 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def generate_context_templates(model, tok, lengths: list, top_k: int, seed: int) -> list[str]:
+def _sample_top_k(model, ids: torch.Tensor, n_new: int, top_k: int, gen: torch.Generator) -> torch.Tensor:
+    """``ids`` (rows, n) extended by ``n_new`` tokens, each sampled from the top-k of the model's
+    next-token distribution with the (CPU) generator ``gen``."""
+    device = ids.device
+    past = None
+    step_input = ids
+    for _ in range(n_new):
+        out = model(input_ids=step_input, cache=past, use_cache=True)
+        past = out.cache
+        logits = out.logits[:, -1].float().cpu()
+        top = logits.topk(top_k, dim=-1)
+        probs = top.values.softmax(-1)
+        choice = torch.multinomial(probs, 1, generator=gen)
+        nxt = top.indices.gather(1, choice).to(device)
+        ids = torch.cat([ids, nxt], dim=1)
+        step_input = nxt
+    return ids
+
+
+def _template(tok, row: torch.Tensor) -> str:
+    text = unicodedata.normalize("NFKD", tok.decode(row, skip_special_tokens=True))
+    return text.replace("\n\n", " ").replace("{", " ").replace("}", " ") + ". {}"
+
+
+@torch.no_grad()
+def generate_context_templates(model, tok, lengths: list, top_k: int, seed: int,
+                               starts: list[str] | None = None) -> list[str]:
     """'{}' plus, for each (length, n), n prefixes sampled top-k from the model, each + '. {}'.
 
     As the public code: generation starts from one start token and stops at ``length`` tokens in
@@ -55,29 +81,28 @@ def generate_context_templates(model, tok, lengths: list, top_k: int, seed: int)
     GPT-2 and GPT-J that is ``<|endoftext|>``, the public code's literal choice. Special tokens are
     dropped when decoding. Unlike the public code, sampling uses a local seeded generator, so the
     templates are reproducible.
+
+    ``starts`` (MEMIT's public code: "The", "Therefore", "Because", "I", "You"): each of the n
+    prefixes of a length instead begins with one of these words (n / len(starts) each, in order),
+    tokenised as the tokenizer does by default, and the prefix keeps it.
     """
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     templates = ["{}"]
+    if starts:
+        for length, count in lengths:
+            for word in starts:
+                first = tok(word)["input_ids"]
+                ids = torch.tensor([first] * (int(count) // len(starts)), dtype=torch.long, device=device)
+                if len(ids):
+                    ids = _sample_top_k(model, ids, max(int(length) - len(first), 0), top_k, gen)
+                templates += [_template(tok, row) for row in ids]
+        return templates
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     for length, count in lengths:
         ids = torch.full((count, 1), start, dtype=torch.long, device=device)
-        past = None
-        step_input = ids
-        for _ in range(int(length) - 1):
-            out = model(input_ids=step_input, cache=past, use_cache=True)
-            past = out.cache
-            logits = out.logits[:, -1].float().cpu()
-            top = logits.topk(top_k, dim=-1)
-            probs = top.values.softmax(-1)
-            choice = torch.multinomial(probs, 1, generator=gen)
-            nxt = top.indices.gather(1, choice).to(device)
-            ids = torch.cat([ids, nxt], dim=1)
-            step_input = nxt
-        for row in ids[:, 1:]:
-            text = unicodedata.normalize("NFKD", tok.decode(row, skip_special_tokens=True))
-            text = text.replace("\n\n", " ").replace("{", " ").replace("}", " ")
-            templates.append(text + ". {}")
+        ids = _sample_top_k(model, ids, int(length) - 1, top_k, gen)
+        templates += [_template(tok, row) for row in ids[:, 1:]]
     return templates
 
 
@@ -90,6 +115,19 @@ def _subject_last_index(offsets: list[tuple[int, int]], subject_end: int) -> int
     if idx < 0:
         raise ValueError("subject not found among the prompt's tokens")
     return idx
+
+
+def template_texts(templates: list[str], prompt: str, subject: str, suffix: str = "") -> list[tuple[str, int]]:
+    """(text, subject_end_char) of ``prompt`` (with its "{}" filled by ``subject``) inside each
+    context template ("... {}"), followed by ``suffix``: the public code's
+    ``template.format(prompt).format(subject) + suffix``, without str.format's brace rules."""
+    pre, _, post = prompt.partition("{}")
+    texts = []
+    for ctx in templates:
+        cpre, _, cpost = ctx.partition("{}")
+        head = cpre + pre + subject
+        texts.append((head + post + cpost + suffix, len(head)))
+    return texts
 
 
 def build_prompts(tok, texts: list[tuple[str, int]]):
@@ -146,26 +184,20 @@ class RomeEditor:
         new = rw["target_new"]["str"]
         target_ids = self.tok(new if new.startswith(" ") else " " + new, add_special_tokens=False)["input_ids"]
         target_prefix = self.tok.decode(target_ids[:-1])
-        pre, _, post = prompt.partition("{}")
-
-        texts = []
-        for ctx in self.context_templates:
-            cpre, _, cpost = ctx.partition("{}")
-            head = cpre + pre + subject
-            texts.append((head + post + cpost + target_prefix, len(head)))
-        kpre, _, kpost = self.hp.kl_prompt.partition("{}")
-        texts.append((kpre + subject + kpost, len(kpre + subject)))
+        texts = template_texts(self.context_templates, prompt, subject, target_prefix)
+        texts += template_texts(["{}"], self.hp.kl_prompt, subject)
         enc, lookup = build_prompts(self.tok, texts)
         enc = {k: v.to(self.device) for k, v in enc.items()}
         lookup = lookup.to(self.device)
         n_rw = len(self.context_templates)
 
-        resid, keys, mlp_out0 = self._lower_pass(enc, lookup)
+        resid, keys, mlp_out0 = lower_pass(self.model, self.hp.layer, enc, lookup)
         k_star = keys[:n_rw].mean(0)
         k_bare = keys[0]
         target_init = mlp_out0
 
-        delta, info = self._optimise_delta(enc, lookup, resid, target_ids, n_rw, target_init)
+        delta, info = optimise_delta(self.model, self.hp, enc, lookup, resid, target_ids, n_rw, target_init,
+                                     self.hp.layer)
         target = target_init + delta
 
         u = k_star.float()
@@ -181,82 +213,97 @@ class RomeEditor:
         vectors = {"k_used": k_used, "k_star": k_star, "k_bare": k_bare, "target": target, "u": u}
         return EditResult([ParamUpdate(self.module_path, u=u.detach(), v=v.detach())], info, vectors)
 
-    @torch.no_grad()
-    def _lower_pass(self, enc, lookup):
-        """One pass up to the edited block: residual after it, keys and MLP output at the subjects."""
-        captured = {}
-        rows = torch.arange(len(lookup), device=self.device)
+@torch.no_grad()
+def lower_pass(model, layer: int, enc, lookup, z_layer: int | None = None):
+    """One pass up to block ``z_layer`` (default ``layer``): the residual stream after it, and at
+    each row's subject token the input of ``layer``'s MLP output matrix (the keys) and, for the
+    first row, that matrix's output. Blocks above ``z_layer`` never run."""
+    spec = arch_of(model)
+    z_layer = layer if z_layer is None else z_layer
+    captured = {}
+    rows = torch.arange(len(lookup), device=lookup.device)
 
-        def mlp_hook(mod, inputs, output):
-            captured["keys"] = inputs[0][rows, lookup].float()
-            captured["mlp0"] = output[0, lookup[0]].float()
+    def mlp_hook(mod, inputs, output):
+        captured["keys"] = inputs[0][rows, lookup].float()
+        captured["mlp0"] = output[0, lookup[0]].float()
 
-        def block_hook(mod, inputs, output):
-            captured["resid"] = (output[0] if isinstance(output, tuple) else output).detach()
-            raise _StopForward
+    def block_hook(mod, inputs, output):
+        captured["resid"] = (output[0] if isinstance(output, tuple) else output).detach()
+        raise _StopForward
 
-        block = get_module(self.model, self.spec.layer_path(self.hp.layer))
-        h1 = self.module.register_forward_hook(mlp_hook)
-        h2 = block.register_forward_hook(block_hook)
-        try:
-            base = get_module(self.model, self.spec.base)
-            mask = causal_attention_mask(enc["attention_mask"], enc["input_ids"].shape[1], base.dtype)
-            base(input_ids=enc["input_ids"], attention_mask=mask, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            h1.remove()
-            h2.remove()
-        return captured["resid"], captured["keys"], captured["mlp0"]
+    block = get_module(model, spec.layer_path(z_layer))
+    h1 = get_module(model, spec.mlp_out_path(layer)).register_forward_hook(mlp_hook)
+    h2 = block.register_forward_hook(block_hook)
+    try:
+        base = get_module(model, spec.base)
+        mask = causal_attention_mask(enc["attention_mask"], enc["input_ids"].shape[1], base.dtype)
+        base(input_ids=enc["input_ids"], attention_mask=mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        h1.remove()
+        h2.remove()
+    return captured["resid"], captured["keys"], captured["mlp0"]
 
-    def _optimise_delta(self, enc, lookup, resid, target_ids, n_rw, target_init):
-        hp, dev = self.hp, self.device
-        mask = enc["attention_mask"]
-        n, t = mask.shape
-        lengths = mask.sum(1)
-        # positions whose logits predict target tokens (rewrite prompts) and the KL position
-        tgt = torch.tensor(target_ids, device=dev)
-        m = len(target_ids)
-        start = lengths[:n_rw] - m
-        pos = start[:, None] + torch.arange(m, device=dev)[None]  # (n_rw, m)
-        rw_rows = torch.arange(n_rw, device=dev)[:, None].expand(n_rw, m)
-        kl_row, kl_pos = n - 1, lookup[-1]
-        onehot = torch.zeros(n, t, 1, device=dev, dtype=resid.dtype)
-        onehot[torch.arange(n, device=dev), lookup] = 1
 
-        delta = torch.zeros(resid.shape[-1], device=dev, dtype=torch.float32, requires_grad=True)
-        opt = torch.optim.Adam([delta], lr=hp.v_lr)
-        head = get_module(self.model, self.spec.lm_head)
-        init_kl = None
-        max_norm = hp.clamp_norm_factor * target_init.norm()
-        info = {}
-        attn = causal_attention_mask(mask, t, resid.dtype)
-        with upper_layers_only(self.model, hp.layer + 1) as upper:
-            for it in range(hp.v_num_grad_steps):
-                opt.zero_grad()
-                h = resid + onehot * delta.to(resid.dtype)
-                hidden = upper(inputs_embeds=h, attention_mask=attn, use_cache=False).last_hidden_state
-                sel = torch.cat([hidden[rw_rows.reshape(-1), pos.reshape(-1)], hidden[kl_row, kl_pos][None]])
-                logp = head(sel).float().log_softmax(-1)
-                nll_tok = -logp[:-1].gather(1, tgt.repeat(n_rw)[:, None]).view(n_rw, m)
-                nll = (nll_tok.sum(1) / m).mean()
-                kl_logp = logp[-1:]
-                if init_kl is None:
-                    init_kl = kl_logp.detach().clone()
-                    nll_init = nll.item()
-                kl = hp.kl_factor * F.kl_div(init_kl, kl_logp, log_target=True, reduction="batchmean")
-                wd = hp.v_weight_decay * (delta.norm() / target_init.norm() ** 2)
-                loss = nll + kl + wd
-                info = {"v_loss": loss.item(), "v_nll_init": nll_init, "v_nll": nll.item(), "v_kl": kl.item(), "v_steps": it + 1}
-                if loss.item() < hp.early_stop_loss or it == hp.v_num_grad_steps - 1:
-                    break
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    norm = delta.norm()
-                    if norm > max_norm:
-                        delta.mul_(max_norm / norm)
-        return delta.detach(), info
+def optimise_delta(model, hp, enc, lookup, resid, target_ids, n_rw, target_init, layer: int):
+    """The v* optimisation shared by ROME and MEMIT: ``delta`` added to the residual stream after
+    block ``layer`` at every row's subject token (``resid``: that stream, from :func:`lower_pass`).
+
+    Loss: mean NLL of the target after the first ``n_rw`` rows, + ``kl_factor`` x KL of the last
+    row's next-token distribution from its initial one, + ``v_weight_decay`` x ||delta|| /
+    ||target_init||^2; Adam with ``v_lr``, ||delta|| clamped to ``clamp_norm_factor`` x
+    ||target_init||; ``v_num_grad_steps`` forward passes at most, stopping under ``early_stop_loss``.
+    ``hp`` has those fields (:class:`RomeHParams`, :class:`MemitHParams`).
+    """
+    dev = resid.device
+    spec = arch_of(model)
+    mask = enc["attention_mask"]
+    n, t = mask.shape
+    lengths = mask.sum(1)
+    # positions whose logits predict target tokens (rewrite prompts) and the KL position
+    tgt = torch.tensor(target_ids, device=dev)
+    m = len(target_ids)
+    start = lengths[:n_rw] - m
+    pos = start[:, None] + torch.arange(m, device=dev)[None]  # (n_rw, m)
+    rw_rows = torch.arange(n_rw, device=dev)[:, None].expand(n_rw, m)
+    kl_row, kl_pos = n - 1, lookup[-1]
+    onehot = torch.zeros(n, t, 1, device=dev, dtype=resid.dtype)
+    onehot[torch.arange(n, device=dev), lookup] = 1
+
+    delta = torch.zeros(resid.shape[-1], device=dev, dtype=torch.float32, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=hp.v_lr)
+    head = get_module(model, spec.lm_head)
+    init_kl = None
+    max_norm = hp.clamp_norm_factor * target_init.norm()
+    info = {}
+    attn = causal_attention_mask(mask, t, resid.dtype)
+    with upper_layers_only(model, layer + 1) as upper:
+        for it in range(hp.v_num_grad_steps):
+            opt.zero_grad()
+            h = resid + onehot * delta.to(resid.dtype)
+            hidden = upper(inputs_embeds=h, attention_mask=attn, use_cache=False).last_hidden_state
+            sel = torch.cat([hidden[rw_rows.reshape(-1), pos.reshape(-1)], hidden[kl_row, kl_pos][None]])
+            logp = head(sel).float().log_softmax(-1)
+            nll_tok = -logp[:-1].gather(1, tgt.repeat(n_rw)[:, None]).view(n_rw, m)
+            nll = (nll_tok.sum(1) / m).mean()
+            kl_logp = logp[-1:]
+            if init_kl is None:
+                init_kl = kl_logp.detach().clone()
+                nll_init = nll.item()
+            kl = hp.kl_factor * F.kl_div(init_kl, kl_logp, log_target=True, reduction="batchmean")
+            wd = hp.v_weight_decay * (delta.norm() / target_init.norm() ** 2)
+            loss = nll + kl + wd
+            info = {"v_loss": loss.item(), "v_nll_init": nll_init, "v_nll": nll.item(), "v_kl": kl.item(), "v_steps": it + 1}
+            if loss.item() < hp.early_stop_loss or it == hp.v_num_grad_steps - 1:
+                break
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                norm = delta.norm()
+                if norm > max_norm:
+                    delta.mul_(max_norm / norm)
+    return delta.detach(), info
 
 
 def _inverse(second_moment: torch.Tensor) -> torch.Tensor:
@@ -276,6 +323,8 @@ def make_editor(model, tok, hparams: dict, second_moment: torch.Tensor | None, s
                 state: dict | None = None) -> RomeEditor:
     """Build a ROME editor; context templates come from ``state`` (resume) or are generated (seeded)."""
     hp = RomeHParams.from_dict(hparams)
+    if isinstance(second_moment, dict):  # {layer: C} from the trajectory runner
+        second_moment = second_moment.get(hp.layer)
     if state and state.get("context_templates"):
         templates = list(state["context_templates"])
     else:

@@ -1,0 +1,267 @@
+"""MEMIT's defining properties on tiny models, and its trajectories (several layers' statistics)."""
+
+from __future__ import annotations
+
+import copy
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import ARCHS, synthetic_records
+from editscale.editors.base import apply_updates
+from editscale.editors.hparams import MemitHParams
+from editscale.editors.emmet import make_editor as make_emmet_editor
+from editscale.editors.memit import MemitEditor, make_editor
+from editscale.editors.rome import generate_context_templates
+from editscale.models import arch_of, edit_parameter, get_module, load_model
+from editscale.store import read_metrics
+from editscale.trajectory import run_trajectory
+from test_rome import random_spd
+
+RECORDS = synthetic_records(4)
+TEMPLATES = ["{}", "The cat sat. {}", "Because of it. {}"]
+
+
+def d_in(model, layer):
+    spec = arch_of(model)
+    return get_module(model, spec.mlp_out_path(layer)).weight.shape[0 if spec.conv1d else 1]
+
+
+def editor_for(model, tok, layers, weight=15000.0, steps=8, templates=TEMPLATES, editor="memit", **extra):
+    hp = {"layers": layers, "v_num_grad_steps": steps, "mom2_update_weight": weight, **extra}
+    c = {layer: random_spd(d_in(model, layer), seed=layer) for layer in layers}
+    build = make_editor if editor == "memit" else make_emmet_editor
+    return build(model, tok, hp, c, seed=3, state={"context_templates": templates})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("layers", [[1], [0, 1]])
+def test_a_step_with_a_small_lambda_inserts_every_target(tiny_model_factory, arch, layers):
+    """lambda -> 0: the keys' outputs move by exactly the residuals, so after all layers' updates the
+    residual stream at the last edited block equals each record's target z (batch of 3; the bare
+    template only, so that each record's key is its bare prompt's)."""
+    model, tok = load_model(tiny_model_factory(arch))
+    ed = editor_for(model, tok, layers, weight=1e-6, templates=["{}"])
+    res = ed.compute_batch(RECORDS[:3])
+    z = res.vectors["z"]
+    _, h_before = ed._keys_and_values(RECORDS[:3], layers[0])
+    assert float((z - h_before).norm(dim=0).min()) > 1e-2  # the targets are not already there
+    assert [u.module for u in res.updates] == [arch_of(model).mlp_out_path(x) for x in layers]
+    assert all(u.u.shape[0] == 3 and u.v.shape[0] == 3 for u in res.updates)  # rank-3 factors
+    apply_updates(model, res.updates, arch_of(model))
+    _, h_after = ed._keys_and_values(RECORDS[:3], layers[-1])
+    torch.testing.assert_close(h_after, z, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("weight", [1.0, 1e4])
+def test_emmet_inserts_every_target_exactly_whatever_lambda(tiny_model_factory, weight):
+    """EMMET's equality constraints: with emmet_lambda 0 the keys map exactly onto the residuals, for any
+    lambda; for one edit its adjusted key is ROME's C^-1 k / (k^T C^-1 k)."""
+    model, tok = load_model(tiny_model_factory("llama"))
+    ed = editor_for(model, tok, [1], weight=weight, templates=["{}"], editor="emmet", emmet_lambda=0.0)
+    res = ed.compute_batch(RECORDS[:3])
+    apply_updates(model, res.updates, arch_of(model))
+    _, h_after = ed._keys_and_values(RECORDS[:3], 1)
+    torch.testing.assert_close(h_after, res.vectors["z"], rtol=1e-3, atol=1e-3)
+    k = torch.randn(d_in(model, 1), 1, dtype=torch.float64)
+    c_inv_k = torch.linalg.solve(weight * ed.c[1], k)
+    torch.testing.assert_close(ed._adjusted_keys(1, k), c_inv_k / (k.T @ c_inv_k))
+
+
+def test_first_layer_update_solves_memit_normal_equations(tiny_model_factory):
+    """dW (lambda C + K K^T) = R K^T at the first layer, R = (Z - H) / (number of layers)."""
+    model, tok = load_model(tiny_model_factory("llama"))
+    layers = [0, 1]
+    ed = editor_for(model, tok, layers, weight=2.0)
+    res = ed.compute_batch(RECORDS[:2])
+    k, h = ed._keys_and_values(RECORDS[:2], layers[0])  # the model is unchanged: the step's first keys
+    r = (res.vectors["z"] - h) / len(layers)
+    dw = res.updates[0].delta_out_in().double()
+    lhs = dw @ (2.0 * ed.c[0] + k @ k.T)
+    torch.testing.assert_close(lhs, r @ k.T, rtol=1e-4, atol=1e-5 * float((r @ k.T).abs().max()))
+
+
+def test_keys_average_the_bare_prompt_with_the_templates(tiny_model_factory):
+    model, tok = load_model(tiny_model_factory("gpt2"))
+    ed = editor_for(model, tok, [1])
+    k, _ = ed._keys_and_values(RECORDS[:1], 1)
+    single = []
+    for t in TEMPLATES:
+        ed.context_templates = [t]
+        single.append(ed._keys_and_values(RECORDS[:1], 1)[0][:, 0])
+    expected = (single[0] + (single[1] + single[2]) / 2) / 2
+    torch.testing.assert_close(k[:, 0], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_computing_leaves_the_model_bitwise_unchanged(tiny_model_factory, arch):
+    model, tok = load_model(tiny_model_factory(arch))
+    ed = editor_for(model, tok, [0, 2])
+    before = {p: edit_parameter(model, p).detach().clone() for p in ed.edited_modules}
+    res = ed.compute_batch(RECORDS[:2])
+    for p, w in before.items():
+        assert torch.equal(edit_parameter(model, p), w), p
+    assert all(u.frobenius_norm() > 0 for u in res.updates)
+
+
+def test_hparams_and_statistics_are_checked(tiny_model_factory):
+    with pytest.raises(ValueError, match="increasing"):
+        MemitHParams(layers=[2, 1])
+    with pytest.raises(ValueError, match="non-empty"):
+        MemitHParams(layers=[])
+    with pytest.raises(ValueError, match="unknown MEMIT hyperparameters"):
+        MemitHParams.from_dict({"layers": [1], "layer": 1})
+    model, tok = load_model(tiny_model_factory("gpt2"))
+    with pytest.raises(ValueError, match=r"key statistics of layers \[2\]"):
+        MemitEditor(model, tok, MemitHParams(layers=[1, 2]), {1: random_spd(d_in(model, 1))}, TEMPLATES)
+    with pytest.raises(ValueError, match="outside"):
+        MemitEditor(model, tok, MemitHParams(layers=[1, 7]), {}, TEMPLATES)
+
+
+def test_context_templates_from_start_words_are_seeded(tiny_model_factory):
+    model, tok = load_model(tiny_model_factory("llama"))
+    starts = ["The", "Because"]
+    a = generate_context_templates(model, tok, [[6, 4]], 5, seed=11, starts=starts)
+    b = generate_context_templates(model, tok, [[6, 4]], 5, seed=11, starts=starts)
+    c = generate_context_templates(model, tok, [[6, 4]], 5, seed=12, starts=starts)
+    assert a == b and a != c
+    assert a[0] == "{}" and len(a) == 5 and all(t.endswith(". {}") for t in a[1:])
+    assert all(  # each prefix keeps its start word, then the sample
+        t.startswith(w) for t, w in zip(a[1:], ["The", "The", "Because", "Because"]))
+
+
+# ------------------------------------------------------------------------------ trajectories
+
+HPARAMS = {"layers": [1, 2], "v_num_grad_steps": 4, "context_template_lengths": [[4, 2]],
+           "context_template_starts": ["The", "I"]}
+
+
+@pytest.fixture(scope="module")
+def memit_inputs(traj_inputs, tmp_path_factory):
+    """traj_inputs plus key statistics of layer 2 (the same documents as layer 1's)."""
+    from conftest import OBJECTS, SUBJECTS, TEMPLATES as CF_TEMPLATES
+    from editscale.models import model_identity
+    from editscale.stats import compute_key_second_moment
+
+    model, tok = load_model(traj_inputs["model_dir"])
+    docs = [f"{s} {t.replace('{}', s)} {o} and then some more text number {i}"
+            for i, (s, t, o) in enumerate(zip(SUBJECTS * 30, CF_TEMPLATES * 75, OBJECTS * 50))]
+    path = tmp_path_factory.mktemp("memit-stats") / "layer2.h5"
+    compute_key_second_moment(model, tok, 2, docs, path, n_docs=len(docs), max_doc_tokens=64, batch_tokens=2048,
+                              attrs={**model_identity(traj_inputs["model_dir"]), "corpus": "synthetic",
+                                     "corpus_fingerprint": "x"})
+    return {**traj_inputs, "stats_path": [traj_inputs["stats_path"], path]}
+
+
+def run(inputs, out, **kw):
+    args = dict(inputs, out_path=out, method="memit", editor="memit", hparams=HPARAMS, n_edits=5,
+                snapshot_every=2, seed=5, config={"test": True}, progress_every_s=0.0)
+    args.update(kw)
+    run_trajectory(**args)
+
+
+def test_trajectory_stores_rebuilds_and_resumes_bitwise(memit_inputs, tmp_path, monkeypatch):
+    full = tmp_path / "full.h5"
+    run(memit_inputs, full)
+    m = read_metrics(full)
+    assert len(m["es"]) == 5 and np.all(m["update_norm_0"] > 0) and np.all(m["update_norm_1"] > 0)
+    with h5py.File(full) as f:
+        assert f.attrs["stats_sha256"].count(",") == 1  # both layers' statistics are in the provenance
+        assert list(f["updates"]) == ["0", "1"]
+    import editscale.store as store
+
+    with h5py.File(full) as f:  # snapshot 0 + updates 1..4 = the runner's weights at edit 4, both matrices
+        w = [torch.from_numpy(f[f"snapshots/{i}/0"][()]) for i in range(2)]
+        for row in store.read_updates(f, 0, 4):
+            for i, upd in enumerate(row):
+                store.apply_update(w[i], upd, store.ARCHITECTURES["gpt2"])
+        for i in range(2):
+            assert torch.equal(w[i], torch.from_numpy(f[f"snapshots/{i}/4"][()]))
+            assert not torch.equal(w[i], torch.from_numpy(f[f"snapshots/{i}/0"][()]))
+
+    # a run that fails during its 4th edit, then resumes: the same bits as the uninterrupted run
+    broken = tmp_path / "broken.h5"
+    calls = {"n": 0}
+    original = MemitEditor.compute_batch
+
+    def failing(self, records):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("killed")
+        return original(self, records)
+
+    monkeypatch.setattr(MemitEditor, "compute_batch", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(memit_inputs, broken)
+    monkeypatch.setattr(MemitEditor, "compute_batch", original)
+    with h5py.File(str(broken) + ".partial") as f:
+        assert int(f.attrs["n_done"]) == 3
+    run(memit_inputs, broken)
+    a, b = read_metrics(full), read_metrics(broken)
+    for k in a:
+        if k not in ("edit_seconds", "eval_seconds"):
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    with h5py.File(full) as fa, h5py.File(broken) as fb:
+        for name in ("updates/1/u", "updates/1/v", "snapshots/1/5"):
+            np.testing.assert_array_equal(fa[name][()], fb[name][()], err_msg=name)
+
+
+def test_statistics_files_must_match_the_layers(memit_inputs, tmp_path):
+    swapped = {**memit_inputs, "stats_path": list(reversed(memit_inputs["stats_path"]))}
+    with pytest.raises(Exception, match="layer"):
+        run(swapped, tmp_path / "x.h5")
+    one = {**memit_inputs, "stats_path": memit_inputs["stats_path"][0]}
+    with pytest.raises(ValueError, match="1 statistics files"):
+        run(one, tmp_path / "y.h5")
+
+
+# ------------------------------------------------------------------------------ configuration
+
+
+def test_config_asks_for_one_statistics_file_per_layer():
+    from editscale import config as escfg
+    from test_config import error_key, minimal
+
+    cfg = minimal()
+    cfg["models"]["m"]["n_layer"] = 4
+    cfg["methods"]["memit"] = {"editor": "memit", "hparams": {"mom2_update_weight": 100.0},
+                               "per_model": {"m": {"layers": [1, 2, 3]}}}
+    cfg["experiments"].append({"model": "m", "method": "memit"})
+    loaded = escfg.load_config(cfg)
+    assert escfg.stats_layers(loaded, "memit", "m") == [1, 2, 3]
+    assert escfg.stats_files(loaded, "memit", "m") == [f"resources/stats/m/c/layer{x}.h5" for x in (1, 2, 3)]
+    assert escfg.stats_files(loaded, "rome", "m") == ["resources/stats/m/c/layer1.h5"]
+    with pytest.raises(ValueError, match="stats_layers"):
+        escfg.stats_layer(loaded, "memit", "m")
+    cfg["methods"]["memit"]["per_model"]["m"]["layers"] = [1, 4]
+    assert error_key(copy.deepcopy(cfg)) == "methods.memit.per_model.m.layers[1]"
+    cfg["methods"]["memit"]["per_model"]["m"]["layers"] = [2, 1]
+    assert error_key(copy.deepcopy(cfg)).startswith("methods.memit.")
+    del cfg["methods"]["memit"]["per_model"]["m"]["layers"]
+    assert error_key(copy.deepcopy(cfg)) == "methods.memit.per_model.m.layers"
+
+
+def test_default_config_with_memit_and_emmet_plans_statistics_for_every_layer(tmp_path):
+    import yaml
+
+    from test_workflow import REPO, job_counts, snakemake
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    extra = {
+        "experiments": cfg["experiments"] + [{"model": "toy-llama", "method": "memit"},
+                                             {"model": "toy-llama", "method": "emmet"}],
+        "methods": {"memit": {"editor": "memit", "per_model": {"toy-llama": {"layers": [2, 3]}}},
+                    "emmet": {"editor": "emmet", "per_model": {"toy-llama": {"layers": [3]}}}},
+    }
+    (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
+    proc = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "config.yaml"),
+                     str(tmp_path / "extra.yaml"), cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    counts = job_counts(out)
+    assert counts["key_stats"] == 2  # layer 3 (ROME, r-ROME, EMMET, MEMIT) and layer 2 (MEMIT)
+    assert counts["trajectory"] == 6 * cfg["samples"]
+    for layer in (2, 3):
+        assert f"resources/stats/toy-llama/toy_heldout/layer{layer}.h5" in out
