@@ -8,8 +8,9 @@ Public code: kmeng01/memit (``memit.memit_main.execute_memit``) and
 scalable-model-editing/unified-model-editing (``emmet.emmet_main.execute_emmet``), extracted
 outside this repository and patched only to run on CPU and a Llama config (``PATCHES``: in
 ``<package>/compute_z.py`` the literal "cuda" becomes the model's device, and
-``model.config.n_embd`` becomes ``hidden_size`` where the code has no fallback). The script refuses
-an unpatched tree.
+``model.config.n_embd`` becomes ``hidden_size`` where the code has no fallback, and the three
+reads of a block's output take it whole when it is a tensor, as transformers 5 returns it). The
+script refuses an unpatched tree.
 
 What is compared, on one model (``--model``, float32, CPU; SmolLM2-135M by default):
 
@@ -72,6 +73,8 @@ PATCHES = (
     "tok(target).to(...), tok(all prompts).to(...) and torch.tensor(-100, device=...)",
     "<package>/compute_z.py (memit only): torch.zeros((model.config.n_embd,), ..., device='cuda') -> "
     "torch.zeros((model.config.hidden_size,), ..., device=<the model's device>)",
+    "<package>/compute_z.py: a block's output is a tensor under transformers 5 (a tuple before): cur_out[0] and "
+    "tr[...].output[0] -> that output's first element when it is a tuple, else the output itself (3 places)",
 )
 
 
@@ -95,7 +98,10 @@ def import_reference(method: str, src: Path) -> Reference:
     return Reference(main, getattr(hp_mod, info["hparams"][1]), getattr(main, info["execute"]))
 
 
-def reference_hparams(method: str, ref: Reference, hp, n_layer: int):
+def reference_hparams(method: str, ref: Reference, hp, n_layer: int, tied: bool):
+    """The public dataclass with the project's settings. With tied input/output embeddings (SmolLM2)
+    the LM head is named by the embedding, as the public GPT-2 XL settings do ("transformer.wte"):
+    ``lm_head.weight`` is then not among the model's named parameters."""
     common = dict(
         layers=list(hp.layers), layer_selection="all", fact_token="subject_last",
         v_num_grad_steps=hp.v_num_grad_steps, v_lr=hp.v_lr, v_loss_layer=n_layer - 1,
@@ -103,7 +109,7 @@ def reference_hparams(method: str, ref: Reference, hp, n_layer: int):
         mom2_adjustment=True, mom2_update_weight=hp.mom2_update_weight,
         rewrite_module_tmp="model.layers.{}.mlp.down_proj", layer_module_tmp="model.layers.{}",
         mlp_module_tmp="model.layers.{}.mlp", attn_module_tmp="model.layers.{}.self_attn",
-        ln_f_module="model.norm", lm_head_module="lm_head",
+        ln_f_module="model.norm", lm_head_module="model.embed_tokens" if tied else "lm_head",
         mom2_dataset="injected", mom2_n_samples=0, mom2_dtype="float32",
     )
     if method == "emmet":
@@ -180,7 +186,8 @@ def run(args) -> tuple[list[dict], dict]:
     templates = generate_context_templates(model, tok, hp.context_template_lengths, hp.context_template_top_k,
                                            args.seed, starts=hp.context_template_starts)
     log.info("%d context templates: %s", len(templates), templates)
-    ref_hp = reference_hparams(args.method, ref, hp, n_layers(model))
+    ref_hp = reference_hparams(args.method, ref, hp, n_layers(model),
+                                bool(getattr(model.config, "tie_word_embeddings", False)))
     inject(args.method, ref, seconds, templates)
     editor = editor_mod.make_editor(model, tok, hp_dict, {x: seconds[spec.mlp_out_path(x)] for x in args.layers},
                                     args.seed, state={"context_templates": templates})
