@@ -4,8 +4,9 @@
         --src /work/refcode/memit --layers 4 5 6 --records 5 --batch 10
     ... --method emmet --src /work/refcode/emmet --layers 6
 
-Public code: kmeng01/memit (``memit.memit_main.execute_memit``) and
-scalable-model-editing/unified-model-editing (``emmet.emmet_main.execute_emmet``), extracted
+Public code: kmeng01/memit (``memit.memit_main.execute_memit``),
+scalable-model-editing/unified-model-editing (``emmet.emmet_main.execute_emmet``) and
+jianghoucheng/AlphaEdit (``AlphaEdit.AlphaEdit_main.apply_AlphaEdit_to_model``), extracted
 outside this repository and patched only to run on CPU and a Llama config (``PATCHES``: in
 ``<package>/compute_z.py`` the literal "cuda" becomes the model's device, and
 ``model.config.n_embd`` becomes ``hidden_size`` where the code has no fallback, and the three
@@ -34,6 +35,13 @@ is replaced by a function returning C in float32, as it caches it) and the conte
 project's (``--config`` ``methods.<method>``, merged with ``per_model.<--model-key>`` when
 present, and ``--layers``), mapped one to one onto the public dataclass; ``v_loss_layer`` is the
 last block, ``fact_token`` "subject_last", Llama module names.
+
+AlphaEdit: the public code edits the model in place and returns its accumulated K_p K_p^T; its
+updates are read as the weights' change, after which the weights are put back and the project's
+updates applied (and its carried keys committed). Both sides keep their own K_p K_p^T from step to
+step. P is built as the public ``experiments/evaluate.py`` ``get_project`` builds it (SVD of the
+float32 C, singular values below the threshold) and handed to the public code; the project's editor
+builds its own from the same C.
 
 Output: a per-step table, a summary on stdout and ``benchmarks/results/<method>_reference-<host>.json``.
 """
@@ -67,6 +75,8 @@ SOURCES = {
               "hparams": ("memit_hparams", "MEMITHyperParams")},
     "emmet": {"repo": "scalable-model-editing/unified-model-editing@23d72b5", "package": "emmet",
               "main": "emmet_main", "execute": "execute_emmet", "hparams": ("emmet_hparams", "EMMETHyperParams")},
+    "alphaedit": {"repo": "jianghoucheng/AlphaEdit@f5248d3", "package": "AlphaEdit", "main": "AlphaEdit_main",
+                  "execute": "apply_AlphaEdit_to_model", "hparams": ("AlphaEdit_hparams", "AlphaEditHyperParams")},
 }
 PATCHES = (
     "<package>/compute_z.py: the literal 'cuda' replaced by next(model.parameters()).device in "
@@ -75,6 +85,7 @@ PATCHES = (
     "torch.zeros((model.config.hidden_size,), ..., device=<the model's device>)",
     "<package>/compute_z.py: a block's output is a tensor under transformers 5 (a tuple before): cur_out[0] and "
     "tr[...].output[0] -> that output's first element when it is a tuple, else the output itself (3 places)",
+    "AlphaEdit/AlphaEdit_main.py: in the update's solve, .cuda() and device='cuda' -> the keys' device",
 )
 
 
@@ -88,7 +99,9 @@ class Reference:
 def import_reference(method: str, src: Path) -> Reference:
     info = SOURCES[method]
     code = "\n".join(line.split("#", 1)[0] for line in (src / info["package"] / "compute_z.py").read_text().splitlines())
-    if '"cuda"' in code or 'device="cuda"' in code:
+    main = "\n".join(line.split("#", 1)[0]
+                     for line in (src / info["package"] / f"{info['main']}.py").read_text().splitlines())
+    if '"cuda"' in code or 'device="cuda"' in code or ".cuda()" in main:
         raise SystemExit(f"{src}/{info['package']}/compute_z.py is not patched for CPU; apply:\n  - "
                          + "\n  - ".join(PATCHES))
     sys.path.insert(0, str(src))
@@ -115,6 +128,8 @@ def reference_hparams(method: str, ref: Reference, hp, n_layer: int, tied: bool)
     if method == "emmet":
         common.update(calculate_objective_value=False, update_norm_lambda=hp.update_norm_lambda,
                       emmet_lambda=hp.emmet_lambda)
+    if method == "alphaedit":
+        common.update(model_name="SmolLM2", nullspace_threshold=hp.nullspace_threshold, L2=hp.L2)
     if hp.kl_prompt != "{} is a" or hp.early_stop_loss != 0.05:
         raise SystemExit("the public code hard-codes kl_prompt '{} is a' and early stopping at 0.05")
     return ref.hparams_cls(**common)
@@ -129,13 +144,38 @@ def inject(method: str, ref: Reference, seconds: dict[str, torch.Tensor], templa
     ref.main.CONTEXT_TEMPLATES_CACHE = [["{}"], list(templates[1:])]
 
 
-def reference_deltas(ref: Reference, model, tok, records: list[dict], hparams, weights: dict[str, torch.Tensor]):
+def public_projection(c: torch.Tensor, threshold: float) -> torch.Tensor:
+    """AlphaEdit's ``get_project`` (experiments/evaluate.py): U U^T over C's singular vectors below the threshold."""
+    u, sv, _ = torch.linalg.svd(c.float(), full_matrices=False)
+    small = (sv < threshold).nonzero(as_tuple=True)[0]
+    return u[:, small] @ u[:, small].T
+
+
+class AlphaEditState:
+    """The public AlphaEdit driver's P and accumulated K_p K_p^T (cache_c), one slice per layer."""
+
+    def __init__(self, seconds: list[torch.Tensor], threshold: float):
+        self.p = torch.stack([public_projection(c, threshold) for c in seconds])
+        self.cache_c = torch.zeros_like(self.p)
+
+
+def reference_deltas(method: str, ref: Reference, model, tok, records: list[dict], hparams,
+                     weights: dict[str, torch.Tensor], state: AlphaEditState | None = None):
     before = {k: w.detach().clone() for k, w in weights.items()}
     requests = [dict(r["requested_rewrite"], case_id=r["case_id"]) for r in records]
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        deltas = ref.execute(model, tok, requests, hparams)
+        if method == "alphaedit":
+            _, state.cache_c = ref.execute(model, tok, requests, hparams, cache_c=state.cache_c, P=state.p)
+        else:
+            deltas = ref.execute(model, tok, requests, hparams)
     seconds = time.perf_counter() - t0
+    if method == "alphaedit":  # edited in place: the change is the update; then put the weights back
+        out = {k: (w.detach().double() - before[k].double()) for k, w in weights.items()}
+        with torch.no_grad():
+            for k, w in weights.items():
+                w.copy_(before[k])
+        return out, seconds
     for k, w in weights.items():
         if not torch.equal(w, before[k]):
             raise RuntimeError(f"the public code did not restore {k}")
@@ -181,7 +221,8 @@ def run(args) -> tuple[list[dict], dict]:
     spec = arch_of(model)
     seconds = {spec.mlp_out_path(x): load_key_second_moment(args.stats_dir / f"layer{x}.h5", expect={"layer": x})
                for x in args.layers}
-    editor_cls = editor_mod.EmmetEditor if args.method == "emmet" else editor_mod.MemitEditor
+    editor_cls = {"emmet": "EmmetEditor", "alphaedit": "AlphaEditEditor"}.get(args.method, "MemitEditor")
+    editor_cls = getattr(editor_mod, editor_cls)
     hp = editor_cls.hparams_cls.from_dict(hp_dict)
     templates = generate_context_templates(model, tok, hp.context_template_lengths, hp.context_template_top_k,
                                            args.seed, starts=hp.context_template_starts)
@@ -192,6 +233,11 @@ def run(args) -> tuple[list[dict], dict]:
     editor = editor_mod.make_editor(model, tok, hp_dict, {x: seconds[spec.mlp_out_path(x)] for x in args.layers},
                                     args.seed, state={"context_templates": templates})
     weights = {p: edit_parameter(model, p) for p in editor.edited_modules}
+    state = None
+    if args.method == "alphaedit":
+        state = AlphaEditState([seconds[p] for p in editor.edited_modules], hp.nullspace_threshold)
+        log.info("null-space dimensions: public %s, project %s", [int(x.trace().round()) for x in state.p],
+                 [int(editor.p[x].trace().round()) for x in args.layers])
     records = load_counterfact(args.counterfact)[: args.records + args.batch]
     steps = [[r] for r in records[: args.records]]
     if args.batch:
@@ -201,10 +247,12 @@ def run(args) -> tuple[list[dict], dict]:
         t0 = time.perf_counter()
         result = editor.compute_batch(recs)
         t_proj = time.perf_counter() - t0
-        ref_dw, t_ref = reference_deltas(ref, model, tok, recs, ref_hp, weights)
+        ref_dw, t_ref = reference_deltas(args.method, ref, model, tok, recs, ref_hp, weights, state)
         label = f"edit {i}" if len(recs) == 1 else f"batch of {len(recs)}"
         row = compare(label, recs, result, ref_dw, weights, (t_proj, t_ref))
         apply_updates(model, result.updates, spec)
+        if hasattr(editor, "commit"):
+            editor.commit(result.carry)
         rows.append(row)
         log.info("%s: max ||dW - dW_ref|| / ||dW_ref|| %.2e (%.1f s / %.1f s)", label, row["max_dW_rel_diff"],
                  t_proj, t_ref)

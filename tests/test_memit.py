@@ -12,6 +12,8 @@ import torch
 from conftest import ARCHS, synthetic_records
 from editscale.editors.base import apply_updates
 from editscale.editors.hparams import MemitHParams
+from editscale.editors.alphaedit import AlphaEditEditor, null_space_projection
+from editscale.editors.alphaedit import make_editor as make_alphaedit_editor
 from editscale.editors.emmet import make_editor as make_emmet_editor
 from editscale.editors.memit import MemitEditor, make_editor
 from editscale.editors.rome import generate_context_templates
@@ -32,7 +34,7 @@ def d_in(model, layer):
 def editor_for(model, tok, layers, weight=15000.0, steps=8, templates=TEMPLATES, editor="memit", **extra):
     hp = {"layers": layers, "v_num_grad_steps": steps, "mom2_update_weight": weight, **extra}
     c = {layer: random_spd(d_in(model, layer), seed=layer) for layer in layers}
-    build = make_editor if editor == "memit" else make_emmet_editor
+    build = {"memit": make_editor, "emmet": make_emmet_editor, "alphaedit": make_alphaedit_editor}[editor]
     return build(model, tok, hp, c, seed=3, state={"context_templates": templates})
 
 
@@ -68,6 +70,36 @@ def test_emmet_inserts_every_target_exactly_whatever_lambda(tiny_model_factory, 
     k = torch.randn(d_in(model, 1), 1, dtype=torch.float64)
     c_inv_k = torch.linalg.solve(weight * ed.c[1], k)
     torch.testing.assert_close(ed._adjusted_keys(1, k), c_inv_k / (k.T @ c_inv_k))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_alphaedit_updates_leave_the_preserved_keys_alone_and_carry_the_inserted_ones(tiny_model_factory, arch):
+    model, tok = load_model(tiny_model_factory(arch))
+    ed = editor_for(model, tok, [0, 1], editor="alphaedit", nullspace_threshold=1.0)
+    for layer in (0, 1):
+        rank = int(torch.linalg.matrix_rank(ed.p[layer]))
+        assert 0 < rank < d_in(model, layer)  # a real null space, not all or nothing
+    res = ed.compute_batch(RECORDS[:2])
+    for layer, upd in zip((0, 1), res.updates):
+        dw = upd.delta_out_in().double()
+        keep = torch.eye(dw.shape[1], dtype=torch.float64) - ed.p[layer]  # C's span (eigenvalues >= 1)
+        assert float((dw @ keep).norm()) <= 1e-5 * float(dw.norm()) and float(dw.norm()) > 0
+    assert set(res.carry) == {"keys_0", "keys_1"} and res.carry["keys_0"].shape == (2, d_in(model, 0))
+    assert all(float(k.norm()) == 0 for k in ed.kept.values())  # computing carries nothing by itself
+    ed.commit(res.carry)
+    for i, layer in enumerate((0, 1)):
+        torch.testing.assert_close(ed.kept[layer], res.carry[f"keys_{i}"].T @ res.carry[f"keys_{i}"])
+    # the carried keys are those of the edited model
+    apply_updates(model, res.updates, arch_of(model))
+    torch.testing.assert_close(ed._keys_and_values(RECORDS[:2], 1)[0].T, res.carry["keys_1"])
+
+
+def test_null_space_projection_is_the_low_eigenvalue_projector():
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    c = q @ torch.diag(torch.tensor([1e-4, 1e-3, 0.5, 1.0, 2.0, 3.0], dtype=torch.float64)) @ q.T
+    p = null_space_projection(c, 2e-2)
+    torch.testing.assert_close(p, q[:, :2] @ q[:, :2].T)
+    assert float((p @ c).norm()) < 2e-3
 
 
 def test_first_layer_update_solves_memit_normal_equations(tiny_model_factory):
@@ -162,9 +194,15 @@ def run(inputs, out, **kw):
     run_trajectory(**args)
 
 
-def test_trajectory_stores_rebuilds_and_resumes_bitwise(memit_inputs, tmp_path, monkeypatch):
+EDITORS = {"memit": (MemitEditor, HPARAMS),
+           "alphaedit": (AlphaEditEditor, {**HPARAMS, "nullspace_threshold": 1e9})}  # P = I on these keys
+
+
+@pytest.mark.parametrize("editor", sorted(EDITORS))
+def test_trajectory_stores_rebuilds_and_resumes_bitwise(memit_inputs, tmp_path, monkeypatch, editor):
+    cls, hparams = EDITORS[editor]
     full = tmp_path / "full.h5"
-    run(memit_inputs, full)
+    run(memit_inputs, full, method=editor, editor=editor, hparams=hparams)
     m = read_metrics(full)
     assert len(m["es"]) == 5 and np.all(m["update_norm_0"] > 0) and np.all(m["update_norm_1"] > 0)
     with h5py.File(full) as f:
@@ -184,7 +222,7 @@ def test_trajectory_stores_rebuilds_and_resumes_bitwise(memit_inputs, tmp_path, 
     # a run that fails during its 4th edit, then resumes: the same bits as the uninterrupted run
     broken = tmp_path / "broken.h5"
     calls = {"n": 0}
-    original = MemitEditor.compute_batch
+    original = cls.compute_batch
 
     def failing(self, records):
         calls["n"] += 1
@@ -192,13 +230,14 @@ def test_trajectory_stores_rebuilds_and_resumes_bitwise(memit_inputs, tmp_path, 
             raise RuntimeError("killed")
         return original(self, records)
 
-    monkeypatch.setattr(MemitEditor, "compute_batch", failing)
+    monkeypatch.setattr(cls, "compute_batch", failing)
     with pytest.raises(RuntimeError, match="killed"):
-        run(memit_inputs, broken)
-    monkeypatch.setattr(MemitEditor, "compute_batch", original)
+        run(memit_inputs, broken, method=editor, editor=editor, hparams=hparams)
+    monkeypatch.setattr(cls, "compute_batch", original)
     with h5py.File(str(broken) + ".partial") as f:
         assert int(f.attrs["n_done"]) == 3
-    run(memit_inputs, broken)
+        assert ("carry" in f) == (editor == "alphaedit")
+    run(memit_inputs, broken, method=editor, editor=editor, hparams=hparams)
     a, b = read_metrics(full), read_metrics(broken)
     for k in a:
         if k not in ("edit_seconds", "eval_seconds"):
@@ -243,17 +282,17 @@ def test_config_asks_for_one_statistics_file_per_layer():
     assert error_key(copy.deepcopy(cfg)) == "methods.memit.per_model.m.layers"
 
 
-def test_default_config_with_memit_and_emmet_plans_statistics_for_every_layer(tmp_path):
+def test_default_config_with_the_lifelong_editors_plans_statistics_for_every_layer(tmp_path):
     import yaml
 
     from test_workflow import REPO, job_counts, snakemake
 
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     extra = {
-        "experiments": cfg["experiments"] + [{"model": "toy-llama", "method": "memit"},
-                                             {"model": "toy-llama", "method": "emmet"}],
+        "experiments": cfg["experiments"] + [{"model": "toy-llama", "method": m} for m in ("memit", "emmet", "alpha")],
         "methods": {"memit": {"editor": "memit", "per_model": {"toy-llama": {"layers": [2, 3]}}},
-                    "emmet": {"editor": "emmet", "per_model": {"toy-llama": {"layers": [3]}}}},
+                    "emmet": {"editor": "emmet", "per_model": {"toy-llama": {"layers": [3]}}},
+                    "alpha": {"editor": "alphaedit", "per_model": {"toy-llama": {"layers": [1, 3]}}}},
     }
     (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
     proc = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "config.yaml"),
@@ -261,7 +300,7 @@ def test_default_config_with_memit_and_emmet_plans_statistics_for_every_layer(tm
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     counts = job_counts(out)
-    assert counts["key_stats"] == 2  # layer 3 (ROME, r-ROME, EMMET, MEMIT) and layer 2 (MEMIT)
-    assert counts["trajectory"] == 6 * cfg["samples"]
-    for layer in (2, 3):
+    assert counts["key_stats"] == 3  # layer 3 (ROME, r-ROME, EMMET, MEMIT, AlphaEdit), 2 (MEMIT), 1 (AlphaEdit)
+    assert counts["trajectory"] == 7 * cfg["samples"]
+    for layer in (1, 2, 3):
         assert f"resources/stats/toy-llama/toy_heldout/layer{layer}.h5" in out

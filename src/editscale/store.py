@@ -22,6 +22,9 @@ Layout of ``<trajectory>.h5``::
                                   the bias of param i's module (attrs bias=True; FT-C include_bias);
                                   the file's attrs bias_params (json) list those modules
     bias_snapshots/<i>/<t>        exact copy of that bias after edit t (at the same steps)
+    carry/<name>/rows, offsets    what a stateful editor carries between edits (AlphaEdit's inserted
+                                  keys): float64 rows of all edits, growing; edit t owns rows
+                                  offsets[t-1]:offsets[t]; read back in order on resume
 
 While running, the file is ``<trajectory>.h5.partial``; ``n_done`` is advanced (and the file
 flushed) only after an edit's metrics, update and snapshot are all written. The finished file is
@@ -156,10 +159,11 @@ class TrajectoryWriter:
     def open(cls, path: str | os.PathLike, *, n_edits: int, params: list[str],
              shapes: dict[str, tuple], dtypes: dict[str, str], kinds: dict[str, str],
              metric_names: list[str], attrs: dict, resume_key: str,
-             biases: dict[str, str] | None = None) -> "TrajectoryWriter":
+             biases: dict[str, str] | None = None, carry_dims: dict[str, int] | None = None) -> "TrajectoryWriter":
         """Create ``path.partial``, or reopen it when its ``resume_key`` matches.
 
         ``biases``: {module: dtype} of the params whose module's bias every edit also changes.
+        ``carry_dims``: {name: row width} of what the editor carries between edits.
         """
         biases = dict(biases or {})
         part = partial_path(path)
@@ -232,6 +236,11 @@ class TrajectoryWriter:
                                       **_CHECKSUM)
                 f.create_group(f"bias_snapshots/{i}")
         f.create_group("editor_state")
+        for name, dim in (carry_dims or {}).items():
+            cg = f.create_group(f"carry/{name}")
+            cg.create_dataset("rows", shape=(0, dim), maxshape=(None, dim), dtype="f8", chunks=(16, dim),
+                              **_CHECKSUM)
+            cg.create_dataset("offsets", shape=(n_edits + 1,), dtype="i8", fillvalue=0, **_CHECKSUM)
         f.flush()
         f.close()
         os.replace(tmp, part)
@@ -267,10 +276,21 @@ class TrajectoryWriter:
                                  compression_opts=1, chunks=True, **_CHECKSUM)
 
     def write_edit(self, t: int, metrics: dict[str, float], updates: list[ParamUpdate],
-                   snapshot: dict[str, torch.Tensor] | None = None) -> None:
+                   snapshot: dict[str, torch.Tensor] | None = None,
+                   carry: dict[str, torch.Tensor] | None = None) -> None:
         """Record edit ``t`` (1-based) and advance ``n_done`` to ``t`` after a flush."""
         if t != self.n_done + 1:
             raise StoreError(f"edit {t} written out of order (n_done={self.n_done})")
+        names = set(self.f["carry"]) if "carry" in self.f else set()
+        if set(carry or {}) != names:
+            raise StoreError(f"edit {t}: carried {sorted(carry or {})}, the store expects {sorted(names)}")
+        for name, rows in (carry or {}).items():
+            g = self.f[f"carry/{name}"]
+            start = int(_read(g["offsets"], t - 1))  # rows past it belong to no finished edit: overwritten
+            end = start + int(rows.shape[0])
+            g["rows"].resize(end, axis=0)
+            g["rows"][start:end] = rows.detach().to("cpu", torch.float64).numpy()
+            g["offsets"][t] = end
         params = json.loads(self.f.attrs["params"])
         for name, value in metrics.items():
             self.f[f"metrics/{name}"][t - 1] = value
@@ -323,6 +343,20 @@ def read_editor_state(f: h5py.File) -> dict[str, list[str]]:
     """The editor's stored string lists (e.g. ROME's context templates) of an open trajectory file."""
     g = f.get("editor_state", {})
     return {k: [s.decode() if isinstance(s, bytes) else s for s in g[k][()]] for k in g}
+
+
+def read_carry(f: h5py.File, t_to: int) -> list[dict[str, torch.Tensor]]:
+    """What the editor carried after each of edits 1..``t_to``, in order ({} per edit without any)."""
+    g = f.get("carry")
+    if g is None:
+        return [{} for _ in range(t_to)]
+    out: list[dict[str, torch.Tensor]] = [{} for _ in range(t_to)]
+    for name in g:
+        offsets = _read(g[name]["offsets"], slice(0, t_to + 1))
+        rows = torch.from_numpy(_read(g[name]["rows"], slice(0, int(offsets[-1])))) if t_to else None
+        for t in range(t_to):
+            out[t][name] = rows[int(offsets[t]):int(offsets[t + 1])]
+    return out
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -34,7 +34,7 @@ from .editors.base import apply_updates, bias_key
 from .evaluation import METRIC_NAMES, evaluate_record
 from .models import arch_of, edit_parameter, load_model, model_identity, read_manifest, sha256_file
 from .replay import WeightLoader
-from .store import REPLAY, TrajectoryWriter, read_editor_state, replay_weights
+from .store import REPLAY, TrajectoryWriter, read_carry, read_editor_state, replay_weights
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,10 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
     part_state = _peek_editor_state(out_path)
     extra = {} if editor_file is None else {"editor_file": editor_file, "identity": identity}
     ed = module.make_editor(model, tok, hparams, second_moment, seed, state=part_state, **extra)
+    carry_dims = dict(getattr(ed, "carry_dims", {}))
+    if carry_dims and not store_updates:
+        raise ValueError(f"method {method!r}: editor {editor!r} carries state from edit to edit, which replaying "
+                         "from snapshots (store_updates: false) cannot rebuild; set store_updates: true")
     params = ed.edited_modules
     biases = [p for p in params if p in set(getattr(ed, "edited_biases", ()))]  # FT-C include_bias
     originals = {p: edit_parameter(model, p).detach().clone() for p in params}
@@ -176,7 +180,7 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
         dtypes={p: str(originals[p].dtype) for p in params},
         kinds={p: ed.update_kind if store_updates else REPLAY for p in params},
         metric_names=metric_names, attrs=attrs, resume_key=resume_key,
-        biases={p: str(originals[bias_key(p)].dtype) for p in biases},
+        biases={p: str(originals[bias_key(p)].dtype) for p in biases}, carry_dims=carry_dims,
     )
     try:
         if writer.n_done == 0:
@@ -188,6 +192,9 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
             # the matrices and any edited bias after the last finished edit: from the file, or
             # (store_updates false) by replaying this editor from the last snapshot
             WeightLoader(writer.path, model, spec, records, lambda: ed).load(writer.n_done)
+            if carry_dims:  # what the editor carried after each finished edit, in order
+                for carried in read_carry(writer.f, writer.n_done):
+                    ed.commit(carried)
         numel = {p: originals[p].numel() for p in params}
         last_log = time.perf_counter()
         log.info("trajectory %s: %d edits with %s on %s (%s), editing %s", out_path, n_edits, editor,
@@ -197,6 +204,8 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
             t0 = time.perf_counter()
             result = ed.compute(rec)
             apply_updates(model, result.updates, spec)
+            if carry_dims:
+                ed.commit(result.carry)
             t1 = time.perf_counter()
             scores = evaluate_record(model, tok, rec, batch_size=eval_batch_size)
             t2 = time.perf_counter()
@@ -216,7 +225,7 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
             snap = None
             if t % snapshot_every == 0 or t == n_edits:
                 snap = {name: edit_parameter(model, name) for name in originals}
-            writer.write_edit(t, row, result.updates, snapshot=snap)
+            writer.write_edit(t, row, result.updates, snapshot=snap, carry=result.carry if carry_dims else None)
             now = time.perf_counter()
             if now - last_log >= progress_every_s or t == n_edits or t == 1:
                 last_log = now

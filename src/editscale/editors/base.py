@@ -68,6 +68,10 @@ class EditResult:
     updates: list[ParamUpdate]
     info: dict[str, float] = field(default_factory=dict)  # scalar diagnostics (losses, steps)
     vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. ROME's keys and v*, for tests
+    # what an editor carries to its next edits (AlphaEdit: the keys just inserted), as (rows, dim)
+    # tensors: the runner stores them with the edit and hands them to ``editor.commit`` after
+    # applying the updates, and again in order when it resumes
+    carry: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @torch.no_grad()

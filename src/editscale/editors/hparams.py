@@ -22,6 +22,7 @@ __all__ = [
     "RomeHParams",
     "MemitHParams",
     "EmmetHParams",
+    "AlphaEditHParams",
     "FtcHParams",
     "MendHParams",
     "MendTrainHParams",
@@ -114,6 +115,25 @@ class EmmetHParams(MemitHParams):
     @classmethod
     def from_dict(cls, d: dict) -> "EmmetHParams":
         return _from_dict(cls, d, "EMMET hyperparameters")
+
+
+@dataclass
+class AlphaEditHParams(MemitHParams):
+    """AlphaEdit (Fang et al. 2025): MEMIT's targets and keys, the update projected onto the null
+    space of the preserved keys. Defaults: the public GPT-J / Llama3-8B settings."""
+
+    v_num_grad_steps: int = 25
+    nullspace_threshold: float = 2e-2  # eigenvalues of C below it span the null space
+    L2: float = 10.0  # the public name: the update's ridge term
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.nullspace_threshold <= 0 or self.L2 <= 0:
+            raise ValueError("alphaedit: nullspace_threshold and L2 must be > 0")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AlphaEditHParams":
+        return _from_dict(cls, d, "AlphaEdit hyperparameters")
 
 
 @dataclass

@@ -122,6 +122,10 @@ class MemitEditor:
         """(lambda C + K K^T)^-1 K (float64, (in, n)): dW = R adj^T. EMMET and AlphaEdit change this."""
         return torch.linalg.solve(self.hp.mom2_update_weight * self.c[layer] + k @ k.T, k)
 
+    def _carry(self, records: list[dict]) -> dict[str, torch.Tensor]:
+        """What the next steps need from this one, read on the edited model (AlphaEdit: the keys)."""
+        return {}
+
     # -- the step ---------------------------------------------------------------------------
     def compute_batch(self, records: list[dict]) -> EditResult:
         """The updates of one MEMIT step inserting every record of ``records`` at once."""
@@ -139,6 +143,7 @@ class MemitEditor:
                 upd = ParamUpdate(path, u=adj.T.float().contiguous(), v=resid.T.float().contiguous())
                 apply_update(edit_parameter(self.model, path), upd, self.spec)
                 updates.append(upd)
+            carry = self._carry(records)  # on the model with every layer's update
         finally:
             with torch.no_grad():
                 for p, w in saved.items():
@@ -146,7 +151,7 @@ class MemitEditor:
         info = {name: sum(x[name] for x in infos) / len(infos)
                 for name in ("v_loss", "v_nll_init", "v_nll", "v_steps", "delta_norm", "target_init_norm")}
         info["z_error"] = z_error
-        return EditResult(updates, info, {"z": z})
+        return EditResult(updates, info, {"z": z}, carry)
 
 
 def make_editor(model, tok, hparams: dict, second_moment, seed: int, state: dict | None = None,
