@@ -5,8 +5,9 @@
     ... --method emmet --src /work/refcode/emmet --layers 6
 
 Public code: kmeng01/memit (``memit.memit_main.execute_memit``),
-scalable-model-editing/unified-model-editing (``emmet.emmet_main.execute_emmet``) and
-jianghoucheng/AlphaEdit (``AlphaEdit.AlphaEdit_main.apply_AlphaEdit_to_model``), extracted
+scalable-model-editing/unified-model-editing (``emmet.emmet_main.execute_emmet``),
+scalable-model-editing/knowledge-editing-regularization (``encore.encore_main.execute_encore``,
+with ``sequential`` set as its sequential-editing driver sets it) and jianghoucheng/AlphaEdit (``AlphaEdit.AlphaEdit_main.apply_AlphaEdit_to_model``), extracted
 outside this repository and patched only to run on CPU and a Llama config (``PATCHES``: in
 ``<package>/compute_z.py`` the literal "cuda" becomes the model's device, and
 ``model.config.n_embd`` becomes ``hidden_size`` where the code has no fallback, and the three
@@ -75,6 +76,8 @@ SOURCES = {
               "hparams": ("memit_hparams", "MEMITHyperParams")},
     "emmet": {"repo": "scalable-model-editing/unified-model-editing@23d72b5", "package": "emmet",
               "main": "emmet_main", "execute": "execute_emmet", "hparams": ("emmet_hparams", "EMMETHyperParams")},
+    "encore": {"repo": "scalable-model-editing/knowledge-editing-regularization@6e3ba9a", "package": "encore",
+               "main": "encore_main", "execute": "execute_encore", "hparams": ("encore_hparams", "ENCOREHyperParams")},
     "alphaedit": {"repo": "jianghoucheng/AlphaEdit@f5248d3", "package": "AlphaEdit", "main": "AlphaEdit_main",
                   "execute": "apply_AlphaEdit_to_model", "hparams": ("AlphaEdit_hparams", "AlphaEditHyperParams")},
 }
@@ -86,6 +89,7 @@ PATCHES = (
     "<package>/compute_z.py: a block's output is a tensor under transformers 5 (a tuple before): cur_out[0] and "
     "tr[...].output[0] -> that output's first element when it is a tuple, else the output itself (3 places)",
     "AlphaEdit/AlphaEdit_main.py: in the update's solve, .cuda() and device='cuda' -> the keys' device",
+    "encore/encore_main.py: the .cuda() after the update's solve removed",
 )
 
 
@@ -130,6 +134,15 @@ def reference_hparams(method: str, ref: Reference, hp, n_layer: int, tied: bool)
                       emmet_lambda=hp.emmet_lambda)
     if method == "alphaedit":
         common.update(model_name="SmolLM2", nullspace_threshold=hp.nullspace_threshold, L2=hp.L2)
+    if method == "encore":  # the least-squares path (use_gd false), as the public settings
+        common.update(calculate_objective_value=False, add_prev_edits=hp.add_prev_edits,
+                      update_norm_lambda=hp.update_norm_lambda, emmet_lambda=0.1, prob_cutoff=hp.prob_cutoff,
+                      norm_control=0, dynamic_multiplier=5, random_vector_preservation=False, use_gd=False,
+                      grad_desc_lr=0.005, grad_desc_steps=100, gd_lambda=50, spectral_norm=2, condition_num=50,
+                      calculate_norms=False)
+        hparams = ref.hparams_cls(**common)
+        hparams.sequential = True  # what experiments/evaluate_save_model.py sets for sequential editing
+        return hparams
     if hp.kl_prompt != "{} is a" or hp.early_stop_loss != 0.05:
         raise SystemExit("the public code hard-codes kl_prompt '{} is a' and early stopping at 0.05")
     return ref.hparams_cls(**common)
@@ -138,7 +151,7 @@ def reference_hparams(method: str, ref: Reference, hp, n_layer: int, tied: bool)
 def inject(method: str, ref: Reference, seconds: dict[str, torch.Tensor], templates: list[str]) -> None:
     def get_cov(model, tok, layer_name, *args, **kwargs):
         c = seconds[layer_name].float().to(next(model.parameters()).device)
-        return (c, None) if method == "emmet" else c
+        return (c, None) if method in ("emmet", "encore") else c
 
     ref.main.get_cov = get_cov
     ref.main.CONTEXT_TEMPLATES_CACHE = [["{}"], list(templates[1:])]
@@ -169,6 +182,8 @@ def reference_deltas(method: str, ref: Reference, model, tok, records: list[dict
             _, state.cache_c = ref.execute(model, tok, requests, hparams, cache_c=state.cache_c, P=state.p)
         else:
             deltas = ref.execute(model, tok, requests, hparams)
+            if method == "encore":  # (deltas, z norms, z seconds, insertion seconds)
+                deltas = deltas[0]
     seconds = time.perf_counter() - t0
     if method == "alphaedit":  # edited in place: the change is the update; then put the weights back
         out = {k: (w.detach().double() - before[k].double()) for k, w in weights.items()}
@@ -221,7 +236,8 @@ def run(args) -> tuple[list[dict], dict]:
     spec = arch_of(model)
     seconds = {spec.mlp_out_path(x): load_key_second_moment(args.stats_dir / f"layer{x}.h5", expect={"layer": x})
                for x in args.layers}
-    editor_cls = {"emmet": "EmmetEditor", "alphaedit": "AlphaEditEditor"}.get(args.method, "MemitEditor")
+    editor_cls = {"emmet": "EmmetEditor", "alphaedit": "AlphaEditEditor",
+                  "encore": "EncoreEditor"}.get(args.method, "MemitEditor")
     editor_cls = getattr(editor_mod, editor_cls)
     hp = editor_cls.hparams_cls.from_dict(hp_dict)
     templates = generate_context_templates(model, tok, hp.context_template_lengths, hp.context_template_top_k,

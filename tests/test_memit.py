@@ -15,6 +15,9 @@ from editscale.editors.hparams import MemitHParams
 from editscale.editors.alphaedit import AlphaEditEditor, null_space_projection
 from editscale.editors.alphaedit import make_editor as make_alphaedit_editor
 from editscale.editors.emmet import make_editor as make_emmet_editor
+from editscale.editors.encore import EncoreEditor
+from editscale.editors.encore import make_editor as make_encore_editor
+from editscale.editors.rome import _most_probable_stop
 from editscale.editors.memit import MemitEditor, make_editor
 from editscale.editors.rome import generate_context_templates
 from editscale.models import arch_of, edit_parameter, get_module, load_model
@@ -34,7 +37,8 @@ def d_in(model, layer):
 def editor_for(model, tok, layers, weight=15000.0, steps=8, templates=TEMPLATES, editor="memit", **extra):
     hp = {"layers": layers, "v_num_grad_steps": steps, "mom2_update_weight": weight, **extra}
     c = {layer: random_spd(d_in(model, layer), seed=layer) for layer in layers}
-    build = {"memit": make_editor, "emmet": make_emmet_editor, "alphaedit": make_alphaedit_editor}[editor]
+    build = {"memit": make_editor, "emmet": make_emmet_editor, "alphaedit": make_alphaedit_editor,
+             "encore": make_encore_editor}[editor]
     return build(model, tok, hp, c, seed=3, state={"context_templates": templates})
 
 
@@ -100,6 +104,44 @@ def test_null_space_projection_is_the_low_eigenvalue_projector():
     p = null_space_projection(c, 2e-2)
     torch.testing.assert_close(p, q[:, :2] @ q[:, :2].T)
     assert float((p @ c).norm()) < 2e-3
+
+
+def test_encore_solves_its_normal_equations_with_the_earlier_steps_keys(tiny_model_factory):
+    """(lambda C + mu I + K_prev K_prev^T + K K^T) adj = K at the first layer; the carried keys are the
+    ones the step used (read before its own updates)."""
+    model, tok = load_model(tiny_model_factory("llama"))
+    ed = editor_for(model, tok, [0, 1], weight=2.0, editor="encore", update_norm_lambda=3.0)
+    first = ed.compute_batch(RECORDS[:2])
+    k0, _ = ed._keys_and_values(RECORDS[:2], 0)
+    torch.testing.assert_close(first.carry["keys_0"], k0.T)
+    apply_updates(model, first.updates, arch_of(model))
+    ed.commit(first.carry)
+    res = ed.compute_batch(RECORDS[2:4])
+    k, h = ed._keys_and_values(RECORDS[2:4], 0)
+    r = (res.vectors["z"] - h) / 2
+    dw = res.updates[0].delta_out_in().double()
+    eye = torch.eye(k.shape[0], dtype=torch.float64)
+    lhs = dw @ (2.0 * ed.c[0] + 3.0 * eye + k0 @ k0.T + k @ k.T)
+    torch.testing.assert_close(lhs, r @ k.T, rtol=1e-4, atol=1e-5 * float((r @ k.T).abs().max()))
+
+
+def test_most_probable_early_stopping_counts_passes_with_every_target_top_1():
+    tgt = torch.tensor([2, 0])  # two target tokens, three rewriting prompts, vocabulary of 4
+    right = torch.full((3, 2, 4), -5.0)
+    right[:, 0, 2] = right[:, 1, 0] = -0.1
+    wrong = right.clone()
+    wrong[2, 1, 0], wrong[2, 1, 3] = -5.0, -0.1  # the last prompt's second token is not top-1
+    nll = torch.ones(3, 2)
+    counter = [0]
+    assert not _most_probable_stop(-2, wrong.view(6, 4), tgt, 3, 2, nll, counter) and counter == [0]
+    assert not _most_probable_stop(-2, right.view(6, 4), tgt, 3, 2, nll, counter) and counter == [1]
+    assert not _most_probable_stop(-2, wrong.view(6, 4), tgt, 3, 2, nll, counter) and counter == [1]
+    assert _most_probable_stop(-2, right.view(6, 4), tgt, 3, 2, nll, counter)  # second pass, not consecutive
+    right_but_first = right.clone()
+    right_but_first[0] = -1.0  # the first prompt is never checked (the public code skips it)
+    assert _most_probable_stop(-1, right_but_first.view(6, 4), tgt, 3, 2, nll, [0])
+    assert _most_probable_stop(0.3, right.view(6, 4), tgt, 3, 2, torch.full((3, 2), 0.5), [0])  # exp(-0.5) > 0.3
+    assert not _most_probable_stop(0.7, right.view(6, 4), tgt, 3, 2, torch.full((3, 2), 0.5), [0])
 
 
 def test_first_layer_update_solves_memit_normal_equations(tiny_model_factory):
@@ -195,7 +237,8 @@ def run(inputs, out, **kw):
 
 
 EDITORS = {"memit": (MemitEditor, HPARAMS),
-           "alphaedit": (AlphaEditEditor, {**HPARAMS, "nullspace_threshold": 1e9})}  # P = I on these keys
+           "alphaedit": (AlphaEditEditor, {**HPARAMS, "nullspace_threshold": 1e9}),  # P = I on these keys
+           "encore": (EncoreEditor, {**HPARAMS, "mom2_update_weight": 1.0})}
 
 
 @pytest.mark.parametrize("editor", sorted(EDITORS))
@@ -236,7 +279,7 @@ def test_trajectory_stores_rebuilds_and_resumes_bitwise(memit_inputs, tmp_path, 
     monkeypatch.setattr(cls, "compute_batch", original)
     with h5py.File(str(broken) + ".partial") as f:
         assert int(f.attrs["n_done"]) == 3
-        assert ("carry" in f) == (editor == "alphaedit")
+        assert ("carry" in f) == (editor != "memit")
     run(memit_inputs, broken, method=editor, editor=editor, hparams=hparams)
     a, b = read_metrics(full), read_metrics(broken)
     for k in a:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from .hparams import AlphaEditHParams, EmmetHParams, FtcHParams, MemitHParams, MendHParams, MendTrainHParams, RomeHParams
+from .hparams import AlphaEditHParams, EmmetHParams, EncoreHParams, FtcHParams, MemitHParams, MendHParams, MendTrainHParams, RomeHParams
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ EDITORS: dict[str, EditorInfo] = {
     "memit": EditorInfo(module="editscale.editors.memit", needs_covariance=True, hparams=MemitHParams),
     "emmet": EditorInfo(module="editscale.editors.emmet", needs_covariance=True, hparams=EmmetHParams),
     "alphaedit": EditorInfo(module="editscale.editors.alphaedit", needs_covariance=True, hparams=AlphaEditHParams),
+    "encore": EditorInfo(module="editscale.editors.encore", needs_covariance=True, hparams=EncoreHParams),
     "ftc": EditorInfo(module="editscale.editors.ftc", needs_covariance=False, hparams=FtcHParams),
     "mend": EditorInfo(module="editscale.editors.mend", needs_covariance=False, needs_editor_file=True,
                        hparams=MendHParams, training=MendTrainHParams),

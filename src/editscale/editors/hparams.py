@@ -23,6 +23,7 @@ __all__ = [
     "MemitHParams",
     "EmmetHParams",
     "AlphaEditHParams",
+    "EncoreHParams",
     "FtcHParams",
     "MendHParams",
     "MendTrainHParams",
@@ -134,6 +135,28 @@ class AlphaEditHParams(MemitHParams):
     @classmethod
     def from_dict(cls, d: dict) -> "AlphaEditHParams":
         return _from_dict(cls, d, "AlphaEdit hyperparameters")
+
+
+@dataclass
+class EncoreHParams(MemitHParams):
+    """ENCORE (Gupta et al. 2025): MEMIT with most-probable early stopping of the target search
+    and a norm penalty on the update. Defaults: the public Llama3-8B settings."""
+
+    v_num_grad_steps: int = 25
+    update_norm_lambda: float = 20.0  # mu: mu I added to lambda C (the norm penalty)
+    prob_cutoff: float = -2.0  # < 0: stop at the |n|-th pass with every target token top-1; > 0: mean prob
+    add_prev_edits: bool = True  # the earlier steps' keys join C (sequential editing)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.update_norm_lambda < 0:
+            raise ValueError("encore: update_norm_lambda must be >= 0")
+        if self.prob_cutoff < 0 and self.prob_cutoff != int(self.prob_cutoff):
+            raise ValueError("encore: a negative prob_cutoff counts passes and must be a whole number")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncoreHParams":
+        return _from_dict(cls, d, "ENCORE hyperparameters")
 
 
 @dataclass

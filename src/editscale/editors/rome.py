@@ -254,7 +254,9 @@ def optimise_delta(model, hp, enc, lookup, resid, target_ids, n_rw, target_init,
     row's next-token distribution from its initial one, + ``v_weight_decay`` x ||delta|| /
     ||target_init||^2; Adam with ``v_lr``, ||delta|| clamped to ``clamp_norm_factor`` x
     ||target_init||; ``v_num_grad_steps`` forward passes at most, stopping under ``early_stop_loss``.
-    ``hp`` has those fields (:class:`RomeHParams`, :class:`MemitHParams`).
+    ``hp`` has those fields (:class:`RomeHParams`, :class:`MemitHParams`). ENCORE's
+    ``prob_cutoff`` (most-probable early stopping), when set, stops it earlier:
+    :func:`_most_probable_stop`.
     """
     dev = resid.device
     spec = arch_of(model)
@@ -278,6 +280,7 @@ def optimise_delta(model, hp, enc, lookup, resid, target_ids, n_rw, target_init,
     max_norm = hp.clamp_norm_factor * target_init.norm()
     info = {}
     attn = causal_attention_mask(mask, t, resid.dtype)
+    cutoff, counter = float(getattr(hp, "prob_cutoff", 0.0)), [0]  # ENCORE's early stopping
     with upper_layers_only(model, layer + 1) as upper:
         for it in range(hp.v_num_grad_steps):
             opt.zero_grad()
@@ -295,6 +298,8 @@ def optimise_delta(model, hp, enc, lookup, resid, target_ids, n_rw, target_init,
             wd = hp.v_weight_decay * (delta.norm() / target_init.norm() ** 2)
             loss = nll + kl + wd
             info = {"v_loss": loss.item(), "v_nll_init": nll_init, "v_nll": nll.item(), "v_kl": kl.item(), "v_steps": it + 1}
+            if cutoff and _most_probable_stop(cutoff, logp[:-1], tgt, n_rw, m, nll_tok, counter):
+                break
             if loss.item() < hp.early_stop_loss or it == hp.v_num_grad_steps - 1:
                 break
             loss.backward()
@@ -304,6 +309,22 @@ def optimise_delta(model, hp, enc, lookup, resid, target_ids, n_rw, target_init,
                 if norm > max_norm:
                     delta.mul_(max_norm / norm)
     return delta.detach(), info
+
+
+def _most_probable_stop(cutoff: float, logp: torch.Tensor, tgt: torch.Tensor, n_rw: int, m: int,
+                        nll_tok: torch.Tensor, counter: list[int]) -> bool:
+    """ENCORE's most-probable early stopping (public ``encore/compute_z.py``), checked after a
+    forward pass and before its update. ``cutoff`` < 0: stop at the |cutoff|-th pass (counted over
+    the whole optimisation, not consecutively) at which every target token is the argmax after
+    every rewriting prompt but the first (the public code skips row 0); > 0: stop once the mean
+    over prompts of exp(-mean token NLL) exceeds it."""
+    if cutoff < 0:
+        top = logp.view(n_rw, m, -1)[1:].argmax(-1)
+        if bool((top == tgt[None]).all()):
+            counter[0] += 1
+            return counter[0] == abs(int(cutoff))
+        return False
+    return float(torch.exp(-nll_tok.sum(1) / m).mean()) > cutoff
 
 
 def _inverse(second_moment: torch.Tensor) -> torch.Tensor:

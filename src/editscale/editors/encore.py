@@ -1,0 +1,60 @@
+"""ENCORE: early stopping and norm-constrained robust knowledge editing (Gupta et al. 2025).
+
+MEMIT (:mod:`editscale.editors.memit`) with the public code's (scalable-model-editing/
+knowledge-editing-regularization ``encore/encore_main.execute_encore``, its default least-squares
+path: ``use_gd`` false) two changes against norm growth over long edit sequences:
+
+* **Most-probable early stopping** (MPES) of the target search: ``prob_cutoff`` -2 stops the
+  optimisation at the second pass at which the new target is the top-1 prediction after the
+  rewriting prompts (:func:`editscale.editors.rome.optimise_delta`).
+* **Norm penalty and earlier edits.** The update solves
+  (lambda C + mu I + sum_{earlier steps} K K^T + K K^T) adj = K and dW = R adj^T, with mu =
+  ``update_norm_lambda``: mu I penalises ||dW||_F, and (``add_prev_edits``) the keys of every
+  earlier step, read as that step used them, are preserved like the statistics' keys.
+
+The earlier steps' keys are carried in the trajectory file (``keys_<i>`` per edited layer,
+:attr:`EditResult.carry`) and committed after each step and, in order, on resume: a resumed run
+continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .hparams import EncoreHParams
+from .memit import MemitEditor
+from .memit import make_editor as _make_memit_editor
+
+
+class EncoreEditor(MemitEditor):
+    name = "encore"
+    hparams_cls = EncoreHParams
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kept = {x: self.c[x].new_zeros(self.c[x].shape) for x in self.hp.layers}  # earlier K K^T
+        self.carry_dims = {f"keys_{i}": int(self.c[x].shape[0]) for i, x in enumerate(self.hp.layers)}
+        self._step_keys: dict[int, torch.Tensor] = {}
+
+    def _adjusted_keys(self, layer: int, k: torch.Tensor) -> torch.Tensor:
+        c = self.hp.mom2_update_weight * self.c[layer]
+        if self.hp.update_norm_lambda:
+            c = c + self.hp.update_norm_lambda * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+        if self.hp.add_prev_edits:
+            c = c + self.kept[layer]
+        self._step_keys[layer] = k
+        return torch.linalg.solve(c + k @ k.T, k)
+
+    def _carry(self, records: list[dict]) -> dict[str, torch.Tensor]:
+        return {f"keys_{i}": self._step_keys.pop(x).T.contiguous() for i, x in enumerate(self.hp.layers)}
+
+    def commit(self, carry: dict[str, torch.Tensor]) -> None:
+        """Add a finished step's keys (as it used them) to the preserved earlier edits."""
+        for i, x in enumerate(self.hp.layers):
+            k = carry[f"keys_{i}"].to(self.kept[x].device, torch.float64)  # (n, in)
+            self.kept[x] += k.T @ k
+
+
+def make_editor(model, tok, hparams: dict, second_moment, seed: int, state: dict | None = None) -> EncoreEditor:
+    """Build an ENCORE editor (as :func:`editscale.editors.memit.make_editor`); no earlier edits yet."""
+    return _make_memit_editor(model, tok, hparams, second_moment, seed, state=state, editor_cls=EncoreEditor)
