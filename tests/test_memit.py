@@ -14,6 +14,7 @@ from editscale.editors.base import apply_updates
 from editscale.editors.hparams import MemitHParams
 from editscale.editors.alphaedit import AlphaEditEditor, null_space_projection
 from editscale.editors.alphaedit import make_editor as make_alphaedit_editor
+from editscale.editors.emmet import EmmetEditor
 from editscale.editors.emmet import make_editor as make_emmet_editor
 from editscale.editors.encore import EncoreEditor
 from editscale.editors.encore import make_editor as make_encore_editor
@@ -238,7 +239,8 @@ def run(inputs, out, **kw):
 
 EDITORS = {"memit": (MemitEditor, HPARAMS),
            "alphaedit": (AlphaEditEditor, {**HPARAMS, "nullspace_threshold": 1e9}),  # P = I on these keys
-           "encore": (EncoreEditor, {**HPARAMS, "mom2_update_weight": 1.0})}
+           "encore": (EncoreEditor, {**HPARAMS, "mom2_update_weight": 1.0}),
+           "emmet": (EmmetEditor, {**HPARAMS, "mom2_update_weight": 1.0})}
 
 
 @pytest.mark.parametrize("editor", sorted(EDITORS))
@@ -279,7 +281,7 @@ def test_trajectory_stores_rebuilds_and_resumes_bitwise(memit_inputs, tmp_path, 
     monkeypatch.setattr(cls, "compute_batch", original)
     with h5py.File(str(broken) + ".partial") as f:
         assert int(f.attrs["n_done"]) == 3
-        assert ("carry" in f) == (editor != "memit")
+        assert ("carry" in f) == (editor in ("alphaedit", "encore"))
     run(memit_inputs, broken, method=editor, editor=editor, hparams=hparams)
     a, b = read_metrics(full), read_metrics(broken)
     for k in a:

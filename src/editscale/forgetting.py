@@ -30,8 +30,10 @@ def evaluate_facts(model, tok, records: list[dict], paraphrases: bool = False,
     token_ids: dict[str, list[int]] = {}  # targets repeat across facts: tokenise each once
     for i, rec in enumerate(records):
         rw = rec["requested_rewrite"]
-        ids = [token_ids.setdefault(s, target_token_ids(tok, s)) if s not in token_ids else token_ids[s]
-               for s in (rw["target_new"]["str"], rw["target_true"]["str"])]
+        for target in (rw["target_new"]["str"], rw["target_true"]["str"]):
+            if target not in token_ids:
+                token_ids[target] = target_token_ids(tok, target)
+        ids = [token_ids[rw["target_new"]["str"]], token_ids[rw["target_true"]["str"]]]
         plist = [rw["prompt"].replace("{}", rw["subject"], 1)]
         if paraphrases:
             plist += list(rec["paraphrase_prompts"])
