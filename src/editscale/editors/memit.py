@@ -119,7 +119,7 @@ class MemitEditor:
         return k.T.double(), h.T.double()
 
     def _adjusted_keys(self, layer: int, k: torch.Tensor) -> torch.Tensor:
-        """(lambda C + K K^T)^-1 K (float64, (in, n)): dW = R adj^T. EMMET and AlphaEdit change this."""
+        """(lambda C + K K^T)^-1 K (float64, (in, n)): dW = R adj^T. EMMET, AlphaEdit and ENCORE change this."""
         return torch.linalg.solve(self.hp.mom2_update_weight * self.c[layer] + k @ k.T, k)
 
     def _carry(self, records: list[dict]) -> dict[str, torch.Tensor]:
