@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from .hparams import AlphaEditHParams
-from .memit import MemitEditor
+from .memit import CarriedKeysEditor
 from .memit import make_editor as _make_memit_editor
 
 
@@ -36,15 +36,13 @@ def null_space_projection(c: torch.Tensor, threshold: float) -> torch.Tensor:
     return u @ u.T
 
 
-class AlphaEditEditor(MemitEditor):
+class AlphaEditEditor(CarriedKeysEditor):
     name = "alphaedit"
     hparams_cls = AlphaEditHParams
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.p = {x: null_space_projection(self.c[x], self.hp.nullspace_threshold) for x in self.hp.layers}
-        self.kept = {x: self.c[x].new_zeros(self.c[x].shape) for x in self.hp.layers}  # K_p K_p^T
-        self.carry_dims = {f"keys_{i}": int(self.c[x].shape[0]) for i, x in enumerate(self.hp.layers)}
 
     def _adjusted_keys(self, layer: int, k: torch.Tensor) -> torch.Tensor:
         p = self.p[layer]
@@ -52,14 +50,9 @@ class AlphaEditEditor(MemitEditor):
         return torch.linalg.solve(a, p @ k)  # dW = R adj^T, dW^T = a^-1 P K R^T
 
     def _carry(self, records: list[dict]) -> dict[str, torch.Tensor]:
+        """The keys read on the model after every layer's update (the public code's cache_c)."""
         return {f"keys_{i}": self._keys_and_values(records, x)[0].T.contiguous()
                 for i, x in enumerate(self.hp.layers)}
-
-    def commit(self, carry: dict[str, torch.Tensor]) -> None:
-        """Add a finished step's keys to K_p K_p^T (after the runner applied its updates)."""
-        for i, x in enumerate(self.hp.layers):
-            k = carry[f"keys_{i}"].to(self.kept[x].device, torch.float64)  # (n, in)
-            self.kept[x] += k.T @ k
 
 
 def make_editor(model, tok, hparams: dict, second_moment, seed: int, state: dict | None = None) -> AlphaEditEditor:

@@ -22,18 +22,16 @@ from __future__ import annotations
 import torch
 
 from .hparams import EncoreHParams
-from .memit import MemitEditor
+from .memit import CarriedKeysEditor
 from .memit import make_editor as _make_memit_editor
 
 
-class EncoreEditor(MemitEditor):
+class EncoreEditor(CarriedKeysEditor):
     name = "encore"
     hparams_cls = EncoreHParams
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.kept = {x: self.c[x].new_zeros(self.c[x].shape) for x in self.hp.layers}  # earlier K K^T
-        self.carry_dims = {f"keys_{i}": int(self.c[x].shape[0]) for i, x in enumerate(self.hp.layers)}
         self._step_keys: dict[int, torch.Tensor] = {}
 
     def _adjusted_keys(self, layer: int, k: torch.Tensor) -> torch.Tensor:
@@ -46,13 +44,8 @@ class EncoreEditor(MemitEditor):
         return torch.linalg.solve(c + k @ k.T, k)
 
     def _carry(self, records: list[dict]) -> dict[str, torch.Tensor]:
+        """The keys as this step's updates used them (read before each layer's own update)."""
         return {f"keys_{i}": self._step_keys.pop(x).T.contiguous() for i, x in enumerate(self.hp.layers)}
-
-    def commit(self, carry: dict[str, torch.Tensor]) -> None:
-        """Add a finished step's keys (as it used them) to the preserved earlier edits."""
-        for i, x in enumerate(self.hp.layers):
-            k = carry[f"keys_{i}"].to(self.kept[x].device, torch.float64)  # (n, in)
-            self.kept[x] += k.T @ k
 
 
 def make_editor(model, tok, hparams: dict, second_moment, seed: int, state: dict | None = None) -> EncoreEditor:

@@ -154,6 +154,23 @@ class MemitEditor:
         return EditResult(updates, info, {"z": z}, carry)
 
 
+class CarriedKeysEditor(MemitEditor):
+    """A MEMIT-family editor that keeps the sum of K K^T over the keys of every earlier step
+    (``kept``, float64, per edited layer; AlphaEdit, ENCORE). A step returns its keys as
+    ``carry["keys_<i>"]`` ((n, in), the i-th edited layer); :meth:`commit` adds them after the
+    runner applies the step's updates, and again in order when a run resumes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kept = {x: self.c[x].new_zeros(self.c[x].shape) for x in self.hp.layers}
+        self.carry_dims = {f"keys_{i}": int(self.c[x].shape[0]) for i, x in enumerate(self.hp.layers)}
+
+    def commit(self, carry: dict[str, torch.Tensor]) -> None:
+        for i, x in enumerate(self.hp.layers):
+            k = carry[f"keys_{i}"].to(self.kept[x].device, torch.float64)  # (n, in)
+            self.kept[x] += k.T @ k
+
+
 def make_editor(model, tok, hparams: dict, second_moment, seed: int, state: dict | None = None,
                 editor_cls: type[MemitEditor] | None = None) -> MemitEditor:
     """Build a MEMIT editor (or ``editor_cls``, a subclass: EMMET). ``second_moment``: {layer: C}
