@@ -1,5 +1,6 @@
 # make run   - build/reuse the virtual environment, then run the workflow (default config)
 # make run-smollm2 - the workflow on SmolLM2-135M (config/smollm2.yaml), in runs/smollm2/
+# make run-lifelong - the default run plus the lifelong-editing methods (config/lifelong.yaml)
 # make test  - build/reuse the virtual environment, then run the test suite
 # make lint  - snakemake --lint and snakefmt --check
 # make report - report.html (figures, tables, configuration, runtimes) of the last run
@@ -16,7 +17,7 @@ SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.editscale-installed
 
-.PHONY: all venv run run-smollm2 dry-run test lint format bench clean-results report
+.PHONY: all venv run run-smollm2 run-lifelong dry-run test lint format bench clean-results report
 
 all: test
 
@@ -34,6 +35,12 @@ run: $(STAMP)
 
 # SmolLM2-135M (a real pretrained model, offline) through the whole DAG, in its own working
 # directory runs/smollm2/ (config/smollm2.yaml; under 2 hours on 2 cores)
+# The lifelong-editing methods beside the paper's on the default organism (config/lifelong.yaml, an
+# overlay of config/config.yaml): in the default run's directory, so that its organism, statistics
+# and eight trajectories are reused; figures in figures/lifelong/
+run-lifelong: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/lifelong.yaml $(SNAKEMAKE_ARGS)
+
 run-smollm2: $(STAMP)
 	mkdir -p runs/smollm2
 	$(BIN)/snakemake --cores $(CORES) --configfile config/smollm2.yaml --directory runs/smollm2 $(SNAKEMAKE_ARGS)

@@ -51,6 +51,7 @@ localrules:
     figure2_sample,
     figure_collapse,
     table2,
+    summary_table,
     run_config,
     runtime_table,
 

@@ -38,6 +38,9 @@ escfg.validate_schema(config)
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 escfg.check_config(config)
 
+# where figures and tables go (config figures.dir)
+FIGURES = config["figures"]["dir"]
+
 
 wildcard_constraints:
     model=r"[^/]+",
@@ -382,6 +385,14 @@ def table2_inputs(wildcards):
     }
 
 
+def summary_inputs(wildcards):
+    """The lifelong summary's tidy files: Figure 2's (per-edit metrics, evaluations, downstream)
+    plus every trajectory's disabling JSON."""
+    inputs = figure2_inputs(wildcards)
+    inputs["disabling"] = [e["disabling"] for e in figure_layout(wildcards)]
+    return inputs
+
+
 def figure_settings():
     return {
         k: config["figures"][k] for k in ("bucket", "window", "band", "dpi", "labels")
@@ -391,7 +402,7 @@ def figure_settings():
 def all_figures():
     out = []
     for model in figure_models():
-        base = f"figures/{model}"
+        base = f"{FIGURES}/{model}"
         for fig in ("figure1", "figure2"):
             out += [f"{base}/{fig}.{ext}" for ext in ("pdf", "png", "json")]
             out += [
@@ -401,6 +412,7 @@ def all_figures():
             ]
         out += [f"{base}/collapse.{ext}" for ext in ("pdf", "png", "json")]
         out += [f"{base}/table2.{ext}" for ext in ("md", "csv", "tex", "json")]
+        out += [f"{base}/summary.{ext}" for ext in ("md", "csv", "tex", "json")]
         out.append(f"{base}/table2_generations.csv")
     return out + [
         "results/report/config.yaml",

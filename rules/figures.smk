@@ -7,22 +7,22 @@ rule figure1:
     input:
         unpack(figure_inputs),
     output:
-        pdf="figures/{model}/figure1.pdf",
+        pdf=f"{FIGURES}/{{model}}/figure1.pdf",
         png=report(
-            "figures/{model}/figure1.png",
+            f"{FIGURES}/{{model}}/figure1.png",
             caption="../workflow/report/figure1.rst",
             category="Figures",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "Figure 1"},
         ),
-        json="figures/{model}/figure1.json",
+        json=f"{FIGURES}/{{model}}/figure1.json",
     params:
         kind="figure1",
         sample=None,
         layout=figure_layout,
         settings=figure_settings(),
     log:
-        "logs/figures/{model}/figure1.log",
+        f"logs/{FIGURES}/{{model}}/figure1.log",
     conda:
         "../envs/plot.yaml"
     script:
@@ -33,22 +33,22 @@ rule figure1_sample:
     input:
         unpack(figure_inputs),
     output:
-        pdf="figures/{model}/samples/figure1_sample{sample}.pdf",
+        pdf=f"{FIGURES}/{{model}}/samples/figure1_sample{{sample}}.pdf",
         png=report(
-            "figures/{model}/samples/figure1_sample{sample}.png",
+            f"{FIGURES}/{{model}}/samples/figure1_sample{{sample}}.png",
             caption="../workflow/report/figure1_sample.rst",
             category="Appendix: per-sample figures",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "Figure 1", "sample": "{sample}"},
         ),
-        json="figures/{model}/samples/figure1_sample{sample}.json",
+        json=f"{FIGURES}/{{model}}/samples/figure1_sample{{sample}}.json",
     params:
         kind="figure1",
         sample=lambda wildcards: int(wildcards.sample),
         layout=figure_layout,
         settings=figure_settings(),
     log:
-        "logs/figures/{model}/figure1_sample{sample}.log",
+        f"logs/{FIGURES}/{{model}}/figure1_sample{{sample}}.log",
     conda:
         "../envs/plot.yaml"
     script:
@@ -59,22 +59,22 @@ rule figure2:
     input:
         unpack(figure2_inputs),
     output:
-        pdf="figures/{model}/figure2.pdf",
+        pdf=f"{FIGURES}/{{model}}/figure2.pdf",
         png=report(
-            "figures/{model}/figure2.png",
+            f"{FIGURES}/{{model}}/figure2.png",
             caption="../workflow/report/figure2.rst",
             category="Figures",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "Figure 2"},
         ),
-        json="figures/{model}/figure2.json",
+        json=f"{FIGURES}/{{model}}/figure2.json",
     params:
         kind="figure2",
         sample=None,
         layout=figure_layout,
         settings=figure_settings(),
     log:
-        "logs/figures/{model}/figure2.log",
+        f"logs/{FIGURES}/{{model}}/figure2.log",
     conda:
         "../envs/plot.yaml"
     script:
@@ -85,22 +85,22 @@ rule figure2_sample:
     input:
         unpack(figure2_inputs),
     output:
-        pdf="figures/{model}/samples/figure2_sample{sample}.pdf",
+        pdf=f"{FIGURES}/{{model}}/samples/figure2_sample{{sample}}.pdf",
         png=report(
-            "figures/{model}/samples/figure2_sample{sample}.png",
+            f"{FIGURES}/{{model}}/samples/figure2_sample{{sample}}.png",
             caption="../workflow/report/figure2_sample.rst",
             category="Appendix: per-sample figures",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "Figure 2", "sample": "{sample}"},
         ),
-        json="figures/{model}/samples/figure2_sample{sample}.json",
+        json=f"{FIGURES}/{{model}}/samples/figure2_sample{{sample}}.json",
     params:
         kind="figure2",
         sample=lambda wildcards: int(wildcards.sample),
         layout=figure_layout,
         settings=figure_settings(),
     log:
-        "logs/figures/{model}/figure2_sample{sample}.log",
+        f"logs/{FIGURES}/{{model}}/figure2_sample{{sample}}.log",
     conda:
         "../envs/plot.yaml"
     script:
@@ -111,22 +111,22 @@ rule figure_collapse:
     input:
         unpack(collapse_figure_inputs),
     output:
-        pdf="figures/{model}/collapse.pdf",
+        pdf=f"{FIGURES}/{{model}}/collapse.pdf",
         png=report(
-            "figures/{model}/collapse.png",
+            f"{FIGURES}/{{model}}/collapse.png",
             caption="../workflow/report/collapse.rst",
             category="Figures",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "Collapse measures"},
         ),
-        json="figures/{model}/collapse.json",
+        json=f"{FIGURES}/{{model}}/collapse.json",
     params:
         kind="collapse",
         sample=None,
         layout=figure_layout,
         settings=figure_settings(),
     log:
-        "logs/figures/{model}/collapse.log",
+        f"logs/{FIGURES}/{{model}}/collapse.log",
     conda:
         "../envs/plot.yaml"
     script:
@@ -137,31 +137,57 @@ rule table2:
     input:
         unpack(table2_inputs),
     output:
-        md="figures/{model}/table2.md",
+        md=f"{FIGURES}/{{model}}/table2.md",
         csv=report(
-            "figures/{model}/table2.csv",
+            f"{FIGURES}/{{model}}/table2.csv",
             caption="../workflow/report/table2.rst",
             category="Tables",
             subcategory="{model}",
             labels={"model": "{model}", "table": "Table 2: distance"},
         ),
-        tex="figures/{model}/table2.tex",
+        tex=f"{FIGURES}/{{model}}/table2.tex",
         generations=report(
-            "figures/{model}/table2_generations.csv",
+            f"{FIGURES}/{{model}}/table2_generations.csv",
             caption="../workflow/report/table8.rst",
             category="Tables",
             subcategory="{model}",
             labels={"model": "{model}", "table": "Table 8 analogue: generations"},
         ),
-        json="figures/{model}/table2.json",
+        json=f"{FIGURES}/{{model}}/table2.json",
     params:
         layout=figure_layout,
     log:
-        "logs/figures/{model}/table2.log",
+        f"logs/{FIGURES}/{{model}}/table2.log",
     conda:
         "../envs/plot.yaml"
     script:
         "../workflow/scripts/table2.py"
+
+
+rule summary_table:
+    input:
+        unpack(summary_inputs),
+    output:
+        md=f"{FIGURES}/{{model}}/summary.md",
+        csv=report(
+            f"{FIGURES}/{{model}}/summary.csv",
+            caption="../workflow/report/summary.rst",
+            category="Tables",
+            subcategory="{model}",
+            labels={"model": "{model}", "table": "Lifelong-editing summary"},
+        ),
+        tex=f"{FIGURES}/{{model}}/summary.tex",
+        json=f"{FIGURES}/{{model}}/summary.json",
+    params:
+        layout=figure_layout,
+        last=config["figures"]["summary_last"],
+        forgetting_test=config["evaluation"]["forgetting_test"],
+    log:
+        f"logs/{FIGURES}/{{model}}/summary.log",
+    conda:
+        "../envs/plot.yaml"
+    script:
+        "../workflow/scripts/summary_table.py"
 
 
 rule run_config:

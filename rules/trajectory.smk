@@ -13,6 +13,9 @@ rule trajectory:
         store_updates=lambda wildcards: config["methods"][wildcards.method][
             "store_updates"
         ],
+        edits_per_step=lambda wildcards: config["methods"][wildcards.method][
+            "edits_per_step"
+        ],
         seed=config["seed"],
         dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
     log:

@@ -292,6 +292,107 @@ def test_trajectory_stores_rebuilds_and_resumes_bitwise(memit_inputs, tmp_path, 
             np.testing.assert_array_equal(fa[name][()], fb[name][()], err_msg=name)
 
 
+@pytest.mark.parametrize("editor", ["memit", "alphaedit"])
+def test_steps_of_several_edits_store_one_update_each_and_resume_bitwise(memit_inputs, tmp_path, monkeypatch,
+                                                                          editor):
+    cls, hparams = EDITORS[editor]
+    import editscale.store as store
+    from editscale.trajectory import select_records
+
+    full = tmp_path / "full.h5"
+    run(memit_inputs, full, method=editor, editor=editor, hparams=hparams, n_edits=4, edits_per_step=2)
+    m = read_metrics(full)
+    assert list(m["edit"]) == [1, 2, 3, 4]
+    for i in range(2):  # the step's update with its first edit; the weights after it on every row
+        assert m[f"update_norm_{i}"][0] > 0 and m[f"update_norm_{i}"][2] > 0
+        assert m[f"update_norm_{i}"][1] == 0 and m[f"update_norm_{i}"][3] == 0
+        assert m[f"distance_{i}"][0] == m[f"distance_{i}"][1] != m[f"distance_{i}"][2] == m[f"distance_{i}"][3]
+    with h5py.File(full) as f:
+        assert int(f.attrs["edits_per_step"]) == 2
+        assert sorted(int(x) for x in f["snapshots/0"]) == [0, 2, 4]
+        off = f["updates/0/offsets"][()]
+        assert list(np.diff(off)) == [2, 0, 2, 0]  # rank 2 = the step's two keys
+        if editor == "alphaedit":
+            assert list(np.diff(f["carry/keys_0/offsets"][()])) == [2, 0, 2, 0]
+    for t_mid, t_end in ((1, 2), (3, 4)):  # "after edit 1" is after the step it belongs to
+        mid, end = store.rebuild_weights(full, t_mid), store.rebuild_weights(full, t_end)
+        assert all(torch.equal(mid[p], end[p]) for p in end)
+
+    # the same two steps by hand: each step's records edited together, on the model after the earlier step
+    model, tok = load_model(memit_inputs["model_dir"])
+    records = select_records(memit_inputs["counterfact_path"], memit_inputs["ordering_path"], 4)
+    from editscale.trajectory import trajectory_editor
+
+    ed = trajectory_editor(full, model, tok, memit_inputs["model_dir"], memit_inputs["stats_path"])
+    for step in (records[:2], records[2:]):
+        res = ed.compute_batch(step)
+        apply_updates(model, res.updates, arch_of(model))
+        if res.carry:
+            ed.commit(res.carry)
+    end = store.rebuild_weights(full, 4)
+    for p in ed.edited_modules:
+        assert torch.equal(edit_parameter(model, p), end[p]), p
+
+    # killed during the second step, then resumed: the first step is kept, the result bitwise the same
+    broken = tmp_path / "broken.h5"
+    calls = {"n": 0}
+    original = cls.compute_batch
+
+    def failing(self, records):
+        calls["n"] += 1
+        assert len(records) == 2
+        if calls["n"] == 2:
+            raise RuntimeError("killed")
+        return original(self, records)
+
+    monkeypatch.setattr(cls, "compute_batch", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(memit_inputs, broken, method=editor, editor=editor, hparams=hparams, n_edits=4, edits_per_step=2)
+    monkeypatch.setattr(cls, "compute_batch", original)
+    with h5py.File(str(broken) + ".partial") as f:
+        assert int(f.attrs["n_done"]) == 2
+    run(memit_inputs, broken, method=editor, editor=editor, hparams=hparams, n_edits=4, edits_per_step=2)
+    a, b = read_metrics(full), read_metrics(broken)
+    for k in a:
+        if k not in ("edit_seconds", "eval_seconds"):
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    with h5py.File(full) as fa, h5py.File(broken) as fb:
+        for name in ("updates/1/u", "updates/1/v", "snapshots/1/4"):
+            np.testing.assert_array_equal(fa[name][()], fb[name][()], err_msg=name)
+
+    # a partial file of steps of 2 is not resumed as steps of 1
+    (tmp_path / "x.h5.partial").write_bytes((tmp_path / "full.h5").read_bytes())
+    with h5py.File(tmp_path / "x.h5.partial", "r+") as f:
+        f.attrs["n_done"] = 2
+    with pytest.raises(Exception, match="different inputs"):
+        run(memit_inputs, tmp_path / "x.h5", method=editor, editor=editor, hparams=hparams, n_edits=4)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"editor": "rome", "method": "rome", "hparams": {"layer": 1}, "stats_path": None}, "one record per step"),
+    ({"n_edits": 5}, "n_edits 5 is not a multiple"),
+    ({"snapshot_every": 3}, "snapshot_every 3 is not a multiple"),
+    ({"store_updates": False}, "store_updates"),
+])
+def test_step_settings_a_trajectory_cannot_run_are_refused_before_any_work(memit_inputs, tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        run(memit_inputs, tmp_path / "x.h5", **{"n_edits": 4, "edits_per_step": 2, **kw})
+    assert not list(tmp_path.iterdir())
+
+
+def test_disabling_rule_runs_on_steps_and_names_a_step_by_its_first_edit():
+    from editscale.disabling import flag_steps
+
+    rule = {"norm_multiple": 10.0, "window": 5, "min_history": 3, "refractory": 2}
+    per_step = np.array([1.0, 1.1, 0.9, 1.0, 1.2, 50.0, 1.0, 1.1])
+    per_edit = np.zeros(len(per_step) * 3)
+    per_edit[::3] = per_step  # the update with the first edit of each step of 3
+    flagged = flag_steps(per_edit[:, None], 3, rule)
+    assert [t for t, _ in flagged] == [16]  # step 6 = edits 16..18
+    assert flagged[0][1].startswith("step 6 (edits 16..18)")
+    assert [t for t, _ in flag_steps(per_step[:, None], 1, rule)] == [6]
+
+
 def test_statistics_files_must_match_the_layers(memit_inputs, tmp_path):
     swapped = {**memit_inputs, "stats_path": list(reversed(memit_inputs["stats_path"]))}
     with pytest.raises(Exception, match="layer"):
@@ -325,6 +426,35 @@ def test_config_asks_for_one_statistics_file_per_layer():
     assert error_key(copy.deepcopy(cfg)).startswith("methods.memit.")
     del cfg["methods"]["memit"]["per_model"]["m"]["layers"]
     assert error_key(copy.deepcopy(cfg)) == "methods.memit.per_model.m.layers"
+
+
+def test_config_checks_edits_per_step():
+    from test_config import error_key, minimal
+
+    cfg = minimal()
+    cfg["models"]["m"]["n_layer"] = 4
+    cfg["n_edits"] = 20
+    cfg["snapshot_every"] = 10
+    cfg["evaluation"] = {"forgetting_every": 10, "downstream_every": 10}
+    cfg["methods"]["memit"] = {"editor": "memit", "edits_per_step": 5, "per_model": {"m": {"layers": [1, 2]}}}
+    cfg["experiments"].append({"model": "m", "method": "memit"})
+    from editscale import config as escfg
+
+    assert escfg.load_config(copy.deepcopy(cfg))["methods"]["rome"]["edits_per_step"] == 1  # the default
+    for change, key_or_text in (
+            (lambda c: c["methods"]["rome"].update(edits_per_step=2), "methods.rome.edits_per_step"),
+            (lambda c: c["evaluation"].update(forgetting_every=12), "methods.memit.edits_per_step"),
+            (lambda c: c.update(snapshot_every=4), "methods.memit.edits_per_step"),
+            (lambda c: c["experiments"][-1].update(n_edits=12), "methods.memit.edits_per_step"),
+            (lambda c: c["methods"]["memit"].update(store_updates=False), "methods.memit.edits_per_step"),
+            (lambda c: c["methods"]["memit"].update(edits_per_step=0), "methods.memit.edits_per_step")):
+        bad = copy.deepcopy(cfg)
+        change(bad)
+        assert error_key(bad) == key_or_text
+    with pytest.raises(escfg.ConfigError, match="forgetting_every = 12"):
+        bad = copy.deepcopy(cfg)
+        bad["evaluation"]["forgetting_every"] = 12
+        escfg.load_config(bad)
 
 
 def test_default_config_with_the_lifelong_editors_plans_statistics_for_every_layer(tmp_path):

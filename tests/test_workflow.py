@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import yaml
 
@@ -233,6 +234,21 @@ def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, coun
     side = json.loads((figs / "figure1.json").read_text())
     assert side["rule"] == "figure1"
     assert set(side["hdf5_inputs"]) == {f"results/evaluations/tiny-local/rome/sample{s}.h5" for s in range(samples)}
+    # the lifelong summary: one row per method, the means over samples of the per-trajectory numbers
+    with open(figs / "summary.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert [r["method"] for r in summary] == ["rome"] and int(summary[0]["samples"]) == samples
+    es = [np.mean([float(r["es"]) for r in csv.DictReader(open(work / f"results/trajectories/tiny-local/rome/sample{s}.csv"))])
+          for s in range(samples)]
+    assert float(summary[0]["es_last"]) == pytest.approx(np.mean(es))
+    assert int(summary[0]["known_checkpoint"]) == 4 and 0 <= float(summary[0]["known_end"]) <= 1
+    f1_0 = [np.mean([float(r["value"]) for r in csv.DictReader(open(work / f"results/evaluations/tiny-local/rome/"
+                                                                     f"sample{s}_downstream.csv"))
+                     if r["metric"] == "f1" and r["checkpoint"] == "0"]) for s in range(samples)]
+    assert float(summary[0]["f1_unedited"]) == pytest.approx(np.mean(f1_0))  # retained: "" when it is 0
+    assert float(summary[0]["norm_growth"]) > 0
+    assert "| ROME | 1 |" in (figs / "summary.md").read_text() and "tabular" in (figs / "summary.tex").read_text()
+    assert json.loads((figs / "summary.json").read_text())["rule"] == "summary_table"
     with open(work / "results/report/runtime_summary.csv", newline="") as f:
         runtime = {r["rule"]: r for r in csv.DictReader(f)}
     assert set(runtime) >= {"prepare_model", "key_stats", "trajectory", "eval_chunk", "disabling"}
@@ -245,7 +261,7 @@ def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, coun
     html = report.read_text()
     assert len(html) > 100_000
     for caption in ("Figure 1 (tiny-local)", "Figure 2 (tiny-local)", "Table 2 (tiny-local)", "Figure 1, sample 1",
-                    "Collapse measures (tiny-local)",
+                    "Collapse measures (tiny-local)", "Lifelong-editing summary (tiny-local)",
                     "Runtime of the heavy jobs", "Configuration of this run", "experiments (model / method)"):
         assert caption in html, caption
 

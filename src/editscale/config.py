@@ -560,6 +560,35 @@ def edit_gate_spec(cfg: dict, model: str) -> dict | None:
     return {**edit, "editor": cfg["methods"][method]["editor"], "hparams": method_hparams(cfg, method, model)}
 
 
+def _check_steps(cfg: dict, i: int, model: str, method: str) -> None:
+    """``methods.<m>.edits_per_step``: a batched editor, and every count of edits that must end a step
+    (n_edits, snapshot_every, the evaluation checkpoints) a multiple of it."""
+    from editscale.editors import EDITORS
+
+    spec = cfg["methods"][method]
+    k = spec.get("edits_per_step", 1)
+    if k == 1:
+        return
+    key = f"methods.{method}.edits_per_step"
+    if not EDITORS[spec["editor"]].batched:
+        batched = sorted(n for n, e in EDITORS.items() if e.batched)
+        raise ConfigError(key, f"{k}, but editor {spec['editor']!r} edits one record per step; the editors "
+                          f"that edit in batches are {batched}")
+    if not spec.get("store_updates", True):
+        raise ConfigError(key, f"{k} needs methods.{method}.store_updates: true (replaying from snapshots "
+                          "rebuilds one edit at a time)")
+    ev = cfg.get("evaluation", {})
+    counts = {f"experiments[{i}].n_edits" if cfg["experiments"][i].get("n_edits") else "n_edits":
+              experiment_n_edits(cfg, model, method), "snapshot_every": cfg["snapshot_every"]}
+    for name in ("forgetting_every", "downstream_every"):
+        if name in ev:
+            counts[f"evaluation.{name}"] = ev[name]
+    for name, value in counts.items():
+        if value % k:
+            raise ConfigError(key, f"{k} does not divide {name} = {value}: every checkpoint and the last "
+                              "edit must end a step")
+
+
 def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     """Checks across keys, on a schema-valid config with defaults filled in.
 
@@ -673,6 +702,7 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
                               f"required (a list of layers): editor {methods[method]['editor']!r} edits these "
                               "layers of this model and needs their key statistics")
         _check_method_hparams(cfg, method, model, base_dir)
+        _check_steps(cfg, i, model, method)
 
     for method in dict.fromkeys(method for _, method in trained_editors(cfg)):
         _check_training_hparams(cfg, method)

@@ -48,6 +48,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -133,6 +134,24 @@ def flag_disabling(update_norm: np.ndarray, *, norm_multiple: float, window: int
     return [(t, "; ".join(r)) for t, r in sorted(reasons.items())]
 
 
+def edits_per_step(trajectory_path) -> int:
+    """Records per editing step of a trajectory (1 for files from before steps existed)."""
+    with h5py.File(trajectory_path, "r") as f:
+        return int(f.attrs.get("edits_per_step", 1))
+
+
+def flag_steps(update_norm: np.ndarray, k: int, rule: dict) -> list[tuple[int, str]]:
+    """:func:`flag_disabling` of a trajectory with ``k`` edits per step: the rule runs on the series
+    of steps (a step's update is stored with its first edit, its other edits hold none), and a
+    flagged step is named by its first edit."""
+    norms = np.asarray(update_norm, dtype=float)
+    flagged = flag_disabling(norms[::k], **{key: rule[key] for key in RULE_KEYS})
+    if k == 1:
+        return flagged
+    return [((s - 1) * k + 1, f"step {s} (edits {(s - 1) * k + 1}..{s * k}): {why} (steps, not edits)")
+            for s, why in flagged]
+
+
 def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path, stats_path, out_json, out_csv,
                   rule: dict, prompts: list[str], seed: int, dtype: str = "float32", device: str = "cpu",
                   n_tokens: int = 20, editor_file=None) -> None:
@@ -142,9 +161,10 @@ def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path
     records = select_records(counterfact_path, ordering_path, n)
     n_mat = sum(1 for k in m if k.startswith("update_norm_"))
     norms = np.stack([m[f"update_norm_{i}"] for i in range(n_mat)], axis=1)
-    flagged = flag_disabling(norms, **{k: rule[k] for k in RULE_KEYS})
+    k_step = edits_per_step(trajectory_path)
+    flagged = flag_steps(norms, k_step, rule)
     flagged_t = {t for t, _ in flagged}
-    normal_pool = [t for t in range(1, n + 1) if t not in flagged_t]
+    normal_pool = [t for t in range(1, n + 1, k_step) if t not in flagged_t]
     k = min(len(normal_pool), max(len(flagged), rule["min_normal"]))
     normal = sorted(random.Random(seed).sample(normal_pool, k))
     log.info("%d disabling edits (run-away onsets) flagged, %d normal edits sampled", len(flagged), len(normal))
@@ -159,7 +179,8 @@ def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path
     rows = []
     for kind, steps in (("disabling", sorted(flagged_t)), ("normal", normal)):
         for t in steps:
-            res = editor.compute(records[t - 1])  # on the unedited model: editors never modify it
+            # on the unedited model (editors never modify it): the step's records together
+            res = editor.compute(records[t - 1]) if k_step == 1 else editor.compute_batch(records[t - 1:t - 1 + k_step])
             dists = [u.frobenius_norm() / numel[u.module] for u in res.updates]
             rows.append({"edit": t, "case_id": records[t - 1]["case_id"], "kind": kind,
                          "standalone_distance": float(np.mean(dists)),
@@ -177,10 +198,11 @@ def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path
         t = flagged[0][0]
         generations = {"edit": t, "case_id": records[t - 1]["case_id"], "prompts": prompts}
         loader = WeightLoader(trajectory_path, model, spec, records, lambda: editor)  # after the standalone edits
-        for label, step in (("before", t - 1), ("after", t)):
+        for label, step in (("before", t - 1), ("after", t + k_step - 1)):
             loader.load(step)
             generations[label] = generate_greedy(model, tok, prompts, max_new_tokens=n_tokens)
-    out = {"trajectory": str(trajectory_path), "rule": rule, "seed": seed, "n_edits": n, "edits": rows,
+    out = {"trajectory": str(trajectory_path), "rule": rule, "seed": seed, "n_edits": n,
+           "edits_per_step": k_step, "edits": rows,
            "summary": summary, "generations": generations}
     tmp = Path(str(out_json) + ".tmp")
     tmp.write_text(json.dumps(out, indent=1))

@@ -69,6 +69,7 @@ def figure_layout(cfg: dict, model: str, evaluated: bool = True) -> list[dict[st
             out.append({
                 "method": method, "label": method_label(cfg, method),
                 "editor": cfg["methods"][method]["editor"], "sample": sample,
+                "edits_per_step": int(cfg["methods"][method].get("edits_per_step", 1)),
                 "metrics": f"results/trajectories/{model}/{method}/sample{sample}.csv",
                 "evaluation": f"{ev}.h5" if evaluated else None,
                 "downstream": f"{ev}_downstream.csv" if evaluated else None,

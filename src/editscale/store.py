@@ -26,6 +26,11 @@ Layout of ``<trajectory>.h5``::
                                   keys): float64 rows of all edits, growing; edit t owns rows
                                   offsets[t-1]:offsets[t]; read back in order on resume
 
+With ``edits_per_step`` k > 1 (attrs; one update per step of k edits, MEMIT's batches) a step's
+update and carried rows are stored with its first edit and its other k-1 edits hold empty ones
+(:meth:`TrajectoryWriter.write_step`): every reader above works unchanged, and the weights after
+any edit of a step are those after the whole step, as its per-edit metrics were measured.
+
 While running, the file is ``<trajectory>.h5.partial``; ``n_done`` is advanced (and the file
 flushed) only after an edit's metrics, update and snapshot are all written. The finished file is
 renamed to its final name with ``complete=True``, so a half-written file never passes for a
@@ -279,8 +284,28 @@ class TrajectoryWriter:
                    snapshot: dict[str, torch.Tensor] | None = None,
                    carry: dict[str, torch.Tensor] | None = None) -> None:
         """Record edit ``t`` (1-based) and advance ``n_done`` to ``t`` after a flush."""
+        self.write_step(t, [metrics], updates, snapshot=snapshot, carry=carry)
+
+    def write_step(self, t: int, metrics: list[dict[str, float]], updates: list[ParamUpdate],
+                   snapshot: dict[str, torch.Tensor] | None = None,
+                   carry: dict[str, torch.Tensor] | None = None) -> None:
+        """Record one editing step of ``len(metrics)`` edits, ``t .. t + len(metrics) - 1`` (1-based),
+        made by the one update ``updates``, and advance ``n_done`` to the step's last edit after a
+        flush (a run killed mid-step redoes the whole step).
+
+        The step's update and carried rows are stored with its first edit ``t``; its other edits
+        store an empty update (zero factors, no low-rank rows, no carried rows), so that the weights
+        "after edit t'" for any t' of the step are the weights after the whole step, as its per-edit
+        metrics were measured. ``snapshot``: the weights after the step, stored under its last edit.
+        """
+        k = len(metrics)
+        if k < 1:
+            raise StoreError(f"step at edit {t}: no edit's metrics given")
         if t != self.n_done + 1:
             raise StoreError(f"edit {t} written out of order (n_done={self.n_done})")
+        last = t + k - 1
+        if last > int(self.f.attrs["n_edits"]):
+            raise StoreError(f"step {t}..{last} runs past the file's {int(self.f.attrs['n_edits'])} edits")
         names = set(self.f["carry"]) if "carry" in self.f else set()
         if set(carry or {}) != names:
             raise StoreError(f"edit {t}: carried {sorted(carry or {})}, the store expects {sorted(names)}")
@@ -290,42 +315,51 @@ class TrajectoryWriter:
             end = start + int(rows.shape[0])
             g["rows"].resize(end, axis=0)
             g["rows"][start:end] = rows.detach().to("cpu", torch.float64).numpy()
-            g["offsets"][t] = end
+            g["offsets"][t:last + 1] = end  # the step's later edits carry no rows
         params = json.loads(self.f.attrs["params"])
-        for name, value in metrics.items():
-            self.f[f"metrics/{name}"][t - 1] = value
+        for name in metrics[0]:
+            self.f[f"metrics/{name}"][t - 1:last] = [row[name] for row in metrics]
         by_module = {u.module: u for u in updates}
         for i, p in enumerate(params):
-            upd = by_module[p]
             g = self.f[f"updates/{i}"]
             if g.attrs["kind"] == REPLAY:
                 continue
-            if upd.kind != g.attrs["kind"]:
-                raise StoreError(f"edit {t}: a {upd.kind} update for {p}, whose store kind is {g.attrs['kind']}")
-            if (upd.bias is not None) != ("bias" in g):
-                raise StoreError(f"edit {t}: the update of {p} {'changes' if upd.bias is not None else 'leaves'} "
-                                 f"its bias, but the store {'does not record' if 'bias' not in g else 'expects'} "
-                                 "bias updates")
-            if upd.bias is not None:
-                g["bias"][t - 1] = _torch_to_numpy(upd.bias.float())
-            if upd.kind == "rank_one":
-                g["u"][t - 1] = _torch_to_numpy(upd.u.float())
-                g["v"][t - 1] = _torch_to_numpy(upd.v.float())
-            elif upd.kind == "low_rank":
-                # rows past offsets[n_done] belong to no finished edit (a killed run): overwritten
-                start = int(_read(g["offsets"], t - 1))
-                end = start + int(upd.u.shape[0])
-                for name, fac in (("u", upd.u), ("v", upd.v)):
-                    g[name].resize(end, axis=0)
-                    g[name][start:end] = _torch_to_numpy(fac.float())
-                g["offsets"][t] = end
-            else:
-                g["dense"][t - 1] = _torch_to_numpy(upd.dense.float())
+            self._write_update(g, t, last, p, by_module[p])
         if snapshot is not None:
-            self.write_snapshot(t, snapshot)
+            self.write_snapshot(last, snapshot)
         self.f.flush()
-        self.f.attrs["n_done"] = t
+        self.f.attrs["n_done"] = last
         self.f.flush()
+
+    @staticmethod
+    def _write_update(g: h5py.Group, t: int, last: int, p: str, upd: ParamUpdate) -> None:
+        """``upd`` as edit ``t``'s update of param ``p`` (group ``g``), empty ones for ``t+1 .. last``."""
+        if upd.kind != g.attrs["kind"]:
+            raise StoreError(f"edit {t}: a {upd.kind} update for {p}, whose store kind is {g.attrs['kind']}")
+        if (upd.bias is not None) != ("bias" in g):
+            raise StoreError(f"edit {t}: the update of {p} {'changes' if upd.bias is not None else 'leaves'} "
+                             f"its bias, but the store {'does not record' if 'bias' not in g else 'expects'} "
+                             "bias updates")
+        if upd.bias is not None:
+            g["bias"][t - 1] = _torch_to_numpy(upd.bias.float())
+            g["bias"][t:last] = 0.0
+        if upd.kind == "rank_one":
+            g["u"][t - 1] = _torch_to_numpy(upd.u.float())
+            g["v"][t - 1] = _torch_to_numpy(upd.v.float())
+            g["u"][t:last] = 0.0
+            g["v"][t:last] = 0.0
+        elif upd.kind == "low_rank":
+            # rows past offsets[n_done] belong to no finished edit (a killed run): overwritten
+            start = int(_read(g["offsets"], t - 1))
+            end = start + int(upd.u.shape[0])
+            for name, fac in (("u", upd.u), ("v", upd.v)):
+                g[name].resize(end, axis=0)
+                g[name][start:end] = _torch_to_numpy(fac.float())
+            g["offsets"][t:last + 1] = end
+        else:
+            g["dense"][t - 1] = _torch_to_numpy(upd.dense.float())
+            for s in range(t, last):
+                g["dense"][s] = 0.0
 
     def finish(self, final_path: str | os.PathLike) -> None:
         self.f.attrs["complete"] = True

@@ -11,6 +11,8 @@
   ``disabling`` / ``normal``; the count of a per-sample ``disabling`` row is that sample's number
   of onsets) followed by one row of kind ``onset`` per onset edit (count 1, its standalone
   distance as mean/min/max, and its edit, case id and reason).
+* :func:`write_summary`: the lifelong-editing summary, one row per method (ES/PS/NS of the last
+  edits, downstream F1 retained, facts still known at the end, norm growth, disabling onsets).
 * :func:`find_benchmarks` + :func:`runtime_rows` read Snakemake ``benchmark:`` files into one table.
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["table2_rows", "onset_rows", "onset_counts", "generation_rows", "write_table2", "find_benchmarks",
-           "runtime_rows", "runtime_summary", "write_runtime"]
+           "runtime_rows", "runtime_summary", "write_runtime", "summary_rows", "write_summary"]
 
 _KINDS = ("disabling", "normal")
 TABLE2_FIELDS = ["method", "label", "sample", "kind", "count", "mean", "std", "min", "max",
@@ -367,3 +369,128 @@ def write_runtime(benchmarks: list[str], *, jobs_csv, summary_csv, root: str = "
     _write_csv(jobs_csv, RUNTIME_FIELDS, rows)
     _write_csv(summary_csv, ["rule", "jobs", "total_s", "mean_s", "max_s", "peak_rss_mb", "total_cpu_s"],
                runtime_summary(rows))
+
+
+# --------------------------------------------------------------------------- lifelong summary
+
+SUMMARY_FIELDS = ["method", "label", "editor", "edits_per_step", "samples", "n_edits", "es_last", "ps_last",
+                  "ns_last", "f1_unedited", "f1_end", "f1_retained", "known_end", "known_checkpoint",
+                  "norm_growth", "onsets", "onsets_per_sample", "first_onset"]
+
+
+def _sample_summary(entry: dict, *, last: int, forgetting_test: str) -> dict:
+    """One trajectory's summary numbers (NaN where its evaluation files are absent)."""
+    import json
+
+    import h5py
+
+    from .figdata import load_metrics_csv, load_sample
+
+    m = load_metrics_csv(entry["metrics"])
+    n = len(m["edit"])
+    out = {"n_edits": n, **{f"{k}_last": float(np.nanmean(m[k][-last:])) for k in ("es", "ps", "ns")}}
+    sd = load_sample(entry)
+    growth = [float(g[-1]) for g in sd.norm_growth()]
+    out["norm_growth"] = max(growth) if growth else math.nan
+    f1_0 = [float(v[0]) for c, v in sd.downstream.values() if len(c) and c[0] == 0]
+    f1_t = [float(v[-1]) for c, v in sd.downstream.values() if len(c) and c[-1] > 0]
+    out["f1_unedited"] = float(np.mean(f1_0)) if f1_0 else math.nan
+    out["f1_end"] = float(np.mean(f1_t)) if f1_t else math.nan
+    out["f1_retained"] = out["f1_end"] / out["f1_unedited"] if f1_0 and f1_t and out["f1_unedited"] > 0 else math.nan
+    out["known_end"], out["known_checkpoint"] = math.nan, None
+    if entry.get("evaluation") and Path(entry["evaluation"]).exists():
+        with h5py.File(entry["evaluation"], "r") as f:
+            fg = f.get("forgetting")
+            if fg is not None and forgetting_test in fg and len(fg["checkpoints"]):
+                col = np.asarray(fg[forgetting_test][:, -1], dtype=float)  # NaN: not yet edited
+                out["known_end"] = float(np.nanmean(col)) if np.isfinite(col).any() else math.nan
+                out["known_checkpoint"] = int(fg["checkpoints"][-1])
+    doc = json.loads(Path(entry["disabling"]).read_text(encoding="utf-8"))
+    onsets = sorted(int(r["edit"]) for r in doc["edits"] if r["kind"] == "disabling")
+    out["onsets"], out["first_onset"] = len(onsets), (onsets[0] if onsets else None)
+    return out
+
+
+def summary_rows(layout: list[dict], *, last: int = 100, forgetting_test: str = "argmax_ok") -> list[dict]:
+    """One row per method of a :func:`editscale.figdata.figure_layout`: the field's lifelong-editing
+    summary, each number the mean over the method's samples.
+
+    ``es_last``/``ps_last``/``ns_last``: ES/PS/NS of the last ``last`` edits (each scored right after
+    its own edit, or its step); ``f1_retained``: the mean F1 of the downstream tasks at the last
+    downstream checkpoint over that of the unedited model (checkpoint 0); ``known_end``: the
+    fraction of the facts edited by the last forgetting checkpoint (``known_checkpoint``) whose new
+    target is still known there (``forgetting_test``); ``norm_growth``: ||W_T||_F / ||W_0||_F of the
+    edited matrix that grew most; ``onsets``: disabling onsets (:mod:`editscale.disabling`) summed
+    over samples, ``onsets_per_sample`` each sample's count and ``first_onset`` the earliest edit.
+    """
+    by_method: dict[str, list[dict]] = {}
+    for e in layout:
+        by_method.setdefault(e["method"], []).append(e)
+    rows = []
+    for method, entries in by_method.items():
+        per = [_sample_summary(e, last=last, forgetting_test=forgetting_test) for e in entries]
+        row = {"method": method, "label": entries[0]["label"], "editor": entries[0]["editor"],
+               "edits_per_step": int(entries[0].get("edits_per_step", 1)), "samples": len(per),
+               "n_edits": min(p["n_edits"] for p in per)}
+        for k in ("es_last", "ps_last", "ns_last", "f1_unedited", "f1_end", "f1_retained", "known_end",
+                  "norm_growth"):
+            vals = [p[k] for p in per if not math.isnan(p[k])]
+            row[k] = float(np.mean(vals)) if vals else None
+        checkpoints = {p["known_checkpoint"] for p in per}
+        row["known_checkpoint"] = checkpoints.pop() if len(checkpoints) == 1 else None
+        row["onsets"] = sum(p["onsets"] for p in per)
+        row["onsets_per_sample"] = "/".join(str(p["onsets"]) for p in per)
+        firsts = [p["first_onset"] for p in per if p["first_onset"] is not None]
+        row["first_onset"] = min(firsts) if firsts else None
+        rows.append(row)
+    return rows
+
+
+def _num(x, fmt: str, none: str) -> str:
+    return none if x is None else format(x, fmt)
+
+
+def summary_markdown(rows: list[dict], *, last: int) -> str:
+    out = [f"| Method | edits/step | ES | PS | NS | F1 retained | known at end | norm growth | onsets (per sample) "
+           "| first onset |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {_cell_md(r['label'])} | {r['edits_per_step']} | {_num(r['es_last'], '.2f', 'n/a')} | "
+                   f"{_num(r['ps_last'], '.2f', 'n/a')} | {_num(r['ns_last'], '.2f', 'n/a')} | "
+                   f"{_num(r['f1_retained'], '.2f', 'n/a')} | {_num(r['known_end'], '.2f', 'n/a')} | "
+                   f"{_num(r['norm_growth'], '.3g', 'n/a')} | {r['onsets']} ({r['onsets_per_sample']}) | "
+                   f"{_num(r['first_onset'], 'd', '-')} |")
+    n = max((r["samples"] for r in rows), default=0)
+    out += ["", f"Means over {n} samples. ES/PS/NS: the last {last} edits, each scored after its own edit (or step). "
+            "F1 retained: the mean F1 of the downstream tasks at the last downstream checkpoint over the unedited "
+            "model's. Known at end: the fraction of the edited facts whose new target is still the model's answer at "
+            "the last forgetting checkpoint. Norm growth: ||W_T||_F / ||W_0||_F of the edited matrix that grew most. "
+            "Onsets: disabling edits (run-away onsets of the update norm; steps for batched methods), all samples.", ""]
+    return "\n".join(out)
+
+
+def summary_latex(rows: list[dict], *, last: int) -> str:
+    out = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{lrrrrrrrrr}", r"\hline",
+           r"Method & edits/step & ES & PS & NS & F1 retained & known at end & norm growth & onsets & first onset \\",
+           r"\hline"]
+    for r in rows:
+        out.append(f"{_tex_escape(r['label'])} & {r['edits_per_step']} & {_num(r['es_last'], '.2f', '--')} & "
+                   f"{_num(r['ps_last'], '.2f', '--')} & {_num(r['ns_last'], '.2f', '--')} & "
+                   f"{_num(r['f1_retained'], '.2f', '--')} & {_num(r['known_end'], '.2f', '--')} & "
+                   f"{_num(r['norm_growth'], '.3g', '--')} & {r['onsets']} & {_num(r['first_onset'], 'd', '--')} "
+                   + r"\\")
+    out += [r"\hline", r"\end{tabular}",
+            rf"\caption{{Lifelong editing: ES/PS/NS over the last {last} edits, downstream F1 retained relative to "
+            r"the unedited model, fraction of edited facts still known at the end, norm growth of the most grown "
+            r"edited matrix and disabling onsets; means over samples.}", r"\label{tab:lifelong-summary}",
+            r"\end{table}", ""]
+    return "\n".join(out)
+
+
+def write_summary(layout: list[dict], *, md, csv_path, tex, last: int = 100,
+                  forgetting_test: str = "argmax_ok") -> list[dict]:
+    """Write the lifelong summary table (:func:`summary_rows`) as Markdown, CSV and LaTeX."""
+    rows = summary_rows(layout, last=last, forgetting_test=forgetting_test)
+    _write_text(md, summary_markdown(rows, last=last))
+    _write_text(tex, summary_latex(rows, last=last))
+    _write_csv(csv_path, SUMMARY_FIELDS, rows)
+    return rows

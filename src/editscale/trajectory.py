@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from . import data as cf_data
-from .editors import editor_info, load_editor_module
+from .editors import EDITORS, editor_info, load_editor_module
 from .editors.base import apply_updates, bias_key
 from .evaluation import METRIC_NAMES, evaluate_record
 from .models import arch_of, edit_parameter, load_model, model_identity, read_manifest, sha256_file
@@ -111,15 +111,16 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
                    editor: str, hparams: dict, n_edits: int, snapshot_every: int, seed: int,
                    dtype: str = "float32", device: str = "cpu", config: dict | None = None,
                    eval_batch_size: int = 64, progress_every_s: float = 30.0, editor_file=None,
-                   store_updates: bool = True) -> None:
+                   store_updates: bool = True, edits_per_step: int = 1) -> None:
     """Run (or resume) one sequential editing trajectory and write ``out_path`` (HDF5).
 
     ``editor_file``: the trained editor networks of editors that need one (MEND).
     ``store_updates``: False keeps snapshots only (see the module docstring).
+    ``edits_per_step``: records edited together in one step (a batched editor's
+    ``compute_batch``); every record of a step is then scored after the whole step.
     """
     t_start = time.perf_counter()
-    if n_edits < 1 or snapshot_every < 1:
-        raise ValueError("n_edits and snapshot_every must be >= 1")
+    check_steps(editor, n_edits, snapshot_every, edits_per_step, store_updates, where=f"method {method!r}")
     if editor_info(editor).needs_editor_file and editor_file is None:
         raise ValueError(f"editor {editor!r} needs an editor file (editor_file=...)")
     records = select_records(counterfact_path, ordering_path, n_edits)
@@ -141,12 +142,14 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
         key_inputs["editor_file"] = editor_sha
     if not store_updates:
         key_inputs["store_updates"] = False
+    if edits_per_step != 1:  # files of one edit per step keep their former key
+        key_inputs["edits_per_step"] = edits_per_step
     resume_key = _hash(key_inputs)
     from .provenance import config_hash, environment
 
     attrs = {
         "method": method, "editor": editor, "arch": spec.name, "conv1d": spec.conv1d,
-        "snapshot_every": snapshot_every, "seed": seed, "dtype": dtype, "hparams": hparams,
+        "snapshot_every": snapshot_every, "edits_per_step": edits_per_step, "seed": seed, "dtype": dtype, "hparams": hparams,
         "model": read_manifest(model_dir), "model_id": identity["model_id"],
         "revision": identity["revision"], "counterfact_sha256": sha256_file(counterfact_path),
         "ordering_sha256": sha256_file(ordering_path), "stats_sha256": stats_sha or "",
@@ -199,43 +202,74 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
         last_log = time.perf_counter()
         log.info("trajectory %s: %d edits with %s on %s (%s), editing %s", out_path, n_edits, editor,
                  identity["model_id"], dtype, params)
-        for t in range(writer.n_done + 1, n_edits + 1):
-            rec = records[t - 1]
+        k = edits_per_step
+        for t in range(writer.n_done + 1, n_edits + 1, k):
+            recs = records[t - 1:t - 1 + k]
             t0 = time.perf_counter()
-            result = ed.compute(rec)
+            result = ed.compute(recs[0]) if k == 1 else ed.compute_batch(recs)
             apply_updates(model, result.updates, spec)
             if carry_dims:
                 ed.commit(result.carry)
             t1 = time.perf_counter()
-            scores = evaluate_record(model, tok, rec, batch_size=eval_batch_size)
-            t2 = time.perf_counter()
-            row = {"edit": t, "case_id": rec["case_id"], **scores, "edit_seconds": t1 - t0, "eval_seconds": t2 - t1}
+            rows = []
             by_module = {u.module: u for u in result.updates}
+            step = {}  # what every edit of the step shares: the weights after it, the editor's diagnostics
             for i, p in enumerate(params):
                 w = edit_parameter(model, p).double()
-                row[f"update_norm_{i}"] = by_module[p].frobenius_norm()
-                row[f"distance_{i}"] = float((w - originals[p].double()).norm()) / numel[p]
-                row[f"weight_norm_{i}"] = float(torch.linalg.norm(w))
+                step[f"distance_{i}"] = float((w - originals[p].double()).norm()) / numel[p]
+                step[f"weight_norm_{i}"] = float(torch.linalg.norm(w))
                 if p in biases:  # ||b_t - b_0||_2 / numel(b), as distance_i for the matrix
                     b = edit_parameter(model, bias_key(p)).double()
-                    row[f"bias_update_norm_{i}"] = by_module[p].bias_norm()
-                    row[f"bias_distance_{i}"] = float((b - originals[bias_key(p)].double()).norm()) / b.numel()
-            for k in ed.info_names:
-                row[k] = float(result.info.get(k, np.nan))
+                    step[f"bias_distance_{i}"] = float((b - originals[bias_key(p)].double()).norm()) / b.numel()
+            for name in ed.info_names:
+                step[name] = float(result.info.get(name, np.nan))
+            for j, rec in enumerate(recs):
+                t2 = time.perf_counter()
+                scores = evaluate_record(model, tok, rec, batch_size=eval_batch_size)
+                row = {"edit": t + j, "case_id": rec["case_id"], **scores, **step,
+                       "edit_seconds": (t1 - t0) / k, "eval_seconds": time.perf_counter() - t2}
+                for i, p in enumerate(params):  # the step's update is stored with its first edit
+                    row[f"update_norm_{i}"] = by_module[p].frobenius_norm() if j == 0 else 0.0
+                    if p in biases:
+                        row[f"bias_update_norm_{i}"] = by_module[p].bias_norm() if j == 0 else 0.0
+                rows.append(row)
+            last = t + len(recs) - 1
             snap = None
-            if t % snapshot_every == 0 or t == n_edits:
+            if last % snapshot_every == 0 or last == n_edits:
                 snap = {name: edit_parameter(model, name) for name in originals}
-            writer.write_edit(t, row, result.updates, snapshot=snap, carry=result.carry if carry_dims else None)
+            writer.write_step(t, rows, result.updates, snapshot=snap, carry=result.carry if carry_dims else None)
             now = time.perf_counter()
-            if now - last_log >= progress_every_s or t == n_edits or t == 1:
+            if now - last_log >= progress_every_s or last == n_edits or t == 1:
                 last_log = now
-                log.info("edit %d/%d case %d: ES %.0f PS %.2f NS %.2f dist %.3g | %.2f s edit, %.2f s eval",
-                         t, n_edits, rec["case_id"], scores["es"], scores["ps"], scores["ns"],
-                         row["distance_0"], t1 - t0, t2 - t1)
+                es, ps, ns = (float(np.mean([r[m] for r in rows])) for m in ("es", "ps", "ns"))
+                log.info("edit %d/%d case %d: ES %.2f PS %.2f NS %.2f dist %.3g | %.2f s edit, %.2f s eval",
+                         last, n_edits, recs[-1]["case_id"], es, ps, ns, rows[0]["distance_0"], t1 - t0,
+                         sum(r["eval_seconds"] for r in rows))
         writer.finish(out_path)
     finally:
         writer.close()
     log.info("trajectory done in %.1f s: %s", time.perf_counter() - t_start, out_path)
+
+
+def check_steps(editor: str, n_edits: int, snapshot_every: int, edits_per_step: int = 1,
+                store_updates: bool = True, where: str = "trajectory") -> None:
+    """Refuse step settings a trajectory cannot run, naming ``where`` they come from."""
+    if n_edits < 1 or snapshot_every < 1 or edits_per_step < 1:
+        raise ValueError(f"{where}: n_edits, snapshot_every and edits_per_step must be >= 1 "
+                         f"(got {n_edits}, {snapshot_every}, {edits_per_step})")
+    if edits_per_step == 1:
+        return
+    if not editor_info(editor).batched:
+        batched = sorted(n for n, i in EDITORS.items() if i.batched)
+        raise ValueError(f"{where}: edits_per_step {edits_per_step}, but editor {editor!r} edits one record per "
+                         f"step; the editors that edit in batches are {batched}")
+    if not store_updates:
+        raise ValueError(f"{where}: edits_per_step {edits_per_step} needs store_updates: true (replaying "
+                         "from snapshots rebuilds one edit at a time)")
+    for name, value in (("n_edits", n_edits), ("snapshot_every", snapshot_every)):
+        if value % edits_per_step:
+            raise ValueError(f"{where}: {name} {value} is not a multiple of edits_per_step {edits_per_step} "
+                             "(snapshots and the last edit must end a step)")
 
 
 def _backfill_weight_norms(writer: TrajectoryWriter, params: list[str], spec, device) -> None:

@@ -1,6 +1,6 @@
 """Rule trajectory: results/trajectories/{model}/{method}/sample{sample}.h5 = n_edits sequential
 edits of the model in the sample's order, with per-edit metrics, snapshots and (unless the method
-sets store_updates: false) every edit's update."""
+sets store_updates: false) every edit's update; methods.<m>.edits_per_step records per step."""
 
 from pathlib import Path
 
@@ -28,4 +28,5 @@ run_trajectory(
     config=snakemake.config,
     editor_file=snakemake.input.get("editor_file"),
     store_updates=snakemake.params.store_updates,
+    edits_per_step=snakemake.params.edits_per_step,
 )

@@ -26,14 +26,21 @@ class EditorInfo:
     # config is checked against them at start-up
     hparams: type | None = None
     training: type | None = None
+    # the editor edits several records in one step (``compute_batch(records)``): trajectories may
+    # set ``edits_per_step`` > 1 (MEMIT's batches); the others edit one record per step
+    batched: bool = False
 
 
 EDITORS: dict[str, EditorInfo] = {
     "rome": EditorInfo(module="editscale.editors.rome", needs_covariance=True, hparams=RomeHParams),
-    "memit": EditorInfo(module="editscale.editors.memit", needs_covariance=True, hparams=MemitHParams),
-    "emmet": EditorInfo(module="editscale.editors.emmet", needs_covariance=True, hparams=EmmetHParams),
-    "alphaedit": EditorInfo(module="editscale.editors.alphaedit", needs_covariance=True, hparams=AlphaEditHParams),
-    "encore": EditorInfo(module="editscale.editors.encore", needs_covariance=True, hparams=EncoreHParams),
+    "memit": EditorInfo(module="editscale.editors.memit", needs_covariance=True,
+                        hparams=MemitHParams, batched=True),
+    "emmet": EditorInfo(module="editscale.editors.emmet", needs_covariance=True,
+                        hparams=EmmetHParams, batched=True),
+    "alphaedit": EditorInfo(module="editscale.editors.alphaedit", needs_covariance=True,
+                        hparams=AlphaEditHParams, batched=True),
+    "encore": EditorInfo(module="editscale.editors.encore", needs_covariance=True,
+                        hparams=EncoreHParams, batched=True),
     "ftc": EditorInfo(module="editscale.editors.ftc", needs_covariance=False, hparams=FtcHParams),
     "mend": EditorInfo(module="editscale.editors.mend", needs_covariance=False, needs_editor_file=True,
                        hparams=MendHParams, training=MendTrainHParams),
