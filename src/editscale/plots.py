@@ -41,8 +41,9 @@ METRICS = (("es", "Efficacy", "black"), ("ps", "Paraphrase", "tab:blue"), ("ns",
 TASKS = {"sst2": ("SST-2", "tab:red"), "mrpc": ("MRPC", "tab:blue"), "cola": ("CoLA", "tab:green"),
          "rte": ("RTE", "black")}
 _EXTRA_COLOURS = ("tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+# twelve distinct colours: the lifelong config draws twelve methods in one panel
 _METHOD_COLOURS = ("tab:orange", "tab:purple", "tab:green", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
-                   "tab:gray")
+                   "tab:gray", "black", "gold", "navy", "teal")
 _MATRIX_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
 PANEL_W, PANEL_H = 3.3, 2.3  # inches: one panel = one column of a two-column paper
 PROVENANCE_KEY = "editscale:provenance"

@@ -1,0 +1,179 @@
+"""Seconds per edit of every editor: the project's beside the public code's, on one machine in one run.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_speed.py --refcode /work/refcode --threads 2 \
+        --organism . --smollm2 runs/smollm2 [--records 3] [--batch 10] [--models organism smollm2]
+
+Per model, each editor edits the first ``--records`` CounterFact records one at a time (each on
+the model after the project's earlier updates), then one step of ``--batch`` records (the batched
+editors). The timings come from the side-by-side harnesses, which compute each update with both
+implementations on the same weights:
+
+* ROME and r-ROME's ROME core: ``bench_rome_reference.run`` (kmeng01/rome);
+* MEMIT, EMMET, AlphaEdit, ENCORE: ``bench_memit_reference.run`` (their public repositories);
+* FT-C and MEND: the project's editors only (``editor.compute``; MEND with ``--mend-file``, an
+  editor file trained for this model). Their public code (kmeng01/rome's FT baseline,
+  eric-mitchell/mend) is not set up here.
+
+The public trees are ``<--refcode>/<rome|memit|emmet|alphaedit|encore>``, extracted and patched as
+the harnesses' docstrings say (outside this repository). Models:
+
+* ``organism``: the default run's ``toy-llama`` (``--organism``: the working directory of a
+  finished ``make run``), its statistics of layers 2 and 3, ROME with config/config.yaml's
+  settings and the batched editors with config/lifelong.yaml's;
+* ``smollm2``: ``--smollm2`` (a run directory of config/smollm2.yaml with statistics of layers 4-6),
+  ROME at layer 6, the batched editors on layers 4-6 with their public defaults.
+
+The organism's tokenizer adds BOS to every text; the public MEMIT code then puts BOS into the target
+tokens, so its organism updates differ from the project's (the table's ``agree`` column says so);
+the seconds compare the same work. Output: a table on stdout and
+``benchmarks/results/speed-<host>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from report import RESULTS  # noqa: E402
+
+log = logging.getLogger("bench_speed")
+
+BATCHED = ("memit", "emmet", "alphaedit", "encore")
+
+
+def model_setups(args) -> dict[str, dict]:
+    org, sm = Path(args.organism).resolve(), Path(args.smollm2).resolve()
+    return {
+        "organism": {"model": org / "resources/models/toy-llama", "stats": org / "resources/stats/toy-llama/toy_heldout",
+                     "rome_config": REPO / "config/config.yaml", "config": REPO / "config/lifelong.yaml",
+                     "key": "toy-llama", "layers": [2, 3], "rome_layer": 3,
+                     "counterfact": org / "resources/worlds/toy/counterfact.json"},
+        "smollm2": {"model": sm / "resources/models/smollm2", "stats": sm / "resources/stats/smollm2/wikitext",
+                    "rome_config": REPO / "config/smollm2.yaml", "config": REPO / "config/smollm2.yaml",
+                    "key": "smollm2", "layers": [4, 5, 6], "rome_layer": 6,
+                    "counterfact": REPO.parent / "shared/data/counterfact/counterfact_500.json"},
+    }
+
+
+def per_edit(rows: list[dict], single: int) -> dict:
+    """Mean seconds per edit of the single edits and of the batch step (its seconds / its records)."""
+    singles, batch = rows[:single], rows[single:]
+    out = {"proj_single": sum(r["seconds_proj"] for r in singles) / max(len(singles), 1),
+           "ref_single": sum(r["seconds_ref"] for r in singles) / max(len(singles), 1),
+           "agree": f"{sum(bool(r.get('agree')) for r in rows)}/{len(rows)}"}
+    if batch:
+        n = len(batch[0]["case_ids"])
+        out.update(proj_batch=batch[0]["seconds_proj"] / n, ref_batch=batch[0]["seconds_ref"] / n)
+    return out
+
+
+def time_rome(setup: dict, args) -> dict:
+    import bench_rome_reference as rr
+
+    ns = SimpleNamespace(rome_src=(Path(args.refcode) / "rome").resolve(), model=setup["model"],
+                         stats=setup["stats"] / f"layer{setup['rome_layer']}.h5", config=setup["rome_config"],
+                         model_key=setup["key"], counterfact=setup["counterfact"], records=args.records,
+                         seed=args.seed, threads=args.threads, eval=False)
+    rows, _ = rr.run(ns)  # each row's "agree": the harness's tolerances
+    return per_edit(rows, len(rows))
+
+
+def time_batched(method: str, setup: dict, args) -> dict:
+    import bench_memit_reference as mr
+
+    ns = SimpleNamespace(method=method, src=(Path(args.refcode) / method).resolve(), layers=setup["layers"],
+                         model=setup["model"], stats_dir=setup["stats"], config=setup["config"],
+                         model_key=setup["key"], counterfact=setup["counterfact"], records=args.records,
+                         batch=args.batch, seed=args.seed, threads=args.threads)
+    rows, _ = mr.run(ns)
+    return per_edit(rows, args.records)
+
+
+def time_project_only(editor: str, setup: dict, args) -> dict | None:
+    """Seconds per edit of the project's FT-C or MEND (no public code run)."""
+    import yaml
+
+    from editscale.config import method_hparams
+    from editscale.data import load_counterfact
+    from editscale.editors import load_editor_module
+    from editscale.editors.base import apply_updates
+    from editscale.models import arch_of, load_model, model_identity
+
+    if editor == "mend" and args.mend_file is None:
+        return None
+    cfg = yaml.safe_load(Path(setup["rome_config"]).read_text())
+    hp = method_hparams(cfg, editor, setup["key"])
+    model, tok = load_model(setup["model"], "float32", "cpu")
+    extra = {} if editor != "mend" else {"editor_file": args.mend_file, "identity": model_identity(setup["model"])}
+    ed = load_editor_module(editor).make_editor(model, tok, hp, None, args.seed, **extra)
+    seconds = []
+    for rec in load_counterfact(setup["counterfact"])[: args.records]:
+        t0 = time.perf_counter()
+        result = ed.compute(rec)
+        seconds.append(time.perf_counter() - t0)
+        apply_updates(model, result.updates, arch_of(model))
+    return {"proj_single": sum(seconds) / len(seconds), "ref_single": None, "agree": "n/a"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--refcode", type=Path, required=True, help="folder of the patched public trees")
+    ap.add_argument("--organism", type=Path, default=REPO, help="working directory of a finished default run")
+    ap.add_argument("--smollm2", type=Path, default=REPO / "runs/smollm2")
+    ap.add_argument("--models", nargs="+", default=["organism", "smollm2"], choices=["organism", "smollm2"])
+    ap.add_argument("--methods", nargs="+", default=["rome", "ftc", "mend", *BATCHED])
+    ap.add_argument("--mend-file", type=Path, default=None, help="a MEND editor file trained for the model")
+    ap.add_argument("--records", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=37)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+    setups = model_setups(args)
+    rows = []
+    for name in args.models:
+        for method in args.methods:
+            torch.manual_seed(args.seed)
+            if method == "rome":
+                res = time_rome(setups[name], args)
+            elif method in BATCHED:
+                res = time_batched(method, setups[name], args)
+            else:
+                res = time_project_only(method, setups[name], args)
+            if res is None:
+                log.info("%s on %s skipped (no --mend-file)", method, name)
+                continue
+            rows.append({"name": f"{name} {method}", "model": name, "method": method, **res})
+            log.info("%s", rows[-1])
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    print(f"{'model':>9} {'method':>10} {'s/edit ours':>12} {'public':>8} {'batch ours':>11} {'public':>8}  agree")
+    for r in rows:
+        print(f"{r['model']:>9} {r['method']:>10} {fmt(r['proj_single']):>12} {fmt(r.get('ref_single')):>8} "
+              f"{fmt(r.get('proj_batch')):>11} {fmt(r.get('ref_batch')):>8}  {r['agree']}")
+    header = (f"machine {platform.node()} {platform.processor() or platform.machine()}, threads {args.threads}; "
+              f"{args.records} single edits, then one step of {args.batch} (batched editors); seconds per edit of "
+              "computing the update (batch: the step's seconds / its records)")
+    print(header)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"speed-{platform.node()}.json"
+    out.write_text(json.dumps({"setup": header, "torch": torch.__version__, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
