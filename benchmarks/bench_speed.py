@@ -10,8 +10,8 @@ implementations on the same weights:
 
 * ROME and r-ROME's ROME core: ``bench_rome_reference.run`` (kmeng01/rome);
 * MEMIT, EMMET, AlphaEdit, ENCORE: ``bench_memit_reference.run`` (their public repositories);
-* FT-C and MEND: the project's editors only (``editor.compute``; MEND with ``--mend-file``, an
-  editor file trained for this model). Their public code (kmeng01/rome's FT baseline,
+* FT-C and MEND: the project's editors only (``editor.compute``; MEND with the run directory's
+  trained editor, ``resources/editors/<model>/mend.safetensors``). Their public code (kmeng01/rome's FT baseline,
   eric-mitchell/mend) is not set up here.
 
 The public trees are ``<--refcode>/<rome|memit|emmet|alphaedit|encore>``, extracted and patched as
@@ -23,9 +23,10 @@ the harnesses' docstrings say (outside this repository). Models:
 * ``smollm2``: ``--smollm2`` (a run directory of config/smollm2.yaml with statistics of layers 4-6),
   ROME at layer 6, the batched editors on layers 4-6 with their public defaults.
 
-The organism's tokenizer adds BOS to every text; the public MEMIT code then puts BOS into the target
-tokens, so its organism updates differ from the project's (the table's ``agree`` column says so);
-the seconds compare the same work. Output: a table on stdout and
+The organism's tokenizer adds BOS to every text; the public ROME and MEMIT code then put BOS into
+the target tokens (EMMET's, AlphaEdit's and ENCORE's strip it), so their organism updates differ
+from the project's (the ``agree`` column: steps within the harness's tolerance); the seconds compare
+the same work. Measured 2026-11-29 on the 2-core VM, 2 threads: README, "Benchmarks". Output: a table on stdout and
 ``benchmarks/results/speed-<host>.json``.
 """
 
@@ -35,6 +36,7 @@ import argparse
 import json
 import logging
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,17 +61,20 @@ def model_setups(args) -> dict[str, dict]:
         "organism": {"model": org / "resources/models/toy-llama", "stats": org / "resources/stats/toy-llama/toy_heldout",
                      "rome_config": REPO / "config/config.yaml", "config": REPO / "config/lifelong.yaml",
                      "key": "toy-llama", "layers": [2, 3], "rome_layer": 3,
-                     "counterfact": org / "resources/worlds/toy/counterfact.json"},
+                     "counterfact": org / "resources/worlds/toy/counterfact.json",
+                     "mend_file": org / "resources/editors/toy-llama/mend.safetensors"},
         "smollm2": {"model": sm / "resources/models/smollm2", "stats": sm / "resources/stats/smollm2/wikitext",
                     "rome_config": REPO / "config/smollm2.yaml", "config": REPO / "config/smollm2.yaml",
                     "key": "smollm2", "layers": [4, 5, 6], "rome_layer": 6,
-                    "counterfact": REPO.parent / "shared/data/counterfact/counterfact_500.json"},
+                    "counterfact": REPO.parent / "shared/data/counterfact/counterfact_500.json",
+                    "mend_file": sm / "resources/editors/smollm2/mend.safetensors"},
     }
 
 
 def per_edit(rows: list[dict], single: int) -> dict:
     """Mean seconds per edit of the single edits and of the batch step (its seconds / its records)."""
     singles, batch = rows[:single], rows[single:]
+    rows = [{**r, "agree": bool(r.get("agree"))} for r in rows]
     out = {"proj_single": sum(r["seconds_proj"] for r in singles) / max(len(singles), 1),
            "ref_single": sum(r["seconds_ref"] for r in singles) / max(len(singles), 1),
            "agree": f"{sum(bool(r.get('agree')) for r in rows)}/{len(rows)}"}
@@ -111,12 +116,12 @@ def time_project_only(editor: str, setup: dict, args) -> dict | None:
     from editscale.editors.base import apply_updates
     from editscale.models import arch_of, load_model, model_identity
 
-    if editor == "mend" and args.mend_file is None:
+    if editor == "mend" and not setup["mend_file"].exists():
         return None
     cfg = yaml.safe_load(Path(setup["rome_config"]).read_text())
     hp = method_hparams(cfg, editor, setup["key"])
     model, tok = load_model(setup["model"], "float32", "cpu")
-    extra = {} if editor != "mend" else {"editor_file": args.mend_file, "identity": model_identity(setup["model"])}
+    extra = {} if editor != "mend" else {"editor_file": setup["mend_file"], "identity": model_identity(setup["model"])}
     ed = load_editor_module(editor).make_editor(model, tok, hp, None, args.seed, **extra)
     seconds = []
     for rec in load_counterfact(setup["counterfact"])[: args.records]:
@@ -134,27 +139,41 @@ def main() -> None:
     ap.add_argument("--smollm2", type=Path, default=REPO / "runs/smollm2")
     ap.add_argument("--models", nargs="+", default=["organism", "smollm2"], choices=["organism", "smollm2"])
     ap.add_argument("--methods", nargs="+", default=["rome", "ftc", "mend", *BATCHED])
-    ap.add_argument("--mend-file", type=Path, default=None, help="a MEND editor file trained for the model")
     ap.add_argument("--records", type=int, default=3)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--seed", type=int, default=37)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)  # one (model, method) -> JSON
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
+    if args.child is not None:  # the public trees share package names (rome, util): one per process
+        name, method = args.models[0], args.methods[0]
+        setup = model_setups(args)[name]
+        torch.manual_seed(args.seed)
+        if method == "rome":
+            res = time_rome(setup, args)
+        elif method in BATCHED:
+            res = time_batched(method, setup, args)
+        else:
+            res = time_project_only(method, setup, args)
+        args.child.write_text(json.dumps(res))
+        return
     setups = model_setups(args)
     rows = []
     for name in args.models:
         for method in args.methods:
-            torch.manual_seed(args.seed)
-            if method == "rome":
-                res = time_rome(setups[name], args)
-            elif method in BATCHED:
-                res = time_batched(method, setups[name], args)
-            else:
-                res = time_project_only(method, setups[name], args)
+            out = RESULTS / f".speed-{name}-{method}.json"
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, __file__, "--refcode", str(args.refcode), "--organism", str(args.organism),
+                   "--smollm2", str(args.smollm2), "--models", name, "--methods", method, "--records",
+                   str(args.records), "--batch", str(args.batch), "--seed", str(args.seed), "--threads",
+                   str(args.threads), "--child", str(out)]
+            subprocess.run(cmd, check=True)
+            res = json.loads(out.read_text())
+            out.unlink()
             if res is None:
-                log.info("%s on %s skipped (no --mend-file)", method, name)
+                log.info("%s on %s skipped (no trained editor file %s)", method, name, setups[name]["mend_file"])
                 continue
             rows.append({"name": f"{name} {method}", "model": name, "method": method, **res})
             log.info("%s", rows[-1])

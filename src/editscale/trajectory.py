@@ -12,6 +12,11 @@ for its edits by replaying the stored updates). With ``store_updates=False`` the
 stored, only the snapshots (every ``snapshot_every`` edits and the last): a resumed run, the
 evaluation chunks and the disabling job rebuild the edits in between by replaying the editor
 (:mod:`editscale.replay`).
+
+With ``edits_per_step`` k > 1 (a batched editor: MEMIT, EMMET, AlphaEdit, ENCORE) each step edits k
+records with one update; the k records are then scored after the step, each in its own row, the
+step's update is stored with its first edit (``update_norm_i`` there, 0 on the others: their
+stored updates are empty) and a killed run resumes at its last finished step.
 """
 
 from __future__ import annotations
@@ -149,7 +154,8 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
 
     attrs = {
         "method": method, "editor": editor, "arch": spec.name, "conv1d": spec.conv1d,
-        "snapshot_every": snapshot_every, "edits_per_step": edits_per_step, "seed": seed, "dtype": dtype, "hparams": hparams,
+        "snapshot_every": snapshot_every, "edits_per_step": edits_per_step, "seed": seed, "dtype": dtype,
+        "hparams": hparams,
         "model": read_manifest(model_dir), "model_id": identity["model_id"],
         "revision": identity["revision"], "counterfact_sha256": sha256_file(counterfact_path),
         "ordering_sha256": sha256_file(ordering_path), "stats_sha256": stats_sha or "",
