@@ -2,7 +2,8 @@
 # make run-smollm2 - the workflow on SmolLM2-135M (config/smollm2.yaml), in runs/smollm2/
 # make run-lifelong - the default run plus the lifelong-editing methods (config/lifelong.yaml)
 # make test  - build/reuse the virtual environment, then run the test suite
-# make lint  - snakemake --lint and snakefmt --check
+# make lint  - ruff (format check and lint, 100 columns), snakemake --lint and snakefmt --check
+# make format - ruff format + ruff check --fix, and snakefmt, in place
 # make report - report.html (figures, tables, configuration, runtimes) of the last run
 # make bench - engine benchmark (benchmarks/bench_engine.py): ROME edit, evaluation, covariance, storage
 #
@@ -57,11 +58,17 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_engine.py
 
+PY_SOURCES := src tests workflow benchmarks
+
 lint: $(STAMP)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules/
 
 format: $(STAMP)
+	$(BIN)/ruff format $(PY_SOURCES)
+	$(BIN)/ruff check --fix $(PY_SOURCES)
 	$(BIN)/snakefmt Snakefile rules/
 
 # Removes what the workflow made (models, statistics, trajectories, logs); asks nothing.

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_checksum.py [--edits 1000] [--snapshots 10] [--repeats 3]
 
-Writes a representative trajectory file through :class:`editscale.store.TrajectoryWriter`, with
+Writes a representative trajectory file through :class:`editscale.editing.store.TrajectoryWriter`, with
 and without the checksums: rank-one updates (u, v) of one 576 x 1536 float32 matrix (the MLP
 down projection of SmolLM2-135M) for every edit, the runner's per-edit metric columns, and
 snapshots of the matrix (the unedited one plus ``--snapshots`` more, evenly spaced). The read is
@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import report  # noqa: E402
 
-import editscale.store as store  # noqa: E402
+import editscale.editing.store as store  # noqa: E402
 from editscale.editors.base import ParamUpdate  # noqa: E402
-from editscale.evaluation import METRIC_NAMES  # noqa: E402
+from editscale.lm.scoring import METRIC_NAMES  # noqa: E402
 
 OUT_DIM, IN_DIM = 576, 1536
 MODULE = "model.layers.5.mlp.down_proj"

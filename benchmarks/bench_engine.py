@@ -39,8 +39,8 @@ PAPER_ROME = {"v_num_grad_steps": 20, "v_lr": 0.5, "v_weight_decay": 0.5, "clamp
 
 
 def build_gpt2_small(dest: Path) -> None:
-    from editscale.data import iter_corpus
-    from editscale.models import build_scratch_model, train_bpe_tokenizer
+    from editscale.data.corpora import iter_corpus
+    from editscale.lm.models import build_scratch_model, train_bpe_tokenizer
 
     docs = list(iter_corpus({"type": "text_files", "paths": [str(WIKITEXT)], "doc_split": "blank_lines"}))
     tok = train_bpe_tokenizer(docs, vocab_size=8000)
@@ -51,12 +51,14 @@ def bench_model(model_dir: str, layer: int, n_records: int, threads: int) -> dic
     import h5py
     import torch
 
-    from editscale.data import iter_corpus, load_counterfact, write_ordering
-    from editscale.editors.rome import build_prompts, lower_pass, make_editor
-    from editscale.evaluation import evaluate_record
-    from editscale.models import arch_of, load_model, model_identity, upper_layers_only
-    from editscale.stats import compute_key_second_moment, load_key_second_moment
-    from editscale.trajectory import run_trajectory
+    from editscale.data.corpora import iter_corpus
+    from editscale.data.counterfact import load_counterfact, write_ordering
+    from editscale.editors.prompts import build_prompts
+    from editscale.editors.rome import lower_pass, make_editor
+    from editscale.lm.scoring import evaluate_record
+    from editscale.lm.models import arch_of, load_model, model_identity, upper_layers_only
+    from editscale.editing.key_stats import compute_key_second_moment, load_key_second_moment
+    from editscale.editing.runner import run_trajectory
 
     torch.set_num_threads(threads)
     model, tok = load_model(model_dir)

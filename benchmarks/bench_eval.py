@@ -28,8 +28,8 @@ def default_model(tmp: Path) -> Path:
     built = REPO / "resources" / "models" / "tiny-gpt2"
     if (built / "config.json").exists():
         return built
-    from editscale.data import iter_corpus
-    from editscale.models import build_scratch_model, train_bpe_tokenizer
+    from editscale.data.corpora import iter_corpus
+    from editscale.lm.models import build_scratch_model, train_bpe_tokenizer
 
     docs = list(iter_corpus({"type": "text_files", "paths": [str(SHARED / "wikitext" / "wikitext-2_valid.tokens.txt")],
                              "doc_split": "blank_lines"}))
@@ -41,10 +41,11 @@ def default_model(tmp: Path) -> Path:
 def bench(model_dir: Path, n_facts: int, n_per_label: int, threads: int) -> dict:
     import torch
 
-    from editscale.data import load_counterfact
-    from editscale.downstream import evaluate_task_set, load_glue, prepare_task_set
-    from editscale.forgetting import evaluate_facts
-    from editscale.models import load_model
+    from editscale.data.counterfact import load_counterfact
+    from editscale.evaluation.downstream import evaluate_task_set
+    from editscale.data.glue import load_glue, prepare_task_set
+    from editscale.evaluation.forgetting import evaluate_facts
+    from editscale.lm.models import load_model
 
     torch.set_num_threads(threads)
     model, tok = load_model(model_dir)

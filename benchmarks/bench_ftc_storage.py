@@ -16,7 +16,7 @@ time on the full 256 MiB matrix is minutes per edit on a laptop; the rows are st
 alike) and scaled to the full matrix:
 
 * ``dense``: float32 as is (4 bytes an entry);
-* ``store gzip-1``: what ``editscale.store`` writes today (HDF5 gzip level 1, no shuffle);
+* ``store gzip-1``: what ``editscale.editing.store`` writes today (HDF5 gzip level 1, no shuffle);
 * ``shuffle+zlib-6``: byte-shuffled float32, zlib level 6 (HDF5's shuffle + gzip 6);
 * ``ternary+exceptions``: a 2-bit code per entry (0, +eps, -eps, other), packed and zlib-6
   compressed, plus the "other" entries as (int32 index, float32 value) pairs, zlib-6; checked to
@@ -27,7 +27,7 @@ alike) and scaled to the full matrix:
 * ``snapshots only (replay)``: what ``store_updates: false`` stores (the paper config's FT-C): no
   update, a snapshot of the weights (and bias) every ``--snapshot-every`` edits and after the
   last, as the store writes them (gzip-1), measured on the weights after the simulated edits;
-  the evaluation jobs replay the edits in between (:mod:`editscale.replay`). Per edit = the
+  the evaluation jobs replay the edits in between (:mod:`editscale.editing.replay`). Per edit = the
   trajectory's snapshots / ``--n-edits``.
 
 It prints bytes per edit and the projection for an ``--n-edits`` trajectory (3,000: the paper

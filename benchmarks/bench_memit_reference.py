@@ -29,7 +29,7 @@ deltas the public code returns, in ``down_proj``'s (out, in) orientation) and ||
 A step agrees when every layer's relative difference is <= 1e-3 (the issue's tolerance).
 
 Injected, so that both see the same inputs: the key second moments C = E[k k^T] of each layer
-(``--stats-dir``/layer<L>.h5, ``editscale.stats.load_key_second_moment``; the public ``get_cov``
+(``--stats-dir``/layer<L>.h5, ``editscale.editing.key_stats.load_key_second_moment``; the public ``get_cov``
 is replaced by a function returning C in float32, as it caches it) and the context templates
 (generated once with the project's generator and MEMIT's start words; the public
 ``CONTEXT_TEMPLATES_CACHE`` is set to ``[["{}"], those templates]``). Hyperparameters: the
@@ -219,11 +219,11 @@ def compare(step: str, records: list[dict], result, ref_dw: dict, weights: dict,
 
 def run(args) -> tuple[list[dict], dict]:
     from editscale.config import method_hparams
-    from editscale.data import load_counterfact
+    from editscale.data.counterfact import load_counterfact
     from editscale.editors.base import apply_updates
-    from editscale.editors.rome import generate_context_templates
-    from editscale.models import arch_of, edit_parameter, load_model, n_layers
-    from editscale.stats import load_key_second_moment
+    from editscale.editors.prompts import generate_context_templates
+    from editscale.lm.models import arch_of, edit_parameter, load_model, n_layers
+    from editscale.editing.key_stats import load_key_second_moment
 
     editor_mod = __import__(f"editscale.editors.{args.method}", fromlist=["make_editor"])
     ref = import_reference(args.method, args.src)

@@ -21,21 +21,21 @@ of ``down_proj.weight`` (the reference's ``u v^T`` goes through its own
 (the reference's k* recomputed with its own ``repr_tools.get_reprs_at_word_tokens``, as
 ``compute_u`` does), the number of forward passes of the v* optimisation in each (the project's
 ``v_steps``; the reference's count of the ``loss ...`` lines ``compute_v`` prints, one per pass)
-and their last loss. Unless ``--no-eval``: ES/PS/NS (``editscale.evaluation.evaluate_record``) of
+and their last loss. Unless ``--no-eval``: ES/PS/NS (``editscale.lm.scoring.evaluate_record``) of
 the model with the reference's update applied and with the project's update applied, both on
 the same pre-edit state. An edit "agrees" when cos(u) and cos(v) >= 0.9999999 and the relative
 dW difference <= 1e-4.
 
 Injections (the same inputs into both implementations):
 
-* Second moment: C = E[k k^T] from ``--stats`` (``editscale.stats.load_key_second_moment``,
+* Second moment: C = E[k k^T] from ``--stats`` (``editscale.editing.key_stats.load_key_second_moment``,
   float64). The project's editor receives C itself (it inverts it in float64 by Cholesky). The
   reference's ``rome.compute_u.get_inv_cov`` (which would download or compute Wikipedia
   statistics and cache ``torch.inverse(mom2).float()`` in ``inv_mom2_cache``) is replaced by a
   function returning ``torch.inverse(C.float())``: C in float32 (``mom2_dtype`` of the public
   GPT-2 XL / GPT-J hyperparameters) inverted in float32, as the reference does.
 * Context templates: generated once with the project's
-  ``editscale.editors.rome.generate_context_templates`` (the config's lengths, top-k and seed:
+  ``editscale.editors.prompts.generate_context_templates`` (the config's lengths, top-k and seed:
   ``[[5, 5]]`` gives "{}" + 5 templates), given to the project's editor through
   ``state={"context_templates": ...}`` and to the reference by setting
   ``rome.rome_main.CONTEXT_TEMPLATES_CACHE`` (so its ``generate_fast`` sampling never runs).
@@ -233,7 +233,7 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def scores_with(model, tok, record: dict, weight: torch.Tensor, delta: torch.Tensor) -> dict[str, float]:
     """ES/PS/NS of the model with ``delta`` added to ``weight``; the weight is restored after."""
-    from editscale.evaluation import evaluate_record
+    from editscale.lm.scoring import evaluate_record
 
     before = weight.detach().clone()
     weight.add_(delta.to(weight.dtype))
@@ -265,11 +265,12 @@ def compare_edit(t: int, record: dict, result, ref_upd: RefUpdate, k_ref: torch.
 
 
 def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from editscale.data import load_counterfact
+    from editscale.data.counterfact import load_counterfact
     from editscale.editors.base import apply_updates
-    from editscale.editors.rome import generate_context_templates, make_editor
-    from editscale.models import arch_of, edit_parameter, load_model, n_layers
-    from editscale.stats import load_key_second_moment
+    from editscale.editors.prompts import generate_context_templates
+    from editscale.editors.rome import make_editor
+    from editscale.lm.models import arch_of, edit_parameter, load_model, n_layers
+    from editscale.editing.key_stats import load_key_second_moment
 
     ref = import_reference(args.rome_src)
     hp = project_hparams(args.config, "rome", args.model_key)

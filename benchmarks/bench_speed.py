@@ -111,10 +111,10 @@ def time_project_only(editor: str, setup: dict, args) -> dict | None:
     import yaml
 
     from editscale.config import method_hparams
-    from editscale.data import load_counterfact
+    from editscale.data.counterfact import load_counterfact
     from editscale.editors import load_editor_module
     from editscale.editors.base import apply_updates
-    from editscale.models import arch_of, load_model, model_identity
+    from editscale.lm.models import arch_of, load_model, model_identity
 
     if editor == "mend" and not setup["mend_file"].exists():
         return None

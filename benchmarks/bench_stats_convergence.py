@@ -6,7 +6,7 @@
 The statistics of block ``--layer`` are accumulated over ``--docs`` WikiText-2 paragraphs
 (``../shared/data/wikitext``, ROME's fixed random order: ``stats.sample: random``, seed 1, so
 every prefix is itself a random subset), ``--chunk`` documents at a time with
-:func:`editscale.stats.compute_key_second_moment`, keeping the running sums after every chunk.
+:func:`editscale.editing.key_stats.compute_key_second_moment`, keeping the running sums after every chunk.
 For ``--records`` CounterFact records (``../shared/data/counterfact/counterfact_500.json``, the
 first ones) ROME's key k* is computed by the ROME editor with the project's default settings
 (6 context templates; one v* step and no C, neither of which k* depends on). For every prefix it reports:
@@ -17,7 +17,7 @@ first ones) ROME's key k* is computed by the ROME editor with the project's defa
   records of 1 - cos(u_m, u_{m-1});
 * the change the workflow's own test (``stats.convergence``) sees: max over the records of
   ||u_m - u_{m-1}|| / ||u_m||, u = C^-1 k of the bare subject keys
-  (:func:`editscale.stats.subject_keys`, :func:`~editscale.stats.solution_change`), and where it
+  (:func:`editscale.editing.key_stats.subject_keys`, :func:`~editscale.editing.key_stats.solution_change`), and where it
   stops with ``patience`` 2 for several tolerances.
 
 It prints the tokens needed for cos(u, u_full) >= 0.999 on every record, the fraction of the
@@ -40,16 +40,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import report  # noqa: E402
 
-from editscale.data import load_counterfact, sample_corpus, subject_prompt  # noqa: E402
+from editscale.data.counterfact import load_counterfact, subject_prompt  # noqa: E402
+from editscale.data.corpora import sample_corpus  # noqa: E402
 from editscale.editors.rome import make_editor  # noqa: E402
-from editscale.models import load_model  # noqa: E402
-from editscale.stats import (  # noqa: E402
-    compute_key_second_moment,
-    probe_solutions,
-    solution_change,
-    stats_attrs,
-    subject_keys,
-)
+from editscale.lm.models import load_model  # noqa: E402
+from editscale.editing.key_stats import compute_key_second_moment, probe_solutions, solution_change, stats_attrs, subject_keys
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -14,12 +14,12 @@ from snakemake.utils import validate
 
 try:
     from editscale import config as escfg
-    from editscale.checkpoints import checkpoint_plan, chunks as plan_chunks
+    from editscale.evaluation.checkpoints import checkpoint_plan, chunks as plan_chunks
 except ImportError:
     # snakemake runs outside the project's environment: use the source tree
     sys.path.insert(0, str(Path(workflow.basedir) / "src"))
     from editscale import config as escfg
-    from editscale.checkpoints import checkpoint_plan, chunks as plan_chunks
+    from editscale.evaluation.checkpoints import checkpoint_plan, chunks as plan_chunks
 
 # Jobs in conda environments (--sdm conda) and on cluster nodes import editscale from this
 # source tree: the environments hold its dependencies, not the package itself.
@@ -319,8 +319,8 @@ def all_evaluations():
 # ---------------------------------------------------------------- figures and report
 
 
-from editscale import figdata
-from editscale.provenance import config_hash
+from editscale.reporting import figure_data as figdata
+from editscale.io.provenance import config_hash
 
 
 def figure_models():

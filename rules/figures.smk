@@ -1,4 +1,4 @@
-"""Figures and tables of the paper from the tidy results (editscale.plots, editscale.tables), and
+"""Figures and tables of the paper from the tidy results (editscale.reporting.plots, editscale.reporting.tables), and
 the report's extra items: the run's configuration and the runtime of the heavy jobs. The input
 functions are in common.smk (figures and report)."""
 

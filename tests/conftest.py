@@ -59,7 +59,7 @@ def _tokenizer_texts() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
-    from editscale.models import train_bpe_tokenizer
+    from editscale.lm.models import train_bpe_tokenizer
 
     return train_bpe_tokenizer(_tokenizer_texts(), vocab_size=600)
 
@@ -67,7 +67,7 @@ def tiny_tokenizer(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory, tiny_tokenizer):
     """Build (once per session and architecture) a tiny random model folder with save_pretrained."""
-    from editscale.models import build_scratch_model
+    from editscale.lm.models import build_scratch_model
 
     built: dict[tuple, Path] = {}
 
@@ -112,9 +112,9 @@ def traj_inputs(tmp_path_factory, tiny_model_factory):
     """A tiny GPT-2, 10 synthetic CounterFact-schema records, an ordering and key statistics."""
     import json
 
-    from editscale.data import write_ordering
-    from editscale.models import load_model, model_identity
-    from editscale.stats import compute_key_second_moment
+    from editscale.data.counterfact import write_ordering
+    from editscale.lm.models import load_model, model_identity
+    from editscale.editing.key_stats import compute_key_second_moment
 
     d = tmp_path_factory.mktemp("traj-inputs")
     model_dir = tiny_model_factory("gpt2")

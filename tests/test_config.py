@@ -442,7 +442,7 @@ def test_config_check_does_not_import_torch():
 def test_more_edits_than_records_fails_at_start_up(counterfact_path):
     """The 500-record file keeps 1,000 edits from starting (it used to fail inside rule ordering
     or a trajectory job); an experiment's own n_edits is named when it is the one too large."""
-    from editscale.data import load_counterfact, unique_subject_records
+    from editscale.data.counterfact import load_counterfact, unique_subject_records
 
     usable = len(unique_subject_records(load_counterfact(counterfact_path)))
     cfg = minimal()
@@ -505,7 +505,7 @@ def test_statistics_file_of_another_layer_fails_at_start_up(tmp_path):
     with pytest.raises(ConfigError, match=r"holds corpus 'another_corpus'"):
         load_config(cfg, base_dir=tmp_path)
     # the model is prepared: statistics of another model (or another revision of it) are refused
-    from editscale.provenance import identity_from_manifest
+    from editscale.io.provenance import identity_from_manifest
 
     manifest = {"source": "scratch", "arch": "gpt2", "seed": 37, "files": {"model.safetensors": "ab" * 32}}
     (tmp_path / "resources/models/m").mkdir(parents=True)

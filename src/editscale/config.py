@@ -466,7 +466,7 @@ def _check_enough_records(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     a download, is checked by rule ordering); an unreadable file or a bad record stops the run
     here, naming the record, before rule counterfact would replace the data link (and the
     outputs that depend on it)."""
-    from editscale.data import load_counterfact, unique_subject_records
+    from editscale.data.counterfact import load_counterfact, unique_subject_records
 
     path = cfg["counterfact"].get("path")
     if path is None or not under(base_dir, path).is_file():
@@ -507,7 +507,7 @@ def _check_stats_files(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
 def _check_stats_file(cfg: dict, exp: dict, layer: int, key: str, i: int, base_dir) -> None:
     import h5py
 
-    from editscale.provenance import identity_from_manifest
+    from editscale.io.provenance import identity_from_manifest
 
     published = published_stats(cfg, exp["model"], layer) is not None
     corpus = "published" if published else cfg["stats"].get("corpus")

@@ -1,17 +1,18 @@
 """Rule collapse_probe: resources/data/collapse_probe.json = the fixed held-out documents (for the
 perplexity) and generation prompts (for the generation entropy) measured at every evaluation
-checkpoint of every trajectory (editscale.collapse)."""
+checkpoint of every trajectory (editscale.evaluation.collapse)."""
 
 import json
 import os
 from pathlib import Path
 
-from editscale.provenance import setup_rule_logging
+from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0])
 
-from editscale.collapse import build_probe  # noqa: E402
-from editscale.data import corpus_fingerprint, iter_corpus, load_counterfact  # noqa: E402
+from editscale.evaluation.collapse import build_probe  # noqa: E402
+from editscale.data.corpora import corpus_fingerprint, iter_corpus  # noqa: E402
+from editscale.data.counterfact import load_counterfact  # noqa: E402
 
 p = snakemake.params
 ppl, gen = p.perplexity, p.generation

@@ -3,11 +3,12 @@ relative symlink to the configured local file (checked when a sha256 is configur
 
 from pathlib import Path
 
-from editscale.provenance import setup_rule_logging
+from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0])
 
-from editscale.data import download_file, link_relative, sha256_file  # noqa: E402
+from editscale.data.download import download_file, link_relative  # noqa: E402
+from editscale.io.provenance import sha256_file  # noqa: E402
 
 out = Path(snakemake.output[0])
 expected = snakemake.params.sha256

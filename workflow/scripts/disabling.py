@@ -3,11 +3,11 @@ normal edits) standalone on the unedited model, and store generations around the
 
 from pathlib import Path
 
-from editscale.provenance import setup_rule_logging
+from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
-from editscale.disabling import run_disabling  # noqa: E402
+from editscale.evaluation.disabling import run_disabling  # noqa: E402
 
 p = snakemake.params
 run_disabling(

@@ -5,11 +5,11 @@ import json
 import os
 from pathlib import Path
 
-from editscale.provenance import setup_rule_logging
+from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0])
 
-from editscale.downstream import load_glue, prepare_task_set  # noqa: E402
+from editscale.data.glue import load_glue, prepare_task_set  # noqa: E402
 
 p = snakemake.params
 task = snakemake.wildcards.task

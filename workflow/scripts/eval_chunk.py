@@ -3,11 +3,11 @@ chunk of checkpoints of one trajectory."""
 
 from pathlib import Path
 
-from editscale.provenance import setup_rule_logging
+from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
-from editscale.evaljobs import run_eval_chunk  # noqa: E402
+from editscale.evaluation.jobs import run_eval_chunk  # noqa: E402
 
 p = snakemake.params
 ev = snakemake.config["evaluation"]

@@ -1,10 +1,10 @@
 """Rule eval_merge: one evaluation HDF5 file per trajectory + tidy CSVs, from its chunks."""
 
-from editscale.provenance import setup_rule_logging
+from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0])
 
-from editscale.evaljobs import merge_eval_chunks  # noqa: E402
+from editscale.evaluation.jobs import merge_eval_chunks  # noqa: E402
 
 merge_eval_chunks(
     list(snakemake.input.chunks),

@@ -9,11 +9,11 @@ try:
 except ImportError:  # the plot conda environment does not install editscale: use the source tree
     sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from editscale.provenance import setup_rule_logging  # noqa: E402
+from editscale.io.provenance import setup_rule_logging  # noqa: E402
 
 log = setup_rule_logging(snakemake.log[0])
 
-from editscale.plots import render_figure  # noqa: E402
+from editscale.reporting.plots import render_figure  # noqa: E402
 
 inp = snakemake.input
 data = [inp.counterfact, *inp.orderings, *inp.get("task_sets", [])]

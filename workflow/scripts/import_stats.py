@@ -1,17 +1,17 @@
 """Rule import_stats: resources/stats_published/{model}/layer{layer}.h5 = ROME/MEMIT's published
 key statistics (stats.published: an .npz by URL), downloaded with its sha256 checked (or recorded
 on first download in resources/stats_published/published_manifest.json) and converted, refused
-when made for another model or layer (editscale.stats.import_published_second_moment)."""
+when made for another model or layer (editscale.editing.key_stats.import_published_second_moment)."""
 
 from pathlib import Path
 
-from editscale.provenance import setup_rule_logging
+from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
-from editscale.editor_weights import fetch_editor_weights  # noqa: E402
-from editscale.models import load_model, model_identity  # noqa: E402
-from editscale.stats import import_published_second_moment  # noqa: E402
+from editscale.editors.published import fetch_editor_weights  # noqa: E402
+from editscale.lm.models import load_model, model_identity  # noqa: E402
+from editscale.editing.key_stats import import_published_second_moment  # noqa: E402
 
 wc = snakemake.wildcards
 entry = snakemake.params.entry

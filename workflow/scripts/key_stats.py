@@ -5,13 +5,14 @@ u = C^-1 k of the first n_probes CounterFact subjects' keys settles)."""
 
 from pathlib import Path
 
-from editscale.provenance import setup_rule_logging
+from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
-from editscale.data import corpus_fingerprint, load_counterfact, sample_corpus, subject_prompt  # noqa: E402
-from editscale.models import load_model, model_identity  # noqa: E402
-from editscale.stats import Convergence, compute_key_second_moment, subject_keys  # noqa: E402
+from editscale.data.corpora import corpus_fingerprint, sample_corpus  # noqa: E402
+from editscale.data.counterfact import load_counterfact, subject_prompt  # noqa: E402
+from editscale.lm.models import load_model, model_identity  # noqa: E402
+from editscale.editing.key_stats import Convergence, compute_key_second_moment, subject_keys  # noqa: E402
 
 wc = snakemake.wildcards
 model_dir = Path(snakemake.input.model).parent

@@ -4,11 +4,11 @@ does; fails the rule with the missed gates."""
 
 from pathlib import Path
 
-from editscale.provenance import setup_rule_logging
+from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
-from editscale import gates  # noqa: E402  (after logging is set up)
+from editscale.evaluation import gates  # noqa: E402  (after logging is set up)
 
 gates.run_gates(
     model_dir=Path(snakemake.input.model).parent,

@@ -4,11 +4,12 @@ GGUF file dequantised into a folder, or a freshly built scratch model (BPE token
 from itertools import islice
 from pathlib import Path
 
-from editscale.provenance import setup_rule_logging
+from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
-from editscale import data, gguf_model, models  # noqa: E402  (after logging is set up)
+from editscale.data import corpora
+from editscale.lm import gguf as gguf_model, models  # noqa: E402  (after logging is set up)
 
 spec = snakemake.params.spec
 dest = Path(snakemake.output.manifest).parent
@@ -21,7 +22,7 @@ elif spec["source"] == "local":
 elif spec["source"] == "gguf":
     gguf_model.prepare_gguf_model(spec, dest)
 else:
-    docs = islice(data.iter_corpus(snakemake.params.tokenizer_corpus), spec["tokenizer_docs"])
+    docs = islice(corpora.iter_corpus(snakemake.params.tokenizer_corpus), spec["tokenizer_docs"])
     tokenizer = models.train_bpe_tokenizer(docs, spec["vocab_size"])
     models.build_scratch_model(
         spec["arch"],

@@ -9,13 +9,13 @@ try:
 except ImportError:  # the plot conda environment does not install editscale: use the source tree
     sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from editscale.provenance import setup_rule_logging  # noqa: E402
+from editscale.io.provenance import setup_rule_logging  # noqa: E402
 
 log = setup_rule_logging(snakemake.log[0])
 
 import yaml  # noqa: E402
 
-from editscale.provenance import config_hash, git_state  # noqa: E402
+from editscale.io.provenance import config_hash, git_state  # noqa: E402
 
 doc = {
     "config_hash": config_hash(snakemake.config),

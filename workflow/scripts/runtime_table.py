@@ -8,11 +8,11 @@ try:
 except ImportError:  # the plot conda environment does not install editscale: use the source tree
     sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from editscale.provenance import setup_rule_logging  # noqa: E402
+from editscale.io.provenance import setup_rule_logging  # noqa: E402
 
 log = setup_rule_logging(snakemake.log[0])
 
-from editscale.tables import find_benchmarks, write_runtime  # noqa: E402
+from editscale.reporting.tables import find_benchmarks, write_runtime  # noqa: E402
 
 # Every heavy job of the run is upstream of this job's inputs, so its benchmark file exists now.
 root = snakemake.params.root

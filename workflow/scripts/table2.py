@@ -10,13 +10,13 @@ try:
 except ImportError:  # the plot conda environment does not install editscale: use the source tree
     sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from editscale.provenance import setup_rule_logging  # noqa: E402
+from editscale.io.provenance import setup_rule_logging  # noqa: E402
 
 log = setup_rule_logging(snakemake.log[0])
 
-from editscale.figdata import load_disabling  # noqa: E402
-from editscale.provenance import artifact_provenance, write_sidecar  # noqa: E402
-from editscale.tables import onset_counts, write_table2  # noqa: E402
+from editscale.reporting.figure_data import load_disabling  # noqa: E402
+from editscale.io.provenance import artifact_provenance, write_sidecar  # noqa: E402
+from editscale.reporting.tables import onset_counts, write_table2  # noqa: E402
 
 out = snakemake.output
 disabling = load_disabling(list(snakemake.params.layout))

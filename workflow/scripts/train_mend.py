@@ -4,11 +4,11 @@ resumes from its checkpoint after a kill."""
 
 from pathlib import Path
 
-from editscale.provenance import setup_rule_logging
+from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
-from editscale.mend_training import train_mend  # noqa: E402
+from editscale.editors.mend_training import train_mend  # noqa: E402
 
 wc = snakemake.wildcards
 p = snakemake.params

@@ -3,11 +3,11 @@
 
 from pathlib import Path
 
-from editscale.provenance import setup_rule_logging
+from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
-from editscale import training  # noqa: E402  (after logging is set up)
+from editscale.organism import training  # noqa: E402  (after logging is set up)
 
 hp = training.TrainHParams.from_dict(snakemake.params.training)
 training.train_world_model(

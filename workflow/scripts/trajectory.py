@@ -4,11 +4,11 @@ sets store_updates: false) every edit's update; methods.<m>.edits_per_step recor
 
 from pathlib import Path
 
-from editscale.provenance import setup_rule_logging
+from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
-from editscale.trajectory import run_trajectory  # noqa: E402
+from editscale.editing.runner import run_trajectory  # noqa: E402
 
 wc = snakemake.wildcards
 run_trajectory(

@@ -3,11 +3,11 @@ training and held-out corpora) from its seeded spec."""
 
 from pathlib import Path
 
-from editscale.provenance import setup_rule_logging
+from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0])
 
-from editscale import world  # noqa: E402  (after logging is set up)
+from editscale.organism import world
 
 spec = world.WorldSpec.from_dict(snakemake.params.spec)
 log.info("generating world %s: %s", snakemake.wildcards.world, spec)

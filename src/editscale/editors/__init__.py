@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from .hparams import AlphaEditHParams, EmmetHParams, EncoreHParams, FtcHParams, MemitHParams, MendHParams, MendTrainHParams, RomeHParams
+from editscale.editors.hparams import AlphaEditHParams, EmmetHParams, EncoreHParams, FtcHParams, MemitHParams, MendHParams, MendTrainHParams, RomeHParams
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import torch
 
-from .hparams import AlphaEditHParams
-from .memit import CarriedKeysEditor
-from .memit import make_editor as _make_memit_editor
+from editscale.editors.hparams import AlphaEditHParams
+from editscale.editors.memit import CarriedKeysEditor
+from editscale.editors.memit import make_editor as _make_memit_editor
 
 
 def null_space_projection(c: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -9,7 +9,7 @@ rebuilt from a file equal the runner's weights bit for bit on the same device.
 An update may also change the module's bias (``bias``: an (out,) delta; FT-C with
 ``include_bias``, as the public baseline, which fine-tunes every parameter of the module). In
 dicts of edited tensors (snapshots, rebuilt weights) the bias of module ``m`` is keyed
-:func:`bias_key` ``(m)`` = ``m + ".bias"``, which :func:`editscale.models.edit_parameter` resolves.
+:func:`bias_key` ``(m)`` = ``m + ".bias"``, which :func:`editscale.lm.models.edit_parameter` resolves.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models import ArchSpec, edit_parameter
+from editscale.lm.models import ArchSpec, edit_parameter
 
 BIAS_SUFFIX = ".bias"
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from .hparams import EmmetHParams
-from .memit import MemitEditor
-from .memit import make_editor as _make_memit_editor
+from editscale.editors.hparams import EmmetHParams
+from editscale.editors.memit import MemitEditor
+from editscale.editors.memit import make_editor as _make_memit_editor
 
 
 class EmmetEditor(MemitEditor):

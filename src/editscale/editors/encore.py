@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from .hparams import EncoreHParams
-from .memit import CarriedKeysEditor
-from .memit import make_editor as _make_memit_editor
+from editscale.editors.hparams import EncoreHParams
+from editscale.editors.memit import CarriedKeysEditor
+from editscale.editors.memit import make_editor as _make_memit_editor
 
 
 class EncoreEditor(CarriedKeysEditor):

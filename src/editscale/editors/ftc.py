@@ -33,10 +33,10 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
-from ..evaluation import target_token_ids
-from ..models import arch_of, causal_attention_mask, get_module, n_layers
-from .base import EditResult, ParamUpdate
-from .hparams import TARGET_POSITIONS, FtcHParams  # noqa: F401 (re-exported)
+from editscale.lm.scoring import target_token_ids
+from editscale.lm.models import arch_of, causal_attention_mask, get_module, n_layers
+from editscale.editors.base import EditResult, ParamUpdate
+from editscale.editors.hparams import TARGET_POSITIONS, FtcHParams  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 

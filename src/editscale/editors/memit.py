@@ -21,7 +21,7 @@ applies with :func:`editscale.editors.base.apply_updates`, the same call that ap
 the step, so the weights are the step's bit for bit.
 
 Differences from the public code: context templates come from a local seeded generator
-(:func:`editscale.editors.rome.generate_context_templates` with MEMIT's start words); C is the
+(:func:`editscale.editors.prompts.generate_context_templates` with MEMIT's start words); C is the
 project's float64 second moment (the public code casts a float32 one to float64); the factors are
 stored in float32, so dW = v^T u is formed in float32 (the public code adds the float64 product,
 cast to float32).
@@ -34,10 +34,11 @@ from dataclasses import asdict
 
 import torch
 
-from ..models import arch_of, edit_parameter, n_layers
-from .base import EditResult, ParamUpdate, apply_update
-from .hparams import MemitHParams
-from .rome import build_prompts, generate_context_templates, lower_pass, optimise_delta, template_texts
+from editscale.lm.models import arch_of, edit_parameter, n_layers
+from editscale.editors.base import EditResult, ParamUpdate, apply_update
+from editscale.editors.hparams import MemitHParams
+from editscale.editors.prompts import build_prompts, generate_context_templates, template_texts
+from editscale.editors.rome import lower_pass, optimise_delta
 
 log = logging.getLogger(__name__)
 

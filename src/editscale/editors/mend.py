@@ -20,11 +20,11 @@ when a public ``mend-*.pt`` file is loaded (:func:`load_public_state`).
 An edit's update of each matrix is stored as its low-rank factors (rows = the positions with a
 non-zero gradient): ``u = x~`` (r, in) and ``v = -lr * lr_scale * delta~`` (r, out).
 
-Editor files: ``<name>.safetensors`` written by :mod:`editscale.mend_training` (tensors + a JSON
+Editor files: ``<name>.safetensors`` written by :mod:`editscale.editors.mend_training` (tensors + a JSON
 manifest in the safetensors metadata and beside the file as ``<name>.safetensors.json``), or a public ``mend-*.pt`` file (read
 with ``torch.load(weights_only=True)``; a sidecar ``<file>.json`` from the download rule names the
 model it is meant for and the sha256 recorded at download, checked on every load:
-:mod:`editscale.editor_weights`). A file made for another model, revision, set of matrices or
+:mod:`editscale.editors.published`). A file made for another model, revision, set of matrices or
 matrix shape is refused with :class:`EditorFileMismatch` before any edit.
 """
 
@@ -40,10 +40,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..evaluation import target_token_ids
-from ..models import arch_of, causal_attention_mask, get_module, n_layers
-from .base import EditResult, ParamUpdate
-from .hparams import MendHParams
+from editscale.lm.scoring import target_token_ids
+from editscale.lm.models import arch_of, causal_attention_mask, get_module, n_layers
+from editscale.editors.base import EditResult, ParamUpdate
+from editscale.editors.hparams import MendHParams
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +339,7 @@ def load_editor(path, model, modules: list[str], identity: dict | None = None) -
         manifest = json.loads(meta["manifest"])
         state = load_file(str(path))
     else:
-        from ..editor_weights import verify_editor_weights
+        from editscale.editors.published import verify_editor_weights
 
         # a downloaded file must still have the bytes whose sha256 was recorded when it was fetched
         verify_editor_weights(path)
