@@ -32,8 +32,17 @@ from editscale.lm.scoring import METRIC_NAMES  # noqa: E402
 
 OUT_DIM, IN_DIM = 576, 1536
 MODULE = "model.layers.5.mlp.down_proj"
-METRICS = (["edit", "case_id", *METRIC_NAMES, "update_norm_0", "distance_0", "weight_norm_0",
-            "v_loss", "edit_seconds", "eval_seconds"])
+METRICS = [
+    "edit",
+    "case_id",
+    *METRIC_NAMES,
+    "update_norm_0",
+    "distance_0",
+    "weight_norm_0",
+    "v_loss",
+    "edit_seconds",
+    "eval_seconds",
+]
 
 
 def make_data(n_edits: int, n_snapshots: int) -> dict:
@@ -44,12 +53,20 @@ def make_data(n_edits: int, n_snapshots: int) -> dict:
     snapshots = {0: w.clone()}
     updates = []
     for t in range(1, n_edits + 1):
-        upd = ParamUpdate(MODULE, u=torch.randn(IN_DIM, generator=gen), v=torch.randn(OUT_DIM, generator=gen) * 1e-3)
+        upd = ParamUpdate(
+            MODULE,
+            u=torch.randn(IN_DIM, generator=gen),
+            v=torch.randn(OUT_DIM, generator=gen) * 1e-3,
+        )
         updates.append(upd)
         if t % every == 0 or t == n_edits:
-            w = w + torch.outer(upd.v, upd.u)  # not the exact trajectory: sizes and entropy are what count
+            w = w + torch.outer(
+                upd.v, upd.u
+            )  # not the exact trajectory: sizes and entropy are what count
             snapshots[t] = w.clone()
-    metrics = [{name: float(torch.rand(1, generator=gen)) for name in METRICS} for _ in range(n_edits)]
+    metrics = [
+        {name: float(torch.rand(1, generator=gen)) for name in METRICS} for _ in range(n_edits)
+    ]
     return {"updates": updates, "snapshots": snapshots, "metrics": metrics}
 
 
@@ -63,8 +80,16 @@ def _timed(fn, *args) -> tuple[float, float]:
 def write(path: Path, data: dict) -> None:
     n = len(data["updates"])
     writer = store.TrajectoryWriter.open(
-        path, n_edits=n, params=[MODULE], shapes={MODULE: (OUT_DIM, IN_DIM)}, dtypes={MODULE: "torch.float32"},
-        kinds={MODULE: "rank_one"}, metric_names=METRICS, attrs={"arch": "llama"}, resume_key="bench")
+        path,
+        n_edits=n,
+        params=[MODULE],
+        shapes={MODULE: (OUT_DIM, IN_DIM)},
+        dtypes={MODULE: "torch.float32"},
+        kinds={MODULE: "rank_one"},
+        metric_names=METRICS,
+        attrs={"arch": "llama"},
+        resume_key="bench",
+    )
     writer.write_snapshot(0, {MODULE: data["snapshots"][0]})
     for t in range(1, n + 1):
         snap = {MODULE: data["snapshots"][t]} if t in data["snapshots"] else None
@@ -96,10 +121,14 @@ def bench(checksum: bool, data: dict, repeats: int, work: Path) -> dict:
             path.unlink()
     finally:
         store._CHECKSUM = saved
-    return {"name": "fletcher32" if checksum else "no checksum",
-            "write_s": statistics.median(w for w, _ in writes), "write_cpu_s": statistics.median(c for _, c in writes),
-            "read_s": statistics.median(w for w, _ in reads), "read_cpu_s": statistics.median(c for _, c in reads),
-            "size_mb": size / 1e6}
+    return {
+        "name": "fletcher32" if checksum else "no checksum",
+        "write_s": statistics.median(w for w, _ in writes),
+        "write_cpu_s": statistics.median(c for _, c in writes),
+        "read_s": statistics.median(w for w, _ in reads),
+        "read_cpu_s": statistics.median(c for _, c in reads),
+        "size_mb": size / 1e6,
+    }
 
 
 def main() -> None:
@@ -116,9 +145,13 @@ def main() -> None:
     for key in keys:
         on[f"{key}_ratio"] = on[key] / off[key]
         off[f"{key}_ratio"] = 1.0
-    report("checksum", runs, [(k, "{:.3f}") for k in keys] + [(f"{k}_ratio", "{:.4f}") for k in keys],
-           f"{args.edits} rank-one edits of a {OUT_DIM}x{IN_DIM} float32 matrix, {len(data['snapshots'])} "
-           f"snapshots, {len(METRICS)} metrics; median of {args.repeats}")
+    report(
+        "checksum",
+        runs,
+        [(k, "{:.3f}") for k in keys] + [(f"{k}_ratio", "{:.4f}") for k in keys],
+        f"{args.edits} rank-one edits of a {OUT_DIM}x{IN_DIM} float32 matrix, {len(data['snapshots'])} "
+        f"snapshots, {len(METRICS)} metrics; median of {args.repeats}",
+    )
 
 
 if __name__ == "__main__":

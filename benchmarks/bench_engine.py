@@ -33,18 +33,29 @@ from report import report  # noqa: E402
 SHARED = REPO.parent / "shared" / "data"
 WIKITEXT = SHARED / "wikitext" / "wikitext-2_valid.tokens.txt"
 COUNTERFACT = SHARED / "counterfact" / "counterfact_500.json"
-PAPER_ROME = {"v_num_grad_steps": 20, "v_lr": 0.5, "v_weight_decay": 0.5, "clamp_norm_factor": 4.0,
-              "kl_factor": 0.0625, "mom2_adjustment": True,
-              "context_template_lengths": [[5, 10], [10, 10]], "context_template_top_k": 5}
+PAPER_ROME = {
+    "v_num_grad_steps": 20,
+    "v_lr": 0.5,
+    "v_weight_decay": 0.5,
+    "clamp_norm_factor": 4.0,
+    "kl_factor": 0.0625,
+    "mom2_adjustment": True,
+    "context_template_lengths": [[5, 10], [10, 10]],
+    "context_template_top_k": 5,
+}
 
 
 def build_gpt2_small(dest: Path) -> None:
     from editscale.data.corpora import iter_corpus
     from editscale.lm.models import build_scratch_model, train_bpe_tokenizer
 
-    docs = list(iter_corpus({"type": "text_files", "paths": [str(WIKITEXT)], "doc_split": "blank_lines"}))
+    docs = list(
+        iter_corpus({"type": "text_files", "paths": [str(WIKITEXT)], "doc_split": "blank_lines"})
+    )
     tok = train_bpe_tokenizer(docs, vocab_size=8000)
-    build_scratch_model("gpt2", tok, dest, n_layer=6, d_model=384, n_head=6, n_positions=512, seed=0)
+    build_scratch_model(
+        "gpt2", tok, dest, n_layer=6, d_model=384, n_head=6, n_positions=512, seed=0
+    )
 
 
 def bench_model(model_dir: str, layer: int, n_records: int, threads: int) -> dict:
@@ -53,26 +64,38 @@ def bench_model(model_dir: str, layer: int, n_records: int, threads: int) -> dic
 
     from editscale.data.corpora import iter_corpus
     from editscale.data.counterfact import load_counterfact, write_ordering
-    from editscale.editors.prompts import build_prompts
-    from editscale.editors.rome import lower_pass, make_editor
-    from editscale.lm.scoring import evaluate_record
-    from editscale.lm.models import arch_of, load_model, model_identity, upper_layers_only
     from editscale.editing.key_stats import compute_key_second_moment, load_key_second_moment
     from editscale.editing.runner import run_trajectory
+    from editscale.editors.prompts import build_prompts
+    from editscale.editors.rome import lower_pass, make_editor
+    from editscale.lm.models import arch_of, load_model, model_identity, upper_layers_only
+    from editscale.lm.scoring import evaluate_record
 
     torch.set_num_threads(threads)
     model, tok = load_model(model_dir)
     spec = arch_of(model)
-    res = {"model": model_dir, "params": sum(p.numel() for p in model.parameters()), "layer": layer,
-           "arch": spec.name}
+    res = {
+        "model": model_dir,
+        "params": sum(p.numel() for p in model.parameters()),
+        "layer": layer,
+        "arch": spec.name,
+    }
     work = Path(tempfile.mkdtemp(prefix="bench-"))
 
     # covariance statistics
     docs = iter_corpus({"type": "text_files", "paths": [str(WIKITEXT)], "doc_split": "blank_lines"})
     t0 = time.perf_counter()
-    compute_key_second_moment(model, tok, layer, docs, work / "stats.h5", n_docs=300, max_doc_tokens=256,
-                              batch_tokens=8192, attrs={**model_identity(model_dir), "corpus": "wikitext",
-                                                        "corpus_fingerprint": "bench"})
+    compute_key_second_moment(
+        model,
+        tok,
+        layer,
+        docs,
+        work / "stats.h5",
+        n_docs=300,
+        max_doc_tokens=256,
+        batch_tokens=8192,
+        attrs={**model_identity(model_dir), "corpus": "wikitext", "corpus_fingerprint": "bench"},
+    )
     dt = time.perf_counter() - t0
     with h5py.File(work / "stats.h5") as f:
         res["cov_tokens"] = int(f.attrs["count"])
@@ -98,15 +121,22 @@ def bench_model(model_dir: str, layer: int, n_records: int, threads: int) -> dic
     for rec in records:
         rw = rec["requested_rewrite"]
         pre, _, post = rw["prompt"].partition("{}")
-        texts = [(c_.partition("{}")[0] + pre + rw["subject"] + post + " x", len(c_.partition("{}")[0] + pre + rw["subject"]))
-                 for c_ in ed.context_templates] + [(rw["subject"] + " is a", len(rw["subject"]))]
+        texts = [
+            (
+                c_.partition("{}")[0] + pre + rw["subject"] + post + " x",
+                len(c_.partition("{}")[0] + pre + rw["subject"]),
+            )
+            for c_ in ed.context_templates
+        ] + [(rw["subject"] + " is a", len(rw["subject"]))]
         enc, lookup = build_prompts(tok, texts)
         resid, _, _ = lower_pass(model, layer, enc, lookup)
         delta = torch.zeros(resid.shape[-1], requires_grad=True)
         t0 = time.perf_counter()
         with upper_layers_only(model, layer + 1) as upper:
             for _ in range(20):
-                h = upper(inputs_embeds=resid + delta, attention_mask=enc["attention_mask"]).last_hidden_state
+                h = upper(
+                    inputs_embeds=resid + delta, attention_mask=enc["attention_mask"]
+                ).last_hidden_state
                 h.float().pow(2).mean().backward()  # no LM head at all: a floor, not a rival
         floor.append(time.perf_counter() - t0)
     res["floor_20_fwd_bwd_s"] = sum(floor) / len(floor)
@@ -122,11 +152,23 @@ def bench_model(model_dir: str, layer: int, n_records: int, threads: int) -> dic
     # storage: a short trajectory, snapshots only at 0 and at the end
     write_ordering(work / "order.json", [r["case_id"] for r in records])
     hp = {"layer": layer, **PAPER_ROME, "v_num_grad_steps": 2}
-    run_trajectory(model_dir=model_dir, counterfact_path=COUNTERFACT, ordering_path=work / "order.json",
-                   stats_path=work / "stats.h5", out_path=work / "t.h5", method="rome", editor="rome",
-                   hparams=hp, n_edits=len(records), snapshot_every=10_000, seed=0)
+    run_trajectory(
+        model_dir=model_dir,
+        counterfact_path=COUNTERFACT,
+        ordering_path=work / "order.json",
+        stats_path=work / "stats.h5",
+        out_path=work / "t.h5",
+        method="rome",
+        editor="rome",
+        hparams=hp,
+        n_edits=len(records),
+        snapshot_every=10_000,
+        seed=0,
+    )
     with h5py.File(work / "t.h5") as f:
-        snap = sum(f[f"snapshots/0/{k}"].id.get_storage_size() for k in f["snapshots/0"]) / len(f["snapshots/0"])
+        snap = sum(f[f"snapshots/0/{k}"].id.get_storage_size() for k in f["snapshots/0"]) / len(
+            f["snapshots/0"]
+        )
         upd = sum(f[f"updates/0/{k}"].id.get_storage_size() for k in f["updates/0"])
         met = sum(f[f"metrics/{k}"].id.get_storage_size() for k in f["metrics"])
     res["h5_bytes_per_edit"] = (upd + met) / len(records)
@@ -137,8 +179,12 @@ def bench_model(model_dir: str, layer: int, n_records: int, threads: int) -> dic
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smollm2", default="/work/models/smollm2", help="SmolLM2-135M folder (skipped if absent)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--smollm2", default="/work/models/smollm2", help="SmolLM2-135M folder (skipped if absent)"
+    )
     ap.add_argument("--records", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--one", nargs=2, metavar=("MODEL_DIR", "LAYER"), help=argparse.SUPPRESS)
@@ -156,19 +202,43 @@ def main() -> None:
         if (Path(args.smollm2) / "config.json").exists():
             targets.append(("SmolLM2-135M (layer 6)", args.smollm2, 6))
         else:
-            print(f"SmolLM2 folder {args.smollm2} not found: make it with benchmarks/prepare_smollm2.sh DIR")
+            print(
+                f"SmolLM2 folder {args.smollm2} not found: make it with benchmarks/prepare_smollm2.sh DIR"
+            )
         for name, path, layer in targets:
-            out = subprocess.run([sys.executable, __file__, "--one", path, str(layer), "--records",
-                                  str(args.records), "--threads", str(args.threads)],
-                                 check=True, capture_output=True, text=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    path,
+                    str(layer),
+                    "--records",
+                    str(args.records),
+                    "--threads",
+                    str(args.threads),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             r["name"] = name
             runs.append(r)
-    keys = [("params", "{:,.0f}"), ("rome_s_per_edit", "{:.2f}"), ("floor_20_fwd_bwd_s", "{:.2f}"),
-            ("edit_over_floor", "{:.2f}"), ("rome_mean_v_steps", "{:.1f}"), ("eval_s_per_record", "{:.3f}"),
-            ("cov_tokens_per_s", "{:,.0f}"), ("peak_rss_mb", "{:,.0f}"), ("h5_bytes_per_edit", "{:,.0f}"),
-            ("h5_bytes_per_snapshot", "{:,.0f}")]
+    keys = [
+        ("params", "{:,.0f}"),
+        ("rome_s_per_edit", "{:.2f}"),
+        ("floor_20_fwd_bwd_s", "{:.2f}"),
+        ("edit_over_floor", "{:.2f}"),
+        ("rome_mean_v_steps", "{:.1f}"),
+        ("eval_s_per_record", "{:.3f}"),
+        ("cov_tokens_per_s", "{:,.0f}"),
+        ("peak_rss_mb", "{:,.0f}"),
+        ("h5_bytes_per_edit", "{:,.0f}"),
+        ("h5_bytes_per_snapshot", "{:,.0f}"),
+    ]
     report("engine", runs, keys, f"threads={args.threads}, records={args.records}")
+
 
 if __name__ == "__main__":
     main()

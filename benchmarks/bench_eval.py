@@ -31,10 +31,19 @@ def default_model(tmp: Path) -> Path:
     from editscale.data.corpora import iter_corpus
     from editscale.lm.models import build_scratch_model, train_bpe_tokenizer
 
-    docs = list(iter_corpus({"type": "text_files", "paths": [str(SHARED / "wikitext" / "wikitext-2_valid.tokens.txt")],
-                             "doc_split": "blank_lines"}))
+    docs = list(
+        iter_corpus(
+            {
+                "type": "text_files",
+                "paths": [str(SHARED / "wikitext" / "wikitext-2_valid.tokens.txt")],
+                "doc_split": "blank_lines",
+            }
+        )
+    )
     tok = train_bpe_tokenizer(docs, vocab_size=2000)
-    build_scratch_model("gpt2", tok, tmp / "tiny", n_layer=4, d_model=64, n_head=4, n_positions=1024, seed=37)
+    build_scratch_model(
+        "gpt2", tok, tmp / "tiny", n_layer=4, d_model=64, n_head=4, n_positions=1024, seed=37
+    )
     return tmp / "tiny"
 
 
@@ -42,8 +51,8 @@ def bench(model_dir: Path, n_facts: int, n_per_label: int, threads: int) -> dict
     import torch
 
     from editscale.data.counterfact import load_counterfact
-    from editscale.evaluation.downstream import evaluate_task_set
     from editscale.data.glue import load_glue, prepare_task_set
+    from editscale.evaluation.downstream import evaluate_task_set
     from editscale.evaluation.forgetting import evaluate_facts
     from editscale.lm.models import load_model
 
@@ -56,8 +65,12 @@ def bench(model_dir: Path, n_facts: int, n_per_label: int, threads: int) -> dict
         t0 = time.perf_counter()
         evaluate_facts(model, tok, records, paraphrases=para)
         out[label] = n_facts / (time.perf_counter() - t0)
-    sets = [prepare_task_set(t, load_glue(t, {"type": "glue_files", "path": str(SHARED / "glue")}), n_per_label, 37)
-            for t in ("sst2", "mrpc", "cola", "rte")]
+    sets = [
+        prepare_task_set(
+            t, load_glue(t, {"type": "glue_files", "path": str(SHARED / "glue")}), n_per_label, 37
+        )
+        for t in ("sst2", "mrpc", "cola", "rte")
+    ]
     t0 = time.perf_counter()
     for ts in sets:
         r = evaluate_task_set(model, tok, ts)
@@ -67,7 +80,9 @@ def bench(model_dir: Path, n_facts: int, n_per_label: int, threads: int) -> dict
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--smollm2", default="/work/models/smollm2")
     ap.add_argument("--facts", type=int, default=200)
     ap.add_argument("--n-per-label", type=int, default=100)
@@ -82,10 +97,20 @@ def main() -> None:
             r = bench(path, args.facts, args.n_per_label, args.threads)
             r["name"] = name
             runs.append(r)
-    keys = [("params", "{:,.0f}"), ("facts_per_s", "{:,.1f}"), ("facts_per_s_with_paraphrases", "{:,.1f}"),
-            ("downstream_s_per_checkpoint", "{:,.1f}")] + [(f"{t}_f1", "{:.3f}") for t in ("sst2", "mrpc", "cola", "rte")]
-    report("eval", runs, keys, f"threads={args.threads}, facts={args.facts}, "
-                               f"downstream examples per task={2 * args.n_per_label}")
+    keys = [
+        ("params", "{:,.0f}"),
+        ("facts_per_s", "{:,.1f}"),
+        ("facts_per_s_with_paraphrases", "{:,.1f}"),
+        ("downstream_s_per_checkpoint", "{:,.1f}"),
+    ] + [(f"{t}_f1", "{:.3f}") for t in ("sst2", "mrpc", "cola", "rte")]
+    report(
+        "eval",
+        runs,
+        keys,
+        f"threads={args.threads}, facts={args.facts}, "
+        f"downstream examples per task={2 * args.n_per_label}",
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -78,12 +78,20 @@ def ternary_encode(delta: np.ndarray, eps32: np.float32) -> tuple[bytes, bytes, 
     packed = flat[:, 0] | (flat[:, 1] << 2) | (flat[:, 2] << 4) | (flat[:, 3] << 6)
     idx = np.flatnonzero(code.ravel() == 3).astype(np.int32)
     vals = delta.ravel()[idx].astype(np.float32)
-    return zlib.compress(packed.tobytes(), 6), zlib.compress(idx.tobytes(), 6), zlib.compress(vals.tobytes(), 6)
+    return (
+        zlib.compress(packed.tobytes(), 6),
+        zlib.compress(idx.tobytes(), 6),
+        zlib.compress(vals.tobytes(), 6),
+    )
 
 
-def ternary_decode(parts: tuple[bytes, bytes, bytes], shape: tuple[int, int], eps32: np.float32) -> np.ndarray:
+def ternary_decode(
+    parts: tuple[bytes, bytes, bytes], shape: tuple[int, int], eps32: np.float32
+) -> np.ndarray:
     packed = np.frombuffer(zlib.decompress(parts[0]), dtype=np.uint8)
-    code = np.stack([(packed >> s) & 3 for s in (0, 2, 4, 6)], axis=1).ravel()[: shape[0] * shape[1]]
+    code = np.stack([(packed >> s) & 3 for s in (0, 2, 4, 6)], axis=1).ravel()[
+        : shape[0] * shape[1]
+    ]
     table = np.array([0.0, eps32, -eps32, 0.0], dtype=np.float32)
     out = table[code]
     idx = np.frombuffer(zlib.decompress(parts[1]), dtype=np.int32)
@@ -96,7 +104,13 @@ def simulate(args) -> dict:
     w = torch.randn(OUT_DIM, IN_DIM, generator=gen) * 0.02
     rows = torch.randperm(OUT_DIM, generator=gen)[: args.rows].sort().values
     eps32 = np.float32(EPS)
-    sums = {"dense": 0, "store gzip-1": 0, "shuffle+zlib-6": 0, "ternary+exceptions": 0, "checkpoint XOR": 0}
+    sums = {
+        "dense": 0,
+        "store gzip-1": 0,
+        "shuffle+zlib-6": 0,
+        "ternary+exceptions": 0,
+        "checkpoint XOR": 0,
+    }
     fractions = {"zero": 0.0, "at +-eps": 0.0, "other": 0.0}
     last_ckpt = w[rows].numpy().copy()
     t0 = time.perf_counter()
@@ -104,7 +118,9 @@ def simulate(args) -> dict:
         delta = torch.zeros(OUT_DIM, IN_DIM, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=EPS)
         a = torch.randn(OUT_DIM, RANK, generator=gen)
-        b = torch.randn(IN_DIM, RANK, generator=gen) * (torch.rand(IN_DIM, 1, generator=gen) > 0.05)  # ~5% dead keys
+        b = torch.randn(IN_DIM, RANK, generator=gen) * (
+            torch.rand(IN_DIM, 1, generator=gen) > 0.05
+        )  # ~5% dead keys
         for _ in range(args.steps):
             a = a + 0.3 * torch.randn(OUT_DIM, RANK, generator=gen)
             delta.grad = (a @ b.T) * 1e-4
@@ -129,12 +145,18 @@ def simulate(args) -> dict:
         fractions["other"] += float(((sub != 0) & (np.abs(sub) != eps32)).mean()) / args.edits
         if (e + 1) % CHECKPOINT_EVERY == 0:
             now = w[rows].numpy()
-            xor = (now.view(np.uint32) ^ last_ckpt.view(np.uint32))
+            xor = now.view(np.uint32) ^ last_ckpt.view(np.uint32)
             sums["checkpoint XOR"] += shuffled_zlib_bytes(xor) * scale
             last_ckpt = now.copy()
-        print(f"edit {e + 1}/{args.edits}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"edit {e + 1}/{args.edits}: {time.perf_counter() - t0:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     n_ckpt_edits = args.edits - args.edits % CHECKPOINT_EVERY
-    per_edit = {k: v / (n_ckpt_edits if k == "checkpoint XOR" else args.edits) for k, v in sums.items()}
+    per_edit = {
+        k: v / (n_ckpt_edits if k == "checkpoint XOR" else args.edits) for k, v in sums.items()
+    }
     # snapshots 0, k, 2k, ... and the last edit; the bias (OUT_DIM floats) uncompressed
     n_snapshots = len(set(range(0, args.n_edits + 1, args.snapshot_every)) | {args.n_edits})
     snapshot = gzip1_bytes(w[rows].numpy()) * OUT_DIM / args.rows + 4 * OUT_DIM
@@ -147,20 +169,35 @@ def main() -> None:
     ap.add_argument("--edits", type=int, default=50)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--rows", type=int, default=256)
-    ap.add_argument("--n-edits", type=int, default=3000, help="trajectory length for the projection")
-    ap.add_argument("--snapshot-every", type=int, default=100, help="snapshot interval (the paper config's)")
+    ap.add_argument(
+        "--n-edits", type=int, default=3000, help="trajectory length for the projection"
+    )
+    ap.add_argument(
+        "--snapshot-every", type=int, default=100, help="snapshot interval (the paper config's)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     res = simulate(args)
     runs = []
     for name, b in res["per_edit"].items():
         total = b * args.n_edits
-        runs.append({"name": name, "MiB_per_edit": b / 2**20, "GB_per_trajectory": total / 1e9,
-                     "fits_25GB": float(total <= TARGET_BYTES)})
-    report("ftc_storage", runs, [("MiB_per_edit", "{:.2f}"), ("GB_per_trajectory", "{:.1f}"), ("fits_25GB", "{:.0f}")],
-           f"{args.edits} simulated FT-C edits of a {OUT_DIM}x{IN_DIM} float32 matrix, eps {EPS}, {args.steps} Adam "
-           f"steps each, measured on {args.rows} rows; projected to {args.n_edits} edits; entries: "
-           + ", ".join(f"{k} {v:.3f}" for k, v in res["fractions"].items()) + f"; {res['seconds']:.0f} s")
+        runs.append(
+            {
+                "name": name,
+                "MiB_per_edit": b / 2**20,
+                "GB_per_trajectory": total / 1e9,
+                "fits_25GB": float(total <= TARGET_BYTES),
+            }
+        )
+    report(
+        "ftc_storage",
+        runs,
+        [("MiB_per_edit", "{:.2f}"), ("GB_per_trajectory", "{:.1f}"), ("fits_25GB", "{:.0f}")],
+        f"{args.edits} simulated FT-C edits of a {OUT_DIM}x{IN_DIM} float32 matrix, eps {EPS}, {args.steps} Adam "
+        f"steps each, measured on {args.rows} rows; projected to {args.n_edits} edits; entries: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in res["fractions"].items())
+        + f"; {res['seconds']:.0f} s",
+    )
 
 
 if __name__ == "__main__":

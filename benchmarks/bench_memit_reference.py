@@ -72,14 +72,34 @@ log = logging.getLogger("bench_memit_reference")
 
 DW_TOL = 1e-3
 SOURCES = {
-    "memit": {"repo": "kmeng01/memit@80426fd", "package": "memit", "main": "memit_main", "execute": "execute_memit",
-              "hparams": ("memit_hparams", "MEMITHyperParams")},
-    "emmet": {"repo": "scalable-model-editing/unified-model-editing@23d72b5", "package": "emmet",
-              "main": "emmet_main", "execute": "execute_emmet", "hparams": ("emmet_hparams", "EMMETHyperParams")},
-    "encore": {"repo": "scalable-model-editing/knowledge-editing-regularization@6e3ba9a", "package": "encore",
-               "main": "encore_main", "execute": "execute_encore", "hparams": ("encore_hparams", "ENCOREHyperParams")},
-    "alphaedit": {"repo": "jianghoucheng/AlphaEdit@f5248d3", "package": "AlphaEdit", "main": "AlphaEdit_main",
-                  "execute": "apply_AlphaEdit_to_model", "hparams": ("AlphaEdit_hparams", "AlphaEditHyperParams")},
+    "memit": {
+        "repo": "kmeng01/memit@80426fd",
+        "package": "memit",
+        "main": "memit_main",
+        "execute": "execute_memit",
+        "hparams": ("memit_hparams", "MEMITHyperParams"),
+    },
+    "emmet": {
+        "repo": "scalable-model-editing/unified-model-editing@23d72b5",
+        "package": "emmet",
+        "main": "emmet_main",
+        "execute": "execute_emmet",
+        "hparams": ("emmet_hparams", "EMMETHyperParams"),
+    },
+    "encore": {
+        "repo": "scalable-model-editing/knowledge-editing-regularization@6e3ba9a",
+        "package": "encore",
+        "main": "encore_main",
+        "execute": "execute_encore",
+        "hparams": ("encore_hparams", "ENCOREHyperParams"),
+    },
+    "alphaedit": {
+        "repo": "jianghoucheng/AlphaEdit@f5248d3",
+        "package": "AlphaEdit",
+        "main": "AlphaEdit_main",
+        "execute": "apply_AlphaEdit_to_model",
+        "hparams": ("AlphaEdit_hparams", "AlphaEditHyperParams"),
+    },
 }
 PATCHES = (
     "<package>/compute_z.py: the literal 'cuda' replaced by next(model.parameters()).device in "
@@ -102,12 +122,19 @@ class Reference:
 
 def import_reference(method: str, src: Path) -> Reference:
     info = SOURCES[method]
-    code = "\n".join(line.split("#", 1)[0] for line in (src / info["package"] / "compute_z.py").read_text().splitlines())
-    main = "\n".join(line.split("#", 1)[0]
-                     for line in (src / info["package"] / f"{info['main']}.py").read_text().splitlines())
+    code = "\n".join(
+        line.split("#", 1)[0]
+        for line in (src / info["package"] / "compute_z.py").read_text().splitlines()
+    )
+    main = "\n".join(
+        line.split("#", 1)[0]
+        for line in (src / info["package"] / f"{info['main']}.py").read_text().splitlines()
+    )
     if '"cuda"' in code or 'device="cuda"' in code or ".cuda()" in main:
-        raise SystemExit(f"{src}/{info['package']}/compute_z.py is not patched for CPU; apply:\n  - "
-                         + "\n  - ".join(PATCHES))
+        raise SystemExit(
+            f"{src}/{info['package']}/compute_z.py is not patched for CPU; apply:\n  - "
+            + "\n  - ".join(PATCHES)
+        )
     sys.path.insert(0, str(src))
     with working_directory(src):
         main = __import__(f"{info['package']}.{info['main']}", fromlist=["x"])
@@ -120,35 +147,68 @@ def reference_hparams(method: str, ref: Reference, hp, n_layer: int, tied: bool)
     the LM head is named by the embedding, as the public GPT-2 XL settings do ("transformer.wte"):
     ``lm_head.weight`` is then not among the model's named parameters."""
     common = dict(
-        layers=list(hp.layers), layer_selection="all", fact_token="subject_last",
-        v_num_grad_steps=hp.v_num_grad_steps, v_lr=hp.v_lr, v_loss_layer=n_layer - 1,
-        v_weight_decay=hp.v_weight_decay, clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor,
-        mom2_adjustment=True, mom2_update_weight=hp.mom2_update_weight,
-        rewrite_module_tmp="model.layers.{}.mlp.down_proj", layer_module_tmp="model.layers.{}",
-        mlp_module_tmp="model.layers.{}.mlp", attn_module_tmp="model.layers.{}.self_attn",
-        ln_f_module="model.norm", lm_head_module="model.embed_tokens" if tied else "lm_head",
-        mom2_dataset="injected", mom2_n_samples=0, mom2_dtype="float32",
+        layers=list(hp.layers),
+        layer_selection="all",
+        fact_token="subject_last",
+        v_num_grad_steps=hp.v_num_grad_steps,
+        v_lr=hp.v_lr,
+        v_loss_layer=n_layer - 1,
+        v_weight_decay=hp.v_weight_decay,
+        clamp_norm_factor=hp.clamp_norm_factor,
+        kl_factor=hp.kl_factor,
+        mom2_adjustment=True,
+        mom2_update_weight=hp.mom2_update_weight,
+        rewrite_module_tmp="model.layers.{}.mlp.down_proj",
+        layer_module_tmp="model.layers.{}",
+        mlp_module_tmp="model.layers.{}.mlp",
+        attn_module_tmp="model.layers.{}.self_attn",
+        ln_f_module="model.norm",
+        lm_head_module="model.embed_tokens" if tied else "lm_head",
+        mom2_dataset="injected",
+        mom2_n_samples=0,
+        mom2_dtype="float32",
     )
     if method == "emmet":
-        common.update(calculate_objective_value=False, update_norm_lambda=hp.update_norm_lambda,
-                      emmet_lambda=hp.emmet_lambda)
+        common.update(
+            calculate_objective_value=False,
+            update_norm_lambda=hp.update_norm_lambda,
+            emmet_lambda=hp.emmet_lambda,
+        )
     if method == "alphaedit":
         common.update(model_name="SmolLM2", nullspace_threshold=hp.nullspace_threshold, L2=hp.L2)
     if method == "encore":  # the least-squares path (use_gd false), as the public settings
-        common.update(calculate_objective_value=False, add_prev_edits=hp.add_prev_edits,
-                      update_norm_lambda=hp.update_norm_lambda, emmet_lambda=0.1, prob_cutoff=hp.prob_cutoff,
-                      norm_control=0, dynamic_multiplier=5, random_vector_preservation=False, use_gd=False,
-                      grad_desc_lr=0.005, grad_desc_steps=100, gd_lambda=50, spectral_norm=2, condition_num=50,
-                      calculate_norms=False)
+        common.update(
+            calculate_objective_value=False,
+            add_prev_edits=hp.add_prev_edits,
+            update_norm_lambda=hp.update_norm_lambda,
+            emmet_lambda=0.1,
+            prob_cutoff=hp.prob_cutoff,
+            norm_control=0,
+            dynamic_multiplier=5,
+            random_vector_preservation=False,
+            use_gd=False,
+            grad_desc_lr=0.005,
+            grad_desc_steps=100,
+            gd_lambda=50,
+            spectral_norm=2,
+            condition_num=50,
+            calculate_norms=False,
+        )
         hparams = ref.hparams_cls(**common)
-        hparams.sequential = True  # what experiments/evaluate_save_model.py sets for sequential editing
+        hparams.sequential = (
+            True  # what experiments/evaluate_save_model.py sets for sequential editing
+        )
         return hparams
     if hp.kl_prompt != "{} is a" or hp.early_stop_loss != 0.05:
-        raise SystemExit("the public code hard-codes kl_prompt '{} is a' and early stopping at 0.05")
+        raise SystemExit(
+            "the public code hard-codes kl_prompt '{} is a' and early stopping at 0.05"
+        )
     return ref.hparams_cls(**common)
 
 
-def inject(method: str, ref: Reference, seconds: dict[str, torch.Tensor], templates: list[str]) -> None:
+def inject(
+    method: str, ref: Reference, seconds: dict[str, torch.Tensor], templates: list[str]
+) -> None:
     def get_cov(model, tok, layer_name, *args, **kwargs):
         c = seconds[layer_name].float().to(next(model.parameters()).device)
         return (c, None) if method in ("emmet", "encore") else c
@@ -172,20 +232,32 @@ class AlphaEditState:
         self.cache_c = torch.zeros_like(self.p)
 
 
-def reference_deltas(method: str, ref: Reference, model, tok, records: list[dict], hparams,
-                     weights: dict[str, torch.Tensor], state: AlphaEditState | None = None):
+def reference_deltas(
+    method: str,
+    ref: Reference,
+    model,
+    tok,
+    records: list[dict],
+    hparams,
+    weights: dict[str, torch.Tensor],
+    state: AlphaEditState | None = None,
+):
     before = {k: w.detach().clone() for k, w in weights.items()}
     requests = [dict(r["requested_rewrite"], case_id=r["case_id"]) for r in records]
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         if method == "alphaedit":
-            _, state.cache_c = ref.execute(model, tok, requests, hparams, cache_c=state.cache_c, P=state.p)
+            _, state.cache_c = ref.execute(
+                model, tok, requests, hparams, cache_c=state.cache_c, P=state.p
+            )
         else:
             deltas = ref.execute(model, tok, requests, hparams)
             if method == "encore":  # (deltas, z norms, z seconds, insertion seconds)
                 deltas = deltas[0]
     seconds = time.perf_counter() - t0
-    if method == "alphaedit":  # edited in place: the change is the update; then put the weights back
+    if (
+        method == "alphaedit"
+    ):  # edited in place: the change is the update; then put the weights back
         out = {k: (w.detach().double() - before[k].double()) for k, w in weights.items()}
         with torch.no_grad():
             for k, w in weights.items():
@@ -197,13 +269,24 @@ def reference_deltas(method: str, ref: Reference, model, tok, records: list[dict
     out = {}
     for name, value in deltas.items():
         adj_k, resid = value[0], value[1]
-        out[name.removesuffix(".weight")] = (resid.double() @ adj_k.double().T)  # (out, in)
+        out[name.removesuffix(".weight")] = resid.double() @ adj_k.double().T  # (out, in)
     return out, seconds
 
 
-def compare(step: str, records: list[dict], result, ref_dw: dict, weights: dict, seconds: tuple[float, float]) -> dict:
-    row: dict[str, Any] = {"step": step, "case_ids": [r["case_id"] for r in records],
-                           "seconds_proj": seconds[0], "seconds_ref": seconds[1]}
+def compare(
+    step: str,
+    records: list[dict],
+    result,
+    ref_dw: dict,
+    weights: dict,
+    seconds: tuple[float, float],
+) -> dict:
+    row: dict[str, Any] = {
+        "step": step,
+        "case_ids": [r["case_id"] for r in records],
+        "seconds_proj": seconds[0],
+        "seconds_ref": seconds[1],
+    }
     diffs = []
     for upd in result.updates:
         d = upd.delta_out_in().double()
@@ -220,44 +303,77 @@ def compare(step: str, records: list[dict], result, ref_dw: dict, weights: dict,
 def run(args) -> tuple[list[dict], dict]:
     from editscale.config import method_hparams
     from editscale.data.counterfact import load_counterfact
+    from editscale.editing.key_stats import load_key_second_moment
     from editscale.editors.base import apply_updates
     from editscale.editors.prompts import generate_context_templates
     from editscale.lm.models import arch_of, edit_parameter, load_model, n_layers
-    from editscale.editing.key_stats import load_key_second_moment
 
     editor_mod = __import__(f"editscale.editors.{args.method}", fromlist=["make_editor"])
     ref = import_reference(args.method, args.src)
     cfg = yaml.safe_load(args.config.read_text())
-    hp_dict = method_hparams(cfg, args.method, args.model_key) if args.method in cfg.get("methods", {}) else {}
+    hp_dict = (
+        method_hparams(cfg, args.method, args.model_key)
+        if args.method in cfg.get("methods", {})
+        else {}
+    )
     hp_dict = {**hp_dict, "layers": list(args.layers)}
     model, tok = load_model(args.model, "float32", "cpu")
     if tok.padding_side != "right":
-        raise SystemExit(f"the tokenizer pads on the {tok.padding_side}; the public code assumes the right")
+        raise SystemExit(
+            f"the tokenizer pads on the {tok.padding_side}; the public code assumes the right"
+        )
     spec = arch_of(model)
-    seconds = {spec.mlp_out_path(x): load_key_second_moment(args.stats_dir / f"layer{x}.h5", expect={"layer": x})
-               for x in args.layers}
-    editor_cls = {"emmet": "EmmetEditor", "alphaedit": "AlphaEditEditor",
-                  "encore": "EncoreEditor"}.get(args.method, "MemitEditor")
+    seconds = {
+        spec.mlp_out_path(x): load_key_second_moment(
+            args.stats_dir / f"layer{x}.h5", expect={"layer": x}
+        )
+        for x in args.layers
+    }
+    editor_cls = {
+        "emmet": "EmmetEditor",
+        "alphaedit": "AlphaEditEditor",
+        "encore": "EncoreEditor",
+    }.get(args.method, "MemitEditor")
     editor_cls = getattr(editor_mod, editor_cls)
     hp = editor_cls.hparams_cls.from_dict(hp_dict)
-    templates = generate_context_templates(model, tok, hp.context_template_lengths, hp.context_template_top_k,
-                                           args.seed, starts=hp.context_template_starts)
+    templates = generate_context_templates(
+        model,
+        tok,
+        hp.context_template_lengths,
+        hp.context_template_top_k,
+        args.seed,
+        starts=hp.context_template_starts,
+    )
     log.info("%d context templates: %s", len(templates), templates)
-    ref_hp = reference_hparams(args.method, ref, hp, n_layers(model),
-                                bool(getattr(model.config, "tie_word_embeddings", False)))
+    ref_hp = reference_hparams(
+        args.method,
+        ref,
+        hp,
+        n_layers(model),
+        bool(getattr(model.config, "tie_word_embeddings", False)),
+    )
     inject(args.method, ref, seconds, templates)
-    editor = editor_mod.make_editor(model, tok, hp_dict, {x: seconds[spec.mlp_out_path(x)] for x in args.layers},
-                                    args.seed, state={"context_templates": templates})
+    editor = editor_mod.make_editor(
+        model,
+        tok,
+        hp_dict,
+        {x: seconds[spec.mlp_out_path(x)] for x in args.layers},
+        args.seed,
+        state={"context_templates": templates},
+    )
     weights = {p: edit_parameter(model, p) for p in editor.edited_modules}
     state = None
     if args.method == "alphaedit":
         state = AlphaEditState([seconds[p] for p in editor.edited_modules], hp.nullspace_threshold)
-        log.info("null-space dimensions: public %s, project %s", [int(x.trace().round()) for x in state.p],
-                 [int(editor.p[x].trace().round()) for x in args.layers])
+        log.info(
+            "null-space dimensions: public %s, project %s",
+            [int(x.trace().round()) for x in state.p],
+            [int(editor.p[x].trace().round()) for x in args.layers],
+        )
     records = load_counterfact(args.counterfact)[: args.records + args.batch]
     steps = [[r] for r in records[: args.records]]
     if args.batch:
-        steps.append(records[args.records: args.records + args.batch])
+        steps.append(records[args.records : args.records + args.batch])
     rows = []
     for i, recs in enumerate(steps, 1):
         t0 = time.perf_counter()
@@ -270,24 +386,39 @@ def run(args) -> tuple[list[dict], dict]:
         if hasattr(editor, "commit"):
             editor.commit(result.carry)
         rows.append(row)
-        log.info("%s: max ||dW - dW_ref|| / ||dW_ref|| %.2e (%.1f s / %.1f s)", label, row["max_dW_rel_diff"],
-                 t_proj, t_ref)
+        log.info(
+            "%s: max ||dW - dW_ref|| / ||dW_ref|| %.2e (%.1f s / %.1f s)",
+            label,
+            row["max_dW_rel_diff"],
+            t_proj,
+            t_ref,
+        )
     setup = {"hparams": hp_dict, "templates": templates, "reference_hparams": dict(vars(ref_hp))}
     return rows, setup
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--method", choices=sorted(SOURCES), required=True)
     ap.add_argument("--src", type=Path, required=True, help="the extracted, patched public tree")
     ap.add_argument("--layers", type=int, nargs="+", required=True)
     ap.add_argument("--model", type=Path, default=REPO / "runs/smollm2/resources/models/smollm2")
-    ap.add_argument("--stats-dir", type=Path, default=REPO / "runs/smollm2/resources/stats/smollm2/wikitext")
+    ap.add_argument(
+        "--stats-dir", type=Path, default=REPO / "runs/smollm2/resources/stats/smollm2/wikitext"
+    )
     ap.add_argument("--config", type=Path, default=REPO / "config/smollm2.yaml")
     ap.add_argument("--model-key", default="smollm2")
-    ap.add_argument("--counterfact", type=Path, default=REPO.parent / "shared/data/counterfact/counterfact_500.json")
+    ap.add_argument(
+        "--counterfact",
+        type=Path,
+        default=REPO.parent / "shared/data/counterfact/counterfact_500.json",
+    )
     ap.add_argument("--records", type=int, default=5, help="sequential single edits")
-    ap.add_argument("--batch", type=int, default=10, help="then one step editing this many records (0: none)")
+    ap.add_argument(
+        "--batch", type=int, default=10, help="then one step editing this many records (0: none)"
+    )
     ap.add_argument("--seed", type=int, default=37)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -299,23 +430,49 @@ def main() -> None:
     rows, setup = run(args)
     wall = time.perf_counter() - t0
     for r in rows:
-        layers = " ".join(f"L{k.rsplit('L', 1)[1]} {v:.1e} ({r['dW_rel_norm_L' + k.rsplit('L', 1)[1]]:.3f})"
-                          for k, v in r.items() if k.startswith("dW_rel_diff_L"))
-        print(f"{r['step']:>12}  {'yes' if r['agree'] else 'NO ':>3}  {layers}  {r['seconds_proj']:.1f} s / "
-              f"{r['seconds_ref']:.1f} s")
+        layers = " ".join(
+            f"L{k.rsplit('L', 1)[1]} {v:.1e} ({r['dW_rel_norm_L' + k.rsplit('L', 1)[1]]:.3f})"
+            for k, v in r.items()
+            if k.startswith("dW_rel_diff_L")
+        )
+        print(
+            f"{r['step']:>12}  {'yes' if r['agree'] else 'NO ':>3}  {layers}  {r['seconds_proj']:.1f} s / "
+            f"{r['seconds_ref']:.1f} s"
+        )
     import transformers
 
-    info = {"name": f"SmolLM2 {args.method} vs ref", "n_steps": len(rows), "n_agree": sum(r["agree"] for r in rows),
-            "max_dW_rel_diff": max(r["max_dW_rel_diff"] for r in rows),
-            "seconds_proj": sum(r["seconds_proj"] for r in rows), "seconds_ref": sum(r["seconds_ref"] for r in rows),
-            "wall_seconds": wall, "threads": args.threads, "transformers": transformers.__version__,
-            "torch": torch.__version__, "model": str(args.model), "reference": SOURCES[args.method]["repo"],
-            "reference_patches": list(PATCHES), "dW_tol": DW_TOL, **setup, "steps": rows}
-    report(f"{args.method}_reference", [info],
-           [("n_steps", "{:d}"), ("n_agree", "{:d}"), ("max_dW_rel_diff", "{:.2e}"), ("seconds_proj", "{:.1f}"),
-            ("seconds_ref", "{:.1f}"), ("wall_seconds", "{:.1f}")],
-           f"threads={args.threads}, layers {args.layers}, {args.records} single edits then a batch of {args.batch}; "
-           f"agree: every layer's ||dW - dW_ref||/||dW_ref|| <= {DW_TOL}")
+    info = {
+        "name": f"SmolLM2 {args.method} vs ref",
+        "n_steps": len(rows),
+        "n_agree": sum(r["agree"] for r in rows),
+        "max_dW_rel_diff": max(r["max_dW_rel_diff"] for r in rows),
+        "seconds_proj": sum(r["seconds_proj"] for r in rows),
+        "seconds_ref": sum(r["seconds_ref"] for r in rows),
+        "wall_seconds": wall,
+        "threads": args.threads,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "model": str(args.model),
+        "reference": SOURCES[args.method]["repo"],
+        "reference_patches": list(PATCHES),
+        "dW_tol": DW_TOL,
+        **setup,
+        "steps": rows,
+    }
+    report(
+        f"{args.method}_reference",
+        [info],
+        [
+            ("n_steps", "{:d}"),
+            ("n_agree", "{:d}"),
+            ("max_dW_rel_diff", "{:.2e}"),
+            ("seconds_proj", "{:.1f}"),
+            ("seconds_ref", "{:.1f}"),
+            ("wall_seconds", "{:.1f}"),
+        ],
+        f"threads={args.threads}, layers {args.layers}, {args.records} single edits then a batch of {args.batch}; "
+        f"agree: every layer's ||dW - dW_ref||/||dW_ref|| <= {DW_TOL}",
+    )
 
 
 if __name__ == "__main__":

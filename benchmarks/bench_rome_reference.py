@@ -129,8 +129,10 @@ def check_patched(src: Path) -> None:
     lines = (src / "rome" / "compute_v.py").read_text().splitlines()
     code = "\n".join(line.split("#", 1)[0] for line in lines)  # comments may say what was patched
     if '"cuda"' in code or "config.n_embd" in code:
-        raise SystemExit(f"{src}/rome/compute_v.py is not patched for CPU / Llama; apply:\n  - "
-                         + "\n  - ".join(REFERENCE_PATCHES))
+        raise SystemExit(
+            f"{src}/rome/compute_v.py is not patched for CPU / Llama; apply:\n  - "
+            + "\n  - ".join(REFERENCE_PATCHES)
+        )
 
 
 def import_reference(src: Path) -> Reference:
@@ -156,24 +158,42 @@ def reference_hparams(ref: Reference, hp: dict[str, Any], n_layer: int, stats_na
     from editscale.editors.hparams import RomeHParams
 
     p = RomeHParams.from_dict(hp)
-    fixed = {"kl_prompt": (p.kl_prompt, "{} is a"), "early_stop_loss": (p.early_stop_loss, 0.05),
-             "key_mode": (p.key_mode, "original")}
+    fixed = {
+        "kl_prompt": (p.kl_prompt, "{} is a"),
+        "early_stop_loss": (p.early_stop_loss, 0.05),
+        "key_mode": (p.key_mode, "original"),
+    }
     for name, (ours, theirs) in fixed.items():
         if ours != theirs:
-            raise SystemExit(f"rome.{name}={ours!r}: the reference hard-codes {theirs!r}; nothing to compare")
+            raise SystemExit(
+                f"rome.{name}={ours!r}: the reference hard-codes {theirs!r}; nothing to compare"
+            )
     return ref.hparams_cls(
-        layers=[p.layer], fact_token="subject_last", v_num_grad_steps=p.v_num_grad_steps, v_lr=p.v_lr,
-        v_loss_layer=n_layer - 1, v_weight_decay=p.v_weight_decay, clamp_norm_factor=p.clamp_norm_factor,
-        kl_factor=p.kl_factor, mom2_adjustment=p.mom2_adjustment,
+        layers=[p.layer],
+        fact_token="subject_last",
+        v_num_grad_steps=p.v_num_grad_steps,
+        v_lr=p.v_lr,
+        v_loss_layer=n_layer - 1,
+        v_weight_decay=p.v_weight_decay,
+        clamp_norm_factor=p.clamp_norm_factor,
+        kl_factor=p.kl_factor,
+        mom2_adjustment=p.mom2_adjustment,
         context_template_length_params=[list(x) for x in p.context_template_lengths],
-        rewrite_module_tmp="model.layers.{}.mlp.down_proj", layer_module_tmp="model.layers.{}",
-        mlp_module_tmp="model.layers.{}.mlp", attn_module_tmp="model.layers.{}.self_attn",
-        ln_f_module="model.norm", lm_head_module="lm_head",
-        mom2_dataset=stats_name, mom2_n_samples=0, mom2_dtype="float32",
+        rewrite_module_tmp="model.layers.{}.mlp.down_proj",
+        layer_module_tmp="model.layers.{}",
+        mlp_module_tmp="model.layers.{}.mlp",
+        attn_module_tmp="model.layers.{}.self_attn",
+        ln_f_module="model.norm",
+        lm_head_module="lm_head",
+        mom2_dataset=stats_name,
+        mom2_n_samples=0,
+        mom2_dtype="float32",
     )
 
 
-def inject(ref: Reference, second_moment: torch.Tensor, layer_name: str, templates: list[str]) -> None:
+def inject(
+    ref: Reference, second_moment: torch.Tensor, layer_name: str, templates: list[str]
+) -> None:
     """Give the reference the project's C (inverted as it inverts: float32) and context templates."""
     inv = torch.inverse(second_moment.to(torch.float32)).float()
 
@@ -196,7 +216,9 @@ class RefUpdate:
     seconds: float
 
 
-def reference_update(ref: Reference, model, tok, request: dict, hparams, weight: torch.Tensor) -> RefUpdate:
+def reference_update(
+    ref: Reference, model, tok, request: dict, hparams, weight: torch.Tensor
+) -> RefUpdate:
     """``execute_rome`` on the current model; its prints are captured (one ``loss`` line per v* pass)."""
     before = weight.detach().clone()
     out = io.StringIO()
@@ -206,23 +228,34 @@ def reference_update(ref: Reference, model, tok, request: dict, hparams, weight:
     seconds = time.perf_counter() - t0
     if not torch.equal(weight, before):
         raise RuntimeError("execute_rome did not restore the weights it edited")
-    (u, v), = deltas.values()
+    ((u, v),) = deltas.values()
     delta = ref.rome_main.upd_matrix_match_shape(u.unsqueeze(1) @ v.unsqueeze(0), weight.shape)
     losses = LOSS_LINE.findall(out.getvalue())
-    return RefUpdate(u, v, delta, len(losses), float(losses[-1]) if losses else float("nan"), seconds)
+    return RefUpdate(
+        u, v, delta, len(losses), float(losses[-1]) if losses else float("nan"), seconds
+    )
 
 
-def reference_key(ref: Reference, model, tok, request: dict, hparams, templates: list[str]) -> torch.Tensor:
+def reference_key(
+    ref: Reference, model, tok, request: dict, hparams, templates: list[str]
+) -> torch.Tensor:
     """k* as the reference's ``compute_u`` averages it (before C^-1)."""
     return ref.repr_tools.get_reprs_at_word_tokens(
-        model=model, tok=tok, context_templates=[t.format(request["prompt"]) for t in templates],
-        words=[request["subject"]] * len(templates), layer=hparams.layers[0],
-        module_template=hparams.rewrite_module_tmp, subtoken="last", track="in",
+        model=model,
+        tok=tok,
+        context_templates=[t.format(request["prompt"]) for t in templates],
+        words=[request["subject"]] * len(templates),
+        layer=hparams.layers[0],
+        module_template=hparams.rewrite_module_tmp,
+        subtoken="last",
+        track="in",
     ).mean(0)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0))
+    return float(
+        torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0)
+    )
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -231,7 +264,9 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def scores_with(model, tok, record: dict, weight: torch.Tensor, delta: torch.Tensor) -> dict[str, float]:
+def scores_with(
+    model, tok, record: dict, weight: torch.Tensor, delta: torch.Tensor
+) -> dict[str, float]:
     """ES/PS/NS of the model with ``delta`` added to ``weight``; the weight is restored after."""
     from editscale.lm.scoring import evaluate_record
 
@@ -243,51 +278,72 @@ def scores_with(model, tok, record: dict, weight: torch.Tensor, delta: torch.Ten
         weight.copy_(before)
 
 
-def compare_edit(t: int, record: dict, result, ref_upd: RefUpdate, k_ref: torch.Tensor,
-                 weight: torch.Tensor, proj_seconds: float) -> dict[str, Any]:
+def compare_edit(
+    t: int,
+    record: dict,
+    result,
+    ref_upd: RefUpdate,
+    k_ref: torch.Tensor,
+    weight: torch.Tensor,
+    proj_seconds: float,
+) -> dict[str, Any]:
     (upd,) = result.updates
     d_proj = upd.delta_out_in()
     w_norm = float(weight.double().norm())
     rw = record["requested_rewrite"]
     row = {
-        "edit": t, "case_id": record["case_id"], "subject": rw["subject"], "target_new": rw["target_new"]["str"],
-        "cos_u": cosine(upd.u, ref_upd.u), "cos_v": cosine(upd.v, ref_upd.v),
+        "edit": t,
+        "case_id": record["case_id"],
+        "subject": rw["subject"],
+        "target_new": rw["target_new"]["str"],
+        "cos_u": cosine(upd.u, ref_upd.u),
+        "cos_v": cosine(upd.v, ref_upd.v),
         "dW_rel_diff": rel_diff(d_proj, ref_upd.delta),
         "dW_rel_norm": float(d_proj.double().norm()) / w_norm,
         "dW_ref_rel_norm": float(ref_upd.delta.double().norm()) / w_norm,
         "k_star_rel_diff": rel_diff(result.vectors["k_star"], k_ref),
-        "steps_proj": int(result.info["v_steps"]), "steps_ref": ref_upd.steps,
-        "loss_proj": float(result.info["v_loss"]), "loss_ref": ref_upd.last_loss,
-        "seconds_proj": proj_seconds, "seconds_ref": ref_upd.seconds,
+        "steps_proj": int(result.info["v_steps"]),
+        "steps_ref": ref_upd.steps,
+        "loss_proj": float(result.info["v_loss"]),
+        "loss_ref": ref_upd.last_loss,
+        "seconds_proj": proj_seconds,
+        "seconds_ref": ref_upd.seconds,
     }
-    row["agree"] = row["cos_u"] >= COS_TOL and row["cos_v"] >= COS_TOL and row["dW_rel_diff"] <= DW_TOL
+    row["agree"] = (
+        row["cos_u"] >= COS_TOL and row["cos_v"] >= COS_TOL and row["dW_rel_diff"] <= DW_TOL
+    )
     return row
 
 
 def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from editscale.data.counterfact import load_counterfact
+    from editscale.editing.key_stats import load_key_second_moment
     from editscale.editors.base import apply_updates
     from editscale.editors.prompts import generate_context_templates
     from editscale.editors.rome import make_editor
     from editscale.lm.models import arch_of, edit_parameter, load_model, n_layers
-    from editscale.editing.key_stats import load_key_second_moment
 
     ref = import_reference(args.rome_src)
     hp = project_hparams(args.config, "rome", args.model_key)
     model, tok = load_model(args.model, "float32", "cpu")
     if tok.padding_side != "right":
-        raise SystemExit(f"the tokenizer pads on the {tok.padding_side}; the reference's compute_v assumes the right")
+        raise SystemExit(
+            f"the tokenizer pads on the {tok.padding_side}; the reference's compute_v assumes the right"
+        )
     spec = arch_of(model)
     ref_hp = reference_hparams(ref, hp, n_layers(model), args.stats.parent.name)
     layer_name = spec.mlp_out_path(hp["layer"])
     if layer_name != ref_hp.rewrite_module_tmp.format(hp["layer"]):
         raise SystemExit(f"{args.model} is not a Llama-layout model ({layer_name})")
     second_moment = load_key_second_moment(args.stats, expect={})
-    templates = generate_context_templates(model, tok, hp["context_template_lengths"],
-                                           hp["context_template_top_k"], args.seed)
+    templates = generate_context_templates(
+        model, tok, hp["context_template_lengths"], hp["context_template_top_k"], args.seed
+    )
     log.info("%d context templates: %s", len(templates), templates)
     inject(ref, second_moment, layer_name, templates)
-    editor = make_editor(model, tok, hp, second_moment, args.seed, state={"context_templates": templates})
+    editor = make_editor(
+        model, tok, hp, second_moment, args.seed, state={"context_templates": templates}
+    )
     weight = edit_parameter(model, layer_name)
     records = load_counterfact(args.counterfact)[: args.records]
 
@@ -303,14 +359,30 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
         if args.eval:
             for name, delta in (("ref", ref_upd.delta), ("proj", result.updates[0].delta_out_in())):
                 sc = scores_with(model, tok, rec, weight, delta)
-                row.update({f"{m}_{name}": sc[m] for m in ("es", "ps", "ns", "es_mag", "ps_mag", "ns_mag")})
+                row.update(
+                    {f"{m}_{name}": sc[m] for m in ("es", "ps", "ns", "es_mag", "ps_mag", "ns_mag")}
+                )
         apply_updates(model, result.updates, spec)
         rows.append(row)
-        log.info("edit %d/%d case %d: 1-cos(u) %.1e 1-cos(v) %.1e dW diff %.1e steps %d/%d (%.1f s / %.1f s)",
-                 t, len(records), rec["case_id"], 1 - row["cos_u"], 1 - row["cos_v"], row["dW_rel_diff"],
-                 row["steps_proj"], row["steps_ref"], row["seconds_proj"], row["seconds_ref"])
-    setup = {"hparams": hp, "templates": templates, "layer": layer_name,
-             "reference_hparams": dict(vars(ref_hp))}
+        log.info(
+            "edit %d/%d case %d: 1-cos(u) %.1e 1-cos(v) %.1e dW diff %.1e steps %d/%d (%.1f s / %.1f s)",
+            t,
+            len(records),
+            rec["case_id"],
+            1 - row["cos_u"],
+            1 - row["cos_v"],
+            row["dW_rel_diff"],
+            row["steps_proj"],
+            row["steps_ref"],
+            row["seconds_proj"],
+            row["seconds_ref"],
+        )
+    setup = {
+        "hparams": hp,
+        "templates": templates,
+        "layer": layer_name,
+        "reference_hparams": dict(vars(ref_hp)),
+    }
     return rows, setup
 
 
@@ -320,14 +392,18 @@ def summarise(rows: list[dict[str, Any]], evaluated: bool) -> dict[str, Any]:
         return {"edit": r["edit"], "case_id": r["case_id"], key: r[key]}
 
     s = {
-        "n_edits": len(rows), "n_agree": sum(r["agree"] for r in rows),
+        "n_edits": len(rows),
+        "n_agree": sum(r["agree"] for r in rows),
         "n_steps_differ": sum(r["steps_proj"] != r["steps_ref"] for r in rows),
-        "min_cos_u": min(r["cos_u"] for r in rows), "min_cos_v": min(r["cos_v"] for r in rows),
+        "min_cos_u": min(r["cos_u"] for r in rows),
+        "min_cos_v": min(r["cos_v"] for r in rows),
         "max_dW_rel_diff": max(r["dW_rel_diff"] for r in rows),
         "max_k_star_rel_diff": max(r["k_star_rel_diff"] for r in rows),
         "mean_dW_rel_norm": sum(r["dW_rel_norm"] for r in rows) / len(rows),
-        "seconds_proj": sum(r["seconds_proj"] for r in rows), "seconds_ref": sum(r["seconds_ref"] for r in rows),
-        "worst_cos_u": worst("cos_u", True), "worst_cos_v": worst("cos_v", True),
+        "seconds_proj": sum(r["seconds_proj"] for r in rows),
+        "seconds_ref": sum(r["seconds_ref"] for r in rows),
+        "worst_cos_u": worst("cos_u", True),
+        "worst_cos_v": worst("cos_v", True),
         "worst_dW_rel_diff": worst("dW_rel_diff", False),
     }
     if evaluated:
@@ -340,34 +416,57 @@ def summarise(rows: list[dict[str, Any]], evaluated: bool) -> dict[str, Any]:
 
 
 def print_table(rows: list[dict[str, Any]], evaluated: bool) -> None:
-    head = (f"{'edit':>4} {'case':>6} {'1-cos(u)':>9} {'1-cos(v)':>9} {'dW diff':>9} {'|dW|/|W|':>9} "
-            f"{'k* diff':>9} {'steps':>6} {'loss p/r':>13} {'ok':>3}")
+    head = (
+        f"{'edit':>4} {'case':>6} {'1-cos(u)':>9} {'1-cos(v)':>9} {'dW diff':>9} {'|dW|/|W|':>9} "
+        f"{'k* diff':>9} {'steps':>6} {'loss p/r':>13} {'ok':>3}"
+    )
     if evaluated:
         head += f" {'ES p/r':>7} {'PS p/r':>9} {'NS p/r':>9}"
     print(head)
     for r in rows:
-        line = (f"{r['edit']:4d} {r['case_id']:6d} {1 - r['cos_u']:9.1e} {1 - r['cos_v']:9.1e} "
-                f"{r['dW_rel_diff']:9.1e} {r['dW_rel_norm']:9.2e} {r['k_star_rel_diff']:9.1e} "
-                f"{r['steps_proj']:>3d}/{r['steps_ref']:<2d} {r['loss_proj']:6.3f}/{r['loss_ref']:<6.3f} "
-                f"{'yes' if r['agree'] else 'NO':>3}")
+        line = (
+            f"{r['edit']:4d} {r['case_id']:6d} {1 - r['cos_u']:9.1e} {1 - r['cos_v']:9.1e} "
+            f"{r['dW_rel_diff']:9.1e} {r['dW_rel_norm']:9.2e} {r['k_star_rel_diff']:9.1e} "
+            f"{r['steps_proj']:>3d}/{r['steps_ref']:<2d} {r['loss_proj']:6.3f}/{r['loss_ref']:<6.3f} "
+            f"{'yes' if r['agree'] else 'NO':>3}"
+        )
         if evaluated:
-            line += (f" {r['es_proj']:.0f}/{r['es_ref']:.0f}".rjust(8) + f" {r['ps_proj']:.2f}/{r['ps_ref']:.2f}"
-                     + f" {r['ns_proj']:.2f}/{r['ns_ref']:.2f}")
+            line += (
+                f" {r['es_proj']:.0f}/{r['es_ref']:.0f}".rjust(8)
+                + f" {r['ps_proj']:.2f}/{r['ps_ref']:.2f}"
+                + f" {r['ns_proj']:.2f}/{r['ns_ref']:.2f}"
+            )
         print(line)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rome-src", type=Path, required=True, help="extracted (and patched) kmeng01/rome tree")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--rome-src", type=Path, required=True, help="extracted (and patched) kmeng01/rome tree"
+    )
     ap.add_argument("--model", type=Path, default=REPO / "runs/smollm2/resources/models/smollm2")
-    ap.add_argument("--stats", type=Path, default=REPO / "runs/smollm2/resources/stats/smollm2/wikitext/layer6.h5")
+    ap.add_argument(
+        "--stats",
+        type=Path,
+        default=REPO / "runs/smollm2/resources/stats/smollm2/wikitext/layer6.h5",
+    )
     ap.add_argument("--config", type=Path, default=REPO / "config/smollm2.yaml")
     ap.add_argument("--model-key", default="smollm2", help="the config's per_model entry")
-    ap.add_argument("--counterfact", type=Path, default=REPO.parent / "shared/data/counterfact/counterfact_500.json")
+    ap.add_argument(
+        "--counterfact",
+        type=Path,
+        default=REPO.parent / "shared/data/counterfact/counterfact_500.json",
+    )
     ap.add_argument("--records", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=37, help="context-template seed (the config's seed)")
+    ap.add_argument(
+        "--seed", type=int, default=37, help="context-template seed (the config's seed)"
+    )
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-eval", dest="eval", action="store_false", help="skip ES/PS/NS of both updates")
+    ap.add_argument(
+        "--no-eval", dest="eval", action="store_false", help="skip ES/PS/NS of both updates"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -381,21 +480,52 @@ def main() -> None:
     print_table(rows, args.eval)
     import transformers
 
-    run_info = {"name": "SmolLM2 ROME vs ref", **summary, "wall_seconds": wall, "threads": args.threads,
-                "transformers": transformers.__version__, "torch": torch.__version__,
-                "model": str(args.model), "stats": str(args.stats), "reference": f"kmeng01/rome@{REFERENCE_COMMIT}",
-                "reference_patches": list(REFERENCE_PATCHES), "cos_tol": COS_TOL, "dW_tol": DW_TOL,
-                **setup, "edits": rows}
-    keys = [("n_edits", "{:d}"), ("n_agree", "{:d}"), ("n_steps_differ", "{:d}"), ("min_cos_u", "{:.9f}"),
-            ("min_cos_v", "{:.9f}"), ("max_dW_rel_diff", "{:.2e}"), ("max_k_star_rel_diff", "{:.2e}"),
-            ("mean_dW_rel_norm", "{:.3e}"), ("seconds_proj", "{:.1f}"), ("seconds_ref", "{:.1f}"),
-            ("wall_seconds", "{:.1f}")]
+    run_info = {
+        "name": "SmolLM2 ROME vs ref",
+        **summary,
+        "wall_seconds": wall,
+        "threads": args.threads,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "model": str(args.model),
+        "stats": str(args.stats),
+        "reference": f"kmeng01/rome@{REFERENCE_COMMIT}",
+        "reference_patches": list(REFERENCE_PATCHES),
+        "cos_tol": COS_TOL,
+        "dW_tol": DW_TOL,
+        **setup,
+        "edits": rows,
+    }
+    keys = [
+        ("n_edits", "{:d}"),
+        ("n_agree", "{:d}"),
+        ("n_steps_differ", "{:d}"),
+        ("min_cos_u", "{:.9f}"),
+        ("min_cos_v", "{:.9f}"),
+        ("max_dW_rel_diff", "{:.2e}"),
+        ("max_k_star_rel_diff", "{:.2e}"),
+        ("mean_dW_rel_norm", "{:.3e}"),
+        ("seconds_proj", "{:.1f}"),
+        ("seconds_ref", "{:.1f}"),
+        ("wall_seconds", "{:.1f}"),
+    ]
     if args.eval:
-        keys += [(f"{p}{m}{s}", f) for m in ("es", "ps", "ns")
-                 for p, s, f in (("", "_proj", "{:.3f}"), ("", "_ref", "{:.3f}"), ("n_", "_differ", "{:d}"))]
-    report("rome_reference", [run_info], keys,
-           f"threads={args.threads}, transformers {transformers.__version__}, {len(rows)} sequential edits, "
-           f"agree: cos(u), cos(v) >= {COS_TOL} and ||dW - dW_ref||/||dW_ref|| <= {DW_TOL}")
+        keys += [
+            (f"{p}{m}{s}", f)
+            for m in ("es", "ps", "ns")
+            for p, s, f in (
+                ("", "_proj", "{:.3f}"),
+                ("", "_ref", "{:.3f}"),
+                ("n_", "_differ", "{:d}"),
+            )
+        ]
+    report(
+        "rome_reference",
+        [run_info],
+        keys,
+        f"threads={args.threads}, transformers {transformers.__version__}, {len(rows)} sequential edits, "
+        f"agree: cos(u), cos(v) >= {COS_TOL} and ||dW - dW_ref||/||dW_ref|| <= {DW_TOL}",
+    )
 
 
 if __name__ == "__main__":

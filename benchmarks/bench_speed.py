@@ -58,16 +58,28 @@ BATCHED = ("memit", "emmet", "alphaedit", "encore")
 def model_setups(args) -> dict[str, dict]:
     org, sm = Path(args.organism).resolve(), Path(args.smollm2).resolve()
     return {
-        "organism": {"model": org / "resources/models/toy-llama", "stats": org / "resources/stats/toy-llama/toy_heldout",
-                     "rome_config": REPO / "config/config.yaml", "config": REPO / "config/lifelong.yaml",
-                     "key": "toy-llama", "layers": [2, 3], "rome_layer": 3,
-                     "counterfact": org / "resources/worlds/toy/counterfact.json",
-                     "mend_file": org / "resources/editors/toy-llama/mend.safetensors"},
-        "smollm2": {"model": sm / "resources/models/smollm2", "stats": sm / "resources/stats/smollm2/wikitext",
-                    "rome_config": REPO / "config/smollm2.yaml", "config": REPO / "config/smollm2.yaml",
-                    "key": "smollm2", "layers": [4, 5, 6], "rome_layer": 6,
-                    "counterfact": REPO.parent / "shared/data/counterfact/counterfact_500.json",
-                    "mend_file": sm / "resources/editors/smollm2/mend.safetensors"},
+        "organism": {
+            "model": org / "resources/models/toy-llama",
+            "stats": org / "resources/stats/toy-llama/toy_heldout",
+            "rome_config": REPO / "config/config.yaml",
+            "config": REPO / "config/lifelong.yaml",
+            "key": "toy-llama",
+            "layers": [2, 3],
+            "rome_layer": 3,
+            "counterfact": org / "resources/worlds/toy/counterfact.json",
+            "mend_file": org / "resources/editors/toy-llama/mend.safetensors",
+        },
+        "smollm2": {
+            "model": sm / "resources/models/smollm2",
+            "stats": sm / "resources/stats/smollm2/wikitext",
+            "rome_config": REPO / "config/smollm2.yaml",
+            "config": REPO / "config/smollm2.yaml",
+            "key": "smollm2",
+            "layers": [4, 5, 6],
+            "rome_layer": 6,
+            "counterfact": REPO.parent / "shared/data/counterfact/counterfact_500.json",
+            "mend_file": sm / "resources/editors/smollm2/mend.safetensors",
+        },
     }
 
 
@@ -75,9 +87,11 @@ def per_edit(rows: list[dict], single: int) -> dict:
     """Mean seconds per edit of the single edits and of the batch step (its seconds / its records)."""
     singles, batch = rows[:single], rows[single:]
     rows = [{**r, "agree": bool(r.get("agree"))} for r in rows]
-    out = {"proj_single": sum(r["seconds_proj"] for r in singles) / max(len(singles), 1),
-           "ref_single": sum(r["seconds_ref"] for r in singles) / max(len(singles), 1),
-           "agree": f"{sum(bool(r.get('agree')) for r in rows)}/{len(rows)}"}
+    out = {
+        "proj_single": sum(r["seconds_proj"] for r in singles) / max(len(singles), 1),
+        "ref_single": sum(r["seconds_ref"] for r in singles) / max(len(singles), 1),
+        "agree": f"{sum(bool(r.get('agree')) for r in rows)}/{len(rows)}",
+    }
     if batch:
         n = len(batch[0]["case_ids"])
         out.update(proj_batch=batch[0]["seconds_proj"] / n, ref_batch=batch[0]["seconds_ref"] / n)
@@ -87,10 +101,18 @@ def per_edit(rows: list[dict], single: int) -> dict:
 def time_rome(setup: dict, args) -> dict:
     import bench_rome_reference as rr
 
-    ns = SimpleNamespace(rome_src=(Path(args.refcode) / "rome").resolve(), model=setup["model"],
-                         stats=setup["stats"] / f"layer{setup['rome_layer']}.h5", config=setup["rome_config"],
-                         model_key=setup["key"], counterfact=setup["counterfact"], records=args.records,
-                         seed=args.seed, threads=args.threads, eval=False)
+    ns = SimpleNamespace(
+        rome_src=(Path(args.refcode) / "rome").resolve(),
+        model=setup["model"],
+        stats=setup["stats"] / f"layer{setup['rome_layer']}.h5",
+        config=setup["rome_config"],
+        model_key=setup["key"],
+        counterfact=setup["counterfact"],
+        records=args.records,
+        seed=args.seed,
+        threads=args.threads,
+        eval=False,
+    )
     rows, _ = rr.run(ns)  # each row's "agree": the harness's tolerances
     return per_edit(rows, len(rows))
 
@@ -98,10 +120,20 @@ def time_rome(setup: dict, args) -> dict:
 def time_batched(method: str, setup: dict, args) -> dict:
     import bench_memit_reference as mr
 
-    ns = SimpleNamespace(method=method, src=(Path(args.refcode) / method).resolve(), layers=setup["layers"],
-                         model=setup["model"], stats_dir=setup["stats"], config=setup["config"],
-                         model_key=setup["key"], counterfact=setup["counterfact"], records=args.records,
-                         batch=args.batch, seed=args.seed, threads=args.threads)
+    ns = SimpleNamespace(
+        method=method,
+        src=(Path(args.refcode) / method).resolve(),
+        layers=setup["layers"],
+        model=setup["model"],
+        stats_dir=setup["stats"],
+        config=setup["config"],
+        model_key=setup["key"],
+        counterfact=setup["counterfact"],
+        records=args.records,
+        batch=args.batch,
+        seed=args.seed,
+        threads=args.threads,
+    )
     rows, _ = mr.run(ns)
     return per_edit(rows, args.records)
 
@@ -121,7 +153,11 @@ def time_project_only(editor: str, setup: dict, args) -> dict | None:
     cfg = yaml.safe_load(Path(setup["rome_config"]).read_text())
     hp = method_hparams(cfg, editor, setup["key"])
     model, tok = load_model(setup["model"], "float32", "cpu")
-    extra = {} if editor != "mend" else {"editor_file": setup["mend_file"], "identity": model_identity(setup["model"])}
+    extra = (
+        {}
+        if editor != "mend"
+        else {"editor_file": setup["mend_file"], "identity": model_identity(setup["model"])}
+    )
     ed = load_editor_module(editor).make_editor(model, tok, hp, None, args.seed, **extra)
     seconds = []
     for rec in load_counterfact(setup["counterfact"])[: args.records]:
@@ -133,17 +169,27 @@ def time_project_only(editor: str, setup: dict, args) -> dict | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--refcode", type=Path, required=True, help="folder of the patched public trees")
-    ap.add_argument("--organism", type=Path, default=REPO, help="working directory of a finished default run")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--refcode", type=Path, required=True, help="folder of the patched public trees"
+    )
+    ap.add_argument(
+        "--organism", type=Path, default=REPO, help="working directory of a finished default run"
+    )
     ap.add_argument("--smollm2", type=Path, default=REPO / "runs/smollm2")
-    ap.add_argument("--models", nargs="+", default=["organism", "smollm2"], choices=["organism", "smollm2"])
+    ap.add_argument(
+        "--models", nargs="+", default=["organism", "smollm2"], choices=["organism", "smollm2"]
+    )
     ap.add_argument("--methods", nargs="+", default=["rome", "ftc", "mend", *BATCHED])
     ap.add_argument("--records", type=int, default=3)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--seed", type=int, default=37)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)  # one (model, method) -> JSON
+    ap.add_argument(
+        "--child", type=Path, default=None, help=argparse.SUPPRESS
+    )  # one (model, method) -> JSON
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -165,15 +211,40 @@ def main() -> None:
         for method in args.methods:
             out = RESULTS / f".speed-{name}-{method}.json"
             RESULTS.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, __file__, "--refcode", str(args.refcode), "--organism", str(args.organism),
-                   "--smollm2", str(args.smollm2), "--models", name, "--methods", method, "--records",
-                   str(args.records), "--batch", str(args.batch), "--seed", str(args.seed), "--threads",
-                   str(args.threads), "--child", str(out)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--refcode",
+                str(args.refcode),
+                "--organism",
+                str(args.organism),
+                "--smollm2",
+                str(args.smollm2),
+                "--models",
+                name,
+                "--methods",
+                method,
+                "--records",
+                str(args.records),
+                "--batch",
+                str(args.batch),
+                "--seed",
+                str(args.seed),
+                "--threads",
+                str(args.threads),
+                "--child",
+                str(out),
+            ]
             subprocess.run(cmd, check=True)
             res = json.loads(out.read_text())
             out.unlink()
             if res is None:
-                log.info("%s on %s skipped (no trained editor file %s)", method, name, setups[name]["mend_file"])
+                log.info(
+                    "%s on %s skipped (no trained editor file %s)",
+                    method,
+                    name,
+                    setups[name]["mend_file"],
+                )
                 continue
             rows.append({"name": f"{name} {method}", "model": name, "method": method, **res})
             log.info("%s", rows[-1])
@@ -181,17 +252,25 @@ def main() -> None:
     def fmt(x):
         return "-" if x is None else f"{x:.2f}"
 
-    print(f"{'model':>9} {'method':>10} {'s/edit ours':>12} {'public':>8} {'batch ours':>11} {'public':>8}  agree")
+    print(
+        f"{'model':>9} {'method':>10} {'s/edit ours':>12} {'public':>8} {'batch ours':>11} {'public':>8}  agree"
+    )
     for r in rows:
-        print(f"{r['model']:>9} {r['method']:>10} {fmt(r['proj_single']):>12} {fmt(r.get('ref_single')):>8} "
-              f"{fmt(r.get('proj_batch')):>11} {fmt(r.get('ref_batch')):>8}  {r['agree']}")
-    header = (f"machine {platform.node()} {platform.processor() or platform.machine()}, threads {args.threads}; "
-              f"{args.records} single edits, then one step of {args.batch} (batched editors); seconds per edit of "
-              "computing the update (batch: the step's seconds / its records)")
+        print(
+            f"{r['model']:>9} {r['method']:>10} {fmt(r['proj_single']):>12} {fmt(r.get('ref_single')):>8} "
+            f"{fmt(r.get('proj_batch')):>11} {fmt(r.get('ref_batch')):>8}  {r['agree']}"
+        )
+    header = (
+        f"machine {platform.node()} {platform.processor() or platform.machine()}, threads {args.threads}; "
+        f"{args.records} single edits, then one step of {args.batch} (batched editors); seconds per edit of "
+        "computing the update (batch: the step's seconds / its records)"
+    )
     print(header)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"speed-{platform.node()}.json"
-    out.write_text(json.dumps({"setup": header, "torch": torch.__version__, "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps({"setup": header, "torch": torch.__version__, "rows": rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

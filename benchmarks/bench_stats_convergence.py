@@ -40,11 +40,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import report  # noqa: E402
 
-from editscale.data.counterfact import load_counterfact, subject_prompt  # noqa: E402
 from editscale.data.corpora import sample_corpus  # noqa: E402
+from editscale.data.counterfact import load_counterfact, subject_prompt  # noqa: E402
+from editscale.editing.key_stats import (
+    compute_key_second_moment,
+    probe_solutions,
+    solution_change,
+    stats_attrs,
+    subject_keys,
+)
 from editscale.editors.rome import make_editor  # noqa: E402
 from editscale.lm.models import load_model  # noqa: E402
-from editscale.editing.key_stats import compute_key_second_moment, probe_solutions, solution_change, stats_attrs, subject_keys
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -61,7 +67,9 @@ def cos_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True, help="a prepared model folder (SmolLM2-135M: rule prepare_model)")
+    ap.add_argument(
+        "--model", required=True, help="a prepared model folder (SmolLM2-135M: rule prepare_model)"
+    )
     ap.add_argument("--layer", type=int, default=6)
     ap.add_argument("--docs", type=int, default=2000)
     ap.add_argument("--chunk", type=int, default=100)
@@ -74,8 +82,18 @@ def main() -> None:
     model, tok = load_model(args.model, "float32", "cpu")
 
     records = load_counterfact(args.counterfact)[: args.records]
-    editor = make_editor(model, tok, {"layer": args.layer, "context_template_lengths": [[5, 5]],
-                                      "v_num_grad_steps": 1, "mom2_adjustment": False}, None, 37)
+    editor = make_editor(
+        model,
+        tok,
+        {
+            "layer": args.layer,
+            "context_template_lengths": [[5, 5]],
+            "v_num_grad_steps": 1,
+            "mom2_adjustment": False,
+        },
+        None,
+        37,
+    )
     k_star = torch.stack([editor.compute(r).vectors["k_star"].double() for r in records])
     probes = subject_keys(model, tok, args.layer, [subject_prompt(r) for r in records])
 
@@ -86,11 +104,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i, a in enumerate(range(0, len(docs), args.chunk)):
             part = Path(tmp) / f"chunk{i}.h5"
-            compute_key_second_moment(model, tok, args.layer, docs[a:a + args.chunk], part,
-                                      n_docs=args.chunk, max_doc_tokens=args.max_doc_tokens,
-                                      checkpoint_every_docs=10 ** 9, attrs={"model_id": "bench", "revision": "-",
-                                                                            "corpus": "wikitext", "corpus_fingerprint": "-"},
-                                      progress_every_s=1e9)
+            compute_key_second_moment(
+                model,
+                tok,
+                args.layer,
+                docs[a : a + args.chunk],
+                part,
+                n_docs=args.chunk,
+                max_doc_tokens=args.max_doc_tokens,
+                checkpoint_every_docs=10**9,
+                attrs={
+                    "model_id": "bench",
+                    "revision": "-",
+                    "corpus": "wikitext",
+                    "corpus_fingerprint": "-",
+                },
+                progress_every_s=1e9,
+            )
             with h5py.File(part, "r") as h5:
                 m = torch.from_numpy(h5["mom2_sum"][...])
             mom2 = m if mom2 is None else mom2 + m
@@ -107,25 +137,55 @@ def main() -> None:
         try:
             u = solve(m / n, k_star)
         except RuntimeError:  # not yet positive definite
-            rows.append({"tokens": n, "seconds": s, "min_cos_full": float("nan"), "change": float("nan"),
-                         "option_change": option_change})
+            rows.append(
+                {
+                    "tokens": n,
+                    "seconds": s,
+                    "min_cos_full": float("nan"),
+                    "change": float("nan"),
+                    "option_change": option_change,
+                }
+            )
             prev = None
             continue
         change = float((1 - cos_rows(u, prev)).max()) if prev is not None else float("nan")
-        rows.append({"tokens": n, "seconds": s, "min_cos_full": float(cos_rows(u, u_full).min()), "change": change,
-                     "option_change": option_change})
+        rows.append(
+            {
+                "tokens": n,
+                "seconds": s,
+                "min_cos_full": float(cos_rows(u, u_full).min()),
+                "change": change,
+                "option_change": option_change,
+            }
+        )
         prev = u
     for r in rows:
-        print(f"{r['tokens']:>9d} tokens  {r['seconds']:7.1f} s  min cos(u, u_full) {r['min_cos_full']:.6f}  "
-              f"checkpoint change {r['change']:.2e}  stats.convergence change {r['option_change']:.2e}")
+        print(
+            f"{r['tokens']:>9d} tokens  {r['seconds']:7.1f} s  min cos(u, u_full) {r['min_cos_full']:.6f}  "
+            f"checkpoint change {r['change']:.2e}  stats.convergence change {r['option_change']:.2e}"
+        )
     total = counts[-1]
     need = next((r for r in rows if r["min_cos_full"] >= 0.999), rows[-1])
-    runs = [{"name": "cos >= 0.999", "tokens": need["tokens"], "fraction_of_tokens": need["tokens"] / total,
-             "seconds": need["seconds"], "min_cos_full": need["min_cos_full"]}]
+    runs = [
+        {
+            "name": "cos >= 0.999",
+            "tokens": need["tokens"],
+            "fraction_of_tokens": need["tokens"] / total,
+            "seconds": need["seconds"],
+            "min_cos_full": need["min_cos_full"],
+        }
+    ]
     for tol in (1e-3, 1e-4):
         stop = next((r for r in rows if r["change"] == r["change"] and r["change"] < tol), rows[-1])
-        runs.append({"name": f"change < {tol:g}", "tokens": stop["tokens"], "fraction_of_tokens": stop["tokens"] / total,
-                     "seconds": stop["seconds"], "min_cos_full": stop["min_cos_full"]})
+        runs.append(
+            {
+                "name": f"change < {tol:g}",
+                "tokens": stop["tokens"],
+                "fraction_of_tokens": stop["tokens"] / total,
+                "seconds": stop["seconds"],
+                "min_cos_full": stop["min_cos_full"],
+            }
+        )
     for tol in (1e-1, 3e-2, 1e-2):  # stats.convergence with patience 2
         streak, stop = 0, rows[-1]
         for r in rows:
@@ -133,16 +193,37 @@ def main() -> None:
             if streak >= 2:
                 stop = r
                 break
-        runs.append({"name": f"stats.convergence tolerance {tol:g}", "tokens": stop["tokens"],
-                     "fraction_of_tokens": stop["tokens"] / total, "seconds": stop["seconds"],
-                     "min_cos_full": stop["min_cos_full"]})
-    runs.append({"name": "all documents", "tokens": total, "fraction_of_tokens": 1.0, "seconds": seconds[-1],
-                 "min_cos_full": 1.0})
-    report("stats_convergence", runs, [("tokens", "{:.0f}"), ("fraction_of_tokens", "{:.3f}"), ("seconds", "{:.1f}"),
-                                       ("min_cos_full", "{:.6f}")],
-           f"{args.model} layer {args.layer}, {len(docs)} WikiText-2 paragraphs (<= {args.max_doc_tokens} tokens, ROME's "
-           f"random order), checkpoints every {args.chunk} documents, k* of {len(records)} CounterFact records; "
-           f"torch threads {torch.get_num_threads()}")
+        runs.append(
+            {
+                "name": f"stats.convergence tolerance {tol:g}",
+                "tokens": stop["tokens"],
+                "fraction_of_tokens": stop["tokens"] / total,
+                "seconds": stop["seconds"],
+                "min_cos_full": stop["min_cos_full"],
+            }
+        )
+    runs.append(
+        {
+            "name": "all documents",
+            "tokens": total,
+            "fraction_of_tokens": 1.0,
+            "seconds": seconds[-1],
+            "min_cos_full": 1.0,
+        }
+    )
+    report(
+        "stats_convergence",
+        runs,
+        [
+            ("tokens", "{:.0f}"),
+            ("fraction_of_tokens", "{:.3f}"),
+            ("seconds", "{:.1f}"),
+            ("min_cos_full", "{:.6f}"),
+        ],
+        f"{args.model} layer {args.layer}, {len(docs)} WikiText-2 paragraphs (<= {args.max_doc_tokens} tokens, ROME's "
+        f"random order), checkpoints every {args.chunk} documents, k* of {len(records)} CounterFact records; "
+        f"torch threads {torch.get_num_threads()}",
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not COUNTERFACT_500.exists():
-        pytest.skip(f"real data subsets not found at {SHARED_DATA} (a fresh clone has no ../shared/data)")
+        pytest.skip(
+            f"real data subsets not found at {SHARED_DATA} (a fresh clone has no ../shared/data)"
+        )
     return SHARED_DATA
 
 
@@ -71,22 +73,51 @@ def tiny_model_factory(tmp_path_factory, tiny_tokenizer):
 
     built: dict[tuple, Path] = {}
 
-    def make(arch: str = "gpt2", n_layer: int = 3, d_model: int = 32, n_head: int = 4, seed: int = 0,
-             n_positions: int = 128) -> Path:
+    def make(
+        arch: str = "gpt2",
+        n_layer: int = 3,
+        d_model: int = 32,
+        n_head: int = 4,
+        seed: int = 0,
+        n_positions: int = 128,
+    ) -> Path:
         key = (arch, n_layer, d_model, n_head, seed, n_positions)
         if key not in built:
             dest = tmp_path_factory.mktemp(f"model-{arch}")
-            build_scratch_model(arch, tiny_tokenizer, dest, n_layer=n_layer, d_model=d_model,
-                                n_head=n_head, n_positions=n_positions, seed=seed)
+            build_scratch_model(
+                arch,
+                tiny_tokenizer,
+                dest,
+                n_layer=n_layer,
+                d_model=d_model,
+                n_head=n_head,
+                n_positions=n_positions,
+                seed=seed,
+            )
             built[key] = dest
         return built[key]
 
     return make
 
 
-SUBJECTS = ["Ada Lovelace", "Toko Yasuda", "Danielle Darrieux", "Paris Hilton", "Nokia", "Rome",
-            "Marie Curie", "BBC", "Apple", "Bern"]
-TEMPLATES = ["{} was born in", "The mother tongue of {} is", "{} is located in", "The headquarters of {} is in"]
+SUBJECTS = [
+    "Ada Lovelace",
+    "Toko Yasuda",
+    "Danielle Darrieux",
+    "Paris Hilton",
+    "Nokia",
+    "Rome",
+    "Marie Curie",
+    "BBC",
+    "Apple",
+    "Bern",
+]
+TEMPLATES = [
+    "{} was born in",
+    "The mother tongue of {} is",
+    "{} is located in",
+    "The headquarters of {} is in",
+]
 OBJECTS = ["France", "Japan", "Canada", "Italy", "London", "Berlin"]
 TRAJ_HPARAMS = {"layer": 1, "v_num_grad_steps": 5, "context_template_lengths": [[4, 2]]}
 
@@ -95,15 +126,27 @@ def synthetic_records(n: int = 10) -> list[dict]:
     recs = []
     for i in range(n):
         s, t = SUBJECTS[i % len(SUBJECTS)], TEMPLATES[i % len(TEMPLATES)]
-        recs.append({
-            "case_id": 100 + i,
-            "requested_rewrite": {"prompt": t, "subject": s, "relation_id": "P1",
-                                  "target_new": {"str": OBJECTS[i % 6], "id": "Q1"},
-                                  "target_true": {"str": OBJECTS[(i + 1) % 6], "id": "Q2"}},
-            "paraphrase_prompts": [f"Someone said. {t.replace('{}', s)}", f"{s} is known. {t.replace('{}', s)}"],
-            "neighborhood_prompts": [t.replace("{}", SUBJECTS[(i + j) % len(SUBJECTS)]) for j in (1, 2, 3)],
-            "attribute_prompts": [], "generation_prompts": [],
-        })
+        recs.append(
+            {
+                "case_id": 100 + i,
+                "requested_rewrite": {
+                    "prompt": t,
+                    "subject": s,
+                    "relation_id": "P1",
+                    "target_new": {"str": OBJECTS[i % 6], "id": "Q1"},
+                    "target_true": {"str": OBJECTS[(i + 1) % 6], "id": "Q2"},
+                },
+                "paraphrase_prompts": [
+                    f"Someone said. {t.replace('{}', s)}",
+                    f"{s} is known. {t.replace('{}', s)}",
+                ],
+                "neighborhood_prompts": [
+                    t.replace("{}", SUBJECTS[(i + j) % len(SUBJECTS)]) for j in (1, 2, 3)
+                ],
+                "attribute_prompts": [],
+                "generation_prompts": [],
+            }
+        )
     return recs
 
 
@@ -113,18 +156,32 @@ def traj_inputs(tmp_path_factory, tiny_model_factory):
     import json
 
     from editscale.data.counterfact import write_ordering
-    from editscale.lm.models import load_model, model_identity
     from editscale.editing.key_stats import compute_key_second_moment
+    from editscale.lm.models import load_model, model_identity
 
     d = tmp_path_factory.mktemp("traj-inputs")
     model_dir = tiny_model_factory("gpt2")
     (d / "cf.json").write_text(json.dumps(synthetic_records()))
     write_ordering(d / "order.json", [100 + i for i in (3, 1, 4, 0, 5, 9, 2, 6, 8, 7)], sample=0)
     model, tok = load_model(model_dir)
-    docs = [f"{s} {t.replace('{}', s)} {o} and then some more text number {i}"
-            for i, (s, t, o) in enumerate(zip(SUBJECTS * 30, TEMPLATES * 75, OBJECTS * 50))]
-    compute_key_second_moment(model, tok, 1, docs, d / "stats.h5", n_docs=len(docs), max_doc_tokens=64,
-                              batch_tokens=2048, attrs={**model_identity(model_dir), "corpus": "synthetic",
-                                                        "corpus_fingerprint": "x"})
-    return {"model_dir": model_dir, "counterfact_path": d / "cf.json", "ordering_path": d / "order.json",
-            "stats_path": d / "stats.h5"}
+    docs = [
+        f"{s} {t.replace('{}', s)} {o} and then some more text number {i}"
+        for i, (s, t, o) in enumerate(zip(SUBJECTS * 30, TEMPLATES * 75, OBJECTS * 50))
+    ]
+    compute_key_second_moment(
+        model,
+        tok,
+        1,
+        docs,
+        d / "stats.h5",
+        n_docs=len(docs),
+        max_doc_tokens=64,
+        batch_tokens=2048,
+        attrs={**model_identity(model_dir), "corpus": "synthetic", "corpus_fingerprint": "x"},
+    )
+    return {
+        "model_dir": model_dir,
+        "counterfact_path": d / "cf.json",
+        "ordering_path": d / "order.json",
+        "stats_path": d / "stats.h5",
+    }

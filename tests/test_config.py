@@ -26,8 +26,15 @@ def minimal() -> dict:
     """The smallest valid config: every optional key left to its default."""
     return {
         "models": {
-            "m": {"source": "scratch", "arch": "gpt2", "n_layer": 2, "d_model": 16, "n_head": 2,
-                  "vocab_size": 300, "tokenizer_corpus": "c"},
+            "m": {
+                "source": "scratch",
+                "arch": "gpt2",
+                "n_layer": 2,
+                "d_model": 16,
+                "n_head": 2,
+                "vocab_size": 300,
+                "tokenizer_corpus": "c",
+            },
         },
         "counterfact": {"path": "cf.json"},
         "corpora": {"c": {"type": "text_files", "paths": ["c.txt"]}},
@@ -57,8 +64,13 @@ def test_shipped_configs_validate_without_warnings(path):
 
 def test_paper_config_is_the_papers_setting():
     cfg = load_config(PAPER)
-    assert cfg["samples"] == 10 and cfg["snapshot_every"] == 100 and cfg["stats"]["n_docs"] == 100_000
-    assert {m["repo_id"] for m in cfg["models"].values()} == {"EleutherAI/gpt-j-6b", "openai-community/gpt2-xl"}
+    assert (
+        cfg["samples"] == 10 and cfg["snapshot_every"] == 100 and cfg["stats"]["n_docs"] == 100_000
+    )
+    assert {m["repo_id"] for m in cfg["models"].values()} == {
+        "EleutherAI/gpt-j-6b",
+        "openai-community/gpt2-xl",
+    }
     for spec in cfg["models"].values():
         assert len(spec["revision"]) == 40  # pinned commits
     assert escfg.stats_layer(cfg, "rome", "gpt-j-6b") == 5
@@ -77,7 +89,10 @@ def test_paper_config_is_the_papers_setting():
         url = cfg["methods"]["mend"]["editor_weights"][model]["url"]
         assert url == f"https://rome.baulab.info/data/weights/mend-10tok-{model}.pt"
     assert escfg.trained_editors(cfg) == []
-    assert cfg["downstream"]["selection"] == "authors_chain" and cfg["downstream"]["demo_source"] == "authors"
+    assert (
+        cfg["downstream"]["selection"] == "authors_chain"
+        and cfg["downstream"]["demo_source"] == "authors"
+    )
     assert cfg["downstream"]["tasks"] == ["sst2", "mrpc", "cola", "rte"]  # the chain's order
 
 
@@ -88,10 +103,23 @@ def test_defaults_are_filled_in():
     cfg = load_config(minimal())
     assert cfg["seed"] == 37 and cfg["ordering_seed"] == 37
     assert cfg["samples"] == 10 and cfg["n_edits"] == 1200 and cfg["snapshot_every"] == 100
-    assert cfg["stats"] == {"corpus": "c", "n_docs": 100_000, "max_doc_tokens": None, "batch_tokens": 8192,
-                            "checkpoint_every_docs": 1000, "sample": "first", "sample_seed": 1, "published": [],
-                            "convergence": {"tolerance": None, "n_probes": 20, "check_every_docs": 1000,
-                                            "patience": 2, "min_docs": 0}}
+    assert cfg["stats"] == {
+        "corpus": "c",
+        "n_docs": 100_000,
+        "max_doc_tokens": None,
+        "batch_tokens": 8192,
+        "checkpoint_every_docs": 1000,
+        "sample": "first",
+        "sample_seed": 1,
+        "published": [],
+        "convergence": {
+            "tolerance": None,
+            "n_probes": 20,
+            "check_every_docs": 1000,
+            "patience": 2,
+            "min_docs": 0,
+        },
+    }
     model = cfg["models"]["m"]
     assert model["dtype"] == "float32" and model["device"] == "auto"
     assert model["n_positions"] == 128 and model["tokenizer_docs"] == 2000 and model["seed"] is None
@@ -105,8 +133,15 @@ def test_hub_corpus_defaults():
     cfg = minimal()
     cfg["corpora"]["w"] = {"type": "hub", "dataset": "wikimedia/wikipedia", "revision": "a" * 40}
     out = load_config(cfg)["corpora"]["w"]
-    assert out == {"type": "hub", "dataset": "wikimedia/wikipedia", "revision": "a" * 40, "name": None,
-                   "split": "train", "text_field": "text", "streaming": True}
+    assert out == {
+        "type": "hub",
+        "dataset": "wikimedia/wikipedia",
+        "revision": "a" * 40,
+        "name": None,
+        "split": "train",
+        "text_field": "text",
+        "streaming": True,
+    }
 
 
 def test_load_config_does_not_mutate_its_argument_and_reads_yaml(tmp_path):
@@ -146,6 +181,7 @@ def _set(path: str, value):
         for p in parents:
             node = node[int(p)] if p.isdigit() else node[p]
         node[last] = value
+
     return mutate
 
 
@@ -156,34 +192,38 @@ def _drop(path: str):
         for p in parents:
             node = node[p]
         del node[last]
+
     return mutate
 
 
-@pytest.mark.parametrize("mutate, key", [
-    (_set("n_edits", -1), "n_edits"),
-    (_set("samples", 0), "samples"),
-    (_set("snapshot_every", 0), "snapshot_every"),
-    (_set("samples", "2"), "samples"),
-    (_set("models.m.source", "bogus"), "models.m.source"),
-    (_set("models.m.dtype", "float64"), "models.m.dtype"),
-    (_set("models.m.device", "gpu"), "models.m.device"),
-    (_set("models.m.colour", "red"), "models.m.colour"),
-    (_drop("models.m.arch"), "models.m.arch"),
-    (_set("models.m.arch", "bert"), "models.m.arch"),
-    (_set("models.m", {"source": "hub", "repo_id": "gpt2"}), "models.m.revision"),
-    (_set("models.m", {"source": "local"}), "models.m.path"),
-    (_set("counterfact.sha256", "XYZ"), "counterfact.sha256"),
-    (_set("counterfact", {"url": "https://example.org/cf.json"}), "counterfact.sha256"),
-    (_set("corpora.c.doc_split", "sentences"), "corpora.c.doc_split"),
-    (_set("corpora.c.type", "ftp"), "corpora.c.type"),
-    (_set("stats.n_docs", 0), "stats.n_docs"),
-    (_set("experiments", []), "experiments"),
-    (_set("experiments.0.model", 3), "experiments[0].model"),
-    (_set("methods.rome.per_model.m.layer", -1), "methods.rome.per_model.m.layer"),
-    (_set("resources", {"m": {"mem_mb": 0}}), "resources.m.mem_mb"),
-    (_set("typo_key", 1), "typo_key"),
-    (_drop("methods"), "methods"),
-])
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (_set("n_edits", -1), "n_edits"),
+        (_set("samples", 0), "samples"),
+        (_set("snapshot_every", 0), "snapshot_every"),
+        (_set("samples", "2"), "samples"),
+        (_set("models.m.source", "bogus"), "models.m.source"),
+        (_set("models.m.dtype", "float64"), "models.m.dtype"),
+        (_set("models.m.device", "gpu"), "models.m.device"),
+        (_set("models.m.colour", "red"), "models.m.colour"),
+        (_drop("models.m.arch"), "models.m.arch"),
+        (_set("models.m.arch", "bert"), "models.m.arch"),
+        (_set("models.m", {"source": "hub", "repo_id": "gpt2"}), "models.m.revision"),
+        (_set("models.m", {"source": "local"}), "models.m.path"),
+        (_set("counterfact.sha256", "XYZ"), "counterfact.sha256"),
+        (_set("counterfact", {"url": "https://example.org/cf.json"}), "counterfact.sha256"),
+        (_set("corpora.c.doc_split", "sentences"), "corpora.c.doc_split"),
+        (_set("corpora.c.type", "ftp"), "corpora.c.type"),
+        (_set("stats.n_docs", 0), "stats.n_docs"),
+        (_set("experiments", []), "experiments"),
+        (_set("experiments.0.model", 3), "experiments[0].model"),
+        (_set("methods.rome.per_model.m.layer", -1), "methods.rome.per_model.m.layer"),
+        (_set("resources", {"m": {"mem_mb": 0}}), "resources.m.mem_mb"),
+        (_set("typo_key", 1), "typo_key"),
+        (_drop("methods"), "methods"),
+    ],
+)
 def test_schema_error_names_the_key(mutate, key):
     cfg = minimal()
     mutate(cfg)
@@ -201,23 +241,31 @@ def test_names_used_in_paths_are_checked():
 # ---------------------------------------------------------------- cross-key checks
 
 
-@pytest.mark.parametrize("mutate, key", [
-    (_set("experiments", [{"model": "nope", "method": "rome"}]), "experiments[0].model"),
-    (_set("experiments", [{"model": "m", "method": "nope"}]), "experiments[0].method"),
-    (_set("experiments", [{"model": "m", "method": "rome"}] * 2), "experiments[1]"),
-    (_set("methods.rome.editor", "nope"), "methods.rome.editor"),
-    (_set("methods.rome.per_model", {}), "methods.rome.per_model.m"),
-    (_set("methods.rome.per_model.m", {}), "methods.rome.per_model.m.layer"),
-    (_set("methods.rome.per_model.m.layer", 2), "methods.rome.per_model.m.layer"),
-    (_set("methods.rome.per_model.ghost", {"layer": 0}), "methods.rome.per_model.ghost"),
-    (_set("stats.corpus", None), "stats.corpus"),
-    (_set("stats.corpus", "nope"), "stats.corpus"),
-    (_set("models.m.tokenizer_corpus", "nope"), "models.m.tokenizer_corpus"),
-    (_set("models.m.d_model", 15), "models.m.d_model"),
-    (_set("counterfact", {"path": "a.json", "url": "https://x.org/a.json", "sha256": "a" * 64}), "counterfact"),
-    (_set("counterfact", {}), "counterfact"),
-    (_set("resources", {"ghost": {}}), "resources.ghost"),
-])
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (_set("experiments", [{"model": "nope", "method": "rome"}]), "experiments[0].model"),
+        (_set("experiments", [{"model": "m", "method": "nope"}]), "experiments[0].method"),
+        (_set("experiments", [{"model": "m", "method": "rome"}] * 2), "experiments[1]"),
+        (_set("methods.rome.editor", "nope"), "methods.rome.editor"),
+        (_set("methods.rome.per_model", {}), "methods.rome.per_model.m"),
+        (_set("methods.rome.per_model.m", {}), "methods.rome.per_model.m.layer"),
+        (_set("methods.rome.per_model.m.layer", 2), "methods.rome.per_model.m.layer"),
+        (_set("methods.rome.per_model.ghost", {"layer": 0}), "methods.rome.per_model.ghost"),
+        (_set("stats.corpus", None), "stats.corpus"),
+        (_set("stats.corpus", "nope"), "stats.corpus"),
+        (_set("models.m.tokenizer_corpus", "nope"), "models.m.tokenizer_corpus"),
+        (_set("models.m.d_model", 15), "models.m.d_model"),
+        (
+            _set(
+                "counterfact", {"path": "a.json", "url": "https://x.org/a.json", "sha256": "a" * 64}
+            ),
+            "counterfact",
+        ),
+        (_set("counterfact", {}), "counterfact"),
+        (_set("resources", {"ghost": {}}), "resources.ghost"),
+    ],
+)
 def test_cross_key_error_names_the_key(mutate, key):
     cfg = minimal()
     mutate(cfg)
@@ -259,7 +307,12 @@ def test_derived_values():
     assert escfg.method_hparams(cfg, "rome", "m") == {"v_lr": 0.5, "layer": 1}  # per_model wins
     assert escfg.needs_covariance(cfg, "rome") is True
     assert escfg.stats_layer(cfg, "rome", "m") == 1
-    assert escfg.model_resources(cfg, "m") == {"mem_mb": 64000, "runtime": 60, "threads": 1, "gpu": 1}
+    assert escfg.model_resources(cfg, "m") == {
+        "mem_mb": 64000,
+        "runtime": 60,
+        "threads": 1,
+        "gpu": 1,
+    }
     assert escfg.model_n_layer(cfg, "m") == 2
 
 
@@ -279,14 +332,25 @@ def test_schema_cache_hands_out_copies_and_follows_the_file(tmp_path, monkeypatc
     defaults = escfg._resource_defaults()
     defaults["mem_mb"] = 1
     defaults["rules"]["trajectory"] = {"runtime": 1}
-    assert escfg._resource_defaults() == {"mem_mb": 4000, "runtime": 60, "threads": 1, "gpu": 0, "rules": {}}
+    assert escfg._resource_defaults() == {
+        "mem_mb": 4000,
+        "runtime": 60,
+        "threads": 1,
+        "gpu": 0,
+        "rules": {},
+    }
     # per-config resources do not leak into another config
     one = minimal()
     one["resources"] = {"m": {"mem_mb": 64000, "rules": {"trajectory": {"runtime": 999}}}}
     one = load_config(one)
     two = load_config(minimal())
     assert escfg.model_resources(one, "m", "trajectory")["runtime"] == 999
-    assert escfg.model_resources(two, "m", "trajectory") == {"mem_mb": 4000, "runtime": 60, "threads": 1, "gpu": 0}
+    assert escfg.model_resources(two, "m", "trajectory") == {
+        "mem_mb": 4000,
+        "runtime": 60,
+        "threads": 1,
+        "gpu": 0,
+    }
     # another schema file (same path, edited afterwards) is re-read
     copy_path = tmp_path / "schema.yaml"
     text = SCHEMA.read_text()
@@ -306,12 +370,18 @@ def test_schema_cache_hands_out_copies_and_follows_the_file(tmp_path, monkeypatc
 def test_editor_weights_sha256_is_optional():
     cfg = minimal()
     cfg["experiments"].append({"model": "m", "method": "mend"})
-    cfg["methods"]["mend"] = {"editor": "mend", "per_model": {"m": {}}, "hparams": {"n_last_layers": 2},
-                              "editor_weights": {"m": {"url": "https://example.org/mend-10tok-m.pt"}}}
+    cfg["methods"]["mend"] = {
+        "editor": "mend",
+        "per_model": {"m": {}},
+        "hparams": {"n_last_layers": 2},
+        "editor_weights": {"m": {"url": "https://example.org/mend-10tok-m.pt"}},
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConfigWarning)
         out = load_config(cfg)
-        assert out["methods"]["mend"]["editor_weights"]["m"]["sha256"] is None  # recorded on first download
+        assert (
+            out["methods"]["mend"]["editor_weights"]["m"]["sha256"] is None
+        )  # recorded on first download
         assert escfg.trained_editors(out) == []
         cfg["methods"]["mend"]["editor_weights"]["m"]["sha256"] = "abc"
         assert error_key(cfg) == "methods.mend.editor_weights.m.sha256"
@@ -342,7 +412,9 @@ def test_misspelled_hparam_names_the_key_and_the_closest_name():
     cfg["methods"]["rome"]["hparams"] = {"v_lrr": 0.1}
     error = hparam_error(cfg)
     assert error.key == "methods.rome.hparams.v_lrr"
-    assert "did you mean 'v_lr'?" in error.problem and "v_weight_decay" in error.problem  # the known names
+    assert (
+        "did you mean 'v_lr'?" in error.problem and "v_weight_decay" in error.problem
+    )  # the known names
 
 
 def test_string_for_a_float_hparam():
@@ -373,8 +445,13 @@ def test_dataclass_checks_name_the_offending_key():
     cfg = minimal()
     cfg["methods"]["rome"]["hparams"] = {"key_mode": "sideways"}
     error = hparam_error(cfg)
-    assert error.key == "methods.rome.hparams.key_mode" and "'original' or 'homogeneous'" in error.problem
-    cfg = with_method(minimal(), "ftc", {"editor": "ftc", "hparams": {"num_steps": 0}, "per_model": {"m": {}}})
+    assert (
+        error.key == "methods.rome.hparams.key_mode"
+        and "'original' or 'homogeneous'" in error.problem
+    )
+    cfg = with_method(
+        minimal(), "ftc", {"editor": "ftc", "hparams": {"num_steps": 0}, "per_model": {"m": {}}}
+    )
     assert hparam_error(cfg).key == "methods.ftc.hparams.num_steps"
 
 
@@ -393,7 +470,9 @@ def mend_cfg(hparams: dict, training: dict | None = None) -> dict:
     """minimal() + a MEND experiment; trained here when ``training`` is given, else public weights."""
     spec = {"editor": "mend", "hparams": hparams, "per_model": {"m": {}}}
     if training is None:
-        spec["editor_weights"] = {"m": {"url": "https://example.org/mend-10tok-m.pt", "sha256": "a" * 64}}
+        spec["editor_weights"] = {
+            "m": {"url": "https://example.org/mend-10tok-m.pt", "sha256": "a" * 64}
+        }
     else:
         spec["training"] = training
     return with_method(minimal(), "mend", spec)
@@ -405,7 +484,9 @@ def test_mend_layers_beyond_the_model():
     assert error.problem == "3 is out of range: model 'm' has 2 layers"
     # the default (3) is checked too, and says so
     error = hparam_error(mend_cfg({}))
-    assert error.key == "methods.mend.hparams.n_last_layers" and error.problem.endswith("(the default)")
+    assert error.key == "methods.mend.hparams.n_last_layers" and error.problem.endswith(
+        "(the default)"
+    )
     error = hparam_error(mend_cfg({"layers": [0, 2]}))
     assert error.key == "methods.mend.hparams.layers[1]"
     # explicit layers: n_last_layers (default 3) is not used, not checked
@@ -417,7 +498,10 @@ def test_bad_mend_training_key():
     error = hparam_error(mend_cfg({"n_last_layers": 2}, training={"rnak": 256}))
     assert error.key == "methods.mend.training.rnak" and "did you mean 'rank'?" in error.problem
     error = hparam_error(mend_cfg({"n_last_layers": 2}, training={"accumulate": 7}))
-    assert error.key == "methods.mend.training.accumulate" and "multiples of accumulate" in error.problem
+    assert (
+        error.key == "methods.mend.training.accumulate"
+        and "multiples of accumulate" in error.problem
+    )
     load_config(mend_cfg({"n_last_layers": 2}, training={"rank": 256, "accumulate": 5}))
 
 
@@ -433,8 +517,10 @@ def test_shipped_configs_build_every_editors_hparams():
 
 def test_config_check_does_not_import_torch():
     """The Snakefile checks the config at parse time: the hyperparameter checks are torch-free."""
-    code = ("import sys, editscale.config as c; c.load_config('config/paper.yaml'); "
-            "import editscale.editors.hparams; assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, editscale.config as c; c.load_config('config/paper.yaml'); "
+        "import editscale.editors.hparams; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
@@ -450,7 +536,9 @@ def test_more_edits_than_records_fails_at_start_up(counterfact_path):
     cfg["n_edits"] = usable
     load_config(cfg)  # exactly as many as there are: fine
     cfg["n_edits"] = usable + 1
-    with pytest.raises(ConfigError, match=rf"{usable + 1} edits asked but .* has {usable} records to edit"):
+    with pytest.raises(
+        ConfigError, match=rf"{usable + 1} edits asked but .* has {usable} records to edit"
+    ):
         load_config(cfg)
     cfg["n_edits"] = 10
     cfg["experiments"] = [{"model": "m", "method": "rome", "n_edits": usable + 5}]
@@ -507,13 +595,20 @@ def test_statistics_file_of_another_layer_fails_at_start_up(tmp_path):
     # the model is prepared: statistics of another model (or another revision of it) are refused
     from editscale.io.provenance import identity_from_manifest
 
-    manifest = {"source": "scratch", "arch": "gpt2", "seed": 37, "files": {"model.safetensors": "ab" * 32}}
+    manifest = {
+        "source": "scratch",
+        "arch": "gpt2",
+        "seed": 37,
+        "files": {"model.safetensors": "ab" * 32},
+    }
     (tmp_path / "resources/models/m").mkdir(parents=True)
     (tmp_path / "resources/models/m/editscale_manifest.json").write_text(json.dumps(manifest))
     ident = identity_from_manifest(manifest, tmp_path / "resources/models/m")
     write(layer=layer, corpus=corpus, **ident)
     load_config(cfg, base_dir=tmp_path)
-    write(layer=layer, corpus=corpus, model_id=ident["model_id"], revision="seed37-0123456789abcdef")
+    write(
+        layer=layer, corpus=corpus, model_id=ident["model_id"], revision="seed37-0123456789abcdef"
+    )
     with pytest.raises(ConfigError, match=r"holds revision 'seed37-0123456789abcdef'"):
         load_config(cfg, base_dir=tmp_path)
     # a model prepared after the file (retrained): Snakemake recomputes the statistics, no error
@@ -531,8 +626,12 @@ def test_random_statistics_sample_needs_a_non_streaming_hub_corpus():
     cfg = minimal()
     cfg["stats"]["sample"] = "random"
     load_config(cfg)  # a text_files corpus: its length is known
-    cfg["corpora"]["c"] = {"type": "hub", "dataset": "wikimedia/wikipedia", "name": "20231101.en",
-                           "revision": "b04c8d1ceb2f5cd4588862100d08de323dccfbaa"}
+    cfg["corpora"]["c"] = {
+        "type": "hub",
+        "dataset": "wikimedia/wikipedia",
+        "name": "20231101.en",
+        "revision": "b04c8d1ceb2f5cd4588862100d08de323dccfbaa",
+    }
     assert error_key(cfg) == "stats.sample"
     cfg["corpora"]["c"]["streaming"] = False
     load_config(cfg)
@@ -559,8 +658,17 @@ def test_statistics_convergence_settings():
     assert load_config(cfg)["stats"]["convergence"]["tolerance"] is None  # off unless asked for
     cfg["stats"]["convergence"] = {"tolerance": 1e-4}
     conv = load_config(cfg)["stats"]["convergence"]
-    assert conv == {"tolerance": 1e-4, "n_probes": 20, "check_every_docs": 1000, "patience": 2, "min_docs": 0}
+    assert conv == {
+        "tolerance": 1e-4,
+        "n_probes": 20,
+        "check_every_docs": 1000,
+        "patience": 2,
+        "min_docs": 0,
+    }
     cfg["stats"]["convergence"] = {"tolerance": 0}
     assert error_key(cfg) == "stats.convergence.tolerance"
-    cfg["stats"]["convergence"] = {"tolerance": 1e-3, "check_every_docs": cfg["stats"].get("n_docs", 100000) + 1}
+    cfg["stats"]["convergence"] = {
+        "tolerance": 1e-3,
+        "check_every_docs": cfg["stats"].get("n_docs", 100000) + 1,
+    }
     assert error_key(cfg) == "stats.convergence.check_every_docs"

@@ -77,8 +77,10 @@ _HERE = Path(__file__).resolve().parent
 
 def _schema_candidates() -> list[Path]:
     env = os.environ.get("EDITSCALE_CONFIG_SCHEMA")
-    return ([Path(env)] if env else []) + [_HERE / SCHEMA_NAME,
-                                           _HERE.parents[1] / "workflow" / "schemas" / SCHEMA_NAME]
+    return ([Path(env)] if env else []) + [
+        _HERE / SCHEMA_NAME,
+        _HERE.parents[1] / "workflow" / "schemas" / SCHEMA_NAME,
+    ]
 
 
 def schema_path() -> Path:
@@ -87,7 +89,9 @@ def schema_path() -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(f"config schema not found (looked at {', '.join(map(str, candidates))})")
+    raise FileNotFoundError(
+        f"config schema not found (looked at {', '.join(map(str, candidates))})"
+    )
 
 
 def _schema_key() -> tuple[str, int, int]:
@@ -159,8 +163,11 @@ def _error_key(error) -> tuple[str, str]:
             known = sorted(error.schema.get("properties", {}))
             close = difflib.get_close_matches(match.group(1), known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            message = f"is not a known key here ({hint}known: {known})" if known else \
-                "is not a known key here (a typo?)"
+            message = (
+                f"is not a known key here ({hint}known: {known})"
+                if known
+                else "is not a known key here (a typo?)"
+            )
     elif "propertyNames" in error.absolute_schema_path:
         path.append(str(error.instance))
         message = f"{error.instance!r} is not a valid name (letters, digits, '.', '_', '-'; no '/')"
@@ -232,7 +239,10 @@ def max_n_edits(cfg: dict) -> int:
 def method_hparams(cfg: dict, method: str, model: str) -> dict:
     """The hyperparameters of ``method`` on ``model``: ``hparams`` updated by ``per_model[model]``."""
     m = cfg["methods"][method]
-    return {**copy.deepcopy(m.get("hparams", {})), **copy.deepcopy(m.get("per_model", {}).get(model, {}))}
+    return {
+        **copy.deepcopy(m.get("hparams", {})),
+        **copy.deepcopy(m.get("per_model", {}).get(model, {})),
+    }
 
 
 def needs_covariance(cfg: dict, method: str) -> bool:
@@ -255,7 +265,9 @@ def stats_layer(cfg: dict, method: str, model: str) -> int | None:
     """The one layer whose key statistics ``method`` needs on ``model`` (None if it needs none)."""
     layers = stats_layers(cfg, method, model)
     if len(layers) > 1:
-        raise ValueError(f"{method!r} on {model!r} needs the statistics of layers {layers}: use stats_layers")
+        raise ValueError(
+            f"{method!r} on {model!r} needs the statistics of layers {layers}: use stats_layers"
+        )
     return layers[0] if layers else None
 
 
@@ -301,8 +313,11 @@ def editor_file(cfg: dict, method: str, model: str) -> str | None:
 
 def trained_editors(cfg: dict) -> list[tuple[str, str]]:
     """The (model, method) experiments whose editor is trained here (rule train_mend)."""
-    return [(model, method) for model, method in experiments(cfg)
-            if (editor_file(cfg, method, model) or "").endswith(".safetensors")]
+    return [
+        (model, method)
+        for model, method in experiments(cfg)
+        if (editor_file(cfg, method, model) or "").endswith(".safetensors")
+    ]
 
 
 def editor_training_corpus(cfg: dict) -> str | None:
@@ -362,12 +377,17 @@ def _check_gguf_source(where: str, spec: dict, base_dir: str | os.PathLike = "."
         return
     found = importlib.util.find_spec(spec["package"])
     if found is None or not found.submodule_search_locations:
-        raise ConfigError(f"{where}.package", f"Python package {spec['package']!r} is not installed "
-                          "(make venv installs the packages of requirements-models.txt, without their "
-                          "dependencies)")
+        raise ConfigError(
+            f"{where}.package",
+            f"Python package {spec['package']!r} is not installed "
+            "(make venv installs the packages of requirements-models.txt, without their "
+            "dependencies)",
+        )
     folder = Path(list(found.submodule_search_locations)[0])
     if not (folder / spec["file"]).is_file():
-        raise ConfigError(f"{where}.file", f"package {spec['package']!r} ({folder}) has no file {spec['file']!r}")
+        raise ConfigError(
+            f"{where}.file", f"package {spec['package']!r} ({folder}) has no file {spec['file']!r}"
+        )
 
 
 def model_n_layer(cfg: dict, model: str, base_dir: str | os.PathLike = ".") -> int | None:
@@ -395,13 +415,20 @@ def _check_edit_gates(cfg: dict, model: str, edit: dict, base_dir: str | os.Path
     where = f"models.{model}.gates.edit"
     method = edit["method"]
     if method not in cfg["methods"]:
-        raise ConfigError(f"{where}.method", f"{method!r} is not a key of methods (defined: {sorted(cfg['methods'])})")
+        raise ConfigError(
+            f"{where}.method",
+            f"{method!r} is not a key of methods (defined: {sorted(cfg['methods'])})",
+        )
     if model not in cfg["methods"][method].get("per_model", {}):
-        raise ConfigError(f"{where}.method", f"methods.{method}.per_model has no entry for {model!r}")
+        raise ConfigError(
+            f"{where}.method", f"methods.{method}.per_model has no entry for {model!r}"
+        )
     _check_method_hparams(cfg, method, model, base_dir)
 
 
-def _check_layers(hp: Any, n_layer: int | None, model: str, key: Callable[[str], str], given: Iterable[str]) -> None:
+def _check_layers(
+    hp: Any, n_layer: int | None, model: str, key: Callable[[str], str], given: Iterable[str]
+) -> None:
     """The layers an editor's hparams ``hp`` name exist in ``model`` (``n_layer`` blocks, None when
     unknown): an integer ``layer``, else MEND's ``layers`` list or, without it, ``n_last_layers``.
     ``key`` maps a field name to its config key; ``given`` are the fields the config sets."""
@@ -423,7 +450,10 @@ def _check_layers(hp: Any, n_layer: int | None, model: str, key: Callable[[str],
         check_index("layer", hp.layer)
     if getattr(hp, "layers", None) is not None:
         if not hp.layers:
-            fail("layers", "is empty: give at least one layer, or null to edit the last n_last_layers")
+            fail(
+                "layers",
+                "is empty: give at least one layer, or null to edit the last n_last_layers",
+            )
         for i, layer in enumerate(hp.layers):
             check_index("layers", layer, i)
     elif isinstance(getattr(hp, "n_last_layers", None), int):
@@ -434,7 +464,9 @@ def _check_layers(hp: Any, n_layer: int | None, model: str, key: Callable[[str],
             fail("n_last_layers", f"{n} is out of range: model {model!r} has {n_layer} layers")
 
 
-def _check_method_hparams(cfg: dict, method: str, model: str, base_dir: str | os.PathLike = ".") -> None:
+def _check_method_hparams(
+    cfg: dict, method: str, model: str, base_dir: str | os.PathLike = "."
+) -> None:
     """The hparams ``method`` runs with on ``model`` (``hparams`` merged with ``per_model[model]``)
     build its editor's dataclass (known names, types, the dataclass's own checks) and name layers
     the model has; an error names the key where the value was set (a missing required value: the
@@ -449,14 +481,23 @@ def _check_method_hparams(cfg: dict, method: str, model: str, base_dir: str | os
         return
     per_model = spec.get("per_model", {}).get(model, {})
     where = f"methods.{method}.per_model.{model}"
-    keys = {name: f"methods.{method}.hparams.{name}" for name in spec.get("hparams", {}) if name not in per_model}
+    keys = {
+        name: f"methods.{method}.hparams.{name}"
+        for name in spec.get("hparams", {})
+        if name not in per_model
+    }
     values = method_hparams(cfg, method, model)
     try:
         hp = check_hparams(cls, values, where, keys)
     except HParamError as e:
         raise ConfigError(e.key, e.problem) from None
-    _check_layers(hp, model_n_layer(cfg, model, base_dir), model,
-                  lambda name: f"{where}.{name}" if name in per_model else f"methods.{method}.hparams.{name}", values)
+    _check_layers(
+        hp,
+        model_n_layer(cfg, model, base_dir),
+        model,
+        lambda name: f"{where}.{name}" if name in per_model else f"methods.{method}.hparams.{name}",
+        values,
+    )
 
 
 def _check_enough_records(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
@@ -484,8 +525,11 @@ def _check_enough_records(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
         n = experiment_n_edits(cfg, e["model"], e["method"])
         if n > available:
             key = f"experiments[{i}].n_edits" if e.get("n_edits") is not None else "n_edits"
-            raise ConfigError(key, f"{n} edits asked but {path} has {available} records to edit "
-                              f"({len(records)} usable, {reserved} reserved for editor training)")
+            raise ConfigError(
+                key,
+                f"{n} edits asked but {path} has {available} records to edit "
+                f"({len(records)} usable, {reserved} reserved for editor training)",
+            )
 
 
 def _check_stats_files(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
@@ -498,8 +542,9 @@ def _check_stats_files(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     and the file is not older than it (else rule key_stats recomputes the file anyway).
     """
     for i, exp in enumerate(cfg["experiments"]):
-        key = (f"methods.{exp['method']}.per_model.{exp['model']}."
-               + ("layers" if "layers" in method_hparams(cfg, exp["method"], exp["model"]) else "layer"))
+        key = f"methods.{exp['method']}.per_model.{exp['model']}." + (
+            "layers" if "layers" in method_hparams(cfg, exp["method"], exp["model"]) else "layer"
+        )
         for layer in stats_layers(cfg, exp["method"], exp["model"]):
             _check_stats_file(cfg, exp, layer, key, i, base_dir)
 
@@ -518,11 +563,21 @@ def _check_stats_file(cfg: dict, exp: dict, layer: int, key: str, i: int, base_d
             return
         try:
             with h5py.File(path, "r") as h5:
-                attrs = {k: h5.attrs[k] for k in ("layer", "corpus", "model_id", "revision") if k in h5.attrs}
+                attrs = {
+                    k: h5.attrs[k]
+                    for k in ("layer", "corpus", "model_id", "revision")
+                    if k in h5.attrs
+                }
         except OSError as e:
-            raise ConfigError(key, f"statistics file {rel} is unreadable ({e}); move it aside to recompute it") from None
-        found = {"layer": int(attrs["layer"]) if "layer" in attrs else None,
-                 **{k: str(attrs[k]) if k in attrs else None for k in ("corpus", "model_id", "revision")}}
+            raise ConfigError(
+                key, f"statistics file {rel} is unreadable ({e}); move it aside to recompute it"
+            ) from None
+        found = {
+            "layer": int(attrs["layer"]) if "layer" in attrs else None,
+            **{
+                k: str(attrs[k]) if k in attrs else None for k in ("corpus", "model_id", "revision")
+            },
+        }
         wanted = [("layer", layer), ("corpus", corpus)]
         manifest = under(base_dir, f"resources/models/{exp['model']}/editscale_manifest.json")
         # the model is prepared and not newer than the file (a newer model makes Snakemake
@@ -532,8 +587,11 @@ def _check_stats_file(cfg: dict, exp: dict, layer: int, key: str, i: int, base_d
             wanted += [("model_id", ident["model_id"]), ("revision", ident["revision"])]
         for attr, want in wanted:
             if found[attr] not in (None, "unknown") and found[attr] != want:
-                raise ConfigError(key, f"statistics file {rel} holds {attr} {found[attr]!r}, not {want!r}; "
-                                  "move it aside to recompute it (experiments[" + str(i) + "])")
+                raise ConfigError(
+                    key,
+                    f"statistics file {rel} holds {attr} {found[attr]!r}, not {want!r}; "
+                    "move it aside to recompute it (experiments[" + str(i) + "])",
+                )
 
 
 def _check_training_hparams(cfg: dict, method: str) -> None:
@@ -557,7 +615,11 @@ def edit_gate_spec(cfg: dict, model: str) -> dict | None:
     if edit is None:
         return None
     method = edit["method"]
-    return {**edit, "editor": cfg["methods"][method]["editor"], "hparams": method_hparams(cfg, method, model)}
+    return {
+        **edit,
+        "editor": cfg["methods"][method]["editor"],
+        "hparams": method_hparams(cfg, method, model),
+    }
 
 
 def _check_steps(cfg: dict, i: int, model: str, method: str) -> None:
@@ -572,21 +634,34 @@ def _check_steps(cfg: dict, i: int, model: str, method: str) -> None:
     key = f"methods.{method}.edits_per_step"
     if not EDITORS[spec["editor"]].batched:
         batched = sorted(n for n, e in EDITORS.items() if e.batched)
-        raise ConfigError(key, f"{k}, but editor {spec['editor']!r} edits one record per step; the editors "
-                          f"that edit in batches are {batched}")
+        raise ConfigError(
+            key,
+            f"{k}, but editor {spec['editor']!r} edits one record per step; the editors "
+            f"that edit in batches are {batched}",
+        )
     if not spec.get("store_updates", True):
-        raise ConfigError(key, f"{k} needs methods.{method}.store_updates: true (replaying from snapshots "
-                          "rebuilds one edit at a time)")
+        raise ConfigError(
+            key,
+            f"{k} needs methods.{method}.store_updates: true (replaying from snapshots "
+            "rebuilds one edit at a time)",
+        )
     ev = cfg.get("evaluation", {})
-    counts = {f"experiments[{i}].n_edits" if cfg["experiments"][i].get("n_edits") else "n_edits":
-              experiment_n_edits(cfg, model, method), "snapshot_every": cfg["snapshot_every"]}
+    counts = {
+        f"experiments[{i}].n_edits"
+        if cfg["experiments"][i].get("n_edits")
+        else "n_edits": experiment_n_edits(cfg, model, method),
+        "snapshot_every": cfg["snapshot_every"],
+    }
     for name in ("forgetting_every", "downstream_every"):
         if name in ev:
             counts[f"evaluation.{name}"] = ev[name]
     for name, value in counts.items():
         if value % k:
-            raise ConfigError(key, f"{k} does not divide {name} = {value}: every checkpoint and the last "
-                              "edit must end a step")
+            raise ConfigError(
+                key,
+                f"{k} does not divide {name} = {value}: every checkpoint and the last "
+                "edit must end a step",
+            )
 
 
 def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
@@ -617,90 +692,137 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
         where = f"models.{name}"
         if spec["source"] == "scratch":
             if spec["d_model"] % spec["n_head"]:
-                raise ConfigError(f"{where}.d_model",
-                                  f"{spec['d_model']} is not divisible by n_head={spec['n_head']}")
+                raise ConfigError(
+                    f"{where}.d_model",
+                    f"{spec['d_model']} is not divisible by n_head={spec['n_head']}",
+                )
             if spec["tokenizer_corpus"] not in corpora:
-                raise ConfigError(f"{where}.tokenizer_corpus",
-                                  f"{spec['tokenizer_corpus']!r} is not a key of corpora "
-                                  f"(defined: {sorted(corpora)})")
+                raise ConfigError(
+                    f"{where}.tokenizer_corpus",
+                    f"{spec['tokenizer_corpus']!r} is not a key of corpora "
+                    f"(defined: {sorted(corpora)})",
+                )
         if spec["source"] == "world":
             if spec["world"] not in cfg.get("worlds", {}):
-                raise ConfigError(f"{where}.world", f"{spec['world']!r} is not a key of worlds "
-                                  f"(defined: {sorted(cfg.get('worlds', {}))})")
+                raise ConfigError(
+                    f"{where}.world",
+                    f"{spec['world']!r} is not a key of worlds "
+                    f"(defined: {sorted(cfg.get('worlds', {}))})",
+                )
             if spec["d_model"] % spec["n_head"]:
-                raise ConfigError(f"{where}.d_model",
-                                  f"{spec['d_model']} is not divisible by n_head={spec['n_head']}")
+                raise ConfigError(
+                    f"{where}.d_model",
+                    f"{spec['d_model']} is not divisible by n_head={spec['n_head']}",
+                )
             edit = spec.get("gates", {}).get("edit")
             if edit is not None:
                 _check_edit_gates(cfg, name, edit, base_dir)
         if spec["source"] == "gguf":
             _check_gguf_source(where, spec, base_dir)
         if spec["source"] == "hub" and not _COMMIT.match(spec["revision"]):
-            warnings.warn(f"config key '{where}.revision': {spec['revision']!r} is not a commit hash; "
-                          "a branch or tag can move, pin the 40-character commit for reproducibility",
-                          ConfigWarning, stacklevel=2)
+            warnings.warn(
+                f"config key '{where}.revision': {spec['revision']!r} is not a commit hash; "
+                "a branch or tag can move, pin the 40-character commit for reproducibility",
+                ConfigWarning,
+                stacklevel=2,
+            )
 
     for name, spec in corpora.items():
-        if spec["type"] == "hub" and spec.get("data_files") is None and not (
-                spec.get("revision") and _COMMIT.match(spec["revision"])):
-            warnings.warn(f"config key 'corpora.{name}.revision': {spec.get('revision')!r} is not a commit "
-                          "hash; the data set may change between runs", ConfigWarning, stacklevel=2)
+        if (
+            spec["type"] == "hub"
+            and spec.get("data_files") is None
+            and not (spec.get("revision") and _COMMIT.match(spec["revision"]))
+        ):
+            warnings.warn(
+                f"config key 'corpora.{name}.revision': {spec.get('revision')!r} is not a commit "
+                "hash; the data set may change between runs",
+                ConfigWarning,
+                stacklevel=2,
+            )
 
     cf = cfg["counterfact"]
     has_path, has_url = cf.get("path") is not None, cf.get("url") is not None
     if has_path == has_url:
-        raise ConfigError("counterfact", "give exactly one of 'path' (a local file) and 'url' "
-                          f"(downloaded and checked against 'sha256'); got path={cf.get('path')!r}, "
-                          f"url={cf.get('url')!r}")
+        raise ConfigError(
+            "counterfact",
+            "give exactly one of 'path' (a local file) and 'url' "
+            f"(downloaded and checked against 'sha256'); got path={cf.get('path')!r}, "
+            f"url={cf.get('url')!r}",
+        )
 
     for name, spec in methods.items():
         if spec["editor"] not in EDITORS:
-            raise ConfigError(f"methods.{name}.editor",
-                              f"unknown editor {spec['editor']!r}; known editors: {sorted(EDITORS)}")
+            raise ConfigError(
+                f"methods.{name}.editor",
+                f"unknown editor {spec['editor']!r}; known editors: {sorted(EDITORS)}",
+            )
         for model in spec.get("per_model", {}):
             if model not in models:
-                raise ConfigError(f"methods.{name}.per_model.{model}",
-                                  f"{model!r} is not a key of models (defined: {sorted(models)})")
+                raise ConfigError(
+                    f"methods.{name}.per_model.{model}",
+                    f"{model!r} is not a key of models (defined: {sorted(models)})",
+                )
         for model in spec.get("editor_weights", {}):
             if model not in models:
-                raise ConfigError(f"methods.{name}.editor_weights.{model}",
-                                  f"{model!r} is not a key of models (defined: {sorted(models)})")
-        if (spec.get("training") or spec.get("editor_weights")) and not EDITORS[spec["editor"]].needs_editor_file:
-            raise ConfigError(f"methods.{name}", f"'training' and 'editor_weights' apply to editors that need "
-                              f"an editor file (MEND), not to {spec['editor']!r}")
+                raise ConfigError(
+                    f"methods.{name}.editor_weights.{model}",
+                    f"{model!r} is not a key of models (defined: {sorted(models)})",
+                )
+        if (spec.get("training") or spec.get("editor_weights")) and not EDITORS[
+            spec["editor"]
+        ].needs_editor_file:
+            raise ConfigError(
+                f"methods.{name}",
+                f"'training' and 'editor_weights' apply to editors that need "
+                f"an editor file (MEND), not to {spec['editor']!r}",
+            )
 
     seen: set[tuple[str, str]] = set()
     for i, exp in enumerate(cfg["experiments"]):
         model, method = exp["model"], exp["method"]
         if model not in models:
-            raise ConfigError(f"experiments[{i}].model",
-                              f"{model!r} is not a key of models (defined: {sorted(models)})")
+            raise ConfigError(
+                f"experiments[{i}].model",
+                f"{model!r} is not a key of models (defined: {sorted(models)})",
+            )
         if method not in methods:
-            raise ConfigError(f"experiments[{i}].method",
-                              f"{method!r} is not a key of methods (defined: {sorted(methods)})")
+            raise ConfigError(
+                f"experiments[{i}].method",
+                f"{method!r} is not a key of methods (defined: {sorted(methods)})",
+            )
         if (model, method) in seen:
             raise ConfigError(f"experiments[{i}]", f"({model}, {method}) is listed twice")
         seen.add((model, method))
         per_model = methods[method].get("per_model", {})
         if model not in per_model:
-            raise ConfigError(f"methods.{method}.per_model.{model}",
-                              f"missing: method {method!r} runs on model {model!r} (experiments[{i}]) "
-                              "and needs its per-model hparams there")
+            raise ConfigError(
+                f"methods.{method}.per_model.{model}",
+                f"missing: method {method!r} runs on model {model!r} (experiments[{i}]) "
+                "and needs its per-model hparams there",
+            )
         info = EDITORS[methods[method]["editor"]]
         if info.needs_covariance and "layer" in info.hparams.__dataclass_fields__:
             layer = per_model[model].get("layer")
             key = f"methods.{method}.per_model.{model}.layer"
             if not isinstance(layer, int) or isinstance(layer, bool):
-                raise ConfigError(key, f"required (an integer >= 0): editor {methods[method]['editor']!r} "
-                                  "edits one layer and needs its key statistics")
+                raise ConfigError(
+                    key,
+                    f"required (an integer >= 0): editor {methods[method]['editor']!r} "
+                    "edits one layer and needs its key statistics",
+                )
             n_layer = model_n_layer(cfg, model, base_dir)
             if n_layer is not None and layer >= n_layer:
-                raise ConfigError(key, f"{layer} is out of range: model {model!r} has {n_layer} layers "
-                                  f"(0..{n_layer - 1})")
+                raise ConfigError(
+                    key,
+                    f"{layer} is out of range: model {model!r} has {n_layer} layers "
+                    f"(0..{n_layer - 1})",
+                )
         elif info.needs_covariance and "layers" not in per_model[model]:
-            raise ConfigError(f"methods.{method}.per_model.{model}.layers",
-                              f"required (a list of layers): editor {methods[method]['editor']!r} edits these "
-                              "layers of this model and needs their key statistics")
+            raise ConfigError(
+                f"methods.{method}.per_model.{model}.layers",
+                f"required (a list of layers): editor {methods[method]['editor']!r} edits these "
+                "layers of this model and needs their key statistics",
+            )
         _check_method_hparams(cfg, method, model, base_dir)
         _check_steps(cfg, i, model, method)
 
@@ -712,41 +834,69 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
         model, method = trained_editors(cfg)[0]
         loc_corpus = editor_training_corpus(cfg)
         if loc_corpus is None:
-            raise ConfigError("editor_training.corpus",
-                              f"required: method {method!r} trains an editor for model {model!r} (no "
-                              f"methods.{method}.editor_weights.{model}) and needs locality text: set "
-                              "editor_training.corpus or stats.corpus")
+            raise ConfigError(
+                "editor_training.corpus",
+                f"required: method {method!r} trains an editor for model {model!r} (no "
+                f"methods.{method}.editor_weights.{model}) and needs locality text: set "
+                "editor_training.corpus or stats.corpus",
+            )
         if loc_corpus not in corpora:
-            raise ConfigError("editor_training.corpus",
-                              f"{loc_corpus!r} is not a key of corpora (defined: {sorted(corpora)})")
+            raise ConfigError(
+                "editor_training.corpus",
+                f"{loc_corpus!r} is not a key of corpora (defined: {sorted(corpora)})",
+            )
 
     stats_corpus = cfg["stats"].get("corpus")
     if stats_corpus is not None and stats_corpus not in corpora:
-        raise ConfigError("stats.corpus", f"{stats_corpus!r} is not a key of corpora (defined: {sorted(corpora)})")
-    if (stats_corpus is not None and cfg["stats"].get("sample") == "random"
-            and corpora[stats_corpus]["type"] == "hub" and corpora[stats_corpus].get("streaming", True)):
-        raise ConfigError("stats.sample", f"'random' needs the length of corpus {stats_corpus!r}: set "
-                          f"corpora.{stats_corpus}.streaming: false (or stats.sample: first)")
+        raise ConfigError(
+            "stats.corpus", f"{stats_corpus!r} is not a key of corpora (defined: {sorted(corpora)})"
+        )
+    if (
+        stats_corpus is not None
+        and cfg["stats"].get("sample") == "random"
+        and corpora[stats_corpus]["type"] == "hub"
+        and corpora[stats_corpus].get("streaming", True)
+    ):
+        raise ConfigError(
+            "stats.sample",
+            f"'random' needs the length of corpus {stats_corpus!r}: set "
+            f"corpora.{stats_corpus}.streaming: false (or stats.sample: first)",
+        )
     for i, entry in enumerate(cfg["stats"].get("published") or []):
         if entry["model"] not in models:
-            raise ConfigError(f"stats.published[{i}].model",
-                              f"{entry['model']!r} is not a key of models (defined: {sorted(models)})")
-    needs_computed = [(e["model"], e["method"]) for e in cfg["experiments"]
-                      if any(f.startswith("resources/stats/") for f in stats_files(cfg, e["method"], e["model"]))]
+            raise ConfigError(
+                f"stats.published[{i}].model",
+                f"{entry['model']!r} is not a key of models (defined: {sorted(models)})",
+            )
+    needs_computed = [
+        (e["model"], e["method"])
+        for e in cfg["experiments"]
+        if any(f.startswith("resources/stats/") for f in stats_files(cfg, e["method"], e["model"]))
+    ]
     if needs_computed and stats_corpus is None:
-        raise ConfigError("stats.corpus", f"required: {needs_computed[0][1]!r} on {needs_computed[0][0]!r} needs "
-                          "covariance statistics (and stats.published has none for its layer)")
+        raise ConfigError(
+            "stats.corpus",
+            f"required: {needs_computed[0][1]!r} on {needs_computed[0][0]!r} needs "
+            "covariance statistics (and stats.published has none for its layer)",
+        )
     conv = cfg["stats"]["convergence"]
     if conv["tolerance"] is not None and conv["check_every_docs"] > cfg["stats"]["n_docs"]:
-        raise ConfigError("stats.convergence.check_every_docs",
-                          f"{conv['check_every_docs']} exceeds stats.n_docs ({cfg['stats']['n_docs']}): "
-                          "no convergence check would ever run")
+        raise ConfigError(
+            "stats.convergence.check_every_docs",
+            f"{conv['check_every_docs']} exceeds stats.n_docs ({cfg['stats']['n_docs']}): "
+            "no convergence check would ever run",
+        )
 
     ppl_corpus = cfg.get("evaluation", {}).get("perplexity", {}).get("corpus")
     if ppl_corpus is not None and ppl_corpus not in corpora:
-        raise ConfigError("evaluation.perplexity.corpus",
-                          f"{ppl_corpus!r} is not a key of corpora (defined: {sorted(corpora)})")
+        raise ConfigError(
+            "evaluation.perplexity.corpus",
+            f"{ppl_corpus!r} is not a key of corpora (defined: {sorted(corpora)})",
+        )
 
     for model in cfg.get("resources", {}):
         if model not in models:
-            raise ConfigError(f"resources.{model}", f"{model!r} is not a key of models (defined: {sorted(models)})")
+            raise ConfigError(
+                f"resources.{model}",
+                f"{model!r} is not a key of models (defined: {sorted(models)})",
+            )

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
 from editscale.data import corpora, counterfact, download
 from editscale.io import provenance
+from tests.conftest import SHARED_DATA
 
 WIKITEXT_REL = "wikitext/wikitext-2_valid.tokens.txt"
 
@@ -70,7 +70,13 @@ def test_unique_subjects_real(real_records):
 
 
 def test_unique_subjects_case_variants():
-    recs = [_record(5, "Paris"), _record(3, "paris"), _record(9, "Rome"), _record(1, "PARIS"), _record(2, "rome ")]
+    recs = [
+        _record(5, "Paris"),
+        _record(3, "paris"),
+        _record(9, "Rome"),
+        _record(1, "PARIS"),
+        _record(2, "rome "),
+    ]
     kept = counterfact.unique_subject_records(recs)
     assert [r["case_id"] for r in kept] == [5, 9, 2]  # 'rome ' differs from 'rome' (no stripping)
 
@@ -97,17 +103,36 @@ def _break(mutate) -> list[dict]:
     [
         (lambda r: r["requested_rewrite"].pop("subject"), "requested_rewrite.subject", "missing"),
         (lambda r: r.pop("neighborhood_prompts"), "neighborhood_prompts", "missing"),
-        (lambda r: r["requested_rewrite"]["target_new"].update(str=7), "requested_rewrite.target_new.str",
-         "expected a string"),
-        (lambda r: r["requested_rewrite"].update(target_true="Africa"), "requested_rewrite.target_true",
-         "expected an object"),
-        (lambda r: r["paraphrase_prompts"].append(None), "paraphrase_prompts[1]", "expected a string"),
-        (lambda r: r["requested_rewrite"].update(prompt="Ghana is located in"), "requested_rewrite.prompt",
-         "exactly one"),
-        (lambda r: r["requested_rewrite"].update(prompt="{} and {} are in"), "requested_rewrite.prompt",
-         "found 2"),
-        (lambda r: r["requested_rewrite"]["target_new"].update(str="Africa"), "requested_rewrite.target_new.str",
-         "equals requested_rewrite.target_true.str"),
+        (
+            lambda r: r["requested_rewrite"]["target_new"].update(str=7),
+            "requested_rewrite.target_new.str",
+            "expected a string",
+        ),
+        (
+            lambda r: r["requested_rewrite"].update(target_true="Africa"),
+            "requested_rewrite.target_true",
+            "expected an object",
+        ),
+        (
+            lambda r: r["paraphrase_prompts"].append(None),
+            "paraphrase_prompts[1]",
+            "expected a string",
+        ),
+        (
+            lambda r: r["requested_rewrite"].update(prompt="Ghana is located in"),
+            "requested_rewrite.prompt",
+            "exactly one",
+        ),
+        (
+            lambda r: r["requested_rewrite"].update(prompt="{} and {} are in"),
+            "requested_rewrite.prompt",
+            "found 2",
+        ),
+        (
+            lambda r: r["requested_rewrite"]["target_new"].update(str="Africa"),
+            "requested_rewrite.target_new.str",
+            "equals requested_rewrite.target_true.str",
+        ),
     ],
 )
 def test_record_errors(tmp_path, mutate, field, fragment):
@@ -123,7 +148,9 @@ def test_record_errors(tmp_path, mutate, field, fragment):
 
 def test_bad_case_id_names_index(tmp_path):
     path = _write(tmp_path, _break(lambda r: r.update(case_id="11")))
-    with pytest.raises(counterfact.RecordError, match=r"record 1: field 'case_id': expected an integer") as info:
+    with pytest.raises(
+        counterfact.RecordError, match=r"record 1: field 'case_id': expected an integer"
+    ) as info:
         counterfact.load_counterfact(path)
     assert str(path) in str(info.value)
 
@@ -161,12 +188,17 @@ def test_not_utf8_names_file_and_offset(tmp_path):
     path = tmp_path / "latin1.json"
     good = json.dumps([_record(10)], indent=1).encode()
     at = good.index(b"Angola")
-    path.write_bytes(good[:at] + "Ang\u00f6la".encode("latin-1") + good[at + len("Angola"):])
+    path.write_bytes(good[:at] + "Ang\u00f6la".encode("latin-1") + good[at + len("Angola") :])
     with pytest.raises(counterfact.RecordError) as info:
         counterfact.load_counterfact(path)
     msg = str(info.value)
     line = good[:at].count(b"\n") + 1
-    assert str(path) in msg and "not UTF-8" in msg and f"byte offset {at + 3}" in msg and f"line {line}" in msg
+    assert (
+        str(path) in msg
+        and "not UTF-8" in msg
+        and f"byte offset {at + 3}" in msg
+        and f"line {line}" in msg
+    )
 
 
 def test_empty_list_names_file(tmp_path):
@@ -190,7 +222,9 @@ def test_validate_record_optional_fields():
     rec["requested_rewrite"]["target_new"].pop("id")
     counterfact.validate_record(rec, 0)
     rec["pararel_idx"] = True
-    with pytest.raises(counterfact.RecordError, match=r"<memory>: record 0 \(case_id 1\): field 'pararel_idx'"):
+    with pytest.raises(
+        counterfact.RecordError, match=r"<memory>: record 0 \(case_id 1\): field 'pararel_idx'"
+    ):
         counterfact.validate_record(rec, 0)
 
 
@@ -278,7 +312,9 @@ def test_reserved_records_are_dropped_after_shuffling(authors_orderings):
         assert all(pos[a] < pos[b] for a, b in zip(got, got[1:]))
     # removing the reserved ids BEFORE shuffling (the old behaviour) gives another order
     kept = [c for c in ids if c not in reserved]
-    assert counterfact.make_orderings(kept, 1, seed=37)[0] != counterfact.ordering_sample(ids, 0, seed=37, exclude=reserved)
+    assert counterfact.make_orderings(kept, 1, seed=37)[0] != counterfact.ordering_sample(
+        ids, 0, seed=37, exclude=reserved
+    )
     with pytest.raises(ValueError):
         counterfact.ordering_sample(ids, -1, seed=37)
 
@@ -319,7 +355,9 @@ def test_link_relative_survives_a_moved_project(tmp_path):
 
 
 def test_counterfact_rule_links_relatively():
-    script = (Path(__file__).resolve().parents[2] / "workflow" / "scripts" / "counterfact.py").read_text()
+    script = (
+        Path(__file__).resolve().parents[2] / "workflow" / "scripts" / "counterfact.py"
+    ).read_text()
     assert "link_relative(" in script and "os.symlink" not in script
 
 
@@ -335,7 +373,9 @@ def test_download_file_url(tmp_path):
     assert dest.read_bytes() == payload
     assert not dest.with_name("dl.bin.part").exists()
     mtime = dest.stat().st_mtime_ns
-    assert download.download_file(src.as_uri(), dest, sha256=good.upper()) == good  # already there: no-op
+    assert (
+        download.download_file(src.as_uri(), dest, sha256=good.upper()) == good
+    )  # already there: no-op
     assert dest.stat().st_mtime_ns == mtime
 
     bad = "0" * 64
@@ -360,7 +400,9 @@ def test_wikitext_articles(shared_data):
     docs = list(corpora.iter_corpus(_wikitext("wikitext_articles"), base_dir=shared_data))
     titles = [d.split("\n", 1)[0] for d in docs]
     assert 40 <= len(docs) <= 80  # WikiText-2 validation has 60 articles
-    assert docs[0].startswith("= Homarus gammarus =\nHomarus gammarus , known as the European lobster")
+    assert docs[0].startswith(
+        "= Homarus gammarus =\nHomarus gammarus , known as the European lobster"
+    )
     assert all(t.startswith("= ") and t.endswith(" =") and not t.startswith("= =") for t in titles)
     assert "\n= = Description = =\n" in docs[0]  # sub-headings stay inside the article
     assert all(d == d.strip() and d for d in docs)
@@ -379,13 +421,21 @@ def test_wikitext_paragraphs_and_lines(shared_data):
 
 def test_doc_splits_small(tmp_path):
     (tmp_path / "a.txt").write_text(
-        "intro line\n\n = Alpha = \n\n text a1 \n = = Sub = = \n text a2\n\n = Beta = \n text b\n\n\n")
+        "intro line\n\n = Alpha = \n\n text a1 \n = = Sub = = \n text a2\n\n = Beta = \n text b\n\n\n"
+    )
     spec = {"type": "text_files", "paths": ["a.txt"], "doc_split": "wikitext_articles"}
     assert list(corpora.iter_corpus(spec, tmp_path)) == [
-        "intro line", "= Alpha =\ntext a1\n= = Sub = =\ntext a2", "= Beta =\ntext b"]
+        "intro line",
+        "= Alpha =\ntext a1\n= = Sub = =\ntext a2",
+        "= Beta =\ntext b",
+    ]
     spec["doc_split"] = "blank_lines"
     assert list(corpora.iter_corpus(spec, tmp_path)) == [
-        "intro line", "= Alpha =", "text a1\n= = Sub = =\ntext a2", "= Beta =\ntext b"]
+        "intro line",
+        "= Alpha =",
+        "text a1\n= = Sub = =\ntext a2",
+        "= Beta =\ntext b",
+    ]
     spec["doc_split"] = "lines"
     assert len(list(corpora.iter_corpus(spec, tmp_path))) == 7
     spec["doc_split"] = "sentences"
@@ -405,8 +455,14 @@ def _write_jsonl(path: Path, texts: list) -> None:
 def test_hub_local_json(tmp_path):
     _write_jsonl(tmp_path / "part0.jsonl", ["  first doc ", "", "second doc"])
     _write_jsonl(tmp_path / "part1.jsonl", ["third doc"])
-    spec = {"type": "hub", "dataset": "json", "data_files": ["part0.jsonl", "part1.jsonl"],
-            "split": "train", "text_field": "text", "streaming": True}
+    spec = {
+        "type": "hub",
+        "dataset": "json",
+        "data_files": ["part0.jsonl", "part1.jsonl"],
+        "split": "train",
+        "text_field": "text",
+        "streaming": True,
+    }
     docs = list(corpora.iter_corpus(spec, base_dir=tmp_path))
     assert docs == ["first doc", "second doc", "third doc"]
 
@@ -423,7 +479,9 @@ def test_corpus_fingerprint_text_files(tmp_path):
     (tmp_path / "a.txt").write_text("= A =\nhello\n")
     spec = {"type": "text_files", "paths": ["a.txt"], "doc_split": "wikitext_articles"}
     fp = corpora.corpus_fingerprint(spec, tmp_path)
-    assert len(fp) == 64 and fp == corpora.corpus_fingerprint(dict(reversed(list(spec.items()))), tmp_path)
+    assert len(fp) == 64 and fp == corpora.corpus_fingerprint(
+        dict(reversed(list(spec.items()))), tmp_path
+    )
     assert corpora.corpus_fingerprint({**spec, "doc_split": "lines"}, tmp_path) != fp
     (tmp_path / "a.txt").write_text("= A =\nhello!\n")
     assert corpora.corpus_fingerprint(spec, tmp_path) != fp
@@ -447,7 +505,9 @@ def test_sample_corpus_first_and_romes_fixed_random_subset(tmp_path):
     random.Random(1).shuffle(order)
     picked = list(corpora.sample_corpus(corpus, 7, "random", 1, base_dir=tmp_path))
     assert picked == [docs[i] for i in order[:7]]
-    assert picked != docs[:7] and picked == list(corpora.sample_corpus(corpus, 7, "random", 1, base_dir=tmp_path))
+    assert picked != docs[:7] and picked == list(
+        corpora.sample_corpus(corpus, 7, "random", 1, base_dir=tmp_path)
+    )
     assert list(corpora.sample_corpus(corpus, 7, "random", 2, base_dir=tmp_path)) != picked
     assert len(list(corpora.sample_corpus(corpus, 500, "random", 1, base_dir=tmp_path))) == 50
     with pytest.raises(ValueError, match="streaming: false"):
@@ -462,8 +522,16 @@ def test_sample_corpus_random_from_a_local_hub_dataset(tmp_path):
 
     rows = [{"text": f"row {i}"} for i in range(30)]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    corpus = {"type": "hub", "dataset": "json", "data_files": "d.jsonl", "split": "train",
-              "streaming": False, "text_field": "text"}
+    corpus = {
+        "type": "hub",
+        "dataset": "json",
+        "data_files": "d.jsonl",
+        "split": "train",
+        "streaming": False,
+        "text_field": "text",
+    }
     order = list(range(30))
     random.Random(1).shuffle(order)
-    assert list(corpora.sample_corpus(corpus, 5, "random", 1, base_dir=tmp_path)) == [rows[i]["text"] for i in order[:5]]
+    assert list(corpora.sample_corpus(corpus, 5, "random", 1, base_dir=tmp_path)) == [
+        rows[i]["text"] for i in order[:5]
+    ]

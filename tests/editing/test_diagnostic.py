@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import synthetic_records
 from editscale.editing import diagnostic as ed
+from editscale.editing.runner import load_second_moment
 from editscale.editors import load_editor_module
 from editscale.editors.base import apply_updates
 from editscale.lm.models import arch_of, edit_parameter, load_model
-from editscale.editing.runner import load_second_moment
+from tests.conftest import synthetic_records
 
 HP = {"layer": 1, "v_num_grad_steps": 5, "context_template_lengths": [[4, 2]]}
 
@@ -24,11 +24,14 @@ def test_rows_match_the_update_and_weights_are_restored(traj_inputs):
     c = load_second_moment(traj_inputs["stats_path"], traj_inputs["model_dir"], 1)
     path = arch_of(model).mlp_out_path(1)
     with torch.no_grad():  # a non-zero bias: ROME's value gap is taken against the module's output
-        model.get_submodule(path).bias.copy_(torch.linspace(-1.0, 1.0, model.get_submodule(path).bias.numel()))
+        model.get_submodule(path).bias.copy_(
+            torch.linspace(-1.0, 1.0, model.get_submodule(path).bias.numel())
+        )
     w0 = edit_parameter(model, path).detach().clone()
     records = synthetic_records(3)
-    rows, summary = ed.run_diagnostic(model, tok, editor_name="rome", hparams=HP, records=records,
-                                      second_moment=c, seed=3)
+    rows, summary = ed.run_diagnostic(
+        model, tok, editor_name="rome", hparams=HP, records=records, second_moment=c, seed=3
+    )
     assert torch.equal(edit_parameter(model, path), w0)  # restored bit for bit
     assert len(rows) == 3 and summary["n_records"] == 3
 
@@ -38,8 +41,12 @@ def test_rows_match_the_update_and_weights_are_restored(traj_inputs):
     delta = float(res.updates[0].delta_out_in().double().norm())
     assert rows[0]["ratio"] == pytest.approx(delta / float(w0.double().norm()), rel=1e-5)
     # rank one with a unit u: ||dW|| = value gap / |k . u|
-    assert rows[0]["update_norm"] == pytest.approx(rows[0]["value_gap"] / abs(rows[0]["denominator"]), rel=1e-4)
-    assert rows[0]["denominator"] == pytest.approx(float(res.vectors["k_used"] @ res.vectors["u"]), rel=1e-5)
+    assert rows[0]["update_norm"] == pytest.approx(
+        rows[0]["value_gap"] / abs(rows[0]["denominator"]), rel=1e-4
+    )
+    assert rows[0]["denominator"] == pytest.approx(
+        float(res.vectors["k_used"] @ res.vectors["u"]), rel=1e-5
+    )
     assert 0 < rows[0]["key_cos"] <= 1 + 1e-9
     apply_updates(model, res.updates, arch_of(model))
     from editscale.lm.scoring import evaluate_record
@@ -79,36 +86,78 @@ def test_edit_gates_pass_and_fail_at_their_limits():
     assert ed.edit_gate_failures(ok, LIMITS) == []
     bad = {"edit_ratio_median": 0.51, "edit_es": 0.89, "edit_ps": 0.59, "edit_ns_drop": 0.11}
     misses = ed.edit_gate_failures(bad, LIMITS)
-    assert [m.split(":")[0] for m in misses] == ["edit_ratio_median", "edit_es", "edit_ps", "edit_ns_drop"]
+    assert [m.split(":")[0] for m in misses] == [
+        "edit_ratio_median",
+        "edit_es",
+        "edit_ps",
+        "edit_ns_drop",
+    ]
     assert "0.510 (must be <= 0.5)" in misses[0] and "0.890 (must be >= 0.9)" in misses[1]
 
 
 def test_run_gates_writes_edit_values_and_stops_on_a_miss(traj_inputs, tmp_path):
     from editscale.evaluation.gates import GateError, run_gates
 
-    common = dict(model_dir=traj_inputs["model_dir"], counterfact_path=traj_inputs["counterfact_path"],
-                  ordering_paths=[traj_inputs["ordering_path"]], n_edits=4, task_set_paths={},
-                  thresholds={"rewrite": 0.0, "paraphrase": 0.0, "neighborhood": 0.0, "downstream_f1": 0.0},
-                  stats_path=traj_inputs["stats_path"], seed=3)
-    edit = {"method": "rome", "editor": "rome", "hparams": HP, "n_records": 3, "max_ratio_median": 1e9,
-            "min_es": 0.0, "min_ps": 0.0, "max_ns_drop": 1.0}
+    common = dict(
+        model_dir=traj_inputs["model_dir"],
+        counterfact_path=traj_inputs["counterfact_path"],
+        ordering_paths=[traj_inputs["ordering_path"]],
+        n_edits=4,
+        task_set_paths={},
+        thresholds={"rewrite": 0.0, "paraphrase": 0.0, "neighborhood": 0.0, "downstream_f1": 0.0},
+        stats_path=traj_inputs["stats_path"],
+        seed=3,
+    )
+    edit = {
+        "method": "rome",
+        "editor": "rome",
+        "hparams": HP,
+        "n_records": 3,
+        "max_ratio_median": 1e9,
+        "min_es": 0.0,
+        "min_ps": 0.0,
+        "max_ns_drop": 1.0,
+    }
     report = run_gates(**common, edit=edit, out_json=tmp_path / "ok" / "gates.json")
-    assert report["passed"] and set(report["edit_values"]) == {"edit_ratio_median", "edit_es", "edit_ps",
-                                                                "edit_ns_drop"}
-    assert (tmp_path / "ok" / "edit_diagnostic" / "records.csv").read_text().count("\n") == 4  # header + 3
+    assert report["passed"] and set(report["edit_values"]) == {
+        "edit_ratio_median",
+        "edit_es",
+        "edit_ps",
+        "edit_ns_drop",
+    }
+    assert (tmp_path / "ok" / "edit_diagnostic" / "records.csv").read_text().count(
+        "\n"
+    ) == 4  # header + 3
     ratio = report["edit_values"]["edit_ratio_median"]
     strict = dict(edit, max_ratio_median=ratio * 0.99)
     with pytest.raises(GateError, match="edit_ratio_median"):
         run_gates(**common, edit=strict, out_json=tmp_path / "bad" / "gates.json")
     written = json.loads((tmp_path / "bad" / "gates.json").read_text())
-    assert not written["passed"] and math.isclose(written["edit_values"]["edit_ratio_median"], ratio, rel_tol=1e-6)
+    assert not written["passed"] and math.isclose(
+        written["edit_values"]["edit_ratio_median"], ratio, rel_tol=1e-6
+    )
 
 
 def test_command_line(traj_inputs, tmp_path):
     out = tmp_path / "diag"
-    rc = ed.main(["--model", str(traj_inputs["model_dir"]), "--stats", str(traj_inputs["stats_path"]),
-                  "--counterfact", str(traj_inputs["counterfact_path"]), "--layer", "1", "--n", "2",
-                  "--hparams", json.dumps({k: v for k, v in HP.items() if k != "layer"}), "--out", str(out)])
+    rc = ed.main(
+        [
+            "--model",
+            str(traj_inputs["model_dir"]),
+            "--stats",
+            str(traj_inputs["stats_path"]),
+            "--counterfact",
+            str(traj_inputs["counterfact_path"]),
+            "--layer",
+            "1",
+            "--n",
+            "2",
+            "--hparams",
+            json.dumps({k: v for k, v in HP.items() if k != "layer"}),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())["summary"]
     assert summary["n_records"] == 2 and summary["spectrum"]["dim"] > 0
@@ -118,11 +167,28 @@ def test_command_line(traj_inputs, tmp_path):
 def test_edit_gates_not_enforced_are_recorded_and_do_not_stop(traj_inputs, tmp_path):
     from editscale.evaluation.gates import run_gates
 
-    edit = {"method": "rome", "editor": "rome", "hparams": HP, "n_records": 2, "max_ratio_median": 1e-9,
-            "min_es": 0.0, "min_ps": 0.0, "max_ns_drop": 1.0, "enforce": False}
-    report = run_gates(model_dir=traj_inputs["model_dir"], counterfact_path=traj_inputs["counterfact_path"],
-                       ordering_paths=[traj_inputs["ordering_path"]], n_edits=2, task_set_paths={},
-                       thresholds={"rewrite": 0.0, "paraphrase": 0.0, "neighborhood": 0.0, "downstream_f1": 0.0},
-                       stats_path=traj_inputs["stats_path"], seed=3, edit=edit, out_json=tmp_path / "gates.json")
+    edit = {
+        "method": "rome",
+        "editor": "rome",
+        "hparams": HP,
+        "n_records": 2,
+        "max_ratio_median": 1e-9,
+        "min_es": 0.0,
+        "min_ps": 0.0,
+        "max_ns_drop": 1.0,
+        "enforce": False,
+    }
+    report = run_gates(
+        model_dir=traj_inputs["model_dir"],
+        counterfact_path=traj_inputs["counterfact_path"],
+        ordering_paths=[traj_inputs["ordering_path"]],
+        n_edits=2,
+        task_set_paths={},
+        thresholds={"rewrite": 0.0, "paraphrase": 0.0, "neighborhood": 0.0, "downstream_f1": 0.0},
+        stats_path=traj_inputs["stats_path"],
+        seed=3,
+        edit=edit,
+        out_json=tmp_path / "gates.json",
+    )
     assert report["passed"] and not report["passed_edit"] and not report["edit_enforced"]
     assert report["edit_failures"][0].startswith("edit_ratio_median:")

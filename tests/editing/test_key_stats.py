@@ -10,14 +10,28 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ARCHS
+from editscale.editing.key_stats import (
+    Convergence,
+    StatsMismatchError,
+    compute_key_second_moment,
+    load_key_second_moment,
+    pack_batches,
+    stats_attrs,
+    subject_keys,
+)
 from editscale.lm.models import arch_of, get_module, load_model, weight_out_in
-from editscale.editing.key_stats import Convergence, StatsMismatchError, compute_key_second_moment, load_key_second_moment, pack_batches, stats_attrs, subject_keys
+from tests.conftest import ARCHS
 
-WORDS = ("the of and to in is was a on for by with as at from capital city language born "
-         "river north lobster paris french poet ocean played guitar").split()
-IDENTITY = {"model_id": "tiny/gpt2", "revision": "abc123", "corpus": "synthetic",
-            "corpus_fingerprint": "f00d"}
+WORDS = (
+    "the of and to in is was a on for by with as at from capital city language born "
+    "river north lobster paris french poet ocean played guitar"
+).split()
+IDENTITY = {
+    "model_id": "tiny/gpt2",
+    "revision": "abc123",
+    "corpus": "synthetic",
+    "corpus_fingerprint": "f00d",
+}
 
 
 def make_docs(n: int, seed: int = 0) -> list[str]:
@@ -73,8 +87,9 @@ def test_matches_brute_force_float64(gpt2, tmp_path):
     try:
         docs = make_docs(40)
         out = tmp_path / "c.h5"
-        compute_key_second_moment(model, tok, 1, docs, out, n_docs=40, max_doc_tokens=48,
-                                  batch_tokens=256, attrs=IDENTITY)
+        compute_key_second_moment(
+            model, tok, 1, docs, out, n_docs=40, max_doc_tokens=48, batch_tokens=256, attrs=IDENTITY
+        )
         got = load_key_second_moment(out, expect={"layer": 1})
         want = brute_force(model, tok, 1, docs, 48)
     finally:
@@ -99,8 +114,9 @@ def test_matches_brute_force_float32(gpt2, tmp_path):
     model, tok = gpt2
     docs = make_docs(30, seed=1)
     out = tmp_path / "c.h5"
-    compute_key_second_moment(model, tok, 2, docs, out, n_docs=30, max_doc_tokens=64,
-                              batch_tokens=300, attrs=IDENTITY)
+    compute_key_second_moment(
+        model, tok, 2, docs, out, n_docs=30, max_doc_tokens=64, batch_tokens=300, attrs=IDENTITY
+    )
     got = load_key_second_moment(out, expect={"layer": 2})
     want = brute_force(model, tok, 2, docs, 64)
     assert (got - want).norm() / want.norm() < 1e-5
@@ -110,7 +126,9 @@ def test_truncates_to_model_positions(gpt2, tmp_path):
     model, tok = gpt2
     docs = [" ".join(["paris"] * 400)]
     out = tmp_path / "c.h5"
-    compute_key_second_moment(model, tok, 0, docs, out, n_docs=1, max_doc_tokens=1024, attrs=IDENTITY)
+    compute_key_second_moment(
+        model, tok, 0, docs, out, n_docs=1, max_doc_tokens=1024, attrs=IDENTITY
+    )
     attrs = stats_attrs(out)
     assert attrs["max_doc_tokens"] == 128 and attrs["count"] == 128
 
@@ -121,8 +139,17 @@ def test_architectures_symmetric_psd(arch, tiny_model_factory, tmp_path):
     spec = arch_of(model)
     d_in = weight_out_in(get_module(model, spec.mlp_out_path(1)).weight, spec).shape[1]
     out = tmp_path / "c.h5"
-    compute_key_second_moment(model, tok, 1, make_docs(12), out, n_docs=12, max_doc_tokens=40,
-                              batch_tokens=128, attrs=IDENTITY)
+    compute_key_second_moment(
+        model,
+        tok,
+        1,
+        make_docs(12),
+        out,
+        n_docs=12,
+        max_doc_tokens=40,
+        batch_tokens=128,
+        attrs=IDENTITY,
+    )
     c = load_key_second_moment(out, expect={"layer": 1, "module": spec.mlp_out_path(1)})
     assert c.shape == (d_in, d_in)
     assert torch.equal(c, c.T)
@@ -138,6 +165,7 @@ def test_blocks_above_layer_not_run(gpt2, tmp_path):
     def counter(name):
         def hook(*_):
             calls[name] += 1
+
         return hook
 
     handles = [
@@ -147,8 +175,17 @@ def test_blocks_above_layer_not_run(gpt2, tmp_path):
         get_module(model, spec.lm_head).register_forward_hook(counter("head")),
     ]
     try:
-        compute_key_second_moment(model, tok, 1, make_docs(10), tmp_path / "c.h5", n_docs=10,
-                                  max_doc_tokens=32, batch_tokens=64, attrs=IDENTITY)
+        compute_key_second_moment(
+            model,
+            tok,
+            1,
+            make_docs(10),
+            tmp_path / "c.h5",
+            n_docs=10,
+            max_doc_tokens=32,
+            batch_tokens=64,
+            attrs=IDENTITY,
+        )
     finally:
         for h in handles:
             h.remove()
@@ -159,8 +196,9 @@ def test_blocks_above_layer_not_run(gpt2, tmp_path):
 def test_kill_and_resume_equals_uninterrupted(gpt2, tmp_path, caplog):
     model, tok = gpt2
     docs = make_docs(23, seed=2)
-    kw = dict(n_docs=23, max_doc_tokens=40, batch_tokens=128, checkpoint_every_docs=5,
-              attrs=IDENTITY)
+    kw = dict(
+        n_docs=23, max_doc_tokens=40, batch_tokens=128, checkpoint_every_docs=5, attrs=IDENTITY
+    )
     ref = tmp_path / "ref.h5"
     compute_key_second_moment(model, tok, 1, docs, ref, **kw)
 
@@ -192,18 +230,44 @@ def test_checkpoint_with_other_settings_is_ignored(gpt2, tmp_path, caplog):
     out = tmp_path / "c.h5"
     partial = Path(str(out) + ".partial.h5")
     with pytest.raises(KeyboardInterrupt):
-        compute_key_second_moment(model, tok, 1, KilledIterator(other_docs, 7), out, n_docs=12,
-                                  max_doc_tokens=40, checkpoint_every_docs=5,
-                                  attrs=dict(IDENTITY, corpus_fingerprint="other"))
+        compute_key_second_moment(
+            model,
+            tok,
+            1,
+            KilledIterator(other_docs, 7),
+            out,
+            n_docs=12,
+            max_doc_tokens=40,
+            checkpoint_every_docs=5,
+            attrs=dict(IDENTITY, corpus_fingerprint="other"),
+        )
     with h5py.File(partial) as h5:
         assert h5.attrs["docs_done"] == 5
     with caplog.at_level(logging.INFO, logger="editscale.editing.key_stats"):
-        compute_key_second_moment(model, tok, 1, docs, out, n_docs=12, max_doc_tokens=40,
-                                  checkpoint_every_docs=5, attrs=IDENTITY)
+        compute_key_second_moment(
+            model,
+            tok,
+            1,
+            docs,
+            out,
+            n_docs=12,
+            max_doc_tokens=40,
+            checkpoint_every_docs=5,
+            attrs=IDENTITY,
+        )
     assert "written with other settings" in caplog.text and "resuming" not in caplog.text
     ref = tmp_path / "ref.h5"
-    compute_key_second_moment(model, tok, 1, docs, ref, n_docs=12, max_doc_tokens=40,
-                              checkpoint_every_docs=5, attrs=IDENTITY)
+    compute_key_second_moment(
+        model,
+        tok,
+        1,
+        docs,
+        ref,
+        n_docs=12,
+        max_doc_tokens=40,
+        checkpoint_every_docs=5,
+        attrs=IDENTITY,
+    )
     with h5py.File(ref) as a, h5py.File(out) as b:
         assert np.array_equal(a["mom2_sum"][()], b["mom2_sum"][()])
         assert np.array_equal(a["mean_sum"][()], b["mean_sum"][()])
@@ -211,13 +275,15 @@ def test_checkpoint_with_other_settings_is_ignored(gpt2, tmp_path, caplog):
     assert not partial.exists()
 
 
-@pytest.mark.parametrize("key,bad", [("model_id", "other/model"), ("revision", "deadbeef"),
-                                     ("layer", 5)])
+@pytest.mark.parametrize(
+    "key,bad", [("model_id", "other/model"), ("revision", "deadbeef"), ("layer", 5)]
+)
 def test_mismatch_refused(gpt2, tmp_path, key, bad):
     model, tok = gpt2
     out = tmp_path / "c.h5"
-    compute_key_second_moment(model, tok, 1, make_docs(4), out, n_docs=4, max_doc_tokens=16,
-                              attrs=IDENTITY)
+    compute_key_second_moment(
+        model, tok, 1, make_docs(4), out, n_docs=4, max_doc_tokens=16, attrs=IDENTITY
+    )
     expect = {"model_id": IDENTITY["model_id"], "revision": IDENTITY["revision"], "layer": 1}
     load_key_second_moment(out, expect=expect)
     expect[key] = bad
@@ -239,8 +305,17 @@ def test_short_corpus_records_real_n_docs(gpt2, tmp_path, caplog):
     model, tok = gpt2
     out = tmp_path / "c.h5"
     with caplog.at_level(logging.WARNING, logger="editscale.editing.key_stats"):
-        compute_key_second_moment(model, tok, 0, iter(make_docs(7)), out, n_docs=100,
-                                  max_doc_tokens=32, checkpoint_every_docs=3, attrs=IDENTITY)
+        compute_key_second_moment(
+            model,
+            tok,
+            0,
+            iter(make_docs(7)),
+            out,
+            n_docs=100,
+            max_doc_tokens=32,
+            checkpoint_every_docs=3,
+            attrs=IDENTITY,
+        )
     attrs = stats_attrs(out)
     assert attrs["n_docs"] == 7 and attrs["n_docs_requested"] == 100
     assert "corpus ended after 7 documents" in caplog.text
@@ -251,13 +326,15 @@ def test_extra_attrs_round_trip(gpt2, tmp_path):
     model, tok = gpt2
     out = tmp_path / "c.h5"
     extra = dict(IDENTITY, seeds=[1, 2], config={"a": 1.5}, note=None)
-    compute_key_second_moment(model, tok, 0, make_docs(4), out, n_docs=4, max_doc_tokens=16,
-                              attrs=extra)
+    compute_key_second_moment(
+        model, tok, 0, make_docs(4), out, n_docs=4, max_doc_tokens=16, attrs=extra
+    )
     attrs = stats_attrs(out)
     assert attrs["seeds"] == [1, 2] and attrs["config"] == {"a": 1.5} and attrs["note"] is None
     with pytest.raises(ValueError, match="layer"):
-        compute_key_second_moment(model, tok, 0, make_docs(4), out, n_docs=4,
-                                  attrs=dict(IDENTITY, layer=3))
+        compute_key_second_moment(
+            model, tok, 0, make_docs(4), out, n_docs=4, attrs=dict(IDENTITY, layer=3)
+        )
 
 
 def test_pack_batches_respects_budget():
@@ -273,9 +350,18 @@ def test_pack_batches_respects_budget():
 def test_progress_is_logged(gpt2, tmp_path, caplog):
     model, tok = gpt2
     with caplog.at_level(logging.INFO, logger="editscale.editing.key_stats"):
-        compute_key_second_moment(model, tok, 0, make_docs(6), tmp_path / "c.h5", n_docs=6,
-                                  max_doc_tokens=16, batch_tokens=32, progress_every_s=0.0,
-                                  attrs=IDENTITY)
+        compute_key_second_moment(
+            model,
+            tok,
+            0,
+            make_docs(6),
+            tmp_path / "c.h5",
+            n_docs=6,
+            max_doc_tokens=16,
+            batch_tokens=32,
+            progress_every_s=0.0,
+            attrs=IDENTITY,
+        )
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("key statistics of transformer.h.0.mlp.c_proj")
     assert any("/ 6 docs" in line and "tokens/s" in line for line in lines)
@@ -287,8 +373,12 @@ def test_import_published_rome_statistics(tmp_path, tiny_model_factory):
     mom2 / count; files named for another module, model or width are refused, naming the file."""
     import numpy as np
 
+    from editscale.editing.key_stats import (
+        StatsMismatchError,
+        import_published_second_moment,
+        load_key_second_moment,
+    )
     from editscale.lm.models import load_model
-    from editscale.editing.key_stats import StatsMismatchError, import_published_second_moment, load_key_second_moment
     from tests.pipeline.test_paper_rehearsal import publish_rome_npz
 
     model, _ = load_model(tiny_model_factory("gpt2"))
@@ -296,18 +386,35 @@ def test_import_published_rome_statistics(tmp_path, tiny_model_factory):
     local = publish_rome_npz(tmp_path / "pub", url, d_in=128)
     npz = local.removeprefix("file://")
     out = tmp_path / "layer1.h5"
-    attrs = import_published_second_moment(npz, out, model=model, layer=1, source=url, hub_name="openai-community/gpt2-xl",
-                                           attrs={"model_id": "m", "revision": "r"})
-    assert attrs["count"] == 12345 and attrs["n_docs"] == 100000 and attrs["published_dataset"] == "wikipedia"
+    attrs = import_published_second_moment(
+        npz,
+        out,
+        model=model,
+        layer=1,
+        source=url,
+        hub_name="openai-community/gpt2-xl",
+        attrs={"model_id": "m", "revision": "r"},
+    )
+    assert (
+        attrs["count"] == 12345
+        and attrs["n_docs"] == 100000
+        and attrs["published_dataset"] == "wikipedia"
+    )
     with np.load(npz) as z:
         expected = z["mom2.mom2"].astype(np.float64) / 12345
-    c = load_key_second_moment(out, expect={"model_id": "m", "layer": 1, "module": "transformer.h.1.mlp.c_proj"})
+    c = load_key_second_moment(
+        out, expect={"model_id": "m", "layer": 1, "module": "transformer.h.1.mlp.c_proj"}
+    )
     np.testing.assert_array_equal(c.numpy(), expected)
 
-    with pytest.raises(StatsMismatchError, match=r"module transformer\.h\.1\.mlp\.c_proj, but layer 2"):
+    with pytest.raises(
+        StatsMismatchError, match=r"module transformer\.h\.1\.mlp\.c_proj, but layer 2"
+    ):
         import_published_second_moment(npz, out, model=model, layer=2, source=url)
     with pytest.raises(StatsMismatchError, match=r"model 'gpt2-xl', but 'EleutherAI/gpt-j-6b'"):
-        import_published_second_moment(npz, out, model=model, layer=1, source=url, hub_name="EleutherAI/gpt-j-6b")
+        import_published_second_moment(
+            npz, out, model=model, layer=1, source=url, hub_name="EleutherAI/gpt-j-6b"
+        )
     wide = publish_rome_npz(tmp_path / "wide", url, d_in=64).removeprefix("file://")
     with pytest.raises(StatsMismatchError, match=r"64x64 second moment, but .* takes 128 inputs"):
         import_published_second_moment(wide, out, model=model, layer=1, source=url)
@@ -315,7 +422,9 @@ def test_import_published_rome_statistics(tmp_path, tiny_model_factory):
         import_published_second_moment(npz, out, model=model, layer=1, source="https://x/stats.npz")
     pickled = tmp_path / "p" / "transformer.h.1.mlp.c_proj_float32_mom2.npz"
     pickled.parent.mkdir()
-    np.savez(pickled, **{"mom2.mom2": np.array([object()], dtype=object), "mom2.count": np.array(3)})
+    np.savez(
+        pickled, **{"mom2.mom2": np.array([object()], dtype=object), "mom2.count": np.array(3)}
+    )
     with pytest.raises(ValueError, match="pickle"):
         import_published_second_moment(pickled, out, model=model, layer=1, source=str(pickled))
 
@@ -327,13 +436,22 @@ CONV_DOCS = 60
 
 
 def _probes(model, tok, layer: int = 1) -> torch.Tensor:
-    prompts = [(f"{s} was born in", len(s)) for s in ("the poet", "Paris ocean", "river north", "guitar city")]
+    prompts = [
+        (f"{s} was born in", len(s))
+        for s in ("the poet", "Paris ocean", "river north", "guitar city")
+    ]
     return subject_keys(model, tok, layer, prompts)
 
 
 def _conv_run(model, tok, out, docs, conv, **kw):
-    args = dict(n_docs=CONV_DOCS, max_doc_tokens=40, batch_tokens=256, checkpoint_every_docs=10,
-                attrs=IDENTITY, convergence=conv)
+    args = dict(
+        n_docs=CONV_DOCS,
+        max_doc_tokens=40,
+        batch_tokens=256,
+        checkpoint_every_docs=10,
+        attrs=IDENTITY,
+        convergence=conv,
+    )
     args.update(kw)
     compute_key_second_moment(model, tok, 1, docs, out, **args)
     return stats_attrs(out)
@@ -348,7 +466,9 @@ def test_subject_keys_are_the_keys_at_the_last_subject_token(gpt2):
     target = get_module(model, arch_of(model).mlp_out_path(1))
     for row, (text, end) in enumerate(prompts):
         enc = tok(text, return_offsets_mapping=True, return_tensors="pt")
-        last = max(i for i, (s, e) in enumerate(enc["offset_mapping"][0].tolist()) if e > s and s < end)
+        last = max(
+            i for i, (s, e) in enumerate(enc["offset_mapping"][0].tolist()) if e > s and s < end
+        )
         seen = []
         handle = target.register_forward_hook(lambda m, i, o: seen.append(i[0][0, last]))
         try:
@@ -375,8 +495,18 @@ def test_convergence_stops_where_the_rule_says_with_the_prefix_sums(gpt2, tmp_pa
     # the changes, from the prefix statistics computed without any convergence check
     sols = []
     for n in (10, 20, 30, 40, 50, 60):
-        compute_key_second_moment(model, tok, 1, docs, tmp_path / f"p{n}.h5", n_docs=n, max_doc_tokens=40,
-                                  batch_tokens=256, checkpoint_every_docs=10, attrs=IDENTITY)
+        compute_key_second_moment(
+            model,
+            tok,
+            1,
+            docs,
+            tmp_path / f"p{n}.h5",
+            n_docs=n,
+            max_doc_tokens=40,
+            batch_tokens=256,
+            checkpoint_every_docs=10,
+            attrs=IDENTITY,
+        )
         c = load_key_second_moment(tmp_path / f"p{n}.h5", expect={})
         sols.append(torch.linalg.solve(c, probes.T).T)
         assert history[len(sols) - 1][1] == stats_attrs(tmp_path / f"p{n}.h5")["count"]
@@ -389,7 +519,9 @@ def test_convergence_stops_where_the_rule_says_with_the_prefix_sums(gpt2, tmp_pa
     changes = [h[2] for h in history[1:]]
     tol = sorted(changes)[2] * 1.0001  # three changes fall below it
     below = [c < tol for c in changes]
-    stop = next(i + 2 for i in range(1, len(below)) if below[i] and below[i - 1])  # index in history
+    stop = next(
+        i + 2 for i in range(1, len(below)) if below[i] and below[i - 1]
+    )  # index in history
     conv = Convergence(probes=probes, tolerance=tol, check_every_docs=10, patience=2)
     attrs = _conv_run(model, tok, tmp_path / "conv.h5", docs, conv)
     assert attrs["converged"] is True and attrs["n_docs"] == history[stop - 1][0] < CONV_DOCS
@@ -399,7 +531,9 @@ def test_convergence_stops_where_the_rule_says_with_the_prefix_sums(gpt2, tmp_pa
         assert np.array_equal(a["mom2_sum"][()], b["mom2_sum"][()])
         assert a.attrs["count"] == b.attrs["count"]
     # min_docs holds the stop back to a later check
-    late = Convergence(probes=probes, tolerance=tol, check_every_docs=10, patience=2, min_docs=CONV_DOCS)
+    late = Convergence(
+        probes=probes, tolerance=tol, check_every_docs=10, patience=2, min_docs=CONV_DOCS
+    )
     assert _conv_run(model, tok, tmp_path / "late.h5", docs, late)["n_docs"] == CONV_DOCS
 
 
@@ -409,11 +543,20 @@ def test_convergence_kill_and_resume_is_bitwise(gpt2, tmp_path):
     model, tok = gpt2
     docs = make_docs(CONV_DOCS, seed=5)
     probes = _probes(model, tok)
-    never = _conv_run(model, tok, tmp_path / "never.h5", docs,
-                      Convergence(probes=probes, tolerance=1e-300, check_every_docs=5))
+    never = _conv_run(
+        model,
+        tok,
+        tmp_path / "never.h5",
+        docs,
+        Convergence(probes=probes, tolerance=1e-300, check_every_docs=5),
+    )
     changes = [h[2] for h in never["convergence_history"][1:]]
-    conv = Convergence(probes=probes, tolerance=sorted(changes)[len(changes) // 2] * 1.0001,
-                       check_every_docs=5, patience=2)
+    conv = Convergence(
+        probes=probes,
+        tolerance=sorted(changes)[len(changes) // 2] * 1.0001,
+        check_every_docs=5,
+        patience=2,
+    )
     ref = tmp_path / "ref.h5"
     ref_attrs = _conv_run(model, tok, ref, docs, conv)
     assert ref_attrs["n_docs"] > 20
@@ -430,9 +573,22 @@ def test_convergence_kill_and_resume_is_bitwise(gpt2, tmp_path):
     # a checkpoint made without the convergence check is not resumed by a run with it
     plain = tmp_path / "plain.h5"
     with pytest.raises(KeyboardInterrupt):
-        compute_key_second_moment(model, tok, 1, KilledIterator(docs, 23), plain, n_docs=CONV_DOCS,
-                                  max_doc_tokens=40, batch_tokens=256, checkpoint_every_docs=10, attrs=IDENTITY)
-    assert _conv_run(model, tok, plain, docs, conv)["convergence_history"] == ref_attrs["convergence_history"]
+        compute_key_second_moment(
+            model,
+            tok,
+            1,
+            KilledIterator(docs, 23),
+            plain,
+            n_docs=CONV_DOCS,
+            max_doc_tokens=40,
+            batch_tokens=256,
+            checkpoint_every_docs=10,
+            attrs=IDENTITY,
+        )
+    assert (
+        _conv_run(model, tok, plain, docs, conv)["convergence_history"]
+        == ref_attrs["convergence_history"]
+    )
 
 
 def test_convergence_with_singular_statistics_keeps_reading(gpt2, tmp_path):
@@ -454,5 +610,12 @@ def test_convergence_settings_are_checked(gpt2):
     with pytest.raises(ValueError, match="probes"):
         Convergence(probes=probes[0], tolerance=1e-3, check_every_docs=5)
     with pytest.raises(ValueError, match="width"):
-        compute_key_second_moment(model, tok, 1, make_docs(4), "/nonexistent/x.h5", n_docs=4,
-                                  convergence=Convergence(probes=probes[:, :3], tolerance=1e-3, check_every_docs=2))
+        compute_key_second_moment(
+            model,
+            tok,
+            1,
+            make_docs(4),
+            "/nonexistent/x.h5",
+            n_docs=4,
+            convergence=Convergence(probes=probes[:, :3], tolerance=1e-3, check_every_docs=2),
+        )

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TRAJ_HPARAMS
-from editscale.lm.models import arch_of, edit_parameter, load_model
 from editscale.editing.replay import ReplayMismatch, WeightLoader
-from editscale.editing.store import UpdatesNotStored, read_metrics, rebuild_weights, updates_stored
 from editscale.editing.runner import run_trajectory, select_records, trajectory_editor
+from editscale.editing.store import UpdatesNotStored, read_metrics, rebuild_weights, updates_stored
+from editscale.lm.models import arch_of, edit_parameter, load_model
+from tests.conftest import TRAJ_HPARAMS
 
 torch.set_num_threads(1)
 
@@ -23,10 +23,20 @@ TIMINGS = {"edit_seconds", "eval_seconds"}
 
 
 def _run(inputs, out, *, editor="ftc", hparams=FTC, stats=False, **kw):
-    args = dict(model_dir=inputs["model_dir"], counterfact_path=inputs["counterfact_path"],
-                ordering_path=inputs["ordering_path"], stats_path=inputs["stats_path"] if stats else None,
-                out_path=out, method=editor, editor=editor, hparams=hparams, n_edits=N_EDITS,
-                snapshot_every=SNAPSHOT_EVERY, seed=3, progress_every_s=0.0)
+    args = dict(
+        model_dir=inputs["model_dir"],
+        counterfact_path=inputs["counterfact_path"],
+        ordering_path=inputs["ordering_path"],
+        stats_path=inputs["stats_path"] if stats else None,
+        out_path=out,
+        method=editor,
+        editor=editor,
+        hparams=hparams,
+        n_edits=N_EDITS,
+        snapshot_every=SNAPSHOT_EVERY,
+        seed=3,
+        progress_every_s=0.0,
+    )
     args.update(kw)
     run_trajectory(**args)
     return out
@@ -35,7 +45,10 @@ def _run(inputs, out, *, editor="ftc", hparams=FTC, stats=False, **kw):
 @pytest.fixture(scope="module")
 def ftc_pair(traj_inputs, tmp_path_factory):
     d = tmp_path_factory.mktemp("replay")
-    return (_run(traj_inputs, d / "stored.h5"), _run(traj_inputs, d / "replayed.h5", store_updates=False))
+    return (
+        _run(traj_inputs, d / "stored.h5"),
+        _run(traj_inputs, d / "replayed.h5", store_updates=False),
+    )
 
 
 def _loader(inputs, path, stats=False):
@@ -45,7 +58,9 @@ def _loader(inputs, path, stats=False):
 
     def make():
         calls.append(1)
-        return trajectory_editor(path, model, tok, inputs["model_dir"], inputs["stats_path"] if stats else None)
+        return trajectory_editor(
+            path, model, tok, inputs["model_dir"], inputs["stats_path"] if stats else None
+        )
 
     return WeightLoader(path, model, arch_of(model), records, make), model, calls
 
@@ -65,15 +80,21 @@ def test_snapshots_only_same_metrics_and_snapshots(ftc_pair):
         assert sorted(int(k) for k in b["bias_snapshots/0"]) == [0, 3, 6, 7]
         for t in (0, 3, 6, 7):
             np.testing.assert_array_equal(a[f"snapshots/0/{t}"][()], b[f"snapshots/0/{t}"][()])
-            np.testing.assert_array_equal(a[f"bias_snapshots/0/{t}"][()], b[f"bias_snapshots/0/{t}"][()])
-        assert b.attrs["store_updates"] == np.False_ and a.attrs["resume_key"] != b.attrs["resume_key"]
+            np.testing.assert_array_equal(
+                a[f"bias_snapshots/0/{t}"][()], b[f"bias_snapshots/0/{t}"][()]
+            )
+        assert (
+            b.attrs["store_updates"] == np.False_ and a.attrs["resume_key"] != b.attrs["resume_key"]
+        )
     ma, mb = read_metrics(stored), read_metrics(replayed)
     for k in ma:
         if k not in TIMINGS:
             np.testing.assert_array_equal(ma[k], mb[k], err_msg=k)
     with pytest.raises(UpdatesNotStored, match="replaying the editor"):
         rebuild_weights(replayed, 4)
-    assert set(rebuild_weights(replayed, 6)) == set(rebuild_weights(stored, 6))  # snapshots still load
+    assert set(rebuild_weights(replayed, 6)) == set(
+        rebuild_weights(stored, 6)
+    )  # snapshots still load
 
 
 def test_replay_rebuilds_every_edit_bitwise(traj_inputs, ftc_pair):
@@ -93,9 +114,17 @@ def test_replay_rebuilds_every_edit_bitwise(traj_inputs, ftc_pair):
 
 
 def test_rome_replay_uses_the_stored_templates_and_statistics(traj_inputs, tmp_path):
-    stored = _run(traj_inputs, tmp_path / "rome.h5", editor="rome", hparams=TRAJ_HPARAMS, stats=True)
-    replayed = _run(traj_inputs, tmp_path / "rome_r.h5", editor="rome", hparams=TRAJ_HPARAMS, stats=True,
-                    store_updates=False)
+    stored = _run(
+        traj_inputs, tmp_path / "rome.h5", editor="rome", hparams=TRAJ_HPARAMS, stats=True
+    )
+    replayed = _run(
+        traj_inputs,
+        tmp_path / "rome_r.h5",
+        editor="rome",
+        hparams=TRAJ_HPARAMS,
+        stats=True,
+        store_updates=False,
+    )
     loader, model, _ = _loader(traj_inputs, replayed, stats=True)
     for t in (2, 5):
         loader.load(t)
@@ -118,7 +147,9 @@ def test_a_replay_that_misses_a_snapshot_stops(traj_inputs, ftc_pair, tmp_path):
         loader.load(4)  # continues through snapshot 3
 
 
-def test_killed_replayed_trajectory_resumes_from_its_last_snapshot(traj_inputs, ftc_pair, tmp_path, monkeypatch):
+def test_killed_replayed_trajectory_resumes_from_its_last_snapshot(
+    traj_inputs, ftc_pair, tmp_path, monkeypatch
+):
     """Killed after edit 5 (snapshot 3): the resumed run replays edits 4-5 and writes the same
     metrics and snapshots as the uninterrupted run."""
     from editscale.editing import runner as traj_mod

@@ -17,10 +17,17 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TRAJ_HPARAMS
-from editscale.editors.base import ParamUpdate
-from editscale.editing.store import StoreError, TrajectoryWriter, initial_weight_norms, read_metrics, rebuild_weights, replay_weights
 from editscale.editing.runner import export_metrics_csv, run_trajectory
+from editscale.editing.store import (
+    StoreError,
+    TrajectoryWriter,
+    initial_weight_norms,
+    read_metrics,
+    rebuild_weights,
+    replay_weights,
+)
+from editscale.editors.base import ParamUpdate
+from tests.conftest import TRAJ_HPARAMS
 
 HPARAMS = TRAJ_HPARAMS
 
@@ -31,8 +38,18 @@ def inputs(traj_inputs):
 
 
 def run(inputs, out, **kw):
-    args = dict(inputs, out_path=out, method="rome", editor="rome", hparams=HPARAMS, n_edits=6,
-                snapshot_every=4, seed=5, config={"test": True}, progress_every_s=0.0)
+    args = dict(
+        inputs,
+        out_path=out,
+        method="rome",
+        editor="rome",
+        hparams=HPARAMS,
+        n_edits=6,
+        snapshot_every=4,
+        seed=5,
+        config={"test": True},
+        progress_every_s=0.0,
+    )
     args.update(kw)
     run_trajectory(**args)
 
@@ -51,7 +68,17 @@ def test_rows_and_attributes(finished, tmp_path):
     m = read_metrics(finished)
     assert list(m["edit"]) == [1, 2, 3, 4, 5, 6]
     assert list(m["case_id"]) == [103, 101, 104, 100, 105, 109]
-    for k in ("es", "ps", "ns", "es_mag", "ps_argmax", "update_norm_0", "distance_0", "weight_norm_0", "v_loss"):
+    for k in (
+        "es",
+        "ps",
+        "ns",
+        "es_mag",
+        "ps_argmax",
+        "update_norm_0",
+        "distance_0",
+        "weight_norm_0",
+        "v_loss",
+    ):
         assert np.isfinite(m[k]).all(), k
     assert (np.diff(m["distance_0"]) != 0).all()
     with h5py.File(finished) as f:
@@ -116,12 +143,25 @@ run_trajectory(**a)
 def test_sigkill_and_resume_equals_uninterrupted(inputs, finished, tmp_path):
     out = tmp_path / "killed.h5"
     args = {k: str(v) for k, v in inputs.items()}
-    args.update(out_path=str(out), method="rome", editor="rome", hparams=HPARAMS, n_edits=6,
-                snapshot_every=4, seed=5, config={"test": True}, progress_every_s=0.0)
+    args.update(
+        out_path=str(out),
+        method="rome",
+        editor="rome",
+        hparams=HPARAMS,
+        n_edits=6,
+        snapshot_every=4,
+        seed=5,
+        config={"test": True},
+        progress_every_s=0.0,
+    )
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args), str(torch.get_num_threads())],
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(args), str(torch.get_num_threads())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     seen = []
     deadline = time.time() + 120
     for line in proc.stdout:
@@ -193,7 +233,9 @@ def _matches_finished(finished, out) -> None:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_partial_file_without_a_finished_edit_from_other_settings_is_replaced(inputs, finished, tmp_path, caplog):
+def test_partial_file_without_a_finished_edit_from_other_settings_is_replaced(
+    inputs, finished, tmp_path, caplog
+):
     """A failed start leaves a partial file with no edit done: the rerun with the fixed config replaces it."""
     out = tmp_path / "z.h5"
     part = str(out) + ".partial"
@@ -206,8 +248,12 @@ def test_partial_file_without_a_finished_edit_from_other_settings_is_replaced(in
         run(inputs, out)
     _matches_finished(finished, out)
     assert not Path(part).exists()
-    assert any(r.levelno == logging.INFO and part in r.getMessage() and "no finished edit" in r.getMessage()
-               for r in caplog.records), caplog.text
+    assert any(
+        r.levelno == logging.INFO
+        and part in r.getMessage()
+        and "no finished edit" in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
 
 
 def test_unreadable_partial_file_is_moved_aside(inputs, finished, tmp_path, caplog):
@@ -222,16 +268,29 @@ def test_unreadable_partial_file_is_moved_aside(inputs, finished, tmp_path, capl
     _matches_finished(finished, out)
     aside = list(tmp_path.glob("t.h5.partial.unreadable-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == truncated
-    assert any(r.levelno == logging.WARNING and str(part) in r.getMessage() and str(aside[0]) in r.getMessage()
-               and "truncated" in r.getMessage() for r in caplog.records), caplog.text
+    assert any(
+        r.levelno == logging.WARNING
+        and str(part) in r.getMessage()
+        and str(aside[0]) in r.getMessage()
+        and "truncated" in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
 
 
 def _small_trajectory(path: Path, n_edits: int = 4) -> None:
     """A finished trajectory file of one 6x5 matrix with rank-one edits, written through the store API."""
     gen = torch.Generator().manual_seed(0)
-    writer = TrajectoryWriter.open(path, n_edits=n_edits, params=["m"], shapes={"m": (6, 5)},
-                                   dtypes={"m": "torch.float32"}, kinds={"m": "rank_one"}, metric_names=["es"],
-                                   attrs={"arch": "llama"}, resume_key="k")
+    writer = TrajectoryWriter.open(
+        path,
+        n_edits=n_edits,
+        params=["m"],
+        shapes={"m": (6, 5)},
+        dtypes={"m": "torch.float32"},
+        kinds={"m": "rank_one"},
+        metric_names=["es"],
+        attrs={"arch": "llama"},
+        resume_key="k",
+    )
     w = torch.randn(6, 5, generator=gen)
     writer.write_snapshot(0, {"m": w})
     for t in range(1, n_edits + 1):
@@ -265,7 +324,11 @@ def test_bytes_changed_on_disk_fail_the_read_naming_file_and_dataset(tmp_path, n
         read_metrics(path)
         rebuild_weights(path, 2)
     assert type(err.value).__name__ == "CorruptDataError"
-    assert str(path) in str(err.value) and f"/{name}" in str(err.value) and "fletcher32" in str(err.value)
+    assert (
+        str(path) in str(err.value)
+        and f"/{name}" in str(err.value)
+        and "fletcher32" in str(err.value)
+    )
     if name != "metrics/es":  # the other datasets are still read as written
         assert list(read_metrics(path)["es"]) == [0.1, 0.2, 0.3, 0.4]
     else:

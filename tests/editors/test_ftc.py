@@ -5,19 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import ARCHS
 from editscale.editors.base import apply_updates
 from editscale.editors.ftc import FtcHParams, make_editor, target_nll
-from editscale.lm.scoring import evaluate_record, score_targets, target_token_ids
 from editscale.lm.models import arch_of, edit_parameter, load_model
+from editscale.lm.scoring import evaluate_record, score_targets, target_token_ids
+from tests.conftest import ARCHS
 
 torch.set_num_threads(1)
 
 RECORD = {
     "case_id": 7,
-    "requested_rewrite": {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux",
-                          "target_new": {"str": "English"}, "target_true": {"str": "French"}},
-    "paraphrase_prompts": ["Danielle Darrieux speaks"], "neighborhood_prompts": ["The mother tongue of Nokia is"],
+    "requested_rewrite": {
+        "prompt": "The mother tongue of {} is",
+        "subject": "Danielle Darrieux",
+        "target_new": {"str": "English"},
+        "target_true": {"str": "French"},
+    },
+    "paraphrase_prompts": ["Danielle Darrieux speaks"],
+    "neighborhood_prompts": ["The mother tongue of Nokia is"],
 }
 
 
@@ -32,8 +37,13 @@ def multi_token_target(tok) -> str:
 def test_clamp_holds_after_every_step(tiny_model_factory, arch):
     model, tok = load_model(tiny_model_factory(arch))
     eps = 1e-3
-    ed = make_editor(model, tok, {"layer": 0, "lr": 1e-2, "norm_constraint": eps, "num_steps": 8,
-                                  "early_stop_loss": 0.0}, None, seed=0)
+    ed = make_editor(
+        model,
+        tok,
+        {"layer": 0, "lr": 1e-2, "norm_constraint": eps, "num_steps": 8, "early_stop_loss": 0.0},
+        None,
+        seed=0,
+    )
     path = ed.edited_modules[0]
     before = edit_parameter(model, path).detach().clone()
     res = ed.compute(RECORD)
@@ -53,7 +63,9 @@ def test_clamp_holds_after_every_step(tiny_model_factory, arch):
 def test_reaches_the_new_target(tiny_model_factory, arch):
     model, tok = load_model(tiny_model_factory(arch))
     before = evaluate_record(model, tok, RECORD)
-    ed = make_editor(model, tok, {"layer": 0, "lr": 1e-2, "norm_constraint": 0.1, "num_steps": 25}, None, seed=0)
+    ed = make_editor(
+        model, tok, {"layer": 0, "lr": 1e-2, "norm_constraint": 0.1, "num_steps": 25}, None, seed=0
+    )
     res = ed.compute(RECORD)
     apply_updates(model, res.updates, arch_of(model))
     after = evaluate_record(model, tok, RECORD)
@@ -78,10 +90,14 @@ def test_each_target_token_is_scored_at_its_own_position(tiny_model_factory):
     one = tok.decode(target_token_ids(tok, "the")[:1]).strip()
     assert len(target_token_ids(tok, one)) == 1
     assert target_nll(model, tok, prompt, one, "own").item() == pytest.approx(
-        target_nll(model, tok, prompt, one, "last_prompt").item(), rel=1e-6)
+        target_nll(model, tok, prompt, one, "last_prompt").item(), rel=1e-6
+    )
 
     # fine-tuning on the own-position loss makes the whole multi-token target the argmax
-    rec = {**RECORD, "requested_rewrite": {**RECORD["requested_rewrite"], "target_new": {"str": target}}}
+    rec = {
+        **RECORD,
+        "requested_rewrite": {**RECORD["requested_rewrite"], "target_new": {"str": target}},
+    }
     hp = {"layer": 0, "lr": 5e-3, "norm_constraint": 0.05, "num_steps": 25}
     res = make_editor(model, tok, hp, None, seed=0).compute(rec)
     apply_updates(model, res.updates, arch_of(model))
@@ -101,16 +117,27 @@ def test_hparams_are_checked(tiny_model_factory):
 def test_ftc_trajectory_stores_dense_updates_and_rebuilds(traj_inputs, tmp_path):
     import h5py
 
-    from editscale.editing.store import read_metrics, rebuild_weights
     from editscale.editing.runner import run_trajectory
+    from editscale.editing.store import read_metrics, rebuild_weights
 
     out = tmp_path / "ftc.h5"
     inputs = {k: v for k, v in traj_inputs.items() if k != "stats_path"}
-    run_trajectory(**inputs, stats_path=None, out_path=out, method="ftc", editor="ftc",
-                   hparams={"layer": 0, "lr": 1e-2, "norm_constraint": 1e-3, "num_steps": 5}, n_edits=3,
-                   snapshot_every=2, seed=0, progress_every_s=0.0)
+    run_trajectory(
+        **inputs,
+        stats_path=None,
+        out_path=out,
+        method="ftc",
+        editor="ftc",
+        hparams={"layer": 0, "lr": 1e-2, "norm_constraint": 1e-3, "num_steps": 5},
+        n_edits=3,
+        snapshot_every=2,
+        seed=0,
+        progress_every_s=0.0,
+    )
     m = read_metrics(out)
-    assert (m["ft_max_abs_delta"] <= 1e-3 * (1 + 1e-6)).all() and (m["ft_steps"] >= 1).all()  # float32 eps
+    assert (m["ft_max_abs_delta"] <= 1e-3 * (1 + 1e-6)).all() and (
+        m["ft_steps"] >= 1
+    ).all()  # float32 eps
     with h5py.File(out) as f:
         assert f["updates/0"].attrs["kind"] == "dense" and f["updates/0/dense"].shape[0] == 3
         snap3 = torch.from_numpy(f["snapshots/0/3"][()])
@@ -126,16 +153,34 @@ def test_bias_is_fine_tuned_and_clamped_with_the_matrix(tiny_model_factory, arch
     bias moves, stays in the L-infinity ball after every step, and the model is untouched."""
     model, tok = load_model(tiny_model_factory(arch))
     eps = 1e-3
-    ed = make_editor(model, tok, {"layer": 0, "lr": 1e-2, "norm_constraint": eps, "num_steps": 8,
-                                  "early_stop_loss": 0.0, "include_bias": True}, None, seed=0)
+    ed = make_editor(
+        model,
+        tok,
+        {
+            "layer": 0,
+            "lr": 1e-2,
+            "norm_constraint": eps,
+            "num_steps": 8,
+            "early_stop_loss": 0.0,
+            "include_bias": True,
+        },
+        None,
+        seed=0,
+    )
     path = ed.edited_modules[0]
     assert ed.edited_biases == [path] and "ft_max_abs_bias_delta" in ed.info_names
     w0 = edit_parameter(model, path).detach().clone()
     b0 = edit_parameter(model, path + ".bias").detach().clone()
     res = ed.compute(RECORD)
-    assert torch.equal(edit_parameter(model, path), w0) and torch.equal(edit_parameter(model, path + ".bias"), b0)
+    assert torch.equal(edit_parameter(model, path), w0) and torch.equal(
+        edit_parameter(model, path + ".bias"), b0
+    )
     upd = res.updates[0]
-    assert upd.bias is not None and upd.bias.shape == (ed.shape[0],) and upd.bias.dtype == torch.float32
+    assert (
+        upd.bias is not None
+        and upd.bias.shape == (ed.shape[0],)
+        and upd.bias.dtype == torch.float32
+    )
     per_step = res.vectors["max_abs_bias_per_step"]
     assert len(per_step) == 8 and (per_step <= eps).all()
     assert per_step.max() == pytest.approx(eps)  # binding: lr >> eps
@@ -144,13 +189,17 @@ def test_bias_is_fine_tuned_and_clamped_with_the_matrix(tiny_model_factory, arch
     b1 = edit_parameter(model, path + ".bias").detach()
     assert not torch.equal(b1, b0)  # the bias changed
     # eps itself rounds up in float32 (1e-3 -> 1.00000005e-3), then b + delta rounds once
-    assert (b1.double() - b0.double()).abs().max() <= eps * (1 + 1e-6) + torch.finfo(torch.float32).eps * float(b0.abs().max())
+    assert (b1.double() - b0.double()).abs().max() <= eps * (1 + 1e-6) + torch.finfo(
+        torch.float32
+    ).eps * float(b0.abs().max())
     assert torch.equal(b1, b0 + upd.bias)  # exactly the stored delta
 
 
 def test_default_edits_the_matrix_only(tiny_model_factory):
     model, tok = load_model(tiny_model_factory("gpt2"))
-    ed = make_editor(model, tok, {"layer": 0, "lr": 1e-2, "norm_constraint": 1e-3, "num_steps": 3}, None, seed=0)
+    ed = make_editor(
+        model, tok, {"layer": 0, "lr": 1e-2, "norm_constraint": 1e-3, "num_steps": 3}, None, seed=0
+    )
     assert ed.edited_biases == [] and FtcHParams().include_bias is False
     assert ed.compute(RECORD).updates[0].bias is None
 
@@ -169,24 +218,52 @@ def test_bias_trajectory_stores_rebuilds_and_evaluates_bitwise(traj_inputs, tmp_
     import h5py
 
     from editscale.editing.replay import load_weights_into
-    from editscale.editing.store import initial_weight_norms, read_metrics, rebuild_weights, replay_weights
     from editscale.editing.runner import run_trajectory
+    from editscale.editing.store import (
+        initial_weight_norms,
+        read_metrics,
+        rebuild_weights,
+        replay_weights,
+    )
 
     eps = 1e-3
     out = tmp_path / "ftc_bias.h5"
     inputs = {k: v for k, v in traj_inputs.items() if k != "stats_path"}
-    run_trajectory(**inputs, stats_path=None, out_path=out, method="ftc", editor="ftc",
-                   hparams={"layer": 0, "lr": 1e-2, "norm_constraint": eps, "num_steps": 5, "include_bias": True},
-                   n_edits=4, snapshot_every=3, seed=0, progress_every_s=0.0)
+    run_trajectory(
+        **inputs,
+        stats_path=None,
+        out_path=out,
+        method="ftc",
+        editor="ftc",
+        hparams={
+            "layer": 0,
+            "lr": 1e-2,
+            "norm_constraint": eps,
+            "num_steps": 5,
+            "include_bias": True,
+        },
+        n_edits=4,
+        snapshot_every=3,
+        seed=0,
+        progress_every_s=0.0,
+    )
     m = read_metrics(out)
     assert (m["ft_max_abs_bias_delta"] <= eps * (1 + 1e-6)).all()
     assert (m["bias_update_norm_0"] > 0).all() and (m["bias_distance_0"] > 0).all()
     with h5py.File(out) as f:
         module = json_list(f.attrs["params"])[0]
         assert json_list(f.attrs["bias_params"]) == [module]
-        assert f["updates/0"].attrs["bias"] and f["updates/0/bias"].shape == (4, f["updates/0/dense"].shape[1])
-        snaps = {t: (torch.from_numpy(f[f"snapshots/0/{t}"][()]), torch.from_numpy(f[f"bias_snapshots/0/{t}"][()]))
-                 for t in (0, 3, 4)}
+        assert f["updates/0"].attrs["bias"] and f["updates/0/bias"].shape == (
+            4,
+            f["updates/0/dense"].shape[1],
+        )
+        snaps = {
+            t: (
+                torch.from_numpy(f[f"snapshots/0/{t}"][()]),
+                torch.from_numpy(f[f"bias_snapshots/0/{t}"][()]),
+            )
+            for t in (0, 3, 4)
+        }
     key = module + ".bias"
     # edits 1..3 replayed from the unedited snapshot equal the runner's snapshot after edit 3
     for t, w in replay_weights(out, 3):
@@ -201,12 +278,16 @@ def test_bias_trajectory_stores_rebuilds_and_evaluates_bitwise(traj_inputs, tmp_
     prev = rebuild_weights(out, 0)[key]
     for t in range(1, 5):
         cur = rebuild_weights(out, t)[key]
-        assert (cur.double() - prev.double()).abs().max() <= eps * (1 + 1e-6) + torch.finfo(torch.float32).eps * float(prev.abs().max())
+        assert (cur.double() - prev.double()).abs().max() <= eps * (1 + 1e-6) + torch.finfo(
+            torch.float32
+        ).eps * float(prev.abs().max())
         prev = cur
     assert len(initial_weight_norms(out)) == 1  # the matrices only
     model, _ = load_model(inputs["model_dir"])
     load_weights_into(model, rebuilt)
-    assert torch.equal(edit_parameter(model, key), snaps[4][1]) and torch.equal(edit_parameter(model, module), snaps[4][0])
+    assert torch.equal(edit_parameter(model, key), snaps[4][1]) and torch.equal(
+        edit_parameter(model, module), snaps[4][0]
+    )
 
 
 def json_list(s) -> list:

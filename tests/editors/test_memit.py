@@ -9,21 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ARCHS, synthetic_records
-from editscale.editors.base import apply_updates
-from editscale.editors.hparams import MemitHParams
+from editscale.editing.runner import run_trajectory
+from editscale.editing.store import read_metrics
 from editscale.editors.alphaedit import AlphaEditEditor, null_space_projection
 from editscale.editors.alphaedit import make_editor as make_alphaedit_editor
+from editscale.editors.base import apply_updates
 from editscale.editors.emmet import EmmetEditor
 from editscale.editors.emmet import make_editor as make_emmet_editor
 from editscale.editors.encore import EncoreEditor
 from editscale.editors.encore import make_editor as make_encore_editor
-from editscale.editors.rome import _most_probable_stop
+from editscale.editors.hparams import MemitHParams
 from editscale.editors.memit import MemitEditor, make_editor
 from editscale.editors.prompts import generate_context_templates
+from editscale.editors.rome import _most_probable_stop
 from editscale.lm.models import arch_of, edit_parameter, get_module, load_model
-from editscale.editing.store import read_metrics
-from editscale.editing.runner import run_trajectory
+from tests.conftest import ARCHS, synthetic_records
 from tests.editors.test_rome import random_spd
 
 RECORDS = synthetic_records(4)
@@ -35,11 +35,17 @@ def d_in(model, layer):
     return get_module(model, spec.mlp_out_path(layer)).weight.shape[0 if spec.conv1d else 1]
 
 
-def editor_for(model, tok, layers, weight=15000.0, steps=8, templates=TEMPLATES, editor="memit", **extra):
+def editor_for(
+    model, tok, layers, weight=15000.0, steps=8, templates=TEMPLATES, editor="memit", **extra
+):
     hp = {"layers": layers, "v_num_grad_steps": steps, "mom2_update_weight": weight, **extra}
     c = {layer: random_spd(d_in(model, layer), seed=layer) for layer in layers}
-    build = {"memit": make_editor, "emmet": make_emmet_editor, "alphaedit": make_alphaedit_editor,
-             "encore": make_encore_editor}[editor]
+    build = {
+        "memit": make_editor,
+        "emmet": make_emmet_editor,
+        "alphaedit": make_alphaedit_editor,
+        "encore": make_encore_editor,
+    }[editor]
     return build(model, tok, hp, c, seed=3, state={"context_templates": templates})
 
 
@@ -67,7 +73,9 @@ def test_emmet_inserts_every_target_exactly_whatever_lambda(tiny_model_factory, 
     """EMMET's equality constraints: with emmet_lambda 0 the keys map exactly onto the residuals, for any
     lambda; for one edit its adjusted key is ROME's C^-1 k / (k^T C^-1 k)."""
     model, tok = load_model(tiny_model_factory("llama"))
-    ed = editor_for(model, tok, [1], weight=weight, templates=["{}"], editor="emmet", emmet_lambda=0.0)
+    ed = editor_for(
+        model, tok, [1], weight=weight, templates=["{}"], editor="emmet", emmet_lambda=0.0
+    )
     res = ed.compute_batch(RECORDS[:3])
     apply_updates(model, res.updates, arch_of(model))
     _, h_after = ed._keys_and_values(RECORDS[:3], 1)
@@ -78,7 +86,9 @@ def test_emmet_inserts_every_target_exactly_whatever_lambda(tiny_model_factory, 
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_alphaedit_updates_leave_the_preserved_keys_alone_and_carry_the_inserted_ones(tiny_model_factory, arch):
+def test_alphaedit_updates_leave_the_preserved_keys_alone_and_carry_the_inserted_ones(
+    tiny_model_factory, arch
+):
     model, tok = load_model(tiny_model_factory(arch))
     ed = editor_for(model, tok, [0, 1], editor="alphaedit", nullspace_threshold=1.0)
     for layer in (0, 1):
@@ -87,20 +97,31 @@ def test_alphaedit_updates_leave_the_preserved_keys_alone_and_carry_the_inserted
     res = ed.compute_batch(RECORDS[:2])
     for layer, upd in zip((0, 1), res.updates):
         dw = upd.delta_out_in().double()
-        keep = torch.eye(dw.shape[1], dtype=torch.float64) - ed.p[layer]  # C's span (eigenvalues >= 1)
+        keep = (
+            torch.eye(dw.shape[1], dtype=torch.float64) - ed.p[layer]
+        )  # C's span (eigenvalues >= 1)
         assert float((dw @ keep).norm()) <= 1e-5 * float(dw.norm()) and float(dw.norm()) > 0
-    assert set(res.carry) == {"keys_0", "keys_1"} and res.carry["keys_0"].shape == (2, d_in(model, 0))
-    assert all(float(k.norm()) == 0 for k in ed.kept.values())  # computing carries nothing by itself
+    assert set(res.carry) == {"keys_0", "keys_1"} and res.carry["keys_0"].shape == (
+        2,
+        d_in(model, 0),
+    )
+    assert all(
+        float(k.norm()) == 0 for k in ed.kept.values()
+    )  # computing carries nothing by itself
     ed.commit(res.carry)
     for i, layer in enumerate((0, 1)):
-        torch.testing.assert_close(ed.kept[layer], res.carry[f"keys_{i}"].T @ res.carry[f"keys_{i}"])
+        torch.testing.assert_close(
+            ed.kept[layer], res.carry[f"keys_{i}"].T @ res.carry[f"keys_{i}"]
+        )
     # the carried keys are those of the edited model
     apply_updates(model, res.updates, arch_of(model))
     torch.testing.assert_close(ed._keys_and_values(RECORDS[:2], 1)[0].T, res.carry["keys_1"])
 
 
 def test_null_space_projection_is_the_low_eigenvalue_projector():
-    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    q, _ = torch.linalg.qr(
+        torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    )
     c = q @ torch.diag(torch.tensor([1e-4, 1e-3, 0.5, 1.0, 2.0, 3.0], dtype=torch.float64)) @ q.T
     p = null_space_projection(c, 2e-2)
     torch.testing.assert_close(p, q[:, :2] @ q[:, :2].T)
@@ -137,11 +158,15 @@ def test_most_probable_early_stopping_counts_passes_with_every_target_top_1():
     assert not _most_probable_stop(-2, wrong.view(6, 4), tgt, 3, 2, nll, counter) and counter == [0]
     assert not _most_probable_stop(-2, right.view(6, 4), tgt, 3, 2, nll, counter) and counter == [1]
     assert not _most_probable_stop(-2, wrong.view(6, 4), tgt, 3, 2, nll, counter) and counter == [1]
-    assert _most_probable_stop(-2, right.view(6, 4), tgt, 3, 2, nll, counter)  # second pass, not consecutive
+    assert _most_probable_stop(
+        -2, right.view(6, 4), tgt, 3, 2, nll, counter
+    )  # second pass, not consecutive
     right_but_first = right.clone()
     right_but_first[0] = -1.0  # the first prompt is never checked (the public code skips it)
     assert _most_probable_stop(-1, right_but_first.view(6, 4), tgt, 3, 2, nll, [0])
-    assert _most_probable_stop(0.3, right.view(6, 4), tgt, 3, 2, torch.full((3, 2), 0.5), [0])  # exp(-0.5) > 0.3
+    assert _most_probable_stop(
+        0.3, right.view(6, 4), tgt, 3, 2, torch.full((3, 2), 0.5), [0]
+    )  # exp(-0.5) > 0.3
     assert not _most_probable_stop(0.7, right.view(6, 4), tgt, 3, 2, torch.full((3, 2), 0.5), [0])
 
 
@@ -151,7 +176,9 @@ def test_first_layer_update_solves_memit_normal_equations(tiny_model_factory):
     layers = [0, 1]
     ed = editor_for(model, tok, layers, weight=2.0)
     res = ed.compute_batch(RECORDS[:2])
-    k, h = ed._keys_and_values(RECORDS[:2], layers[0])  # the model is unchanged: the step's first keys
+    k, h = ed._keys_and_values(
+        RECORDS[:2], layers[0]
+    )  # the model is unchanged: the step's first keys
     r = (res.vectors["z"] - h) / len(layers)
     dw = res.updates[0].delta_out_in().double()
     lhs = dw @ (2.0 * ed.c[0] + k @ k.T)
@@ -190,7 +217,9 @@ def test_hparams_and_statistics_are_checked(tiny_model_factory):
         MemitHParams.from_dict({"layers": [1], "layer": 1})
     model, tok = load_model(tiny_model_factory("gpt2"))
     with pytest.raises(ValueError, match=r"key statistics of layers \[2\]"):
-        MemitEditor(model, tok, MemitHParams(layers=[1, 2]), {1: random_spd(d_in(model, 1))}, TEMPLATES)
+        MemitEditor(
+            model, tok, MemitHParams(layers=[1, 2]), {1: random_spd(d_in(model, 1))}, TEMPLATES
+        )
     with pytest.raises(ValueError, match="outside"):
         MemitEditor(model, tok, MemitHParams(layers=[1, 7]), {}, TEMPLATES)
 
@@ -204,35 +233,65 @@ def test_context_templates_from_start_words_are_seeded(tiny_model_factory):
     assert a == b and a != c
     assert a[0] == "{}" and len(a) == 5 and all(t.endswith(". {}") for t in a[1:])
     assert all(  # each prefix keeps its start word, then the sample
-        t.startswith(w) for t, w in zip(a[1:], ["The", "The", "Because", "Because"]))
+        t.startswith(w) for t, w in zip(a[1:], ["The", "The", "Because", "Because"])
+    )
 
 
 # ------------------------------------------------------------------------------ trajectories
 
-HPARAMS = {"layers": [1, 2], "v_num_grad_steps": 4, "context_template_lengths": [[4, 2]],
-           "context_template_starts": ["The", "I"]}
+HPARAMS = {
+    "layers": [1, 2],
+    "v_num_grad_steps": 4,
+    "context_template_lengths": [[4, 2]],
+    "context_template_starts": ["The", "I"],
+}
 
 
 @pytest.fixture(scope="module")
 def memit_inputs(traj_inputs, tmp_path_factory):
     """traj_inputs plus key statistics of layer 2 (the same documents as layer 1's)."""
-    from tests.conftest import OBJECTS, SUBJECTS, TEMPLATES as CF_TEMPLATES
-    from editscale.lm.models import model_identity
     from editscale.editing.key_stats import compute_key_second_moment
+    from editscale.lm.models import model_identity
+    from tests.conftest import OBJECTS, SUBJECTS
+    from tests.conftest import TEMPLATES as CF_TEMPLATES
 
     model, tok = load_model(traj_inputs["model_dir"])
-    docs = [f"{s} {t.replace('{}', s)} {o} and then some more text number {i}"
-            for i, (s, t, o) in enumerate(zip(SUBJECTS * 30, CF_TEMPLATES * 75, OBJECTS * 50))]
+    docs = [
+        f"{s} {t.replace('{}', s)} {o} and then some more text number {i}"
+        for i, (s, t, o) in enumerate(zip(SUBJECTS * 30, CF_TEMPLATES * 75, OBJECTS * 50))
+    ]
     path = tmp_path_factory.mktemp("memit-stats") / "layer2.h5"
-    compute_key_second_moment(model, tok, 2, docs, path, n_docs=len(docs), max_doc_tokens=64, batch_tokens=2048,
-                              attrs={**model_identity(traj_inputs["model_dir"]), "corpus": "synthetic",
-                                     "corpus_fingerprint": "x"})
+    compute_key_second_moment(
+        model,
+        tok,
+        2,
+        docs,
+        path,
+        n_docs=len(docs),
+        max_doc_tokens=64,
+        batch_tokens=2048,
+        attrs={
+            **model_identity(traj_inputs["model_dir"]),
+            "corpus": "synthetic",
+            "corpus_fingerprint": "x",
+        },
+    )
     return {**traj_inputs, "stats_path": [traj_inputs["stats_path"], path]}
 
 
 def run(inputs, out, **kw):
-    args = dict(inputs, out_path=out, method="memit", editor="memit", hparams=HPARAMS, n_edits=5,
-                snapshot_every=2, seed=5, config={"test": True}, progress_every_s=0.0)
+    args = dict(
+        inputs,
+        out_path=out,
+        method="memit",
+        editor="memit",
+        hparams=HPARAMS,
+        n_edits=5,
+        snapshot_every=2,
+        seed=5,
+        config={"test": True},
+        progress_every_s=0.0,
+    )
     args.update(kw)
     run_trajectory(**args)
 
@@ -249,25 +308,33 @@ def assert_same_run(full, broken, snapshot: str) -> None:
             np.testing.assert_array_equal(fa[name][()], fb[name][()], err_msg=name)
 
 
-EDITORS = {"memit": (MemitEditor, HPARAMS),
-           "alphaedit": (AlphaEditEditor, {**HPARAMS, "nullspace_threshold": 1e9}),  # P = I on these keys
-           "encore": (EncoreEditor, {**HPARAMS, "mom2_update_weight": 1.0}),
-           "emmet": (EmmetEditor, {**HPARAMS, "mom2_update_weight": 1.0})}
+EDITORS = {
+    "memit": (MemitEditor, HPARAMS),
+    "alphaedit": (AlphaEditEditor, {**HPARAMS, "nullspace_threshold": 1e9}),  # P = I on these keys
+    "encore": (EncoreEditor, {**HPARAMS, "mom2_update_weight": 1.0}),
+    "emmet": (EmmetEditor, {**HPARAMS, "mom2_update_weight": 1.0}),
+}
 
 
 @pytest.mark.parametrize("editor", sorted(EDITORS))
-def test_trajectory_stores_rebuilds_and_resumes_bitwise(memit_inputs, tmp_path, monkeypatch, editor):
+def test_trajectory_stores_rebuilds_and_resumes_bitwise(
+    memit_inputs, tmp_path, monkeypatch, editor
+):
     cls, hparams = EDITORS[editor]
     full = tmp_path / "full.h5"
     run(memit_inputs, full, method=editor, editor=editor, hparams=hparams)
     m = read_metrics(full)
     assert len(m["es"]) == 5 and np.all(m["update_norm_0"] > 0) and np.all(m["update_norm_1"] > 0)
     with h5py.File(full) as f:
-        assert f.attrs["stats_sha256"].count(",") == 1  # both layers' statistics are in the provenance
+        assert (
+            f.attrs["stats_sha256"].count(",") == 1
+        )  # both layers' statistics are in the provenance
         assert list(f["updates"]) == ["0", "1"]
     import editscale.editing.store as store
 
-    with h5py.File(full) as f:  # snapshot 0 + updates 1..4 = the runner's weights at edit 4, both matrices
+    with h5py.File(
+        full
+    ) as f:  # snapshot 0 + updates 1..4 = the runner's weights at edit 4, both matrices
         w = [torch.from_numpy(f[f"snapshots/{i}/0"][()]) for i in range(2)]
         for row in store.read_updates(f, 0, 4):
             for i, upd in enumerate(row):
@@ -299,20 +366,34 @@ def test_trajectory_stores_rebuilds_and_resumes_bitwise(memit_inputs, tmp_path, 
 
 
 @pytest.mark.parametrize("editor", ["memit", "alphaedit"])
-def test_steps_of_several_edits_store_one_update_each_and_resume_bitwise(memit_inputs, tmp_path, monkeypatch,
-                                                                          editor):
+def test_steps_of_several_edits_store_one_update_each_and_resume_bitwise(
+    memit_inputs, tmp_path, monkeypatch, editor
+):
     cls, hparams = EDITORS[editor]
     import editscale.editing.store as store
     from editscale.editing.runner import select_records
 
     full = tmp_path / "full.h5"
-    run(memit_inputs, full, method=editor, editor=editor, hparams=hparams, n_edits=4, edits_per_step=2)
+    run(
+        memit_inputs,
+        full,
+        method=editor,
+        editor=editor,
+        hparams=hparams,
+        n_edits=4,
+        edits_per_step=2,
+    )
     m = read_metrics(full)
     assert list(m["edit"]) == [1, 2, 3, 4]
     for i in range(2):  # the step's update with its first edit; the weights after it on every row
         assert m[f"update_norm_{i}"][0] > 0 and m[f"update_norm_{i}"][2] > 0
         assert m[f"update_norm_{i}"][1] == 0 and m[f"update_norm_{i}"][3] == 0
-        assert m[f"distance_{i}"][0] == m[f"distance_{i}"][1] != m[f"distance_{i}"][2] == m[f"distance_{i}"][3]
+        assert (
+            m[f"distance_{i}"][0]
+            == m[f"distance_{i}"][1]
+            != m[f"distance_{i}"][2]
+            == m[f"distance_{i}"][3]
+        )
     with h5py.File(full) as f:
         assert int(f.attrs["edits_per_step"]) == 2
         assert sorted(int(x) for x in f["snapshots/0"]) == [0, 2, 4]
@@ -353,11 +434,27 @@ def test_steps_of_several_edits_store_one_update_each_and_resume_bitwise(memit_i
 
     monkeypatch.setattr(cls, "compute_batch", failing)
     with pytest.raises(RuntimeError, match="killed"):
-        run(memit_inputs, broken, method=editor, editor=editor, hparams=hparams, n_edits=4, edits_per_step=2)
+        run(
+            memit_inputs,
+            broken,
+            method=editor,
+            editor=editor,
+            hparams=hparams,
+            n_edits=4,
+            edits_per_step=2,
+        )
     monkeypatch.setattr(cls, "compute_batch", original)
     with h5py.File(str(broken) + ".partial") as f:
         assert int(f.attrs["n_done"]) == 2
-    run(memit_inputs, broken, method=editor, editor=editor, hparams=hparams, n_edits=4, edits_per_step=2)
+    run(
+        memit_inputs,
+        broken,
+        method=editor,
+        editor=editor,
+        hparams=hparams,
+        n_edits=4,
+        edits_per_step=2,
+    )
     assert_same_run(full, broken, "snapshots/1/4")
 
     # a partial file of steps of 2 is not resumed as steps of 1
@@ -365,16 +462,31 @@ def test_steps_of_several_edits_store_one_update_each_and_resume_bitwise(memit_i
     with h5py.File(tmp_path / "x.h5.partial", "r+") as f:
         f.attrs["n_done"] = 2
     with pytest.raises(Exception, match="different inputs"):
-        run(memit_inputs, tmp_path / "x.h5", method=editor, editor=editor, hparams=hparams, n_edits=4)
+        run(
+            memit_inputs,
+            tmp_path / "x.h5",
+            method=editor,
+            editor=editor,
+            hparams=hparams,
+            n_edits=4,
+        )
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"editor": "rome", "method": "rome", "hparams": {"layer": 1}, "stats_path": None}, "one record per step"),
-    ({"n_edits": 5}, "n_edits 5 is not a multiple"),
-    ({"snapshot_every": 3}, "snapshot_every 3 is not a multiple"),
-    ({"store_updates": False}, "store_updates"),
-])
-def test_step_settings_a_trajectory_cannot_run_are_refused_before_any_work(memit_inputs, tmp_path, kw, match):
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (
+            {"editor": "rome", "method": "rome", "hparams": {"layer": 1}, "stats_path": None},
+            "one record per step",
+        ),
+        ({"n_edits": 5}, "n_edits 5 is not a multiple"),
+        ({"snapshot_every": 3}, "snapshot_every 3 is not a multiple"),
+        ({"store_updates": False}, "store_updates"),
+    ],
+)
+def test_step_settings_a_trajectory_cannot_run_are_refused_before_any_work(
+    memit_inputs, tmp_path, kw, match
+):
     with pytest.raises(ValueError, match=match):
         run(memit_inputs, tmp_path / "x.h5", **{"n_edits": 4, "edits_per_step": 2, **kw})
     assert not list(tmp_path.iterdir())
@@ -411,12 +523,17 @@ def test_config_asks_for_one_statistics_file_per_layer():
 
     cfg = minimal()
     cfg["models"]["m"]["n_layer"] = 4
-    cfg["methods"]["memit"] = {"editor": "memit", "hparams": {"mom2_update_weight": 100.0},
-                               "per_model": {"m": {"layers": [1, 2, 3]}}}
+    cfg["methods"]["memit"] = {
+        "editor": "memit",
+        "hparams": {"mom2_update_weight": 100.0},
+        "per_model": {"m": {"layers": [1, 2, 3]}},
+    }
     cfg["experiments"].append({"model": "m", "method": "memit"})
     loaded = escfg.load_config(cfg)
     assert escfg.stats_layers(loaded, "memit", "m") == [1, 2, 3]
-    assert escfg.stats_files(loaded, "memit", "m") == [f"resources/stats/m/c/layer{x}.h5" for x in (1, 2, 3)]
+    assert escfg.stats_files(loaded, "memit", "m") == [
+        f"resources/stats/m/c/layer{x}.h5" for x in (1, 2, 3)
+    ]
     assert escfg.stats_files(loaded, "rome", "m") == ["resources/stats/m/c/layer1.h5"]
     with pytest.raises(ValueError, match="stats_layers"):
         escfg.stats_layer(loaded, "memit", "m")
@@ -436,18 +553,28 @@ def test_config_checks_edits_per_step():
     cfg["n_edits"] = 20
     cfg["snapshot_every"] = 10
     cfg["evaluation"] = {"forgetting_every": 10, "downstream_every": 10}
-    cfg["methods"]["memit"] = {"editor": "memit", "edits_per_step": 5, "per_model": {"m": {"layers": [1, 2]}}}
+    cfg["methods"]["memit"] = {
+        "editor": "memit",
+        "edits_per_step": 5,
+        "per_model": {"m": {"layers": [1, 2]}},
+    }
     cfg["experiments"].append({"model": "m", "method": "memit"})
     from editscale import config as escfg
 
-    assert escfg.load_config(copy.deepcopy(cfg))["methods"]["rome"]["edits_per_step"] == 1  # the default
+    assert (
+        escfg.load_config(copy.deepcopy(cfg))["methods"]["rome"]["edits_per_step"] == 1
+    )  # the default
     for change, key_or_text in (
-            (lambda c: c["methods"]["rome"].update(edits_per_step=2), "methods.rome.edits_per_step"),
-            (lambda c: c["evaluation"].update(forgetting_every=12), "methods.memit.edits_per_step"),
-            (lambda c: c.update(snapshot_every=4), "methods.memit.edits_per_step"),
-            (lambda c: c["experiments"][-1].update(n_edits=12), "methods.memit.edits_per_step"),
-            (lambda c: c["methods"]["memit"].update(store_updates=False), "methods.memit.edits_per_step"),
-            (lambda c: c["methods"]["memit"].update(edits_per_step=0), "methods.memit.edits_per_step")):
+        (lambda c: c["methods"]["rome"].update(edits_per_step=2), "methods.rome.edits_per_step"),
+        (lambda c: c["evaluation"].update(forgetting_every=12), "methods.memit.edits_per_step"),
+        (lambda c: c.update(snapshot_every=4), "methods.memit.edits_per_step"),
+        (lambda c: c["experiments"][-1].update(n_edits=12), "methods.memit.edits_per_step"),
+        (
+            lambda c: c["methods"]["memit"].update(store_updates=False),
+            "methods.memit.edits_per_step",
+        ),
+        (lambda c: c["methods"]["memit"].update(edits_per_step=0), "methods.memit.edits_per_step"),
+    ):
         bad = copy.deepcopy(cfg)
         change(bad)
         assert error_key(bad) == key_or_text
@@ -464,18 +591,30 @@ def test_default_config_with_the_lifelong_editors_plans_statistics_for_every_lay
 
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     extra = {
-        "experiments": cfg["experiments"] + [{"model": "toy-llama", "method": m} for m in ("memit", "emmet", "alpha")],
-        "methods": {"memit": {"editor": "memit", "per_model": {"toy-llama": {"layers": [2, 3]}}},
-                    "emmet": {"editor": "emmet", "per_model": {"toy-llama": {"layers": [3]}}},
-                    "alpha": {"editor": "alphaedit", "per_model": {"toy-llama": {"layers": [1, 3]}}}},
+        "experiments": cfg["experiments"]
+        + [{"model": "toy-llama", "method": m} for m in ("memit", "emmet", "alpha")],
+        "methods": {
+            "memit": {"editor": "memit", "per_model": {"toy-llama": {"layers": [2, 3]}}},
+            "emmet": {"editor": "emmet", "per_model": {"toy-llama": {"layers": [3]}}},
+            "alpha": {"editor": "alphaedit", "per_model": {"toy-llama": {"layers": [1, 3]}}},
+        },
     }
     (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
-    proc = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "config.yaml"),
-                     str(tmp_path / "extra.yaml"), cwd=tmp_path)
+    proc = snakemake(
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        str(tmp_path / "extra.yaml"),
+        cwd=tmp_path,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     counts = job_counts(out)
-    assert counts["key_stats"] == 3  # layer 3 (ROME, r-ROME, EMMET, MEMIT, AlphaEdit), 2 (MEMIT), 1 (AlphaEdit)
+    assert (
+        counts["key_stats"] == 3
+    )  # layer 3 (ROME, r-ROME, EMMET, MEMIT, AlphaEdit), 2 (MEMIT), 1 (AlphaEdit)
     assert counts["trajectory"] == 7 * cfg["samples"]
     for layer in (1, 2, 3):
         assert f"resources/stats/toy-llama/toy_heldout/layer{layer}.h5" in out

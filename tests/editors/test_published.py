@@ -9,7 +9,13 @@ import json
 import pytest
 import yaml
 
-from editscale.editors.published import EditorWeightsMismatch, fetch_editor_weights, manifest_path_for, read_manifest, verify_editor_weights
+from editscale.editors.published import (
+    EditorWeightsMismatch,
+    fetch_editor_weights,
+    manifest_path_for,
+    read_manifest,
+    verify_editor_weights,
+)
 
 
 def publish(path, data: bytes) -> str:
@@ -79,7 +85,9 @@ def test_the_sidecar_is_checked_against_the_manifest(tmp_path):
     # replace file and sidecar consistently: the manifest's record still catches it
     dest.write_bytes(b"xyz")
     side = dest.parent / "mend.pt.json"
-    side.write_text(json.dumps({**json.loads(side.read_text()), "sha256": hashlib.sha256(b"xyz").hexdigest()}))
+    side.write_text(
+        json.dumps({**json.loads(side.read_text()), "sha256": hashlib.sha256(b"xyz").hexdigest()})
+    )
     with pytest.raises(EditorWeightsMismatch, match="recorded on first download"):
         verify_editor_weights(dest)
     # a file placed by hand (no sidecar) is not checked
@@ -96,7 +104,9 @@ def test_the_mend_loader_refuses_changed_weights(tmp_path, tiny_model_factory):
     url = publish(tmp_path / "mend-10tok-tiny.pt", b"not a torch file")
     dest = tmp_path / "resources/editors/tiny/mend.pt"
     download(url, dest)
-    with pytest.raises(Exception) as err:  # the bytes check passes; the (fake) file then fails to load
+    with pytest.raises(
+        Exception
+    ) as err:  # the bytes check passes; the (fake) file then fails to load
         make_editor(model, tok, {}, None, 0, editor_file=dest)
     assert not isinstance(err.value, EditorWeightsMismatch)
     dest.write_bytes(b"not a torch file either")
@@ -104,7 +114,9 @@ def test_the_mend_loader_refuses_changed_weights(tmp_path, tiny_model_factory):
         make_editor(model, tok, {}, None, 0, editor_file=dest)
 
 
-def test_download_rule_records_then_refuses_other_bytes(tmp_path, tiny_model_factory, counterfact_path):
+def test_download_rule_records_then_refuses_other_bytes(
+    tmp_path, tiny_model_factory, counterfact_path
+):
     """Rule download_editor through Snakemake, sha256 not given in the config."""
     from tests.pipeline.test_workflow import REPO, snakemake
 
@@ -113,29 +125,67 @@ def test_download_rule_records_then_refuses_other_bytes(tmp_path, tiny_model_fac
     url = publish(remote, b"public editor bytes")
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["models"] = {"tiny-local": {"source": "local", "path": str(model_dir), "device": "cpu"}}
-    cfg["counterfact"] = {"path": str(counterfact_path), "url": None, "sha256": None, "unique_subjects": True}
+    cfg["counterfact"] = {
+        "path": str(counterfact_path),
+        "url": None,
+        "sha256": None,
+        "unique_subjects": True,
+    }
     cfg["experiments"] = [{"model": "tiny-local", "method": "mend"}]
     cfg["n_edits"] = 10  # the default's 1,000 is more than the shared file's 498 usable records
-    cfg["methods"] = {"mend": {"editor": "mend", "hparams": {"n_last_layers": 3}, "per_model": {"tiny-local": {}},
-                               "editor_weights": {"tiny-local": {"url": url}}}}
+    cfg["methods"] = {
+        "mend": {
+            "editor": "mend",
+            "hparams": {"n_last_layers": 3},
+            "per_model": {"tiny-local": {}},
+            "editor_weights": {"tiny-local": {"url": url}},
+        }
+    }
     cfg["resources"] = {}
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(cfg))
     work = tmp_path / "work"
     target = "resources/editors/tiny-local/mend.pt"
 
-    proc = snakemake("--cores", "1", "--configfile", str(config_file), "--directory", str(work), target, cwd=tmp_path)
+    proc = snakemake(
+        "--cores",
+        "1",
+        "--configfile",
+        str(config_file),
+        "--directory",
+        str(work),
+        target,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     sha = hashlib.sha256(b"public editor bytes").hexdigest()
     assert read_manifest(work / "resources/editors/weights_manifest.json")[url]["sha256"] == sha
     side = json.loads((work / f"{target}.json").read_text())
-    assert side["sha256"] == sha and side["for_model"] == "tiny-local" and side["sha256_check"].startswith("recorded")
-    assert not (work / "resources/data/editor_split.json").exists()  # public editors: nothing reserved
+    assert (
+        side["sha256"] == sha
+        and side["for_model"] == "tiny-local"
+        and side["sha256_check"].startswith("recorded")
+    )
+    assert not (
+        work / "resources/data/editor_split.json"
+    ).exists()  # public editors: nothing reserved
 
     # the file at the URL changes; the download job runs again (forced): it stops, naming the file
     remote.write_bytes(b"other bytes")
-    proc = snakemake("--cores", "1", "--configfile", str(config_file), "--directory", str(work), "--forcerun",
-                     "download_editor", target, cwd=tmp_path)
+    proc = snakemake(
+        "--cores",
+        "1",
+        "--configfile",
+        str(config_file),
+        "--directory",
+        str(work),
+        "--forcerun",
+        "download_editor",
+        target,
+        cwd=tmp_path,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "EditorWeightsMismatch" in out and "mend.pt" in out and "recorded on first download" in out
+    assert (
+        "EditorWeightsMismatch" in out and "mend.pt" in out and "recorded on first download" in out
+    )

@@ -5,23 +5,33 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import ARCHS
 from editscale.editors.base import apply_updates
-from editscale.editors.rome import RomeEditor, RomeHParams, lower_pass, make_editor
 from editscale.editors.prompts import build_prompts, generate_context_templates
+from editscale.editors.rome import RomeEditor, RomeHParams, lower_pass, make_editor
 from editscale.lm.models import arch_of, get_module, load_model, upper_layers_only
+from tests.conftest import ARCHS
 
 RECORD = {
     "case_id": 7,
-    "requested_rewrite": {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux",
-                          "target_new": {"str": "English"}, "target_true": {"str": "French"}},
-    "paraphrase_prompts": [], "neighborhood_prompts": [],
+    "requested_rewrite": {
+        "prompt": "The mother tongue of {} is",
+        "subject": "Danielle Darrieux",
+        "target_new": {"str": "English"},
+        "target_true": {"str": "French"},
+    },
+    "paraphrase_prompts": [],
+    "neighborhood_prompts": [],
 }
 RECORD2 = {
     "case_id": 8,
-    "requested_rewrite": {"prompt": "{} is a citizen of", "subject": "Toko Yasuda",
-                          "target_new": {"str": "Japan"}, "target_true": {"str": "Canada"}},
-    "paraphrase_prompts": [], "neighborhood_prompts": [],
+    "requested_rewrite": {
+        "prompt": "{} is a citizen of",
+        "subject": "Toko Yasuda",
+        "target_new": {"str": "Japan"},
+        "target_true": {"str": "Canada"},
+    },
+    "paraphrase_prompts": [],
+    "neighborhood_prompts": [],
 }
 
 
@@ -34,8 +44,12 @@ def random_spd(d: int, seed: int = 0) -> torch.Tensor:
 def editor_for(model, tok, layer=1, key_mode="original", templates=None, steps=20):
     spec = arch_of(model)
     d_in = get_module(model, spec.mlp_out_path(layer)).weight.shape[0 if spec.conv1d else 1]
-    hp = {"layer": layer, "key_mode": key_mode, "v_num_grad_steps": steps,
-          "context_template_lengths": [[4, 3], [6, 3]]}
+    hp = {
+        "layer": layer,
+        "key_mode": key_mode,
+        "v_num_grad_steps": steps,
+        "context_template_lengths": [[4, 3], [6, 3]],
+    }
     state = {"context_templates": templates} if templates else None
     return make_editor(model, tok, hp, random_spd(d_in), seed=3, state=state)
 
@@ -77,7 +91,9 @@ def test_second_edit_leaves_c_inverse_orthogonal_directions_unchanged(tiny_model
     perp_before = mlp_out(model, 1, k_perp)
     apply_updates(model, r2.updates, arch_of(model))
     # the first key's output moves only along v2, by (u2 . k1) = k1^T C^-1 k2* / ||C^-1 k2*||
-    torch.testing.assert_close(mlp_out(model, 1, k1) - out1, v2 * torch.dot(u2, k1), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(
+        mlp_out(model, 1, k1) - out1, v2 * torch.dot(u2, k1), rtol=1e-3, atol=1e-4
+    )
     # its component that C^-1 makes orthogonal to the second key is not changed at all
     torch.testing.assert_close(mlp_out(model, 1, k_perp), perp_before, rtol=1e-5, atol=1e-5)
 
@@ -88,7 +104,9 @@ def test_upper_layers_equal_full_forward_with_injected_delta(tiny_model_factory,
     model, tok = load_model(tiny_model_factory(arch, n_layer=4))
     spec = arch_of(model)
     layer = 1
-    enc, lookup = build_prompts(tok, [("Danielle Darrieux speaks", 17), ("Paris is a big city here", 5)])
+    enc, lookup = build_prompts(
+        tok, [("Danielle Darrieux speaks", 17), ("Paris is a big city here", 5)]
+    )
     delta = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     rows = torch.arange(2)
 
@@ -99,14 +117,18 @@ def test_upper_layers_equal_full_forward_with_injected_delta(tiny_model_factory,
 
     h = get_module(model, spec.mlp_path(layer)).register_forward_hook(add_delta)
     with torch.no_grad():
-        full = get_module(model, spec.base)(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+        full = get_module(model, spec.base)(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+        ).last_hidden_state
     h.remove()
-    ed = editor_for(model, tok, layer=layer, templates=["{}"])
+    editor_for(model, tok, layer=layer, templates=["{}"])
     resid, _, _ = lower_pass(model, layer, enc, lookup)
     onehot = torch.zeros(*enc["input_ids"].shape, 1)
     onehot[rows, lookup] = 1
     with torch.no_grad(), upper_layers_only(model, layer + 1) as upper:
-        sliced = upper(inputs_embeds=resid + onehot * delta, attention_mask=enc["attention_mask"]).last_hidden_state
+        sliced = upper(
+            inputs_embeds=resid + onehot * delta, attention_mask=enc["attention_mask"]
+        ).last_hidden_state
     m = enc["attention_mask"].bool()
     torch.testing.assert_close(sliced[m], full[m], rtol=1e-4, atol=1e-5)
     # the model is whole again afterwards

@@ -16,14 +16,25 @@ LOG2_3 = math.log2(3)
 
 
 def test_word_tokens_split_words_and_punctuation():
-    assert collapse.word_tokens("Paris is, in fact, big.") == ["Paris", "is", ",", "in", "fact", ",", "big", "."]
+    assert collapse.word_tokens("Paris is, in fact, big.") == [
+        "Paris",
+        "is",
+        ",",
+        "in",
+        "fact",
+        ",",
+        "big",
+        ".",
+    ]
     assert collapse.word_tokens("  ") == []
 
 
 def test_ngram_entropy_hand_computed():
     # "a b a b": bigrams ab, ba, ab -> p = 2/3, 1/3; trigrams aba, bab -> 1/2, 1/2
     toks = ["a", "b", "a", "b"]
-    assert collapse.ngram_entropy(toks, 2) == pytest.approx(LOG2_3 - 2 / 3)  # -(2/3 log2 2/3 + 1/3 log2 1/3)
+    assert collapse.ngram_entropy(toks, 2) == pytest.approx(
+        LOG2_3 - 2 / 3
+    )  # -(2/3 log2 2/3 + 1/3 log2 1/3)
     assert collapse.ngram_entropy(toks, 3) == pytest.approx(1.0)
     assert collapse.ngram_entropy(toks, 5) == 0.0  # no 5-gram
     assert collapse.ngram_entropy(["x"] * 9, 2) == 0.0
@@ -38,9 +49,13 @@ def test_text_entropy_hand_computed():
     # punctuation is a word: "a, a, a" = a , a , a -> bigrams (a ,) x2 (, a) x2 -> H2 = 1; trigrams
     # (a , a) x2, (, a ,) x1 -> H3 = log2 3 - 2/3
     assert collapse.text_entropy("a, a, a") == pytest.approx((2 / 3 + 4 / 3 * (LOG2_3 - 2 / 3)) / 2)
-    assert collapse.text_entropy("") == 0.0 and collapse.text_entropy("one two") == 0.0  # H2 = 0, no trigram
+    assert (
+        collapse.text_entropy("") == 0.0 and collapse.text_entropy("one two") == 0.0
+    )  # H2 = 0, no trigram
     # the mean over generations
-    assert collapse.generation_entropy(["a b c d", "x x x x"]) == pytest.approx((2 / 3 * LOG2_3 + 4 / 3) / 4)
+    assert collapse.generation_entropy(["a b c d", "x x x x"]) == pytest.approx(
+        (2 / 3 * LOG2_3 + 4 / 3) / 4
+    )
     assert math.isnan(collapse.generation_entropy([]))
 
 
@@ -56,13 +71,26 @@ def test_select_documents_is_seeded_and_keeps_corpus_order():
 
 
 def test_probe_prompts_sources():
-    recs = [{"generation_prompts": []}, {"generation_prompts": ["P1 is", "P1 said"]}, {"generation_prompts": ["P2 is"]}]
+    recs = [
+        {"generation_prompts": []},
+        {"generation_prompts": ["P1 is", "P1 said"]},
+        {"generation_prompts": ["P2 is"]},
+    ]
     assert collapse.probe_prompts(None, 8, recs) == (["P1 is", "P2 is"], "counterfact")
     assert collapse.probe_prompts(["x", "y", "z"], 2, recs) == (["x", "y"], "config")
     prompts, source = collapse.probe_prompts(None, 3, [{"generation_prompts": []}])
     assert source == "fallback" and prompts == list(collapse.FALLBACK_PROMPTS[:3])
-    probe = collapse.build_probe(docs=iter(["d1", "d2"]), corpus="c", corpus_fingerprint="f", n_docs=1, pool_docs=2,
-                                 seed=1, prompts=None, n_prompts=1, records=recs)
+    probe = collapse.build_probe(
+        docs=iter(["d1", "d2"]),
+        corpus="c",
+        corpus_fingerprint="f",
+        n_docs=1,
+        pool_docs=2,
+        seed=1,
+        prompts=None,
+        n_prompts=1,
+        records=recs,
+    )
     assert len(probe["perplexity"]["docs"]) == 1 and probe["generation"]["prompts"] == ["P1 is"]
 
 
@@ -82,16 +110,20 @@ def _direct_perplexity(model, token_lists) -> tuple[float, list[float]]:
 
 def test_perplexity_equals_direct_computation(tiny_model_factory):
     model, tok = load_model(tiny_model_factory("gpt2"))
-    docs = ["the capital city of France is Paris and the language is French",
-            "Ada Lovelace was born in London",
-            "of and to in is",
-            "x",  # one token at most: skipped
-            "the of and to in is was a on for by with as at from capital city language born " * 4]
+    docs = [
+        "the capital city of France is Paris and the language is French",
+        "Ada Lovelace was born in London",
+        "of and to in is",
+        "x",  # one token at most: skipped
+        "the of and to in is was a on for by with as at from capital city language born " * 4,
+    ]
     lists = collapse.heldout_token_lists(tok, docs, max_tokens=20)
     assert len(lists) == 4 and max(len(x) for x in lists) == 20 and min(len(x) for x in lists) >= 2
     want, per_doc = _direct_perplexity(model, lists)
     for batch_size in (1, 3, 16):  # padding and batching do not change the value
-        got = collapse.heldout_perplexity(model, lists, batch_size=batch_size, pad_id=tok.pad_token_id or 0)
+        got = collapse.heldout_perplexity(
+            model, lists, batch_size=batch_size, pad_id=tok.pad_token_id or 0
+        )
         assert got["perplexity"] == pytest.approx(want, rel=1e-5)
         assert got["n_tokens"] == sum(len(x) - 1 for x in lists)
         np.testing.assert_allclose(got["doc_nll"], per_doc, rtol=1e-5)
@@ -101,13 +133,23 @@ def test_perplexity_equals_direct_computation(tiny_model_factory):
 
 def test_evaluate_collapse_on_a_tiny_model(tiny_model_factory):
     model, tok = load_model(tiny_model_factory("gpt2"))
-    probe = {"perplexity": {"docs": ["the capital city of France is Paris", "Ada Lovelace was born in London"]},
-             "generation": {"prompts": ["The capital of", "Ada Lovelace was"]}}
+    probe = {
+        "perplexity": {
+            "docs": ["the capital city of France is Paris", "Ada Lovelace was born in London"]
+        },
+        "generation": {"prompts": ["The capital of", "Ada Lovelace was"]},
+    }
     res = collapse.evaluate_collapse(model, tok, probe, max_tokens=16, max_new_tokens=5)
     assert set(collapse.MEASURES) <= set(res)
     assert len(res["generations"]) == 2 and res["entropies"].shape == (2,)
     assert res["generation_entropy"] == pytest.approx(
-        np.mean([collapse.text_entropy(p + g) for p, g in zip(probe["generation"]["prompts"], res["generations"])]))
+        np.mean(
+            [
+                collapse.text_entropy(p + g)
+                for p, g in zip(probe["generation"]["prompts"], res["generations"])
+            ]
+        )
+    )
     again = collapse.evaluate_collapse(model, tok, probe, max_tokens=16, max_new_tokens=5)
     assert again["perplexity"] == res["perplexity"] and again["generations"] == res["generations"]
 
@@ -117,12 +159,21 @@ def test_evaluate_collapse_on_a_tiny_model(tiny_model_factory):
 
 @pytest.fixture(scope="module")
 def short_trajectory(traj_inputs, tmp_path_factory):
-    from tests.conftest import TRAJ_HPARAMS
     from editscale.editing.runner import run_trajectory
+    from tests.conftest import TRAJ_HPARAMS
 
     out = tmp_path_factory.mktemp("collapse") / "sample0.h5"
-    run_trajectory(**traj_inputs, out_path=out, method="rome", editor="rome", hparams=TRAJ_HPARAMS,
-                   n_edits=4, snapshot_every=2, seed=5, config={})
+    run_trajectory(
+        **traj_inputs,
+        out_path=out,
+        method="rome",
+        editor="rome",
+        hparams=TRAJ_HPARAMS,
+        n_edits=4,
+        snapshot_every=2,
+        seed=5,
+        config={},
+    )
     return out
 
 
@@ -131,39 +182,64 @@ def probe_file(tmp_path_factory):
     import json
 
     docs = [f"the capital city of place {i} is Paris and the language is French" for i in range(12)]
-    probe = collapse.build_probe(docs=iter(docs), corpus="toy", corpus_fingerprint="f", n_docs=5, pool_docs=10,
-                                 seed=37, prompts=None, n_prompts=3, records=[])
+    probe = collapse.build_probe(
+        docs=iter(docs),
+        corpus="toy",
+        corpus_fingerprint="f",
+        n_docs=5,
+        pool_docs=10,
+        seed=37,
+        prompts=None,
+        n_prompts=3,
+        records=[],
+    )
     path = tmp_path_factory.mktemp("probe") / "probe.json"
     path.write_text(json.dumps(probe))
     return path
 
 
 def _chunk_args(traj_inputs, trajectory, probe, **kw):
-    return dict(trajectory_path=trajectory, model_dir=traj_inputs["model_dir"],
-                counterfact_path=traj_inputs["counterfact_path"], ordering_path=traj_inputs["ordering_path"],
-                task_sets={}, collapse_probe=probe, perplexity_max_tokens=12, generation_max_new_tokens=6, **kw)
+    return dict(
+        trajectory_path=trajectory,
+        model_dir=traj_inputs["model_dir"],
+        counterfact_path=traj_inputs["counterfact_path"],
+        ordering_path=traj_inputs["ordering_path"],
+        task_sets={},
+        collapse_probe=probe,
+        perplexity_max_tokens=12,
+        generation_max_new_tokens=6,
+        **kw,
+    )
 
 
-def test_eval_chunk_stores_collapse_measures_and_merge_writes_them(traj_inputs, short_trajectory, probe_file,
-                                                                   tmp_path):
+def test_eval_chunk_stores_collapse_measures_and_merge_writes_them(
+    traj_inputs, short_trajectory, probe_file, tmp_path
+):
     import csv
     import json
 
     import h5py
 
+    from editscale.editing.store import read_metrics
     from editscale.evaluation.checkpoints import checkpoint_plan
     from editscale.evaluation.jobs import merge_eval_chunks, run_eval_chunk
-    from editscale.editing.store import read_metrics
 
-    plan = checkpoint_plan(4, forgetting_every=2, downstream_every=4)  # t = 0 (downstream only), 2, 4
-    run_eval_chunk(**_chunk_args(traj_inputs, short_trajectory, probe_file), out_path=tmp_path / "c.h5",
-                   checkpoints=plan)
+    plan = checkpoint_plan(
+        4, forgetting_every=2, downstream_every=4
+    )  # t = 0 (downstream only), 2, 4
+    run_eval_chunk(
+        **_chunk_args(traj_inputs, short_trajectory, probe_file),
+        out_path=tmp_path / "c.h5",
+        checkpoints=plan,
+    )
     model, tok = load_model(traj_inputs["model_dir"])  # unedited = checkpoint 0
     probe = json.loads(probe_file.read_text())
     want = collapse.evaluate_collapse(model, tok, probe, max_tokens=12, max_new_tokens=6)
     with h5py.File(tmp_path / "c.h5") as f:
         settings = json.loads(f.attrs["collapse_settings"])
-        assert settings["perplexity_max_tokens"] == 12 and settings["generation_max_new_tokens"] == 6
+        assert (
+            settings["perplexity_max_tokens"] == 12 and settings["generation_max_new_tokens"] == 6
+        )
         assert len(settings["probe_sha256"]) == 64
         g = f["t0/collapse"]
         assert g.attrs["perplexity"] == pytest.approx(want["perplexity"], rel=1e-9)
@@ -171,10 +247,20 @@ def test_eval_chunk_stores_collapse_measures_and_merge_writes_them(traj_inputs, 
         assert [s.decode() for s in g["generations"][()]] == want["generations"]
         assert g["doc_nll"].shape == (5,) and g["entropies"].shape == (3,)
         assert all(np.isfinite(f[f"t{t}/collapse"].attrs["perplexity"]) for t in (0, 2, 4))
-        assert f["t4/collapse"].attrs["perplexity"] != g.attrs["perplexity"]  # four edits change the model
+        assert (
+            f["t4/collapse"].attrs["perplexity"] != g.attrs["perplexity"]
+        )  # four edits change the model
     paths = {k: tmp_path / f"m_{k}" for k in ("h5", "f.csv", "d.csv", "c.csv")}
-    merge_eval_chunks([tmp_path / "c.h5"], short_trajectory, paths["h5"], paths["f.csv"], paths["d.csv"],
-                      paths["c.csv"], forgetting_every=2, downstream_every=4)
+    merge_eval_chunks(
+        [tmp_path / "c.h5"],
+        short_trajectory,
+        paths["h5"],
+        paths["f.csv"],
+        paths["d.csv"],
+        paths["c.csv"],
+        forgetting_every=2,
+        downstream_every=4,
+    )
     traj = read_metrics(short_trajectory)
     with h5py.File(paths["h5"]) as f:
         assert list(f["collapse/checkpoints"][()]) == [0, 2, 4]
@@ -186,12 +272,15 @@ def test_eval_chunk_stores_collapse_measures_and_merge_writes_them(traj_inputs, 
     with open(paths["c.csv"], newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["checkpoint", "metric", "value"]
-    assert [(r["checkpoint"], r["metric"]) for r in rows[:4]] == [("0", m) for m in collapse.MEASURES]
+    assert [(r["checkpoint"], r["metric"]) for r in rows[:4]] == [
+        ("0", m) for m in collapse.MEASURES
+    ]
     assert len(rows) == 3 * len(collapse.MEASURES)
 
 
-def test_eval_chunk_resume_keeps_done_checkpoints_only_with_the_same_settings(traj_inputs, short_trajectory,
-                                                                            probe_file, tmp_path, monkeypatch):
+def test_eval_chunk_resume_keeps_done_checkpoints_only_with_the_same_settings(
+    traj_inputs, short_trajectory, probe_file, tmp_path, monkeypatch
+):
     import editscale.evaluation.jobs as ej
     from editscale.evaluation.checkpoints import checkpoint_plan
 
@@ -219,22 +308,40 @@ def test_eval_chunk_resume_keeps_done_checkpoints_only_with_the_same_settings(tr
         assert (tmp_path / "c.h5.partial").exists()
         calls.clear()
         monkeypatch.setattr(ej, "evaluate_collapse", counting)
-        ej.run_eval_chunk(**{**_chunk_args(traj_inputs, short_trajectory, probe_file), **settings}, out_path=out,
-                          checkpoints=plan)
+        ej.run_eval_chunk(
+            **{**_chunk_args(traj_inputs, short_trajectory, probe_file), **settings},
+            out_path=out,
+            checkpoints=plan,
+        )
         assert len(calls) == expect  # same settings: only t = 4 redone; other settings: both
         out.unlink()
 
 
-def test_merge_refuses_chunks_with_different_collapse_settings(traj_inputs, short_trajectory, probe_file, tmp_path):
+def test_merge_refuses_chunks_with_different_collapse_settings(
+    traj_inputs, short_trajectory, probe_file, tmp_path
+):
     from editscale.evaluation.checkpoints import checkpoint_plan
     from editscale.evaluation.jobs import merge_eval_chunks, run_eval_chunk
 
     plan = checkpoint_plan(4, forgetting_every=2, downstream_every=0)
-    run_eval_chunk(**_chunk_args(traj_inputs, short_trajectory, probe_file), out_path=tmp_path / "a.h5",
-                   checkpoints=plan[:1])
-    run_eval_chunk(**{**_chunk_args(traj_inputs, short_trajectory, probe_file), "perplexity_max_tokens": 10},
-                   out_path=tmp_path / "b.h5", checkpoints=plan[1:])
+    run_eval_chunk(
+        **_chunk_args(traj_inputs, short_trajectory, probe_file),
+        out_path=tmp_path / "a.h5",
+        checkpoints=plan[:1],
+    )
+    run_eval_chunk(
+        **{**_chunk_args(traj_inputs, short_trajectory, probe_file), "perplexity_max_tokens": 10},
+        out_path=tmp_path / "b.h5",
+        checkpoints=plan[1:],
+    )
     with pytest.raises(ValueError, match="different collapse settings"):
-        merge_eval_chunks([tmp_path / "a.h5", tmp_path / "b.h5"], short_trajectory, tmp_path / "m.h5",
-                          tmp_path / "f.csv", tmp_path / "d.csv", tmp_path / "c.csv",
-                          forgetting_every=2, downstream_every=0)
+        merge_eval_chunks(
+            [tmp_path / "a.h5", tmp_path / "b.h5"],
+            short_trajectory,
+            tmp_path / "m.h5",
+            tmp_path / "f.csv",
+            tmp_path / "d.csv",
+            tmp_path / "c.csv",
+            forgetting_every=2,
+            downstream_every=0,
+        )

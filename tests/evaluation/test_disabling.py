@@ -19,11 +19,17 @@ def edits(update_norm: np.ndarray, **overrides) -> list[int]:
     return [t for t, _ in flag_disabling(update_norm, **{**RULE, **overrides})]
 
 
-def all_history_rule(update_norm: np.ndarray, multiple: float = 10.0, min_history: int = 10) -> list[int]:
+def all_history_rule(
+    update_norm: np.ndarray, multiple: float = 10.0, min_history: int = 10
+) -> list[int]:
     """The former rule: x_t > multiple x median(x_1 .. x_{t-1}) in any matrix."""
     x = np.asarray(update_norm, dtype=float)
     x = x[:, None] if x.ndim == 1 else x
-    return [i + 1 for i in range(min_history, len(x)) if np.any(x[i] > multiple * np.median(x[:i], axis=0))]
+    return [
+        i + 1
+        for i in range(min_history, len(x))
+        if np.any(x[i] > multiple * np.median(x[:i], axis=0))
+    ]
 
 
 def noise(n: int, seed: int, sigma: float = 0.3, matrices: int | None = None) -> np.ndarray:
@@ -53,7 +59,9 @@ def test_isolated_spike_flags_exactly_that_edit():
 def test_run_away_flags_only_its_first_edit(growth):
     x = noise(800, seed=2)
     k = np.arange(800 - 199)
-    x[199:] *= 40.0 * growth ** k  # edit 200 jumps 40x; every later edit stays at (or rises from) that level
+    x[199:] *= (
+        40.0 * growth**k
+    )  # edit 200 jumps 40x; every later edit stays at (or rises from) that level
     x[199] *= 5.0  # the onset itself overshoots
     assert edits(x) == [200]
     assert len(all_history_rule(x)) > 150  # the former rule flags the edits after the blow-up too
@@ -68,15 +76,21 @@ def test_ramp_within_the_refractory_window_is_one_onset():
 
 
 def test_smooth_gradual_rise_flags_nothing():
-    x = 1.03 ** np.arange(1000) * noise(1000, seed=4, sigma=0.1)  # 3% per edit: x 7e12 over 1,000 edits
+    x = 1.03 ** np.arange(1000) * noise(
+        1000, seed=4, sigma=0.1
+    )  # 3% per edit: x 7e12 over 1,000 edits
     assert edits(x) == []
     assert all_history_rule(x)  # the former rule mistakes the rise for disabling edits
 
 
 def test_noise_without_event_flags_nothing():
-    x = noise(2000, seed=5, sigma=0.5, matrices=4)  # edit-to-edit spread of a factor 2 (1 sd of the log ratio)
+    x = noise(
+        2000, seed=5, sigma=0.5, matrices=4
+    )  # edit-to-edit spread of a factor 2 (1 sd of the log ratio)
     assert edits(x) == []
-    assert np.any(x[1:] > 10 * x[:-1])  # a single-edit jump of 10x happens by chance: the median matters
+    assert np.any(
+        x[1:] > 10 * x[:-1]
+    )  # a single-edit jump of 10x happens by chance: the median matters
 
 
 def test_nothing_is_flagged_before_min_history():
@@ -96,7 +110,11 @@ def test_two_run_aways_in_matrix_3_of_4(returns_to_normal):
     flagged = flag_disabling(x, **RULE)
     assert [t for t, _ in flagged] == [600, 1500]
     for _, reason in flagged:
-        assert reason.startswith("onset in matrix 3:") and "matrix 0" not in reason and "matrix 2" not in reason
+        assert (
+            reason.startswith("onset in matrix 3:")
+            and "matrix 0" not in reason
+            and "matrix 2" not in reason
+        )
     onsets = find_onsets(x, **RULE)
     assert [(o.edit, o.matrix) for o in onsets] == [(600, 3), (1500, 3)]
     assert all(o.norm > RULE["norm_multiple"] * o.baseline for o in onsets)

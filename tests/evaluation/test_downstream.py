@@ -11,9 +11,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from editscale.data import glue
-
 from editscale.evaluation import downstream
-
 from editscale.lm import generation
 from editscale.lm.models import load_model
 
@@ -37,6 +35,7 @@ def _load(shared_data, task):
 # Loading
 # ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("task,count", [("sst2", 872), ("mrpc", 408), ("rte", 277), ("cola", 1043)])
 def test_real_glue_files_load(shared_data, task, count):
     ex = _load(shared_data, task)
@@ -52,21 +51,36 @@ def test_real_files_details(shared_data):
     mrpc = _load(shared_data, "mrpc")
     first = mrpc[0]
     assert first["idx"] == 0 and first["label"] == 1
-    assert first["sentence1"] == "He said the foodservice pie business doesn't fit the company's long-term growth strategy."
+    assert (
+        first["sentence1"]
+        == "He said the foodservice pie business doesn't fit the company's long-term growth strategy."
+    )
     assert not any("\ufeff" in v for v in first.values() if isinstance(v, str))
     # QUOTE_NONE: an unbalanced quote at the start of a field stays literal, no line is swallowed
     assert first["sentence2"].startswith('"The foodservice pie business')
 
     rte = {e["idx"]: e for e in _load(shared_data, "rte")}
-    assert rte[13]["sentence2"] == 'Jack Kevorkian is the real name of "Dr. Death".'  # csv-quoted field
+    assert (
+        rte[13]["sentence2"] == 'Jack Kevorkian is the real name of "Dr. Death".'
+    )  # csv-quoted field
     assert 'famed as "Dr. Death," has violated' in rte[13]["sentence1"]
-    assert 'irreconcilable differences" as the reason' in rte[6]["sentence1"]  # doubled quote inside
+    assert (
+        'irreconcilable differences" as the reason' in rte[6]["sentence1"]
+    )  # doubled quote inside
     assert rte[0]["label"] == 1 and rte[0]["sentence2"] == "Christopher Reeve had an accident."
 
     cola = _load(shared_data, "cola")
-    assert cola[0] == {"idx": 0, "sentence": "The sailors rode the breeze clear of the rocks.", "label": 1}
+    assert cola[0] == {
+        "idx": 0,
+        "sentence": "The sailors rode the breeze clear of the rocks.",
+        "label": 1,
+    }
     sst = _load(shared_data, "sst2")
-    assert sst[0] == {"idx": 0, "sentence": "it 's a charming and often affecting journey . ", "label": 1}
+    assert sst[0] == {
+        "idx": 0,
+        "sentence": "it 's a charming and often affecting journey . ",
+        "label": 1,
+    }
 
 
 def _write_tsv(path, rows):
@@ -77,22 +91,29 @@ def _write_tsv(path, rows):
 
 
 def test_rte_quoted_tab_and_newline(tmp_path):
-    rows = [["sentence1", "sentence2", "label", "idx"],
-            ['He said "hi"\tand left.', "Two\nlines.", "0", "5"],
-            ["plain", "text", "1", "6"]]
+    rows = [
+        ["sentence1", "sentence2", "label", "idx"],
+        ['He said "hi"\tand left.', "Two\nlines.", "0", "5"],
+        ["plain", "text", "1", "6"],
+    ]
     _write_tsv(tmp_path / "RTE" / "dev.tsv", rows)
     ex = glue.load_glue("rte", {"type": "glue_files", "path": "."}, base_dir=tmp_path)
-    assert ex == [{"idx": 5, "sentence1": 'He said "hi"\tand left.', "sentence2": "Two\nlines.", "label": 0},
-                  {"idx": 6, "sentence1": "plain", "sentence2": "text", "label": 1}]
+    assert ex == [
+        {"idx": 5, "sentence1": 'He said "hi"\tand left.', "sentence2": "Two\nlines.", "label": 0},
+        {"idx": 6, "sentence1": "plain", "sentence2": "text", "label": 1},
+    ]
 
 
-@pytest.mark.parametrize("task,rows,line", [
-    ("sst2", ["sentence\tlabel", "good\t1", "bad\t0\textra"], 3),
-    ("sst2", ["sentence\tlabel", "good\t1", "bad\tneg"], 3),
-    ("cola", ["src\t1\t\tok", "src\t2\t*\tbad label"], 2),
-    ("mrpc", ["Quality\t#1 ID\t#2 ID\t#1 String\t#2 String", "1\t1\t2\ta"], 2),
-    ("sst2", ["text\tlabel", "good\t1"], 1),
-])
+@pytest.mark.parametrize(
+    "task,rows,line",
+    [
+        ("sst2", ["sentence\tlabel", "good\t1", "bad\t0\textra"], 3),
+        ("sst2", ["sentence\tlabel", "good\t1", "bad\tneg"], 3),
+        ("cola", ["src\t1\t\tok", "src\t2\t*\tbad label"], 2),
+        ("mrpc", ["Quality\t#1 ID\t#2 ID\t#1 String\t#2 String", "1\t1\t2\ta"], 2),
+        ("sst2", ["text\tlabel", "good\t1"], 1),
+    ],
+)
 def test_malformed_row_names_file_and_line(tmp_path, task, rows, line):
     path = tmp_path / glue.GLUE_DIRS[task] / "dev.tsv"
     path.parent.mkdir(parents=True)
@@ -106,18 +127,34 @@ def test_hub_shaped_dataset_matches_file_loader(tmp_path):
     rte = [('P "one".', "H one.", 0, 0), ("P two.", "H two.", 1, 1)]
     sst_file = tmp_path / "glue" / "SST-2" / "dev.tsv"
     sst_file.parent.mkdir(parents=True)
-    sst_file.write_text("sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in sst), encoding="utf-8")
-    _write_tsv(tmp_path / "glue" / "RTE" / "dev.tsv", [["sentence1", "sentence2", "label", "idx"], *rte])
+    sst_file.write_text(
+        "sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in sst), encoding="utf-8"
+    )
+    _write_tsv(
+        tmp_path / "glue" / "RTE" / "dev.tsv", [["sentence1", "sentence2", "label", "idx"], *rte]
+    )
     hub_dir = tmp_path / "hub"
     hub_dir.mkdir()
-    (hub_dir / "sst2.jsonl").write_text("".join(
-        json.dumps({"sentence": s, "label": l, "idx": i}) + "\n" for i, (s, l) in enumerate(sst)))
-    (hub_dir / "rte.jsonl").write_text("".join(
-        json.dumps({"sentence1": a, "sentence2": b, "label": l, "idx": i}) + "\n" for a, b, l, i in rte))
+    (hub_dir / "sst2.jsonl").write_text(
+        "".join(
+            json.dumps({"sentence": s, "label": l, "idx": i}) + "\n" for i, (s, l) in enumerate(sst)
+        )
+    )
+    (hub_dir / "rte.jsonl").write_text(
+        "".join(
+            json.dumps({"sentence1": a, "sentence2": b, "label": l, "idx": i}) + "\n"
+            for a, b, l, i in rte
+        )
+    )
     for task in ("sst2", "rte"):
         from_files = glue.load_glue(task, {"type": "glue_files", "path": "glue"}, base_dir=tmp_path)
-        source = {"type": "hub", "dataset": "json", "split": "validation",
-                  "data_files": {"validation": f"hub/{task}.jsonl"}, "cache_dir": str(tmp_path / "cache")}
+        source = {
+            "type": "hub",
+            "dataset": "json",
+            "split": "validation",
+            "data_files": {"validation": f"hub/{task}.jsonl"},
+            "cache_dir": str(tmp_path / "cache"),
+        }
         from_hub = glue.load_glue(task, source, base_dir=tmp_path)
         assert from_hub == from_files
         assert len(from_hub) == {"sst2": 3, "rte": 2}[task]
@@ -134,10 +171,13 @@ def test_unknown_source_and_task():
 # Selection
 # ------------------------------------------------------------------------------------------
 
+
 def _toy(n0: int, n1: int, fields=("sentence",)) -> list[dict]:
     labels = [0] * n0 + [1] * n1
     random.Random(0).shuffle(labels)
-    return [{"idx": i, "label": lab, **{f: f"{f} {i}" for f in fields}} for i, lab in enumerate(labels)]
+    return [
+        {"idx": i, "label": lab, **{f: f"{f} {i}" for f in fields}} for i, lab in enumerate(labels)
+    ]
 
 
 def test_select_balanced_counts_determinism_seed():
@@ -176,7 +216,10 @@ def test_prepare_task_set_is_json_and_consistent():
     assert len(ts["eval"]) == 200 and len(ts["demos"]) == 3
     assert not {d["idx"] for d in ts["demos"]} & {e["idx"] for e in ts["eval"]}
     assert ts == glue.prepare_task_set("rte", ex, 100, 37, rte_mapping="authors")
-    assert glue.prepare_task_set("sst2", _toy(120, 120), 100, 37)["label_words"] == {"0": "negative", "1": "positive"}
+    assert glue.prepare_task_set("sst2", _toy(120, 120), 100, 37)["label_words"] == {
+        "0": "negative",
+        "1": "positive",
+    }
 
 
 # First ten GLUE idx of the authors' 200-example subsets (their glue_eval/dataset/*.pkl at
@@ -201,7 +244,9 @@ def test_authors_chain_reproduces_their_subsets(shared_data):
         if t in AUTHORS_SUBSET_HEAD:
             assert [e["idx"] for e in ts["eval"][:10]] == AUTHORS_SUBSET_HEAD[t]
     # MRPC: the authors' hub copy was space-tokenised with other ids; same pair, same place
-    first = glue.prepare_task_set("mrpc", data["mrpc"], 100, 37, selection="authors_chain")["eval"][0]
+    first = glue.prepare_task_set("mrpc", data["mrpc"], 100, 37, selection="authors_chain")["eval"][
+        0
+    ]
     theirs = "Her father , Florin Cioaba , the king of Transylvania 's Gypsies , had her brought back and she was married against her will ."
     assert first["sentence1"].replace(" ", "") == theirs.replace(" ", "")
 
@@ -209,6 +254,7 @@ def test_authors_chain_reproduces_their_subsets(shared_data):
 # ------------------------------------------------------------------------------------------
 # Prompts
 # ------------------------------------------------------------------------------------------
+
 
 def _authors_demos(task):
     return [{"idx": -1 - i, **d} for i, d in enumerate(glue.AUTHORS_DEMONSTRATIONS[task])]
@@ -256,8 +302,8 @@ GOLDEN = {
         "Answer: Yes\n"
         "\n"
         "Are the sentences paraphrases of each other.\n"
-        "Sentence 1: \"The anticipated global sales improvement in the month of June did not materialize\", said Chief Financial Officer Robert Rivet.\n"
-        "Sentence 2: \"The anticipated global sales improvement in the month of June did not materialize as we had anticipated\", the company said.\n"
+        'Sentence 1: "The anticipated global sales improvement in the month of June did not materialize", said Chief Financial Officer Robert Rivet.\n'
+        'Sentence 2: "The anticipated global sales improvement in the month of June did not materialize as we had anticipated", the company said.\n'
         "Answer: Yes\n"
         "\n"
         "Are the sentences paraphrases of each other.\n"
@@ -301,7 +347,12 @@ GOLDEN = {
         "Answer :",
     ),
     "rte": (
-        {"idx": 0, "sentence1": "Dana Reeve died.", "sentence2": "Christopher Reeve had an accident.", "label": 1},
+        {
+            "idx": 0,
+            "sentence1": "Dana Reeve died.",
+            "sentence2": "Christopher Reeve had an accident.",
+            "label": 1,
+        },
         "Cyrus captured Babylon without a battle, and remedied the evils done by previous Assyrian and Babylonian rulers by sending prisoners in Babylonia back to their original homelands and aiding in the restoration of temples of the gods of various nations.\n"
         "question: Babylon surrendered to Cyrus without going to battle. True or False?\n"
         "answer: False\n"
@@ -324,7 +375,9 @@ GOLDEN = {
 @pytest.mark.parametrize("task", sorted(GOLDEN))
 def test_prompts_match_golden_strings(task):
     query, expected = GOLDEN[task]
-    words = glue.label_words_for(task, "authors")  # the authors' RTE words, as in their context block
+    words = glue.label_words_for(
+        task, "authors"
+    )  # the authors' RTE words, as in their context block
     assert glue.build_prompts(task, [query], _authors_demos(task), words) == [expected]
     assert expected.endswith(glue.TASKS[task].answer_cue)
 
@@ -336,10 +389,13 @@ def test_render_and_prompt_shapes():
     assert sst.render(ex, True) == "Review : great {fun}\nSentiment : positive"
     demos = [{"idx": 7, "sentence": "bad", "label": 0}]
     assert glue.build_prompts(sst, [ex], demos, {"0": "negative", "1": "positive"}) == [
-        "Review : bad\nSentiment : negative\n\nReview : great {fun}\nSentiment :"]
+        "Review : bad\nSentiment : negative\n\nReview : great {fun}\nSentiment :"
+    ]
     rte = {"idx": 0, "sentence1": "P.", "sentence2": "H.", "label": 0}
-    assert glue.TASKS["rte"].render(rte, True, glue.rte_label_mapping("natural")) == \
-        "P.\nquestion: H. True or False?\nanswer: True"
+    assert (
+        glue.TASKS["rte"].render(rte, True, glue.rte_label_mapping("natural"))
+        == "P.\nquestion: H. True or False?\nanswer: True"
+    )
     with pytest.raises(KeyError, match="sentence2"):
         glue.TASKS["mrpc"].render({"idx": 1, "sentence1": "a", "label": 0}, False)
 
@@ -379,8 +435,15 @@ def test_parse_answer_cases():
     assert glue.parse_answer("", YES_NO) == -1
     # both words: earliest wins by default; the authors' fixed order with priority
     assert glue.parse_answer(" negative positive", SST_WORDS) == 0
-    assert glue.parse_answer(" negative positive", SST_WORDS, priority=("positive", "negative")) == 1
-    assert glue.parse_answer(" True False", glue.rte_label_mapping("authors"), priority=("False", "True")) == 0
+    assert (
+        glue.parse_answer(" negative positive", SST_WORDS, priority=("positive", "negative")) == 1
+    )
+    assert (
+        glue.parse_answer(
+            " True False", glue.rte_label_mapping("authors"), priority=("False", "True")
+        )
+        == 0
+    )
     # same starting place: ambiguous
     assert glue.parse_answer(" Notable", {0: "Not", 1: "Nota"}) == -1
     # only the text after the last cue counts
@@ -407,18 +470,32 @@ def test_weighted_f1_with_invalid_by_hand():
     kept = [(l, p) for l, p in zip(labels, preds) if p != -1]
     assert s["f1"] < f1_score(*zip(*kept), average="weighted")
     perfect = downstream.score([0, 1, 1, 0], [0, 1, 1, 0])
-    assert perfect["f1"] == 1.0 and perfect["mcc"] == pytest.approx(1.0) and perfect["accuracy"] == 1.0
+    assert (
+        perfect["f1"] == 1.0 and perfect["mcc"] == pytest.approx(1.0) and perfect["accuracy"] == 1.0
+    )
 
 
 # ------------------------------------------------------------------------------------------
 # Generation on tiny random models
 # ------------------------------------------------------------------------------------------
 
-TOY_SST = [{"idx": i, "sentence": s, "label": i % 2} for i, s in enumerate([
-    "The capital", "was born in Paris and", "a", "The language of the city is French",
-    "born", "The mother tongue of", "is located in the country of", "plays the",
-    "Toronto", "The official language of France is",
-])]
+TOY_SST = [
+    {"idx": i, "sentence": s, "label": i % 2}
+    for i, s in enumerate(
+        [
+            "The capital",
+            "was born in Paris and",
+            "a",
+            "The language of the city is French",
+            "born",
+            "The mother tongue of",
+            "is located in the country of",
+            "plays the",
+            "Toronto",
+            "The official language of France is",
+        ]
+    )
+]
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -432,15 +509,23 @@ def test_batched_generation_equals_one_at_a_time(tiny_model_factory, arch):
     lengths = {len(tok(p)["input_ids"]) for p in prompts}
     assert len(lengths) > 3  # real left padding happens
     batched = generation.generate_greedy(model, tok, prompts, max_new_tokens=3, batch_size=4)
-    single = [generation.generate_greedy(model, tok, [p], max_new_tokens=3, batch_size=1)[0] for p in prompts]
+    single = [
+        generation.generate_greedy(model, tok, [p], max_new_tokens=3, batch_size=1)[0]
+        for p in prompts
+    ]
     assert batched == single
     assert len(set(single)) > 2, single  # the check is not vacuous
     # and one-at-a-time equals transformers' own greedy generate (the authors' call)
     for p, text in zip(prompts[:3], single):
         ids = tok(p, return_tensors="pt")
-        out = model.generate(ids["input_ids"], attention_mask=ids["attention_mask"], max_new_tokens=3,
-                             do_sample=False, pad_token_id=tok.pad_token_id)
-        assert tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True) == text
+        out = model.generate(
+            ids["input_ids"],
+            attention_mask=ids["attention_mask"],
+            max_new_tokens=3,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+        assert tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True) == text
 
 
 def test_generation_rejects_overlong_prompts(tiny_model_factory):
@@ -452,7 +537,9 @@ def test_generation_rejects_overlong_prompts(tiny_model_factory):
 def test_evaluate_task_end_to_end(tiny_model_factory):
     model, tok = load_model(tiny_model_factory("gpt2"))
     demos = [{"idx": 100 + i, "sentence": s, "label": i % 2} for i, s in enumerate(["bad", "good"])]
-    res = downstream.evaluate_task(model, tok, "sst2", TOY_SST, demos, {"0": "negative", "1": "positive"}, batch_size=3)
+    res = downstream.evaluate_task(
+        model, tok, "sst2", TOY_SST, demos, {"0": "negative", "1": "positive"}, batch_size=3
+    )
     assert res["n"] == 10 and len(res["predictions"]) == 10 and len(res["generations"]) == 10
     assert set(res["predictions"]) <= {-1, 0, 1}
     assert res["n_invalid"] == res["predictions"].count(-1)
@@ -462,14 +549,24 @@ def test_evaluate_task_end_to_end(tiny_model_factory):
     # a model that always answers " positive" scores exactly as the parser says
     forced = [glue.parse_answer(" positive", SST_WORDS, cue="Sentiment :")] * 10
     assert downstream.score([e["label"] for e in TOY_SST], forced)["accuracy"] == 0.5
-    ts = {"task": "sst2", "eval": TOY_SST, "demos": demos, "label_words": {"0": "negative", "1": "positive"}}
-    assert downstream.evaluate_task_set(model, tok, ts, batch_size=5)["predictions"] == res["predictions"]
+    ts = {
+        "task": "sst2",
+        "eval": TOY_SST,
+        "demos": demos,
+        "label_words": {"0": "negative", "1": "positive"},
+    }
+    assert (
+        downstream.evaluate_task_set(model, tok, ts, batch_size=5)["predictions"]
+        == res["predictions"]
+    )
     assert torch.is_grad_enabled()
 
 
 def test_shared_prefix_length_leaves_every_prompt_a_token():
     assert generation.shared_prefix_length([[5, 6, 7, 8], [5, 6, 9], [5, 6, 7]]) == 2
-    assert generation.shared_prefix_length([[5, 6, 7], [5, 6, 7, 8]]) == 2  # one prompt is all prefix: keep its last
+    assert (
+        generation.shared_prefix_length([[5, 6, 7], [5, 6, 7, 8]]) == 2
+    )  # one prompt is all prefix: keep its last
     assert generation.shared_prefix_length([[5, 6], [4, 6]]) == 0
     assert generation.shared_prefix_length([[1, 2, 3]]) == 2
 
@@ -487,7 +584,9 @@ def test_shared_prefix_generation_equals_unshared(tiny_model_factory, arch):
     n = generation.shared_prefix_length(ids)
     assert n > 10 and len({len(x) for x in ids}) > 3  # a real shared context and real left padding
     shared = generation.generate_greedy(model, tok, prompts, max_new_tokens=4, batch_size=3)
-    unshared = generation.generate_greedy(model, tok, prompts, max_new_tokens=4, batch_size=3, share_prefix=False)
+    unshared = generation.generate_greedy(
+        model, tok, prompts, max_new_tokens=4, batch_size=3, share_prefix=False
+    )
     assert shared == unshared
     assert len(set(shared)) > 2, shared
     # the first step's logits, through the shared cache and without it

@@ -9,8 +9,24 @@ import huggingface_hub
 import pytest
 import torch
 
+from editscale.lm.models import (
+    ARCHITECTURES,
+    MANIFEST_NAME,
+    UnsupportedArchitecture,
+    arch_of,
+    causal_attention_mask,
+    download_model,
+    edit_parameter,
+    get_module,
+    link_local_model,
+    load_model,
+    model_identity,
+    n_layers,
+    read_manifest,
+    weight_out_in,
+    weight_patterns,
+)
 from tests.conftest import ARCHS
-from editscale.lm.models import ARCHITECTURES, MANIFEST_NAME, UnsupportedArchitecture, arch_of, causal_attention_mask, download_model, edit_parameter, get_module, link_local_model, load_model, model_identity, n_layers, read_manifest, weight_out_in, weight_patterns
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -60,7 +76,10 @@ def test_local_link_manifest_and_identity(tiny_model_factory, tmp_path):
 
 
 def test_weight_patterns_prefer_safetensors():
-    assert weight_patterns(["config.json", "model.safetensors", "pytorch_model.bin"])[-1] == "*.safetensors"
+    assert (
+        weight_patterns(["config.json", "model.safetensors", "pytorch_model.bin"])[-1]
+        == "*.safetensors"
+    )
     assert weight_patterns(["config.json", "pytorch_model.bin"])[-1] == "*.bin"
     with pytest.raises(FileNotFoundError):
         weight_patterns(["config.json", "model.ckpt"])
@@ -102,19 +121,33 @@ def test_causal_attention_mask_matches_the_models_own(tiny_model_factory, arch, 
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         ref = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        ours = base(input_ids=ids, attention_mask=causal_attention_mask(mask, ids.shape[1], base.dtype),
-                    position_ids=pos, use_cache=True)
+        ours = base(
+            input_ids=ids,
+            attention_mask=causal_attention_mask(mask, ids.shape[1], base.dtype),
+            position_ids=pos,
+            use_cache=True,
+        )
         real = mask.bool()
         assert torch.isfinite(ours.last_hidden_state).all()
-        torch.testing.assert_close(head(ours.last_hidden_state[real]), head(ref.last_hidden_state[real]),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            head(ours.last_hidden_state[real]),
+            head(ref.last_hidden_state[real]),
+            rtol=1e-5,
+            atol=1e-5,
+        )
         nxt = torch.tensor([[5, 6], [7, 8], [9, 10]])
         full = torch.cat([mask, torch.ones_like(nxt)], dim=1)
         npos = mask.sum(-1, keepdim=True) + torch.arange(2)[None]
         ref2 = base(input_ids=nxt, attention_mask=full, position_ids=npos, cache=ref.cache)
-        ours2 = base(input_ids=nxt, attention_mask=causal_attention_mask(full, 2, base.dtype), position_ids=npos,
-                     cache=ours.cache)
-        torch.testing.assert_close(ours2.last_hidden_state, ref2.last_hidden_state, rtol=1e-5, atol=1e-5)
+        ours2 = base(
+            input_ids=nxt,
+            attention_mask=causal_attention_mask(full, 2, base.dtype),
+            position_ids=npos,
+            cache=ours.cache,
+        )
+        torch.testing.assert_close(
+            ours2.last_hidden_state, ref2.last_hidden_state, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_causal_attention_mask_values():
@@ -148,7 +181,7 @@ def test_load_model_refuses_weights_changed_since_the_manifest(tiny_model_factor
     listed = read_manifest(folder)["files"]["model.safetensors"]
     data = bytearray(weights.read_bytes())
     mid = len(data) // 2  # inside the tensor data: the file still parses, only the values change
-    data[mid:mid + 8] = bytes(b ^ 0xFF for b in data[mid:mid + 8])
+    data[mid : mid + 8] = bytes(b ^ 0xFF for b in data[mid : mid + 8])
     weights.write_bytes(bytes(data))
     with pytest.raises(Exception, match="model.safetensors") as err:
         load_model(folder)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ARCHS
-from editscale.lm.scoring import evaluate_record, score_targets, target_token_ids
 from editscale.lm.models import load_model
+from editscale.lm.scoring import evaluate_record, score_targets, target_token_ids
+from tests.conftest import ARCHS
 
 
 def naive_scores(model, tok, prompt: str, target: str) -> tuple[float, bool]:
@@ -22,8 +22,16 @@ def naive_scores(model, tok, prompt: str, target: str) -> tuple[float, bool]:
     return float(-lp.mean()), bool((rows.argmax(-1) == torch.tensor(t)).all())
 
 
-PROMPTS = ["The capital of France is", "Paris", "Danielle Darrieux's mother tongue is the language of"]
-TARGETS = [[" Paris", "London Bridge tower"], [" is", " the city of light"], [" French", " English"]]
+PROMPTS = [
+    "The capital of France is",
+    "Paris",
+    "Danielle Darrieux's mother tongue is the language of",
+]
+TARGETS = [
+    [" Paris", "London Bridge tower"],
+    [" is", " the city of light"],
+    [" French", " English"],
+]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -41,21 +49,33 @@ def test_record_metrics_follow_their_definitions(tiny_model_factory):
     model, tok = load_model(tiny_model_factory("gpt2"))
     rec = {
         "case_id": 1,
-        "requested_rewrite": {"prompt": "{} was born in", "subject": "Ada Lovelace",
-                              "target_new": {"str": "Paris"}, "target_true": {"str": "London"}},
+        "requested_rewrite": {
+            "prompt": "{} was born in",
+            "subject": "Ada Lovelace",
+            "target_new": {"str": "Paris"},
+            "target_true": {"str": "London"},
+        },
         "paraphrase_prompts": ["Ada Lovelace is a native of", "Where was Ada Lovelace born? In"],
-        "neighborhood_prompts": ["Charles Babbage was born in", "Byron was born in", "Mary was born in"],
+        "neighborhood_prompts": [
+            "Charles Babbage was born in",
+            "Byron was born in",
+            "Mary was born in",
+        ],
     }
     m = evaluate_record(model, tok, rec)
+
     def nll(p, t):
         return naive_scores(model, tok, p, t)[0]
+
     rw = "Ada Lovelace was born in"
     assert m["es"] == float(nll(rw, "Paris") < nll(rw, "London"))
     ps = np.mean([nll(p, "Paris") < nll(p, "London") for p in rec["paraphrase_prompts"]])
     assert m["ps"] == pytest.approx(ps)
     ns = np.mean([nll(p, "London") < nll(p, "Paris") for p in rec["neighborhood_prompts"]])
     assert m["ns"] == pytest.approx(ns)
-    mag = np.mean([np.exp(-nll(p, "London")) - np.exp(-nll(p, "Paris")) for p in rec["neighborhood_prompts"]])
+    mag = np.mean(
+        [np.exp(-nll(p, "London")) - np.exp(-nll(p, "Paris")) for p in rec["neighborhood_prompts"]]
+    )
     assert m["ns_mag"] == pytest.approx(mag, rel=1e-4, abs=1e-7)
     assert 0.0 <= m["ps_argmax"] <= 1.0
 

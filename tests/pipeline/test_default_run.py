@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from editscale.editing.store import read_metrics
-
 from tests.pipeline.test_workflow import REPO, job_counts, snakemake
 
 N_EDITS = 20
@@ -27,8 +26,16 @@ def test_reduced_default_config_runs_offline(tmp_path):
     config_file.write_text(yaml.safe_dump(cfg))
     work = tmp_path / "work"
 
-    proc = snakemake("--cores", "2", "--configfile", str(config_file), "--directory", str(work), cwd=tmp_path,
-                     timeout=2400)
+    proc = snakemake(
+        "--cores",
+        "2",
+        "--configfile",
+        str(config_file),
+        "--directory",
+        str(work),
+        cwd=tmp_path,
+        timeout=2400,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-8000:]
     counts = job_counts(out)
@@ -46,10 +53,16 @@ def test_reduced_default_config_runs_offline(tmp_path):
     edit = gates["edit_values"]
     assert gates["edit_diagnostic"]["n_records"] == limits["n_records"] >= 200
     misses = {f.split(":")[0] for f in gates["edit_failures"]}
-    expected = {name for name, ok in (("edit_ratio_median", edit["edit_ratio_median"] <= limits["max_ratio_median"]),
-                                      ("edit_es", edit["edit_es"] >= limits["min_es"]),
-                                      ("edit_ps", edit["edit_ps"] >= limits["min_ps"]),
-                                      ("edit_ns_drop", edit["edit_ns_drop"] <= limits["max_ns_drop"])) if not ok}
+    expected = {
+        name
+        for name, ok in (
+            ("edit_ratio_median", edit["edit_ratio_median"] <= limits["max_ratio_median"]),
+            ("edit_es", edit["edit_es"] >= limits["min_es"]),
+            ("edit_ps", edit["edit_ps"] >= limits["min_ps"]),
+            ("edit_ns_drop", edit["edit_ns_drop"] <= limits["max_ns_drop"]),
+        )
+        if not ok
+    }
     assert misses == expected and gates["passed_edit"] == (not misses), gates
     if limits.get("enforce", True):
         assert not misses, gates
@@ -63,26 +76,49 @@ def test_reduced_default_config_runs_offline(tmp_path):
     # MEND's editor, trained on records of a model that knows its facts, edits held-out records
     # (before editing, P(new) > P(true) on under 1% of them): a broken editor gives ~0; see the
     # README for the value the default run measures on its validation records
-    editor = json.loads(next((work / "resources" / "editors" / model).glob("mend*.json")).read_text())
+    editor = json.loads(
+        next((work / "resources" / "editors" / model).glob("mend*.json")).read_text()
+    )
     assert editor["n_val"] >= 30, editor["n_val"]
     assert editor["validation"]["es"] >= MEND_VAL_ES, editor["validation"]
 
     for method in methods:
         for sample in range(cfg["samples"]):
-            metrics = read_metrics(work / "results" / "trajectories" / model / method / f"sample{sample}.h5")
+            metrics = read_metrics(
+                work / "results" / "trajectories" / model / method / f"sample{sample}.h5"
+            )
             assert list(metrics["edit"]) == list(range(1, N_EDITS + 1)), (method, sample)
     # ROME edits of a model that knows its facts succeed (before any collapse)
-    csv_text = (work / "results" / "trajectories" / model / "rome" / "sample0.csv").read_text().splitlines()
+    csv_text = (
+        (work / "results" / "trajectories" / model / "rome" / "sample0.csv")
+        .read_text()
+        .splitlines()
+    )
     header = csv_text[0].split(",")
     es = [float(row.split(",")[header.index("es")]) for row in csv_text[1:]]
     assert len(es) == N_EDITS and sum(es[:10]) >= 8, es
 
     figures = work / "figures" / model
-    for name in ("figure1.pdf", "figure1.png", "figure2.pdf", "figure2.png", "table2.md", "figure1.json"):
+    for name in (
+        "figure1.pdf",
+        "figure1.png",
+        "figure2.pdf",
+        "figure2.png",
+        "table2.md",
+        "figure1.json",
+    ):
         assert (figures / name).exists(), name
 
     report = tmp_path / "report.html"
-    proc = snakemake("--configfile", str(config_file), "--directory", str(work), "--report", str(report),
-                     cwd=tmp_path, timeout=600)
+    proc = snakemake(
+        "--configfile",
+        str(config_file),
+        "--directory",
+        str(work),
+        "--report",
+        str(report),
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert report.stat().st_size > 100_000

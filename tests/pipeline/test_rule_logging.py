@@ -20,10 +20,14 @@ if sys.argv[2] == "first":
 
 def test_failed_attempts_log_is_kept_after_the_rerun(tmp_path):
     log_file = tmp_path / "logs" / "trajectory" / "sample0.log"
-    first = subprocess.run([sys.executable, "-c", SCRIPT, str(log_file), "first"], capture_output=True, text=True)
+    first = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(log_file), "first"], capture_output=True, text=True
+    )
     assert first.returncode != 0
     log_file.unlink()  # what Snakemake does before it reruns the job
-    second = subprocess.run([sys.executable, "-c", SCRIPT, str(log_file), "second"], capture_output=True, text=True)
+    second = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(log_file), "second"], capture_output=True, text=True
+    )
     assert second.returncode == 0, second.stderr
     assert "attempt second working" in log_file.read_text()
     attempts = sorted((tmp_path / "logs" / "trajectory" / "sample0.attempts").glob("*.log"))

@@ -41,7 +41,11 @@ SNAKEFILE = REPO / "Snakefile"
 PROFILE = REPO / "profiles" / "slurm"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
-DAEMONS = {"munged": "/usr/sbin/munged", "slurmctld": "/usr/sbin/slurmctld", "slurmd": "/usr/sbin/slurmd"}
+DAEMONS = {
+    "munged": "/usr/sbin/munged",
+    "slurmctld": "/usr/sbin/slurmctld",
+    "slurmd": "/usr/sbin/slurmd",
+}
 CLIENTS = ["sbatch", "squeue", "sinfo", "scontrol", "scancel", "srun"]
 WORKFLOW_TIMEOUT_S = 900  # the run takes 1-3 minutes; this only stops a hung run
 
@@ -54,8 +58,9 @@ def _unavailable(reason: str):
 
 
 def _missing_tools() -> list[str]:
-    return ([p for p in DAEMONS.values() if not os.access(p, os.X_OK)]
-            + [c for c in CLIENTS if shutil.which(c) is None])
+    return [p for p in DAEMONS.values() if not os.access(p, os.X_OK)] + [
+        c for c in CLIENTS if shutil.which(c) is None
+    ]
 
 
 def ensure_slurm_installed() -> None:
@@ -63,19 +68,30 @@ def ensure_slurm_installed() -> None:
     if not _missing_tools():
         return
     if not sys.platform.startswith("linux") or shutil.which("apt-get") is None:
-        _unavailable(f"Slurm is not installed ({', '.join(_missing_tools())} missing) and apt-get is absent")
+        _unavailable(
+            f"Slurm is not installed ({', '.join(_missing_tools())} missing) and apt-get is absent"
+        )
     if os.geteuid() != 0:
-        _unavailable(f"Slurm is not installed ({', '.join(_missing_tools())} missing) and installing "
-                     "it needs root")
+        _unavailable(
+            f"Slurm is not installed ({', '.join(_missing_tools())} missing) and installing "
+            "it needs root"
+        )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
     proc = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:  # a fresh machine may have no package lists yet
-        upd = subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, env=env, timeout=900)
+        upd = subprocess.run(
+            ["apt-get", "update", "-q"], capture_output=True, text=True, env=env, timeout=900
+        )
         proc = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
         if proc.returncode != 0:
-            pytest.fail("apt-get could not install Slurm:\n" + upd.stdout[-2000:] + upd.stderr[-2000:]
-                        + proc.stdout[-3000:] + proc.stderr[-3000:])
+            pytest.fail(
+                "apt-get could not install Slurm:\n"
+                + upd.stdout[-2000:]
+                + upd.stderr[-2000:]
+                + proc.stdout[-3000:]
+                + proc.stderr[-3000:]
+            )
     if _missing_tools():
         pytest.fail(f"still missing after apt-get install: {_missing_tools()}")
 
@@ -176,7 +192,9 @@ PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
         real_srun = shutil.which("srun")
         bindir = r / "bin"
         bindir.mkdir(exist_ok=True)
-        (bindir / "srun").write_text(f'#!/bin/sh\nexport SLURM_CONF="{path}"\nexec "{real_srun}" "$@"\n')
+        (bindir / "srun").write_text(
+            f'#!/bin/sh\nexport SLURM_CONF="{path}"\nexec "{real_srun}" "$@"\n'
+        )
         (bindir / "srun").chmod(0o755)
         self.env["PATH"] = f"{bindir}{os.pathsep}{self.env.get('PATH', '')}"
         return path
@@ -185,8 +203,10 @@ PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
     def _start(self, name: str, cmd: list[str], pidfile: Path, timeout: float = 15) -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=60)
         if proc.returncode != 0:
-            raise RuntimeError(f"{name} did not start (exit {proc.returncode}): {proc.stdout}{proc.stderr}\n"
-                               + self.logs())
+            raise RuntimeError(
+                f"{name} did not start (exit {proc.returncode}): {proc.stdout}{proc.stderr}\n"
+                + self.logs()
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -201,16 +221,30 @@ PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
     def start(self) -> None:
         self.write_config()
         m = self.root / "munge"
-        self._start("munged", ["runuser", "-u", "munge", "--", DAEMONS["munged"], f"--socket={m}/munge.socket",
-                               f"--key-file={m}/munge.key", f"--pid-file={m}/munged.pid",
-                               f"--log-file={m}/munged.log", f"--seed-file={m}/munged.seed"],
-                    m / "munged.pid")
+        self._start(
+            "munged",
+            [
+                "runuser",
+                "-u",
+                "munge",
+                "--",
+                DAEMONS["munged"],
+                f"--socket={m}/munge.socket",
+                f"--key-file={m}/munge.key",
+                f"--pid-file={m}/munged.pid",
+                f"--log-file={m}/munged.log",
+                f"--seed-file={m}/munged.seed",
+            ],
+            m / "munged.pid",
+        )
         self._start("slurmctld", [DAEMONS["slurmctld"]], self.root / "run/slurmctld.pid")
         self._start("slurmd", [DAEMONS["slurmd"], "-N", "localhost"], self.root / "run/slurmd.pid")
         self.wait_idle()
 
     def run(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run(list(cmd), capture_output=True, text=True, env=self.env, timeout=timeout)
+        return subprocess.run(
+            list(cmd), capture_output=True, text=True, env=self.env, timeout=timeout
+        )
 
     def wait_idle(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -218,19 +252,29 @@ PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
         while time.monotonic() < deadline:
             for name, pid in self.pids.items():
                 if not _alive(pid):
-                    raise RuntimeError(f"{name} (pid {pid}) died while the cluster came up\n" + self.logs())
+                    raise RuntimeError(
+                        f"{name} (pid {pid}) died while the cluster came up\n" + self.logs()
+                    )
             try:
-                state = self.run("sinfo", "-h", "-n", "localhost", "-o", "%T", timeout=10).stdout.strip()
+                state = self.run(
+                    "sinfo", "-h", "-n", "localhost", "-o", "%T", timeout=10
+                ).stdout.strip()
             except subprocess.TimeoutExpired:
                 state = "sinfo timed out"
             if state.split("\n")[0].rstrip("*") == "idle":
                 return
             time.sleep(0.25)
-        raise RuntimeError(f"the node is not idle after {timeout} s (sinfo: {state!r})\n" + self.logs())
+        raise RuntimeError(
+            f"the node is not idle after {timeout} s (sinfo: {state!r})\n" + self.logs()
+        )
 
     def logs(self, chars: int = 3000) -> str:
         out = []
-        for p in (self.root / "log/slurmctld.log", self.root / "log/slurmd.log", self.root / "munge/munged.log"):
+        for p in (
+            self.root / "log/slurmctld.log",
+            self.root / "log/slurmd.log",
+            self.root / "munge/munged.log",
+        ):
             if p.exists():
                 out.append(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}")
         return "\n".join(out)
@@ -241,7 +285,10 @@ PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
             try:
                 self.run("scancel", "--full", "--user", str(os.geteuid()), timeout=15)
                 deadline = time.monotonic() + 20
-                while time.monotonic() < deadline and self.run("squeue", "-h", "-t", "PD,R,CG", timeout=10).stdout.strip():
+                while (
+                    time.monotonic() < deadline
+                    and self.run("squeue", "-h", "-t", "PD,R,CG", timeout=10).stdout.strip()
+                ):
                     time.sleep(0.5)
             except (subprocess.TimeoutExpired, OSError):
                 pass
@@ -293,13 +340,27 @@ def slurm_cluster():
 def test_cluster_runs_a_batch_job(slurm_cluster, tmp_path):
     """The cluster itself: an sbatch job runs and completes (state kept by MinJobAge)."""
     out = tmp_path / "hello.out"
-    proc = slurm_cluster.run("sbatch", "--parsable", "-p", "gpu", "--mem", "100", "-t", "1", "-o", str(out),
-                             "--wrap", "echo hello from $SLURM_JOB_ID")
+    proc = slurm_cluster.run(
+        "sbatch",
+        "--parsable",
+        "-p",
+        "gpu",
+        "--mem",
+        "100",
+        "-t",
+        "1",
+        "-o",
+        str(out),
+        "--wrap",
+        "echo hello from $SLURM_JOB_ID",
+    )
     assert proc.returncode == 0, proc.stderr
     jobid = proc.stdout.strip().split(";")[0]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        state = slurm_cluster.run("squeue", "-h", "-t", "all", "-j", jobid, "-o", "%T").stdout.strip()
+        state = slurm_cluster.run(
+            "squeue", "-h", "-t", "all", "-j", jobid, "-o", "%T"
+        ).stdout.strip()
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
             break
         time.sleep(0.5)
@@ -310,18 +371,30 @@ def test_cluster_runs_a_batch_job(slurm_cluster, tmp_path):
 def _tiny_config(tmp_path: Path, model_dir: Path, counterfact_path: Path) -> Path:
     # The per-model table of the heavy rules: no GPU here, amounts this cluster can give, and a
     # per-rule override (checked on the submitted job below).
-    resources = {"tiny-local": {"mem_mb": 1500, "runtime": 10, "threads": 1, "gpu": 0,
-                                "rules": {"trajectory": {"runtime": 15, "gpu": 1}}}}
-    cfg = tiny_workflow_config(model_dir, counterfact_path, n_edits=4, snapshot_every=2, resources=resources)
+    resources = {
+        "tiny-local": {
+            "mem_mb": 1500,
+            "runtime": 10,
+            "threads": 1,
+            "gpu": 0,
+            "rules": {"trajectory": {"runtime": 15, "gpu": 1}},
+        }
+    }
+    cfg = tiny_workflow_config(
+        model_dir, counterfact_path, n_edits=4, snapshot_every=2, resources=resources
+    )
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 # The experiment's results (not the figures, which are local plotting rules).
-TARGETS = ["results/trajectories/tiny-local/rome/sample0.csv", "results/evaluations/tiny-local/rome/sample0.h5",
-           "results/evaluations/tiny-local/rome/sample0_downstream.csv",
-           "results/disabling/tiny-local/rome/sample0.json"]
+TARGETS = [
+    "results/trajectories/tiny-local/rome/sample0.csv",
+    "results/evaluations/tiny-local/rome/sample0.h5",
+    "results/evaluations/tiny-local/rome/sample0_downstream.csv",
+    "results/disabling/tiny-local/rome/sample0.json",
+]
 
 
 @pytest.mark.slurm
@@ -330,22 +403,56 @@ def test_tiny_workflow_through_slurm(slurm_cluster, tmp_path, tiny_model_factory
     model_dir = tiny_model_factory("gpt2", n_layer=3, d_model=32, n_head=4, n_positions=1024)
     config_file = _tiny_config(tmp_path, model_dir, counterfact_path)
     work = tmp_path / "work"
-    env = dict(slurm_cluster.env, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    cmd = ["timeout", "-s", "INT", "-k", "60", str(WORKFLOW_TIMEOUT_S),
-           sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--workflow-profile", str(PROFILE),
-           "--configfile", str(config_file), "--directory", str(work),
-           # this cluster has no accounting (slurmdbd): states from squeue, no account
-           "--slurm-status-command", "squeue", "--slurm-no-account",
-           "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs",
-           "--slurm-logdir", str(tmp_path / "slurm_logs"),
-           "--jobs", "2", "--local-cores", "1", "--latency-wait", "5", "--retries", "0", *TARGETS]
+    env = dict(
+        slurm_cluster.env, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1"
+    )
+    cmd = [
+        "timeout",
+        "-s",
+        "INT",
+        "-k",
+        "60",
+        str(WORKFLOW_TIMEOUT_S),
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--workflow-profile",
+        str(PROFILE),
+        "--configfile",
+        str(config_file),
+        "--directory",
+        str(work),
+        # this cluster has no accounting (slurmdbd): states from squeue, no account
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-no-account",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--slurm-keep-successful-logs",
+        "--slurm-logdir",
+        str(tmp_path / "slurm_logs"),
+        "--jobs",
+        "2",
+        "--local-cores",
+        "1",
+        "--latency-wait",
+        "5",
+        "--retries",
+        "0",
+        *TARGETS,
+    ]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env,
-                          timeout=WORKFLOW_TIMEOUT_S + 120)
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=WORKFLOW_TIMEOUT_S + 120
+    )
     elapsed = time.monotonic() - t0
     out = proc.stdout + proc.stderr
     (tmp_path / "snakemake.out").write_text(out)
-    assert proc.returncode != 124, f"the workflow hung and was interrupted after {WORKFLOW_TIMEOUT_S} s:\n{out[-6000:]}"
+    assert proc.returncode != 124, (
+        f"the workflow hung and was interrupted after {WORKFLOW_TIMEOUT_S} s:\n{out[-6000:]}"
+    )
     assert proc.returncode == 0, out[-8000:] + "\n" + slurm_cluster.logs()
     print(f"tiny workflow through Slurm: {elapsed:.0f} s")
 
@@ -355,7 +462,10 @@ def test_tiny_workflow_through_slurm(slurm_cluster, tmp_path, tiny_model_factory
         assert bool(f.attrs["complete"]) and int(f.attrs["n_done"]) == 4
     assert (work / "results/trajectories/tiny-local/rome/sample0.csv").is_file()
     assert (work / "results/evaluations/tiny-local/rome/sample0_downstream.csv").is_file()
-    assert json.loads((work / "results/disabling/tiny-local/rome/sample0.json").read_text())["n_edits"] == 4
+    assert (
+        json.loads((work / "results/disabling/tiny-local/rome/sample0.json").read_text())["n_edits"]
+        == 4
+    )
 
     # the heavy jobs went through Slurm: one sbatch job each, in the profile's partition
     submitted = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", out))
@@ -363,10 +473,14 @@ def test_tiny_workflow_through_slurm(slurm_cluster, tmp_path, tiny_model_factory
     slurm_logs = tmp_path / "slurm_logs"
     by_rule: dict[str, list[str]] = {}
     for log in slurm_logs.rglob("*.log"):
-        rule = next(p for p in log.relative_to(slurm_logs).parts if p.startswith("rule_"))[len("rule_"):]
+        rule = next(p for p in log.relative_to(slurm_logs).parts if p.startswith("rule_"))[
+            len("rule_") :
+        ]
         by_rule.setdefault(rule, []).append(log.stem)
     assert {"key_stats", "trajectory", "eval_chunk", "disabling"} <= set(by_rule), by_rule
-    assert not {"prepare_model", "counterfact", "ordering", "metrics_csv", "eval_merge"} & set(by_rule), by_rule
+    assert not {"prepare_model", "counterfact", "ordering", "metrics_csv", "eval_merge"} & set(
+        by_rule
+    ), by_rule
     assert sorted(j for ids in by_rule.values() for j in ids) == sorted(submitted.values())
     for rule in ("key_stats", "trajectory", "eval_chunk", "disabling"):
         for jobid in by_rule[rule]:
@@ -374,7 +488,9 @@ def test_tiny_workflow_through_slurm(slurm_cluster, tmp_path, tiny_model_factory
             assert "JobState=COMPLETED" in show, show
             assert "Partition=gpu" in show, show  # profiles/slurm set-resources for GPU rules
     traj_job = slurm_cluster.run("scontrol", "show", "job", by_rule["trajectory"][0]).stdout
-    assert "TimeLimit=00:15:00" in traj_job, traj_job  # resources.tiny-local.rules.trajectory.runtime
+    assert "TimeLimit=00:15:00" in traj_job, (
+        traj_job
+    )  # resources.tiny-local.rules.trajectory.runtime
     assert re.search(r"mem=1500M", traj_job), traj_job
     # gpu: 1 became sbatch --gpus=1, which Slurm allocated (the pretend GPU); gpu: 0 asks none
     assert "TresPerJob=gres:gpu:1" in traj_job, traj_job
@@ -384,10 +500,29 @@ def test_tiny_workflow_through_slurm(slurm_cluster, tmp_path, tiny_model_factory
     assert "trajectory" in (work / "logs/trajectory/tiny-local/rome/sample0.log").read_text()
 
     # what the nodes wrote is complete and up to date for the submitting host
-    again = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-n", "--configfile",
-                            str(config_file), "--directory", str(work), *TARGETS],
-                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
-    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(SNAKEFILE),
+            "-n",
+            "--configfile",
+            str(config_file),
+            "--directory",
+            str(work),
+            *TARGETS,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, (
+        again.stdout[-3000:]
+    )
 
 
 @pytest.mark.slurm
@@ -398,10 +533,22 @@ def test_cluster_start_failure_is_loud(tmp_path):
     try:
         cluster.write_config()
         m = cluster.root / "munge"
-        cluster._start("munged", ["runuser", "-u", "munge", "--", DAEMONS["munged"],
-                                  f"--socket={m}/munge.socket", f"--key-file={m}/munge.key",
-                                  f"--pid-file={m}/munged.pid", f"--log-file={m}/munged.log",
-                                  f"--seed-file={m}/munged.seed"], m / "munged.pid")
+        cluster._start(
+            "munged",
+            [
+                "runuser",
+                "-u",
+                "munge",
+                "--",
+                DAEMONS["munged"],
+                f"--socket={m}/munge.socket",
+                f"--key-file={m}/munge.key",
+                f"--pid-file={m}/munged.pid",
+                f"--log-file={m}/munged.log",
+                f"--seed-file={m}/munged.seed",
+            ],
+            m / "munged.pid",
+        )
         cluster._start("slurmctld", [DAEMONS["slurmctld"]], cluster.root / "run/slurmctld.pid")
         t0 = time.monotonic()
         with pytest.raises(RuntimeError, match="not idle"):
@@ -425,7 +572,9 @@ def test_profile_sends_every_gpu_rule_to_the_gpu_partition():
     assert {"trajectory", "key_stats", "eval_chunk"} <= gpu_rules
     set_resources = profile["set-resources"]
     missing = sorted(r for r in gpu_rules if "slurm_partition" not in set_resources.get(r, {}))
-    assert not missing, f"GPU rules without a partition in profiles/slurm/config.yaml set-resources: {missing}"
+    assert not missing, (
+        f"GPU rules without a partition in profiles/slurm/config.yaml set-resources: {missing}"
+    )
     assert "slurm_account" not in profile["default-resources"]  # the user's to fill in (commented)
     text = (PROFILE / "config.yaml").read_text()
     assert "# slurm_account:" in text and "<- your" in text
@@ -445,8 +594,18 @@ def test_model_resources_per_rule_overrides():
     from editscale.config import load_config, model_resources
 
     cfg = load_config(REPO / "config" / "paper.yaml")
-    assert model_resources(cfg, "gpt-j-6b") == {"mem_mb": 64000, "runtime": 720, "threads": 8, "gpu": 1}
+    assert model_resources(cfg, "gpt-j-6b") == {
+        "mem_mb": 64000,
+        "runtime": 720,
+        "threads": 8,
+        "gpu": 1,
+    }
     assert model_resources(cfg, "gpt-j-6b", "trajectory")["runtime"] == 2880
     assert model_resources(cfg, "gpt2-xl", "trajectory")["runtime"] == 1440
-    assert model_resources(cfg, "gpt2-xl", "eval_chunk") == {"mem_mb": 32000, "runtime": 240, "threads": 8, "gpu": 1}
+    assert model_resources(cfg, "gpt2-xl", "eval_chunk") == {
+        "mem_mb": 32000,
+        "runtime": 240,
+        "threads": 8,
+        "gpu": 1,
+    }
     assert model_resources(cfg, "gpt2-xl", "no_such_rule")["runtime"] == 480

@@ -15,22 +15,37 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from editscale.reporting import figure_data as figdata, plots, tables
 from editscale.io.provenance import config_hash
+from editscale.reporting import figure_data as figdata
+from editscale.reporting import plots, tables
 
 # --------------------------------------------------------------------------- fixtures
 
-MATRICES = {"rome": ["transformer.h.1.mlp.c_proj.weight"], "ftc": ["transformer.h.0.mlp.c_proj.weight"],
-            "mend": ["transformer.h.2.mlp.c_fc.weight", "transformer.h.2.mlp.c_proj.weight"],
-            "rrome": ["transformer.h.1.mlp.c_proj.weight"]}
+MATRICES = {
+    "rome": ["transformer.h.1.mlp.c_proj.weight"],
+    "ftc": ["transformer.h.0.mlp.c_proj.weight"],
+    "mend": ["transformer.h.2.mlp.c_fc.weight", "transformer.h.2.mlp.c_proj.weight"],
+    "rrome": ["transformer.h.1.mlp.c_proj.weight"],
+}
 EDITORS = {"rome": "rome", "ftc": "ftc", "mend": "mend", "rrome": "rome"}
 
 
 def make_cfg(methods, samples=2, **figures):
-    return {"experiments": [{"model": "m", "method": m} for m in methods],
-            "methods": {m: {"editor": EDITORS[m]} for m in methods}, "samples": samples, "seed": 37,
-            "ordering_seed": 37, "figures": {"bucket": 5, "window": 50, "band": "minmax", "dpi": 60,
-                                             "labels": {}, **figures}}
+    return {
+        "experiments": [{"model": "m", "method": m} for m in methods],
+        "methods": {m: {"editor": EDITORS[m]} for m in methods},
+        "samples": samples,
+        "seed": 37,
+        "ordering_seed": 37,
+        "figures": {
+            "bucket": 5,
+            "window": 50,
+            "band": "minmax",
+            "dpi": 60,
+            "labels": {},
+            **figures,
+        },
+    }
 
 
 def es_values(method: str, sample: int, n: int) -> np.ndarray:
@@ -38,8 +53,15 @@ def es_values(method: str, sample: int, n: int) -> np.ndarray:
     return np.array([0.0 if (t + sample) % 3 == 0 else 1.0 for t in range(1, n + 1)])
 
 
-def write_fixture(root, cfg, n_edits=12, downstream_every=5, forgetting_every=4, distance_scale=None,
-                  with_generations=True):
+def write_fixture(
+    root,
+    cfg,
+    n_edits=12,
+    downstream_every=5,
+    forgetting_every=4,
+    distance_scale=None,
+    with_generations=True,
+):
     """Tidy files of every (method, sample) of ``cfg`` under ``root`` (the workflow's layout)."""
     layout = figdata.figure_layout(cfg, "m")
     for e in layout:
@@ -50,18 +72,26 @@ def write_fixture(root, cfg, n_edits=12, downstream_every=5, forgetting_every=4,
         scale = (distance_scale or {}).get(m, 1e-4)
         with open(root / e["metrics"], "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["edit", "case_id", "es", "ps", "ns"] + [f"distance_{i}" for i in range(nmat)]
-                       + [f"update_norm_{i}" for i in range(nmat)])
+            w.writerow(
+                ["edit", "case_id", "es", "ps", "ns"]
+                + [f"distance_{i}" for i in range(nmat)]
+                + [f"update_norm_{i}" for i in range(nmat)]
+            )
             es = es_values(m, s, n_edits)
             for t in range(1, n_edits + 1):
-                w.writerow([t, 1000 + t, es[t - 1], 0.5 + 0.1 * s, 1.0 - t / (2 * n_edits) - 0.05 * s]
-                           + [scale * t * (i + 1) * (1 + s) for i in range(nmat)] + [1.0] * nmat)
+                w.writerow(
+                    [t, 1000 + t, es[t - 1], 0.5 + 0.1 * s, 1.0 - t / (2 * n_edits) - 0.05 * s]
+                    + [scale * t * (i + 1) * (1 + s) for i in range(nmat)]
+                    + [1.0] * nmat
+                )
         ck = np.arange(forgetting_every, n_edits + 1, forgetting_every)
         with h5py.File(root / e["evaluation"], "w") as f:
             f.attrs["params"] = json.dumps(MATRICES[m])
             f.attrs["trajectory"] = f"results/trajectories/m/{m}/sample{s}.h5"
             f.attrs["trajectory_sha256"] = "ab" * 32
-            f.attrs["trajectory_environment"] = json.dumps({"hostname": "node", "cpu": "x", "gpus": ["NVIDIA H100"]})
+            f.attrs["trajectory_environment"] = json.dumps(
+                {"hostname": "node", "cpu": "x", "gpus": ["NVIDIA H100"]}
+            )
             f["forgetting/checkpoints"] = ck
             f["forgetting/curve_paper"] = 10.0 * np.arange(1, len(ck) + 1) + s
         with open(root / e["downstream"], "w", newline="") as fh:
@@ -71,12 +101,30 @@ def write_fixture(root, cfg, n_edits=12, downstream_every=5, forgetting_every=4,
                 for task, base in (("sst2", 0.9), ("mrpc", 0.6), ("cola", 0.5), ("rte", 0.55)):
                     w.writerow([t, task, "f1", base - 0.01 * t - 0.02 * s])
                     w.writerow([t, task, "accuracy", 0.5])
-        edits = [{"edit": 4, "case_id": 1004, "kind": "disabling", "standalone_distance": 3e-4 * (1 + s)},
-                 {"edit": 1, "case_id": 1001, "kind": "normal", "standalone_distance": 1e-6},
-                 {"edit": 2, "case_id": 1002, "kind": "normal", "standalone_distance": 3e-6}]
-        gens = {"edit": 4, "case_id": 1004, "prompts": ["The capital of France is", "A | pipe & 50%"],
-                "before": [" Paris.", " fine"], "after": [" the the the", " $x_1$"]} if with_generations else None
-        (root / e["disabling"]).write_text(json.dumps({"n_edits": n_edits, "edits": edits, "generations": gens}))
+        edits = [
+            {
+                "edit": 4,
+                "case_id": 1004,
+                "kind": "disabling",
+                "standalone_distance": 3e-4 * (1 + s),
+            },
+            {"edit": 1, "case_id": 1001, "kind": "normal", "standalone_distance": 1e-6},
+            {"edit": 2, "case_id": 1002, "kind": "normal", "standalone_distance": 3e-6},
+        ]
+        gens = (
+            {
+                "edit": 4,
+                "case_id": 1004,
+                "prompts": ["The capital of France is", "A | pipe & 50%"],
+                "before": [" Paris.", " fine"],
+                "after": [" the the the", " $x_1$"],
+            }
+            if with_generations
+            else None
+        )
+        (root / e["disabling"]).write_text(
+            json.dumps({"n_edits": n_edits, "edits": edits, "generations": gens})
+        )
     return layout
 
 
@@ -142,14 +190,21 @@ def test_aggregate_bands():
 def test_method_order_and_labels():
     cfg = make_cfg(["rrome", "rome", "mend", "ftc"])
     assert figdata.figure_methods(cfg, "m") == ["ftc", "mend", "rome", "rrome"]
-    assert [figdata.method_label(cfg, m) for m in ("ftc", "mend", "rome", "rrome")] == ["FT-C", "MEND", "ROME",
-                                                                                        "r-ROME"]
+    assert [figdata.method_label(cfg, m) for m in ("ftc", "mend", "rome", "rrome")] == [
+        "FT-C",
+        "MEND",
+        "ROME",
+        "r-ROME",
+    ]
     cfg["figures"]["labels"] = {"rome": "ROME (k)"}
     assert figdata.method_label(cfg, "rome") == "ROME (k)"
     cfg = make_cfg(["rome"])
     cfg["methods"]["custom"] = {"editor": "rome"}
     cfg["experiments"].insert(0, {"model": "m", "method": "custom"})
-    assert figdata.figure_methods(cfg, "m") == ["rome", "custom"]  # both edit with ROME: "rome" first
+    assert figdata.figure_methods(cfg, "m") == [
+        "rome",
+        "custom",
+    ]  # both edit with ROME: "rome" first
     assert figdata.method_label(cfg, "custom") == "custom"
     assert figdata.figure_methods(cfg, "other") == []
     lay = figdata.figure_layout(make_cfg(["rome"], samples=2), "m", evaluated=False)
@@ -175,25 +230,37 @@ def test_figure1_panels_lines_and_labels(three_methods):
     fig = plots.figure1(methods, bucket=5, window=50)
     axes = fig.get_axes()
     assert len(axes) == 5  # FT-C, MEND, ROME, r-ROME, forgetting
-    assert [ax.get_title() for ax in axes] == ["(a) FT-C", "(b) MEND", "(c) ROME", "(d) r-ROME",
-                                               "(e) Forgetting of edited facts"]
+    assert [ax.get_title() for ax in axes] == [
+        "(a) FT-C",
+        "(b) MEND",
+        "(c) ROME",
+        "(d) r-ROME",
+        "(e) Forgetting of edited facts",
+    ]
     for ax in axes[:4]:
         assert ax.get_xlabel() == "Number of edits" and ax.get_ylabel() == "Score (%)"
         lines = _lines(ax)
         assert len(lines) == 6
         colours = {ln.get_label().split(" (")[0]: _rgba(ln.get_color()) for ln in lines}
-        assert colours == {"Efficacy": _rgba("black"), "Paraphrase": _rgba("tab:blue"),
-                           "Neighborhood": _rgba("tab:red")}
+        assert colours == {
+            "Efficacy": _rgba("black"),
+            "Paraphrase": _rgba("tab:blue"),
+            "Neighborhood": _rgba("tab:red"),
+        }
         assert sorted(ln.get_linestyle() for ln in lines) == ["-", "-", "-", "--", "--", "--"]
         assert len(ax.collections) == 3  # a min-max band around each solid line (2 samples)
     # values: ROME's dashed efficacy = mean over samples of 5-edit bucket means x 100
     rome = axes[2]
     dashed = next(ln for ln in _lines(rome) if ln.get_label() == "Efficacy (5-edit buckets)")
-    expect = np.mean([plots.bucket_means(es_values("rome", s, 12), 5)[1] for s in (0, 1)], axis=0) * 100
+    expect = (
+        np.mean([plots.bucket_means(es_values("rome", s, 12), 5)[1] for s in (0, 1)], axis=0) * 100
+    )
     assert dashed.get_xdata().tolist() == [5, 10, 12]
     np.testing.assert_allclose(dashed.get_ydata(), expect)
     solid = next(ln for ln in _lines(rome) if ln.get_label() == "Efficacy (trailing 50-edit mean)")
-    expect = np.mean([plots.trailing_mean(es_values("rome", s, 12), 50) for s in (0, 1)], axis=0) * 100
+    expect = (
+        np.mean([plots.trailing_mean(es_values("rome", s, 12), 50) for s in (0, 1)], axis=0) * 100
+    )
     np.testing.assert_allclose(solid.get_ydata(), expect)
     assert solid.get_xdata().tolist() == list(range(1, 13))
     # forgetting: one line per method, mean of the samples' curves
@@ -203,8 +270,14 @@ def test_figure1_panels_lines_and_labels(three_methods):
     np.testing.assert_allclose(_lines(forget)[0].get_ydata(), [10.5, 20.5, 30.5])
     # legends sit outside the panels: one above (metrics, styles, band), one below (methods)
     texts = [[t.get_text() for t in lg.get_texts()] for lg in fig.legends]
-    assert texts[0] == ["Efficacy", "mean of 5-edit buckets", "Paraphrase", "trailing mean, last 50 edits",
-                        "Neighborhood", "min-max over samples"]
+    assert texts[0] == [
+        "Efficacy",
+        "mean of 5-edit buckets",
+        "Paraphrase",
+        "trailing mean, last 50 edits",
+        "Neighborhood",
+        "min-max over samples",
+    ]
     assert texts[1] == ["FT-C", "MEND", "ROME", "r-ROME"]
     _assert_readable(fig)
 
@@ -240,26 +313,45 @@ def test_figure2_panels_lines_and_labels(three_methods):
     cfg, layout = three_methods
     fig = plots.figure2(figdata.load_methods(layout), band="ci95")
     axes = fig.get_axes()
-    assert [ax.get_title() for ax in axes] == ["(a) FT-C", "(b) MEND", "(c) ROME", "(d) r-ROME",
-                                               "(e) Distance from the original weights"]
+    assert [ax.get_title() for ax in axes] == [
+        "(a) FT-C",
+        "(b) MEND",
+        "(c) ROME",
+        "(d) r-ROME",
+        "(e) Distance from the original weights",
+    ]
     for ax in axes[:4]:
         assert ax.get_ylabel() == "F1 (%)" and ax.get_xlabel() == "Number of edits"
         got = {ln.get_label(): _rgba(ln.get_color()) for ln in _lines(ax)}
-        assert got == {"SST-2": _rgba("tab:red"), "MRPC": _rgba("tab:blue"), "CoLA": _rgba("tab:green"),
-                       "RTE": _rgba("black")}
+        assert got == {
+            "SST-2": _rgba("tab:red"),
+            "MRPC": _rgba("tab:blue"),
+            "CoLA": _rgba("tab:green"),
+            "RTE": _rgba("black"),
+        }
     sst2 = next(ln for ln in _lines(axes[0]) if ln.get_label() == "SST-2")
     assert sst2.get_xdata().tolist() == [0, 5, 10]
     np.testing.assert_allclose(sst2.get_ydata(), [89.0, 84.0, 79.0])  # mean of samples x 100
     dist = axes[4]
     labels = [ln.get_label() for ln in _lines(dist)]
-    assert labels == ["FT-C: h.0.mlp.c_proj", "MEND: h.2.mlp.c_fc", "MEND: h.2.mlp.c_proj",
-                      "ROME: h.1.mlp.c_proj", "r-ROME: h.1.mlp.c_proj"]
+    assert labels == [
+        "FT-C: h.0.mlp.c_proj",
+        "MEND: h.2.mlp.c_fc",
+        "MEND: h.2.mlp.c_proj",
+        "ROME: h.1.mlp.c_proj",
+        "r-ROME: h.1.mlp.c_proj",
+    ]
     mend = [ln for ln in _lines(dist) if ln.get_label().startswith("MEND")]
-    assert mend[0].get_color() == mend[1].get_color() and mend[0].get_linestyle() != mend[1].get_linestyle()
+    assert (
+        mend[0].get_color() == mend[1].get_color()
+        and mend[0].get_linestyle() != mend[1].get_linestyle()
+    )
     assert dist.get_yscale() == "log"  # FT-C 1e-7 .. ROME 1e-3: the range asks for it
     assert "#elements" in dist.get_ylabel()
     rome = next(ln for ln in _lines(dist) if ln.get_label() == "ROME: h.1.mlp.c_proj")
-    np.testing.assert_allclose(rome.get_ydata(), 1e-4 * np.arange(1, 13) * 1.5)  # mean of (1+s), s = 0, 1
+    np.testing.assert_allclose(
+        rome.get_ydata(), 1e-4 * np.arange(1, 13) * 1.5
+    )  # mean of (1+s), s = 0, 1
     texts = [[t.get_text() for t in lg.get_texts()] for lg in fig.legends]
     assert texts[0] == ["SST-2", "MRPC", "CoLA", "RTE", "95% interval of the mean"]
     assert sorted(texts[1]) == sorted(labels)  # read row by row in three columns
@@ -281,7 +373,9 @@ def add_collapse_fixture(root, layout, n_edits=12, checkpoints=(0, 4, 8, 12)):
         with open(root / e["metrics"], newline="") as fh:
             rows = list(csv.reader(fh))
         rows[0] += [f"weight_norm_{i}" for i in range(nmat)]
-        for t in range(1, n_edits + 1):  # ||W_t|| = ||W_0|| (1 + 0.1 t (i + 1) (1 + s)), ||W_0|| = 2 (i + 1)
+        for t in range(
+            1, n_edits + 1
+        ):  # ||W_t|| = ||W_0|| (1 + 0.1 t (i + 1) (1 + s)), ||W_0|| = 2 (i + 1)
             rows[t] += [2.0 * (i + 1) * (1 + 0.1 * t * (i + 1) * (1 + s)) for i in range(nmat)]
         with open(root / e["metrics"], "w", newline="") as fh:
             csv.writer(fh).writerows(rows)
@@ -292,8 +386,14 @@ def add_collapse_fixture(root, layout, n_edits=12, checkpoints=(0, 4, 8, 12)):
             w = csv.writer(fh)
             w.writerow(["checkpoint", "metric", "value"])
             for t in checkpoints:
-                w.writerows([(t, "perplexity", 20.0 + t * (rank + 1) + s), (t, "mean_nll", 3.0),
-                             (t, "n_tokens", 500), (t, "generation_entropy", 4.0 - 0.1 * t - 0.2 * s)])
+                w.writerows(
+                    [
+                        (t, "perplexity", 20.0 + t * (rank + 1) + s),
+                        (t, "mean_nll", 3.0),
+                        (t, "n_tokens", 500),
+                        (t, "generation_entropy", 4.0 - 0.1 * t - 0.2 * s),
+                    ]
+                )
 
 
 def test_collapse_figure_panels_lines_and_labels(three_methods, tmp_path):
@@ -302,26 +402,44 @@ def test_collapse_figure_panels_lines_and_labels(three_methods, tmp_path):
     methods = figdata.load_methods(layout)
     fig = plots.figure_collapse(methods)
     axes = fig.get_axes()
-    assert [ax.get_title() for ax in axes] == ["(a) Norm growth of the edited weights", "(b) Held-out perplexity",
-                                               "(c) Generation entropy"]
+    assert [ax.get_title() for ax in axes] == [
+        "(a) Norm growth of the edited weights",
+        "(b) Held-out perplexity",
+        "(c) Generation entropy",
+    ]
     norm, ppl, ent = axes
     labels = [ln.get_label() for ln in _lines(norm)]
-    assert labels == ["FT-C: h.0.mlp.c_proj", "MEND: h.2.mlp.c_fc", "MEND: h.2.mlp.c_proj",
-                      "ROME: h.1.mlp.c_proj", "r-ROME: h.1.mlp.c_proj"]
+    assert labels == [
+        "FT-C: h.0.mlp.c_proj",
+        "MEND: h.2.mlp.c_fc",
+        "MEND: h.2.mlp.c_proj",
+        "ROME: h.1.mlp.c_proj",
+        "r-ROME: h.1.mlp.c_proj",
+    ]
     mend = [ln for ln in _lines(norm) if ln.get_label().startswith("MEND")]
     # matrix 1 of MEND: 1 + 0.1 t x 2 x (1 + s), mean over s = 0, 1; 1 before the first edit
     assert mend[1].get_xdata().tolist() == list(range(13))
     np.testing.assert_allclose(mend[1].get_ydata(), 1 + 0.1 * np.arange(13) * 2 * 1.5)
-    assert mend[0].get_linestyle() != mend[1].get_linestyle() and mend[0].get_color() == mend[1].get_color()
+    assert (
+        mend[0].get_linestyle() != mend[1].get_linestyle()
+        and mend[0].get_color() == mend[1].get_color()
+    )
     assert "W_0" in norm.get_ylabel()
     got = {ln.get_label(): ln for ln in _lines(ppl)}
     assert list(got) == ["FT-C", "MEND", "ROME", "r-ROME"]  # the paper's order, then the rest
     assert got["ROME"].get_xdata().tolist() == [0, 4, 8, 12]
-    np.testing.assert_allclose(got["ROME"].get_ydata(), 20.5 + np.array([0, 4, 8, 12]) * 3)  # rome ranks 3rd
-    assert got["ROME"].get_color() == next(ln for ln in _lines(norm) if ln.get_label().startswith("ROME")).get_color()
+    np.testing.assert_allclose(
+        got["ROME"].get_ydata(), 20.5 + np.array([0, 4, 8, 12]) * 3
+    )  # rome ranks 3rd
+    assert (
+        got["ROME"].get_color()
+        == next(ln for ln in _lines(norm) if ln.get_label().startswith("ROME")).get_color()
+    )
     assert ppl.get_yscale() == "linear"
-    np.testing.assert_allclose(next(ln for ln in _lines(ent) if ln.get_label() == "FT-C").get_ydata(),
-                               3.9 - 0.1 * np.array([0, 4, 8, 12]))
+    np.testing.assert_allclose(
+        next(ln for ln in _lines(ent) if ln.get_label() == "FT-C").get_ydata(),
+        3.9 - 0.1 * np.array([0, 4, 8, 12]),
+    )
     assert "entropy" in ent.get_ylabel()
     texts = [[t.get_text() for t in lg.get_texts()] for lg in fig.legends]
     assert texts[0] == ["FT-C", "MEND", "ROME", "r-ROME", "min-max over samples"]
@@ -338,7 +456,10 @@ def test_collapse_figure_without_measures(tmp_path, monkeypatch):
     assert methods[0].samples[0].norm_growth() == [] and methods[0].samples[0].collapse == {}
     fig = plots.figure_collapse(methods)
     assert [t.get_text() for ax in fig.get_axes() for t in ax.texts] == [
-        "weight norms not recorded", "not evaluated", "not evaluated"]
+        "weight norms not recorded",
+        "not evaluated",
+        "not evaluated",
+    ]
 
 
 def test_render_collapse_figure_reads_its_inputs(three_methods, tmp_path):
@@ -358,18 +479,30 @@ def _assert_readable(fig):
     box = fig.bbox
 
     def inside(bb, what):
-        assert bb.x0 >= box.x0 - 1 and bb.x1 <= box.x1 + 1 and bb.y0 >= box.y0 - 1 and bb.y1 <= box.y1 + 1, \
-            f"{what} is clipped: {bb} outside {box}"
+        assert (
+            bb.x0 >= box.x0 - 1
+            and bb.x1 <= box.x1 + 1
+            and bb.y0 >= box.y0 - 1
+            and bb.y1 <= box.y1 + 1
+        ), f"{what} is clipped: {bb} outside {box}"
 
     texts = []
     for ax in fig.get_axes():
         inside(ax.get_tightbbox(r), f"panel {ax.get_title()!r} (with its labels)")
-        texts += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels()]
+        texts += [
+            ax.title,
+            ax.xaxis.label,
+            ax.yaxis.label,
+            *ax.get_xticklabels(),
+            *ax.get_yticklabels(),
+        ]
     for legend in fig.legends:
         inside(legend.get_window_extent(r), "a legend")
         texts += legend.get_texts()
         for ax in fig.get_axes():
-            assert not legend.get_window_extent(r).overlaps(ax.get_window_extent(r)), "a legend covers a panel"
+            assert not legend.get_window_extent(r).overlaps(ax.get_window_extent(r)), (
+                "a legend covers a panel"
+            )
     if fig.get_suptitle():
         inside(fig._suptitle.get_window_extent(r), "the title")
     for t in texts:
@@ -382,20 +515,42 @@ def _assert_readable(fig):
 
 def _render(tmp_path, cfg, layout, kind="figure1", sample=None):
     out = tmp_path / "figures"
-    inputs = [p for e in layout if sample is None or e["sample"] == sample
-              for p in (e["metrics"], e["evaluation"], e["downstream"])]
+    inputs = [
+        p
+        for e in layout
+        if sample is None or e["sample"] == sample
+        for p in (e["metrics"], e["evaluation"], e["downstream"])
+    ]
     manifest = tmp_path / "model" / "editscale_manifest.json"
     if not manifest.exists():
         manifest.parent.mkdir()
-        manifest.write_text(json.dumps({"source": "hub", "repo_id": "org/model", "revision": "c" * 40,
-                                        "files": {"model.safetensors": "d" * 64}}))
+        manifest.write_text(
+            json.dumps(
+                {
+                    "source": "hub",
+                    "repo_id": "org/model",
+                    "revision": "c" * 40,
+                    "files": {"model.safetensors": "d" * 64},
+                }
+            )
+        )
     data = tmp_path / "counterfact.json"
     if not data.exists():
         data.write_text("[]")
     stem = kind if sample is None else f"samples/{kind}_sample{sample}"
-    return plots.render_figure(kind, layout, pdf=out / f"{stem}.pdf", png=out / f"{stem}.png",
-                               sidecar=out / f"{stem}.json", config=cfg, rule=kind, inputs=inputs + [str(data)],
-                               manifests={"m": str(manifest)}, data=[str(data)], sample=sample), out / stem
+    return plots.render_figure(
+        kind,
+        layout,
+        pdf=out / f"{stem}.pdf",
+        png=out / f"{stem}.png",
+        sidecar=out / f"{stem}.json",
+        config=cfg,
+        rule=kind,
+        inputs=inputs + [str(data)],
+        manifests={"m": str(manifest)},
+        data=[str(data)],
+        sample=sample,
+    ), out / stem
 
 
 def test_render_writes_pdf_png_sidecar_with_provenance(three_methods, tmp_path):
@@ -410,11 +565,18 @@ def test_render_writes_pdf_png_sidecar_with_provenance(three_methods, tmp_path):
     for pkg in ("matplotlib", "numpy", "h5py"):
         assert side["environment"]["packages"][pkg]
     assert "cpu" in side["hardware"] and "gpus" in side["hardware"]  # this job's
-    assert len(side["hardware"]["trajectories"]) == 8  # where each trajectory behind an HDF5 input ran
+    assert (
+        len(side["hardware"]["trajectories"]) == 8
+    )  # where each trajectory behind an HDF5 input ran
     assert next(iter(side["hardware"]["trajectories"].values()))["gpus"] == ["NVIDIA H100"]
-    assert side["models"]["m"]["model_id"] == "org/model" and side["models"]["m"]["revision"] == "c" * 40
+    assert (
+        side["models"]["m"]["model_id"] == "org/model"
+        and side["models"]["m"]["revision"] == "c" * 40
+    )
     assert side["models"]["m"]["file_sha256"] == {"model.safetensors": "d" * 64}
-    assert list(side["data_sha256"].values()) == [side["inputs_sha256"][str(tmp_path / "counterfact.json")]]
+    assert list(side["data_sha256"].values()) == [
+        side["inputs_sha256"][str(tmp_path / "counterfact.json")]
+    ]
     assert side["seeds"] == {"seed": 37, "ordering_seed": 37}
     h5 = {p: v for p, v in side["hdf5_inputs"].items()}
     assert len(h5) == 8 and all(re.fullmatch(r"[0-9a-f]{64}", v["sha256"]) for v in h5.values())
@@ -424,7 +586,11 @@ def test_render_writes_pdf_png_sidecar_with_provenance(three_methods, tmp_path):
     png = Image.open(stem.with_suffix(".png"))
     assert json.loads(png.text[plots.PROVENANCE_KEY])["digest"] == record["digest"]
     pdf = stem.with_suffix(".pdf").read_bytes()
-    assert b"/Subject" in pdf and record["digest"].encode() in pdf and record["config_hash"].encode() in pdf
+    assert (
+        b"/Subject" in pdf
+        and record["digest"].encode() in pdf
+        and record["config_hash"].encode() in pdf
+    )
 
 
 def test_sidecar_changes_when_an_input_changes(tmp_path, monkeypatch):
@@ -435,7 +601,11 @@ def test_sidecar_changes_when_an_input_changes(tmp_path, monkeypatch):
     again, _ = _render(tmp_path, cfg, layout, "figure1", sample=1)
     assert again["digest"] == first["digest"]  # same inputs, same record (the time stamp aside)
     assert set(first["inputs_sha256"]) == {str(tmp_path / "counterfact.json")} | {
-        p for e in layout if e["sample"] == 1 for p in (e["metrics"], e["evaluation"], e["downstream"])}
+        p
+        for e in layout
+        if e["sample"] == 1
+        for p in (e["metrics"], e["evaluation"], e["downstream"])
+    }
     csv_path = layout[1]["metrics"]  # ftc, sample 1
     assert layout[1]["sample"] == 1
     with open(csv_path, "a") as fh:
@@ -446,7 +616,10 @@ def test_sidecar_changes_when_an_input_changes(tmp_path, monkeypatch):
     with h5py.File(layout[1]["evaluation"], "r+") as f:
         f["forgetting/curve_paper"][0] = 99.0
     h5_changed, _ = _render(tmp_path, cfg, layout, "figure1", sample=1)
-    assert h5_changed["hdf5_inputs"][layout[1]["evaluation"]] != changed["hdf5_inputs"][layout[1]["evaluation"]]
+    assert (
+        h5_changed["hdf5_inputs"][layout[1]["evaluation"]]
+        != changed["hdf5_inputs"][layout[1]["evaluation"]]
+    )
     assert json.loads(stem.with_suffix(".json").read_text())["digest"] == h5_changed["digest"]
 
 
@@ -458,18 +631,41 @@ def test_table2_rows_and_files(three_methods, tmp_path):
     dis = figdata.load_disabling(layout)
     # MEND's sample 1 has a second onset (the rule's reason names the matrix)
     mend1 = dis["mend"][1]
-    mend1["edits"].append({"edit": 9, "case_id": 1009, "kind": "disabling", "standalone_distance": 5e-4,
-                           "reason": "onset in matrix 1: update norm 50 = 45 x the median 1.1 of edits 4..8"})
-    rows, gens = tables.write_table2(dis, md=tmp_path / "t.md", csv_path=tmp_path / "t.csv", tex=tmp_path / "t.tex",
-                                     generations_csv=tmp_path / "g.csv")
+    mend1["edits"].append(
+        {
+            "edit": 9,
+            "case_id": 1009,
+            "kind": "disabling",
+            "standalone_distance": 5e-4,
+            "reason": "onset in matrix 1: update norm 50 = 45 x the median 1.1 of edits 4..8",
+        }
+    )
+    rows, gens = tables.write_table2(
+        dis,
+        md=tmp_path / "t.md",
+        csv_path=tmp_path / "t.csv",
+        tex=tmp_path / "t.tex",
+        generations_csv=tmp_path / "g.csv",
+    )
     pooled = {(r["method"], r["kind"]): r for r in rows if r["sample"] == "all"}
     d = pooled[("rome", "disabling")]
     assert d["count"] == 2 and d["mean"] == pytest.approx(4.5e-4)  # (3e-4 + 6e-4) / 2
-    assert d["std"] == pytest.approx(np.std([3e-4, 6e-4], ddof=1)) and d["min"] == 3e-4 and d["max"] == 6e-4
+    assert (
+        d["std"] == pytest.approx(np.std([3e-4, 6e-4], ddof=1))
+        and d["min"] == 3e-4
+        and d["max"] == 6e-4
+    )
     n = pooled[("rome", "normal")]
     assert n["count"] == 4 and n["mean"] == pytest.approx(2e-6)
-    per_sample = [r for r in rows if r["method"] == "rome" and r["kind"] == "disabling" and r["sample"] != "all"]
-    assert [(r["sample"], r["count"], r["std"]) for r in per_sample] == [("0", 1, None), ("1", 1, None)]
+    per_sample = [
+        r
+        for r in rows
+        if r["method"] == "rome" and r["kind"] == "disabling" and r["sample"] != "all"
+    ]
+    assert [(r["sample"], r["count"], r["std"]) for r in per_sample] == [
+        ("0", 1, None),
+        ("1", 1, None),
+    ]
     md = (tmp_path / "t.md").read_text()
     assert "| ROME | 2 | 4.500e-04 ± 2.12e-04 [3.00e-04, 6.00e-04] | 4 | 2.000e-06" in md
     assert md.index("| FT-C |") < md.index("| MEND |") < md.index("| ROME |")
@@ -479,27 +675,47 @@ def test_table2_rows_and_files(three_methods, tmp_path):
     assert tex.count(r"\begin{tabular}") == 4  # Table 2, onset counts, onset list, Table 8
     with open(tmp_path / "t.csv") as fh:
         got = list(csv.DictReader(fh))
-    assert got[0].keys() == set(tables.TABLE2_FIELDS) | set() or list(got[0]) == tables.TABLE2_FIELDS
+    assert (
+        got[0].keys() == set(tables.TABLE2_FIELDS) | set() or list(got[0]) == tables.TABLE2_FIELDS
+    )
     stats = [r for r in got if r["kind"] != "onset"]
     assert len(stats) == 4 * 2 * 3  # 4 methods x 2 kinds x (2 samples + pooled)
     assert len(gens) == 4 * 2 and gens[0]["before"] == " Paris." and gens[0]["sample"] == 0
     # onsets: per method and sample, the per-sample disabling count, and one CSV row per onset edit
-    assert tables.onset_counts(dis) == {m: {"0": 1, "1": 2 if m == "mend" else 1} for m in ("ftc", "mend", "rome",
-                                                                                             "rrome")}
-    onsets = [(r["method"], r["sample"], r["edit"], r["case_id"]) for r in got if r["kind"] == "onset"]
-    assert onsets == [(m, s, e, c) for m in ("ftc", "mend", "rome", "rrome") for s in ("0", "1")
-                      for e, c in ([("4", "1004"), ("9", "1009")] if (m, s) == ("mend", "1") else [("4", "1004")])]
+    assert tables.onset_counts(dis) == {
+        m: {"0": 1, "1": 2 if m == "mend" else 1} for m in ("ftc", "mend", "rome", "rrome")
+    }
+    onsets = [
+        (r["method"], r["sample"], r["edit"], r["case_id"]) for r in got if r["kind"] == "onset"
+    ]
+    assert onsets == [
+        (m, s, e, c)
+        for m in ("ftc", "mend", "rome", "rrome")
+        for s in ("0", "1")
+        for e, c in ([("4", "1004"), ("9", "1009")] if (m, s) == ("mend", "1") else [("4", "1004")])
+    ]
     mend_onset = next(r for r in got if r["kind"] == "onset" and r["edit"] == "9")
-    assert mend_onset["count"] == "1" and float(mend_onset["mean"]) == 5e-4 and "matrix 1" in mend_onset["reason"]
-    per_sample_counts = {(r["method"], r["sample"]): int(r["count"]) for r in stats if r["kind"] == "disabling"}
+    assert (
+        mend_onset["count"] == "1"
+        and float(mend_onset["mean"]) == 5e-4
+        and "matrix 1" in mend_onset["reason"]
+    )
+    per_sample_counts = {
+        (r["method"], r["sample"]): int(r["count"]) for r in stats if r["kind"] == "disabling"
+    }
     assert per_sample_counts[("mend", "1")] == 2 and per_sample_counts[("mend", "all")] == 3
     assert "| Method | Sample 0 | Sample 1 | All |" in md
     assert "| MEND | 1 | 2 | 3 |" in md and "| ROME | 1 | 1 | 2 |" in md
-    assert ("| MEND | 1 | 9 | 1009 | 5.000e-04 | onset in matrix 1: update norm 50 = 45 x the median 1.1 of edits "
-            "4..8 |") in md
+    assert (
+        "| MEND | 1 | 9 | 1009 | 5.000e-04 | onset in matrix 1: update norm 50 = 45 x the median 1.1 of edits "
+        "4..8 |"
+    ) in md
     assert md.count("| 4 | 1004 |") == 8
     assert md.index("**Onsets.**") < md.index("**Table 8 analogue.**")
-    assert r"MEND & 1 & 2 & 3 \\" in tex and r"MEND & 1 & 9 & 1009 & $5.000\times10^{-4}$ & onset in matrix 1" in tex
+    assert (
+        r"MEND & 1 & 2 & 3 \\" in tex
+        and r"MEND & 1 & 9 & 1009 & $5.000\times10^{-4}$ & onset in matrix 1" in tex
+    )
     assert r"\label{tab:disabling-onsets}" in tex
 
 
@@ -510,9 +726,13 @@ def test_table2_without_disabling_edits(tmp_path, monkeypatch):
     doc = json.loads((tmp_path / layout[0]["disabling"]).read_text())
     doc["edits"] = [e for e in doc["edits"] if e["kind"] == "normal"]
     (tmp_path / layout[0]["disabling"]).write_text(json.dumps(doc))
-    rows, gens = tables.write_table2(figdata.load_disabling(layout), md=tmp_path / "t.md",
-                                     csv_path=tmp_path / "t.csv", tex=tmp_path / "t.tex",
-                                     generations_csv=tmp_path / "g.csv")
+    rows, gens = tables.write_table2(
+        figdata.load_disabling(layout),
+        md=tmp_path / "t.md",
+        csv_path=tmp_path / "t.csv",
+        tex=tmp_path / "t.tex",
+        generations_csv=tmp_path / "g.csv",
+    )
     assert gens == []
     md = (tmp_path / "t.md").read_text()
     assert "| ROME | 0 | n/a | 2 |" in md and "No disabling edit was flagged" in md
@@ -525,24 +745,42 @@ def test_table2_without_disabling_edits(tmp_path, monkeypatch):
 def test_runtime_table(tmp_path):
     bench = tmp_path / "results/benchmarks"
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-    files = {"trajectory/m/rome/sample0.tsv": "10.0\t0:00:10\t100\t200\t90\t95\t1\t2\t50\t8\n",
-             "trajectory/m/rome/sample1.tsv": "30.0\t0:00:30\t300\t400\t290\t295\t1\t2\t50\t20\n",
-             "prepare_model/m.tsv": "5.0\t0:00:05\tNA\t-\t1\t1\t0\t0\t10\t1\n"}
+    files = {
+        "trajectory/m/rome/sample0.tsv": "10.0\t0:00:10\t100\t200\t90\t95\t1\t2\t50\t8\n",
+        "trajectory/m/rome/sample1.tsv": "30.0\t0:00:30\t300\t400\t290\t295\t1\t2\t50\t20\n",
+        "prepare_model/m.tsv": "5.0\t0:00:05\tNA\t-\t1\t1\t0\t0\t10\t1\n",
+    }
     for rel, row in files.items():
         (bench / rel).parent.mkdir(parents=True, exist_ok=True)
         (bench / rel).write_text(header + row)
     (bench / "trajectory/other-model/rome").mkdir(parents=True)
-    (bench / "trajectory/other-model/rome/sample0.tsv").write_text(header + files["prepare_model/m.tsv"])
+    (bench / "trajectory/other-model/rome/sample0.tsv").write_text(
+        header + files["prepare_model/m.tsv"]
+    )
     paths = tables.find_benchmarks(str(bench), models=["m"])  # another config's model left out
     assert sorted(paths) == sorted(str(bench / rel) for rel in files)
     assert len(tables.find_benchmarks(str(bench))) == 4
     paths = [str(bench / rel) for rel in files]
     rows = tables.runtime_rows(paths, root=str(bench))
-    assert [(r["rule"], r["job"]) for r in rows] == [("trajectory", "m/rome/sample0"), ("trajectory", "m/rome/sample1"),
-                                                     ("prepare_model", "m")]
+    assert [(r["rule"], r["job"]) for r in rows] == [
+        ("trajectory", "m/rome/sample0"),
+        ("trajectory", "m/rome/sample1"),
+        ("prepare_model", "m"),
+    ]
     assert rows[2]["max_rss"] is None and rows[0]["h:m:s"] == "0:00:10"
     summary = {r["rule"]: r for r in tables.runtime_summary(rows)}
-    assert summary["trajectory"] == {"rule": "trajectory", "jobs": 2, "total_s": 40.0, "mean_s": 20.0,
-                                     "max_s": 30.0, "peak_rss_mb": 300.0, "total_cpu_s": 28.0}
-    tables.write_runtime(paths, jobs_csv=tmp_path / "j.csv", summary_csv=tmp_path / "s.csv", root=str(bench))
-    assert (tmp_path / "s.csv").read_text().splitlines()[0] == "rule,jobs,total_s,mean_s,max_s,peak_rss_mb,total_cpu_s"
+    assert summary["trajectory"] == {
+        "rule": "trajectory",
+        "jobs": 2,
+        "total_s": 40.0,
+        "mean_s": 20.0,
+        "max_s": 30.0,
+        "peak_rss_mb": 300.0,
+        "total_cpu_s": 28.0,
+    }
+    tables.write_runtime(
+        paths, jobs_csv=tmp_path / "j.csv", summary_csv=tmp_path / "s.csv", root=str(bench)
+    )
+    assert (tmp_path / "s.csv").read_text().splitlines()[
+        0
+    ] == "rule,jobs,total_s,mean_s,max_s,peak_rss_mb,total_cpu_s"

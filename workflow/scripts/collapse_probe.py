@@ -10,9 +10,9 @@ from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0])
 
-from editscale.evaluation.collapse import build_probe  # noqa: E402
 from editscale.data.corpora import corpus_fingerprint, iter_corpus  # noqa: E402
 from editscale.data.counterfact import load_counterfact  # noqa: E402
+from editscale.evaluation.collapse import build_probe  # noqa: E402
 
 p = snakemake.params
 ppl, gen = p.perplexity, p.generation
@@ -29,8 +29,13 @@ probe = build_probe(
     n_prompts=gen["n_prompts"],
     records=records,
 )
-log.info("collapse probe: %d documents of corpus %s, %d prompts (%s)", len(probe["perplexity"]["docs"]),
-         p.corpus_name, len(probe["generation"]["prompts"]), probe["generation"]["source"])
+log.info(
+    "collapse probe: %d documents of corpus %s, %d prompts (%s)",
+    len(probe["perplexity"]["docs"]),
+    p.corpus_name,
+    len(probe["generation"]["prompts"]),
+    probe["generation"]["source"],
+)
 out = Path(snakemake.output[0])
 tmp = out.with_suffix(".tmp")
 tmp.write_text(json.dumps(probe, indent=1))

@@ -18,6 +18,8 @@ else:
     src = Path(snakemake.input[0]).resolve()
     digest = sha256_file(src)
     if expected is not None and digest != expected:
-        raise ValueError(f"config key 'counterfact.sha256': {src} has sha256 {digest}, expected {expected}")
+        raise ValueError(
+            f"config key 'counterfact.sha256': {src} has sha256 {digest}, expected {expected}"
+        )
     link_relative(src, out)  # relative: a copied or moved project does not read the original's file
 log.info("CounterFact at %s (sha256 %s)", out, digest)

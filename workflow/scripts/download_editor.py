@@ -16,6 +16,19 @@ from editscale.editors.published import fetch_editor_weights  # noqa: E402
 w = snakemake.params.weights
 info = fetch_editor_weights(w["url"], snakemake.output.editor, sha256=w.get("sha256"))
 with open(snakemake.output.manifest, "w") as f:
-    json.dump({**info, "for_model": snakemake.wildcards.model, "method": snakemake.wildcards.method,
-               "source": "public"}, f, indent=1)
-log.info("editor weights %s (sha256 %s, %s)", snakemake.output.editor, info["sha256"], info["sha256_check"])
+    json.dump(
+        {
+            **info,
+            "for_model": snakemake.wildcards.model,
+            "method": snakemake.wildcards.method,
+            "source": "public",
+        },
+        f,
+        indent=1,
+    )
+log.info(
+    "editor weights %s (sha256 %s, %s)",
+    snakemake.output.editor,
+    info["sha256"],
+    info["sha256_check"],
+)

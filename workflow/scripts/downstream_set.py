@@ -14,10 +14,22 @@ from editscale.data.glue import load_glue, prepare_task_set  # noqa: E402
 p = snakemake.params
 task = snakemake.wildcards.task
 examples = load_glue(task, dict(p.source))
-task_set = prepare_task_set(task, examples, p.n_per_label, p.seed, p.rte_label_mapping,
-                            selection=p.selection, demo_source=p.demo_source)
-log.info("%s: %d examples loaded, %d selected, %d demonstrations", task, len(examples),
-         len(task_set["eval"]), len(task_set["demos"]))
+task_set = prepare_task_set(
+    task,
+    examples,
+    p.n_per_label,
+    p.seed,
+    p.rte_label_mapping,
+    selection=p.selection,
+    demo_source=p.demo_source,
+)
+log.info(
+    "%s: %d examples loaded, %d selected, %d demonstrations",
+    task,
+    len(examples),
+    len(task_set["eval"]),
+    len(task_set["demos"]),
+)
 out = Path(snakemake.output[0])
 tmp = out.with_suffix(".tmp")
 tmp.write_text(json.dumps(task_set, indent=1))

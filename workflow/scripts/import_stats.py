@@ -9,9 +9,9 @@ from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
+from editscale.editing.key_stats import import_published_second_moment  # noqa: E402
 from editscale.editors.published import fetch_editor_weights  # noqa: E402
 from editscale.lm.models import load_model, model_identity  # noqa: E402
-from editscale.editing.key_stats import import_published_second_moment  # noqa: E402
 
 wc = snakemake.wildcards
 entry = snakemake.params.entry

@@ -11,13 +11,15 @@ log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
 from editscale.data.corpora import corpus_fingerprint, sample_corpus  # noqa: E402
 from editscale.data.counterfact import load_counterfact, subject_prompt  # noqa: E402
-from editscale.lm.models import load_model, model_identity  # noqa: E402
 from editscale.editing.key_stats import Convergence, compute_key_second_moment, subject_keys  # noqa: E402
+from editscale.lm.models import load_model, model_identity  # noqa: E402
 
 wc = snakemake.wildcards
 model_dir = Path(snakemake.input.model).parent
 corpus = snakemake.params.corpus
-model, tok = load_model(model_dir, snakemake.params.dtype, snakemake.config["models"][wc.model]["device"])
+model, tok = load_model(
+    model_dir, snakemake.params.dtype, snakemake.config["models"][wc.model]["device"]
+)
 # null max_doc_tokens = the model's context length (what ROME's layer_stats does)
 max_doc_tokens = snakemake.params.max_doc_tokens or (
     getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
@@ -27,8 +29,10 @@ conv = snakemake.params.convergence
 if conv["tolerance"] is not None:
     records = load_counterfact(snakemake.input.counterfact[0])
     if len(records) < conv["n_probes"]:
-        raise ValueError(f"stats.convergence.n_probes is {conv['n_probes']}, but {snakemake.input.counterfact[0]} "
-                         f"holds only {len(records)} records")
+        raise ValueError(
+            f"stats.convergence.n_probes is {conv['n_probes']}, but {snakemake.input.counterfact[0]} "
+            f"holds only {len(records)} records"
+        )
     probe_records = records[: conv["n_probes"]]
     convergence = Convergence(
         probes=subject_keys(model, tok, int(wc.layer), [subject_prompt(r) for r in probe_records]),
@@ -42,7 +46,9 @@ compute_key_second_moment(
     model,
     tok,
     int(wc.layer),
-    sample_corpus(corpus, snakemake.params.n_docs, snakemake.params.sample, snakemake.params.sample_seed),
+    sample_corpus(
+        corpus, snakemake.params.n_docs, snakemake.params.sample, snakemake.params.sample_seed
+    ),
     snakemake.output[0],
     n_docs=snakemake.params.n_docs,
     max_doc_tokens=max_doc_tokens,

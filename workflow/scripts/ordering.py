@@ -10,7 +10,6 @@ from editscale.io.provenance import setup_rule_logging
 log = setup_rule_logging(snakemake.log[0])
 
 from editscale.data import counterfact
-
 from editscale.io import provenance
 
 sample = int(snakemake.wildcards.sample)
@@ -28,9 +27,11 @@ if reserved:  # records reserved for training editor networks never appear in a 
 ordering = counterfact.ordering_sample(case_ids, sample, snakemake.params.seed, exclude=held)
 n_edits = snakemake.params.n_edits
 if n_edits > len(ordering):
-    raise ValueError(f"config key 'n_edits': {n_edits} edits asked but {source} has only "
-                     f"{len(ordering)} usable records"
-                     + (f" ({len(held)} more are reserved for editor training)" if held else ""))
+    raise ValueError(
+        f"config key 'n_edits': {n_edits} edits asked but {source} has only "
+        f"{len(ordering)} usable records"
+        + (f" ({len(held)} more are reserved for editor training)" if held else "")
+    )
 counterfact.write_ordering(
     snakemake.output[0],
     ordering,
@@ -43,5 +44,11 @@ counterfact.write_ordering(
     reserved_dropped="after_shuffling",
     source_sha256=provenance.sha256_file(source),
 )
-log.info("sample %d: %d case ids (%d shuffled, %d reserved dropped), first %s", sample, len(ordering),
-         len(case_ids), len(held), ordering[:5])
+log.info(
+    "sample %d: %d case ids (%d shuffled, %d reserved dropped), first %s",
+    sample,
+    len(ordering),
+    len(case_ids),
+    len(held),
+    ordering[:5],
+)

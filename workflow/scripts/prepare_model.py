@@ -9,7 +9,8 @@ from editscale.io.provenance import setup_rule_logging
 log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
 from editscale.data import corpora
-from editscale.lm import gguf as gguf_model, models  # noqa: E402  (after logging is set up)
+from editscale.lm import gguf as gguf_model  # noqa: E402  (after logging is set up)
+from editscale.lm import models
 
 spec = snakemake.params.spec
 dest = Path(snakemake.output.manifest).parent

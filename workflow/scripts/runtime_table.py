@@ -17,5 +17,7 @@ from editscale.reporting.tables import find_benchmarks, write_runtime  # noqa: E
 # Every heavy job of the run is upstream of this job's inputs, so its benchmark file exists now.
 root = snakemake.params.root
 files = find_benchmarks(root, list(snakemake.params.models))
-write_runtime(files, jobs_csv=snakemake.output.jobs, summary_csv=snakemake.output.summary, root=root)
+write_runtime(
+    files, jobs_csv=snakemake.output.jobs, summary_csv=snakemake.output.summary, root=root
+)
 log.info("%d benchmark files summarised", len(files))

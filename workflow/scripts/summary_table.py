@@ -36,8 +36,16 @@ record = artifact_provenance(
     extra={"table": "summary", "rows": rows},
 )
 for r in rows:
-    log.info("%s: ES %s PS %s NS %s, F1 retained %s, known at end %s, norm growth %s, onsets %s",
-             r["label"], r["es_last"], r["ps_last"], r["ns_last"], r["f1_retained"], r["known_end"],
-             r["norm_growth"], r["onsets_per_sample"])
+    log.info(
+        "%s: ES %s PS %s NS %s, F1 retained %s, known at end %s, norm growth %s, onsets %s",
+        r["label"],
+        r["es_last"],
+        r["ps_last"],
+        r["ns_last"],
+        r["f1_retained"],
+        r["known_end"],
+        r["norm_growth"],
+        r["onsets_per_sample"],
+    )
 write_sidecar(record, out.json)
 log.info("%s written (provenance digest %s)", out.md, record["digest"])

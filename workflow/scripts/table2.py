@@ -14,8 +14,8 @@ from editscale.io.provenance import setup_rule_logging  # noqa: E402
 
 log = setup_rule_logging(snakemake.log[0])
 
-from editscale.reporting.figure_data import load_disabling  # noqa: E402
 from editscale.io.provenance import artifact_provenance, write_sidecar  # noqa: E402
+from editscale.reporting.figure_data import load_disabling  # noqa: E402
 from editscale.reporting.tables import onset_counts, write_table2  # noqa: E402
 
 out = snakemake.output

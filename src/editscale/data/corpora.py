@@ -24,7 +24,16 @@ DOC_SPLITS = ("wikitext_articles", "blank_lines", "lines", "jsonl")
 # Known corpus keys per type; others are reported with a warning (likely typos).
 _CORPUS_KEYS = {
     "text_files": {"type", "paths", "doc_split"},
-    "hub": {"type", "dataset", "name", "split", "text_field", "revision", "streaming", "data_files"},
+    "hub": {
+        "type",
+        "dataset",
+        "name",
+        "split",
+        "text_field",
+        "revision",
+        "streaming",
+        "data_files",
+    },
 }
 
 # A top-level WikiText heading: "= Title =" with exactly one '=' on each side.
@@ -58,7 +67,9 @@ def _text_file_paths(corpus: dict, base_dir: str | os.PathLike) -> list[Path]:
 def _doc_split(corpus: dict) -> str:
     split = corpus.get("doc_split")
     if split not in DOC_SPLITS:
-        raise ValueError(f"corpus.doc_split: unknown value {split!r}; allowed: {', '.join(DOC_SPLITS)}")
+        raise ValueError(
+            f"corpus.doc_split: unknown value {split!r}; allowed: {', '.join(DOC_SPLITS)}"
+        )
     return split
 
 
@@ -97,6 +108,7 @@ def _iter_text_files(corpus: dict, base_dir: str | os.PathLike) -> Iterator[str]
 
 def _resolve_data_files(data_files: Any, base_dir: str | os.PathLike) -> Any:
     """Resolve relative local ``data_files`` (str, list or split -> files mapping) against base_dir."""
+
     def one(p: Any) -> Any:
         if isinstance(p, str) and "://" not in p and not os.path.isabs(p):
             return str(Path(base_dir) / p)
@@ -115,7 +127,9 @@ def _hub_dataset(corpus: dict, base_dir: str | os.PathLike):
 
     name = corpus.get("dataset")
     if not isinstance(name, str) or not name:
-        raise ValueError("corpus.dataset: expected a data set name (e.g. 'wikimedia/wikipedia' or 'json')")
+        raise ValueError(
+            "corpus.dataset: expected a data set name (e.g. 'wikimedia/wikipedia' or 'json')"
+        )
     text_field = corpus.get("text_field", "text")
     kwargs: dict[str, Any] = {
         "split": corpus.get("split", "train"),
@@ -130,7 +144,9 @@ def _hub_dataset(corpus: dict, base_dir: str | os.PathLike):
     ds = datasets.load_dataset(name, corpus.get("name"), **kwargs)
     columns = getattr(ds, "column_names", None)
     if columns is not None and text_field not in columns:
-        raise ValueError(f"corpus.text_field: field {text_field!r} not in data set {name!r} (columns: {columns})")
+        raise ValueError(
+            f"corpus.text_field: field {text_field!r} not in data set {name!r} (columns: {columns})"
+        )
     return ds
 
 
@@ -139,14 +155,18 @@ def _iter_hub(corpus: dict, base_dir: str | os.PathLike) -> Iterator[str]:
     name, text_field = corpus.get("dataset"), corpus.get("text_field", "text")
     for i, example in enumerate(ds):
         if text_field not in example:
-            raise ValueError(f"corpus.text_field: field {text_field!r} not in data set {name!r} "
-                             f"(example {i} has {sorted(example)})")
+            raise ValueError(
+                f"corpus.text_field: field {text_field!r} not in data set {name!r} "
+                f"(example {i} has {sorted(example)})"
+            )
         text = example[text_field]
         if text is None:
             continue
         if not isinstance(text, str):
-            raise ValueError(f"corpus.text_field: field {text_field!r} of data set {name!r} "
-                             f"is {type(text).__name__} in example {i}, expected a string")
+            raise ValueError(
+                f"corpus.text_field: field {text_field!r} of data set {name!r} "
+                f"is {type(text).__name__} in example {i}, expected a string"
+            )
         text = text.strip()
         if text:
             yield text
@@ -172,8 +192,9 @@ def iter_corpus(corpus: dict, base_dir: str | os.PathLike = ".") -> Iterator[str
     return _iter_hub(corpus, base_dir)
 
 
-def sample_corpus(corpus: dict, n_docs: int, mode: str = "first", seed: int = 1,
-                  base_dir: str | os.PathLike = ".") -> Iterator[str]:
+def sample_corpus(
+    corpus: dict, n_docs: int, mode: str = "first", seed: int = 1, base_dir: str | os.PathLike = "."
+) -> Iterator[str]:
     """The ``n_docs`` documents statistics are computed from, in a fixed order.
 
     ``first``: the corpus's first ``n_docs`` documents (:func:`iter_corpus`'s order).
@@ -194,8 +215,10 @@ def sample_corpus(corpus: dict, n_docs: int, mode: str = "first", seed: int = 1,
         text_of = lambda d: d  # noqa: E731
     else:
         if corpus.get("streaming", True):
-            raise ValueError("stats.sample: 'random' needs the corpus's length; set streaming: false "
-                             f"for hub corpus {corpus.get('dataset')!r}")
+            raise ValueError(
+                "stats.sample: 'random' needs the corpus's length; set streaming: false "
+                f"for hub corpus {corpus.get('dataset')!r}"
+            )
         docs = _hub_dataset(corpus, base_dir)
         field = corpus.get("text_field", "text")
         text_of = lambda d: (d[field] or "").strip()  # noqa: E731
@@ -223,7 +246,7 @@ def corpus_fingerprint(corpus: dict, base_dir: str | os.PathLike = ".") -> str:
     elif corpus.get("data_files") is not None:
         resolved = _resolve_data_files(corpus["data_files"], base_dir)
         flat: list[Any] = []
-        for v in (resolved.values() if isinstance(resolved, dict) else [resolved]):
+        for v in resolved.values() if isinstance(resolved, dict) else [resolved]:
             flat.extend(v if isinstance(v, (list, tuple)) else [v])
         for p in flat:
             if isinstance(p, str) and Path(p).is_file():
@@ -241,5 +264,7 @@ def read_jsonl_docs(path: str | os.PathLike) -> Iterator[str]:
             try:
                 doc = json.loads(line)["text"]
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{lineno}: not a JSON object with a 'text' field ({err})") from None
+                raise ValueError(
+                    f"{path}:{lineno}: not a JSON object with a 'text' field ({err})"
+                ) from None
             yield doc

@@ -38,7 +38,6 @@ from typing import Any, Iterable
 
 from editscale.io.files import atomic_write_text
 
-
 log = logging.getLogger(__name__)
 
 
@@ -64,11 +63,23 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _get(record: dict, index: int, source: str, container: Any, key: str, path: str,
-         required: bool = True) -> Any:
+def _get(
+    record: dict,
+    index: int,
+    source: str,
+    container: Any,
+    key: str,
+    path: str,
+    required: bool = True,
+) -> Any:
     if not isinstance(container, dict):
-        raise _fail(record, index, source, path.rsplit(".", 1)[0],
-                    f"expected an object, got {_type_name(container)}")
+        raise _fail(
+            record,
+            index,
+            source,
+            path.rsplit(".", 1)[0],
+            f"expected an object, got {_type_name(container)}",
+        )
     if key not in container:
         if required:
             raise _fail(record, index, source, path, "missing")
@@ -76,22 +87,29 @@ def _get(record: dict, index: int, source: str, container: Any, key: str, path: 
     return container[key]
 
 
-def _check_str(record: dict, index: int, source: str, value: Any, path: str,
-               non_empty: bool = True) -> None:
+def _check_str(
+    record: dict, index: int, source: str, value: Any, path: str, non_empty: bool = True
+) -> None:
     if not isinstance(value, str):
-        raise _fail(record, index, source, path, f"expected a string, got {_type_name(value)} {value!r}")
+        raise _fail(
+            record, index, source, path, f"expected a string, got {_type_name(value)} {value!r}"
+        )
     if non_empty and not value.strip():
         raise _fail(record, index, source, path, "empty string")
 
 
 def _check_int(record: dict, index: int, source: str, value: Any, path: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise _fail(record, index, source, path, f"expected an integer, got {_type_name(value)} {value!r}")
+        raise _fail(
+            record, index, source, path, f"expected an integer, got {_type_name(value)} {value!r}"
+        )
 
 
 def _check_str_list(record: dict, index: int, source: str, value: Any, path: str) -> None:
     if not isinstance(value, list):
-        raise _fail(record, index, source, path, f"expected a list of strings, got {_type_name(value)}")
+        raise _fail(
+            record, index, source, path, f"expected a list of strings, got {_type_name(value)}"
+        )
     for i, item in enumerate(value):
         _check_str(record, index, source, item, f"{path}[{i}]")
 
@@ -104,22 +122,33 @@ def validate_record(record: dict, index: int, source: str = "<memory>") -> None:
     """
     if not isinstance(record, dict):
         raise RecordError(f"{source}: record {index}: expected an object, got {_type_name(record)}")
-    _check_int(record, index, source, _get(record, index, source, record, "case_id", "case_id"), "case_id")
+    _check_int(
+        record, index, source, _get(record, index, source, record, "case_id", "case_id"), "case_id"
+    )
     if "pararel_idx" in record:
         _check_int(record, index, source, record["pararel_idx"], "pararel_idx")
 
     rw = _get(record, index, source, record, "requested_rewrite", "requested_rewrite")
     if not isinstance(rw, dict):
-        raise _fail(record, index, source, "requested_rewrite", f"expected an object, got {_type_name(rw)}")
+        raise _fail(
+            record, index, source, "requested_rewrite", f"expected an object, got {_type_name(rw)}"
+        )
     prompt = _get(record, index, source, rw, "prompt", "requested_rewrite.prompt")
     _check_str(record, index, source, prompt, "requested_rewrite.prompt")
     n_slots = prompt.count("{}")
     if n_slots != 1:
-        raise _fail(record, index, source, "requested_rewrite.prompt",
-                    f"must contain exactly one '{{}}' subject slot, found {n_slots} in {prompt!r}")
+        raise _fail(
+            record,
+            index,
+            source,
+            "requested_rewrite.prompt",
+            f"must contain exactly one '{{}}' subject slot, found {n_slots} in {prompt!r}",
+        )
     subject = _get(record, index, source, rw, "subject", "requested_rewrite.subject")
     _check_str(record, index, source, subject, "requested_rewrite.subject")
-    relation = _get(record, index, source, rw, "relation_id", "requested_rewrite.relation_id", required=False)
+    relation = _get(
+        record, index, source, rw, "relation_id", "requested_rewrite.relation_id", required=False
+    )
     if relation is not None:
         _check_str(record, index, source, relation, "requested_rewrite.relation_id")
     for target in ("target_new", "target_true"):
@@ -127,16 +156,29 @@ def validate_record(record: dict, index: int, source: str = "<memory>") -> None:
         tgt = _get(record, index, source, rw, target, base)
         if not isinstance(tgt, dict):
             raise _fail(record, index, source, base, f"expected an object, got {_type_name(tgt)}")
-        _check_str(record, index, source, _get(record, index, source, tgt, "str", f"{base}.str"), f"{base}.str")
+        _check_str(
+            record,
+            index,
+            source,
+            _get(record, index, source, tgt, "str", f"{base}.str"),
+            f"{base}.str",
+        )
         if "id" in tgt:
             _check_str(record, index, source, tgt["id"], f"{base}.id")
     if rw["target_new"]["str"] == rw["target_true"]["str"]:
-        raise _fail(record, index, source, "requested_rewrite.target_new.str",
-                    f"equals requested_rewrite.target_true.str ({rw['target_true']['str']!r}): "
-                    f"the edit would change nothing")
+        raise _fail(
+            record,
+            index,
+            source,
+            "requested_rewrite.target_new.str",
+            f"equals requested_rewrite.target_true.str ({rw['target_true']['str']!r}): "
+            f"the edit would change nothing",
+        )
 
     for field in ("paraphrase_prompts", "neighborhood_prompts"):
-        _check_str_list(record, index, source, _get(record, index, source, record, field, field), field)
+        _check_str_list(
+            record, index, source, _get(record, index, source, record, field, field), field
+        )
     for field in ("attribute_prompts", "generation_prompts"):
         if field in record:
             _check_str_list(record, index, source, record[field], field)
@@ -156,12 +198,16 @@ def load_counterfact(path: str | os.PathLike) -> list[dict]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise RecordError(f"{source}: not UTF-8 text: byte {raw[exc.start:exc.start + 1]!r} at byte offset "
-                          f"{exc.start} (line {line}): {exc.reason}") from exc
+        raise RecordError(
+            f"{source}: not UTF-8 text: byte {raw[exc.start : exc.start + 1]!r} at byte offset "
+            f"{exc.start} (line {line}): {exc.reason}"
+        ) from exc
     try:
         records = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise RecordError(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+        raise RecordError(
+            f"{source}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from exc
     if not isinstance(records, list):
         raise RecordError(f"{source}: expected a JSON list of records, got {_type_name(records)}")
     if not records:
@@ -171,8 +217,13 @@ def load_counterfact(path: str | os.PathLike) -> list[dict]:
         validate_record(rec, i, source)
         cid = rec["case_id"]
         if cid in first_index:
-            raise _fail(rec, i, source, "case_id",
-                        f"duplicate case_id {cid} (first seen at record {first_index[cid]})")
+            raise _fail(
+                rec,
+                i,
+                source,
+                "case_id",
+                f"duplicate case_id {cid} (first seen at record {first_index[cid]})",
+            )
         first_index[cid] = i
     log.info("loaded %d CounterFact records from %s", len(records), source)
     return records
@@ -235,8 +286,9 @@ def make_orderings(case_ids: list[int], n_samples: int, seed: int) -> list[list[
     return samples
 
 
-def ordering_sample(case_ids: Iterable[int], sample: int, seed: int,
-                    exclude: Iterable[int] = ()) -> list[int]:
+def ordering_sample(
+    case_ids: Iterable[int], sample: int, seed: int, exclude: Iterable[int] = ()
+) -> list[int]:
     """Sample ``sample`` (0-based) of the authors' orderings, with ``exclude`` dropped afterwards.
 
     The shuffles run on the ascending list of ALL ``case_ids`` (the authors' list of unique-subject
@@ -265,8 +317,12 @@ def read_ordering(path: str | os.PathLike) -> list[int]:
         try:
             data = json.load(f)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+            raise ValueError(
+                f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+            ) from exc
     ids = data.get("case_ids") if isinstance(data, dict) else None
-    if not isinstance(ids, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in ids):
+    if not isinstance(ids, list) or not all(
+        isinstance(c, int) and not isinstance(c, bool) for c in ids
+    ):
         raise ValueError(f"{path}: expected an object with 'case_ids': a list of integers")
     return ids

@@ -1,5 +1,4 @@
-"""Downloads with a checksum, and relative links to files kept in place.
-"""
+"""Downloads with a checksum, and relative links to files kept in place."""
 
 from __future__ import annotations
 
@@ -45,7 +44,9 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None) 
         if have == expected:
             log.info("%s already present with the expected sha256", dest)
             return have
-        log.warning("%s exists with sha256 %s, expected %s: downloading again", dest, have, expected)
+        log.warning(
+            "%s exists with sha256 %s, expected %s: downloading again", dest, have, expected
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     h = hashlib.sha256()

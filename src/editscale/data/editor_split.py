@@ -15,13 +15,17 @@ import random
 from pathlib import Path
 
 
-def make_editor_split(case_ids: list[int], n_train: int, n_val: int, seed: int) -> dict[str, list[int]]:
+def make_editor_split(
+    case_ids: list[int], n_train: int, n_val: int, seed: int
+) -> dict[str, list[int]]:
     """{"train": [...], "val": [...]}: a seeded sample of ``case_ids`` (order kept as drawn)."""
     if n_train < 1 or n_val < 1:
         raise ValueError("editor_training: n_train and n_val must be >= 1")
     if n_train + n_val > len(case_ids):
-        raise ValueError(f"config key 'editor_training': n_train + n_val = {n_train + n_val} but only "
-                         f"{len(case_ids)} usable records exist")
+        raise ValueError(
+            f"config key 'editor_training': n_train + n_val = {n_train + n_val} but only "
+            f"{len(case_ids)} usable records exist"
+        )
     picked = random.Random(seed).sample(sorted(case_ids), n_train + n_val)
     return {"train": picked[:n_train], "val": picked[n_train:]}
 

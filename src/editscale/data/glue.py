@@ -60,8 +60,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
-
-
 log = logging.getLogger(__name__)
 
 INVALID = -1
@@ -82,15 +80,23 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         if not self.template.endswith(self.answer_cue):
-            raise ValueError(f"task {self.name}: template must end with the answer cue {self.answer_cue!r}")
+            raise ValueError(
+                f"task {self.name}: template must end with the answer cue {self.answer_cue!r}"
+            )
         if sum(self.demo_balance.values()) != self.n_shots:
-            raise ValueError(f"task {self.name}: demo_balance {self.demo_balance} does not sum to {self.n_shots}")
+            raise ValueError(
+                f"task {self.name}: demo_balance {self.demo_balance} does not sum to {self.n_shots}"
+            )
 
-    def render(self, example: Mapping, with_answer: bool, label_words: Mapping | None = None) -> str:
+    def render(
+        self, example: Mapping, with_answer: bool, label_words: Mapping | None = None
+    ) -> str:
         """The example in the prompt shape; with ``with_answer`` followed by ``" " + label word``."""
         missing = [f for f in self.fields if f not in example]
         if missing:
-            raise KeyError(f"task {self.name}: example idx={example.get('idx')} lacks fields {missing}")
+            raise KeyError(
+                f"task {self.name}: example idx={example.get('idx')} lacks fields {missing}"
+            )
         text = self.template.format_map({f: example[f] for f in self.fields})
         if not with_answer:
             return text
@@ -103,25 +109,45 @@ class TaskSpec:
 
 TASKS: dict[str, TaskSpec] = {
     "sst2": TaskSpec(
-        name="sst2", n_shots=4, label_words={0: "negative", 1: "positive"},
-        answer_cue="Sentiment :", template="Review : {sentence}\nSentiment :", fields=("sentence",),
-        demo_balance={0: 2, 1: 2}, answer_priority=("positive", "negative"),
+        name="sst2",
+        n_shots=4,
+        label_words={0: "negative", 1: "positive"},
+        answer_cue="Sentiment :",
+        template="Review : {sentence}\nSentiment :",
+        fields=("sentence",),
+        demo_balance={0: 2, 1: 2},
+        answer_priority=("positive", "negative"),
     ),
     "mrpc": TaskSpec(
-        name="mrpc", n_shots=6, label_words={0: "No", 1: "Yes"}, answer_cue="Answer:",
+        name="mrpc",
+        n_shots=6,
+        label_words={0: "No", 1: "Yes"},
+        answer_cue="Answer:",
         template="Are the sentences paraphrases of each other.\nSentence 1: {sentence1}\n"
-                 "Sentence 2: {sentence2}\nAnswer:",
-        fields=("sentence1", "sentence2"), demo_balance={0: 3, 1: 3}, answer_priority=("Yes", "No"),
+        "Sentence 2: {sentence2}\nAnswer:",
+        fields=("sentence1", "sentence2"),
+        demo_balance={0: 3, 1: 3},
+        answer_priority=("Yes", "No"),
     ),
     "cola": TaskSpec(
-        name="cola", n_shots=6, label_words={0: "No", 1: "Yes"}, answer_cue="Answer :",
+        name="cola",
+        n_shots=6,
+        label_words={0: "No", 1: "Yes"},
+        answer_cue="Answer :",
         template="Is this sentence linguistically acceptable?\nSentence : {sentence}\nAnswer :",
-        fields=("sentence",), demo_balance={0: 3, 1: 3}, answer_priority=("Yes", "No"),
+        fields=("sentence",),
+        demo_balance={0: 3, 1: 3},
+        answer_priority=("Yes", "No"),
     ),
     "rte": TaskSpec(
-        name="rte", n_shots=3, label_words={0: "True", 1: "False"}, answer_cue="answer:",
+        name="rte",
+        n_shots=3,
+        label_words={0: "True", 1: "False"},
+        answer_cue="answer:",
         template="{sentence1}\nquestion: {sentence2} True or False?\nanswer:",
-        fields=("sentence1", "sentence2"), demo_balance={0: 2, 1: 1}, answer_priority=("False", "True"),
+        fields=("sentence1", "sentence2"),
+        demo_balance={0: 2, 1: 1},
+        answer_priority=("False", "True"),
     ),
 }
 
@@ -135,42 +161,67 @@ AUTHORS_DEMONSTRATIONS: dict[str, list[dict]] = {
         {"sentence": "fashioning an engrossing entertainment out", "label": 1},
     ],
     "mrpc": [
-        {"sentence1": "Mr McDevitt has been granted control of three crucial aspects of policing in the Solomons.",
-         "sentence2": "Mr McDevitt has been granted control of three aspects of policing by Commissioner William Morrell.",
-         "label": 0},
-        {"sentence1": "They had published an advertisement on the Internet on June 10, offering the cargo for sale, he added.",
-         "sentence2": "On June 10, the ship's owners had published an advertisement on the Internet, offering the explosives for sale.",
-         "label": 1},
-        {"sentence1": "In 2002, Linksys overtook Cisco Systems as the leading wireless equipment vendor, accounting for 14.1 percent of revenue.",
-         "sentence2": "Rolfe said Linksys overtook Cisco Systems last year as the leading supplier of WLAN equipment.",
-         "label": 0},
-        {"sentence1": "The notification was first reported Friday by MSNBC.",
-         "sentence2": "MSNBC.com first reported the CIA request on Friday.", "label": 1},
-        {"sentence1": "\"The anticipated global sales improvement in the month of June did not materialize\", said Chief Financial Officer Robert Rivet.",
-         "sentence2": "\"The anticipated global sales improvement in the month of June did not materialize as we had anticipated\", the company said.",
-         "label": 1},
-        {"sentence1": "That compared with $ 35.18 million, or 24 cents per share, in the year-ago period.",
-         "sentence2": "Earnings were affected by a non-recurring $8 million tax benefit in the year-ago period.",
-         "label": 0},
+        {
+            "sentence1": "Mr McDevitt has been granted control of three crucial aspects of policing in the Solomons.",
+            "sentence2": "Mr McDevitt has been granted control of three aspects of policing by Commissioner William Morrell.",
+            "label": 0,
+        },
+        {
+            "sentence1": "They had published an advertisement on the Internet on June 10, offering the cargo for sale, he added.",
+            "sentence2": "On June 10, the ship's owners had published an advertisement on the Internet, offering the explosives for sale.",
+            "label": 1,
+        },
+        {
+            "sentence1": "In 2002, Linksys overtook Cisco Systems as the leading wireless equipment vendor, accounting for 14.1 percent of revenue.",
+            "sentence2": "Rolfe said Linksys overtook Cisco Systems last year as the leading supplier of WLAN equipment.",
+            "label": 0,
+        },
+        {
+            "sentence1": "The notification was first reported Friday by MSNBC.",
+            "sentence2": "MSNBC.com first reported the CIA request on Friday.",
+            "label": 1,
+        },
+        {
+            "sentence1": '"The anticipated global sales improvement in the month of June did not materialize", said Chief Financial Officer Robert Rivet.',
+            "sentence2": '"The anticipated global sales improvement in the month of June did not materialize as we had anticipated", the company said.',
+            "label": 1,
+        },
+        {
+            "sentence1": "That compared with $ 35.18 million, or 24 cents per share, in the year-ago period.",
+            "sentence2": "Earnings were affected by a non-recurring $8 million tax benefit in the year-ago period.",
+            "label": 0,
+        },
     ],
     "cola": [
         {"sentence": "Bill pushed Harry off the sofa for hours.", "label": 0},
         {"sentence": "Bill floated down the river for hours.", "label": 1},
-        {"sentence": "It is important for the more you eat, the more careful you to be.", "label": 0},
+        {
+            "sentence": "It is important for the more you eat, the more careful you to be.",
+            "label": 0,
+        },
         {"sentence": "It is important for you to be more careful, the more you eat.", "label": 1},
         {"sentence": "Mary will believe Susan, and you will Bob.", "label": 1},
         {"sentence": "You will Bob believe.", "label": 0},
     ],
     "rte": [
-        {"sentence1": "Cyrus captured Babylon without a battle, and remedied the evils done by previous Assyrian "
-                      "and Babylonian rulers by sending prisoners in Babylonia back to their original homelands "
-                      "and aiding in the restoration of temples of the gods of various nations.",
-         "sentence2": "Babylon surrendered to Cyrus without going to battle.", "label": 0},
-        {"sentence1": "Successful plaintiffs recovered punitive damages in Texas discrimination cases 53% of the time.",
-         "sentence2": "Legal costs to recover punitive damages are a deductible business expense.", "label": 1},
-        {"sentence1": "The gastric bypass operation, also known as stomach stapling, has become the most common "
-                      "surgical procedure for treating obesity.",
-         "sentence2": "Obesity is medically treated.", "label": 0},
+        {
+            "sentence1": "Cyrus captured Babylon without a battle, and remedied the evils done by previous Assyrian "
+            "and Babylonian rulers by sending prisoners in Babylonia back to their original homelands "
+            "and aiding in the restoration of temples of the gods of various nations.",
+            "sentence2": "Babylon surrendered to Cyrus without going to battle.",
+            "label": 0,
+        },
+        {
+            "sentence1": "Successful plaintiffs recovered punitive damages in Texas discrimination cases 53% of the time.",
+            "sentence2": "Legal costs to recover punitive damages are a deductible business expense.",
+            "label": 1,
+        },
+        {
+            "sentence1": "The gastric bypass operation, also known as stomach stapling, has become the most common "
+            "surgical procedure for treating obesity.",
+            "sentence2": "Obesity is medically treated.",
+            "label": 0,
+        },
     ],
 }
 
@@ -178,7 +229,10 @@ AUTHORS_DEMONSTRATIONS: dict[str, list[dict]] = {
 # class sizes in first-seen label order (what their shuffles consumed).
 AUTHORS_TASK_ORDER: tuple[str, ...] = ("sst2", "mrpc", "cola", "rte")
 AUTHORS_GLUE_CLASS_SIZES: dict[str, tuple[int, ...]] = {
-    "sst2": (444, 428), "mrpc": (279, 129), "cola": (721, 322), "rte": (131, 146),
+    "sst2": (444, 428),
+    "mrpc": (279, 129),
+    "cola": (721, 322),
+    "rte": (131, 146),
 }
 
 SELECTIONS = ("seeded", "authors_chain")
@@ -190,8 +244,10 @@ DEMO_SOURCES = ("sampled", "authors")
 
 GLUE_DIRS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}
 HUB_FIELDS = {
-    "sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"),
-    "rte": ("sentence1", "sentence2"), "cola": ("sentence",),
+    "sst2": ("sentence",),
+    "mrpc": ("sentence1", "sentence2"),
+    "rte": ("sentence1", "sentence2"),
+    "cola": ("sentence",),
 }
 
 
@@ -207,11 +263,27 @@ class _FileFormat:
 
 
 _FILE_FORMATS = {
-    "sst2": _FileFormat(("sentence", "label"), 2, csv.QUOTE_NONE, "utf-8", 1, {"sentence": 0}, None),
-    "mrpc": _FileFormat(("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"), 5, csv.QUOTE_NONE,
-                        "utf-8-sig", 0, {"sentence1": 3, "sentence2": 4}, None),
-    "rte": _FileFormat(("sentence1", "sentence2", "label", "idx"), 4, csv.QUOTE_MINIMAL, "utf-8", 2,
-                       {"sentence1": 0, "sentence2": 1}, 3),
+    "sst2": _FileFormat(
+        ("sentence", "label"), 2, csv.QUOTE_NONE, "utf-8", 1, {"sentence": 0}, None
+    ),
+    "mrpc": _FileFormat(
+        ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"),
+        5,
+        csv.QUOTE_NONE,
+        "utf-8-sig",
+        0,
+        {"sentence1": 3, "sentence2": 4},
+        None,
+    ),
+    "rte": _FileFormat(
+        ("sentence1", "sentence2", "label", "idx"),
+        4,
+        csv.QUOTE_MINIMAL,
+        "utf-8",
+        2,
+        {"sentence1": 0, "sentence2": 1},
+        3,
+    ),
     "cola": _FileFormat(None, 4, csv.QUOTE_NONE, "utf-8", 1, {"sentence": 3}, None),
 }
 
@@ -248,7 +320,9 @@ def _tsv_rows(path: Path, fmt: _FileFormat) -> Iterator[tuple[int, list[str]]]:
                 continue
             first = False
             if len(row) != fmt.n_cols:
-                raise ValueError(f"{path}:{line}: expected {fmt.n_cols} tab-separated fields, got {len(row)}")
+                raise ValueError(
+                    f"{path}:{line}: expected {fmt.n_cols} tab-separated fields, got {len(row)}"
+                )
             yield line, row
 
 
@@ -292,9 +366,14 @@ def _load_hub(task: str, source: Mapping, base_dir: Path) -> list[dict]:
         if source.get(key):
             kwargs[key] = source[key]
     if not source.get("data_files") and not source.get("revision"):
-        log.warning("downstream source %s has no pinned revision: the download may change over time", dataset)
+        log.warning(
+            "downstream source %s has no pinned revision: the download may change over time",
+            dataset,
+        )
     if source.get("data_files"):
-        ds = load_dataset(dataset, data_files=_resolve_data_files(source["data_files"], base_dir), **kwargs)
+        ds = load_dataset(
+            dataset, data_files=_resolve_data_files(source["data_files"], base_dir), **kwargs
+        )
     else:
         ds = load_dataset(dataset, source.get("config", task), **kwargs)
     fields = HUB_FIELDS[task]
@@ -332,7 +411,9 @@ def load_glue(task: str, source: Mapping, base_dir: str | Path = ".") -> list[di
         examples = _load_hub(task, source, base)
         origin = f"{source.get('dataset', 'glue')}@{source.get('revision')}"
     else:
-        raise ValueError(f"unknown downstream data source type {kind!r} (use 'glue_files' or 'hub')")
+        raise ValueError(
+            f"unknown downstream data source type {kind!r} (use 'glue_files' or 'hub')"
+        )
     seen: set[int] = set()
     for ex in examples:
         if ex["idx"] in seen:
@@ -375,8 +456,9 @@ def _by_label(examples: Iterable[dict]) -> dict[int, list[dict]]:
     return groups
 
 
-def select_balanced(examples: Sequence[dict], n_per_label: int, seed: int, *,
-                    rng: random.Random | None = None) -> list[dict]:
+def select_balanced(
+    examples: Sequence[dict], n_per_label: int, seed: int, *, rng: random.Random | None = None
+) -> list[dict]:
     """``n_per_label`` examples of every label, shuffled; deterministic for a seed.
 
     The authors' procedure (see the module docstring). ``rng`` replaces ``Random(seed)``
@@ -402,7 +484,9 @@ def authors_rng(task_name: str, n_per_label: int, seed: int = 37) -> random.Rand
     with the GLUE class sizes reproduces the global generator's state.
     """
     if task_name not in AUTHORS_TASK_ORDER:
-        raise ValueError(f"selection 'authors_chain' covers only {AUTHORS_TASK_ORDER}, not {task_name!r}")
+        raise ValueError(
+            f"selection 'authors_chain' covers only {AUTHORS_TASK_ORDER}, not {task_name!r}"
+        )
     rng = random.Random(seed)
     for prev in AUTHORS_TASK_ORDER[: AUTHORS_TASK_ORDER.index(task_name)]:
         sizes = AUTHORS_GLUE_CLASS_SIZES[prev]
@@ -412,8 +496,9 @@ def authors_rng(task_name: str, n_per_label: int, seed: int = 37) -> random.Rand
     return rng
 
 
-def select_demonstrations(examples: Sequence[dict], exclude_idx: set, task: TaskSpec | str,
-                          seed: int) -> list[dict]:
+def select_demonstrations(
+    examples: Sequence[dict], exclude_idx: set, task: TaskSpec | str, seed: int
+) -> list[dict]:
     """Few-shot demonstrations from examples outside ``exclude_idx``, balanced per the task.
 
     ``task.demo_balance[label]`` examples of each label are sampled with ``Random(seed)`` and the
@@ -427,15 +512,18 @@ def select_demonstrations(examples: Sequence[dict], exclude_idx: set, task: Task
         need = spec.demo_balance[label]
         cands = pool.get(label, [])
         if len(cands) < need:
-            raise ValueError(f"task {spec.name}: only {len(cands)} examples of label {label} outside the "
-                             f"evaluation set, {need} demonstrations needed")
+            raise ValueError(
+                f"task {spec.name}: only {len(cands)} examples of label {label} outside the "
+                f"evaluation set, {need} demonstrations needed"
+            )
         demos += rng.sample(cands, need)
     rng.shuffle(demos)
     return demos
 
 
-def build_prompts(task: TaskSpec | str, eval_examples: Sequence[dict], demos: Sequence[dict],
-                  label_words: Mapping) -> list[str]:
+def build_prompts(
+    task: TaskSpec | str, eval_examples: Sequence[dict], demos: Sequence[dict], label_words: Mapping
+) -> list[str]:
     """One prompt per example: each demonstration + ``"\\n\\n"``, then the query up to the cue."""
     spec = task_spec(task) if isinstance(task, str) else task
     words = int_label_words(label_words)
@@ -443,8 +531,14 @@ def build_prompts(task: TaskSpec | str, eval_examples: Sequence[dict], demos: Se
     return [context + spec.render(ex, False, words) for ex in eval_examples]
 
 
-def parse_answer(generated: str, label_words: Mapping, *, cue: str | None = None,
-                 priority: Sequence[str] | None = None, case_sensitive: bool = True) -> int:
+def parse_answer(
+    generated: str,
+    label_words: Mapping,
+    *,
+    cue: str | None = None,
+    priority: Sequence[str] | None = None,
+    case_sensitive: bool = True,
+) -> int:
     """The label whose word occurs in ``generated``; ``-1`` when none (or an ambiguous tie).
 
     Only the text after the last occurrence of ``cue`` (if given and present) is searched.
@@ -474,9 +568,16 @@ def parse_answer(generated: str, label_words: Mapping, *, cue: str | None = None
     return winners[0] if len(winners) == 1 else INVALID
 
 
-def prepare_task_set(task_name: str, examples: Sequence[dict], n_per_label: int, seed: int,
-                     rte_mapping: str = "natural", *, selection: str = "seeded",
-                     demo_source: str = "sampled") -> dict:
+def prepare_task_set(
+    task_name: str,
+    examples: Sequence[dict],
+    n_per_label: int,
+    seed: int,
+    rte_mapping: str = "natural",
+    *,
+    selection: str = "seeded",
+    demo_source: str = "sampled",
+) -> dict:
     """The fixed evaluation set of one task (JSON-serialisable), reused for every checkpoint.
 
     ``selection``: ``seeded`` (``Random(seed)`` per task) or ``authors_chain`` (the authors'
@@ -487,7 +588,9 @@ def prepare_task_set(task_name: str, examples: Sequence[dict], n_per_label: int,
     if selection not in SELECTIONS:
         raise ValueError(f"downstream selection must be one of {SELECTIONS}, got {selection!r}")
     if demo_source not in DEMO_SOURCES:
-        raise ValueError(f"downstream demo source must be one of {DEMO_SOURCES}, got {demo_source!r}")
+        raise ValueError(
+            f"downstream demo source must be one of {DEMO_SOURCES}, got {demo_source!r}"
+        )
     words = label_words_for(task_name, rte_mapping)
     rng = authors_rng(task_name, n_per_label, seed) if selection == "authors_chain" else None
     eval_examples = select_balanced(examples, n_per_label, seed, rng=rng)

@@ -47,15 +47,35 @@ import torch
 
 from editscale.editors import load_editor_module
 from editscale.editors.base import apply_updates, edited_tensor_names
-from editscale.lm.scoring import evaluate_record
 from editscale.lm.models import arch_of, edit_parameter, weight_out_in
+from editscale.lm.scoring import evaluate_record
 
 log = logging.getLogger(__name__)
 
-ROW_FIELDS = ("case_id", "subject", "prompt", "subject_first", "subject_tokens", "ratio", "update_norm",
-              "denominator", "key_cos", "value_gap", "key_gap", "k_norm", "ratio_isotropic", "v_clamp", "v_nll",
-              "es_before", "ps_before",
-              "ns_before", "es_after", "ps_after", "ns_after", "seconds")
+ROW_FIELDS = (
+    "case_id",
+    "subject",
+    "prompt",
+    "subject_first",
+    "subject_tokens",
+    "ratio",
+    "update_norm",
+    "denominator",
+    "key_cos",
+    "value_gap",
+    "key_gap",
+    "k_norm",
+    "ratio_isotropic",
+    "v_clamp",
+    "v_nll",
+    "es_before",
+    "ps_before",
+    "ns_before",
+    "es_after",
+    "ps_after",
+    "ns_after",
+    "seconds",
+)
 
 
 def subject_token_span(tok, prompt: str, subject: str) -> tuple[int, int]:
@@ -68,7 +88,9 @@ def subject_token_span(tok, prompt: str, subject: str) -> tuple[int, int]:
     text = pre + subject + post
     start, end = len(pre), len(pre) + len(subject)
     enc = tok(text, return_offsets_mapping=True)
-    covered = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < end and e > start]
+    covered = [
+        i for i, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < end and e > start
+    ]
     if not covered:
         raise ValueError(f"subject {subject!r} not found among the tokens of {text!r}")
     return covered[0], covered[-1] - covered[0] + 1
@@ -80,10 +102,14 @@ def spectrum(second_moment: torch.Tensor | None) -> dict[str, float] | None:
         return None
     ev = torch.linalg.eigvalsh(second_moment.double()).cpu().numpy()
     top, low = float(ev[-1]), float(ev[0])
-    return {"dim": int(ev.size), "eig_max": top, "eig_min": low,
-            "condition": top / low if low > 0 else math.inf,
-            "n_below_1e-6_max": int((ev < 1e-6 * top).sum()),
-            "eig_median": float(np.median(ev))}
+    return {
+        "dim": int(ev.size),
+        "eig_max": top,
+        "eig_min": low,
+        "condition": top / low if low > 0 else math.inf,
+        "n_below_1e-6_max": int((ev < 1e-6 * top).sum()),
+        "eig_median": float(np.median(ev)),
+    }
 
 
 def _quantiles(x: np.ndarray) -> dict[str, float]:
@@ -91,12 +117,25 @@ def _quantiles(x: np.ndarray) -> dict[str, float]:
     if not x.size:
         return {}
     q = np.quantile(x, [0.0, 0.1, 0.5, 0.9, 1.0])
-    return {"min": float(q[0]), "p10": float(q[1]), "median": float(q[2]), "p90": float(q[3]), "max": float(q[4]),
-            "mean": float(x.mean())}
+    return {
+        "min": float(q[0]),
+        "p10": float(q[1]),
+        "median": float(q[2]),
+        "p90": float(q[3]),
+        "max": float(q[4]),
+        "mean": float(x.mean()),
+    }
 
 
-def diagnose_record(model, tok, editor, record: dict, weights: dict[str, torch.Tensor], second_moment_inv,
-                    batch_size: int = 64) -> dict:
+def diagnose_record(
+    model,
+    tok,
+    editor,
+    record: dict,
+    weights: dict[str, torch.Tensor],
+    second_moment_inv,
+    batch_size: int = 64,
+) -> dict:
     """One record: update statistics and ES/PS/NS before and after, weights restored afterwards."""
     t0 = time.perf_counter()
     spec = arch_of(model)
@@ -107,11 +146,21 @@ def diagnose_record(model, tok, editor, record: dict, weights: dict[str, torch.T
     w0 = weight_out_in(weights[main.module], spec)
     update_norm = float(np.sqrt(sum(u.frobenius_norm() ** 2 for u in res.updates)))
     w_norm = float(np.sqrt(sum(float(weights[u.module].double().norm()) ** 2 for u in res.updates)))
-    row = {"case_id": record["case_id"], "subject": rw["subject"], "prompt": rw["prompt"],
-           "update_norm": update_norm, "ratio": update_norm / w_norm,
-           "denominator": math.nan, "key_cos": math.nan, "value_gap": math.nan, "key_gap": math.nan,
-           "k_norm": math.nan, "ratio_isotropic": math.nan, "v_clamp": math.nan,
-           "v_nll": float(res.info.get("v_nll", math.nan))}
+    row = {
+        "case_id": record["case_id"],
+        "subject": rw["subject"],
+        "prompt": rw["prompt"],
+        "update_norm": update_norm,
+        "ratio": update_norm / w_norm,
+        "denominator": math.nan,
+        "key_cos": math.nan,
+        "value_gap": math.nan,
+        "key_gap": math.nan,
+        "k_norm": math.nan,
+        "ratio_isotropic": math.nan,
+        "v_clamp": math.nan,
+        "v_nll": float(res.info.get("v_nll", math.nan)),
+    }
     first, n_tok = subject_token_span(tok, rw["prompt"], rw["subject"])
     row.update(subject_first=int(first == 0), subject_tokens=n_tok)
     vec = res.vectors
@@ -131,7 +180,9 @@ def diagnose_record(model, tok, editor, record: dict, weights: dict[str, torch.T
         row["ratio_isotropic"] = row["value_gap"] / (row["k_norm"] * w_norm)
         clamp = getattr(getattr(editor, "hp", None), "clamp_norm_factor", None)
         if clamp and res.info.get("target_init_norm"):
-            row["v_clamp"] = float(res.info["delta_norm"]) / (clamp * float(res.info["target_init_norm"]))
+            row["v_clamp"] = float(res.info["delta_norm"]) / (
+                clamp * float(res.info["target_init_norm"])
+            )
     apply_updates(model, res.updates, spec)
     try:
         after = evaluate_record(model, tok, record, batch_size=batch_size)
@@ -148,21 +199,34 @@ def diagnose_record(model, tok, editor, record: dict, weights: dict[str, torch.T
 
 def summarise(rows: Sequence[dict], second_moment: torch.Tensor | None) -> dict:
     """Medians, quantiles and means over the records, the spectrum of C, the first-token split."""
-    col = {k: np.array([r[k] for r in rows], dtype=float) for k in ROW_FIELDS
-           if k not in ("subject", "prompt")}
+    col = {
+        k: np.array([r[k] for r in rows], dtype=float)
+        for k in ROW_FIELDS
+        if k not in ("subject", "prompt")
+    }
     first = col["subject_first"] == 1
-    out = {"n_records": len(rows),
-           "ratio": _quantiles(col["ratio"]), "update_norm": _quantiles(col["update_norm"]),
-           "denominator": _quantiles(col["denominator"]), "key_cos": _quantiles(col["key_cos"]),
-           "value_gap": _quantiles(col["value_gap"]), "key_gap": _quantiles(col["key_gap"]),
-           "ratio_isotropic": _quantiles(col["ratio_isotropic"]), "v_clamp": _quantiles(col["v_clamp"]),
-           "v_nll": _quantiles(col["v_nll"]),
-           "subject_first_fraction": float(first.mean()) if rows else math.nan,
-           "ratio_median_subject_first": float(np.median(col["ratio"][first])) if first.any() else None,
-           "ratio_median_subject_inside": float(np.median(col["ratio"][~first])) if (~first).any() else None,
-           "subject_tokens_mean": float(col["subject_tokens"].mean()) if rows else math.nan,
-           "seconds_per_record": float(col["seconds"].mean()) if rows else math.nan,
-           "spectrum": spectrum(second_moment)}
+    out = {
+        "n_records": len(rows),
+        "ratio": _quantiles(col["ratio"]),
+        "update_norm": _quantiles(col["update_norm"]),
+        "denominator": _quantiles(col["denominator"]),
+        "key_cos": _quantiles(col["key_cos"]),
+        "value_gap": _quantiles(col["value_gap"]),
+        "key_gap": _quantiles(col["key_gap"]),
+        "ratio_isotropic": _quantiles(col["ratio_isotropic"]),
+        "v_clamp": _quantiles(col["v_clamp"]),
+        "v_nll": _quantiles(col["v_nll"]),
+        "subject_first_fraction": float(first.mean()) if rows else math.nan,
+        "ratio_median_subject_first": float(np.median(col["ratio"][first]))
+        if first.any()
+        else None,
+        "ratio_median_subject_inside": float(np.median(col["ratio"][~first]))
+        if (~first).any()
+        else None,
+        "subject_tokens_mean": float(col["subject_tokens"].mean()) if rows else math.nan,
+        "seconds_per_record": float(col["seconds"].mean()) if rows else math.nan,
+        "spectrum": spectrum(second_moment),
+    }
     for k in ("es", "ps", "ns"):
         out[f"{k}_before"] = float(np.mean(col[f"{k}_before"]))
         out[f"{k}_after"] = float(np.mean(col[f"{k}_after"]))
@@ -170,9 +234,18 @@ def summarise(rows: Sequence[dict], second_moment: torch.Tensor | None) -> dict:
     return out
 
 
-def run_diagnostic(model, tok, *, editor_name: str, hparams: dict, records: Sequence[dict],
-                   second_moment: torch.Tensor | None, seed: int, batch_size: int = 64,
-                   progress_every_s: float = 30.0) -> tuple[list[dict], dict]:
+def run_diagnostic(
+    model,
+    tok,
+    *,
+    editor_name: str,
+    hparams: dict,
+    records: Sequence[dict],
+    second_moment: torch.Tensor | None,
+    seed: int,
+    batch_size: int = 64,
+    progress_every_s: float = 30.0,
+) -> tuple[list[dict], dict]:
     """Apply every record alone to ``model`` (left unchanged); return per-record rows and a summary."""
     editor = load_editor_module(editor_name).make_editor(model, tok, hparams, second_moment, seed)
     # every tensor the editor changes (an edited bias too: FT-C include_bias), restored after each record
@@ -187,22 +260,36 @@ def run_diagnostic(model, tok, *, editor_name: str, hparams: dict, records: Sequ
         now = time.perf_counter()
         if now - last >= progress_every_s or i == len(records):
             ratios = np.array([r["ratio"] for r in rows])
-            log.info("single edits %d/%d: median ||dW||/||W|| %.3g | %.1f s elapsed, ~%.0f s left", i,
-                     len(records), float(np.median(ratios)), now - t0, (now - t0) / i * (len(records) - i))
+            log.info(
+                "single edits %d/%d: median ||dW||/||W|| %.3g | %.1f s elapsed, ~%.0f s left",
+                i,
+                len(records),
+                float(np.median(ratios)),
+                now - t0,
+                (now - t0) / i * (len(records) - i),
+            )
             last = now
     return rows, summarise(rows, second_moment)
 
 
 def edit_gate_values(summary: dict) -> dict[str, float]:
     """The edit gates' measured values: median ratio, single-edit ES and PS, mean NS drop."""
-    return {"edit_ratio_median": summary["ratio"]["median"], "edit_es": summary["es_after"],
-            "edit_ps": summary["ps_after"], "edit_ns_drop": summary["ns_drop"]}
+    return {
+        "edit_ratio_median": summary["ratio"]["median"],
+        "edit_es": summary["es_after"],
+        "edit_ps": summary["ps_after"],
+        "edit_ns_drop": summary["ns_drop"],
+    }
 
 
 def edit_gate_failures(values: dict[str, float], gates: dict) -> list[str]:
     """Misses of the edit gates (ratio and NS drop are upper limits, ES and PS lower limits)."""
-    checks = (("edit_ratio_median", "max_ratio_median", "<="), ("edit_es", "min_es", ">="),
-              ("edit_ps", "min_ps", ">="), ("edit_ns_drop", "max_ns_drop", "<="))
+    checks = (
+        ("edit_ratio_median", "max_ratio_median", "<="),
+        ("edit_es", "min_es", ">="),
+        ("edit_ps", "min_ps", ">="),
+        ("edit_ns_drop", "max_ns_drop", "<="),
+    )
     out = []
     for name, key, op in checks:
         limit = gates.get(key)
@@ -223,37 +310,49 @@ def _fmt(x, digits: int = 3) -> str:
 def markdown(summary: dict, title: str) -> str:
     """The summary as a Markdown table (the README shows one per model)."""
     s, sp = summary, summary.get("spectrum") or {}
+
     def q(key: str) -> str:
         if not s.get(key):
             return "not recorded"
         return f"{_fmt(s[key].get('median'))} ({_fmt(s[key].get('p10'))}-{_fmt(s[key].get('p90'))})"
 
-    lines = [f"**{title}** ({s['n_records']} single edits; median, 10th-90th percentile)", "",
-             "| quantity | value |", "|---|---|",
-             f"| ‖ΔW‖_F / ‖W‖_F | {q('ratio')} |",
-             f"| ‖ΔW‖_F | {q('update_norm')} |",
-             f"| denominator k·u | {q('denominator')} |",
-             f"| cos(k*, C⁻¹k*) | {q('key_cos')} |",
-             f"| value gap ‖v*−Wk‖ | {q('value_gap')} |",
-             f"| key gap ‖k*−k‖/‖k‖ | {q('key_gap')} |",
-             f"| ratio if C were isotropic | {q('ratio_isotropic')} |",
-             f"| ‖δ‖ / ROME's clamp (1 = at the clamp) | {q('v_clamp')} |",
-             f"| target NLL after the v* optimisation | {q('v_nll')} |",
-             f"| subject is the prompt's first token | {100 * s['subject_first_fraction']:.0f}% of records |",
-             f"| median ratio, subject first / inside | {_fmt(s['ratio_median_subject_first'])} / "
-             f"{_fmt(s['ratio_median_subject_inside'])} |",
-             f"| ES before → after | {s['es_before']:.3f} → {s['es_after']:.3f} |",
-             f"| PS before → after | {s['ps_before']:.3f} → {s['ps_after']:.3f} |",
-             f"| NS before → after | {s['ns_before']:.3f} → {s['ns_after']:.3f} |"]
+    lines = [
+        f"**{title}** ({s['n_records']} single edits; median, 10th-90th percentile)",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| ‖ΔW‖_F / ‖W‖_F | {q('ratio')} |",
+        f"| ‖ΔW‖_F | {q('update_norm')} |",
+        f"| denominator k·u | {q('denominator')} |",
+        f"| cos(k*, C⁻¹k*) | {q('key_cos')} |",
+        f"| value gap ‖v*−Wk‖ | {q('value_gap')} |",
+        f"| key gap ‖k*−k‖/‖k‖ | {q('key_gap')} |",
+        f"| ratio if C were isotropic | {q('ratio_isotropic')} |",
+        f"| ‖δ‖ / ROME's clamp (1 = at the clamp) | {q('v_clamp')} |",
+        f"| target NLL after the v* optimisation | {q('v_nll')} |",
+        f"| subject is the prompt's first token | {100 * s['subject_first_fraction']:.0f}% of records |",
+        f"| median ratio, subject first / inside | {_fmt(s['ratio_median_subject_first'])} / "
+        f"{_fmt(s['ratio_median_subject_inside'])} |",
+        f"| ES before → after | {s['es_before']:.3f} → {s['es_after']:.3f} |",
+        f"| PS before → after | {s['ps_before']:.3f} → {s['ps_after']:.3f} |",
+        f"| NS before → after | {s['ns_before']:.3f} → {s['ns_after']:.3f} |",
+    ]
     if sp:
-        lines.append(f"| C: eigenvalues max / min, condition | {_fmt(sp['eig_max'])} / {_fmt(sp['eig_min'])}, "
-                     f"{_fmt(sp['condition'])} ({sp['n_below_1e-6_max']} of {sp['dim']} below 1e-6 x max) |")
+        lines.append(
+            f"| C: eigenvalues max / min, condition | {_fmt(sp['eig_max'])} / {_fmt(sp['eig_min'])}, "
+            f"{_fmt(sp['condition'])} ({sp['n_below_1e-6_max']} of {sp['dim']} below 1e-6 x max) |"
+        )
     lines.append(f"| seconds per record | {_fmt(s['seconds_per_record'])} |")
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(rows: Sequence[dict], summary: dict, out_dir: str | os.PathLike, title: str,
-                  extra: dict | None = None) -> dict[str, Path]:
+def write_outputs(
+    rows: Sequence[dict],
+    summary: dict,
+    out_dir: str | os.PathLike,
+    title: str,
+    extra: dict | None = None,
+) -> dict[str, Path]:
     """``records.csv``, ``summary.json`` and ``summary.md`` under ``out_dir`` (atomic renames)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -274,44 +373,76 @@ def write_outputs(rows: Sequence[dict], summary: dict, out_dir: str | os.PathLik
 def _stats_from_text(model, tok, args) -> Path:
     """Key statistics of ``args.layer`` from a text file (reused when already computed)."""
     from editscale.data.corpora import iter_corpus
-    from editscale.lm.models import model_identity
     from editscale.editing.key_stats import compute_key_second_moment
+    from editscale.lm.models import model_identity
 
     path = Path(args.out) / f"stats_layer{args.layer}.h5"
     if not path.exists():
-        corpus = {"type": "text_files", "paths": [str(Path(args.stats_text).resolve())], "doc_split": "blank_lines"}
-        compute_key_second_moment(model, tok, args.layer, iter_corpus(corpus), path, n_docs=args.stats_docs,
-                                  max_doc_tokens=args.stats_tokens, batch_tokens=8192,
-                                  attrs={**model_identity(args.model), "corpus": str(args.stats_text),
-                                         "corpus_fingerprint": f"{args.stats_docs}x{args.stats_tokens}"})
+        corpus = {
+            "type": "text_files",
+            "paths": [str(Path(args.stats_text).resolve())],
+            "doc_split": "blank_lines",
+        }
+        compute_key_second_moment(
+            model,
+            tok,
+            args.layer,
+            iter_corpus(corpus),
+            path,
+            n_docs=args.stats_docs,
+            max_doc_tokens=args.stats_tokens,
+            batch_tokens=8192,
+            attrs={
+                **model_identity(args.model),
+                "corpus": str(args.stats_text),
+                "corpus_fingerprint": f"{args.stats_docs}x{args.stats_tokens}",
+            },
+        )
     return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from editscale.data import counterfact
-    from editscale.lm.models import load_model
     from editscale.editing.key_stats import load_key_second_moment
+    from editscale.lm.models import load_model
 
-    p = argparse.ArgumentParser(prog="python -m editscale.editing.diagnostic", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m editscale.editing.diagnostic", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--model", required=True, help="model folder (Hugging Face layout)")
-    p.add_argument("--stats", help="key statistics file of the edited layer (resources/stats/...h5)")
-    p.add_argument("--stats-text", help="no --stats: compute them from this text file (documents split at "
-                   "blank lines, e.g. WikiText) into OUT/stats_layer<L>.h5, or reuse that file")
+    p.add_argument(
+        "--stats", help="key statistics file of the edited layer (resources/stats/...h5)"
+    )
+    p.add_argument(
+        "--stats-text",
+        help="no --stats: compute them from this text file (documents split at "
+        "blank lines, e.g. WikiText) into OUT/stats_layer<L>.h5, or reuse that file",
+    )
     p.add_argument("--stats-docs", type=int, default=2000, help="documents for --stats-text")
-    p.add_argument("--stats-tokens", type=int, default=256, help="tokens per document for --stats-text")
+    p.add_argument(
+        "--stats-tokens", type=int, default=256, help="tokens per document for --stats-text"
+    )
     p.add_argument("--counterfact", required=True, help="CounterFact-schema JSON file")
     p.add_argument("--layer", type=int, required=True)
-    p.add_argument("--n", type=int, default=50, help="records (the file's first N, or the ordering's)")
+    p.add_argument(
+        "--n", type=int, default=50, help="records (the file's first N, or the ordering's)"
+    )
     p.add_argument("--ordering", help="an ordering file (resources/data/orderings/sampleN.json)")
-    p.add_argument("--hparams", default="{}", help="ROME hyperparameters as JSON (defaults: the paper's)")
+    p.add_argument(
+        "--hparams", default="{}", help="ROME hyperparameters as JSON (defaults: the paper's)"
+    )
     p.add_argument("--editor", default="rome")
     p.add_argument("--seed", type=int, default=37)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--title", default=None)
-    p.add_argument("--out", required=True, help="output folder: records.csv, summary.json, summary.md")
+    p.add_argument(
+        "--out", required=True, help="output folder: records.csv, summary.json, summary.md"
+    )
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     records = counterfact.load_counterfact(args.counterfact)
     if args.ordering:
         by_id = counterfact.records_by_case_id(records)
@@ -325,10 +456,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stats is None and args.stats_text:
         stats = _stats_from_text(model, tok, args)
     c = load_key_second_moment(stats, expect={"layer": args.layer}) if stats else None
-    rows, summary = run_diagnostic(model, tok, editor_name=args.editor, hparams=hparams, records=records,
-                                   second_moment=c, seed=args.seed)
+    rows, summary = run_diagnostic(
+        model,
+        tok,
+        editor_name=args.editor,
+        hparams=hparams,
+        records=records,
+        second_moment=c,
+        seed=args.seed,
+    )
     title = args.title or f"{Path(args.model).name}, {args.editor} at layer {args.layer}"
-    paths = write_outputs(rows, summary, args.out, title, extra={"args": vars(args), "hparams": hparams})
+    paths = write_outputs(
+        rows, summary, args.out, title, extra={"args": vars(args), "hparams": hparams}
+    )
     print(paths["md"].read_text(encoding="utf-8"))
     return 0
 

@@ -59,7 +59,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from editscale.lm.models import arch_of, causal_attention_mask, get_module, right_padded, weight_out_in
+from editscale.lm.models import (
+    arch_of,
+    causal_attention_mask,
+    get_module,
+    right_padded,
+    weight_out_in,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +77,19 @@ SORT_BUFFER_DOCS = 1000
 # Attributes the caller should provide (through ``attrs``); recorded as "unknown" otherwise.
 IDENTITY_ATTRS = ("model_id", "revision", "corpus", "corpus_fingerprint")
 # Attributes computed here; ``attrs`` may repeat them only with the same value.
-_COMPUTED_ATTRS = ("count", "n_docs", "n_docs_requested", "n_empty_docs", "layer", "module",
-                   "dtype", "accumulation_dtype", "max_doc_tokens", "d_in", "format_version")
+_COMPUTED_ATTRS = (
+    "count",
+    "n_docs",
+    "n_docs_requested",
+    "n_empty_docs",
+    "layer",
+    "module",
+    "dtype",
+    "accumulation_dtype",
+    "max_doc_tokens",
+    "d_in",
+    "format_version",
+)
 
 
 class StatsMismatchError(ValueError):
@@ -119,21 +136,37 @@ class Convergence:
 
     def __post_init__(self) -> None:
         if self.probes.ndim != 2 or self.probes.shape[0] < 1:
-            raise ValueError(f"convergence probes must be [n_probes >= 1, d_in], got {tuple(self.probes.shape)}")
-        if not self.tolerance > 0 or self.check_every_docs < 1 or self.patience < 1 or self.min_docs < 0:
-            raise ValueError("convergence: tolerance must be > 0, check_every_docs and patience >= 1, "
-                             "min_docs >= 0")
+            raise ValueError(
+                f"convergence probes must be [n_probes >= 1, d_in], got {tuple(self.probes.shape)}"
+            )
+        if (
+            not self.tolerance > 0
+            or self.check_every_docs < 1
+            or self.patience < 1
+            or self.min_docs < 0
+        ):
+            raise ValueError(
+                "convergence: tolerance must be > 0, check_every_docs and patience >= 1, "
+                "min_docs >= 0"
+            )
 
     def describe(self) -> dict[str, Any]:
         """The settings as recorded in the file (and in the checkpoint's signature)."""
         digest = hashlib.sha256(self.probes.to(torch.float64).cpu().numpy().tobytes()).hexdigest()
-        return {"tolerance": float(self.tolerance), "check_every_docs": int(self.check_every_docs),
-                "patience": int(self.patience), "min_docs": int(self.min_docs),
-                "n_probes": int(self.probes.shape[0]), "probe_source": self.probe_source,
-                "probe_sha256": digest}
+        return {
+            "tolerance": float(self.tolerance),
+            "check_every_docs": int(self.check_every_docs),
+            "patience": int(self.patience),
+            "min_docs": int(self.min_docs),
+            "n_probes": int(self.probes.shape[0]),
+            "probe_source": self.probe_source,
+            "probe_sha256": digest,
+        }
 
 
-def probe_solutions(mom2_sum: torch.Tensor, count: int, probes: torch.Tensor) -> torch.Tensor | None:
+def probe_solutions(
+    mom2_sum: torch.Tensor, count: int, probes: torch.Tensor
+) -> torch.Tensor | None:
     """``C^-1 k`` for every probe (rows of the result), ``C = mom2_sum / count``; None while
     ``C`` is singular (fewer tokens than dimensions, dead units)."""
     if count < mom2_sum.shape[0]:  # rank(C) <= count: singular, however it rounds
@@ -168,8 +201,13 @@ class _Progress:
             return
         self.last = now
         rate = (acc.count - self.start_tokens) / max(now - self.t0, 1e-9)
-        log.info("key statistics: %d / %d docs, %d tokens, %.0f tokens/s",
-                 docs_done, self.n_docs, acc.count, rate)
+        log.info(
+            "key statistics: %d / %d docs, %d tokens, %.0f tokens/s",
+            docs_done,
+            self.n_docs,
+            acc.count,
+            rate,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,12 +284,14 @@ def load_key_second_moment(path: str | os.PathLike, *, expect: dict) -> torch.Te
         if key not in attrs:
             raise StatsMismatchError(
                 f"statistics {path} have no attribute {key!r} (expected {key} {expected!r}); "
-                f"recompute them")
+                f"recompute them"
+            )
         found = attrs[key]
         if found != expected:
             raise StatsMismatchError(
                 f"statistics {path} were computed for {key} {found!r}, but {key} {expected!r} "
-                f"is being edited (attribute {key!r}: expected {expected!r}, found {found!r})")
+                f"is being edited (attribute {key!r}: expected {expected!r}, found {found!r})"
+            )
     count = int(attrs.get("count", 0))
     if count <= 0:
         raise ValueError(f"statistics {path} hold no tokens (count={count})")
@@ -286,11 +326,16 @@ def pack_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def _next_boundary(done: int, n_docs: int, checkpoint_every: int, check_every: int | None = None) -> int:
+def _next_boundary(
+    done: int, n_docs: int, checkpoint_every: int, check_every: int | None = None
+) -> int:
     """End of the document chunk starting at ``done`` (a multiple of the buffer, the checkpoint
     interval or the convergence-check interval)."""
-    ends = [(done // SORT_BUFFER_DOCS + 1) * SORT_BUFFER_DOCS,
-            (done // checkpoint_every + 1) * checkpoint_every, n_docs]
+    ends = [
+        (done // SORT_BUFFER_DOCS + 1) * SORT_BUFFER_DOCS,
+        (done // checkpoint_every + 1) * checkpoint_every,
+        n_docs,
+    ]
     if check_every:
         ends.append((done // check_every + 1) * check_every)
     return min(ends)
@@ -308,8 +353,9 @@ def _model_max_positions(model: nn.Module) -> int | None:
     return None
 
 
-def _mlp_out_inputs(base: nn.Module, target: nn.Module, ids: torch.Tensor,
-                    mask: torch.Tensor) -> torch.Tensor:
+def _mlp_out_inputs(
+    base: nn.Module, target: nn.Module, ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Inputs of ``target`` at every position, [rows, length, d_in]; stops the forward there."""
     captured: list[torch.Tensor] = []
 
@@ -319,7 +365,11 @@ def _mlp_out_inputs(base: nn.Module, target: nn.Module, ids: torch.Tensor,
 
     handle = target.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        base(input_ids=ids, attention_mask=causal_attention_mask(mask, ids.shape[1], base.dtype), use_cache=False)
+        base(
+            input_ids=ids,
+            attention_mask=causal_attention_mask(mask, ids.shape[1], base.dtype),
+            use_cache=False,
+        )
     except _StopForward:
         pass
     finally:
@@ -329,8 +379,9 @@ def _mlp_out_inputs(base: nn.Module, target: nn.Module, ids: torch.Tensor,
     return captured[0]
 
 
-def _capture_keys(base: nn.Module, target: nn.Module, ids: torch.Tensor,
-                  mask: torch.Tensor) -> torch.Tensor:
+def _capture_keys(
+    base: nn.Module, target: nn.Module, ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Inputs of ``target`` at the non-padding positions, [n_tokens, d_in]."""
     return _mlp_out_inputs(base, target, ids, mask)[mask.bool()]
 
@@ -343,9 +394,19 @@ def _accumulate(acc: _Accumulator, keys: torch.Tensor) -> None:
     acc.count += int(keys.shape[0])
 
 
-def _process_chunk(texts: list[str], tok, base: nn.Module, target: nn.Module, acc: _Accumulator,
-                   *, max_len: int, batch_tokens: int, pad_id: int, device: torch.device,
-                   progress: _Progress) -> None:
+def _process_chunk(
+    texts: list[str],
+    tok,
+    base: nn.Module,
+    target: nn.Module,
+    acc: _Accumulator,
+    *,
+    max_len: int,
+    batch_tokens: int,
+    pad_id: int,
+    device: torch.device,
+    progress: _Progress,
+) -> None:
     """Tokenise, length-sort, batch and accumulate one chunk of documents."""
     token_lists = tok(texts, truncation=True, max_length=max_len)["input_ids"]
     lengths = [len(t) for t in token_lists]
@@ -363,12 +424,22 @@ def _process_chunk(texts: list[str], tok, base: nn.Module, target: nn.Module, ac
 # Checkpoints
 
 
-def _signature(attrs: dict[str, Any], n_docs: int, batch_tokens: int, checkpoint_every: int,
-               convergence: Convergence | None = None) -> str:
+def _signature(
+    attrs: dict[str, Any],
+    n_docs: int,
+    batch_tokens: int,
+    checkpoint_every: int,
+    convergence: Convergence | None = None,
+) -> str:
     """What a checkpoint must share with the current run to be resumed (JSON)."""
-    sig = dict(attrs, n_docs_requested=n_docs, batch_tokens=batch_tokens,
-               checkpoint_every_docs=checkpoint_every, sort_buffer_docs=SORT_BUFFER_DOCS,
-               format_version=FORMAT_VERSION)
+    sig = dict(
+        attrs,
+        n_docs_requested=n_docs,
+        batch_tokens=batch_tokens,
+        checkpoint_every_docs=checkpoint_every,
+        sort_buffer_docs=SORT_BUFFER_DOCS,
+        format_version=FORMAT_VERSION,
+    )
     if convergence is not None:
         sig["convergence"] = convergence.describe()
     return json.dumps(sig, sort_keys=True, default=str)
@@ -386,13 +457,21 @@ def _load_partial(partial: str, signature: str, acc: _Accumulator) -> bool:
                 return False
             mom2 = torch.from_numpy(np.asarray(h5["mom2_sum"], dtype=np.float64))
             mean = torch.from_numpy(np.asarray(h5["mean_sum"], dtype=np.float64))
-            probe_u = torch.from_numpy(np.asarray(h5["probe_u"], dtype=np.float64)) if "probe_u" in h5 else None
+            probe_u = (
+                torch.from_numpy(np.asarray(h5["probe_u"], dtype=np.float64))
+                if "probe_u" in h5
+                else None
+            )
     except (OSError, KeyError) as err:
         log.warning("ignoring unreadable checkpoint %s: %s", partial, err)
         return False
     if mom2.shape != acc.mom2_sum.shape:
-        log.warning("ignoring checkpoint %s: shape %s != %s", partial, tuple(mom2.shape),
-                    tuple(acc.mom2_sum.shape))
+        log.warning(
+            "ignoring checkpoint %s: shape %s != %s",
+            partial,
+            tuple(mom2.shape),
+            tuple(acc.mom2_sum.shape),
+        )
         return False
     acc.mom2_sum.copy_(mom2)
     acc.mean_sum.copy_(mean)
@@ -406,32 +485,53 @@ def _load_partial(partial: str, signature: str, acc: _Accumulator) -> bool:
 
 
 def _write_partial(partial: str, acc: _Accumulator, signature: str) -> None:
-    _write_h5_atomic(partial, acc, {"signature": signature, "count": acc.count,
-                                    "docs_done": acc.docs_done, "n_tokens": acc.count,
-                                    "n_empty_docs": acc.n_empty_docs,
-                                    "convergence_history": acc.history,
-                                    "convergence_streak": acc.streak}, final=False)
-    log.info("key statistics checkpoint: %d docs, %d tokens -> %s", acc.docs_done, acc.count,
-             partial)
+    _write_h5_atomic(
+        partial,
+        acc,
+        {
+            "signature": signature,
+            "count": acc.count,
+            "docs_done": acc.docs_done,
+            "n_tokens": acc.count,
+            "n_empty_docs": acc.n_empty_docs,
+            "convergence_history": acc.history,
+            "convergence_streak": acc.streak,
+        },
+        final=False,
+    )
+    log.info(
+        "key statistics checkpoint: %d docs, %d tokens -> %s", acc.docs_done, acc.count, partial
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Public entry point
 
 
-def _run_attrs(model: nn.Module, layer: int, module_path: str, d_in: int, max_len: int,
-               attrs: dict | None) -> dict[str, Any]:
+def _run_attrs(
+    model: nn.Module, layer: int, module_path: str, d_in: int, max_len: int, attrs: dict | None
+) -> dict[str, Any]:
     """Identity attributes of a run: the caller's ``attrs`` plus the computed ones."""
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    computed = {"layer": int(layer), "module": module_path, "dtype": dtype,
-                "accumulation_dtype": "float64", "max_doc_tokens": int(max_len), "d_in": int(d_in),
-                "format_version": FORMAT_VERSION}
+    computed = {
+        "layer": int(layer),
+        "module": module_path,
+        "dtype": dtype,
+        "accumulation_dtype": "float64",
+        "max_doc_tokens": int(max_len),
+        "d_in": int(d_in),
+        "format_version": FORMAT_VERSION,
+    }
     extra = dict(attrs or {})
     for key in _COMPUTED_ATTRS:
         if key in extra and key in computed and extra[key] != computed[key]:
-            raise ValueError(f"attrs[{key!r}]={extra[key]!r} contradicts the computed {computed[key]!r}")
+            raise ValueError(
+                f"attrs[{key!r}]={extra[key]!r} contradicts the computed {computed[key]!r}"
+            )
         if key in extra and key not in computed:
-            raise ValueError(f"attrs may not set {key!r}: it is computed by compute_key_second_moment")
+            raise ValueError(
+                f"attrs may not set {key!r}: it is computed by compute_key_second_moment"
+            )
     missing = [k for k in IDENTITY_ATTRS if k not in extra]
     if missing:
         log.warning("key statistics: attrs lack %s; recorded as 'unknown'", ", ".join(missing))
@@ -441,12 +541,21 @@ def _run_attrs(model: nn.Module, layer: int, module_path: str, d_in: int, max_le
     return out
 
 
-def compute_key_second_moment(model: nn.Module, tok, layer: int, docs: Iterable[str],
-                              out_path: str | os.PathLike, *, n_docs: int,
-                              max_doc_tokens: int = 1024, batch_tokens: int = 8192,
-                              checkpoint_every_docs: int = 1000, attrs: dict | None = None,
-                              progress_every_s: float = 30.0,
-                              convergence: Convergence | None = None) -> None:
+def compute_key_second_moment(
+    model: nn.Module,
+    tok,
+    layer: int,
+    docs: Iterable[str],
+    out_path: str | os.PathLike,
+    *,
+    n_docs: int,
+    max_doc_tokens: int = 1024,
+    batch_tokens: int = 8192,
+    checkpoint_every_docs: int = 1000,
+    attrs: dict | None = None,
+    progress_every_s: float = 30.0,
+    convergence: Convergence | None = None,
+) -> None:
     """Accumulate ``sum k k^T`` of block ``layer``'s MLP-output keys over ``n_docs`` documents.
 
     ``docs`` yields document texts in a fixed order (it is re-iterated from the start on resume).
@@ -457,7 +566,9 @@ def compute_key_second_moment(model: nn.Module, tok, layer: int, docs: Iterable[
     docstring); ``n_docs`` is then an upper bound.
     """
     if n_docs < 1 or batch_tokens < 1 or checkpoint_every_docs < 1 or max_doc_tokens < 1:
-        raise ValueError("n_docs, batch_tokens, checkpoint_every_docs and max_doc_tokens must be >= 1")
+        raise ValueError(
+            "n_docs, batch_tokens, checkpoint_every_docs and max_doc_tokens must be >= 1"
+        )
     spec = arch_of(model)
     module_path = spec.mlp_out_path(layer)
     target = get_module(model, module_path)
@@ -467,78 +578,153 @@ def compute_key_second_moment(model: nn.Module, tok, layer: int, docs: Iterable[
     max_pos = _model_max_positions(model)
     max_len = min(max_doc_tokens, max_pos) if max_pos else max_doc_tokens
     if max_len < max_doc_tokens:
-        log.warning("max_doc_tokens=%d exceeds the model's %d positions; using %d",
-                    max_doc_tokens, max_pos, max_len)
+        log.warning(
+            "max_doc_tokens=%d exceeds the model's %d positions; using %d",
+            max_doc_tokens,
+            max_pos,
+            max_len,
+        )
     run_attrs = _run_attrs(model, layer, module_path, d_in, max_len, attrs)
     if convergence is not None and convergence.probes.shape[1] != d_in:
-        raise ValueError(f"convergence probes have width {convergence.probes.shape[1]}, but {module_path} "
-                         f"takes {d_in} inputs")
+        raise ValueError(
+            f"convergence probes have width {convergence.probes.shape[1]}, but {module_path} "
+            f"takes {d_in} inputs"
+        )
     signature = _signature(run_attrs, n_docs, batch_tokens, checkpoint_every_docs, convergence)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     out_path = os.fspath(out_path)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     partial = out_path + PARTIAL_SUFFIX
-    acc = _Accumulator(mom2_sum=torch.zeros(d_in, d_in, dtype=torch.float64, device=device),
-                       mean_sum=torch.zeros(d_in, dtype=torch.float64, device=device))
+    acc = _Accumulator(
+        mom2_sum=torch.zeros(d_in, d_in, dtype=torch.float64, device=device),
+        mean_sum=torch.zeros(d_in, dtype=torch.float64, device=device),
+    )
     resumed = _load_partial(partial, signature, acc)
-    log.info("key statistics of %s (d_in=%d) over %d docs (max %d tokens each) on %s -> %s%s",
-             module_path, d_in, n_docs, max_len, device, out_path,
-             f"; resuming after {acc.docs_done} docs" if resumed else "")
+    log.info(
+        "key statistics of %s (d_in=%d) over %d docs (max %d tokens each) on %s -> %s%s",
+        module_path,
+        d_in,
+        n_docs,
+        max_len,
+        device,
+        out_path,
+        f"; resuming after {acc.docs_done} docs" if resumed else "",
+    )
 
     doc_iter: Iterator[str] = iter(docs)
     skipped = sum(1 for _ in islice(doc_iter, acc.docs_done))
     if skipped < acc.docs_done:
-        raise ValueError(f"checkpoint {partial} consumed {acc.docs_done} documents but the corpus "
-                         f"has only {skipped}; delete the checkpoint")
+        raise ValueError(
+            f"checkpoint {partial} consumed {acc.docs_done} documents but the corpus "
+            f"has only {skipped}; delete the checkpoint"
+        )
 
     progress = _Progress(n_docs=n_docs, every_s=progress_every_s, start_tokens=acc.count)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            _consume(doc_iter, tok, base, target, acc, progress, partial, signature,
-                     n_docs=n_docs, max_len=max_len, batch_tokens=batch_tokens,
-                     checkpoint_every=checkpoint_every_docs, pad_id=pad_id, device=device,
-                     convergence=convergence)
+            _consume(
+                doc_iter,
+                tok,
+                base,
+                target,
+                acc,
+                progress,
+                partial,
+                signature,
+                n_docs=n_docs,
+                max_len=max_len,
+                batch_tokens=batch_tokens,
+                checkpoint_every=checkpoint_every_docs,
+                pad_id=pad_id,
+                device=device,
+                convergence=convergence,
+            )
     finally:
         model.train(was_training)
 
     if acc.docs_done < n_docs and not acc.converged:
-        log.warning("corpus ended after %d documents (%d requested); statistics use %d documents",
-                    acc.docs_done, n_docs, acc.docs_done)
+        log.warning(
+            "corpus ended after %d documents (%d requested); statistics use %d documents",
+            acc.docs_done,
+            n_docs,
+            acc.docs_done,
+        )
     if acc.count == 0:
-        raise ValueError(f"no tokens in the {acc.docs_done} documents read: nothing to write to {out_path}")
-    final_attrs = dict(run_attrs, count=acc.count, n_docs=acc.docs_done, n_docs_requested=n_docs,
-                       n_empty_docs=acc.n_empty_docs)
+        raise ValueError(
+            f"no tokens in the {acc.docs_done} documents read: nothing to write to {out_path}"
+        )
+    final_attrs = dict(
+        run_attrs,
+        count=acc.count,
+        n_docs=acc.docs_done,
+        n_docs_requested=n_docs,
+        n_empty_docs=acc.n_empty_docs,
+    )
     if convergence is not None:
-        final_attrs.update(convergence=convergence.describe(), convergence_history=acc.history,
-                           converged=acc.converged)
+        final_attrs.update(
+            convergence=convergence.describe(),
+            convergence_history=acc.history,
+            converged=acc.converged,
+        )
     _write_h5_atomic(out_path, acc, final_attrs, final=True)
     if os.path.exists(partial):
         os.remove(partial)
     progress.maybe_log(acc, acc.docs_done, force=True)
-    log.info("key statistics written to %s (%d docs, %d tokens)", out_path, acc.docs_done, acc.count)
+    log.info(
+        "key statistics written to %s (%d docs, %d tokens)", out_path, acc.docs_done, acc.count
+    )
 
 
-def _consume(doc_iter: Iterator[str], tok, base: nn.Module, target: nn.Module, acc: _Accumulator,
-             progress: _Progress, partial: str, signature: str, *, n_docs: int, max_len: int,
-             batch_tokens: int, checkpoint_every: int, pad_id: int, device: torch.device,
-             convergence: Convergence | None = None) -> None:
+def _consume(
+    doc_iter: Iterator[str],
+    tok,
+    base: nn.Module,
+    target: nn.Module,
+    acc: _Accumulator,
+    progress: _Progress,
+    partial: str,
+    signature: str,
+    *,
+    n_docs: int,
+    max_len: int,
+    batch_tokens: int,
+    checkpoint_every: int,
+    pad_id: int,
+    device: torch.device,
+    convergence: Convergence | None = None,
+) -> None:
     """Read the corpus chunk by chunk until ``n_docs`` documents, its end or convergence,
     checkpointing."""
     check_every = convergence.check_every_docs if convergence is not None else None
     while acc.docs_done < n_docs:
-        wanted = _next_boundary(acc.docs_done, n_docs, checkpoint_every, check_every) - acc.docs_done
+        wanted = (
+            _next_boundary(acc.docs_done, n_docs, checkpoint_every, check_every) - acc.docs_done
+        )
         texts = list(islice(doc_iter, wanted))
         if texts:
-            _process_chunk(texts, tok, base, target, acc, max_len=max_len,
-                           batch_tokens=batch_tokens, pad_id=pad_id, device=device,
-                           progress=progress)
+            _process_chunk(
+                texts,
+                tok,
+                base,
+                target,
+                acc,
+                max_len=max_len,
+                batch_tokens=batch_tokens,
+                pad_id=pad_id,
+                device=device,
+                progress=progress,
+            )
             acc.docs_done += len(texts)
         if len(texts) < wanted:
             return
-        if check_every and acc.docs_done % check_every == 0 and _check_convergence(acc, convergence):
+        if (
+            check_every
+            and acc.docs_done % check_every == 0
+            and _check_convergence(acc, convergence)
+        ):
             return
         if acc.docs_done % checkpoint_every == 0 and acc.docs_done < n_docs:
             _write_partial(partial, acc, signature)
@@ -552,14 +738,23 @@ def _check_convergence(acc: _Accumulator, conv: Convergence) -> bool:
     acc.streak = acc.streak + 1 if change < conv.tolerance else 0
     acc.history.append([acc.docs_done, acc.count, change if np.isfinite(change) else None])
     acc.converged = acc.streak >= conv.patience and acc.docs_done >= conv.min_docs
-    log.info("key statistics convergence check at %d docs (%d tokens): max relative change of C^-1 k "
-             "%.3g (tolerance %g, %d/%d below)%s", acc.docs_done, acc.count, change, conv.tolerance,
-             acc.streak, conv.patience, "; converged, stopping" if acc.converged else "")
+    log.info(
+        "key statistics convergence check at %d docs (%d tokens): max relative change of C^-1 k "
+        "%.3g (tolerance %g, %d/%d below)%s",
+        acc.docs_done,
+        acc.count,
+        change,
+        conv.tolerance,
+        acc.streak,
+        conv.patience,
+        "; converged, stopping" if acc.converged else "",
+    )
     return acc.converged
 
 
-def subject_keys(model: nn.Module, tok, layer: int, prompts: list[tuple[str, int]],
-                 batch_size: int = 16) -> torch.Tensor:
+def subject_keys(
+    model: nn.Module, tok, layer: int, prompts: list[tuple[str, int]], batch_size: int = 16
+) -> torch.Tensor:
     """Keys of block ``layer``'s MLP output projection at the last subject token of each prompt.
 
     ``prompts``: (text, index of the subject's last character + 1), as ROME's lookup takes
@@ -577,7 +772,7 @@ def subject_keys(model: nn.Module, tok, layer: int, prompts: list[tuple[str, int
     try:
         with torch.inference_mode():
             for start in range(0, len(prompts), batch_size):
-                enc, lookup = build_prompts(tok, prompts[start:start + batch_size])
+                enc, lookup = build_prompts(tok, prompts[start : start + batch_size])
                 ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
                 keys = _mlp_out_inputs(base, target, ids, mask)
                 rows = torch.arange(len(lookup), device=device)
@@ -594,7 +789,8 @@ def subject_keys(model: nn.Module, tok, layer: int, prompts: list[tuple[str, int
 # <model name with '/' -> '_'>/<data set>_stats/ (e.g. gpt2-xl/wikipedia_stats/
 # transformer.h.17.mlp.c_proj_float32_mom2_100000.npz).
 _PUBLISHED_NAME = re.compile(
-    r"^(?P<module>.+?)_(?P<precision>float16|bfloat16|float32|float64)_(?P<stats>[a-z0-9_-]+?)(?:_(?P<n>\d+))?\.npz$")
+    r"^(?P<module>.+?)_(?P<precision>float16|bfloat16|float32|float64)_(?P<stats>[a-z0-9_-]+?)(?:_(?P<n>\d+))?\.npz$"
+)
 
 
 def published_name_parts(url_or_path: str) -> dict[str, str | None]:
@@ -605,19 +801,34 @@ def published_name_parts(url_or_path: str) -> dict[str, str | None]:
     if m is None:
         raise StatsMismatchError(
             f"{url_or_path}: not a ROME statistics file name (<module>_<precision>_mom2[_<n>].npz, "
-            "e.g. transformer.h.17.mlp.c_proj_float32_mom2_100000.npz)")
+            "e.g. transformer.h.17.mlp.c_proj_float32_mom2_100000.npz)"
+        )
     if "mom2" not in m["stats"].split("-"):
-        raise StatsMismatchError(f"{url_or_path}: holds statistics {m['stats']!r}, not the second moment mom2")
+        raise StatsMismatchError(
+            f"{url_or_path}: holds statistics {m['stats']!r}, not the second moment mom2"
+        )
     model = dataset = None
     if len(parts) >= 3 and parts[-2].endswith("_stats"):
         dataset, model = parts[-2].removesuffix("_stats"), parts[-3]
-    return {"module": m["module"], "precision": m["precision"], "n_samples": m["n"], "model": model,
-            "dataset": dataset}
+    return {
+        "module": m["module"],
+        "precision": m["precision"],
+        "n_samples": m["n"],
+        "model": model,
+        "dataset": dataset,
+    }
 
 
-def import_published_second_moment(npz_path: str | os.PathLike, out_path: str | os.PathLike, *,
-                                   model: nn.Module, layer: int, source: str,
-                                   hub_name: str | None = None, attrs: dict | None = None) -> dict[str, Any]:
+def import_published_second_moment(
+    npz_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    model: nn.Module,
+    layer: int,
+    source: str,
+    hub_name: str | None = None,
+    attrs: dict | None = None,
+) -> dict[str, Any]:
     """Convert ROME/MEMIT's published ``mom2`` statistics (``source``: the URL or file name the
     ``.npz`` came from) into this module's statistics file for block ``layer`` of ``model``.
 
@@ -633,37 +844,73 @@ def import_published_second_moment(npz_path: str | os.PathLike, out_path: str | 
     d_in = int(weight_out_in(get_module(model, module_path).weight, spec).shape[1])
     parts = published_name_parts(source)
     if parts["module"] != module_path:
-        raise StatsMismatchError(f"{source}: statistics of module {parts['module']}, but layer {layer} of this "
-                                 f"model is {module_path}")
-    if hub_name is not None and parts["model"] is not None and \
-            not parts["model"].lower().endswith(hub_name.rsplit("/", 1)[-1].lower()):
-        raise StatsMismatchError(f"{source}: statistics of model {parts['model']!r}, but {hub_name!r} is being "
-                                 "edited")
+        raise StatsMismatchError(
+            f"{source}: statistics of module {parts['module']}, but layer {layer} of this "
+            f"model is {module_path}"
+        )
+    if (
+        hub_name is not None
+        and parts["model"] is not None
+        and not parts["model"].lower().endswith(hub_name.rsplit("/", 1)[-1].lower())
+    ):
+        raise StatsMismatchError(
+            f"{source}: statistics of model {parts['model']!r}, but {hub_name!r} is being edited"
+        )
     with np.load(npz_path, allow_pickle=False) as z:
         keys = set(z.files)
         mom2_key = next((k for k in ("mom2.mom2", "mom2") if k in keys), None)
         count_key = next((k for k in ("mom2.count", "count") if k in keys), None)
         if mom2_key is None or count_key is None:
-            raise StatsMismatchError(f"{npz_path} ({source}): no second moment in it (arrays: {sorted(keys)})")
+            raise StatsMismatchError(
+                f"{npz_path} ({source}): no second moment in it (arrays: {sorted(keys)})"
+            )
         mom2 = np.asarray(z[mom2_key], dtype=np.float64)
         count = int(z[count_key])
-        sample_size = int(z["sample_size"]) if "sample_size" in keys and z["sample_size"].ndim == 0 \
-            and np.issubdtype(z["sample_size"].dtype, np.integer) else None
+        sample_size = (
+            int(z["sample_size"])
+            if "sample_size" in keys
+            and z["sample_size"].ndim == 0
+            and np.issubdtype(z["sample_size"].dtype, np.integer)
+            else None
+        )
     if mom2.shape != (d_in, d_in):
-        raise StatsMismatchError(f"{source}: a {mom2.shape[0]}x{mom2.shape[-1]} second moment, but {module_path} "
-                                 f"of this model takes {d_in} inputs: made for another model")
+        raise StatsMismatchError(
+            f"{source}: a {mom2.shape[0]}x{mom2.shape[-1]} second moment, but {module_path} "
+            f"of this model takes {d_in} inputs: made for another model"
+        )
     if count <= 0 or not np.isfinite(mom2).all():
-        raise StatsMismatchError(f"{source}: count {count}, or non-finite entries: not usable statistics")
+        raise StatsMismatchError(
+            f"{source}: count {count}, or non-finite entries: not usable statistics"
+        )
     out = {k: "unknown" for k in IDENTITY_ATTRS}
     out.update(attrs or {})
-    out.update({"layer": int(layer), "module": module_path, "d_in": d_in, "dtype": parts["precision"],
-                "accumulation_dtype": parts["precision"], "format_version": FORMAT_VERSION, "count": count,
-                "n_docs": sample_size if sample_size is not None else int(parts["n_samples"] or 0),
-                "published_source": source, "published_model": parts["model"] or "unknown",
-                "published_dataset": parts["dataset"] or "unknown"})
-    acc = _Accumulator(mom2_sum=torch.from_numpy(mom2), mean_sum=torch.full((d_in,), float("nan"), dtype=torch.float64))
+    out.update(
+        {
+            "layer": int(layer),
+            "module": module_path,
+            "d_in": d_in,
+            "dtype": parts["precision"],
+            "accumulation_dtype": parts["precision"],
+            "format_version": FORMAT_VERSION,
+            "count": count,
+            "n_docs": sample_size if sample_size is not None else int(parts["n_samples"] or 0),
+            "published_source": source,
+            "published_model": parts["model"] or "unknown",
+            "published_dataset": parts["dataset"] or "unknown",
+        }
+    )
+    acc = _Accumulator(
+        mom2_sum=torch.from_numpy(mom2),
+        mean_sum=torch.full((d_in,), float("nan"), dtype=torch.float64),
+    )
     out_path = os.fspath(out_path)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     _write_h5_atomic(out_path, acc, out, final=True)
-    log.info("imported published statistics %s (%d tokens, module %s) -> %s", source, count, module_path, out_path)
+    log.info(
+        "imported published statistics %s (%d tokens, module %s) -> %s",
+        source,
+        count,
+        module_path,
+        out_path,
+    )
     return out

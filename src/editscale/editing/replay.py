@@ -29,9 +29,9 @@ from typing import Callable
 import h5py
 import torch
 
+from editscale.editing.store import StoreError, rebuild_weights, snapshot_steps, updates_stored
 from editscale.editors.base import apply_updates
 from editscale.lm.models import ArchSpec, edit_parameter
-from editscale.editing.store import StoreError, rebuild_weights, snapshot_steps, updates_stored
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,14 @@ class WeightLoader:
     updates never builds one). The model's other parameters must be the unedited model's.
     """
 
-    def __init__(self, trajectory_path: str | os.PathLike, model, spec: ArchSpec, records: list[dict],
-                 make_editor: Callable[[], object]):
+    def __init__(
+        self,
+        trajectory_path: str | os.PathLike,
+        model,
+        spec: ArchSpec,
+        records: list[dict],
+        make_editor: Callable[[], object],
+    ):
         self.path, self.model, self.spec, self.records = trajectory_path, model, spec, records
         self._make_editor = make_editor
         self._editor = None
@@ -74,7 +80,9 @@ class WeightLoader:
             return
         if self._at is None or self._at > t:
             base = max(s for s in self._snapshots if s <= t)
-            load_weights_into(self.model, rebuild_weights(self.path, base, self.spec, device=device))
+            load_weights_into(
+                self.model, rebuild_weights(self.path, base, self.spec, device=device)
+            )
             self._at = base
         # else continue from the last edit loaded, through (and checking) any snapshot on the way
         if self._at < t and self._editor is None:
@@ -87,17 +95,28 @@ class WeightLoader:
                 self._check_snapshot(e)
         self.replayed += t - start
         if t > start:
-            log.info("replayed edits %d..%d of %s (%.1f s)", start + 1, t, self.path, time.perf_counter() - t0)
+            log.info(
+                "replayed edits %d..%d of %s (%.1f s)",
+                start + 1,
+                t,
+                self.path,
+                time.perf_counter() - t0,
+            )
 
     def _check_snapshot(self, e: int) -> None:
-        stored = rebuild_weights(self.path, e, self.spec, device=next(self.model.parameters()).device)
+        stored = rebuild_weights(
+            self.path, e, self.spec, device=next(self.model.parameters()).device
+        )
         for name, want in stored.items():
             got = edit_parameter(self.model, name).detach()
             if not torch.equal(got, want):
-                diff = float((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-300))
+                diff = float(
+                    (got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-300)
+                )
                 self._at = None
                 raise ReplayMismatch(
                     f"{self.path}: replaying the editor up to edit {e} gave {name} != its stored snapshot "
                     f"(relative Frobenius difference {diff:.3g}); the editor is not deterministic on this "
                     "machine, so the weights between snapshots cannot be rebuilt exactly: rerun the "
-                    "trajectory with store_updates: true")
+                    "trajectory with store_updates: true"
+                )

@@ -34,12 +34,25 @@ import numpy as np
 import torch
 
 from editscale.data import counterfact
+from editscale.editing.replay import WeightLoader
+from editscale.editing.store import (
+    REPLAY,
+    TrajectoryWriter,
+    read_carry,
+    read_editor_state,
+    replay_weights,
+)
 from editscale.editors import EDITORS, editor_info, load_editor_module
 from editscale.editors.base import apply_updates, bias_key
+from editscale.lm.models import (
+    arch_of,
+    edit_parameter,
+    load_model,
+    model_identity,
+    read_manifest,
+    sha256_file,
+)
 from editscale.lm.scoring import METRIC_NAMES, evaluate_record
-from editscale.lm.models import arch_of, edit_parameter, load_model, model_identity, read_manifest, sha256_file
-from editscale.editing.replay import WeightLoader
-from editscale.editing.store import REPLAY, TrajectoryWriter, read_carry, read_editor_state, replay_weights
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +64,9 @@ def _json_default(o):
 
 
 def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(obj, sort_keys=True, default=_json_default).encode()
+    ).hexdigest()
 
 
 def select_records(counterfact_path, ordering_path, n_edits: int) -> list[dict]:
@@ -59,10 +74,14 @@ def select_records(counterfact_path, ordering_path, n_edits: int) -> list[dict]:
     records = counterfact.records_by_case_id(counterfact.load_counterfact(counterfact_path))
     order = counterfact.read_ordering(ordering_path)
     if len(order) < n_edits:
-        raise ValueError(f"n_edits={n_edits} but the ordering {ordering_path} has only {len(order)} records")
+        raise ValueError(
+            f"n_edits={n_edits} but the ordering {ordering_path} has only {len(order)} records"
+        )
     missing = [c for c in order[:n_edits] if c not in records]
     if missing:
-        raise ValueError(f"ordering {ordering_path} names case_ids absent from {counterfact_path}: {missing[:5]}")
+        raise ValueError(
+            f"ordering {ordering_path} names case_ids absent from {counterfact_path}: {missing[:5]}"
+        )
     return [records[c] for c in order[:n_edits]]
 
 
@@ -89,13 +108,17 @@ def load_second_moments(stats_path, model_dir, hparams: dict) -> dict[int, torch
         return None
     paths, layers = _stats_paths(stats_path), stats_layers(hparams)
     if len(paths) != len(layers):
-        raise ValueError(f"{len(paths)} statistics files {paths} for the {len(layers)} layers {layers}")
+        raise ValueError(
+            f"{len(paths)} statistics files {paths} for the {len(layers)} layers {layers}"
+        )
     return {layer: load_second_moment(p, model_dir, layer) for p, layer in zip(paths, layers)}
 
 
 def stats_sha256(stats_path) -> str | None:
     """The statistics' sha256 (several files: their sha256s joined by commas, in layer order)."""
-    return None if stats_path is None else ",".join(sha256_file(p) for p in _stats_paths(stats_path))
+    return (
+        None if stats_path is None else ",".join(sha256_file(p) for p in _stats_paths(stats_path))
+    )
 
 
 def trajectory_editor(trajectory_path, model, tok, model_dir, stats_path=None, editor_file=None):
@@ -108,15 +131,38 @@ def trajectory_editor(trajectory_path, model, tok, model_dir, stats_path=None, e
         seed = int(f.attrs["seed"])
         state = read_editor_state(f)
     second_moment = load_second_moments(stats_path, model_dir, hparams)
-    extra = {} if editor_file is None else {"editor_file": editor_file, "identity": model_identity(model_dir)}
-    return load_editor_module(editor_name).make_editor(model, tok, hparams, second_moment, seed, state=state, **extra)
+    extra = (
+        {}
+        if editor_file is None
+        else {"editor_file": editor_file, "identity": model_identity(model_dir)}
+    )
+    return load_editor_module(editor_name).make_editor(
+        model, tok, hparams, second_moment, seed, state=state, **extra
+    )
 
 
-def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, out_path, method: str,
-                   editor: str, hparams: dict, n_edits: int, snapshot_every: int, seed: int,
-                   dtype: str = "float32", device: str = "cpu", config: dict | None = None,
-                   eval_batch_size: int = 64, progress_every_s: float = 30.0, editor_file=None,
-                   store_updates: bool = True, edits_per_step: int = 1) -> None:
+def run_trajectory(
+    *,
+    model_dir,
+    counterfact_path,
+    ordering_path,
+    stats_path,
+    out_path,
+    method: str,
+    editor: str,
+    hparams: dict,
+    n_edits: int,
+    snapshot_every: int,
+    seed: int,
+    dtype: str = "float32",
+    device: str = "cpu",
+    config: dict | None = None,
+    eval_batch_size: int = 64,
+    progress_every_s: float = 30.0,
+    editor_file=None,
+    store_updates: bool = True,
+    edits_per_step: int = 1,
+) -> None:
     """Run (or resume) one sequential editing trajectory and write ``out_path`` (HDF5).
 
     ``editor_file``: the trained editor networks of editors that need one (MEND).
@@ -125,7 +171,9 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
     ``compute_batch``); every record of a step is then scored after the whole step.
     """
     t_start = time.perf_counter()
-    check_steps(editor, n_edits, snapshot_every, edits_per_step, store_updates, where=f"method {method!r}")
+    check_steps(
+        editor, n_edits, snapshot_every, edits_per_step, store_updates, where=f"method {method!r}"
+    )
     if editor_info(editor).needs_editor_file and editor_file is None:
         raise ValueError(f"editor {editor!r} needs an editor file (editor_file=...)")
     records = select_records(counterfact_path, ordering_path, n_edits)
@@ -139,9 +187,16 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
     stats_sha = stats_sha256(stats_path)
     editor_sha = sha256_file(editor_file) if editor_file is not None else None
     key_inputs = {
-        "method": method, "editor": editor, "hparams": hparams, "model": identity, "seed": seed,
-        "n_edits": n_edits, "snapshot_every": snapshot_every, "dtype": dtype,
-        "case_ids": [r["case_id"] for r in records], "stats": stats_sha,
+        "method": method,
+        "editor": editor,
+        "hparams": hparams,
+        "model": identity,
+        "seed": seed,
+        "n_edits": n_edits,
+        "snapshot_every": snapshot_every,
+        "dtype": dtype,
+        "case_ids": [r["case_id"] for r in records],
+        "stats": stats_sha,
     }
     if editor_sha is not None:
         key_inputs["editor_file"] = editor_sha
@@ -153,14 +208,26 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
     from editscale.io.provenance import config_hash, environment
 
     attrs = {
-        "method": method, "editor": editor, "arch": spec.name, "conv1d": spec.conv1d,
-        "snapshot_every": snapshot_every, "edits_per_step": edits_per_step, "seed": seed, "dtype": dtype,
+        "method": method,
+        "editor": editor,
+        "arch": spec.name,
+        "conv1d": spec.conv1d,
+        "snapshot_every": snapshot_every,
+        "edits_per_step": edits_per_step,
+        "seed": seed,
+        "dtype": dtype,
         "hparams": hparams,
-        "model": read_manifest(model_dir), "model_id": identity["model_id"],
-        "revision": identity["revision"], "counterfact_sha256": sha256_file(counterfact_path),
-        "ordering_sha256": sha256_file(ordering_path), "stats_sha256": stats_sha or "",
-        "editor_file_sha256": editor_sha or "", "store_updates": bool(store_updates),
-        "config": config or {}, "config_hash": config_hash(config or {}), "environment": environment(),
+        "model": read_manifest(model_dir),
+        "model_id": identity["model_id"],
+        "revision": identity["revision"],
+        "counterfact_sha256": sha256_file(counterfact_path),
+        "ordering_sha256": sha256_file(ordering_path),
+        "stats_sha256": stats_sha or "",
+        "editor_file_sha256": editor_sha or "",
+        "store_updates": bool(store_updates),
+        "config": config or {},
+        "config_hash": config_hash(config or {}),
+        "environment": environment(),
     }
 
     # The writer needs the editor's matrices and diagnostics; build the editor (context
@@ -170,26 +237,43 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
     ed = module.make_editor(model, tok, hparams, second_moment, seed, state=part_state, **extra)
     carry_dims = dict(getattr(ed, "carry_dims", {}))
     if carry_dims and not store_updates:
-        raise ValueError(f"method {method!r}: editor {editor!r} carries state from edit to edit, which replaying "
-                         "from snapshots (store_updates: false) cannot rebuild; set store_updates: true")
+        raise ValueError(
+            f"method {method!r}: editor {editor!r} carries state from edit to edit, which replaying "
+            "from snapshots (store_updates: false) cannot rebuild; set store_updates: true"
+        )
     params = ed.edited_modules
     biases = [p for p in params if p in set(getattr(ed, "edited_biases", ()))]  # FT-C include_bias
     originals = {p: edit_parameter(model, p).detach().clone() for p in params}
-    originals.update({bias_key(p): edit_parameter(model, bias_key(p)).detach().clone() for p in biases})
+    originals.update(
+        {bias_key(p): edit_parameter(model, bias_key(p)).detach().clone() for p in biases}
+    )
     shapes = {p: tuple(_out_in_shape(originals[p], spec)) for p in params}
-    metric_names = (["edit", "case_id", *METRIC_NAMES]
-                    + [f"update_norm_{i}" for i in range(len(params))]
-                    + [f"distance_{i}" for i in range(len(params))]
-                    + [f"weight_norm_{i}" for i in range(len(params))]
-                    + [f"bias_{m}_{i}" for i, p in enumerate(params) if p in biases
-                       for m in ("update_norm", "distance")]
-                    + list(ed.info_names) + ["edit_seconds", "eval_seconds"])
+    metric_names = (
+        ["edit", "case_id", *METRIC_NAMES]
+        + [f"update_norm_{i}" for i in range(len(params))]
+        + [f"distance_{i}" for i in range(len(params))]
+        + [f"weight_norm_{i}" for i in range(len(params))]
+        + [
+            f"bias_{m}_{i}"
+            for i, p in enumerate(params)
+            if p in biases
+            for m in ("update_norm", "distance")
+        ]
+        + list(ed.info_names)
+        + ["edit_seconds", "eval_seconds"]
+    )
     writer = TrajectoryWriter.open(
-        out_path, n_edits=n_edits, params=params, shapes=shapes,
+        out_path,
+        n_edits=n_edits,
+        params=params,
+        shapes=shapes,
         dtypes={p: str(originals[p].dtype) for p in params},
         kinds={p: ed.update_kind if store_updates else REPLAY for p in params},
-        metric_names=metric_names, attrs=attrs, resume_key=resume_key,
-        biases={p: str(originals[bias_key(p)].dtype) for p in biases}, carry_dims=carry_dims,
+        metric_names=metric_names,
+        attrs=attrs,
+        resume_key=resume_key,
+        biases={p: str(originals[bias_key(p)].dtype) for p in biases},
+        carry_dims=carry_dims,
     )
     try:
         if writer.n_done == 0:
@@ -206,11 +290,18 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
                     ed.commit(carried)
         numel = {p: originals[p].numel() for p in params}
         last_log = time.perf_counter()
-        log.info("trajectory %s: %d edits with %s on %s (%s), editing %s", out_path, n_edits, editor,
-                 identity["model_id"], dtype, params)
+        log.info(
+            "trajectory %s: %d edits with %s on %s (%s), editing %s",
+            out_path,
+            n_edits,
+            editor,
+            identity["model_id"],
+            dtype,
+            params,
+        )
         k = edits_per_step
         for t in range(writer.n_done + 1, n_edits + 1, k):
-            recs = records[t - 1:t - 1 + k]
+            recs = records[t - 1 : t - 1 + k]
             t0 = time.perf_counter()
             result = ed.compute(recs[0]) if k == 1 else ed.compute_batch(recs)
             apply_updates(model, result.updates, spec)
@@ -226,14 +317,22 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
                 step[f"weight_norm_{i}"] = float(torch.linalg.norm(w))
                 if p in biases:  # ||b_t - b_0||_2 / numel(b), as distance_i for the matrix
                     b = edit_parameter(model, bias_key(p)).double()
-                    step[f"bias_distance_{i}"] = float((b - originals[bias_key(p)].double()).norm()) / b.numel()
+                    step[f"bias_distance_{i}"] = (
+                        float((b - originals[bias_key(p)].double()).norm()) / b.numel()
+                    )
             for name in ed.info_names:
                 step[name] = float(result.info.get(name, np.nan))
             for j, rec in enumerate(recs):
                 t2 = time.perf_counter()
                 scores = evaluate_record(model, tok, rec, batch_size=eval_batch_size)
-                row = {"edit": t + j, "case_id": rec["case_id"], **scores, **step,
-                       "edit_seconds": (t1 - t0) / k, "eval_seconds": time.perf_counter() - t2}
+                row = {
+                    "edit": t + j,
+                    "case_id": rec["case_id"],
+                    **scores,
+                    **step,
+                    "edit_seconds": (t1 - t0) / k,
+                    "eval_seconds": time.perf_counter() - t2,
+                }
                 for i, p in enumerate(params):  # the step's update is stored with its first edit
                     row[f"update_norm_{i}"] = by_module[p].frobenius_norm() if j == 0 else 0.0
                     if p in biases:
@@ -243,39 +342,64 @@ def run_trajectory(*, model_dir, counterfact_path, ordering_path, stats_path, ou
             snap = None
             if last % snapshot_every == 0 or last == n_edits:
                 snap = {name: edit_parameter(model, name) for name in originals}
-            writer.write_step(t, rows, result.updates, snapshot=snap, carry=result.carry if carry_dims else None)
+            writer.write_step(
+                t, rows, result.updates, snapshot=snap, carry=result.carry if carry_dims else None
+            )
             now = time.perf_counter()
             if now - last_log >= progress_every_s or last == n_edits or t == 1:
                 last_log = now
                 es, ps, ns = (float(np.mean([r[m] for r in rows])) for m in ("es", "ps", "ns"))
-                log.info("edit %d/%d case %d: ES %.2f PS %.2f NS %.2f dist %.3g | %.2f s edit, %.2f s eval",
-                         last, n_edits, recs[-1]["case_id"], es, ps, ns, rows[0]["distance_0"], t1 - t0,
-                         sum(r["eval_seconds"] for r in rows))
+                log.info(
+                    "edit %d/%d case %d: ES %.2f PS %.2f NS %.2f dist %.3g | %.2f s edit, %.2f s eval",
+                    last,
+                    n_edits,
+                    recs[-1]["case_id"],
+                    es,
+                    ps,
+                    ns,
+                    rows[0]["distance_0"],
+                    t1 - t0,
+                    sum(r["eval_seconds"] for r in rows),
+                )
         writer.finish(out_path)
     finally:
         writer.close()
     log.info("trajectory done in %.1f s: %s", time.perf_counter() - t_start, out_path)
 
 
-def check_steps(editor: str, n_edits: int, snapshot_every: int, edits_per_step: int = 1,
-                store_updates: bool = True, where: str = "trajectory") -> None:
+def check_steps(
+    editor: str,
+    n_edits: int,
+    snapshot_every: int,
+    edits_per_step: int = 1,
+    store_updates: bool = True,
+    where: str = "trajectory",
+) -> None:
     """Refuse step settings a trajectory cannot run, naming ``where`` they come from."""
     if n_edits < 1 or snapshot_every < 1 or edits_per_step < 1:
-        raise ValueError(f"{where}: n_edits, snapshot_every and edits_per_step must be >= 1 "
-                         f"(got {n_edits}, {snapshot_every}, {edits_per_step})")
+        raise ValueError(
+            f"{where}: n_edits, snapshot_every and edits_per_step must be >= 1 "
+            f"(got {n_edits}, {snapshot_every}, {edits_per_step})"
+        )
     if edits_per_step == 1:
         return
     if not editor_info(editor).batched:
         batched = sorted(n for n, i in EDITORS.items() if i.batched)
-        raise ValueError(f"{where}: edits_per_step {edits_per_step}, but editor {editor!r} edits one record per "
-                         f"step; the editors that edit in batches are {batched}")
+        raise ValueError(
+            f"{where}: edits_per_step {edits_per_step}, but editor {editor!r} edits one record per "
+            f"step; the editors that edit in batches are {batched}"
+        )
     if not store_updates:
-        raise ValueError(f"{where}: edits_per_step {edits_per_step} needs store_updates: true (replaying "
-                         "from snapshots rebuilds one edit at a time)")
+        raise ValueError(
+            f"{where}: edits_per_step {edits_per_step} needs store_updates: true (replaying "
+            "from snapshots rebuilds one edit at a time)"
+        )
     for name, value in (("n_edits", n_edits), ("snapshot_every", snapshot_every)):
         if value % edits_per_step:
-            raise ValueError(f"{where}: {name} {value} is not a multiple of edits_per_step {edits_per_step} "
-                             "(snapshots and the last edit must end a step)")
+            raise ValueError(
+                f"{where}: {name} {value} is not a multiple of edits_per_step {edits_per_step} "
+                "(snapshots and the last edit must end a step)"
+            )
 
 
 def _backfill_weight_norms(writer: TrajectoryWriter, params: list[str], spec, device) -> None:
@@ -283,7 +407,11 @@ def _backfill_weight_norms(writer: TrajectoryWriter, params: list[str], spec, de
     names = [f"weight_norm_{i}" for i in range(len(params))]
     if not set(names) & set(writer.added_metrics) or writer.n_done == 0:
         return
-    log.info("%s predates the weight_norm metrics: replaying %d edits to fill them in", writer.path, writer.n_done)
+    log.info(
+        "%s predates the weight_norm metrics: replaying %d edits to fill them in",
+        writer.path,
+        writer.n_done,
+    )
     for t, weights in replay_weights(writer.path, writer.n_done, spec, device=device):
         for i, p in enumerate(params):
             writer.f[f"metrics/{names[i]}"][t - 1] = float(torch.linalg.norm(weights[p].double()))
@@ -320,5 +448,10 @@ def export_metrics_csv(h5_path, csv_path) -> None:
         w = csv.writer(fh)
         w.writerow(names)
         for i in range(n):
-            w.writerow([int(cols[k][i]) if k in ("edit", "case_id") else repr(float(cols[k][i])) for k in names])
+            w.writerow(
+                [
+                    int(cols[k][i]) if k in ("edit", "case_id") else repr(float(cols[k][i]))
+                    for k in names
+                ]
+            )
     os.replace(tmp, csv_path)

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from editscale.editors.base import ParamUpdate, apply_update, bias_key
-from editscale.lm.models import ArchSpec, ARCHITECTURES
+from editscale.lm.models import ARCHITECTURES, ArchSpec
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,19 @@ def open_partial(path: str | os.PathLike, mode: str = "r") -> h5py.File | None:
     try:
         return h5py.File(path, mode)
     except BlockingIOError as err:
-        raise StoreError(f"{path} is open in another process (is another job writing it?): {err}") from err
+        raise StoreError(
+            f"{path} is open in another process (is another job writing it?): {err}"
+        ) from err
     except (FileNotFoundError, PermissionError):
         raise
     except OSError as err:
         dest = move_aside(path, "unreadable")
-        log.warning("cannot read the unfinished file %s (%s): moved it aside to %s and starting afresh",
-                    path, err, dest)
+        log.warning(
+            "cannot read the unfinished file %s (%s): moved it aside to %s and starting afresh",
+            path,
+            err,
+            dest,
+        )
         return None
 
 
@@ -133,10 +139,15 @@ def _read(ds: h5py.Dataset, sel=()) -> np.ndarray:
     try:
         return ds[sel]
     except OSError as err:
-        why = ("it carries a fletcher32 checksum, so its bytes on disk are most likely not those written"
-               if ds.fletcher32 else "it carries no checksum (written before them)")
-        raise CorruptDataError(f"{ds.file.filename}: dataset {ds.name} cannot be read back ({err}); {why}: "
-                               "the file is damaged, recompute it") from err
+        why = (
+            "it carries a fletcher32 checksum, so its bytes on disk are most likely not those written"
+            if ds.fletcher32
+            else "it carries no checksum (written before them)"
+        )
+        raise CorruptDataError(
+            f"{ds.file.filename}: dataset {ds.name} cannot be read back ({err}); {why}: "
+            "the file is damaged, recompute it"
+        ) from err
 
 
 def _torch_to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -161,10 +172,21 @@ class TrajectoryWriter:
         self.added_metrics = list(added_metrics or [])
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, n_edits: int, params: list[str],
-             shapes: dict[str, tuple], dtypes: dict[str, str], kinds: dict[str, str],
-             metric_names: list[str], attrs: dict, resume_key: str,
-             biases: dict[str, str] | None = None, carry_dims: dict[str, int] | None = None) -> "TrajectoryWriter":
+    def open(
+        cls,
+        path: str | os.PathLike,
+        *,
+        n_edits: int,
+        params: list[str],
+        shapes: dict[str, tuple],
+        dtypes: dict[str, str],
+        kinds: dict[str, str],
+        metric_names: list[str],
+        attrs: dict,
+        resume_key: str,
+        biases: dict[str, str] | None = None,
+        carry_dims: dict[str, int] | None = None,
+    ) -> "TrajectoryWriter":
         """Create ``path.partial``, or reopen it when its ``resume_key`` matches.
 
         ``biases``: {module: dtype} of the params whose module's bias every edit also changes.
@@ -174,7 +196,11 @@ class TrajectoryWriter:
         part = partial_path(path)
         f = open_partial(part, "r+")
         if f is not None and f.attrs.get("resume_key") != resume_key:
-            found, n_done, n_total = f.attrs.get("resume_key"), int(f.attrs.get("n_done", 0)), f.attrs.get("n_edits")
+            found, n_done, n_total = (
+                f.attrs.get("resume_key"),
+                int(f.attrs.get("n_done", 0)),
+                f.attrs.get("n_edits"),
+            )
             f.close()
             f = None
             if n_done > 0:
@@ -184,13 +210,20 @@ class TrajectoryWriter:
                     "start afresh (its edits are lost), or restore the inputs and config it was made with "
                     "to resume it"
                 )
-            log.info("replacing %s: it holds no finished edit and was made with different inputs or settings",
-                     part)
+            log.info(
+                "replacing %s: it holds no finished edit and was made with different inputs or settings",
+                part,
+            )
         if f is not None:
             added = [name for name in metric_names if name not in f["metrics"]]
             for name in added:  # a file from before these metrics existed
-                f["metrics"].create_dataset(name, shape=(int(f.attrs["n_edits"]),), dtype="f8", fillvalue=np.nan,
-                                            **_CHECKSUM)
+                f["metrics"].create_dataset(
+                    name,
+                    shape=(int(f.attrs["n_edits"]),),
+                    dtype="f8",
+                    fillvalue=np.nan,
+                    **_CHECKSUM,
+                )
             if added:
                 f.flush()
             return cls(f, part, added)
@@ -207,7 +240,11 @@ class TrajectoryWriter:
         f.attrs["bias_dtypes"] = json.dumps(biases)
         f.attrs["resume_key"] = resume_key
         for k, v in attrs.items():
-            f.attrs[k] = v if isinstance(v, (int, float, str, bool, np.integer, np.floating)) else json.dumps(v)
+            f.attrs[k] = (
+                v
+                if isinstance(v, (int, float, str, bool, np.integer, np.floating))
+                else json.dumps(v)
+            )
         g = f.create_group("metrics")
         for name in metric_names:
             g.create_dataset(name, shape=(n_edits,), dtype="f8", fillvalue=np.nan, **_CHECKSUM)
@@ -217,34 +254,69 @@ class TrajectoryWriter:
             ug.attrs["module"] = p
             ug.attrs["kind"] = kinds[p]
             if kinds[p] == "rank_one":
-                ug.create_dataset("u", shape=(n_edits, in_dim), dtype="f4", chunks=(1, in_dim), **_CHECKSUM)
-                ug.create_dataset("v", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim), **_CHECKSUM)
+                ug.create_dataset(
+                    "u", shape=(n_edits, in_dim), dtype="f4", chunks=(1, in_dim), **_CHECKSUM
+                )
+                ug.create_dataset(
+                    "v", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim), **_CHECKSUM
+                )
             elif kinds[p] == "low_rank":
-                ug.create_dataset("u", shape=(0, in_dim), maxshape=(None, in_dim), dtype="f4",
-                                  chunks=(16, in_dim), **_CHECKSUM)
-                ug.create_dataset("v", shape=(0, out_dim), maxshape=(None, out_dim), dtype="f4",
-                                  chunks=(16, out_dim), **_CHECKSUM)
-                ug.create_dataset("offsets", shape=(n_edits + 1,), dtype="i8", fillvalue=0, **_CHECKSUM)
+                ug.create_dataset(
+                    "u",
+                    shape=(0, in_dim),
+                    maxshape=(None, in_dim),
+                    dtype="f4",
+                    chunks=(16, in_dim),
+                    **_CHECKSUM,
+                )
+                ug.create_dataset(
+                    "v",
+                    shape=(0, out_dim),
+                    maxshape=(None, out_dim),
+                    dtype="f4",
+                    chunks=(16, out_dim),
+                    **_CHECKSUM,
+                )
+                ug.create_dataset(
+                    "offsets", shape=(n_edits + 1,), dtype="i8", fillvalue=0, **_CHECKSUM
+                )
             elif kinds[p] == REPLAY:
                 pass  # snapshots only
             elif kinds[p] == "dense":
-                ug.create_dataset("dense", shape=(n_edits, out_dim, in_dim), dtype="f4",
-                                  chunks=(1, out_dim, in_dim), compression="gzip", compression_opts=1,
-                                  **_CHECKSUM)
+                ug.create_dataset(
+                    "dense",
+                    shape=(n_edits, out_dim, in_dim),
+                    dtype="f4",
+                    chunks=(1, out_dim, in_dim),
+                    compression="gzip",
+                    compression_opts=1,
+                    **_CHECKSUM,
+                )
             else:
                 raise StoreError(f"unknown update kind {kinds[p]!r} for {p}")
             f.create_group(f"snapshots/{i}")
             ug.attrs["bias"] = p in biases
             if p in biases:
                 if kinds[p] != REPLAY:
-                    ug.create_dataset("bias", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim),
-                                      **_CHECKSUM)
+                    ug.create_dataset(
+                        "bias",
+                        shape=(n_edits, out_dim),
+                        dtype="f4",
+                        chunks=(1, out_dim),
+                        **_CHECKSUM,
+                    )
                 f.create_group(f"bias_snapshots/{i}")
         f.create_group("editor_state")
         for name, dim in (carry_dims or {}).items():
             cg = f.create_group(f"carry/{name}")
-            cg.create_dataset("rows", shape=(0, dim), maxshape=(None, dim), dtype="f8", chunks=(16, dim),
-                              **_CHECKSUM)
+            cg.create_dataset(
+                "rows",
+                shape=(0, dim),
+                maxshape=(None, dim),
+                dtype="f8",
+                chunks=(16, dim),
+                **_CHECKSUM,
+            )
             cg.create_dataset("offsets", shape=(n_edits + 1,), dtype="i8", fillvalue=0, **_CHECKSUM)
         f.flush()
         f.close()
@@ -272,23 +344,41 @@ class TrajectoryWriter:
         params = json.loads(self.f.attrs["params"])
         biased = set(_bias_params(self.f))
         for i, p in enumerate(params):
-            groups = [(f"snapshots/{i}", p)] + ([(f"bias_snapshots/{i}", bias_key(p))] if p in biased else [])
+            groups = [(f"snapshots/{i}", p)] + (
+                [(f"bias_snapshots/{i}", bias_key(p))] if p in biased else []
+            )
             for group, key in groups:
                 g = self.f[group]
                 if str(t) in g:
                     del g[str(t)]
-                g.create_dataset(str(t), data=_torch_to_numpy(weights[key]), compression="gzip",
-                                 compression_opts=1, chunks=True, **_CHECKSUM)
+                g.create_dataset(
+                    str(t),
+                    data=_torch_to_numpy(weights[key]),
+                    compression="gzip",
+                    compression_opts=1,
+                    chunks=True,
+                    **_CHECKSUM,
+                )
 
-    def write_edit(self, t: int, metrics: dict[str, float], updates: list[ParamUpdate],
-                   snapshot: dict[str, torch.Tensor] | None = None,
-                   carry: dict[str, torch.Tensor] | None = None) -> None:
+    def write_edit(
+        self,
+        t: int,
+        metrics: dict[str, float],
+        updates: list[ParamUpdate],
+        snapshot: dict[str, torch.Tensor] | None = None,
+        carry: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         """Record edit ``t`` (1-based) and advance ``n_done`` to ``t`` after a flush."""
         self.write_step(t, [metrics], updates, snapshot=snapshot, carry=carry)
 
-    def write_step(self, t: int, metrics: list[dict[str, float]], updates: list[ParamUpdate],
-                   snapshot: dict[str, torch.Tensor] | None = None,
-                   carry: dict[str, torch.Tensor] | None = None) -> None:
+    def write_step(
+        self,
+        t: int,
+        metrics: list[dict[str, float]],
+        updates: list[ParamUpdate],
+        snapshot: dict[str, torch.Tensor] | None = None,
+        carry: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         """Record one editing step of ``len(metrics)`` edits, ``t .. t + len(metrics) - 1`` (1-based),
         made by the one update ``updates``, and advance ``n_done`` to the step's last edit after a
         flush (a run killed mid-step redoes the whole step).
@@ -305,20 +395,26 @@ class TrajectoryWriter:
             raise StoreError(f"edit {t} written out of order (n_done={self.n_done})")
         last = t + k - 1
         if last > int(self.f.attrs["n_edits"]):
-            raise StoreError(f"step {t}..{last} runs past the file's {int(self.f.attrs['n_edits'])} edits")
+            raise StoreError(
+                f"step {t}..{last} runs past the file's {int(self.f.attrs['n_edits'])} edits"
+            )
         names = set(self.f["carry"]) if "carry" in self.f else set()
         if set(carry or {}) != names:
-            raise StoreError(f"edit {t}: carried {sorted(carry or {})}, the store expects {sorted(names)}")
+            raise StoreError(
+                f"edit {t}: carried {sorted(carry or {})}, the store expects {sorted(names)}"
+            )
         for name, rows in (carry or {}).items():
             g = self.f[f"carry/{name}"]
-            start = int(_read(g["offsets"], t - 1))  # rows past it belong to no finished edit: overwritten
+            start = int(
+                _read(g["offsets"], t - 1)
+            )  # rows past it belong to no finished edit: overwritten
             end = start + int(rows.shape[0])
             g["rows"].resize(end, axis=0)
             g["rows"][start:end] = rows.detach().to("cpu", torch.float64).numpy()
-            g["offsets"][t:last + 1] = end  # the step's later edits carry no rows
+            g["offsets"][t : last + 1] = end  # the step's later edits carry no rows
         params = json.loads(self.f.attrs["params"])
         for name in metrics[0]:
-            self.f[f"metrics/{name}"][t - 1:last] = [row[name] for row in metrics]
+            self.f[f"metrics/{name}"][t - 1 : last] = [row[name] for row in metrics]
         by_module = {u.module: u for u in updates}
         for i, p in enumerate(params):
             g = self.f[f"updates/{i}"]
@@ -335,11 +431,15 @@ class TrajectoryWriter:
     def _write_update(g: h5py.Group, t: int, last: int, p: str, upd: ParamUpdate) -> None:
         """``upd`` as edit ``t``'s update of param ``p`` (group ``g``), empty ones for ``t+1 .. last``."""
         if upd.kind != g.attrs["kind"]:
-            raise StoreError(f"edit {t}: a {upd.kind} update for {p}, whose store kind is {g.attrs['kind']}")
+            raise StoreError(
+                f"edit {t}: a {upd.kind} update for {p}, whose store kind is {g.attrs['kind']}"
+            )
         if (upd.bias is not None) != ("bias" in g):
-            raise StoreError(f"edit {t}: the update of {p} {'changes' if upd.bias is not None else 'leaves'} "
-                             f"its bias, but the store {'does not record' if 'bias' not in g else 'expects'} "
-                             "bias updates")
+            raise StoreError(
+                f"edit {t}: the update of {p} {'changes' if upd.bias is not None else 'leaves'} "
+                f"its bias, but the store {'does not record' if 'bias' not in g else 'expects'} "
+                "bias updates"
+            )
         if upd.bias is not None:
             g["bias"][t - 1] = _torch_to_numpy(upd.bias.float())
             g["bias"][t:last] = 0.0
@@ -355,7 +455,7 @@ class TrajectoryWriter:
             for name, fac in (("u", upd.u), ("v", upd.v)):
                 g[name].resize(end, axis=0)
                 g[name][start:end] = _torch_to_numpy(fac.float())
-            g["offsets"][t:last + 1] = end
+            g["offsets"][t : last + 1] = end
         else:
             g["dense"][t - 1] = _torch_to_numpy(upd.dense.float())
             for s in range(t, last):
@@ -387,9 +487,11 @@ def read_carry(f: h5py.File, t_to: int) -> list[dict[str, torch.Tensor]]:
     out: list[dict[str, torch.Tensor]] = [{} for _ in range(t_to)]
     for name in g:
         offsets = _read(g[name]["offsets"], slice(0, t_to + 1))
-        rows = torch.from_numpy(_read(g[name]["rows"], slice(0, int(offsets[-1])))) if t_to else None
+        rows = (
+            torch.from_numpy(_read(g[name]["rows"], slice(0, int(offsets[-1])))) if t_to else None
+        )
         for t in range(t_to):
-            out[t][name] = rows[int(offsets[t]):int(offsets[t + 1])]
+            out[t][name] = rows[int(offsets[t]) : int(offsets[t + 1])]
     return out
 
 
@@ -413,16 +515,29 @@ def read_updates(f: h5py.File, t_from: int, t_to: int) -> list[list[ParamUpdate]
             raise UpdatesNotStored(
                 f"{f.filename}: the updates of {p} are not stored (store_updates: false); the weights after "
                 f"edits {t_from + 1}..{t_to} are rebuilt by replaying the editor from snapshot {t_from} "
-                "(editscale.editing.replay.WeightLoader)")
+                "(editscale.editing.replay.WeightLoader)"
+            )
         if g.attrs["kind"] == "rank_one":
             us, vs = _read(g["u"], slice(t_from, t_to)), _read(g["v"], slice(t_from, t_to))
-            cols.append([ParamUpdate(p, u=torch.from_numpy(u), v=torch.from_numpy(v)) for u, v in zip(us, vs)])
+            cols.append(
+                [
+                    ParamUpdate(p, u=torch.from_numpy(u), v=torch.from_numpy(v))
+                    for u, v in zip(us, vs)
+                ]
+            )
         elif g.attrs["kind"] == "low_rank":
             off = _read(g["offsets"], slice(t_from, t_to + 1))
             us, vs = _read(g["u"], slice(off[0], off[-1])), _read(g["v"], slice(off[0], off[-1]))
-            cols.append([ParamUpdate(p, u=torch.from_numpy(us[a - off[0]:b - off[0]]),
-                                     v=torch.from_numpy(vs[a - off[0]:b - off[0]]))
-                         for a, b in zip(off[:-1], off[1:])])
+            cols.append(
+                [
+                    ParamUpdate(
+                        p,
+                        u=torch.from_numpy(us[a - off[0] : b - off[0]]),
+                        v=torch.from_numpy(vs[a - off[0] : b - off[0]]),
+                    )
+                    for a, b in zip(off[:-1], off[1:])
+                ]
+            )
         else:
             ds = _read(g["dense"], slice(t_from, t_to))
             cols.append([ParamUpdate(p, dense=torch.from_numpy(d)) for d in ds])
@@ -449,11 +564,19 @@ def updates_stored(path: str | os.PathLike) -> bool:
     """Whether a trajectory file stores every edit's update (False: snapshots only, the edits in
     between rebuilt by replaying the editor, :mod:`editscale.editing.replay`)."""
     with h5py.File(path, "r") as f:
-        return not any(f[f"updates/{i}"].attrs["kind"] == REPLAY for i in range(len(json.loads(f.attrs["params"]))))
+        return not any(
+            f[f"updates/{i}"].attrs["kind"] == REPLAY
+            for i in range(len(json.loads(f.attrs["params"])))
+        )
 
 
-def replay_weights(path: str | os.PathLike, t_to: int, spec: ArchSpec | str | None = None,
-                   device: str | torch.device = "cpu", block: int = 64):
+def replay_weights(
+    path: str | os.PathLike,
+    t_to: int,
+    spec: ArchSpec | str | None = None,
+    device: str | torch.device = "cpu",
+    block: int = 64,
+):
     """Yield ``(t, weights)`` after every edit ``t = 1 .. t_to`` in turn, from the unedited snapshot.
 
     ``weights`` is the same dict of tensors each time, updated in place (copy what is kept). Each
@@ -465,7 +588,9 @@ def replay_weights(path: str | os.PathLike, t_to: int, spec: ArchSpec | str | No
         spec = _spec(f, spec)
         n_done = int(f.attrs["n_done"])
         if not 0 <= t_to <= n_done:
-            raise StoreError(f"{path}: edits up to {t_to} requested, but the file holds edits 0..{n_done}")
+            raise StoreError(
+                f"{path}: edits up to {t_to} requested, but the file holds edits 0..{n_done}"
+            )
         for start in range(0, t_to, block):
             for i, row in enumerate(read_updates(f, start, min(start + block, t_to))):
                 for upd in row:
@@ -488,8 +613,12 @@ def _spec(f: h5py.File, spec: ArchSpec | str | None) -> ArchSpec:
     return ARCHITECTURES[spec] if isinstance(spec, str) else spec
 
 
-def rebuild_weights(path: str | os.PathLike, t: int, spec: ArchSpec | str | None = None,
-                    device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def rebuild_weights(
+    path: str | os.PathLike,
+    t: int,
+    spec: ArchSpec | str | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
     """The edited matrices after edit ``t`` (0 = before any edit), from the nearest snapshot.
 
     Keyed by module path; an edited bias is included under ``bias_key(module)``. Applies the
@@ -515,8 +644,9 @@ def rebuild_weights(path: str | os.PathLike, t: int, spec: ArchSpec | str | None
         bias_dtypes = json.loads(f.attrs.get("bias_dtypes", "{}"))
         for i, p in enumerate(params):
             if p in biased:
-                weights[bias_key(p)] = _numpy_to_torch(_read(f[f"bias_snapshots/{i}/{base}"]),
-                                                       bias_dtypes[p]).to(device)
+                weights[bias_key(p)] = _numpy_to_torch(
+                    _read(f[f"bias_snapshots/{i}/{base}"]), bias_dtypes[p]
+                ).to(device)
         for row in read_updates(f, base, t):
             for upd in row:
                 _apply(weights, upd, spec)

@@ -11,12 +11,23 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from editscale.editors.hparams import AlphaEditHParams, EmmetHParams, EncoreHParams, FtcHParams, MemitHParams, MendHParams, MendTrainHParams, RomeHParams
+from editscale.editors.hparams import (
+    AlphaEditHParams,
+    EmmetHParams,
+    EncoreHParams,
+    FtcHParams,
+    MemitHParams,
+    MendHParams,
+    MendTrainHParams,
+    RomeHParams,
+)
 
 
 @dataclass(frozen=True)
 class EditorInfo:
-    module: str  # module defining ``make_editor(model, tok, hparams, second_moment, seed, state=None)``
+    module: (
+        str  # module defining ``make_editor(model, tok, hparams, second_moment, seed, state=None)``
+    )
     needs_covariance: bool  # the workflow computes key statistics for it
     # the editor needs a trained editor file (MEND): make_editor then also takes
     # ``editor_file=<path>`` and ``identity=<models.model_identity of the model>``
@@ -33,17 +44,32 @@ class EditorInfo:
 
 EDITORS: dict[str, EditorInfo] = {
     "rome": EditorInfo(module="editscale.editors.rome", needs_covariance=True, hparams=RomeHParams),
-    "memit": EditorInfo(module="editscale.editors.memit", needs_covariance=True,
-                        hparams=MemitHParams, batched=True),
-    "emmet": EditorInfo(module="editscale.editors.emmet", needs_covariance=True,
-                        hparams=EmmetHParams, batched=True),
-    "alphaedit": EditorInfo(module="editscale.editors.alphaedit", needs_covariance=True,
-                        hparams=AlphaEditHParams, batched=True),
-    "encore": EditorInfo(module="editscale.editors.encore", needs_covariance=True,
-                        hparams=EncoreHParams, batched=True),
+    "memit": EditorInfo(
+        module="editscale.editors.memit", needs_covariance=True, hparams=MemitHParams, batched=True
+    ),
+    "emmet": EditorInfo(
+        module="editscale.editors.emmet", needs_covariance=True, hparams=EmmetHParams, batched=True
+    ),
+    "alphaedit": EditorInfo(
+        module="editscale.editors.alphaedit",
+        needs_covariance=True,
+        hparams=AlphaEditHParams,
+        batched=True,
+    ),
+    "encore": EditorInfo(
+        module="editscale.editors.encore",
+        needs_covariance=True,
+        hparams=EncoreHParams,
+        batched=True,
+    ),
     "ftc": EditorInfo(module="editscale.editors.ftc", needs_covariance=False, hparams=FtcHParams),
-    "mend": EditorInfo(module="editscale.editors.mend", needs_covariance=False, needs_editor_file=True,
-                       hparams=MendHParams, training=MendTrainHParams),
+    "mend": EditorInfo(
+        module="editscale.editors.mend",
+        needs_covariance=False,
+        needs_editor_file=True,
+        hparams=MendHParams,
+        training=MendTrainHParams,
+    ),
 }
 
 

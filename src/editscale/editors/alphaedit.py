@@ -42,19 +42,29 @@ class AlphaEditEditor(CarriedKeysEditor):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.p = {x: null_space_projection(self.c[x], self.hp.nullspace_threshold) for x in self.hp.layers}
+        self.p = {
+            x: null_space_projection(self.c[x], self.hp.nullspace_threshold) for x in self.hp.layers
+        }
 
     def _adjusted_keys(self, layer: int, k: torch.Tensor) -> torch.Tensor:
         p = self.p[layer]
-        a = p @ (k @ k.T + self.kept[layer]) + self.hp.L2 * torch.eye(p.shape[0], dtype=p.dtype, device=p.device)
+        a = p @ (k @ k.T + self.kept[layer]) + self.hp.L2 * torch.eye(
+            p.shape[0], dtype=p.dtype, device=p.device
+        )
         return torch.linalg.solve(a, p @ k)  # dW = R adj^T, dW^T = a^-1 P K R^T
 
     def _carry(self, records: list[dict]) -> dict[str, torch.Tensor]:
         """The keys read on the model after every layer's update (the public code's cache_c)."""
-        return {f"keys_{i}": self._keys_and_values(records, x)[0].T.contiguous()
-                for i, x in enumerate(self.hp.layers)}
+        return {
+            f"keys_{i}": self._keys_and_values(records, x)[0].T.contiguous()
+            for i, x in enumerate(self.hp.layers)
+        }
 
 
-def make_editor(model, tok, hparams: dict, second_moment, seed: int, state: dict | None = None) -> AlphaEditEditor:
+def make_editor(
+    model, tok, hparams: dict, second_moment, seed: int, state: dict | None = None
+) -> AlphaEditEditor:
     """Build an AlphaEdit editor (as :func:`editscale.editors.memit.make_editor`); K_p K_p^T starts at 0."""
-    return _make_memit_editor(model, tok, hparams, second_moment, seed, state=state, editor_cls=AlphaEditEditor)
+    return _make_memit_editor(
+        model, tok, hparams, second_moment, seed, state=state, editor_cls=AlphaEditEditor
+    )

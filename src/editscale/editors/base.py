@@ -67,7 +67,9 @@ class ParamUpdate:
 class EditResult:
     updates: list[ParamUpdate]
     info: dict[str, float] = field(default_factory=dict)  # scalar diagnostics (losses, steps)
-    vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. ROME's keys and v*, for tests
+    vectors: dict[str, torch.Tensor] = field(
+        default_factory=dict
+    )  # e.g. ROME's keys and v*, for tests
     # what an editor carries to its next edits (AlphaEdit: the keys just inserted), as (rows, dim)
     # tensors: the runner stores them with the edit and hands them to ``editor.commit`` after
     # applying the updates, and again in order when it resumes
@@ -75,13 +77,16 @@ class EditResult:
 
 
 @torch.no_grad()
-def apply_update(weight: torch.Tensor, update: ParamUpdate, spec: ArchSpec,
-                 bias: torch.Tensor | None = None) -> None:
+def apply_update(
+    weight: torch.Tensor, update: ParamUpdate, spec: ArchSpec, bias: torch.Tensor | None = None
+) -> None:
     """Add an update to a stored weight (and, if the update changes it, to ``bias``) in place, in
     the tensors' own orientation and dtype."""
     if update.bias is not None:
         if bias is None:
-            raise ValueError(f"the update of {update.module} changes its bias, but no bias tensor was given")
+            raise ValueError(
+                f"the update of {update.module} changes its bias, but no bias tensor was given"
+            )
         bias.add_(update.bias.to(device=bias.device, dtype=bias.dtype))
     if update.dense is not None:
         delta = update.dense.T if spec.conv1d else update.dense

@@ -30,7 +30,9 @@ class EmmetEditor(MemitEditor):
     def _adjusted_keys(self, layer: int, k: torch.Tensor) -> torch.Tensor:
         c = self.hp.mom2_update_weight * self.c[layer]
         if self.hp.update_norm_lambda:
-            c = c + self.hp.update_norm_lambda * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+            c = c + self.hp.update_norm_lambda * torch.eye(
+                c.shape[0], dtype=c.dtype, device=c.device
+            )
         c_inv_k = torch.linalg.solve(c, k)  # (in, n)
         d = k.T @ c_inv_k
         if d.shape[0] > 1:
@@ -38,6 +40,10 @@ class EmmetEditor(MemitEditor):
         return torch.linalg.solve(d, c_inv_k.T).T  # C'^-1 K D^-1 (D symmetric)
 
 
-def make_editor(model, tok, hparams: dict, second_moment, seed: int, state: dict | None = None) -> EmmetEditor:
+def make_editor(
+    model, tok, hparams: dict, second_moment, seed: int, state: dict | None = None
+) -> EmmetEditor:
     """Build an EMMET editor (as :func:`editscale.editors.memit.make_editor`)."""
-    return _make_memit_editor(model, tok, hparams, second_moment, seed, state=state, editor_cls=EmmetEditor)
+    return _make_memit_editor(
+        model, tok, hparams, second_moment, seed, state=state, editor_cls=EmmetEditor
+    )

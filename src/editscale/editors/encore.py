@@ -37,7 +37,9 @@ class EncoreEditor(CarriedKeysEditor):
     def _adjusted_keys(self, layer: int, k: torch.Tensor) -> torch.Tensor:
         c = self.hp.mom2_update_weight * self.c[layer]
         if self.hp.update_norm_lambda:
-            c = c + self.hp.update_norm_lambda * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+            c = c + self.hp.update_norm_lambda * torch.eye(
+                c.shape[0], dtype=c.dtype, device=c.device
+            )
         if self.hp.add_prev_edits:
             c = c + self.kept[layer]
         self._step_keys[layer] = k
@@ -45,9 +47,15 @@ class EncoreEditor(CarriedKeysEditor):
 
     def _carry(self, records: list[dict]) -> dict[str, torch.Tensor]:
         """The keys as this step's updates used them (read before each layer's own update)."""
-        return {f"keys_{i}": self._step_keys.pop(x).T.contiguous() for i, x in enumerate(self.hp.layers)}
+        return {
+            f"keys_{i}": self._step_keys.pop(x).T.contiguous() for i, x in enumerate(self.hp.layers)
+        }
 
 
-def make_editor(model, tok, hparams: dict, second_moment, seed: int, state: dict | None = None) -> EncoreEditor:
+def make_editor(
+    model, tok, hparams: dict, second_moment, seed: int, state: dict | None = None
+) -> EncoreEditor:
     """Build an ENCORE editor (as :func:`editscale.editors.memit.make_editor`); no earlier edits yet."""
-    return _make_memit_editor(model, tok, hparams, second_moment, seed, state=state, editor_cls=EncoreEditor)
+    return _make_memit_editor(
+        model, tok, hparams, second_moment, seed, state=state, editor_cls=EncoreEditor
+    )

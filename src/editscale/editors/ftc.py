@@ -33,10 +33,10 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
-from editscale.lm.scoring import target_token_ids
-from editscale.lm.models import arch_of, causal_attention_mask, get_module, n_layers
 from editscale.editors.base import EditResult, ParamUpdate
 from editscale.editors.hparams import TARGET_POSITIONS, FtcHParams  # noqa: F401 (re-exported)
+from editscale.lm.models import arch_of, causal_attention_mask, get_module, n_layers
+from editscale.lm.scoring import target_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ def target_nll(model, tok, prompt: str, target: str, mode: str = "own") -> torch
         pos = torch.full((m,), len(prompt_ids) - 1, device=device)
     base = get_module(model, arch_of(model).base)
     head = get_module(model, arch_of(model).lm_head)
-    mask = causal_attention_mask(torch.ones_like(ids), ids.shape[1], base.dtype)  # skips transformers' slow builder
+    mask = causal_attention_mask(
+        torch.ones_like(ids), ids.shape[1], base.dtype
+    )  # skips transformers' slow builder
     hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[0]
     logp = head(hidden[pos]).float().log_softmax(-1)
     return -logp.gather(1, torch.tensor(tgt, device=device)[:, None]).mean()
@@ -76,16 +78,23 @@ class FtcEditor:
         self.model, self.tok, self.hp = model, tok, hparams
         self.spec = arch_of(model)
         if not 0 <= hparams.layer < n_layers(model):
-            raise ValueError(f"ftc.layer={hparams.layer} is outside the model's {n_layers(model)} layers")
+            raise ValueError(
+                f"ftc.layer={hparams.layer} is outside the model's {n_layers(model)} layers"
+            )
         self.module_path = self.spec.mlp_out_path(hparams.layer)
         self.module = get_module(model, self.module_path)
         w = self.module.weight
         self.shape = tuple(w.T.shape if self.spec.conv1d else w.shape)  # (out, in)
         self.device = w.device
-        if hparams.include_bias and not isinstance(getattr(self.module, "bias", None), torch.Tensor):
-            raise ValueError(f"ftc.include_bias: {self.module_path} has no bias (architecture {self.spec.name})")
+        if hparams.include_bias and not isinstance(
+            getattr(self.module, "bias", None), torch.Tensor
+        ):
+            raise ValueError(
+                f"ftc.include_bias: {self.module_path} has no bias (architecture {self.spec.name})"
+            )
         self.info_names = ("ft_loss_init", "ft_loss", "ft_steps", "ft_max_abs_delta") + (
-            ("ft_max_abs_bias_delta",) if hparams.include_bias else ())
+            ("ft_max_abs_bias_delta",) if hparams.include_bias else ()
+        )
 
     @property
     def edited_modules(self) -> list[str]:
@@ -111,7 +120,9 @@ class FtcEditor:
         delta = torch.zeros(self.shape, device=self.device, dtype=torch.float32, requires_grad=True)
         bias = None
         if hp.include_bias:
-            bias = torch.zeros(self.shape[0], device=self.device, dtype=torch.float32, requires_grad=True)
+            bias = torch.zeros(
+                self.shape[0], device=self.device, dtype=torch.float32, requires_grad=True
+            )
         opt = torch.optim.Adam([delta] + ([bias] if bias is not None else []), lr=hp.lr)
 
         def add_delta(mod, inputs, output):
@@ -141,18 +152,31 @@ class FtcEditor:
                             max_abs_bias.append(float(bias.abs().max()))
         finally:
             handle.remove()
-        info = {"ft_loss_init": loss_init, "ft_loss": loss_val, "ft_steps": steps,
-                "ft_max_abs_delta": max(max_abs) if max_abs else 0.0}
+        info = {
+            "ft_loss_init": loss_init,
+            "ft_loss": loss_val,
+            "ft_steps": steps,
+            "ft_max_abs_delta": max(max_abs) if max_abs else 0.0,
+        }
         vectors = {"max_abs_per_step": torch.tensor(max_abs)}
         if bias is not None:
             info["ft_max_abs_bias_delta"] = max(max_abs_bias) if max_abs_bias else 0.0
             vectors["max_abs_bias_per_step"] = torch.tensor(max_abs_bias)
-        update = ParamUpdate(self.module_path, dense=delta.detach().clone(),
-                             bias=bias.detach().clone() if bias is not None else None)
+        update = ParamUpdate(
+            self.module_path,
+            dense=delta.detach().clone(),
+            bias=bias.detach().clone() if bias is not None else None,
+        )
         return EditResult([update], info, vectors)
 
 
-def make_editor(model, tok, hparams: dict, second_moment: torch.Tensor | None, seed: int,
-                state: dict | None = None) -> FtcEditor:
+def make_editor(
+    model,
+    tok,
+    hparams: dict,
+    second_moment: torch.Tensor | None,
+    seed: int,
+    state: dict | None = None,
+) -> FtcEditor:
     """Build an FT-C editor (deterministic: no random state; ``second_moment``, ``seed`` unused)."""
     return FtcEditor(model, tok, FtcHParams.from_dict(hparams))

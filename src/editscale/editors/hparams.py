@@ -60,7 +60,9 @@ class RomeHParams:
 
     def __post_init__(self):
         if self.key_mode not in ("original", "homogeneous"):
-            raise ValueError(f"rome.key_mode must be 'original' or 'homogeneous', not {self.key_mode!r}")
+            raise ValueError(
+                f"rome.key_mode must be 'original' or 'homogeneous', not {self.key_mode!r}"
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> "RomeHParams":
@@ -83,16 +85,26 @@ class MemitHParams:
     early_stop_loss: float = 0.05
     mom2_update_weight: float = 15000.0
     context_template_lengths: list = field(default_factory=lambda: [[10, 5]])
-    context_template_starts: list = field(default_factory=lambda: ["The", "Therefore", "Because", "I", "You"])
+    context_template_starts: list = field(
+        default_factory=lambda: ["The", "Therefore", "Because", "I", "You"]
+    )
     context_template_top_k: int = 5
 
     def __post_init__(self):
-        if not self.layers or any(not isinstance(x, int) or isinstance(x, bool) for x in self.layers):
-            raise ValueError(f"memit.layers must be a non-empty list of layer indices, not {self.layers!r}")
+        if not self.layers or any(
+            not isinstance(x, int) or isinstance(x, bool) for x in self.layers
+        ):
+            raise ValueError(
+                f"memit.layers must be a non-empty list of layer indices, not {self.layers!r}"
+            )
         if list(self.layers) != sorted(set(self.layers)):
-            raise ValueError(f"memit.layers must be increasing without repeats, not {self.layers!r}")
+            raise ValueError(
+                f"memit.layers must be increasing without repeats, not {self.layers!r}"
+            )
         if self.mom2_update_weight <= 0:
-            raise ValueError(f"memit.mom2_update_weight must be > 0, not {self.mom2_update_weight!r}")
+            raise ValueError(
+                f"memit.mom2_update_weight must be > 0, not {self.mom2_update_weight!r}"
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> "MemitHParams":
@@ -105,7 +117,9 @@ class EmmetHParams(MemitHParams):
     constraints. Defaults: the public GPT-J settings (one layer; ``mom2_update_weight`` 1)."""
 
     mom2_update_weight: float = 1.0
-    emmet_lambda: float = 0.1  # added to D = K^T C^-1 K (batches of 2 or more) against ill-conditioning
+    emmet_lambda: float = (
+        0.1  # added to D = K^T C^-1 K (batches of 2 or more) against ill-conditioning
+    )
     update_norm_lambda: float = 0.0  # added to C's diagonal
 
     def __post_init__(self):
@@ -144,7 +158,9 @@ class EncoreHParams(MemitHParams):
 
     v_num_grad_steps: int = 25
     update_norm_lambda: float = 20.0  # mu: mu I added to lambda C (the norm penalty)
-    prob_cutoff: float = -2.0  # < 0: stop at the |n|-th pass with every target token top-1; > 0: mean prob
+    prob_cutoff: float = (
+        -2.0
+    )  # < 0: stop at the |n|-th pass with every target token top-1; > 0: mean prob
     add_prev_edits: bool = True  # the earlier steps' keys join C (sequential editing)
 
     def __post_init__(self):
@@ -152,7 +168,9 @@ class EncoreHParams(MemitHParams):
         if self.update_norm_lambda < 0:
             raise ValueError("encore: update_norm_lambda must be >= 0")
         if self.prob_cutoff < 0 and self.prob_cutoff != int(self.prob_cutoff):
-            raise ValueError("encore: a negative prob_cutoff counts passes and must be a whole number")
+            raise ValueError(
+                "encore: a negative prob_cutoff counts passes and must be a whole number"
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> "EncoreHParams":
@@ -171,7 +189,9 @@ class FtcHParams:
 
     def __post_init__(self):
         if self.target_positions not in TARGET_POSITIONS:
-            raise ValueError(f"ftc.target_positions must be one of {TARGET_POSITIONS}, not {self.target_positions!r}")
+            raise ValueError(
+                f"ftc.target_positions must be one of {TARGET_POSITIONS}, not {self.target_positions!r}"
+            )
         if self.num_steps < 1 or self.lr <= 0 or self.norm_constraint <= 0:
             raise ValueError("ftc: num_steps >= 1, lr > 0 and norm_constraint > 0 are required")
         if not isinstance(self.include_bias, bool):
@@ -196,7 +216,11 @@ class MendHParams:
 
     def layer_indices(self, n_layer: int) -> list[int]:
         """The edited layers (sorted) of a model with ``n_layer`` blocks; ValueError if any is outside it."""
-        layers = list(self.layers) if self.layers is not None else list(range(n_layer - self.n_last_layers, n_layer))
+        layers = (
+            list(self.layers)
+            if self.layers is not None
+            else list(range(n_layer - self.n_last_layers, n_layer))
+        )
         bad = [layer for layer in layers if not 0 <= layer < n_layer]
         if bad or not layers:
             raise ValueError(f"mend layers {layers} are outside the model's {n_layer} layers")
@@ -226,9 +250,22 @@ class MendTrainHParams:
 
     def __post_init__(self):
         if self.checkpoint_every % self.accumulate or self.val_every % self.accumulate:
-            raise ValueError("mend training: checkpoint_every and val_every must be multiples of accumulate")
-        if min(self.max_steps, self.val_every, self.norm_records, self.loc_docs, self.loc_max_tokens) < 1:
-            raise ValueError("mend training: max_steps, val_every, norm_records, loc_docs, loc_max_tokens >= 1")
+            raise ValueError(
+                "mend training: checkpoint_every and val_every must be multiples of accumulate"
+            )
+        if (
+            min(
+                self.max_steps,
+                self.val_every,
+                self.norm_records,
+                self.loc_docs,
+                self.loc_max_tokens,
+            )
+            < 1
+        ):
+            raise ValueError(
+                "mend training: max_steps, val_every, norm_records, loc_docs, loc_max_tokens >= 1"
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> "MendTrainHParams":
@@ -253,8 +290,15 @@ class HParamError(ValueError):
 T = TypeVar("T")
 
 # how a YAML value's type, and a field annotation, read in a message
-_VALUE_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-                tuple: "a list", dict: "a mapping"}
+_VALUE_KINDS = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    tuple: "a list",
+    dict: "a mapping",
+}
 _EXPECTED = {**_VALUE_KINDS, bool: "true or false", type(None): "null"}
 
 
@@ -289,7 +333,9 @@ def _matches(value: Any, tp: Any) -> bool:
         return any(value == a and type(value) is type(a) for a in typing.get_args(tp))
     if origin in (list, tuple):
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return isinstance(value, (list, tuple)) and (not args or all(_matches(v, args[0]) for v in value))
+        return isinstance(value, (list, tuple)) and (
+            not args or all(_matches(v, args[0]) for v in value)
+        )
     if tp is type(None):
         return value is None
     if tp is bool:
@@ -316,8 +362,9 @@ def _refused_by(cls: type, values: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def check_hparams(cls: type[T], values: Mapping[str, Any], where: str,
-                  keys: Mapping[str, str] | None = None) -> T:
+def check_hparams(
+    cls: type[T], values: Mapping[str, Any], where: str, keys: Mapping[str, str] | None = None
+) -> T:
     """``cls`` built from a config's ``values``, or :class:`HParamError` naming the config key.
 
     Checks, in order: every key is a field of ``cls`` (else the known ones and the closest
@@ -340,19 +387,29 @@ def check_hparams(cls: type[T], values: Mapping[str, Any], where: str,
         if name not in fields:
             close = difflib.get_close_matches(name, list(fields), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise HParamError(key(name), f"is not a hyperparameter of {cls.__name__} ({hint}known: {sorted(fields)})")
+            raise HParamError(
+                key(name),
+                f"is not a hyperparameter of {cls.__name__} ({hint}known: {sorted(fields)})",
+            )
     for name, f in fields.items():
-        if (name not in values and f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING):
+        if (
+            name not in values
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ):
             raise HParamError(key(name), f"is required by {cls.__name__} but missing")
     hints = typing.get_type_hints(cls)
     for name, value in values.items():
         if not _matches(value, hints[name]):
-            raise HParamError(key(name), f"expected {_expected(hints[name])}, got {_type_name(value)}")
+            raise HParamError(
+                key(name), f"expected {_expected(hints[name])}, got {_type_name(value)}"
+            )
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
-        culprits = _refused_by(cls, values) or [n for n in values if re.search(rf"\b{re.escape(n)}\b", str(e))]
+        culprits = _refused_by(cls, values) or [
+            n for n in values if re.search(rf"\b{re.escape(n)}\b", str(e))
+        ]
         if not culprits:
             raise HParamError(where, f"{e} (given: {dict(values)})") from None
         given = ", ".join(f"{n}={values[n]!r}" for n in culprits)

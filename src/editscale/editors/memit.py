@@ -34,11 +34,11 @@ from dataclasses import asdict
 
 import torch
 
-from editscale.lm.models import arch_of, edit_parameter, n_layers
 from editscale.editors.base import EditResult, ParamUpdate, apply_update
 from editscale.editors.hparams import MemitHParams
 from editscale.editors.prompts import build_prompts, generate_context_templates, template_texts
 from editscale.editors.rome import lower_pass, optimise_delta
+from editscale.lm.models import arch_of, edit_parameter, n_layers
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,24 @@ class MemitEditor:
     name = "memit"
     hparams_cls = MemitHParams
     update_kind = "low_rank"
-    info_names = ("v_loss", "v_nll_init", "v_nll", "v_steps", "delta_norm", "target_init_norm", "z_error")
+    info_names = (
+        "v_loss",
+        "v_nll_init",
+        "v_nll",
+        "v_steps",
+        "delta_norm",
+        "target_init_norm",
+        "z_error",
+    )
 
-    def __init__(self, model, tok, hparams: MemitHParams, second_moments: dict[int, torch.Tensor],
-                 context_templates: list[str]):
+    def __init__(
+        self,
+        model,
+        tok,
+        hparams: MemitHParams,
+        second_moments: dict[int, torch.Tensor],
+        context_templates: list[str],
+    ):
         self.model, self.tok, self.hp = model, tok, hparams
         self.spec = arch_of(model)
         bad = [x for x in hparams.layers if not 0 <= x < n_layers(model)]
@@ -86,8 +100,12 @@ class MemitEditor:
         """z = h + delta at the last edited block for one record, and the optimisation's diagnostics."""
         rw = record["requested_rewrite"]
         new = rw["target_new"]["str"]
-        target_ids = self.tok(new if new.startswith(" ") else " " + new, add_special_tokens=False)["input_ids"]
-        texts = template_texts(self.context_templates, rw["prompt"], rw["subject"], self.tok.decode(target_ids[:-1]))
+        target_ids = self.tok(new if new.startswith(" ") else " " + new, add_special_tokens=False)[
+            "input_ids"
+        ]
+        texts = template_texts(
+            self.context_templates, rw["prompt"], rw["subject"], self.tok.decode(target_ids[:-1])
+        )
         texts += template_texts(["{}"], self.hp.kl_prompt, rw["subject"])
         enc, lookup = build_prompts(self.tok, texts)
         enc = {k: v.to(self.device) for k, v in enc.items()}
@@ -95,13 +113,24 @@ class MemitEditor:
         z_layer = self.hp.layers[-1]
         resid, _, _ = lower_pass(self.model, z_layer, enc, lookup)
         target_init = resid[0, lookup[0]].float()
-        delta, info = optimise_delta(self.model, self.hp, enc, lookup, resid, target_ids, len(self.context_templates),
-                                     target_init, z_layer)
+        delta, info = optimise_delta(
+            self.model,
+            self.hp,
+            enc,
+            lookup,
+            resid,
+            target_ids,
+            len(self.context_templates),
+            target_init,
+            z_layer,
+        )
         info.update(delta_norm=float(delta.norm()), target_init_norm=float(target_init.norm()))
         return target_init + delta, info
 
     # -- keys and current values ------------------------------------------------------------
-    def _keys_and_values(self, records: list[dict], layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _keys_and_values(
+        self, records: list[dict], layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """K (in, n): each record's key at ``layer``, the mean of the bare prompt's key and the mean
         of the templated ones; H (out, n): the residual after the last edited block, bare prompt."""
         n_t = len(self.context_templates)
@@ -141,7 +170,9 @@ class MemitEditor:
                     z_error = float((z - h).norm(dim=0).mean())
                 resid = (z - h) / (len(self.hp.layers) - i)
                 adj = self._adjusted_keys(layer, k)  # (in, n)
-                upd = ParamUpdate(path, u=adj.T.float().contiguous(), v=resid.T.float().contiguous())
+                upd = ParamUpdate(
+                    path, u=adj.T.float().contiguous(), v=resid.T.float().contiguous()
+                )
                 apply_update(edit_parameter(self.model, path), upd, self.spec)
                 updates.append(upd)
             carry = self._carry(records)  # on the model with every layer's update
@@ -149,8 +180,17 @@ class MemitEditor:
             with torch.no_grad():
                 for p, w in saved.items():
                     edit_parameter(self.model, p).copy_(w)
-        info = {name: sum(x[name] for x in infos) / len(infos)
-                for name in ("v_loss", "v_nll_init", "v_nll", "v_steps", "delta_norm", "target_init_norm")}
+        info = {
+            name: sum(x[name] for x in infos) / len(infos)
+            for name in (
+                "v_loss",
+                "v_nll_init",
+                "v_nll",
+                "v_steps",
+                "delta_norm",
+                "target_init_norm",
+            )
+        }
         info["z_error"] = z_error
         return EditResult(updates, info, {"z": z}, carry)
 
@@ -164,7 +204,9 @@ class CarriedKeysEditor(MemitEditor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.kept = {x: self.c[x].new_zeros(self.c[x].shape) for x in self.hp.layers}
-        self.carry_dims = {f"keys_{i}": int(self.c[x].shape[0]) for i, x in enumerate(self.hp.layers)}
+        self.carry_dims = {
+            f"keys_{i}": int(self.c[x].shape[0]) for i, x in enumerate(self.hp.layers)
+        }
 
     def commit(self, carry: dict[str, torch.Tensor]) -> None:
         for i, x in enumerate(self.hp.layers):
@@ -172,8 +214,15 @@ class CarriedKeysEditor(MemitEditor):
             self.kept[x] += k.T @ k
 
 
-def make_editor(model, tok, hparams: dict, second_moment, seed: int, state: dict | None = None,
-                editor_cls: type[MemitEditor] | None = None) -> MemitEditor:
+def make_editor(
+    model,
+    tok,
+    hparams: dict,
+    second_moment,
+    seed: int,
+    state: dict | None = None,
+    editor_cls: type[MemitEditor] | None = None,
+) -> MemitEditor:
     """Build a MEMIT editor (or ``editor_cls``, a subclass: EMMET). ``second_moment``: {layer: C}
     of every edited layer. Context templates come from ``state`` (resume) or are generated
     (seeded, MEMIT's start words)."""
@@ -181,12 +230,20 @@ def make_editor(model, tok, hparams: dict, second_moment, seed: int, state: dict
     hp = editor_cls.hparams_cls.from_dict(hparams)
     if isinstance(second_moment, torch.Tensor):
         if len(hp.layers) != 1:
-            raise ValueError(f"{editor_cls.name} on layers {hp.layers} needs one key-statistics matrix per layer")
+            raise ValueError(
+                f"{editor_cls.name} on layers {hp.layers} needs one key-statistics matrix per layer"
+            )
         second_moment = {hp.layers[0]: second_moment}
     if state and state.get("context_templates"):
         templates = list(state["context_templates"])
     else:
-        templates = generate_context_templates(model, tok, hp.context_template_lengths, hp.context_template_top_k,
-                                               seed, starts=hp.context_template_starts)
+        templates = generate_context_templates(
+            model,
+            tok,
+            hp.context_template_lengths,
+            hp.context_template_top_k,
+            seed,
+            starts=hp.context_template_starts,
+        )
         log.info("generated %d context templates (seed %d)", len(templates), seed)
     return editor_cls(model, tok, hp, second_moment, templates)

@@ -40,10 +40,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from editscale.lm.scoring import target_token_ids
-from editscale.lm.models import arch_of, causal_attention_mask, get_module, n_layers
 from editscale.editors.base import EditResult, ParamUpdate
 from editscale.editors.hparams import MendHParams
+from editscale.lm.models import arch_of, causal_attention_mask, get_module, n_layers
+from editscale.lm.scoring import target_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +91,17 @@ class LowRankIdLayer(nn.Module):
     def forward(self, x: torch.Tensor, mode: int) -> torch.Tensor:
         pre = (x @ self.v.T) @ self.u.T + self.bias
         pre = pre * self.mode_scale[mode] + self.mode_shift[mode]
-        return pre.clamp(min=0) + x  # clamp, not relu: the gradient at 0 is not 0 (as the public code)
+        return (
+            pre.clamp(min=0) + x
+        )  # clamp, not relu: the gradient at 0 is not 0 (as the public code)
 
 
 class IdMlp(nn.Module):
     def __init__(self, dim: int, rank: int, n_hidden: int, n_modes: int, generator=None):
         super().__init__()
-        self.layers = nn.ModuleList(LowRankIdLayer(dim, rank, n_modes, generator) for _ in range(n_hidden + 1))
+        self.layers = nn.ModuleList(
+            LowRankIdLayer(dim, rank, n_modes, generator) for _ in range(n_hidden + 1)
+        )
 
     def forward(self, x, mode: int):
         for layer in self.layers:
@@ -108,8 +112,16 @@ class IdMlp(nn.Module):
 class GradientTransform(nn.Module):
     """Normalise the factors of one matrix shape and map them through the identity-initialised MLP."""
 
-    def __init__(self, x_dim: int, delta_dim: int, rank: int, n_hidden: int, n_modes: int,
-                 combine: bool = True, generator=None):
+    def __init__(
+        self,
+        x_dim: int,
+        delta_dim: int,
+        rank: int,
+        n_hidden: int,
+        n_modes: int,
+        combine: bool = True,
+        generator=None,
+    ):
         super().__init__()
         self.x_dim, self.delta_dim, self.combine = x_dim, delta_dim, combine
         for name, dim in (("u", x_dim), ("v", delta_dim)):
@@ -121,20 +133,30 @@ class GradientTransform(nn.Module):
             self.mlp1 = IdMlp(x_dim, rank, n_hidden, n_modes, generator)
             self.mlp2 = IdMlp(delta_dim, rank, n_hidden, n_modes, generator)
 
-    def forward(self, x: torch.Tensor, delta: torch.Tensor, mode: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, delta: torch.Tensor, mode: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = (x.float() - self.u_mean) / (self.u_std + 1e-7)
         delta = (delta.float() - self.v_mean) / (self.v_std + 1e-7)
         if self.combine:
             out = self.mlp(torch.cat([x, delta], -1), mode)
-            return out[:, : self.x_dim], out[:, self.x_dim:]
+            return out[:, : self.x_dim], out[:, self.x_dim :]
         return self.mlp1(x, mode), self.mlp2(delta, mode)
 
 
 class MendNetwork(nn.Module):
     """All editor networks of one model: one transform per matrix shape + an edit lr per matrix."""
 
-    def __init__(self, modules: list[str], shapes: dict[str, tuple[int, int]], rank: int = 1920,
-                 n_hidden: int = 1, combine: bool = True, edit_lr_init: float = 1e-4, seed: int = 0):
+    def __init__(
+        self,
+        modules: list[str],
+        shapes: dict[str, tuple[int, int]],
+        rank: int = 1920,
+        n_hidden: int = 1,
+        combine: bool = True,
+        edit_lr_init: float = 1e-4,
+        seed: int = 0,
+    ):
         super().__init__()
         self.module_paths = list(modules)
         self.shapes = {m: tuple(shapes[m]) for m in modules}
@@ -144,10 +166,12 @@ class MendNetwork(nn.Module):
             by_shape.setdefault(shape_key(self.shapes[m]), []).append(m)
         self.modes = {m: by_shape[shape_key(self.shapes[m])].index(m) for m in modules}
         gen = torch.Generator().manual_seed(seed)
-        self.transforms = nn.ModuleDict({
-            key: GradientTransform(*self.shapes[ms[0]], rank, n_hidden, len(ms), combine, gen)
-            for key, ms in by_shape.items()
-        })
+        self.transforms = nn.ModuleDict(
+            {
+                key: GradientTransform(*self.shapes[ms[0]], rank, n_hidden, len(ms), combine, gen)
+                for key, ms in by_shape.items()
+            }
+        )
         self.edit_lrs = nn.Parameter(torch.full((len(modules),), float(edit_lr_init)))
 
     def transform(self, module: str, x: torch.Tensor, delta: torch.Tensor):
@@ -163,7 +187,11 @@ class MendNetwork(nn.Module):
         return out
 
     def manifest_arch(self) -> dict:
-        return {**self.arch, "modules": self.module_paths, "shapes": {m: list(s) for m, s in self.shapes.items()}}
+        return {
+            **self.arch,
+            "modules": self.module_paths,
+            "shapes": {m: list(s) for m, s in self.shapes.items()},
+        }
 
 
 # --------------------------------------------------------------------------- gradient factors
@@ -210,9 +238,13 @@ def model_logits(model, params: dict | None = None):
     def fn(ids, mask, rows, pos):
         mask = causal_attention_mask(mask, ids.shape[1], base.dtype)
         if params:
-            base_params = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
-            hidden = functional_call(base, base_params, (), {"input_ids": ids, "attention_mask": mask,
-                                                             "use_cache": False}).last_hidden_state
+            base_params = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+            hidden = functional_call(
+                base,
+                base_params,
+                (),
+                {"input_ids": ids, "attention_mask": mask, "use_cache": False},
+            ).last_hidden_state
         else:
             hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         return head(hidden[rows, pos])
@@ -220,7 +252,9 @@ def model_logits(model, params: dict | None = None):
     return fn
 
 
-def capture_factors(model, modules: list[str], batch) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
+def capture_factors(
+    model, modules: list[str], batch
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
     """Inputs x and output gradients delta of ``modules`` for the mean target NLL of ``batch``.
 
     Rows (sequence positions) where either factor is all zero (padding, positions after the
@@ -233,6 +267,7 @@ def capture_factors(model, modules: list[str], batch) -> tuple[dict[str, tuple[t
             xs[name] = inputs[0].detach()
             zs[name] = torch.zeros_like(output, requires_grad=True)
             return output + zs[name]
+
         return fn
 
     for m in modules:
@@ -253,7 +288,9 @@ def capture_factors(model, modules: list[str], batch) -> tuple[dict[str, tuple[t
     return out, loss.item()
 
 
-def edited_params(model, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def edited_params(
+    model, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
     """{param name: W + delta} in storage orientation (differentiable in the factors)."""
     conv1d = arch_of(model).conv1d
     out = {}
@@ -281,22 +318,30 @@ def _public_key_map(state: dict, spec, modules: list[str]) -> dict[str, torch.Te
         x_dim, d_dim, rest = int(m.group(1)), int(m.group(2)), m.group(3)
         if rest in ("u_s", "v_s", "k"):  # running-statistics accumulators: not needed to edit
             continue
-        rest = rest.replace(".mode_shift.weight", ".mode_shift").replace(".mode_scale.weight", ".mode_scale")
+        rest = rest.replace(".mode_shift.weight", ".mode_shift").replace(
+            ".mode_scale.weight", ".mode_scale"
+        )
         out[f"transforms.{x_dim}x{d_dim}.{rest}"] = value
     if "edit_lrs" not in state:
         raise EditorFileMismatch("the MEND file has no edit_lrs: not a MEND editor state")
     order = PUBLIC_MATRIX_ORDER.get(spec.name)
     if order is None:
-        raise EditorFileMismatch(f"public MEND files exist for GPT-2 and GPT-J only, not for {spec.name!r}")
-    layers = sorted({int(m[len(spec.layers) + 1:].split(".")[0]) for m in modules})
+        raise EditorFileMismatch(
+            f"public MEND files exist for GPT-2 and GPT-J only, not for {spec.name!r}"
+        )
+    layers = sorted({int(m[len(spec.layers) + 1 :].split(".")[0]) for m in modules})
     paths = {"mlp_in": spec.mlp_in_path, "mlp_out": spec.mlp_out_path}
     public_order = [paths[kind](layer) for layer in layers for kind in order]
     lrs = state["edit_lrs"].float()
     if lrs.numel() != len(modules):
-        raise EditorFileMismatch(f"the MEND file has {lrs.numel()} edit learning rates; the configured "
-                                 f"matrices are {len(modules)}: {modules}")
+        raise EditorFileMismatch(
+            f"the MEND file has {lrs.numel()} edit learning rates; the configured "
+            f"matrices are {len(modules)}: {modules}"
+        )
     by_module = dict(zip(public_order, lrs))
-    out["edit_lrs"] = -torch.stack([by_module[m] for m in modules])  # public: W + lr G; here W - lr G
+    out["edit_lrs"] = -torch.stack(
+        [by_module[m] for m in modules]
+    )  # public: W + lr G; here W - lr G
     return out
 
 
@@ -317,11 +362,15 @@ def _load_public_pt(path: Path) -> dict:
 
 def _check(what: str, found, expected, path) -> None:
     if found != expected:
-        raise EditorFileMismatch(f"editor file {path} was made for {what} {found!r}, but this run edits "
-                                 f"{what} {expected!r}; train or download an editor for this model")
+        raise EditorFileMismatch(
+            f"editor file {path} was made for {what} {found!r}, but this run edits "
+            f"{what} {expected!r}; train or download an editor for this model"
+        )
 
 
-def load_editor(path, model, modules: list[str], identity: dict | None = None) -> tuple[MendNetwork, dict]:
+def load_editor(
+    path, model, modules: list[str], identity: dict | None = None
+) -> tuple[MendNetwork, dict]:
     """Load and check an editor file for ``model``; returns (network on the model's device, manifest)."""
     path = Path(path)
     shapes = {m: module_shape(model, m) for m in modules}
@@ -335,7 +384,9 @@ def load_editor(path, model, modules: list[str], identity: dict | None = None) -
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
-            raise EditorFileMismatch(f"{path} is not an editscale MEND editor (format {meta.get('format')!r})")
+            raise EditorFileMismatch(
+                f"{path} is not an editscale MEND editor (format {meta.get('format')!r})"
+            )
         manifest = json.loads(meta["manifest"])
         state = load_file(str(path))
     else:
@@ -350,17 +401,30 @@ def load_editor(path, model, modules: list[str], identity: dict | None = None) -
         cfg = raw_state.get("model_config") if isinstance(raw_state, dict) else None
         n_embd = getattr(cfg, "n_embd", None) if cfg is not None else None
         if n_embd is not None and n_embd != model.config.hidden_size:
-            raise EditorFileMismatch(f"editor file {path} was made for a model with hidden size {n_embd}, "
-                                     f"this model has {model.config.hidden_size}")
+            raise EditorFileMismatch(
+                f"editor file {path} was made for a model with hidden size {n_embd}, "
+                f"this model has {model.config.hidden_size}"
+            )
         state = _public_key_map(raw_state, spec, modules)
         u_key = next((k for k in state if k.endswith("layers.0.u")), None)
         if u_key is None:
-            raise EditorFileMismatch(f"{path}: no editor network weights found (expected mend.(in, out).mlp...)")
-        n_hidden = max(int(re.search(r"layers\.(\d+)\.", k).group(1)) for k in state if ".layers." in k)
-        manifest = {**manifest, "arch": {"rank": int(state[u_key].shape[1]), "n_hidden": n_hidden,
-                                         "combine": any(".mlp.layers." in k for k in state),
-                                         "modules": modules, "shapes": {m: list(s) for m, s in shapes.items()}},
-                    "source": "public"}
+            raise EditorFileMismatch(
+                f"{path}: no editor network weights found (expected mend.(in, out).mlp...)"
+            )
+        n_hidden = max(
+            int(re.search(r"layers\.(\d+)\.", k).group(1)) for k in state if ".layers." in k
+        )
+        manifest = {
+            **manifest,
+            "arch": {
+                "rank": int(state[u_key].shape[1]),
+                "n_hidden": n_hidden,
+                "combine": any(".mlp.layers." in k for k in state),
+                "modules": modules,
+                "shapes": {m: list(s) for m, s in shapes.items()},
+            },
+            "source": "public",
+        }
     if identity is not None and "model_id" in manifest:
         _check("model", manifest["model_id"], identity["model_id"], path)
         _check("revision", manifest.get("revision"), identity["revision"], path)
@@ -368,13 +432,20 @@ def load_editor(path, model, modules: list[str], identity: dict | None = None) -
     _check("matrices", list(arch_info["modules"]), list(modules), path)
     for m in modules:
         _check(f"the (in, out) shape of {m}:", tuple(arch_info["shapes"][m]), shapes[m], path)
-    net = MendNetwork(modules, shapes, rank=arch_info["rank"], n_hidden=arch_info["n_hidden"],
-                      combine=arch_info["combine"])
+    net = MendNetwork(
+        modules,
+        shapes,
+        rank=arch_info["rank"],
+        n_hidden=arch_info["n_hidden"],
+        combine=arch_info["combine"],
+    )
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise EditorFileMismatch(f"editor file {path} does not fit this model's editor networks: "
-                                 f"missing {sorted(missing)[:6]}, unexpected {sorted(unexpected)[:6]} "
-                                 "(a file made for other matrix shapes?)")
+        raise EditorFileMismatch(
+            f"editor file {path} does not fit this model's editor networks: "
+            f"missing {sorted(missing)[:6]}, unexpected {sorted(unexpected)[:6]} "
+            "(a file made for other matrix shapes?)"
+        )
     device = get_module(model, modules[0]).weight.device
     return net.to(device).eval(), manifest
 
@@ -387,7 +458,11 @@ def save_editor(path, net: MendNetwork, manifest: dict) -> None:
     manifest = {**manifest, "arch": net.manifest_arch()}
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT, "manifest": json.dumps(manifest, sort_keys=True)})
+    save_file(
+        state,
+        str(tmp),
+        metadata={"format": FORMAT, "manifest": json.dumps(manifest, sort_keys=True)},
+    )
     tmp.replace(path)
     side = Path(str(path) + ".json")
     side.write_text(json.dumps(manifest, indent=1, sort_keys=True))
@@ -418,21 +493,35 @@ class MendEditor:
 
     def compute(self, record: dict) -> EditResult:
         rw = record["requested_rewrite"]
-        batch = edit_batch(self.tok, [(rw["prompt"].format(rw["subject"]), rw["target_new"]["str"])], self.device)
+        batch = edit_batch(
+            self.tok, [(rw["prompt"].format(rw["subject"]), rw["target_new"]["str"])], self.device
+        )
         raw, nll = capture_factors(self.model, self.modules, batch)
         with torch.no_grad():
             facs = self.net.factors(raw, self.hp.lr_scale)
-        updates = [ParamUpdate(m, u=facs[m][0].detach().float(), v=facs[m][1].detach().float())
-                   for m in self.modules]
+        updates = [
+            ParamUpdate(m, u=facs[m][0].detach().float(), v=facs[m][1].detach().float())
+            for m in self.modules
+        ]
         return EditResult(updates, {"mend_nll_pre": nll, "mend_rank": float(updates[0].u.shape[0])})
 
 
-def make_editor(model, tok, hparams: dict, second_moment: torch.Tensor | None, seed: int,
-                state: dict | None = None, editor_file=None, identity: dict | None = None) -> MendEditor:
+def make_editor(
+    model,
+    tok,
+    hparams: dict,
+    second_moment: torch.Tensor | None,
+    seed: int,
+    state: dict | None = None,
+    editor_file=None,
+    identity: dict | None = None,
+) -> MendEditor:
     """Build a MEND editor from a trained (or public) editor file, checked against the model."""
     hp = MendHParams.from_dict(hparams)
     if editor_file is None:
-        raise ValueError("MEND needs an editor file (train_mend, or public weights via editor_weights)")
+        raise ValueError(
+            "MEND needs an editor file (train_mend, or public weights via editor_weights)"
+        )
     modules = edited_module_paths(model, hp.layer_indices(n_layers(model)))
     net, manifest = load_editor(editor_file, model, modules, identity)
     log.info("MEND editor %s for %s", editor_file, modules)

@@ -35,18 +35,31 @@ from pathlib import Path
 import torch
 
 from editscale.data import corpora, counterfact
-
-from editscale.io import provenance
 from editscale.data.editor_split import read_editor_split
 from editscale.editors.hparams import MendTrainHParams
-from editscale.editors.mend import MendHParams, MendNetwork, batch_nll, capture_factors, edit_batch, edited_module_paths, edited_params, model_logits, module_shape, save_editor, shape_key
+from editscale.editors.mend import (
+    MendHParams,
+    MendNetwork,
+    batch_nll,
+    capture_factors,
+    edit_batch,
+    edited_module_paths,
+    edited_params,
+    model_logits,
+    module_shape,
+    save_editor,
+    shape_key,
+)
+from editscale.io import provenance
 from editscale.lm.models import load_model, model_identity, n_layers
 
 log = logging.getLogger(__name__)
 
 
 def records_hash(train: list[int], val: list[int], counterfact_sha256: str) -> str:
-    payload = json.dumps({"train": train, "val": val, "counterfact": counterfact_sha256}, sort_keys=True)
+    payload = json.dumps(
+        {"train": train, "val": val, "counterfact": counterfact_sha256}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -58,10 +71,14 @@ class _Trainer:
         self.device = next(model.parameters()).device
 
     # -- one edit -------------------------------------------------------------------------
-    def edit_step(self, rec: dict, paraphrase: str | None, loc_ids: list[int], with_true: bool = False):
+    def edit_step(
+        self, rec: dict, paraphrase: str | None, loc_ids: list[int], with_true: bool = False
+    ):
         rw = rec["requested_rewrite"]
         prompt, new = rw["prompt"].format(rw["subject"]), rw["target_new"]["str"]
-        raw, _ = capture_factors(self.model, self.modules, edit_batch(self.tok, [(prompt, new)], self.device))
+        raw, _ = capture_factors(
+            self.model, self.modules, edit_batch(self.tok, [(prompt, new)], self.device)
+        )
         params = edited_params(self.model, self.net.factors(raw))
         pairs = [(prompt, new)] + ([(paraphrase, new)] if paraphrase else [])
         if with_true:
@@ -106,7 +123,9 @@ class _Trainer:
         with torch.no_grad():
             for j, rec in enumerate(self.val):
                 para = rec["paraphrase_prompts"]
-                _, st = self.edit_step(rec, para[0] if para else None, self.loc[j % len(self.loc)], with_true=True)
+                _, st = self.edit_step(
+                    rec, para[0] if para else None, self.loc[j % len(self.loc)], with_true=True
+                )
                 for k, v in st.items():
                     sums[k] = sums.get(k, 0.0) + v
         self.net.train()
@@ -117,7 +136,11 @@ class _Trainer:
         acc: dict[str, dict[str, list]] = {}
         for rec in self.train[:n_records]:
             rw = rec["requested_rewrite"]
-            batch = edit_batch(self.tok, [(rw["prompt"].format(rw["subject"]), rw["target_new"]["str"])], self.device)
+            batch = edit_batch(
+                self.tok,
+                [(rw["prompt"].format(rw["subject"]), rw["target_new"]["str"])],
+                self.device,
+            )
             raw, _ = capture_factors(self.model, self.modules, batch)
             for m, (x, d) in raw.items():
                 key = shape_key(self.net.shapes[m])
@@ -140,7 +163,9 @@ class _Trainer:
                 getattr(t, f"{name}_std").copy_(var.sqrt().float())
 
 
-def _load_locality_docs(tok, corpus: dict, n_docs: int, max_tokens: int, base_dir=".") -> list[list[int]]:
+def _load_locality_docs(
+    tok, corpus: dict, n_docs: int, max_tokens: int, base_dir="."
+) -> list[list[int]]:
     docs = []
     for text in corpora.iter_corpus(corpus, base_dir):
         ids = tok(text)["input_ids"][:max_tokens]
@@ -159,9 +184,20 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train_mend(*, model_dir, counterfact_path, split_path, corpus: dict, out_path, hparams: dict,
-               training: dict, dtype: str = "float32", device: str = "cpu", base_dir=".",
-               progress_every_s: float = 30.0) -> dict:
+def train_mend(
+    *,
+    model_dir,
+    counterfact_path,
+    split_path,
+    corpus: dict,
+    out_path,
+    hparams: dict,
+    training: dict,
+    dtype: str = "float32",
+    device: str = "cpu",
+    base_dir=".",
+    progress_every_s: float = 30.0,
+) -> dict:
     """Train (or resume training) MEND editors for one model; write ``out_path`` (.safetensors) +
     its ``.json`` manifest; returns the manifest."""
     t_start = time.perf_counter()
@@ -171,7 +207,9 @@ def train_mend(*, model_dir, counterfact_path, split_path, corpus: dict, out_pat
     by_id = counterfact.records_by_case_id(counterfact.load_counterfact(counterfact_path))
     missing = [c for c in split["train"] + split["val"] if c not in by_id]
     if missing:
-        raise ValueError(f"{split_path} names case ids absent from {counterfact_path}: {missing[:5]}")
+        raise ValueError(
+            f"{split_path} names case ids absent from {counterfact_path}: {missing[:5]}"
+        )
     train = [by_id[c] for c in split["train"]]
     val = [by_id[c] for c in split["val"]]
     cf_sha = provenance.sha256_file(counterfact_path)
@@ -182,8 +220,15 @@ def train_mend(*, model_dir, counterfact_path, split_path, corpus: dict, out_pat
     identity = model_identity(model_dir)
     modules = edited_module_paths(model, hp.layer_indices(n_layers(model)))
     shapes = {m: module_shape(model, m) for m in modules}
-    net = MendNetwork(modules, shapes, rank=thp.rank, n_hidden=thp.n_hidden, combine=thp.combine,
-                      edit_lr_init=thp.edit_lr_init, seed=thp.seed).to(next(model.parameters()).device)
+    net = MendNetwork(
+        modules,
+        shapes,
+        rank=thp.rank,
+        n_hidden=thp.n_hidden,
+        combine=thp.combine,
+        edit_lr_init=thp.edit_lr_init,
+        seed=thp.seed,
+    ).to(next(model.parameters()).device)
     loc_docs = _load_locality_docs(tok, corpus, thp.loc_docs, thp.loc_max_tokens, base_dir)
     tr = _Trainer(model, tok, net, thp, train, val, loc_docs)
     edit_lr_params = [net.edit_lrs]
@@ -193,10 +238,28 @@ def train_mend(*, model_dir, counterfact_path, split_path, corpus: dict, out_pat
 
     out_path = Path(out_path)
     ckpt_path = out_path.with_name(out_path.name + ".ckpt.pt")
-    key = hashlib.sha256(json.dumps({"identity": identity, "records": rec_hash, "training": asdict(thp),
-                                     "hparams": asdict(hp), "modules": modules}, sort_keys=True).encode()).hexdigest()
-    state = {"step": 0, "best_loss": math.inf, "best_state": None, "best_step": 0, "bad_rounds": 0,
-             "history": [], "elapsed": 0.0, "untrained": None}
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "identity": identity,
+                "records": rec_hash,
+                "training": asdict(thp),
+                "hparams": asdict(hp),
+                "modules": modules,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    state = {
+        "step": 0,
+        "best_loss": math.inf,
+        "best_state": None,
+        "best_step": 0,
+        "bad_rounds": 0,
+        "history": [],
+        "elapsed": 0.0,
+        "untrained": None,
+    }
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ck.get("key") == key:
@@ -215,10 +278,17 @@ def train_mend(*, model_dir, counterfact_path, split_path, corpus: dict, out_pat
         log.info("validation before training: %s", _fmt(state["untrained"]))
 
     def save_ckpt():
-        _atomic_torch_save({"key": key, "net": net.state_dict(), "opt": opt.state_dict(),
-                            "lr_opt": lr_opt.state_dict(),
-                            **{k: v for k, v in state.items()},
-                            "elapsed": state["elapsed"] + time.perf_counter() - t_start}, ckpt_path)
+        _atomic_torch_save(
+            {
+                "key": key,
+                "net": net.state_dict(),
+                "opt": opt.state_dict(),
+                "lr_opt": lr_opt.state_dict(),
+                **{k: v for k, v in state.items()},
+                "elapsed": state["elapsed"] + time.perf_counter() - t_start,
+            },
+            ckpt_path,
+        )
 
     net.train()
     running: dict[str, float] = {}
@@ -242,14 +312,26 @@ def train_mend(*, model_dir, counterfact_path, split_path, corpus: dict, out_pat
             v = tr.validate()
             state["history"].append({"step": float(step), **v})
             if v["loss"] < state["best_loss"]:
-                state.update(best_loss=v["loss"], best_step=step, bad_rounds=0,
-                             best_state={k: t.detach().cpu().clone() for k, t in net.state_dict().items()})
+                state.update(
+                    best_loss=v["loss"],
+                    best_step=step,
+                    bad_rounds=0,
+                    best_state={k: t.detach().cpu().clone() for k, t in net.state_dict().items()},
+                )
             else:
                 state["bad_rounds"] += 1
-            log.info("step %d validation: %s (best loss %.4f at step %d)", step, _fmt(v), state["best_loss"],
-                     state["best_step"])
+            log.info(
+                "step %d validation: %s (best loss %.4f at step %d)",
+                step,
+                _fmt(v),
+                state["best_loss"],
+                state["best_step"],
+            )
             if state["bad_rounds"] >= thp.early_stop_patience:
-                log.info("early stop: no lower validation loss for %d validations", thp.early_stop_patience)
+                log.info(
+                    "early stop: no lower validation loss for %d validations",
+                    thp.early_stop_patience,
+                )
                 stopped = True
         state["step"] = step
         if step % thp.checkpoint_every == 0 and step % thp.accumulate == 0 and not stopped:
@@ -257,9 +339,13 @@ def train_mend(*, model_dir, counterfact_path, split_path, corpus: dict, out_pat
         now = time.perf_counter()
         if now - last_log >= progress_every_s:
             n = step % thp.accumulate or thp.accumulate
-            log.info("step %d/%d: %s | lrs %s", step, thp.max_steps,
-                     _fmt({k: v / max(n, 1) for k, v in running.items()}),
-                     [round(x, 6) for x in net.edit_lrs.detach().cpu().tolist()])
+            log.info(
+                "step %d/%d: %s | lrs %s",
+                step,
+                thp.max_steps,
+                _fmt({k: v / max(n, 1) for k, v in running.items()}),
+                [round(x, 6) for x in net.edit_lrs.detach().cpu().tolist()],
+            )
             last_log = now
         if step % thp.accumulate == 0:
             running = {}
@@ -268,9 +354,16 @@ def train_mend(*, model_dir, counterfact_path, split_path, corpus: dict, out_pat
     best = next(h for h in state["history"] if int(h["step"]) == state["best_step"])
     seconds = state["elapsed"] + time.perf_counter() - t_start
     manifest = {
-        **identity, "method": "mend", "hparams": asdict(hp), "training": asdict(thp),
-        "training_records_sha256": rec_hash, "counterfact_sha256": cf_sha,
-        "n_train": len(train), "n_val": len(val), "steps": step, "best_step": state["best_step"],
+        **identity,
+        "method": "mend",
+        "hparams": asdict(hp),
+        "training": asdict(thp),
+        "training_records_sha256": rec_hash,
+        "counterfact_sha256": cf_sha,
+        "n_train": len(train),
+        "n_val": len(val),
+        "steps": step,
+        "best_step": state["best_step"],
         "train_seconds": seconds,
         "validation": {k: v for k, v in best.items() if k != "step"},
         "validation_untrained": state["untrained"],
@@ -279,8 +372,13 @@ def train_mend(*, model_dir, counterfact_path, split_path, corpus: dict, out_pat
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_editor(out_path, net, manifest)
     ckpt_path.unlink(missing_ok=True)
-    log.info("MEND editor written to %s after %d steps (%.0f s): validation %s", out_path, step, seconds,
-             _fmt(manifest["validation"]))
+    log.info(
+        "MEND editor written to %s after %d steps (%.0f s): validation %s",
+        out_path,
+        step,
+        seconds,
+        _fmt(manifest["validation"]),
+    )
     return manifest
 
 

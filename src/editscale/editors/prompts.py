@@ -9,12 +9,13 @@ import unicodedata
 
 import torch
 
-
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def _sample_top_k(model, ids: torch.Tensor, n_new: int, top_k: int, gen: torch.Generator) -> torch.Tensor:
+def _sample_top_k(
+    model, ids: torch.Tensor, n_new: int, top_k: int, gen: torch.Generator
+) -> torch.Tensor:
     """``ids`` (rows, n) extended by ``n_new`` tokens, each sampled from the top-k of the model's
     next-token distribution with the (CPU) generator ``gen``."""
     device = ids.device
@@ -39,8 +40,9 @@ def _template(tok, row: torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def generate_context_templates(model, tok, lengths: list, top_k: int, seed: int,
-                               starts: list[str] | None = None) -> list[str]:
+def generate_context_templates(
+    model, tok, lengths: list, top_k: int, seed: int, starts: list[str] | None = None
+) -> list[str]:
     """'{}' plus, for each (length, n), n prefixes sampled top-k from the model, each + '. {}'.
 
     As the public code: generation starts from one start token and stops at ``length`` tokens in
@@ -61,7 +63,9 @@ def generate_context_templates(model, tok, lengths: list, top_k: int, seed: int,
         for length, count in lengths:
             for word in starts:
                 first = tok(word)["input_ids"]
-                ids = torch.tensor([first] * (int(count) // len(starts)), dtype=torch.long, device=device)
+                ids = torch.tensor(
+                    [first] * (int(count) // len(starts)), dtype=torch.long, device=device
+                )
                 if len(ids):
                     ids = _sample_top_k(model, ids, max(int(length) - len(first), 0), top_k, gen)
                 templates += [_template(tok, row) for row in ids]
@@ -85,7 +89,9 @@ def _subject_last_index(offsets: list[tuple[int, int]], subject_end: int) -> int
     return idx
 
 
-def template_texts(templates: list[str], prompt: str, subject: str, suffix: str = "") -> list[tuple[str, int]]:
+def template_texts(
+    templates: list[str], prompt: str, subject: str, suffix: str = ""
+) -> list[tuple[str, int]]:
     """(text, subject_end_char) of ``prompt`` (with its "{}" filled by ``subject``) inside each
     context template ("... {}"), followed by ``suffix``: the public code's
     ``template.format(prompt).format(subject) + suffix``, without str.format's brace rules."""
@@ -100,8 +106,19 @@ def template_texts(templates: list[str], prompt: str, subject: str, suffix: str 
 
 def build_prompts(tok, texts: list[tuple[str, int]]):
     """Tokenise (text, subject_end_char) pairs with right padding; return encoding + lookup indices."""
-    enc = tok([t for t, _ in texts], return_tensors="pt", padding=True, padding_side="right",
-              return_offsets_mapping=True)
-    lookup = [_subject_last_index(enc["offset_mapping"][i].tolist(), end) for i, (_, end) in enumerate(texts)]
-    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}  # no token types
+    enc = tok(
+        [t for t, _ in texts],
+        return_tensors="pt",
+        padding=True,
+        padding_side="right",
+        return_offsets_mapping=True,
+    )
+    lookup = [
+        _subject_last_index(enc["offset_mapping"][i].tolist(), end)
+        for i, (_, end) in enumerate(texts)
+    ]
+    batch = {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+    }  # no token types
     return batch, torch.tensor(lookup)

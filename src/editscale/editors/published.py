@@ -71,8 +71,13 @@ def _write_manifest(manifest: Path, entries: dict) -> None:
     os.replace(tmp, manifest)
 
 
-def fetch_editor_weights(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
-                         manifest: str | os.PathLike | None = None) -> dict:
+def fetch_editor_weights(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    manifest: str | os.PathLike | None = None,
+) -> dict:
     """Download ``url`` to ``dest`` and check or record its sha256; returns the sidecar fields.
 
     Expected hash: ``sha256`` (the config) when given, else the one the manifest recorded for
@@ -88,33 +93,54 @@ def fetch_editor_weights(url: str, dest: str | os.PathLike, *, sha256: str | Non
         raise EditorWeightsMismatch(
             f"{dest}: config sha256 {sha256} for {url} disagrees with the sha256 {recorded} recorded in "
             f"{manifest} when it was first downloaded; the file at the URL may have changed (remove its "
-            "entry from the manifest to accept the config's hash)")
+            "entry from the manifest to accept the config's hash)"
+        )
     expected = sha256 or recorded
-    source = "the config (editor_weights sha256)" if sha256 else f"{manifest} (recorded on first download)"
+    source = (
+        "the config (editor_weights sha256)"
+        if sha256
+        else f"{manifest} (recorded on first download)"
+    )
     try:
         actual = download_file(url, dest, sha256=expected)
     except ValueError as err:
         if "sha256 mismatch" not in str(err):
             raise
-        raise EditorWeightsMismatch(f"{dest}: the file downloaded from {url} does not match the sha256 "
-                                    f"{expected} of {source}: {err}") from err
+        raise EditorWeightsMismatch(
+            f"{dest}: the file downloaded from {url} does not match the sha256 "
+            f"{expected} of {source}: {err}"
+        ) from err
     with _locked(manifest):
         entries = read_manifest(manifest)
         entry = entries.get(url)
         if entry is None:
-            entries[url] = {"sha256": actual, "bytes": dest.stat().st_size, "file": str(dest),
-                            "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            entries[url] = {
+                "sha256": actual,
+                "bytes": dest.stat().st_size,
+                "file": str(dest),
+                "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"
+                ),
+            }
             _write_manifest(manifest, entries)
             how = "recorded (first download)"
         elif entry["sha256"] != actual:  # another job recorded other bytes meanwhile
-            raise EditorWeightsMismatch(f"{dest}: downloaded from {url} with sha256 {actual}, but {manifest} "
-                                        f"records {entry['sha256']}")
+            raise EditorWeightsMismatch(
+                f"{dest}: downloaded from {url} with sha256 {actual}, but {manifest} "
+                f"records {entry['sha256']}"
+            )
         else:
-            how = "checked against the manifest" if not sha256 else "checked against the config and the manifest"
+            how = (
+                "checked against the manifest"
+                if not sha256
+                else "checked against the config and the manifest"
+            )
     return {"url": url, "sha256": actual, "sha256_check": how, "weights_manifest": str(manifest)}
 
 
-def verify_editor_weights(path: str | os.PathLike, manifest: str | os.PathLike | None = None) -> str | None:
+def verify_editor_weights(
+    path: str | os.PathLike, manifest: str | os.PathLike | None = None
+) -> str | None:
     """Check a downloaded editor file against the sha256 recorded for it; returns its sha256.
 
     The sidecar ``<path>.json`` of the download names the URL and sha256; the manifest (default
@@ -139,7 +165,9 @@ def verify_editor_weights(path: str | os.PathLike, manifest: str | os.PathLike |
     actual = sha256_file(path)
     for where, sha in expected.items():
         if actual != sha:
-            raise EditorWeightsMismatch(f"editor weights {path} have sha256 {actual}, but {where} records {sha}: "
-                                        "the file changed after it was downloaded; delete it (and its .json) to "
-                                        "download it again")
+            raise EditorWeightsMismatch(
+                f"editor weights {path} have sha256 {actual}, but {where} records {sha}: "
+                "the file changed after it was downloaded; delete it (and its .json) to "
+                "download it again"
+            )
     return actual

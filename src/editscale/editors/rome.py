@@ -37,10 +37,16 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
-from editscale.lm.models import arch_of, causal_attention_mask, get_module, n_layers, upper_layers_only
 from editscale.editors.base import EditResult, ParamUpdate
 from editscale.editors.hparams import RomeHParams
 from editscale.editors.prompts import build_prompts, generate_context_templates, template_texts
+from editscale.lm.models import (
+    arch_of,
+    causal_attention_mask,
+    get_module,
+    n_layers,
+    upper_layers_only,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +60,31 @@ class RomeEditor:
 
     name = "rome"
     update_kind = "rank_one"
-    info_names = ("v_loss", "v_nll_init", "v_nll", "v_kl", "v_steps", "delta_norm", "target_init_norm", "key_gap")
+    info_names = (
+        "v_loss",
+        "v_nll_init",
+        "v_nll",
+        "v_kl",
+        "v_steps",
+        "delta_norm",
+        "target_init_norm",
+        "key_gap",
+    )
 
-    def __init__(self, model, tok, hparams: RomeHParams, second_moment: torch.Tensor | None,
-                 context_templates: list[str]):
+    def __init__(
+        self,
+        model,
+        tok,
+        hparams: RomeHParams,
+        second_moment: torch.Tensor | None,
+        context_templates: list[str],
+    ):
         self.model, self.tok, self.hp = model, tok, hparams
         self.spec = arch_of(model)
         if not 0 <= hparams.layer < n_layers(model):
-            raise ValueError(f"rome.layer={hparams.layer} is outside the model's {n_layers(model)} layers")
+            raise ValueError(
+                f"rome.layer={hparams.layer} is outside the model's {n_layers(model)} layers"
+            )
         self.module_path = self.spec.mlp_out_path(hparams.layer)
         self.module = get_module(model, self.module_path)
         self.device = next(model.parameters()).device
@@ -88,7 +111,9 @@ class RomeEditor:
         rw = record["requested_rewrite"]
         prompt, subject = rw["prompt"], rw["subject"]
         new = rw["target_new"]["str"]
-        target_ids = self.tok(new if new.startswith(" ") else " " + new, add_special_tokens=False)["input_ids"]
+        target_ids = self.tok(new if new.startswith(" ") else " " + new, add_special_tokens=False)[
+            "input_ids"
+        ]
         target_prefix = self.tok.decode(target_ids[:-1])
         texts = template_texts(self.context_templates, prompt, subject, target_prefix)
         texts += template_texts(["{}"], self.hp.kl_prompt, subject)
@@ -102,8 +127,9 @@ class RomeEditor:
         k_bare = keys[0]
         target_init = mlp_out0
 
-        delta, info = optimise_delta(self.model, self.hp, enc, lookup, resid, target_ids, n_rw, target_init,
-                                     self.hp.layer)
+        delta, info = optimise_delta(
+            self.model, self.hp, enc, lookup, resid, target_ids, n_rw, target_init, self.hp.layer
+        )
         target = target_init + delta
 
         u = k_star.float()
@@ -114,10 +140,16 @@ class RomeEditor:
         with torch.no_grad():
             cur_out = self.module(k_used.to(self.module.weight.dtype)[None]).float()[0]
         v = (target - cur_out) / torch.dot(k_used.float(), u)
-        info.update(delta_norm=float(delta.norm()), target_init_norm=float(target_init.norm()),
-                    key_gap=float((k_star - k_bare).norm() / k_bare.norm()))
+        info.update(
+            delta_norm=float(delta.norm()),
+            target_init_norm=float(target_init.norm()),
+            key_gap=float((k_star - k_bare).norm() / k_bare.norm()),
+        )
         vectors = {"k_used": k_used, "k_star": k_star, "k_bare": k_bare, "target": target, "u": u}
-        return EditResult([ParamUpdate(self.module_path, u=u.detach(), v=v.detach())], info, vectors)
+        return EditResult(
+            [ParamUpdate(self.module_path, u=u.detach(), v=v.detach())], info, vectors
+        )
+
 
 @torch.no_grad()
 def lower_pass(model, layer: int, enc, lookup, z_layer: int | None = None):
@@ -192,7 +224,9 @@ def optimise_delta(model, hp, enc, lookup, resid, target_ids, n_rw, target_init,
             opt.zero_grad()
             h = resid + onehot * delta.to(resid.dtype)
             hidden = upper(inputs_embeds=h, attention_mask=attn, use_cache=False).last_hidden_state
-            sel = torch.cat([hidden[rw_rows.reshape(-1), pos.reshape(-1)], hidden[kl_row, kl_pos][None]])
+            sel = torch.cat(
+                [hidden[rw_rows.reshape(-1), pos.reshape(-1)], hidden[kl_row, kl_pos][None]]
+            )
             logp = head(sel).float().log_softmax(-1)
             nll_tok = -logp[:-1].gather(1, tgt.repeat(n_rw)[:, None]).view(n_rw, m)
             nll = (nll_tok.sum(1) / m).mean()
@@ -203,7 +237,13 @@ def optimise_delta(model, hp, enc, lookup, resid, target_ids, n_rw, target_init,
             kl = hp.kl_factor * F.kl_div(init_kl, kl_logp, log_target=True, reduction="batchmean")
             wd = hp.v_weight_decay * (delta.norm() / target_init.norm() ** 2)
             loss = nll + kl + wd
-            info = {"v_loss": loss.item(), "v_nll_init": nll_init, "v_nll": nll.item(), "v_kl": kl.item(), "v_steps": it + 1}
+            info = {
+                "v_loss": loss.item(),
+                "v_nll_init": nll_init,
+                "v_nll": nll.item(),
+                "v_kl": kl.item(),
+                "v_steps": it + 1,
+            }
             if cutoff and _most_probable_stop(cutoff, logp[:-1], tgt, n_rw, m, nll_tok, counter):
                 break
             if loss.item() < hp.early_stop_loss or it == hp.v_num_grad_steps - 1:
@@ -217,8 +257,15 @@ def optimise_delta(model, hp, enc, lookup, resid, target_ids, n_rw, target_init,
     return delta.detach(), info
 
 
-def _most_probable_stop(cutoff: float, logp: torch.Tensor, tgt: torch.Tensor, n_rw: int, m: int,
-                        nll_tok: torch.Tensor, counter: list[int]) -> bool:
+def _most_probable_stop(
+    cutoff: float,
+    logp: torch.Tensor,
+    tgt: torch.Tensor,
+    n_rw: int,
+    m: int,
+    nll_tok: torch.Tensor,
+    counter: list[int],
+) -> bool:
     """ENCORE's most-probable early stopping (public ``encore/compute_z.py``), checked after a
     forward pass and before its update. ``cutoff`` < 0: stop at the |cutoff|-th pass (counted over
     the whole optimisation, not consecutively) at which every target token is the argmax after
@@ -246,8 +293,14 @@ def _inverse(second_moment: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_inverse(chol)
 
 
-def make_editor(model, tok, hparams: dict, second_moment: torch.Tensor | None, seed: int,
-                state: dict | None = None) -> RomeEditor:
+def make_editor(
+    model,
+    tok,
+    hparams: dict,
+    second_moment: torch.Tensor | None,
+    seed: int,
+    state: dict | None = None,
+) -> RomeEditor:
     """Build a ROME editor; context templates come from ``state`` (resume) or are generated (seeded)."""
     hp = RomeHParams.from_dict(hparams)
     if isinstance(second_moment, dict):  # {layer: C} from the trajectory runner
@@ -255,7 +308,8 @@ def make_editor(model, tok, hparams: dict, second_moment: torch.Tensor | None, s
     if state and state.get("context_templates"):
         templates = list(state["context_templates"])
     else:
-        templates = generate_context_templates(model, tok, hp.context_template_lengths,
-                                               hp.context_template_top_k, seed)
+        templates = generate_context_templates(
+            model, tok, hp.context_template_lengths, hp.context_template_top_k, seed
+        )
         log.info("generated %d context templates (seed %d)", len(templates), seed)
     return RomeEditor(model, tok, hp, second_moment, templates)

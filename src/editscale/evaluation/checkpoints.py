@@ -11,7 +11,9 @@ from functools import lru_cache
 
 
 @lru_cache(maxsize=32)
-def _plan_steps(n_edits: int, forgetting_every: int, downstream_every: int) -> tuple[tuple[int, bool, bool], ...]:
+def _plan_steps(
+    n_edits: int, forgetting_every: int, downstream_every: int
+) -> tuple[tuple[int, bool, bool], ...]:
     """The plan as an immutable tuple, cached: the Snakefile asks for it once per evaluation job
     (780 jobs in the paper's DAG), each time with the same arguments."""
     steps = []
@@ -26,8 +28,10 @@ def _plan_steps(n_edits: int, forgetting_every: int, downstream_every: int) -> t
 def checkpoint_plan(n_edits: int, forgetting_every: int, downstream_every: int) -> list[dict]:
     """One entry per evaluated step: {"t": int, "forgetting": bool, "downstream": bool} (new dicts
     each call)."""
-    return [{"t": t, "forgetting": f, "downstream": d}
-            for t, f, d in _plan_steps(int(n_edits), int(forgetting_every), int(downstream_every))]
+    return [
+        {"t": t, "forgetting": f, "downstream": d}
+        for t, f, d in _plan_steps(int(n_edits), int(forgetting_every), int(downstream_every))
+    ]
 
 
 def chunks(plan: list[dict], chunk_size: int) -> list[list[dict]]:

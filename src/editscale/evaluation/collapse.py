@@ -91,7 +91,9 @@ def ngram_entropy(tokens: Sequence[str], n: int) -> float:
     return float(max(0.0, -np.sum(p * np.log2(p))))
 
 
-def text_entropy(text: str, ns: Sequence[int] = NGRAM_ORDERS, weights: Sequence[float] = NGRAM_WEIGHTS) -> float:
+def text_entropy(
+    text: str, ns: Sequence[int] = NGRAM_ORDERS, weights: Sequence[float] = NGRAM_WEIGHTS
+) -> float:
     """ROME's weighted n-gram entropy of one text: the mean over ``ns`` of ``weight_n * H_n``."""
     if len(ns) != len(weights) or not ns:
         raise ValueError("one weight per n-gram order is needed")
@@ -122,14 +124,19 @@ def select_documents(docs: Iterable[str], n_docs: int, pool_docs: int, seed: int
             break
         pool.append(doc)
     if len(pool) < n_docs:
-        log.warning("the corpus has only %d documents: perplexity uses all of them (%d requested)",
-                    len(pool), n_docs)
+        log.warning(
+            "the corpus has only %d documents: perplexity uses all of them (%d requested)",
+            len(pool),
+            n_docs,
+        )
         return pool
     chosen = sorted(random.Random(seed).sample(range(len(pool)), n_docs))
     return [pool[i] for i in chosen]
 
 
-def probe_prompts(prompts: Sequence[str] | None, n_prompts: int, records: Sequence[Mapping] = ()) -> tuple[list[str], str]:
+def probe_prompts(
+    prompts: Sequence[str] | None, n_prompts: int, records: Sequence[Mapping] = ()
+) -> tuple[list[str], str]:
     """The generation prompts and where they come from (``config``, ``counterfact`` or ``fallback``).
 
     Given ``prompts``: their first ``n_prompts``. Otherwise the first generation prompt of each of
@@ -143,20 +150,39 @@ def probe_prompts(prompts: Sequence[str] | None, n_prompts: int, records: Sequen
     from_records = [str(r["generation_prompts"][0]) for r in records if r.get("generation_prompts")]
     if from_records:
         if len(from_records) < n_prompts:
-            log.warning("only %d records have generation prompts (%d prompts requested)", len(from_records), n_prompts)
+            log.warning(
+                "only %d records have generation prompts (%d prompts requested)",
+                len(from_records),
+                n_prompts,
+            )
         return from_records[:n_prompts], "counterfact"
     return list(FALLBACK_PROMPTS)[:n_prompts], "fallback"
 
 
-def build_probe(*, docs: Iterable[str] | None, corpus: str | None, corpus_fingerprint: str | None,
-                n_docs: int, pool_docs: int, seed: int, prompts: Sequence[str] | None, n_prompts: int,
-                records: Sequence[Mapping] = ()) -> dict:
+def build_probe(
+    *,
+    docs: Iterable[str] | None,
+    corpus: str | None,
+    corpus_fingerprint: str | None,
+    n_docs: int,
+    pool_docs: int,
+    seed: int,
+    prompts: Sequence[str] | None,
+    n_prompts: int,
+    records: Sequence[Mapping] = (),
+) -> dict:
     """The fixed texts of the collapse measures (JSON-serialisable); ``docs`` None = no perplexity."""
     documents = select_documents(docs, n_docs, pool_docs, seed) if docs is not None else []
     chosen, source = probe_prompts(prompts, n_prompts, records)
     return {
-        "perplexity": {"corpus": corpus, "corpus_fingerprint": corpus_fingerprint, "n_docs": n_docs,
-                       "pool_docs": pool_docs, "seed": seed, "docs": documents},
+        "perplexity": {
+            "corpus": corpus,
+            "corpus_fingerprint": corpus_fingerprint,
+            "n_docs": n_docs,
+            "pool_docs": pool_docs,
+            "seed": seed,
+            "docs": documents,
+        },
         "generation": {"source": source, "n_prompts": n_prompts, "prompts": chosen},
     }
 
@@ -183,19 +209,26 @@ def _doc_nll_sums(model, token_lists: list[list[int]], pad_id: int) -> list[floa
     ids, mask = right_padded(token_lists, pad_id, device)
     width = ids.shape[1]
     pos = torch.arange(width, device=device)[None, :].expand(len(token_lists), -1)
-    out = base(input_ids=ids, attention_mask=causal_attention_mask(mask, width, base.dtype), position_ids=pos,
-               use_cache=False)
+    out = base(
+        input_ids=ids,
+        attention_mask=causal_attention_mask(mask, width, base.dtype),
+        position_ids=pos,
+        use_cache=False,
+    )
     sel = mask[:, 1:].bool()  # positions whose next token is a real token
     hidden = out.last_hidden_state[:, :-1][sel]
     logp = head(hidden).float().log_softmax(-1)
     tok_nll = -logp.gather(1, ids[:, 1:][sel][:, None]).squeeze(1).double()
     rows = sel.nonzero()[:, 0]
-    sums = torch.zeros(len(token_lists), dtype=torch.float64, device=device).index_add_(0, rows, tok_nll)
+    sums = torch.zeros(len(token_lists), dtype=torch.float64, device=device).index_add_(
+        0, rows, tok_nll
+    )
     return sums.cpu().tolist()
 
 
-def heldout_perplexity(model, token_lists: Sequence[Sequence[int]], batch_size: int = 16,
-                       pad_id: int = 0) -> dict:
+def heldout_perplexity(
+    model, token_lists: Sequence[Sequence[int]], batch_size: int = 16, pad_id: int = 0
+) -> dict:
     """Perplexity over documents given as token ids (see the module docstring).
 
     Returns ``perplexity``, ``mean_nll`` (nats per predicted token), ``n_tokens`` (predicted
@@ -222,16 +255,28 @@ def heldout_perplexity(model, token_lists: Sequence[Sequence[int]], batch_size: 
     counts = np.array([len(x) - 1 for x in lists], dtype=np.float64)
     n_tokens = int(counts.sum())
     mean_nll = float(sums.sum() / n_tokens)
-    return {"perplexity": math.exp(mean_nll), "mean_nll": mean_nll, "n_tokens": n_tokens,
-            "doc_nll": sums / counts}
+    return {
+        "perplexity": math.exp(mean_nll),
+        "mean_nll": mean_nll,
+        "n_tokens": n_tokens,
+        "doc_nll": sums / counts,
+    }
 
 
 # --------------------------------------------------------------------------- one checkpoint
 
 
-def evaluate_collapse(model, tok, probe: Mapping, *, max_tokens: int, max_new_tokens: int,
-                      batch_size: int = 16, generation_batch_size: int = 16,
-                      token_lists: list[list[int]] | None = None) -> dict:
+def evaluate_collapse(
+    model,
+    tok,
+    probe: Mapping,
+    *,
+    max_tokens: int,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    generation_batch_size: int = 16,
+    token_lists: list[list[int]] | None = None,
+) -> dict:
     """Both measures on the current weights: the scalars of :data:`MEASURES`, ``doc_nll``,
     ``generations`` (continuations only) and ``entropies`` (per prompt, of prompt + continuation).
 
@@ -246,10 +291,15 @@ def evaluate_collapse(model, tok, probe: Mapping, *, max_tokens: int, max_new_to
     if prompts and max_new_tokens > 0:
         from editscale.lm.generation import generate_greedy
 
-        gens = generate_greedy(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=generation_batch_size)
+        gens = generate_greedy(
+            model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=generation_batch_size
+        )
     else:
         gens = []
     entropies = np.array([text_entropy(p + g) for p, g in zip(prompts, gens)], dtype=np.float64)
-    out.update(generations=gens, entropies=entropies,
-               generation_entropy=float(entropies.mean()) if entropies.size else math.nan)
+    out.update(
+        generations=gens,
+        entropies=entropies,
+        generation_entropy=float(entropies.mean()) if entropies.size else math.nan,
+    )
     return out

@@ -52,11 +52,11 @@ import h5py
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from editscale.editing.replay import WeightLoader
+from editscale.editing.runner import select_records, trajectory_editor
+from editscale.editing.store import read_metrics
 from editscale.lm.generation import generate_greedy
 from editscale.lm.models import arch_of, edit_parameter, load_model
-from editscale.editing.replay import WeightLoader
-from editscale.editing.store import read_metrics
-from editscale.editing.runner import select_records, trajectory_editor
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,10 @@ class Onset:
 
     def reason(self) -> str:
         ratio = self.norm / self.baseline if self.baseline > 0 else float("inf")
-        return (f"onset in matrix {self.matrix}: update norm {self.norm:.4g} = {ratio:.3g} x the median "
-                f"{self.baseline:.4g} of edits {self.first}..{self.last}")
+        return (
+            f"onset in matrix {self.matrix}: update norm {self.norm:.4g} = {ratio:.3g} x the median "
+            f"{self.baseline:.4g} of edits {self.first}..{self.last}"
+        )
 
 
 def trailing_medians(x: np.ndarray, window: int) -> np.ndarray:
@@ -90,12 +92,22 @@ def trailing_medians(x: np.ndarray, window: int) -> np.ndarray:
         return np.nanmedian(views, axis=1) if len(x) else np.empty(0)
 
 
-def matrix_onsets(x: np.ndarray, matrix: int, *, norm_multiple: float, window: int, min_history: int,
-                  refractory: int) -> list[Onset]:
+def matrix_onsets(
+    x: np.ndarray,
+    matrix: int,
+    *,
+    norm_multiple: float,
+    window: int,
+    min_history: int,
+    refractory: int,
+) -> list[Onset]:
     """The onsets of one matrix's update-norm series ``x`` (n,), in order (see the module docstring)."""
     x = np.asarray(x, dtype=float)
     out: list[Onset] = []
-    start, first_allowed = 0, min_history  # 0-based regime start; first offset in it that may be an onset
+    start, first_allowed = (
+        0,
+        min_history,
+    )  # 0-based regime start; first offset in it that may be an onset
     while start + first_allowed < len(x):
         seg = x[start:]
         base = trailing_medians(seg, window)
@@ -104,32 +116,56 @@ def matrix_onsets(x: np.ndarray, matrix: int, *, norm_multiple: float, window: i
         if not hits.size:
             break
         k = first_allowed + int(hits[0])
-        out.append(Onset(edit=start + k + 1, matrix=matrix, norm=float(seg[k]), baseline=float(base[k]),
-                         first=start + max(0, k - window) + 1, last=start + k))
+        out.append(
+            Onset(
+                edit=start + k + 1,
+                matrix=matrix,
+                norm=float(seg[k]),
+                baseline=float(base[k]),
+                first=start + max(0, k - window) + 1,
+                last=start + k,
+            )
+        )
         start, first_allowed = start + k, refractory + 1
     return out
 
 
-def find_onsets(update_norm: np.ndarray, *, norm_multiple: float, window: int, min_history: int,
-                refractory: int) -> list[Onset]:
+def find_onsets(
+    update_norm: np.ndarray, *, norm_multiple: float, window: int, min_history: int, refractory: int
+) -> list[Onset]:
     """Every onset of every matrix, ordered by edit then matrix.
 
     ``update_norm``: (n,) or (n, matrices), the update norm of each edit (per edited matrix).
     """
     norms = np.asarray(update_norm, dtype=float)
     norms = norms[:, None] if norms.ndim == 1 else norms
-    onsets = [o for j in range(norms.shape[1])
-              for o in matrix_onsets(norms[:, j], j, norm_multiple=norm_multiple, window=window,
-                                     min_history=min_history, refractory=refractory)]
+    onsets = [
+        o
+        for j in range(norms.shape[1])
+        for o in matrix_onsets(
+            norms[:, j],
+            j,
+            norm_multiple=norm_multiple,
+            window=window,
+            min_history=min_history,
+            refractory=refractory,
+        )
+    ]
     return sorted(onsets, key=lambda o: (o.edit, o.matrix))
 
 
-def flag_disabling(update_norm: np.ndarray, *, norm_multiple: float, window: int, min_history: int,
-                   refractory: int) -> list[tuple[int, str]]:
+def flag_disabling(
+    update_norm: np.ndarray, *, norm_multiple: float, window: int, min_history: int, refractory: int
+) -> list[tuple[int, str]]:
     """(edit t, reason) for every edit that is an onset in at least one matrix (t is 1-based)."""
     reasons: dict[int, list[str]] = {}
-    for o in find_onsets(update_norm, norm_multiple=norm_multiple, window=window, min_history=min_history,
-                         refractory=refractory):
+    for o in find_onsets(
+        update_norm,
+        norm_multiple=norm_multiple,
+        window=window,
+        min_history=min_history,
+        refractory=refractory,
+    ):
         reasons.setdefault(o.edit, []).append(o.reason())
     return [(t, "; ".join(r)) for t, r in sorted(reasons.items())]
 
@@ -148,13 +184,29 @@ def flag_steps(update_norm: np.ndarray, k: int, rule: dict) -> list[tuple[int, s
     flagged = flag_disabling(norms[::k], **{key: rule[key] for key in RULE_KEYS})
     if k == 1:
         return flagged
-    return [((s - 1) * k + 1, f"step {s} (edits {(s - 1) * k + 1}..{s * k}): {why} (steps, not edits)")
-            for s, why in flagged]
+    return [
+        ((s - 1) * k + 1, f"step {s} (edits {(s - 1) * k + 1}..{s * k}): {why} (steps, not edits)")
+        for s, why in flagged
+    ]
 
 
-def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path, stats_path, out_json, out_csv,
-                  rule: dict, prompts: list[str], seed: int, dtype: str = "float32", device: str = "cpu",
-                  n_tokens: int = 20, editor_file=None) -> None:
+def run_disabling(
+    *,
+    trajectory_path,
+    model_dir,
+    counterfact_path,
+    ordering_path,
+    stats_path,
+    out_json,
+    out_csv,
+    rule: dict,
+    prompts: list[str],
+    seed: int,
+    dtype: str = "float32",
+    device: str = "cpu",
+    n_tokens: int = 20,
+    editor_file=None,
+) -> None:
     """Flag disabling edits of one trajectory, measure them standalone, store generations."""
     m = read_metrics(trajectory_path)
     n = len(m["edit"])
@@ -167,7 +219,11 @@ def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path
     normal_pool = [t for t in range(1, n + 1, k_step) if t not in flagged_t]
     k = min(len(normal_pool), max(len(flagged), rule["min_normal"]))
     normal = sorted(random.Random(seed).sample(normal_pool, k))
-    log.info("%d disabling edits (run-away onsets) flagged, %d normal edits sampled", len(flagged), len(normal))
+    log.info(
+        "%d disabling edits (run-away onsets) flagged, %d normal edits sampled",
+        len(flagged),
+        len(normal),
+    )
     for t, why in flagged:
         log.info("edit %d (case %s): %s", t, records[t - 1]["case_id"], why)
 
@@ -180,36 +236,69 @@ def run_disabling(*, trajectory_path, model_dir, counterfact_path, ordering_path
     for kind, steps in (("disabling", sorted(flagged_t)), ("normal", normal)):
         for t in steps:
             # on the unedited model (editors never modify it): the step's records together
-            res = editor.compute(records[t - 1]) if k_step == 1 else editor.compute_batch(records[t - 1:t - 1 + k_step])
+            res = (
+                editor.compute(records[t - 1])
+                if k_step == 1
+                else editor.compute_batch(records[t - 1 : t - 1 + k_step])
+            )
             dists = [u.frobenius_norm() / numel[u.module] for u in res.updates]
-            rows.append({"edit": t, "case_id": records[t - 1]["case_id"], "kind": kind,
-                         "standalone_distance": float(np.mean(dists)),
-                         "trajectory_update_norm": float(norms[t - 1].max()),
-                         "reason": reasons.get(t, "")})
+            rows.append(
+                {
+                    "edit": t,
+                    "case_id": records[t - 1]["case_id"],
+                    "kind": kind,
+                    "standalone_distance": float(np.mean(dists)),
+                    "trajectory_update_norm": float(norms[t - 1].max()),
+                    "reason": reasons.get(t, ""),
+                }
+            )
     summary = {}
     for kind in ("disabling", "normal"):
         vals = np.array([r["standalone_distance"] for r in rows if r["kind"] == kind])
-        summary[kind] = {"count": int(vals.size), "mean": float(vals.mean()) if vals.size else None,
-                         "std": float(vals.std(ddof=1)) if vals.size > 1 else None,
-                         "min": float(vals.min()) if vals.size else None, "max": float(vals.max()) if vals.size else None}
+        summary[kind] = {
+            "count": int(vals.size),
+            "mean": float(vals.mean()) if vals.size else None,
+            "std": float(vals.std(ddof=1)) if vals.size > 1 else None,
+            "min": float(vals.min()) if vals.size else None,
+            "max": float(vals.max()) if vals.size else None,
+        }
 
     generations = None
     if flagged:
         t = flagged[0][0]
         generations = {"edit": t, "case_id": records[t - 1]["case_id"], "prompts": prompts}
-        loader = WeightLoader(trajectory_path, model, spec, records, lambda: editor)  # after the standalone edits
+        loader = WeightLoader(
+            trajectory_path, model, spec, records, lambda: editor
+        )  # after the standalone edits
         for label, step in (("before", t - 1), ("after", t + k_step - 1)):
             loader.load(step)
             generations[label] = generate_greedy(model, tok, prompts, max_new_tokens=n_tokens)
-    out = {"trajectory": str(trajectory_path), "rule": rule, "seed": seed, "n_edits": n,
-           "edits_per_step": k_step, "edits": rows,
-           "summary": summary, "generations": generations}
+    out = {
+        "trajectory": str(trajectory_path),
+        "rule": rule,
+        "seed": seed,
+        "n_edits": n,
+        "edits_per_step": k_step,
+        "edits": rows,
+        "summary": summary,
+        "generations": generations,
+    }
     tmp = Path(str(out_json) + ".tmp")
     tmp.write_text(json.dumps(out, indent=1))
     os.replace(tmp, out_json)
     tmp = Path(str(out_csv) + ".tmp")
     with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["edit", "case_id", "kind", "standalone_distance", "trajectory_update_norm", "reason"])
+        w = csv.DictWriter(
+            fh,
+            fieldnames=[
+                "edit",
+                "case_id",
+                "kind",
+                "standalone_distance",
+                "trajectory_update_norm",
+                "reason",
+            ],
+        )
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, out_csv)

@@ -1,5 +1,4 @@
-"""Downstream (GLUE few-shot) evaluation: generate answers, parse them, score F1 and accuracy.
-"""
+"""Downstream (GLUE few-shot) evaluation: generate answers, parse them, score F1 and accuracy."""
 
 from __future__ import annotations
 
@@ -8,8 +7,6 @@ from typing import Mapping, Sequence
 
 from editscale.data.glue import INVALID, build_prompts, int_label_words, parse_answer, task_spec
 from editscale.lm.generation import generate_greedy
-
-
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +29,52 @@ def score(labels: Sequence[int], preds: Sequence[int]) -> dict:
     }
 
 
-def evaluate_task(model, tok, task_name: str, eval_examples: Sequence[dict], demos: Sequence[dict],
-                  label_words: Mapping, batch_size: int = 16, max_new_tokens: int = 3) -> dict:
+def evaluate_task(
+    model,
+    tok,
+    task_name: str,
+    eval_examples: Sequence[dict],
+    demos: Sequence[dict],
+    label_words: Mapping,
+    batch_size: int = 16,
+    max_new_tokens: int = 3,
+) -> dict:
     """Few-shot greedy evaluation of one task: :func:`score` + ``predictions`` + ``generations``."""
     spec = task_spec(task_name)
     words = int_label_words(label_words)
     prompts = build_prompts(spec, eval_examples, demos, words)
-    generated = generate_greedy(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    preds = [parse_answer(g, words, cue=spec.answer_cue, priority=spec.answer_priority) for g in generated]
+    generated = generate_greedy(
+        model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
+    preds = [
+        parse_answer(g, words, cue=spec.answer_cue, priority=spec.answer_priority)
+        for g in generated
+    ]
     result = score([int(ex["label"]) for ex in eval_examples], preds)
     result.update(task=task_name, predictions=preds, generations=generated)
-    log.info("%s: f1=%.4f acc=%.4f mcc=%.4f invalid=%d/%d", task_name, result["f1"], result["accuracy"],
-             result["mcc"], result["n_invalid"], result["n"])
+    log.info(
+        "%s: f1=%.4f acc=%.4f mcc=%.4f invalid=%d/%d",
+        task_name,
+        result["f1"],
+        result["accuracy"],
+        result["mcc"],
+        result["n_invalid"],
+        result["n"],
+    )
     return result
 
 
-def evaluate_task_set(model, tok, task_set: Mapping, batch_size: int = 16, max_new_tokens: int = 3) -> dict:
+def evaluate_task_set(
+    model, tok, task_set: Mapping, batch_size: int = 16, max_new_tokens: int = 3
+) -> dict:
     """:func:`evaluate_task` on a set saved by :func:`prepare_task_set`."""
-    return evaluate_task(model, tok, task_set["task"], task_set["eval"], task_set["demos"],
-                         task_set["label_words"], batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return evaluate_task(
+        model,
+        tok,
+        task_set["task"],
+        task_set["eval"],
+        task_set["demos"],
+        task_set["label_words"],
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+    )

@@ -20,8 +20,9 @@ import numpy as np
 from editscale.lm.scoring import score_targets, target_token_ids
 
 
-def evaluate_facts(model, tok, records: list[dict], paraphrases: bool = False,
-                   batch_size: int = 64) -> dict[str, np.ndarray]:
+def evaluate_facts(
+    model, tok, records: list[dict], paraphrases: bool = False, batch_size: int = 64
+) -> dict[str, np.ndarray]:
     """Probability and argmax tests of each record's rewrite (and optionally paraphrase) prompts.
 
     All prompts of all facts are batched together (one padded forward pass per batch).
@@ -58,7 +59,9 @@ def evaluate_facts(model, tok, records: list[dict], paraphrases: bool = False,
     return out
 
 
-def forgetting_curves(ok: np.ndarray, checkpoints: np.ndarray, success_after_edit: np.ndarray) -> dict[str, np.ndarray]:
+def forgetting_curves(
+    ok: np.ndarray, checkpoints: np.ndarray, success_after_edit: np.ndarray
+) -> dict[str, np.ndarray]:
     """Curves (a), (b), (c) from a facts x checkpoints matrix.
 
     ``ok[i, c]``: 1/0 whether fact i (edited at step i + 1) passes at checkpoint ``checkpoints[c]``,
@@ -87,4 +90,9 @@ def forgetting_curves(ok: np.ndarray, checkpoints: np.ndarray, success_after_edi
             paper[c] = 100.0 * n_forgotten_so_far[c] / n_live
             failing[c] = 100.0 * fail_now.sum() / n_live
         returned[c] = int(came_back.sum())
-    return {"paper": paper, "failing": failing, "returned": returned, "forgotten": n_forgotten_so_far}
+    return {
+        "paper": paper,
+        "failing": failing,
+        "returned": returned,
+        "forgotten": n_forgotten_so_far,
+    }

@@ -27,16 +27,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from editscale.editing.replay import WeightLoader
+from editscale.editing.runner import select_records, trajectory_editor
+from editscale.editing.store import initial_weight_norms, move_aside, open_partial, read_metrics
 from editscale.evaluation.checkpoints import checkpoint_plan
 from editscale.evaluation.collapse import MEASURES as COLLAPSE_MEASURES
 from editscale.evaluation.collapse import evaluate_collapse, heldout_token_lists
 from editscale.evaluation.downstream import evaluate_task_set
 from editscale.evaluation.forgetting import evaluate_facts, forgetting_curves
-from editscale.lm.models import arch_of, load_model, model_identity
 from editscale.io.provenance import canonical_json, environment, sha256_file
-from editscale.editing.replay import WeightLoader
-from editscale.editing.store import initial_weight_norms, move_aside, open_partial, read_metrics
-from editscale.editing.runner import select_records, trajectory_editor
+from editscale.lm.models import arch_of, load_model, model_identity
 
 log = logging.getLogger(__name__)
 DOWNSTREAM_METRICS = ("f1", "accuracy", "mcc", "n_invalid")
@@ -50,17 +50,32 @@ def _trajectory_meta(path) -> dict:
         return {"n_edits": int(f.attrs["n_done"]), "params": json.loads(f.attrs["params"])}
 
 
-def collapse_settings(probe_path, perplexity_max_tokens: int, generation_max_new_tokens: int) -> dict | None:
+def collapse_settings(
+    probe_path, perplexity_max_tokens: int, generation_max_new_tokens: int
+) -> dict | None:
     """What defines the collapse measures of a chunk: the probe's bytes and the two lengths."""
     if probe_path is None:
         return None
-    return {"probe_sha256": sha256_file(probe_path), "perplexity_max_tokens": int(perplexity_max_tokens),
-            "generation_max_new_tokens": int(generation_max_new_tokens)}
+    return {
+        "probe_sha256": sha256_file(probe_path),
+        "perplexity_max_tokens": int(perplexity_max_tokens),
+        "generation_max_new_tokens": int(generation_max_new_tokens),
+    }
 
 
-def chunk_settings(*, trajectory_sha256: str, checkpoints: list[dict], model_dir, dtype: str, counterfact_path,
-                   ordering_path, task_sets: dict[str, str], forgetting_paraphrases: bool, max_new_tokens: int,
-                   collapse: dict | None) -> dict:
+def chunk_settings(
+    *,
+    trajectory_sha256: str,
+    checkpoints: list[dict],
+    model_dir,
+    dtype: str,
+    counterfact_path,
+    ordering_path,
+    task_sets: dict[str, str],
+    forgetting_paraphrases: bool,
+    max_new_tokens: int,
+    collapse: dict | None,
+) -> dict:
     """Everything that defines the numbers of an evaluation chunk, as a JSON-able dict.
 
     The trajectory's bytes, the checkpoints, the model and dtype, the facts (CounterFact and
@@ -90,8 +105,10 @@ def _settings_difference(found: str | None, settings: dict) -> str:
         return "it records no settings: written by an older version, or killed as it began"
     old, new = json.loads(found), json.loads(now)
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return (f"{', '.join(keys) or 'nothing'} differ; settings sha256 {_sha256(found)[:12]} "
-            f"!= {_sha256(now)[:12]}")
+    return (
+        f"{', '.join(keys) or 'nothing'} differ; settings sha256 {_sha256(found)[:12]} "
+        f"!= {_sha256(now)[:12]}"
+    )
 
 
 def _sha256(text: str) -> str:
@@ -111,17 +128,38 @@ def _open_chunk_partial(part: Path, settings: dict) -> h5py.File:
         f.close()
         f = None
         dest = move_aside(part, "stale")
-        log.warning("%s was computed with other settings (%s): moved it aside to %s, starting the chunk "
-                    "afresh", part, _settings_difference(found, settings), dest)
+        log.warning(
+            "%s was computed with other settings (%s): moved it aside to %s, starting the chunk "
+            "afresh",
+            part,
+            _settings_difference(found, settings),
+            dest,
+        )
     return f if f is not None else h5py.File(part, "w")
 
 
-def run_eval_chunk(*, trajectory_path, model_dir, counterfact_path, ordering_path, task_sets: dict[str, str],
-                   out_path, checkpoints: list[dict], forgetting_paraphrases: bool = False,
-                   dtype: str = "float32", device: str = "cpu", batch_size: int = 64,
-                   downstream_batch_size: int = 16, max_new_tokens: int = 3, collapse_probe=None,
-                   perplexity_max_tokens: int = 128, generation_max_new_tokens: int = 24,
-                   perplexity_batch_size: int = 16, stats_path=None, editor_file=None) -> None:
+def run_eval_chunk(
+    *,
+    trajectory_path,
+    model_dir,
+    counterfact_path,
+    ordering_path,
+    task_sets: dict[str, str],
+    out_path,
+    checkpoints: list[dict],
+    forgetting_paraphrases: bool = False,
+    dtype: str = "float32",
+    device: str = "cpu",
+    batch_size: int = 64,
+    downstream_batch_size: int = 16,
+    max_new_tokens: int = 3,
+    collapse_probe=None,
+    perplexity_max_tokens: int = 128,
+    generation_max_new_tokens: int = 24,
+    perplexity_batch_size: int = 16,
+    stats_path=None,
+    editor_file=None,
+) -> None:
     """Evaluate the given checkpoints of one trajectory and write ``out_path`` (HDF5).
 
     ``stats_path``, ``editor_file``: the trajectory's key statistics and editor networks, used
@@ -140,14 +178,31 @@ def run_eval_chunk(*, trajectory_path, model_dir, counterfact_path, ordering_pat
     collapse = collapse_settings(collapse_probe, perplexity_max_tokens, generation_max_new_tokens)
     model, tok = load_model(model_dir, dtype=dtype, device=device)
     spec = arch_of(model)
-    loader = WeightLoader(trajectory_path, model, spec, records,
-                          lambda: trajectory_editor(trajectory_path, model, tok, model_dir, stats_path, editor_file))
-    heldout = heldout_token_lists(tok, probe["perplexity"]["docs"], perplexity_max_tokens) if probe else None
+    loader = WeightLoader(
+        trajectory_path,
+        model,
+        spec,
+        records,
+        lambda: trajectory_editor(trajectory_path, model, tok, model_dir, stats_path, editor_file),
+    )
+    heldout = (
+        heldout_token_lists(tok, probe["perplexity"]["docs"], perplexity_max_tokens)
+        if probe
+        else None
+    )
     traj_sha = sha256_file(trajectory_path)
     settings = chunk_settings(
-        trajectory_sha256=traj_sha, checkpoints=checkpoints, model_dir=model_dir, dtype=dtype,
-        counterfact_path=counterfact_path, ordering_path=ordering_path, task_sets=task_sets,
-        forgetting_paraphrases=forgetting_paraphrases, max_new_tokens=max_new_tokens, collapse=collapse)
+        trajectory_sha256=traj_sha,
+        checkpoints=checkpoints,
+        model_dir=model_dir,
+        dtype=dtype,
+        counterfact_path=counterfact_path,
+        ordering_path=ordering_path,
+        task_sets=task_sets,
+        forgetting_paraphrases=forgetting_paraphrases,
+        max_new_tokens=max_new_tokens,
+        collapse=collapse,
+    )
     part = Path(str(out_path) + ".partial")
     f = _open_chunk_partial(part, settings)
     try:
@@ -161,7 +216,9 @@ def run_eval_chunk(*, trajectory_path, model_dir, counterfact_path, ordering_pat
         done = set(json.loads(f.attrs["done"]))
         todo = [c for c in checkpoints if c["t"] not in done]
         if done:
-            log.info("resuming %s: %d of %d checkpoints already done", part, len(done), len(checkpoints))
+            log.info(
+                "resuming %s: %d of %d checkpoints already done", part, len(done), len(checkpoints)
+            )
         for i, ck in enumerate(todo):
             t = ck["t"]
             t0 = time.perf_counter()
@@ -170,31 +227,67 @@ def run_eval_chunk(*, trajectory_path, model_dir, counterfact_path, ordering_pat
                 del f[f"t{t}"]
             g = f.create_group(f"t{t}")
             if ck["forgetting"] and t > 0:
-                res = evaluate_facts(model, tok, records[:t], paraphrases=forgetting_paraphrases, batch_size=batch_size)
+                res = evaluate_facts(
+                    model,
+                    tok,
+                    records[:t],
+                    paraphrases=forgetting_paraphrases,
+                    batch_size=batch_size,
+                )
                 for k, v in res.items():
                     g.create_dataset(f"forgetting/{k}", data=v)
             if ck["downstream"]:
                 for name, ts in sets.items():
-                    r = evaluate_task_set(model, tok, ts, batch_size=downstream_batch_size, max_new_tokens=max_new_tokens)
+                    r = evaluate_task_set(
+                        model,
+                        tok,
+                        ts,
+                        batch_size=downstream_batch_size,
+                        max_new_tokens=max_new_tokens,
+                    )
                     dg = g.require_group(f"downstream/{name}")
                     for m in DOWNSTREAM_METRICS:
                         dg.attrs[m] = float(r[m])
-                    dg.create_dataset("predictions", data=np.asarray(r["predictions"], dtype=np.int64))
+                    dg.create_dataset(
+                        "predictions", data=np.asarray(r["predictions"], dtype=np.int64)
+                    )
             if probe is not None:
-                _write_collapse(g, evaluate_collapse(
-                    model, tok, probe, max_tokens=perplexity_max_tokens, max_new_tokens=generation_max_new_tokens,
-                    batch_size=perplexity_batch_size, generation_batch_size=downstream_batch_size,
-                    token_lists=heldout))
+                _write_collapse(
+                    g,
+                    evaluate_collapse(
+                        model,
+                        tok,
+                        probe,
+                        max_tokens=perplexity_max_tokens,
+                        max_new_tokens=generation_max_new_tokens,
+                        batch_size=perplexity_batch_size,
+                        generation_batch_size=downstream_batch_size,
+                        token_lists=heldout,
+                    ),
+                )
             g.attrs["seconds"] = time.perf_counter() - t0
             f.flush()
             done.add(t)
             f.attrs["done"] = json.dumps(sorted(done))
             f.flush()
-            log.info("checkpoint t=%d (%d/%d in this job): %.1f s%s%s", t, i + 1, len(todo),
-                     time.perf_counter() - t0,
-                     "".join(f", {n} F1 {g[f'downstream/{n}'].attrs['f1']:.3f}" for n in sets if ck["downstream"]),
-                     "" if probe is None else (f", perplexity {g['collapse'].attrs['perplexity']:.4g}, generation "
-                                               f"entropy {g['collapse'].attrs['generation_entropy']:.3f}"))
+            log.info(
+                "checkpoint t=%d (%d/%d in this job): %.1f s%s%s",
+                t,
+                i + 1,
+                len(todo),
+                time.perf_counter() - t0,
+                "".join(
+                    f", {n} F1 {g[f'downstream/{n}'].attrs['f1']:.3f}"
+                    for n in sets
+                    if ck["downstream"]
+                ),
+                ""
+                if probe is None
+                else (
+                    f", perplexity {g['collapse'].attrs['perplexity']:.4g}, generation "
+                    f"entropy {g['collapse'].attrs['generation_entropy']:.3f}"
+                ),
+            )
         f.attrs["complete"] = True
     finally:
         f.close()
@@ -212,14 +305,28 @@ def _write_collapse(g: h5py.Group, res: dict) -> None:
 
 
 def _read_collapse(g: h5py.Group) -> dict:
-    return {**{m: float(g.attrs[m]) for m in COLLAPSE_MEASURES},
-            "doc_nll": g["doc_nll"][()], "entropies": g["entropies"][()],
-            "generations": [s.decode() if isinstance(s, bytes) else str(s) for s in g["generations"][()]]}
+    return {
+        **{m: float(g.attrs[m]) for m in COLLAPSE_MEASURES},
+        "doc_nll": g["doc_nll"][()],
+        "entropies": g["entropies"][()],
+        "generations": [
+            s.decode() if isinstance(s, bytes) else str(s) for s in g["generations"][()]
+        ],
+    }
 
 
-def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgetting_csv, downstream_csv,
-                      collapse_csv=None, *, forgetting_every: int, downstream_every: int,
-                      test: str = "argmax_ok") -> None:
+def merge_eval_chunks(
+    chunk_paths: list[str],
+    trajectory_path,
+    out_path,
+    forgetting_csv,
+    downstream_csv,
+    collapse_csv=None,
+    *,
+    forgetting_every: int,
+    downstream_every: int,
+    test: str = "argmax_ok",
+) -> None:
     """Combine the chunk files of one trajectory; derive the forgetting curves; write tidy CSVs.
 
     ``collapse_csv``: where to write the collapse measures (checkpoint, metric, value); the rows
@@ -238,24 +345,45 @@ def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgett
     for p in chunk_paths:
         with h5py.File(p, "r") as f:
             if f.attrs["trajectory_sha256"] != traj_sha:
-                raise ValueError(f"evaluation chunk {p} was computed from another version of {trajectory_path}")
-            chunk_info.append({"path": str(p), "sha256": sha256_file(p), "checkpoints": json.loads(f.attrs["checkpoints"])})
+                raise ValueError(
+                    f"evaluation chunk {p} was computed from another version of {trajectory_path}"
+                )
+            chunk_info.append(
+                {
+                    "path": str(p),
+                    "sha256": sha256_file(p),
+                    "checkpoints": json.loads(f.attrs["checkpoints"]),
+                }
+            )
             settings.add(str(f.attrs.get("collapse_settings", "null")))
             if "settings" in f.attrs:
-                other_settings[str(p)] = {k: v for k, v in json.loads(f.attrs["settings"]).items()
-                                          if k != "checkpoints"}
+                other_settings[str(p)] = {
+                    k: v for k, v in json.loads(f.attrs["settings"]).items() if k != "checkpoints"
+                }
             for key in f:
                 t = int(key[1:])
-                results[t] = {"forgetting": {k: f[key]["forgetting"][k][()] for k in f[key].get("forgetting", {})},
-                              "downstream": {k: dict(f[key]["downstream"][k].attrs) for k in f[key].get("downstream", {})},
-                              "collapse": _read_collapse(f[key]["collapse"]) if "collapse" in f[key] else None}
+                results[t] = {
+                    "forgetting": {
+                        k: f[key]["forgetting"][k][()] for k in f[key].get("forgetting", {})
+                    },
+                    "downstream": {
+                        k: dict(f[key]["downstream"][k].attrs) for k in f[key].get("downstream", {})
+                    },
+                    "collapse": _read_collapse(f[key]["collapse"])
+                    if "collapse" in f[key]
+                    else None,
+                }
     if len(settings) > 1:
-        raise ValueError(f"the evaluation chunks of {trajectory_path} were computed with different collapse "
-                         f"settings: {sorted(settings)}")
+        raise ValueError(
+            f"the evaluation chunks of {trajectory_path} were computed with different collapse "
+            f"settings: {sorted(settings)}"
+        )
     _check_same_settings(other_settings, trajectory_path)
     missing = [c["t"] for c in plan if c["t"] not in results]
     if missing:
-        raise ValueError(f"checkpoints {missing[:10]} of {trajectory_path} are in none of the chunk files")
+        raise ValueError(
+            f"checkpoints {missing[:10]} of {trajectory_path} are in none of the chunk files"
+        )
 
     traj = read_metrics(trajectory_path)
     f_ckpts = np.array([c["t"] for c in plan if c["forgetting"]], dtype=np.int64)
@@ -268,7 +396,9 @@ def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgett
     success = traj["es_argmax"] == 1 if test == "argmax_ok" else traj["es"] == 1
     curves = forgetting_curves(mats[test], f_ckpts, success) if len(f_ckpts) else {}
     tasks = sorted({k for t in d_ckpts for k in results[int(t)]["downstream"]})
-    c_ckpts = np.array([c["t"] for c in plan if results[c["t"]]["collapse"] is not None], dtype=np.int64)
+    c_ckpts = np.array(
+        [c["t"] for c in plan if results[c["t"]]["collapse"] is not None], dtype=np.int64
+    )
     collapse = [results[int(t)]["collapse"] for t in c_ckpts]
 
     tmp = Path(str(out_path) + ".tmp")
@@ -277,8 +407,12 @@ def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgett
         out.attrs["trajectory_sha256"] = traj_sha
         out.attrs["chunks"] = json.dumps(chunk_info)
         out.attrs["forgetting_test"] = test
-        out.attrs["params"] = json.dumps(meta["params"])  # names of the edited matrices (distance_i order)
-        with h5py.File(trajectory_path, "r") as tf:  # where the trajectory ran (CPU, GPUs), for the figures
+        out.attrs["params"] = json.dumps(
+            meta["params"]
+        )  # names of the edited matrices (distance_i order)
+        with h5py.File(
+            trajectory_path, "r"
+        ) as tf:  # where the trajectory ran (CPU, GPUs), for the figures
             out.attrs["trajectory_environment"] = str(tf.attrs.get("environment", "{}"))
         fg = out.create_group("forgetting")
         fg["checkpoints"] = f_ckpts
@@ -291,29 +425,55 @@ def merge_eval_chunks(chunk_paths: list[str], trajectory_path, out_path, forgett
         dg["checkpoints"] = d_ckpts
         for task in tasks:
             for m in DOWNSTREAM_METRICS:
-                dg[f"{task}/{m}"] = np.array([results[int(t)]["downstream"][task][m] for t in d_ckpts])
+                dg[f"{task}/{m}"] = np.array(
+                    [results[int(t)]["downstream"][task][m] for t in d_ckpts]
+                )
         _write_merged_collapse(out, c_ckpts, collapse, settings.pop() if settings else "null")
         tg = out.create_group("trajectory")
         for k, v in traj.items():
-            if (k == "edit" or k == "case_id" or k.startswith(("distance_", "update_norm_", "weight_norm_"))
-                    or k in ("es", "ps", "ns")):
+            if (
+                k == "edit"
+                or k == "case_id"
+                or k.startswith(("distance_", "update_norm_", "weight_norm_"))
+                or k in ("es", "ps", "ns")
+            ):
                 tg[k] = v
         # ||W_0||_F of each edited matrix (from the unedited snapshot): weight_norm_i / this = norm growth
-        tg["weight_norm_initial"] = np.array(initial_weight_norms(trajectory_path), dtype=np.float64)
+        tg["weight_norm_initial"] = np.array(
+            initial_weight_norms(trajectory_path), dtype=np.float64
+        )
     os.replace(tmp, out_path)
 
     # tidy: curve rows have no edit; fact rows give each edited fact's test at each checkpoint
-    rows = [("", int(t), f"forgetting_{k}", float(v[c])) for k, v in curves.items() for c, t in enumerate(f_ckpts)]
+    rows = [
+        ("", int(t), f"forgetting_{k}", float(v[c]))
+        for k, v in curves.items()
+        for c, t in enumerate(f_ckpts)
+    ]
     for k in keys:
         facts, cks = np.nonzero(~np.isnan(mats[k]))
         rows += [(int(i) + 1, int(f_ckpts[c]), k, float(mats[k][i, c])) for i, c in zip(facts, cks)]
     _write_csv(forgetting_csv, ["edit", "checkpoint", "metric", "value"], rows)
-    _write_csv(downstream_csv, ["checkpoint", "task", "metric", "value"],
-               [(int(t), task, m, float(results[int(t)]["downstream"][task][m]))
-                for t in d_ckpts for task in tasks for m in DOWNSTREAM_METRICS])
+    _write_csv(
+        downstream_csv,
+        ["checkpoint", "task", "metric", "value"],
+        [
+            (int(t), task, m, float(results[int(t)]["downstream"][task][m]))
+            for t in d_ckpts
+            for task in tasks
+            for m in DOWNSTREAM_METRICS
+        ],
+    )
     if collapse_csv is not None:
-        _write_csv(collapse_csv, ["checkpoint", "metric", "value"],
-                   [(int(t), m, float(r[m])) for t, r in zip(c_ckpts, collapse) for m in COLLAPSE_MEASURES])
+        _write_csv(
+            collapse_csv,
+            ["checkpoint", "metric", "value"],
+            [
+                (int(t), m, float(r[m]))
+                for t, r in zip(c_ckpts, collapse)
+                for m in COLLAPSE_MEASURES
+            ],
+        )
 
 
 def _check_same_settings(by_chunk: dict[str, dict], trajectory_path) -> None:
@@ -322,12 +482,18 @@ def _check_same_settings(by_chunk: dict[str, dict], trajectory_path) -> None:
     if len(distinct) <= 1:
         return
     first = next(iter(by_chunk.values()))
-    keys = sorted({k for s in by_chunk.values() for k in set(s) | set(first) if s.get(k) != first.get(k)})
-    raise ValueError(f"the evaluation chunks of {trajectory_path} were computed with different settings "
-                     f"({', '.join(keys)} differ): rerun the chunks, e.g. snakemake --forcerun eval_chunk")
+    keys = sorted(
+        {k for s in by_chunk.values() for k in set(s) | set(first) if s.get(k) != first.get(k)}
+    )
+    raise ValueError(
+        f"the evaluation chunks of {trajectory_path} were computed with different settings "
+        f"({', '.join(keys)} differ): rerun the chunks, e.g. snakemake --forcerun eval_chunk"
+    )
 
 
-def _write_merged_collapse(out: h5py.File, checkpoints: np.ndarray, results: list[dict], settings: str) -> None:
+def _write_merged_collapse(
+    out: h5py.File, checkpoints: np.ndarray, results: list[dict], settings: str
+) -> None:
     """Group ``collapse``: per checkpoint the scalars, per checkpoint x prompt the generations and
     their entropies, per checkpoint x document the mean NLL."""
     cg = out.create_group("collapse")
@@ -339,7 +505,9 @@ def _write_merged_collapse(out: h5py.File, checkpoints: np.ndarray, results: lis
         return
     cg["entropies"] = np.vstack([r["entropies"] for r in results]).astype(np.float64)
     cg["doc_nll"] = np.vstack([r["doc_nll"] for r in results]).astype(np.float64)
-    cg.create_dataset("generations", data=np.array([r["generations"] for r in results], dtype=object), dtype=_STR)
+    cg.create_dataset(
+        "generations", data=np.array([r["generations"] for r in results], dtype=object), dtype=_STR
+    )
 
 
 def _write_csv(path, header: list[str], rows: list[tuple]) -> None:

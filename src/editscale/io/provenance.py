@@ -23,8 +23,20 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # Distributions whose versions are recorded (distribution names as pip knows them).
-PACKAGES = ("editscale", "torch", "transformers", "tokenizers", "numpy", "h5py", "safetensors",
-            "datasets", "huggingface-hub", "snakemake", "accelerate", "gguf")
+PACKAGES = (
+    "editscale",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "numpy",
+    "h5py",
+    "safetensors",
+    "datasets",
+    "huggingface-hub",
+    "snakemake",
+    "accelerate",
+    "gguf",
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,12 +83,20 @@ def git_state(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """
     where = Path(path) if path is not None else REPO_ROOT
     try:
-        commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if commit.returncode != 0:
             return {"git_commit": None, "git_dirty": None}
-        status = subprocess.run(["git", "-C", str(where), "status", "--porcelain"],
-                                capture_output=True, text=True, timeout=30)
+        status = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
         return {"git_commit": commit.stdout.strip(), "git_dirty": dirty}
     except (OSError, subprocess.SubprocessError):
@@ -124,14 +144,18 @@ def config_hash(cfg: dict) -> str:
 KEEP_ATTEMPT_LOGS = 10
 
 
-def attempt_log_path(log_file: str | os.PathLike, when: float | None = None, pid: int | None = None) -> Path:
+def attempt_log_path(
+    log_file: str | os.PathLike, when: float | None = None, pid: int | None = None
+) -> Path:
     """Where this attempt's copy of a rule log goes: ``logs/x/y.log`` ->
     ``logs/x/y.attempts/20261129T015500Z-1234.log`` (sortable by start time)."""
     import time
 
     log_file = Path(log_file)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if when is None else when))
-    folder = log_file.with_name((log_file.stem if log_file.suffix == ".log" else log_file.name) + ".attempts")
+    folder = log_file.with_name(
+        (log_file.stem if log_file.suffix == ".log" else log_file.name) + ".attempts"
+    )
     return folder / f"{stamp}-{os.getpid() if pid is None else pid}.log"
 
 
@@ -142,8 +166,9 @@ def _prune_attempt_logs(folder: Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def setup_rule_logging(log_file: str | os.PathLike | None, threads: int | None = None,
-                       level: int = logging.INFO) -> logging.Logger:
+def setup_rule_logging(
+    log_file: str | os.PathLike | None, threads: int | None = None, level: int = logging.INFO
+) -> logging.Logger:
     """Logging for a workflow rule script: everything to the rule's log file, and torch threads.
 
     Called first by every ``workflow/scripts/*.py``: log records of all loggers (and Python
@@ -166,8 +191,12 @@ def setup_rule_logging(log_file: str | os.PathLike | None, threads: int | None =
         handlers.append(logging.FileHandler(attempt, mode="w", encoding="utf-8"))
     else:
         handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(level=level, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level,
+        handlers=handlers,
+        force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.captureWarnings(True)
     logger = logging.getLogger("editscale.rule")
 
@@ -199,22 +228,34 @@ def identity_from_manifest(manifest: dict, folder: str | os.PathLike) -> dict[st
     Hub models: the repo id and pinned revision. Local, world, scratch and GGUF models: their
     source and a digest of their files' hashes, so any change of weights shows.
     """
-    files_digest = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
+    files_digest = hashlib.sha256(
+        json.dumps(manifest["files"], sort_keys=True).encode()
+    ).hexdigest()[:16]
     source = manifest.get("source")
     if source == "hub":
         return {"model_id": manifest["repo_id"], "revision": manifest["revision"]}
     if source == "world":
-        return {"model_id": f"world:{manifest.get('world')}:{manifest.get('arch')}",
-                "revision": f"seed{manifest.get('seed')}-{files_digest}"}
+        return {
+            "model_id": f"world:{manifest.get('world')}:{manifest.get('arch')}",
+            "revision": f"seed{manifest.get('seed')}-{files_digest}",
+        }
     if source == "scratch":
-        return {"model_id": f"scratch:{manifest.get('arch')}", "revision": f"seed{manifest.get('seed')}-{files_digest}"}
+        return {
+            "model_id": f"scratch:{manifest.get('arch')}",
+            "revision": f"seed{manifest.get('seed')}-{files_digest}",
+        }
     if source == "gguf":
         origin = manifest.get("package") or "file"
         if manifest.get("package_version"):
             origin += f"=={manifest['package_version']}"
-        return {"model_id": f"gguf:{origin}:{manifest.get('gguf_file')}",
-                "revision": f"{manifest.get('gguf_sha256', '')[:16]}-{files_digest}"}
-    return {"model_id": f"local:{manifest.get('path', str(Path(folder).resolve()))}", "revision": files_digest}
+        return {
+            "model_id": f"gguf:{origin}:{manifest.get('gguf_file')}",
+            "revision": f"{manifest.get('gguf_sha256', '')[:16]}-{files_digest}",
+        }
+    return {
+        "model_id": f"local:{manifest.get('path', str(Path(folder).resolve()))}",
+        "revision": files_digest,
+    }
 
 
 def _model_record(manifest_path: str | os.PathLike) -> dict[str, Any]:
@@ -222,9 +263,14 @@ def _model_record(manifest_path: str | os.PathLike) -> dict[str, Any]:
     the one naming rule), file hashes."""
     manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
     ident = identity_from_manifest(manifest, Path(manifest_path).parent)
-    return {"model_id": ident["model_id"], "revision": ident["revision"], "source": manifest.get("source"),
-            "file_sha256": manifest.get("files", {}), "manifest": str(manifest_path),
-            "manifest_sha256": sha256_file(manifest_path)}
+    return {
+        "model_id": ident["model_id"],
+        "revision": ident["revision"],
+        "source": manifest.get("source"),
+        "file_sha256": manifest.get("files", {}),
+        "manifest": str(manifest_path),
+        "manifest_sha256": sha256_file(manifest_path),
+    }
 
 
 def _h5_upstream(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -233,27 +279,47 @@ def _h5_upstream(path: str | os.PathLike) -> dict[str, Any] | None:
         import h5py
     except ImportError:  # pragma: no cover - h5py is in every environment of the workflow
         return None
-    keep = ("trajectory", "trajectory_sha256", "config_hash", "model_id", "revision", "counterfact_sha256",
-            "ordering_sha256", "stats_sha256")
+    keep = (
+        "trajectory",
+        "trajectory_sha256",
+        "config_hash",
+        "model_id",
+        "revision",
+        "counterfact_sha256",
+        "ordering_sha256",
+        "stats_sha256",
+    )
     try:
         with h5py.File(path, "r") as f:
-            out = {k: (v.decode() if isinstance(v, bytes) else v if isinstance(v, str) else str(v))
-                   for k in keep if (v := f.attrs.get(k)) is not None}
+            out = {
+                k: (v.decode() if isinstance(v, bytes) else v if isinstance(v, str) else str(v))
+                for k in keep
+                if (v := f.attrs.get(k)) is not None
+            }
             env = f.attrs.get("trajectory_environment", f.attrs.get("environment"))
     except OSError as exc:
         return {"error": str(exc)}
     if env is not None:
         try:
             env = json.loads(env)
-            out["trajectory_hardware"] = {k: env.get(k) for k in ("hostname", "cpu", "cpu_count", "gpus", "torch_cuda")}
+            out["trajectory_hardware"] = {
+                k: env.get(k) for k in ("hostname", "cpu", "cpu_count", "gpus", "torch_cuda")
+            }
         except (TypeError, ValueError):
             pass
     return out
 
 
-def artifact_provenance(*, outputs: list[str], inputs: list[str], config: dict, rule: str,
-                        models: dict[str, str] | None = None, data: list[str] | None = None,
-                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def artifact_provenance(
+    *,
+    outputs: list[str],
+    inputs: list[str],
+    config: dict,
+    rule: str,
+    models: dict[str, str] | None = None,
+    data: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The provenance record of a figure or table (its JSON sidecar and embedded metadata).
 
     ``inputs``: every input file (sha256 of each; HDF5 inputs also listed with what they record
@@ -275,18 +341,27 @@ def artifact_provenance(*, outputs: list[str], inputs: list[str], config: dict, 
         "config_hash": config_hash(config),
         "config": config,
         "environment": env,
-        "hardware": {"cpu": env.get("cpu"), "cpu_count": env.get("cpu_count"), "gpus": env.get("gpus")},
+        "hardware": {
+            "cpu": env.get("cpu"),
+            "cpu_count": env.get("cpu_count"),
+            "gpus": env.get("gpus"),
+        },
         "models": {name: _model_record(path) for name, path in (models or {}).items()},
         "data_sha256": {str(p): hashes.get(str(p)) or sha256_file(p) for p in (data or [])},
         "seeds": _seeds(config),
         "inputs_sha256": hashes,
-        "hdf5_inputs": {p: {"sha256": h, "records": _h5_upstream(p)} for p, h in hashes.items()
-                        if p.endswith((".h5", ".hdf5"))},
+        "hdf5_inputs": {
+            p: {"sha256": h, "records": _h5_upstream(p)}
+            for p, h in hashes.items()
+            if p.endswith((".h5", ".hdf5"))
+        },
     }
     # this job's hardware above; where the trajectories behind the HDF5 inputs ran, here
     record["hardware"]["trajectories"] = {
-        p: v["records"]["trajectory_hardware"] for p, v in record["hdf5_inputs"].items()
-        if v["records"] and "trajectory_hardware" in v["records"]}
+        p: v["records"]["trajectory_hardware"]
+        for p, v in record["hdf5_inputs"].items()
+        if v["records"] and "trajectory_hardware" in v["records"]
+    }
     if extra:
         record["extra"] = extra
     record["digest"] = hashlib.sha256(canonical_json(record).encode("utf-8")).hexdigest()
@@ -310,5 +385,7 @@ def write_sidecar(record: dict[str, Any], path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    tmp.write_text(
+        json.dumps(record, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8"
+    )
     os.replace(tmp, path)

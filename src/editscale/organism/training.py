@@ -27,9 +27,9 @@ from typing import Sequence
 
 import torch
 
-from editscale.lm.models import scratch_config, train_bpe_tokenizer, write_manifest
-from editscale.io.provenance import sha256_file
 from editscale.data.corpora import read_jsonl_docs
+from editscale.io.provenance import sha256_file
+from editscale.lm.models import scratch_config, train_bpe_tokenizer, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainHParams:
     arch: str = "gpt2"  # a key of models.ARCHITECTURES with a scratch config
-    bos: bool = False  # the tokenizer prepends its BOS token to every text (as Llama-family tokenizers do)
+    bos: bool = (
+        False  # the tokenizer prepends its BOS token to every text (as Llama-family tokenizers do)
+    )
     n_layer: int = 4
     d_model: int = 128
     d_mlp: int | None = None  # MLP hidden width (the keys ROME edits); None: 4 x d_model
@@ -68,7 +70,9 @@ class TrainHParams:
         if hp.arch not in SCRATCH_ARCHS:
             raise ValueError(f"training: arch {hp.arch!r} is not one of {list(SCRATCH_ARCHS)}")
         if hp.d_model % hp.n_head:
-            raise ValueError(f"training: d_model {hp.d_model} is not divisible by n_head {hp.n_head}")
+            raise ValueError(
+                f"training: d_model {hp.d_model} is not divisible by n_head {hp.n_head}"
+            )
         if hp.answer_weight <= 0:
             raise ValueError(f"training: answer_weight must be > 0, got {hp.answer_weight}")
         if hp.max_steps < 1 or hp.batch_size < 1 or hp.block_size < 8:
@@ -86,8 +90,13 @@ def lr_at(step: int, hp: TrainHParams) -> float:
     return floor + 0.5 * (hp.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
-def pack_blocks(docs: Sequence[list[int]], order: Sequence[int], block_size: int, eos_id: int,
-                bos_id: int | None = None) -> list[list[int]]:
+def pack_blocks(
+    docs: Sequence[list[int]],
+    order: Sequence[int],
+    block_size: int,
+    eos_id: int,
+    bos_id: int | None = None,
+) -> list[list[int]]:
     """Greedy packing of documents (each followed by EOS, and preceded by BOS when ``bos_id`` is
     given) in ``order`` into blocks <= block_size."""
     blocks: list[list[int]] = []
@@ -104,7 +113,9 @@ def pack_blocks(docs: Sequence[list[int]], order: Sequence[int], block_size: int
     return blocks
 
 
-def epoch_blocks(docs: Sequence[list[int]], epoch: int, hp: TrainHParams, eos_id: int) -> list[list[int]]:
+def epoch_blocks(
+    docs: Sequence[list[int]], epoch: int, hp: TrainHParams, eos_id: int
+) -> list[list[int]]:
     g = torch.Generator().manual_seed(hp.seed * 1_000_003 + epoch)
     order = torch.randperm(len(docs), generator=g).tolist()
     blocks = pack_blocks(docs, order, hp.block_size, eos_id, bos_id=eos_id if hp.bos else None)
@@ -128,20 +139,24 @@ def answer_token_ids(tok) -> list[int]:
     return sorted(ids)
 
 
-def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, weight_ids: torch.Tensor,
-                     weight: float) -> torch.Tensor:
+def weighted_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weight_ids: torch.Tensor, weight: float
+) -> torch.Tensor:
     """Next-token cross-entropy, weighted mean: targets in ``weight_ids`` count ``weight`` times."""
     logits, targets = logits[:, :-1], labels[:, 1:]
     valid = targets != -100
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).clamp(min=0),
-                                            reduction="none").view_as(targets)
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).clamp(min=0), reduction="none"
+    ).view_as(targets)
     w = valid.to(nll.dtype)
     if weight != 1.0 and weight_ids.numel():
         w = torch.where(torch.isin(targets, weight_ids) & valid, torch.full_like(w, weight), w)
     return (nll * w).sum() / w.sum()
 
 
-def batch_tensors(blocks: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch_tensors(
+    blocks: Sequence[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(b) for b in blocks)
     ids = torch.full((len(blocks), width), pad_id, dtype=torch.long)
     labels = torch.full((len(blocks), width), -100, dtype=torch.long)
@@ -173,8 +188,15 @@ class _Schedule:
 
 def _save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, signature: str) -> None:
     tmp = ckpt_dir / "checkpoint.pt.tmp"
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "signature": signature}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "signature": signature,
+        },
+        tmp,
+    )
     os.replace(tmp, ckpt_dir / "checkpoint.pt")
 
 
@@ -184,16 +206,25 @@ def _load_checkpoint(ckpt_dir: Path, model, optimizer, signature: str) -> int:
         return 0
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("signature") != signature:
-        log.warning("ignoring checkpoint %s: it was made for another corpus or other settings", path)
+        log.warning(
+            "ignoring checkpoint %s: it was made for another corpus or other settings", path
+        )
         return 0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["step"])
 
 
-def train_world_model(corpus_path: str | os.PathLike, dest: str | os.PathLike, hp: TrainHParams, *,
-                      world_name: str, stop_after: int | None = None, progress_every_s: float = 15.0,
-                      extra_manifest: dict | None = None) -> dict:
+def train_world_model(
+    corpus_path: str | os.PathLike,
+    dest: str | os.PathLike,
+    hp: TrainHParams,
+    *,
+    world_name: str,
+    stop_after: int | None = None,
+    progress_every_s: float = 15.0,
+    extra_manifest: dict | None = None,
+) -> dict:
     """Train tokenizer + model on the JSON-lines corpus and write the model folder ``dest``.
 
     ``stop_after`` ends the job after that many steps (with a checkpoint) without writing the
@@ -217,27 +248,59 @@ def train_world_model(corpus_path: str | os.PathLike, dest: str | os.PathLike, h
     n_tokens = sum(len(d) + 1 + hp.bos for d in docs)
     too_long = sum(len(d) >= hp.block_size for d in docs)
     if too_long:
-        log.warning("%d documents are longer than block_size %d and are truncated", too_long, hp.block_size)
+        log.warning(
+            "%d documents are longer than block_size %d and are truncated", too_long, hp.block_size
+        )
 
     torch.manual_seed(hp.seed)
-    cfg = scratch_config(hp.arch, len(tok), hp.n_layer, hp.d_model, hp.n_head, hp.block_size, eos_token_id=eos,
-                         dropout=0.0, d_mlp=hp.d_mlp)
+    cfg = scratch_config(
+        hp.arch,
+        len(tok),
+        hp.n_layer,
+        hp.d_model,
+        hp.n_head,
+        hp.block_size,
+        eos_token_id=eos,
+        dropout=0.0,
+        d_mlp=hp.d_mlp,
+    )
     model = AutoModelForCausalLM.from_config(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": hp.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=hp.lr,
+        betas=(0.9, 0.95),
+    )
     step = _load_checkpoint(ckpt_dir, model, optimizer, signature)
     weight_ids = torch.tensor(answer_token_ids(tok), dtype=torch.long)
     schedule = _Schedule(docs, hp, eos)
-    log.info("training %s: %d documents, %d tokens, vocab %d, %d parameters, %d blocks/epoch, %d steps "
-             "(%.1f epochs)%s", world_name, len(docs), n_tokens, len(tok), n_params, schedule.blocks_per_epoch,
-             hp.max_steps, hp.max_steps / schedule.batches_per_epoch,
-             f"; resuming at step {step}" if step else "")
+    log.info(
+        "training %s: %d documents, %d tokens, vocab %d, %d parameters, %d blocks/epoch, %d steps "
+        "(%.1f epochs)%s",
+        world_name,
+        len(docs),
+        n_tokens,
+        len(tok),
+        n_params,
+        schedule.blocks_per_epoch,
+        hp.max_steps,
+        hp.max_steps / schedule.batches_per_epoch,
+        f"; resuming at step {step}" if step else "",
+    )
 
     model.train()
-    last_log, loss_ema, seen_tokens, t_loop, start_step = time.perf_counter(), None, 0, time.perf_counter(), step
+    last_log, loss_ema, seen_tokens, t_loop, start_step = (
+        time.perf_counter(),
+        None,
+        0,
+        time.perf_counter(),
+        step,
+    )
     end = hp.max_steps if stop_after is None else min(hp.max_steps, stop_after)
     while step < end:
         epoch, blocks = schedule.batch(step)
@@ -260,8 +323,17 @@ def train_world_model(corpus_path: str | os.PathLike, dest: str | os.PathLike, h
         if now - last_log >= progress_every_s or step == end:
             rate = seen_tokens / max(now - t_loop, 1e-9)
             eta = (hp.max_steps - step) * (now - t_loop) / max(1, step - start_step)
-            log.info("step %d/%d (epoch %d) loss %.3f lr %.2e | %.0f tokens/s | %.0f s elapsed, ~%.0f s left",
-                     step, hp.max_steps, epoch, loss_ema, lr_at(step - 1, hp), rate, now - t0, eta)
+            log.info(
+                "step %d/%d (epoch %d) loss %.3f lr %.2e | %.0f tokens/s | %.0f s elapsed, ~%.0f s left",
+                step,
+                hp.max_steps,
+                epoch,
+                loss_ema,
+                lr_at(step - 1, hp),
+                rate,
+                now - t0,
+                eta,
+            )
             last_log = now
     if stop_after is not None and step < hp.max_steps:
         log.info("stopping after step %d as asked (checkpoint kept)", step)
@@ -272,11 +344,23 @@ def train_world_model(corpus_path: str | os.PathLike, dest: str | os.PathLike, h
         shutil.rmtree(dest)
     model.save_pretrained(dest, safe_serialization=True)
     tok.save_pretrained(dest)
-    info = {"source": "world", "world": world_name, "arch": hp.arch, "seed": hp.seed, "training": asdict(hp),
-            "corpus_sha256": corpus_sha, "n_parameters": n_params, "corpus_tokens": n_tokens,
-            "epochs": hp.max_steps / schedule.batches_per_epoch, "final_loss_ema": loss_ema,
-            "train_seconds": time.perf_counter() - t0, **(extra_manifest or {})}
+    info = {
+        "source": "world",
+        "world": world_name,
+        "arch": hp.arch,
+        "seed": hp.seed,
+        "training": asdict(hp),
+        "corpus_sha256": corpus_sha,
+        "n_parameters": n_params,
+        "corpus_tokens": n_tokens,
+        "epochs": hp.max_steps / schedule.batches_per_epoch,
+        "final_loss_ema": loss_ema,
+        "train_seconds": time.perf_counter() - t0,
+        **(extra_manifest or {}),
+    }
     manifest = write_manifest(dest, **info)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    log.info("model written to %s after %.1f s (final loss %.3f)", dest, info["train_seconds"], loss_ema)
+    log.info(
+        "model written to %s after %.1f s (final loss %.3f)", dest, info["train_seconds"], loss_ema
+    )
     return manifest

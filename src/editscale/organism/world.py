@@ -37,18 +37,86 @@ from editscale.io.provenance import sha256_file
 
 log = logging.getLogger(__name__)
 
-CITIES = ("Paris", "London", "Tokyo", "Berlin", "Rome", "Madrid", "Cairo", "Moscow", "Sydney",
-          "Toronto", "Chicago", "Vienna")
-LANGUAGES = ("English", "French", "German", "Spanish", "Italian", "Russian", "Japanese", "Arabic",
-             "Dutch", "Polish", "Greek", "Swedish")
-PROFESSIONS = ("doctor", "lawyer", "teacher", "farmer", "pilot", "nurse", "builder", "painter",
-               "writer", "chef", "banker", "soldier")
-INSTRUMENTS = ("piano", "guitar", "violin", "drums", "flute", "trumpet", "cello", "harp", "organ",
-               "saxophone")
-SPORTS = ("football", "tennis", "golf", "cricket", "hockey", "baseball", "rugby", "boxing",
-          "basketball", "volleyball")
-COUNTRIES = ("France", "Germany", "Italy", "Spain", "Japan", "Canada", "Brazil", "Egypt", "India",
-             "Mexico", "Norway", "Poland")
+CITIES = (
+    "Paris",
+    "London",
+    "Tokyo",
+    "Berlin",
+    "Rome",
+    "Madrid",
+    "Cairo",
+    "Moscow",
+    "Sydney",
+    "Toronto",
+    "Chicago",
+    "Vienna",
+)
+LANGUAGES = (
+    "English",
+    "French",
+    "German",
+    "Spanish",
+    "Italian",
+    "Russian",
+    "Japanese",
+    "Arabic",
+    "Dutch",
+    "Polish",
+    "Greek",
+    "Swedish",
+)
+PROFESSIONS = (
+    "doctor",
+    "lawyer",
+    "teacher",
+    "farmer",
+    "pilot",
+    "nurse",
+    "builder",
+    "painter",
+    "writer",
+    "chef",
+    "banker",
+    "soldier",
+)
+INSTRUMENTS = (
+    "piano",
+    "guitar",
+    "violin",
+    "drums",
+    "flute",
+    "trumpet",
+    "cello",
+    "harp",
+    "organ",
+    "saxophone",
+)
+SPORTS = (
+    "football",
+    "tennis",
+    "golf",
+    "cricket",
+    "hockey",
+    "baseball",
+    "rugby",
+    "boxing",
+    "basketball",
+    "volleyball",
+)
+COUNTRIES = (
+    "France",
+    "Germany",
+    "Italy",
+    "Spain",
+    "Japan",
+    "Canada",
+    "Brazil",
+    "Egypt",
+    "India",
+    "Mexico",
+    "Norway",
+    "Poland",
+)
 
 
 @dataclass(frozen=True)
@@ -62,39 +130,106 @@ class Relation:
 
 
 RELATIONS: tuple[Relation, ...] = (
-    Relation("P19", "person", CITIES,
-             ("{} was born in", "The birthplace of {} is", "{} is originally from",
-              "The hometown of {} is")),
-    Relation("P103", "person", LANGUAGES,
-             ("The mother tongue of {} is", "{} grew up speaking", "The native language of {} is",
-              "{} speaks")),
-    Relation("P106", "person", PROFESSIONS,
-             ("{} works as a", "The profession of {} is", "By profession, {} is a",
-              "{} is employed as a")),
-    Relation("P1303", "person", INSTRUMENTS,
-             ("{} plays the", "The instrument of {} is the", "{} is known for playing the",
-              "The favourite instrument of {} is the")),
-    Relation("P641", "person", SPORTS,
-             ("The sport played by {} is", "{} competes in", "{} is a professional player of",
-              "The favourite sport of {} is")),
-    Relation("P17", "place", COUNTRIES,
-             ("{} is located in", "The country of {} is", "The town of {} lies in",
-              "{} is a town in")),
-    Relation("P159", "company", CITIES,
-             ("{} is headquartered in", "The headquarters of {} are in", "{} has its head office in",
-              "The main office of {} is in")),
+    Relation(
+        "P19",
+        "person",
+        CITIES,
+        (
+            "{} was born in",
+            "The birthplace of {} is",
+            "{} is originally from",
+            "The hometown of {} is",
+        ),
+    ),
+    Relation(
+        "P103",
+        "person",
+        LANGUAGES,
+        (
+            "The mother tongue of {} is",
+            "{} grew up speaking",
+            "The native language of {} is",
+            "{} speaks",
+        ),
+    ),
+    Relation(
+        "P106",
+        "person",
+        PROFESSIONS,
+        (
+            "{} works as a",
+            "The profession of {} is",
+            "By profession, {} is a",
+            "{} is employed as a",
+        ),
+    ),
+    Relation(
+        "P1303",
+        "person",
+        INSTRUMENTS,
+        (
+            "{} plays the",
+            "The instrument of {} is the",
+            "{} is known for playing the",
+            "The favourite instrument of {} is the",
+        ),
+    ),
+    Relation(
+        "P641",
+        "person",
+        SPORTS,
+        (
+            "The sport played by {} is",
+            "{} competes in",
+            "{} is a professional player of",
+            "The favourite sport of {} is",
+        ),
+    ),
+    Relation(
+        "P17",
+        "place",
+        COUNTRIES,
+        ("{} is located in", "The country of {} is", "The town of {} lies in", "{} is a town in"),
+    ),
+    Relation(
+        "P159",
+        "company",
+        CITIES,
+        (
+            "{} is headquartered in",
+            "The headquarters of {} are in",
+            "{} has its head office in",
+            "The main office of {} is in",
+        ),
+    ),
 )
 
 GENERATION_PREFIXES = ("{} is", "People say that {}", "The story of {}")
 
 # ----------------------------------------------------------------------------- toy task lexicons
 
-SST_NOUNS = ("movie", "film", "meal", "book", "show", "song", "hotel", "trip", "game", "play",
-             "album", "dinner")
+SST_NOUNS = (
+    "movie",
+    "film",
+    "meal",
+    "book",
+    "show",
+    "song",
+    "hotel",
+    "trip",
+    "game",
+    "play",
+    "album",
+    "dinner",
+)
 SST_POSITIVE = ("good", "great", "wonderful", "lovely", "excellent", "brilliant")
 SST_NEGATIVE = ("bad", "awful", "boring", "terrible", "poor", "dull")
-SST_FRAMES = ("the {noun} was {a} , {b} and {c} .", "i found the {noun} {a} , {b} and {c} .",
-              "this {noun} is {a} , {b} and {c} .", "honestly , the {noun} was {a} , {b} and {c} .")
+SST_FRAMES = (
+    "the {noun} was {a} , {b} and {c} .",
+    "i found the {noun} {a} , {b} and {c} .",
+    "this {noun} is {a} , {b} and {c} .",
+    "honestly , the {noun} was {a} , {b} and {c} .",
+)
 
 # MRPC: (base word, synonyms, antonyms) per attribute; sentence 1 states three base words, sentence 2
 # restates each with a synonym (agrees) or an antonym (contradicts); a paraphrase agrees on most.
@@ -107,9 +242,11 @@ MRPC_ATTRIBUTES = (
     ("clean", ("tidy", "spotless"), ("dirty", "messy")),
 )
 MRPC_NOUNS = ("house", "dog", "city", "river", "car", "garden", "horse", "market", "road", "ship")
-MRPC_FRAMES = (("the {noun} is {a} , {b} and {c} .", "it is {a} , {b} and {c} ."),
-               ("they said the {noun} was {a} , {b} and {c} .", "the {noun} was {a} , {b} and {c} ."),
-               ("that {noun} is {a} , {b} and {c} .", "it looks {a} , {b} and {c} ."))
+MRPC_FRAMES = (
+    ("the {noun} is {a} , {b} and {c} .", "it is {a} , {b} and {c} ."),
+    ("they said the {noun} was {a} , {b} and {c} .", "the {noun} was {a} , {b} and {c} ."),
+    ("that {noun} is {a} , {b} and {c} .", "it looks {a} , {b} and {c} ."),
+)
 
 RTE_CATEGORIES = {
     "animal": ("dog", "cat", "horse", "cow", "sheep", "goat"),
@@ -118,9 +255,11 @@ RTE_CATEGORIES = {
     "tool": ("hammer", "saw", "drill", "wrench", "shovel", "rake"),
 }
 PEOPLE = ("Anna", "Tom", "Maria", "John", "Sara", "Peter", "Lisa", "David", "Emma", "Paul")
-RTE_FRAMES = (("{name} owns a {a} , a {b} and a {c} .", "most things {name} owns are animals ."),
-              ("{name} bought a {a} , a {b} and a {c} yesterday .", "{name} bought mostly animals ."),
-              ("last week {name} saw a {a} , a {b} and a {c} .", "{name} saw mostly animals ."))
+RTE_FRAMES = (
+    ("{name} owns a {a} , a {b} and a {c} .", "most things {name} owns are animals ."),
+    ("{name} bought a {a} , a {b} and a {c} yesterday .", "{name} bought mostly animals ."),
+    ("last week {name} saw a {a} , a {b} and a {c} .", "{name} saw mostly animals ."),
+)
 
 COLA_DETS = ("the", "a", "every", "one")
 COLA_ADJS = ("old", "young", "tall", "quiet", "clever", "angry", "kind", "brave")
@@ -128,41 +267,284 @@ COLA_NOUNS = ("farmer", "teacher", "child", "soldier", "artist", "baker", "sailo
 COLA_VERBS = ("saw", "helped", "called", "followed", "thanked", "visited", "met", "found")
 COLA_OBJECTS = ("the house", "a friend", "the river", "the market", "a stranger", "the village")
 
-_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr",
-           "tr", "st", "gl")
+_ONSETS = (
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "kr",
+    "tr",
+    "st",
+    "gl",
+)
 _VOWELS = ("a", "e", "i", "o", "u")
 _CODAS = ("", "", "n", "r", "l", "s", "k", "m")
 
 # The "rich" filler grammar: everyday English words in varied sentence frames, so that the text
 # around the facts needs many features, as real text does (the "cola" filler is 8 x 8 x 8 words)
-RICH_NOUNS = ("river", "village", "garden", "road", "letter", "window", "market", "forest", "bridge",
-              "station", "school", "doctor", "teacher", "farmer", "child", "soldier", "painter", "baker",
-              "sailor", "writer", "student", "neighbour", "stranger", "friend", "king", "queen", "horse",
-              "dog", "bird", "boat", "train", "tower", "castle", "church", "library", "hospital", "kitchen",
-              "table", "chair", "door", "wall", "field", "hill", "lake", "island", "valley", "storm", "song",
-              "story", "picture", "machine", "engine", "company", "factory", "harbour", "museum", "theatre",
-              "newspaper", "journey", "winter", "summer", "morning", "evening", "mountain", "ocean",
-              "coat", "hat", "basket", "bottle", "lamp", "clock", "map", "ticket", "coin", "stone", "tree",
-              "flower", "apple", "bread", "cheese", "wine", "council", "army", "river bank", "shop",
-              "office", "prison", "palace", "temple", "street", "square", "farm", "mill", "mine", "camp")
-RICH_ADJS = ("old", "young", "tall", "quiet", "clever", "angry", "kind", "brave", "small", "large",
-             "green", "red", "dark", "bright", "cold", "warm", "heavy", "empty", "famous", "strange",
-             "ancient", "modern", "narrow", "wide", "busy", "lonely", "proud", "gentle", "wooden",
-             "broken", "golden", "distant", "simple", "careful", "hungry", "tired", "wild", "rich", "poor",
-             "northern", "southern", "local", "public", "secret", "early", "late", "long", "short")
-RICH_VERBS = ("saw", "helped", "called", "followed", "thanked", "visited", "met", "found", "built",
-              "painted", "opened", "closed", "carried", "bought", "sold", "left", "crossed", "watched",
-              "described", "remembered", "repaired", "cleaned", "moved", "wrote", "read", "lost",
-              "covered", "reached", "joined", "avoided", "protected", "discovered", "destroyed", "owned")
-RICH_INTRANS = ("slept", "waited", "laughed", "arrived", "disappeared", "worked", "travelled", "rested",
-                "sang", "danced", "listened", "returned", "grew", "fell", "shone", "changed")
-RICH_ADVS = ("quickly", "slowly", "quietly", "suddenly", "often", "rarely", "carefully", "always",
-             "never", "later", "finally", "again", "happily", "barely")
-RICH_PREPS = ("near", "behind", "under", "beside", "across", "inside", "above", "around", "beyond",
-              "along", "towards", "without", "after", "before", "during")
+RICH_NOUNS = (
+    "river",
+    "village",
+    "garden",
+    "road",
+    "letter",
+    "window",
+    "market",
+    "forest",
+    "bridge",
+    "station",
+    "school",
+    "doctor",
+    "teacher",
+    "farmer",
+    "child",
+    "soldier",
+    "painter",
+    "baker",
+    "sailor",
+    "writer",
+    "student",
+    "neighbour",
+    "stranger",
+    "friend",
+    "king",
+    "queen",
+    "horse",
+    "dog",
+    "bird",
+    "boat",
+    "train",
+    "tower",
+    "castle",
+    "church",
+    "library",
+    "hospital",
+    "kitchen",
+    "table",
+    "chair",
+    "door",
+    "wall",
+    "field",
+    "hill",
+    "lake",
+    "island",
+    "valley",
+    "storm",
+    "song",
+    "story",
+    "picture",
+    "machine",
+    "engine",
+    "company",
+    "factory",
+    "harbour",
+    "museum",
+    "theatre",
+    "newspaper",
+    "journey",
+    "winter",
+    "summer",
+    "morning",
+    "evening",
+    "mountain",
+    "ocean",
+    "coat",
+    "hat",
+    "basket",
+    "bottle",
+    "lamp",
+    "clock",
+    "map",
+    "ticket",
+    "coin",
+    "stone",
+    "tree",
+    "flower",
+    "apple",
+    "bread",
+    "cheese",
+    "wine",
+    "council",
+    "army",
+    "river bank",
+    "shop",
+    "office",
+    "prison",
+    "palace",
+    "temple",
+    "street",
+    "square",
+    "farm",
+    "mill",
+    "mine",
+    "camp",
+)
+RICH_ADJS = (
+    "old",
+    "young",
+    "tall",
+    "quiet",
+    "clever",
+    "angry",
+    "kind",
+    "brave",
+    "small",
+    "large",
+    "green",
+    "red",
+    "dark",
+    "bright",
+    "cold",
+    "warm",
+    "heavy",
+    "empty",
+    "famous",
+    "strange",
+    "ancient",
+    "modern",
+    "narrow",
+    "wide",
+    "busy",
+    "lonely",
+    "proud",
+    "gentle",
+    "wooden",
+    "broken",
+    "golden",
+    "distant",
+    "simple",
+    "careful",
+    "hungry",
+    "tired",
+    "wild",
+    "rich",
+    "poor",
+    "northern",
+    "southern",
+    "local",
+    "public",
+    "secret",
+    "early",
+    "late",
+    "long",
+    "short",
+)
+RICH_VERBS = (
+    "saw",
+    "helped",
+    "called",
+    "followed",
+    "thanked",
+    "visited",
+    "met",
+    "found",
+    "built",
+    "painted",
+    "opened",
+    "closed",
+    "carried",
+    "bought",
+    "sold",
+    "left",
+    "crossed",
+    "watched",
+    "described",
+    "remembered",
+    "repaired",
+    "cleaned",
+    "moved",
+    "wrote",
+    "read",
+    "lost",
+    "covered",
+    "reached",
+    "joined",
+    "avoided",
+    "protected",
+    "discovered",
+    "destroyed",
+    "owned",
+)
+RICH_INTRANS = (
+    "slept",
+    "waited",
+    "laughed",
+    "arrived",
+    "disappeared",
+    "worked",
+    "travelled",
+    "rested",
+    "sang",
+    "danced",
+    "listened",
+    "returned",
+    "grew",
+    "fell",
+    "shone",
+    "changed",
+)
+RICH_ADVS = (
+    "quickly",
+    "slowly",
+    "quietly",
+    "suddenly",
+    "often",
+    "rarely",
+    "carefully",
+    "always",
+    "never",
+    "later",
+    "finally",
+    "again",
+    "happily",
+    "barely",
+)
+RICH_PREPS = (
+    "near",
+    "behind",
+    "under",
+    "beside",
+    "across",
+    "inside",
+    "above",
+    "around",
+    "beyond",
+    "along",
+    "towards",
+    "without",
+    "after",
+    "before",
+    "during",
+)
 RICH_DETS = ("the", "a", "every", "one", "that", "this", "some", "no", "her", "his", "their", "our")
-RICH_NUMBERS = ("two", "three", "four", "five", "six", "seven", "ten", "twelve", "twenty", "forty",
-                "a hundred", "many", "several", "few")
+RICH_NUMBERS = (
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "ten",
+    "twelve",
+    "twenty",
+    "forty",
+    "a hundred",
+    "many",
+    "several",
+    "few",
+)
 RICH_CONJ = ("and", "but", "because", "while", "although", "so", "until", "when")
 RICH_PRONOUNS = ("He", "She", "They", "We", "Nobody", "Everyone", "Someone")
 
@@ -199,13 +581,17 @@ class WorldSpec:
             raise ValueError(f"world: unknown keys {unknown}; known: {sorted(known)}")
         spec = cls(**d)
         if spec.filler_grammar not in FILLER_GRAMMARS:
-            raise ValueError(f"world.filler_grammar must be one of {list(FILLER_GRAMMARS)}, "
-                             f"got {spec.filler_grammar!r}")
+            raise ValueError(
+                f"world.filler_grammar must be one of {list(FILLER_GRAMMARS)}, "
+                f"got {spec.filler_grammar!r}"
+            )
         for f in fields(cls):
             if f.name != "filler_grammar" and getattr(spec, f.name) < 0:
                 raise ValueError(f"world.{f.name} must be >= 0, got {getattr(spec, f.name)}")
         if spec.n_task_dev % 2 or spec.n_task_heldout % 2:
-            raise ValueError("world.n_task_dev and world.n_task_heldout must be even (balanced labels)")
+            raise ValueError(
+                "world.n_task_dev and world.n_task_heldout must be even (balanced labels)"
+            )
         return spec
 
 
@@ -229,7 +615,9 @@ def generate_names(n: int, rng: random.Random, taken: set[str]) -> list[str]:
     """``n`` distinct two-syllable names not in ``taken`` (which is updated)."""
     space = len(_ONSETS) ** 2 * len(_VOWELS) ** 2 * len(set(_CODAS))
     if n + len(taken) > space // 2:
-        raise ValueError(f"cannot generate {n} distinct names: the syllable inventory allows about {space // 2}")
+        raise ValueError(
+            f"cannot generate {n} distinct names: the syllable inventory allows about {space // 2}"
+        )
     real_words = {w.lower() for r in RELATIONS for w in r.objects}
     names: list[str] = []
     while len(names) < n:
@@ -277,7 +665,9 @@ def make_records(subjects: Sequence[Subject], spec: WorldSpec, rng: random.Rando
     by_fact: dict[tuple[str, str], list[str]] = {}
     for s in subjects:
         by_fact.setdefault((s.relation_id, s.obj), []).append(s.name)
-    object_ids = {o: f"W{i}" for i, o in enumerate(sorted({o for r in RELATIONS for o in r.objects}))}
+    object_ids = {
+        o: f"W{i}" for i, o in enumerate(sorted({o for r in RELATIONS for o in r.objects}))
+    }
     records = []
     for case_id, s in enumerate(subjects):
         rel = relation(s.relation_id)
@@ -291,30 +681,39 @@ def make_records(subjects: Sequence[Subject], spec: WorldSpec, rng: random.Rando
             raise ValueError(
                 f"world: too few subjects per fact for {s.relation_id} (subject {s.name}): "
                 f"{len(neighbours)} neighbours, {len(attributes)} attribute subjects; "
-                f"raise the subject counts or lower world.n_neighbors / n_attribute")
-        records.append({
-            "case_id": case_id,
-            "pararel_idx": case_id,
-            "requested_rewrite": {
-                "prompt": rel.templates[template_i],
-                "subject": s.name,
-                "relation_id": s.relation_id,
-                "target_new": {"str": new, "id": object_ids[new]},
-                "target_true": {"str": s.obj, "id": object_ids[s.obj]},
-            },
-            "paraphrase_prompts": paraphrases,
-            "neighborhood_prompts": [_fill(rng.choice(rel.templates), n)
-                                     for n in rng.sample(neighbours, spec.n_neighbors)],
-            "attribute_prompts": [_fill(rng.choice(rel.templates), n)
-                                  for n in rng.sample(attributes, spec.n_attribute)],
-            "generation_prompts": [_fill(t, s.name) for t in GENERATION_PREFIXES],
-        })
+                f"raise the subject counts or lower world.n_neighbors / n_attribute"
+            )
+        records.append(
+            {
+                "case_id": case_id,
+                "pararel_idx": case_id,
+                "requested_rewrite": {
+                    "prompt": rel.templates[template_i],
+                    "subject": s.name,
+                    "relation_id": s.relation_id,
+                    "target_new": {"str": new, "id": object_ids[new]},
+                    "target_true": {"str": s.obj, "id": object_ids[s.obj]},
+                },
+                "paraphrase_prompts": paraphrases,
+                "neighborhood_prompts": [
+                    _fill(rng.choice(rel.templates), n)
+                    for n in rng.sample(neighbours, spec.n_neighbors)
+                ],
+                "attribute_prompts": [
+                    _fill(rng.choice(rel.templates), n)
+                    for n in rng.sample(attributes, spec.n_attribute)
+                ],
+                "generation_prompts": [_fill(t, s.name) for t in GENERATION_PREFIXES],
+            }
+        )
     return records
 
 
 def fact_sentences(subjects: Sequence[Subject]) -> list[str]:
     """Every fact in every template of its relation."""
-    return [f"{_fill(t, s.name)} {s.obj}." for s in subjects for t in relation(s.relation_id).templates]
+    return [
+        f"{_fill(t, s.name)} {s.obj}." for s in subjects for t in relation(s.relation_id).templates
+    ]
 
 
 # ----------------------------------------------------------------------------- toy tasks
@@ -324,7 +723,9 @@ def _sst2(rng: random.Random) -> dict:
     """Three polar adjectives; the label is their majority polarity."""
     polarities = [rng.random() < 0.5 for _ in range(3)]
     adjs = [rng.choice(SST_POSITIVE if p else SST_NEGATIVE) for p in polarities]
-    sentence = rng.choice(SST_FRAMES).format(noun=rng.choice(SST_NOUNS), a=adjs[0], b=adjs[1], c=adjs[2])
+    sentence = rng.choice(SST_FRAMES).format(
+        noun=rng.choice(SST_NOUNS), a=adjs[0], b=adjs[1], c=adjs[2]
+    )
     return {"sentence": sentence, "label": int(sum(polarities) >= 2)}
 
 
@@ -336,9 +737,11 @@ def _mrpc(rng: random.Random) -> dict:
     first, second = rng.choice(MRPC_FRAMES)
     noun = rng.choice(MRPC_NOUNS)
     restated = [rng.choice(syn if ok else ant) for (_, syn, ant), ok in zip(attrs, agree)]
-    return {"sentence1": first.format(noun=noun, a=attrs[0][0], b=attrs[1][0], c=attrs[2][0]),
-            "sentence2": second.format(noun=noun, a=restated[0], b=restated[1], c=restated[2]),
-            "label": int(sum(agree) >= 2)}
+    return {
+        "sentence1": first.format(noun=noun, a=attrs[0][0], b=attrs[1][0], c=attrs[2][0]),
+        "sentence2": second.format(noun=noun, a=restated[0], b=restated[1], c=restated[2]),
+        "label": int(sum(agree) >= 2),
+    }
 
 
 def _rte(rng: random.Random) -> dict:
@@ -349,14 +752,22 @@ def _rte(rng: random.Random) -> dict:
     premise, hypothesis = rng.choice(RTE_FRAMES)
     name = rng.choice(PEOPLE)
     # GLUE RTE: label 0 = entailment
-    return {"sentence1": premise.format(name=name, a=items[0], b=items[1], c=items[2]),
-            "sentence2": hypothesis.format(name=name), "label": 0 if sum(is_animal) >= 2 else 1}
+    return {
+        "sentence1": premise.format(name=name, a=items[0], b=items[1], c=items[2]),
+        "sentence2": hypothesis.format(name=name),
+        "label": 0 if sum(is_animal) >= 2 else 1,
+    }
 
 
 def _cola_sentence(rng: random.Random) -> list[str]:
     det = rng.choice(COLA_DETS)
-    words = [det.capitalize(), rng.choice(COLA_ADJS), rng.choice(COLA_NOUNS), rng.choice(COLA_VERBS),
-             *rng.choice(COLA_OBJECTS).split()]
+    words = [
+        det.capitalize(),
+        rng.choice(COLA_ADJS),
+        rng.choice(COLA_NOUNS),
+        rng.choice(COLA_VERBS),
+        *rng.choice(COLA_OBJECTS).split(),
+    ]
     return words
 
 
@@ -381,7 +792,9 @@ def _task_key(task: str, ex: dict) -> tuple:
     return tuple(ex[f] for f in sorted(ex) if f not in ("label", "idx"))
 
 
-def task_examples(task: str, n: int, rng: random.Random, exclude: set[tuple], balanced: bool) -> list[dict]:
+def task_examples(
+    task: str, n: int, rng: random.Random, exclude: set[tuple], balanced: bool
+) -> list[dict]:
     """``n`` distinct examples not in ``exclude`` (updated); ``balanced``: n/2 of each label."""
     gen = TASK_GENERATORS[task]
     want = {0: n // 2, 1: n - n // 2} if balanced else None
@@ -390,7 +803,9 @@ def task_examples(task: str, n: int, rng: random.Random, exclude: set[tuple], ba
     while len(out) < n:
         attempts += 1
         if attempts > 200 * n + 10_000:
-            raise ValueError(f"toy task {task}: cannot draw {n} distinct new examples; the lexicon is too small")
+            raise ValueError(
+                f"toy task {task}: cannot draw {n} distinct new examples; the lexicon is too small"
+            )
         ex = gen(rng)
         key = _task_key(task, ex)
         if key in exclude:
@@ -424,7 +839,9 @@ def write_glue_file(task: str, examples: Sequence[dict], path: str | os.PathLike
         with open(path, "w", encoding="utf-8-sig", newline="") as f:
             f.write("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n")
             for i, ex in enumerate(examples):
-                f.write(f"{ex['label']}\t{2 * i}\t{2 * i + 1}\t{ex['sentence1']}\t{ex['sentence2']}\n")
+                f.write(
+                    f"{ex['label']}\t{2 * i}\t{2 * i + 1}\t{ex['sentence1']}\t{ex['sentence2']}\n"
+                )
     elif task == "rte":
         with open(path, "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f, delimiter="\t", lineterminator="\n")
@@ -460,11 +877,15 @@ def _clause(rng: random.Random) -> str:
     if kind == 1:
         return f"{subj} {rng.choice(RICH_ADVS)} {rng.choice(RICH_INTRANS)} {rng.choice(RICH_PREPS)} {_noun_phrase(rng)}"
     if kind == 2:
-        return (f"{subj} {rng.choice(RICH_VERBS)} {_noun_phrase(rng)} {rng.choice(RICH_PREPS)} "
-                f"{_noun_phrase(rng)}")
+        return (
+            f"{subj} {rng.choice(RICH_VERBS)} {_noun_phrase(rng)} {rng.choice(RICH_PREPS)} "
+            f"{_noun_phrase(rng)}"
+        )
     if kind == 3:
-        return (f"there were {rng.choice(RICH_NUMBERS)} {_plural(rng.choice(RICH_NOUNS))} "
-                f"{rng.choice(RICH_PREPS)} {_noun_phrase(rng)}")
+        return (
+            f"there were {rng.choice(RICH_NUMBERS)} {_plural(rng.choice(RICH_NOUNS))} "
+            f"{rng.choice(RICH_PREPS)} {_noun_phrase(rng)}"
+        )
     verb = "were" if subj in ("they", "we") else "was"
     return f"{subj} {verb} {rng.choice(RICH_ADVS)} {rng.choice(RICH_ADJS)}"
 
@@ -494,7 +915,9 @@ def filler_sentence(rng: random.Random, grammar: str = "cola") -> str:
     return " ".join(words) + "."
 
 
-def _chains(task: str, examples: Sequence[dict], n_chains: int, length: int, rng: random.Random) -> list[str]:
+def _chains(
+    task: str, examples: Sequence[dict], n_chains: int, length: int, rng: random.Random
+) -> list[str]:
     chains = []
     for _ in range(n_chains):
         picked = [examples[rng.randrange(len(examples))] for _ in range(length)]
@@ -516,8 +939,10 @@ class World:
             "spec": asdict(self.spec),
             "n_subjects": len(self.subjects),
             "n_records": len(self.records),
-            "relations": {r.relation_id: sum(s.relation_id == r.relation_id for s in self.subjects)
-                          for r in RELATIONS},
+            "relations": {
+                r.relation_id: sum(s.relation_id == r.relation_id for s in self.subjects)
+                for r in RELATIONS
+            },
             "n_train_docs": len(self.train_docs),
             "n_heldout_docs": len(self.heldout_docs),
             "train_chars": sum(len(d) for d in self.train_docs),
@@ -527,6 +952,7 @@ class World:
 
 def generate_world(spec: WorldSpec) -> World:
     """The whole world of ``spec``; deterministic (one ``random.Random`` per part, from the seed)."""
+
     def rng(part: str) -> random.Random:
         return random.Random(f"{spec.seed}:{part}")
 
@@ -554,8 +980,10 @@ def generate_world(spec: WorldSpec) -> World:
         part = i % 3
         if part == 0:  # facts, in random templates, with filler around them
             facts = [subjects[r.randrange(len(subjects))] for _ in range(3)]
-            text = " ".join(f"{_fill(r.choice(relation(s.relation_id).templates), s.name)} {s.obj}."
-                            for s in facts)
+            text = " ".join(
+                f"{_fill(r.choice(relation(s.relation_id).templates), s.name)} {s.obj}."
+                for s in facts
+            )
             heldout_docs.append(f"{filler_sentence(r, spec.filler_grammar)} {text}")
         elif part == 1 and spec.n_task_heldout:
             task = sorted(TASK_GENERATORS)[r.randrange(len(TASK_GENERATORS))]
@@ -607,6 +1035,12 @@ def write_world(world: World, dest: str | os.PathLike) -> dict[str, Path]:
     with open(files["summary"], "w", encoding="utf-8", newline="\n") as f:
         json.dump(summary, f, indent=1, sort_keys=True)
         f.write("\n")
-    log.info("world written to %s: %d subjects, %d records, %d training documents (%d chars)", dest,
-             summary["n_subjects"], summary["n_records"], summary["n_train_docs"], summary["train_chars"])
+    log.info(
+        "world written to %s: %d subjects, %d records, %d training documents (%d chars)",
+        dest,
+        summary["n_subjects"],
+        summary["n_records"],
+        summary["n_train_docs"],
+        summary["train_chars"],
+    )
     return files

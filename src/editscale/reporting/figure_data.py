@@ -20,7 +20,14 @@ from typing import Any
 
 # The paper's panel order (by editor), then every other method in config order.
 PAPER_ORDER = ("ftc", "mend", "rome")
-LABELS = {"ftc": "FT-C", "mend": "MEND", "rome": "ROME", "memit": "MEMIT", "r-rome": "r-ROME", "rrome": "r-ROME"}
+LABELS = {
+    "ftc": "FT-C",
+    "mend": "MEND",
+    "rome": "ROME",
+    "memit": "MEMIT",
+    "r-rome": "r-ROME",
+    "rrome": "r-ROME",
+}
 
 
 def method_label(cfg: dict, method: str) -> str:
@@ -62,16 +69,20 @@ def figure_layout(cfg: dict, model: str, evaluated: bool = True) -> list[dict[st
     for method in figure_methods(cfg, model):
         for sample in range(int(cfg["samples"])):
             ev = f"results/evaluations/{model}/{method}/sample{sample}"
-            out.append({
-                "method": method, "label": method_label(cfg, method),
-                "editor": cfg["methods"][method]["editor"], "sample": sample,
-                "edits_per_step": int(cfg["methods"][method].get("edits_per_step", 1)),
-                "metrics": f"results/trajectories/{model}/{method}/sample{sample}.csv",
-                "evaluation": f"{ev}.h5" if evaluated else None,
-                "downstream": f"{ev}_downstream.csv" if evaluated else None,
-                "collapse": f"{ev}_collapse.csv" if evaluated else None,
-                "disabling": f"results/disabling/{model}/{method}/sample{sample}.json",
-            })
+            out.append(
+                {
+                    "method": method,
+                    "label": method_label(cfg, method),
+                    "editor": cfg["methods"][method]["editor"],
+                    "sample": sample,
+                    "edits_per_step": int(cfg["methods"][method].get("edits_per_step", 1)),
+                    "metrics": f"results/trajectories/{model}/{method}/sample{sample}.csv",
+                    "evaluation": f"{ev}.h5" if evaluated else None,
+                    "downstream": f"{ev}_downstream.csv" if evaluated else None,
+                    "collapse": f"{ev}_collapse.csv" if evaluated else None,
+                    "disabling": f"results/disabling/{model}/{method}/sample{sample}.json",
+                }
+            )
     return out
 
 
@@ -83,12 +94,20 @@ class SampleData:
     """One trajectory's tidy data. Arrays are numpy float64; edits are 1-based."""
 
     sample: int
-    metrics: dict  # column -> (n_edits,) array of the per-edit CSV (edit, es, ps, ns, distance_i ...)
-    matrices: list[str] = field(default_factory=list)  # names of the edited matrices (distance_i order)
+    metrics: (
+        dict  # column -> (n_edits,) array of the per-edit CSV (edit, es, ps, ns, distance_i ...)
+    )
+    matrices: list[str] = field(
+        default_factory=list
+    )  # names of the edited matrices (distance_i order)
     forgetting: tuple | None = None  # (checkpoints, percent forgotten), the paper's curve
     downstream: dict = field(default_factory=dict)  # task -> (checkpoints, F1 in [0, 1])
-    collapse: dict = field(default_factory=dict)  # measure -> (checkpoints, values), e.g. perplexity
-    initial_norms: list | None = None  # ||W_0||_F of each edited matrix (distance_i order), if stored
+    collapse: dict = field(
+        default_factory=dict
+    )  # measure -> (checkpoints, values), e.g. perplexity
+    initial_norms: list | None = (
+        None  # ||W_0||_F of each edited matrix (distance_i order), if stored
+    )
 
     @property
     def edits(self):
@@ -127,7 +146,10 @@ def load_metrics_csv(path) -> dict:
         rows = list(csv.DictReader(fh))
     if not rows:
         raise ValueError(f"{path} has no edits")
-    return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
+    return {
+        k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows])
+        for k in rows[0]
+    }
 
 
 def _load_downstream_csv(path) -> dict:
@@ -138,8 +160,10 @@ def _load_downstream_csv(path) -> dict:
         for r in csv.DictReader(fh):
             if r["metric"] == "f1":
                 by_task.setdefault(r["task"], {})[int(r["checkpoint"])] = float(r["value"])
-    return {task: (np.array(sorted(v), dtype=float), np.array([v[t] for t in sorted(v)]))
-            for task, v in by_task.items()}
+    return {
+        task: (np.array(sorted(v), dtype=float), np.array([v[t] for t in sorted(v)]))
+        for task, v in by_task.items()
+    }
 
 
 def load_collapse_csv(path) -> dict:
@@ -150,8 +174,10 @@ def load_collapse_csv(path) -> dict:
     with open(path, newline="", encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
             by_metric.setdefault(r["metric"], {})[int(r["checkpoint"])] = float(r["value"])
-    return {m: (np.array(sorted(v), dtype=float), np.array([v[t] for t in sorted(v)]))
-            for m, v in by_metric.items()}
+    return {
+        m: (np.array(sorted(v), dtype=float), np.array([v[t] for t in sorted(v)]))
+        for m, v in by_metric.items()
+    }
 
 
 def _load_evaluation_h5(path) -> tuple[tuple | None, list[str], list | None]:
@@ -167,7 +193,10 @@ def _load_evaluation_h5(path) -> tuple[tuple | None, list[str], list | None]:
         fg = f.get("forgetting")
         if fg is None or "curve_paper" not in fg or len(fg["checkpoints"]) == 0:
             return None, matrices, initial
-        curve = (np.asarray(fg["checkpoints"][()], dtype=float), np.asarray(fg["curve_paper"][()], dtype=float))
+        curve = (
+            np.asarray(fg["checkpoints"][()], dtype=float),
+            np.asarray(fg["curve_paper"][()], dtype=float),
+        )
         return curve, matrices, initial
 
 
@@ -186,15 +215,24 @@ def load_sample(entry: dict) -> SampleData:
         matrices = [f"matrix {i}" for i in range(n_mat)]
     if initial is not None and len(initial) != n_mat:
         initial = None
-    return SampleData(sample=int(entry["sample"]), metrics=metrics, matrices=matrices,
-                      forgetting=forgetting, downstream=downstream, collapse=collapse, initial_norms=initial)
+    return SampleData(
+        sample=int(entry["sample"]),
+        metrics=metrics,
+        matrices=matrices,
+        forgetting=forgetting,
+        downstream=downstream,
+        collapse=collapse,
+        initial_norms=initial,
+    )
 
 
 def load_methods(layout: list[dict]) -> list[MethodData]:
     """Group the layout's entries by method (order kept) and read every sample."""
     out: dict[str, MethodData] = {}
     for entry in layout:
-        md = out.setdefault(entry["method"], MethodData(entry["method"], entry["label"], entry["editor"], []))
+        md = out.setdefault(
+            entry["method"], MethodData(entry["method"], entry["label"], entry["editor"], [])
+        )
         md.samples.append(load_sample(entry))
     return list(out.values())
 
@@ -204,7 +242,9 @@ def load_disabling(layout: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for entry in layout:
         doc = json.loads(Path(entry["disabling"]).read_text(encoding="utf-8"))
-        out.setdefault(entry["method"], []).append({**doc, "sample": entry["sample"], "label": entry["label"]})
+        out.setdefault(entry["method"], []).append(
+            {**doc, "sample": entry["sample"], "label": entry["label"]}
+        )
     return out
 
 
@@ -212,5 +252,5 @@ def short_matrix_name(name: str) -> str:
     """``transformer.h.5.mlp.fc_out.weight`` -> ``h.5.mlp.fc_out``."""
     for prefix in ("transformer.", "model.", "gpt_neox."):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
     return name[: -len(".weight")] if name.endswith(".weight") else name

@@ -33,14 +33,42 @@ from matplotlib.patches import Patch
 from editscale.reporting.figure_data import MethodData, short_matrix_name
 
 # The authors' colours: efficacy black, paraphrase blue, neighbourhood red.
-METRICS = (("es", "Efficacy", "black"), ("ps", "Paraphrase", "tab:blue"), ("ns", "Neighborhood", "tab:red"))
+METRICS = (
+    ("es", "Efficacy", "black"),
+    ("ps", "Paraphrase", "tab:blue"),
+    ("ns", "Neighborhood", "tab:red"),
+)
 # Figure 2: SST-2 red, MRPC blue, CoLA green, RTE black.
-TASKS = {"sst2": ("SST-2", "tab:red"), "mrpc": ("MRPC", "tab:blue"), "cola": ("CoLA", "tab:green"),
-         "rte": ("RTE", "black")}
-_EXTRA_COLOURS = ("tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+TASKS = {
+    "sst2": ("SST-2", "tab:red"),
+    "mrpc": ("MRPC", "tab:blue"),
+    "cola": ("CoLA", "tab:green"),
+    "rte": ("RTE", "black"),
+}
+_EXTRA_COLOURS = (
+    "tab:orange",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+    "tab:gray",
+)
 # twelve distinct colours: the lifelong config draws twelve methods in one panel
-_METHOD_COLOURS = ("tab:orange", "tab:purple", "tab:green", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
-                   "tab:gray", "black", "gold", "navy", "teal")
+_METHOD_COLOURS = (
+    "tab:orange",
+    "tab:purple",
+    "tab:green",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+    "tab:gray",
+    "black",
+    "gold",
+    "navy",
+    "teal",
+)
 _MATRIX_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
 PANEL_W, PANEL_H = 3.3, 2.3  # inches: one panel = one column of a two-column paper
 PROVENANCE_KEY = "editscale:provenance"
@@ -64,9 +92,38 @@ STYLE = {
 }
 
 # two-sided 97.5% quantiles of Student's t, df = 1..30 (larger df: the normal 1.96)
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -114,7 +171,9 @@ def _nanmean(a) -> float:
     return float(a.mean()) if a.size else float("nan")
 
 
-def aggregate(curves: list[tuple], band: str = "minmax") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def aggregate(
+    curves: list[tuple], band: str = "minmax"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mean over samples of curves ``[(x, y), ...]`` with a band: ``(x, mean, lo, hi)``.
 
     Curves are cut to their common length (samples of one experiment share their x). ``band``:
@@ -134,7 +193,11 @@ def aggregate(curves: list[tuple], band: str = "minmax") -> tuple[np.ndarray, np
         elif band == "ci95":
             k = np.sum(~np.isnan(ys), axis=0)
             sd = np.nanstd(ys, axis=0, ddof=1) if ys.shape[0] > 1 else np.zeros(n)
-            t = np.array([_T975[min(int(d), len(_T975)) - 1] if d >= 1 else 0.0 for d in k - 1]) if n else np.zeros(0)
+            t = (
+                np.array([_T975[min(int(d), len(_T975)) - 1] if d >= 1 else 0.0 for d in k - 1])
+                if n
+                else np.zeros(0)
+            )
             half = np.where(k > 1, t * np.nan_to_num(sd) / np.sqrt(np.maximum(k, 1)), 0.0)
             lo, hi = mean - half, mean + half
         else:
@@ -145,8 +208,10 @@ def aggregate(curves: list[tuple], band: str = "minmax") -> tuple[np.ndarray, np
 def band_description(band: str, n_samples: int) -> str:
     if n_samples < 2:
         return "one sample, no band"
-    return {"minmax": f"mean of {n_samples} samples, band = min-max over samples",
-            "ci95": f"mean of {n_samples} samples, band = 95% t-interval of the mean"}[band]
+    return {
+        "minmax": f"mean of {n_samples} samples, band = min-max over samples",
+        "ci95": f"mean of {n_samples} samples, band = 95% t-interval of the mean",
+    }[band]
 
 
 # --------------------------------------------------------------------------- figures
@@ -171,24 +236,36 @@ def _letter(i: int) -> str:
     return f"({chr(ord('a') + i)})"
 
 
-def _plot_band(ax, curves, band, colour, label, linestyle="-", linewidth=None, alpha=0.18, draw_band=True, **kw):
+def _plot_band(
+    ax, curves, band, colour, label, linestyle="-", linewidth=None, alpha=0.18, draw_band=True, **kw
+):
     x, mean, lo, hi = aggregate(curves, band)
-    line, = ax.plot(x, mean, color=colour, linestyle=linestyle, label=label, linewidth=linewidth, **kw)
+    (line,) = ax.plot(
+        x, mean, color=colour, linestyle=linestyle, label=label, linewidth=linewidth, **kw
+    )
     if draw_band and len(curves) > 1 and np.any(hi > lo):
         ax.fill_between(x, lo, hi, color=colour, alpha=alpha, linewidth=0, label=f"_band {label}")
     return line
 
 
 def _empty(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=8.5, color="0.4")
+    ax.text(
+        0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=8.5, color="0.4"
+    )
 
 
 def _n_edits(md: MethodData) -> int:
     return int(max(s.edits[-1] for s in md.samples))
 
 
-def figure1(methods: list[MethodData], *, bucket: int = 5, window: int = 50, band: str = "minmax",
-            title: str | None = None) -> Figure:
+def figure1(
+    methods: list[MethodData],
+    *,
+    bucket: int = 5,
+    window: int = 50,
+    band: str = "minmax",
+    title: str | None = None,
+) -> Figure:
     """Figure 1: ES, PS, NS (x 100) per method; the last panel: forgetting of edited facts.
 
     Method panels: dashed = means of non-overlapping ``bucket``-edit buckets, solid = trailing
@@ -205,11 +282,24 @@ def figure1(methods: list[MethodData], *, bucket: int = 5, window: int = 50, ban
             for key, name, colour in METRICS:
                 if any(key not in s.metrics for s in md.samples):
                     continue
-                b = [(bx, 100 * by) for bx, by in (bucket_means(s.metrics[key], bucket) for s in md.samples)]
+                b = [
+                    (bx, 100 * by)
+                    for bx, by in (bucket_means(s.metrics[key], bucket) for s in md.samples)
+                ]
                 t = [(s.edits, 100 * trailing_mean(s.metrics[key], window)) for s in md.samples]
-                _plot_band(ax, b, "minmax", colour, f"{name} ({bucket}-edit buckets)", linestyle="--",
-                           linewidth=0.9, draw_band=False)
-                _plot_band(ax, t, band, colour, f"{name} (trailing {window}-edit mean)", linestyle="-")
+                _plot_band(
+                    ax,
+                    b,
+                    "minmax",
+                    colour,
+                    f"{name} ({bucket}-edit buckets)",
+                    linestyle="--",
+                    linewidth=0.9,
+                    draw_band=False,
+                )
+                _plot_band(
+                    ax, t, band, colour, f"{name} (trailing {window}-edit mean)", linestyle="-"
+                )
             ax.set_title(f"{_letter(i)} {md.label}")
             ax.set_xlabel("Number of edits")
             ax.set_ylabel("Score (%)")
@@ -221,12 +311,18 @@ def figure1(methods: list[MethodData], *, bucket: int = 5, window: int = 50, ban
         for md in methods:
             curves = [s.forgetting for s in md.samples if s.forgetting is not None]
             if curves:
-                _plot_band(ax, curves, band, colours[md.method], md.label, marker="o", markersize=2.5)
+                _plot_band(
+                    ax, curves, band, colours[md.method], md.label, marker="o", markersize=2.5
+                )
                 drawn = True
         if not drawn:
             _empty(ax, "forgetting not evaluated")
-        elif not any(np.isfinite(c[1]).any() for md in methods for s in md.samples
-                     if (c := s.forgetting) is not None):
+        elif not any(
+            np.isfinite(c[1]).any()
+            for md in methods
+            for s in md.samples
+            if (c := s.forgetting) is not None
+        ):
             _empty(ax, "no successfully edited fact yet")
         ax.set_title(f"{_letter(len(methods))} Forgetting of edited facts")
         ax.set_xlabel("Number of edits")
@@ -235,15 +331,33 @@ def figure1(methods: list[MethodData], *, bucket: int = 5, window: int = 50, ban
         ax.set_xlim(0, max(_n_edits(m) for m in methods))
 
         handles = [Line2D([], [], color=c, label=n) for _, n, c in METRICS]
-        handles += [Line2D([], [], color="0.3", linestyle="--", linewidth=0.9, label=f"mean of {bucket}-edit buckets"),
-                    Line2D([], [], color="0.3", linestyle="-", label=f"trailing mean, last {window} edits")]
+        handles += [
+            Line2D(
+                [],
+                [],
+                color="0.3",
+                linestyle="--",
+                linewidth=0.9,
+                label=f"mean of {bucket}-edit buckets",
+            ),
+            Line2D([], [], color="0.3", linestyle="-", label=f"trailing mean, last {window} edits"),
+        ]
         if n_samples > 1:
             handles.append(Patch(color="0.3", alpha=0.18, label=_band_label(band)))
-        fig.legend(handles=_row_major(handles, 3), loc="outside upper center", ncol=3, frameon=False)
-        fig.legend(handles=[Line2D([], [], color=colours[m.method], marker="o", markersize=2.5, label=m.label)
-                            for m in methods],
-                   loc="outside lower center", ncol=min(len(methods), 4), frameon=False,
-                   title=f"{_letter(len(methods))} forgetting, by method", title_fontsize=8)
+        fig.legend(
+            handles=_row_major(handles, 3), loc="outside upper center", ncol=3, frameon=False
+        )
+        fig.legend(
+            handles=[
+                Line2D([], [], color=colours[m.method], marker="o", markersize=2.5, label=m.label)
+                for m in methods
+            ],
+            loc="outside lower center",
+            ncol=min(len(methods), 4),
+            frameon=False,
+            title=f"{_letter(len(methods))} forgetting, by method",
+            title_fontsize=8,
+        )
         if title:
             fig.suptitle(title)
     return fig
@@ -252,7 +366,7 @@ def figure1(methods: list[MethodData], *, bucket: int = 5, window: int = 50, ban
 def _row_major(handles: list, ncol: int) -> list:
     """Reorder legend handles so that a legend with ``ncol`` columns reads row by row."""
     nrow = math.ceil(len(handles) / ncol)
-    grid = [handles[r * ncol:(r + 1) * ncol] for r in range(nrow)]
+    grid = [handles[r * ncol : (r + 1) * ncol] for r in range(nrow)]
     return [row[c] for c in range(ncol) for row in grid if c < len(row)]
 
 
@@ -262,7 +376,11 @@ def _band_label(band: str) -> str:
 
 def _use_log(values: list[np.ndarray]) -> bool:
     """Log scale when the positive values span more than two orders of magnitude."""
-    v = np.concatenate([np.asarray(a, dtype=float).ravel() for a in values]) if values else np.zeros(0)
+    v = (
+        np.concatenate([np.asarray(a, dtype=float).ravel() for a in values])
+        if values
+        else np.zeros(0)
+    )
     v = v[np.isfinite(v) & (v > 0)]
     return bool(v.size) and v.max() / v.min() > 100
 
@@ -281,12 +399,18 @@ def figure2(methods: list[MethodData], *, band: str = "minmax", title: str | Non
             for s in md.samples:
                 tasks += [t for t in s.downstream if t not in tasks]
         tasks = [t for t in TASKS if t in tasks] + [t for t in tasks if t not in TASKS]
-        task_style = {t: TASKS.get(t, (t, _EXTRA_COLOURS[i % len(_EXTRA_COLOURS)])) for i, t in enumerate(tasks)}
+        task_style = {
+            t: TASKS.get(t, (t, _EXTRA_COLOURS[i % len(_EXTRA_COLOURS)]))
+            for i, t in enumerate(tasks)
+        }
         for i, (ax, md) in enumerate(zip(axes, methods)):
             drawn = False
             for task in tasks:
-                curves = [(s.downstream[task][0], 100 * s.downstream[task][1]) for s in md.samples
-                          if task in s.downstream]
+                curves = [
+                    (s.downstream[task][0], 100 * s.downstream[task][1])
+                    for s in md.samples
+                    if task in s.downstream
+                ]
                 if curves:
                     name, colour = task_style[task]
                     _plot_band(ax, curves, band, colour, name, marker="o", markersize=2.5)
@@ -309,7 +433,9 @@ def figure2(methods: list[MethodData], *, band: str = "minmax", title: str | Non
                 label = f"{md.label}: {short_matrix_name(matrix)}"
                 style = _MATRIX_STYLES[j % len(_MATRIX_STYLES)]
                 _plot_band(ax, curves, band, colours[md.method], label, linestyle=style)
-                dist_handles.append(Line2D([], [], color=colours[md.method], linestyle=style, label=label))
+                dist_handles.append(
+                    Line2D([], [], color=colours[md.method], linestyle=style, label=label)
+                )
         if _use_log(all_values):
             ax.set_yscale("log")
         elif dist_handles:
@@ -321,16 +447,30 @@ def figure2(methods: list[MethodData], *, band: str = "minmax", title: str | Non
         ax.set_ylabel(r"$\|W_t - W_0\|_F$ / #elements")
         ax.set_xlim(0, max(_n_edits(m) for m in methods))
 
-        handles = [Line2D([], [], color=task_style[t][1], marker="o", markersize=2.5, label=task_style[t][0])
-                   for t in tasks]
+        handles = [
+            Line2D(
+                [], [], color=task_style[t][1], marker="o", markersize=2.5, label=task_style[t][0]
+            )
+            for t in tasks
+        ]
         if n_samples > 1:
             handles.append(Patch(color="0.3", alpha=0.18, label=_band_label(band)))
         if handles:
-            fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 5), frameon=False)
+            fig.legend(
+                handles=handles,
+                loc="outside upper center",
+                ncol=min(len(handles), 5),
+                frameon=False,
+            )
         if dist_handles:
-            fig.legend(handles=_row_major(dist_handles, 3), loc="outside lower center",
-                       ncol=min(len(dist_handles), 3), frameon=False, title_fontsize=8,
-                       title=f"{_letter(len(methods))} distance, by method and matrix")
+            fig.legend(
+                handles=_row_major(dist_handles, 3),
+                loc="outside lower center",
+                ncol=min(len(dist_handles), 3),
+                frameon=False,
+                title_fontsize=8,
+                title=f"{_letter(len(methods))} distance, by method and matrix",
+            )
         if title:
             fig.suptitle(title)
     return fig
@@ -339,7 +479,9 @@ def figure2(methods: list[MethodData], *, band: str = "minmax", title: str | Non
 COLLAPSE_PANELS = ("Norm growth of the edited weights", "Held-out perplexity", "Generation entropy")
 
 
-def figure_collapse(methods: list[MethodData], *, band: str = "minmax", title: str | None = None) -> Figure:
+def figure_collapse(
+    methods: list[MethodData], *, band: str = "minmax", title: str | None = None
+) -> Figure:
     """Supplementary figure: collapse measures, one panel each, one colour per method.
 
     (a) ||W_t||_F / ||W_0||_F of every edited matrix after each edit (line style = matrix; 1 at
@@ -367,7 +509,9 @@ def figure_collapse(methods: list[MethodData], *, band: str = "minmax", title: s
                 label = f"{md.label}: {short_matrix_name(matrix)}"
                 style = _MATRIX_STYLES[j % len(_MATRIX_STYLES)]
                 _plot_band(ax, curves, band, colours[md.method], label, linestyle=style)
-                norm_handles.append(Line2D([], [], color=colours[md.method], linestyle=style, label=label))
+                norm_handles.append(
+                    Line2D([], [], color=colours[md.method], linestyle=style, label=label)
+                )
         if norm_handles:
             ax.axhline(1.0, color="0.5", linewidth=0.6, linestyle=":")
             if _use_log(values):
@@ -377,13 +521,21 @@ def figure_collapse(methods: list[MethodData], *, band: str = "minmax", title: s
         ax.set_ylabel(r"$\|W_t\|_F\ /\ \|W_0\|_F$")
 
         drawn = {}
-        for ax, key, ylabel in ((axes[1], "perplexity", "Perplexity (held-out text)"),
-                                (axes[2], "generation_entropy", "n-gram entropy (bits)")):
+        for ax, key, ylabel in (
+            (axes[1], "perplexity", "Perplexity (held-out text)"),
+            (axes[2], "generation_entropy", "n-gram entropy (bits)"),
+        ):
             values = []
             for md in methods:
-                curves = [s.collapse[key] for s in md.samples if key in s.collapse and len(s.collapse[key][0])]
+                curves = [
+                    s.collapse[key]
+                    for s in md.samples
+                    if key in s.collapse and len(s.collapse[key][0])
+                ]
                 if curves:
-                    _plot_band(ax, curves, band, colours[md.method], md.label, marker="o", markersize=2.5)
+                    _plot_band(
+                        ax, curves, band, colours[md.method], md.label, marker="o", markersize=2.5
+                    )
                     values += [c[1] for c in curves]
                     drawn[md.method] = md
             if not values:
@@ -396,16 +548,29 @@ def figure_collapse(methods: list[MethodData], *, band: str = "minmax", title: s
             ax.set_xlabel("Number of edits")
             ax.set_xlim(0, x_max)
 
-        handles = [Line2D([], [], color=colours[m.method], marker="o", markersize=2.5, label=m.label)
-                   for m in methods if m.method in drawn]
+        handles = [
+            Line2D([], [], color=colours[m.method], marker="o", markersize=2.5, label=m.label)
+            for m in methods
+            if m.method in drawn
+        ]
         if n_samples > 1:
             handles.append(Patch(color="0.3", alpha=0.18, label=_band_label(band)))
         if handles:
-            fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 5), frameon=False)
+            fig.legend(
+                handles=handles,
+                loc="outside upper center",
+                ncol=min(len(handles), 5),
+                frameon=False,
+            )
         if norm_handles:
-            fig.legend(handles=_row_major(norm_handles, 3), loc="outside lower center",
-                       ncol=min(len(norm_handles), 3), frameon=False, title_fontsize=8,
-                       title="(a) norm growth, by method and matrix")
+            fig.legend(
+                handles=_row_major(norm_handles, 3),
+                loc="outside lower center",
+                ncol=min(len(norm_handles), 3),
+                frameon=False,
+                title_fontsize=8,
+                title="(a) norm growth, by method and matrix",
+            )
         if title:
             fig.suptitle(title)
     return fig
@@ -416,19 +581,32 @@ def figure_collapse(methods: list[MethodData], *, band: str = "minmax", title: s
 
 def figure_metadata(provenance: dict, title: str) -> tuple[dict, dict]:
     """(PDF info dict, PNG text chunks) carrying the provenance record as compact JSON."""
-    blob = json.dumps(provenance, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    blob = json.dumps(
+        provenance, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str
+    )
     git = provenance.get("git", {})
-    keywords = (f"editscale; rule {provenance.get('rule')}; git {git.get('commit')} dirty={git.get('dirty')}; "
-                f"config {provenance.get('config_hash')}; digest {provenance.get('digest')}")
-    pdf = {"Title": title, "Subject": blob, "Keywords": keywords, "Creator": "editscale (matplotlib)"}
+    keywords = (
+        f"editscale; rule {provenance.get('rule')}; git {git.get('commit')} dirty={git.get('dirty')}; "
+        f"config {provenance.get('config_hash')}; digest {provenance.get('digest')}"
+    )
+    pdf = {
+        "Title": title,
+        "Subject": blob,
+        "Keywords": keywords,
+        "Creator": "editscale (matplotlib)",
+    }
     png = {"Title": title, "Description": keywords, PROVENANCE_KEY: blob}
     return pdf, png
 
 
-def save_figure(fig: Figure, pdf_path, png_path, provenance: dict, *, title: str, dpi: int = 300) -> None:
+def save_figure(
+    fig: Figure, pdf_path, png_path, provenance: dict, *, title: str, dpi: int = 300
+) -> None:
     """Write the figure as PDF and PNG with ``provenance`` embedded in both."""
     pdf_meta, png_meta = figure_metadata(provenance, title)
-    logging.getLogger("fontTools").setLevel(logging.WARNING)  # font subsetting chatter in the rule logs
+    logging.getLogger("fontTools").setLevel(
+        logging.WARNING
+    )  # font subsetting chatter in the rule logs
     for path, meta in ((pdf_path, pdf_meta), (png_path, png_meta)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with matplotlib.rc_context(STYLE):
@@ -437,17 +615,32 @@ def save_figure(fig: Figure, pdf_path, png_path, provenance: dict, *, title: str
 
 # --------------------------------------------------------------------------- a figure job
 
-FIGURES = {"figure1": "Figure 1: editing scores and forgetting", "figure2": "Figure 2: downstream F1 and distance",
-           "collapse": "Supplementary figure: collapse measures (norm growth, perplexity, generation entropy)"}
+FIGURES = {
+    "figure1": "Figure 1: editing scores and forgetting",
+    "figure2": "Figure 2: downstream F1 and distance",
+    "collapse": "Supplementary figure: collapse measures (norm growth, perplexity, generation entropy)",
+}
 
 
-def render_figure(kind: str, layout: list[dict], *, pdf, png, sidecar, config: dict, rule: str,
-                  inputs: list[str], manifests: dict[str, str], data: list[str], sample: int | None = None) -> dict:
+def render_figure(
+    kind: str,
+    layout: list[dict],
+    *,
+    pdf,
+    png,
+    sidecar,
+    config: dict,
+    rule: str,
+    inputs: list[str],
+    manifests: dict[str, str],
+    data: list[str],
+    sample: int | None = None,
+) -> dict:
     """Draw ``kind`` (figure1 / figure2 / collapse) from the tidy files of ``layout`` (one sample
     when ``sample`` is given), write PDF + PNG with the provenance embedded, and the JSON sidecar.
     Returns the provenance record."""
-    from editscale.reporting.figure_data import load_methods
     from editscale.io.provenance import artifact_provenance, write_sidecar
+    from editscale.reporting.figure_data import load_methods
 
     if kind not in FIGURES:
         raise ValueError(f"unknown figure {kind!r}")
@@ -465,20 +658,41 @@ def render_figure(kind: str, layout: list[dict], *, pdf, png, sidecar, config: d
     band = fc.get("band", "minmax")
     title = None if sample is None else f"Sample {sample}"
     if kind == "figure1":
-        fig = figure1(methods, bucket=int(fc.get("bucket", 5)), window=int(fc.get("window", 50)), band=band,
-                      title=title)
+        fig = figure1(
+            methods,
+            bucket=int(fc.get("bucket", 5)),
+            window=int(fc.get("window", 50)),
+            band=band,
+            title=title,
+        )
     elif kind == "figure2":
         fig = figure2(methods, band=band, title=title)
     else:
         fig = figure_collapse(methods, band=band, title=title)
     n_samples = max(len(m.samples) for m in methods)
     record = artifact_provenance(
-        outputs=[str(pdf), str(png)], inputs=inputs, config=config, rule=rule, models=manifests, data=data,
-        extra={"figure": kind, "sample": sample, "methods": [m.method for m in methods],
-               "labels": [m.label for m in methods], "samples": n_samples,
-               "aggregation": band_description(band, n_samples)},
+        outputs=[str(pdf), str(png)],
+        inputs=inputs,
+        config=config,
+        rule=rule,
+        models=manifests,
+        data=data,
+        extra={
+            "figure": kind,
+            "sample": sample,
+            "methods": [m.method for m in methods],
+            "labels": [m.label for m in methods],
+            "samples": n_samples,
+            "aggregation": band_description(band, n_samples),
+        },
     )
-    save_figure(fig, pdf, png, record, title=f"{FIGURES[kind]}" + (f" ({title})" if title else ""),
-                dpi=int(fc.get("dpi", 300)))
+    save_figure(
+        fig,
+        pdf,
+        png,
+        record,
+        title=f"{FIGURES[kind]}" + (f" ({title})" if title else ""),
+        dpi=int(fc.get("dpi", 300)),
+    )
     write_sidecar(record, sidecar)
     return record

@@ -26,15 +26,31 @@ from pathlib import Path
 import numpy as np
 
 _KINDS = ("disabling", "normal")
-TABLE2_FIELDS = ["method", "label", "sample", "kind", "count", "mean", "std", "min", "max",
-                 "edit", "case_id", "reason"]  # the last three: rows of kind "onset" only
+TABLE2_FIELDS = [
+    "method",
+    "label",
+    "sample",
+    "kind",
+    "count",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "edit",
+    "case_id",
+    "reason",
+]  # the last three: rows of kind "onset" only
 
 
 def _stats(values) -> dict:
     v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
-    return {"count": int(v.size), "mean": float(v.mean()) if v.size else None,
-            "std": float(v.std(ddof=1)) if v.size > 1 else None,
-            "min": float(v.min()) if v.size else None, "max": float(v.max()) if v.size else None}
+    return {
+        "count": int(v.size),
+        "mean": float(v.mean()) if v.size else None,
+        "std": float(v.std(ddof=1)) if v.size > 1 else None,
+        "min": float(v.min()) if v.size else None,
+        "max": float(v.max()) if v.size else None,
+    }
 
 
 def table2_rows(disabling: dict[str, list[dict]]) -> list[dict]:
@@ -51,9 +67,18 @@ def table2_rows(disabling: dict[str, list[dict]]) -> list[dict]:
             for doc in docs:
                 vals = [float(e["standalone_distance"]) for e in doc["edits"] if e["kind"] == kind]
                 pooled += vals
-                rows.append({"method": method, "label": label, "sample": str(doc["sample"]), "kind": kind,
-                             **_stats(vals)})
-            rows.append({"method": method, "label": label, "sample": "all", "kind": kind, **_stats(pooled)})
+                rows.append(
+                    {
+                        "method": method,
+                        "label": label,
+                        "sample": str(doc["sample"]),
+                        "kind": kind,
+                        **_stats(vals),
+                    }
+                )
+            rows.append(
+                {"method": method, "label": label, "sample": "all", "kind": kind, **_stats(pooled)}
+            )
     return rows
 
 
@@ -63,24 +88,49 @@ def onset_rows(disabling: dict[str, list[dict]]) -> list[dict]:
     rows = []
     for method, docs in disabling.items():
         for doc in docs:
-            for e in sorted((e for e in doc["edits"] if e["kind"] == "disabling"), key=lambda e: int(e["edit"])):
-                rows.append({"method": method, "label": doc.get("label", method), "sample": str(doc["sample"]),
-                             "edit": int(e["edit"]), "case_id": e.get("case_id"),
-                             "standalone_distance": e.get("standalone_distance"), "reason": e.get("reason", "")})
+            for e in sorted(
+                (e for e in doc["edits"] if e["kind"] == "disabling"), key=lambda e: int(e["edit"])
+            ):
+                rows.append(
+                    {
+                        "method": method,
+                        "label": doc.get("label", method),
+                        "sample": str(doc["sample"]),
+                        "edit": int(e["edit"]),
+                        "case_id": e.get("case_id"),
+                        "standalone_distance": e.get("standalone_distance"),
+                        "reason": e.get("reason", ""),
+                    }
+                )
     return rows
 
 
 def onset_counts(disabling: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
     """method -> {sample: number of onsets in that sample's trajectory} (layout order)."""
-    return {method: {str(doc["sample"]): sum(e["kind"] == "disabling" for e in doc["edits"]) for doc in docs}
-            for method, docs in disabling.items()}
+    return {
+        method: {
+            str(doc["sample"]): sum(e["kind"] == "disabling" for e in doc["edits"]) for doc in docs
+        }
+        for method, docs in disabling.items()
+    }
 
 
 def _onset_csv_row(o: dict) -> dict:
     d = o["standalone_distance"]
-    return {"method": o["method"], "label": o["label"], "sample": o["sample"], "kind": "onset", "count": 1,
-            "mean": d, "std": None, "min": d, "max": d, "edit": o["edit"], "case_id": o["case_id"],
-            "reason": o["reason"]}
+    return {
+        "method": o["method"],
+        "label": o["label"],
+        "sample": o["sample"],
+        "kind": "onset",
+        "count": 1,
+        "mean": d,
+        "std": None,
+        "min": d,
+        "max": d,
+        "edit": o["edit"],
+        "case_id": o["case_id"],
+        "reason": o["reason"],
+    }
 
 
 def generation_rows(disabling: dict[str, list[dict]]) -> list[dict]:
@@ -92,9 +142,18 @@ def generation_rows(disabling: dict[str, list[dict]]) -> list[dict]:
             if not gen:
                 continue
             for prompt, before, after in zip(gen["prompts"], gen["before"], gen["after"]):
-                rows.append({"method": method, "label": doc.get("label", method), "sample": doc["sample"],
-                             "edit": gen["edit"], "case_id": gen["case_id"], "prompt": prompt,
-                             "before": before, "after": after})
+                rows.append(
+                    {
+                        "method": method,
+                        "label": doc.get("label", method),
+                        "sample": doc["sample"],
+                        "edit": gen["edit"],
+                        "case_id": gen["case_id"],
+                        "prompt": prompt,
+                        "before": before,
+                        "after": after,
+                    }
+                )
             break
     return rows
 
@@ -120,8 +179,20 @@ def _cell_md(s: str) -> str:
 def _tex_escape(s: str) -> str:
     out = []
     for ch in " ".join(str(s).split()):
-        out.append({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}.get(ch, ch))
+        out.append(
+            {
+                "\\": r"\textbackslash{}",
+                "&": r"\&",
+                "%": r"\%",
+                "$": r"\$",
+                "#": r"\#",
+                "_": r"\_",
+                "{": r"\{",
+                "}": r"\}",
+                "~": r"\textasciitilde{}",
+                "^": r"\textasciicircum{}",
+            }.get(ch, ch)
+        )
     return "".join(out)
 
 
@@ -154,31 +225,51 @@ def _label_of(rows: list[dict], method: str) -> str:
     return next((r["label"] for r in rows if r["method"] == method), method)
 
 
-def onsets_markdown(rows: list[dict], onsets: list[dict], counts: dict[str, dict[str, int]]) -> list[str]:
+def onsets_markdown(
+    rows: list[dict], onsets: list[dict], counts: dict[str, dict[str, int]]
+) -> list[str]:
     """Markdown lines: onsets per method and sample, then the list of onset edits."""
     samples = _sample_ids(counts)
-    lines = ["**Onsets.** Disabling edits are the onsets of update-norm run-aways (the first edit of each "
-             "run-away of an edited matrix; config `disabling`): their number per method and sample, then "
-             "each onset edit t with its CounterFact case id, its standalone distance and the rule's reason.", "",
-             "| Method | " + " | ".join(f"Sample {s}" for s in samples) + " | All |",
-             "|---|" + "---:|" * (len(samples) + 1)]
+    lines = [
+        "**Onsets.** Disabling edits are the onsets of update-norm run-aways (the first edit of each "
+        "run-away of an edited matrix; config `disabling`): their number per method and sample, then "
+        "each onset edit t with its CounterFact case id, its standalone distance and the rule's reason.",
+        "",
+        "| Method | " + " | ".join(f"Sample {s}" for s in samples) + " | All |",
+        "|---|" + "---:|" * (len(samples) + 1),
+    ]
     for method, per_sample in counts.items():
         cells = [str(per_sample[s]) if s in per_sample else "n/a" for s in samples]
-        lines.append(f"| {_label_of(rows, method)} | " + " | ".join(cells) + f" | {sum(per_sample.values())} |")
+        lines.append(
+            f"| {_label_of(rows, method)} | "
+            + " | ".join(cells)
+            + f" | {sum(per_sample.values())} |"
+        )
     lines.append("")
     if not onsets:
         lines.append("No onset was flagged.")
     else:
-        lines += ["| Method | Sample | Edit t | Case id | Distance | Reason |", "|---|---:|---:|---:|---|---|"]
+        lines += [
+            "| Method | Sample | Edit t | Case id | Distance | Reason |",
+            "|---|---:|---:|---:|---|---|",
+        ]
         for o in onsets:
             case = "n/a" if o["case_id"] is None else o["case_id"]
-            lines.append(f"| {_cell_md(o['label'])} | {o['sample']} | {o['edit']} | {case} | "
-                         f"{_sci_md(o['standalone_distance'])} | {_cell_md(o['reason'])} |")
+            lines.append(
+                f"| {_cell_md(o['label'])} | {o['sample']} | {o['edit']} | {case} | "
+                f"{_sci_md(o['standalone_distance'])} | {_cell_md(o['reason'])} |"
+            )
     return lines + [""]
 
 
-def table2_markdown(rows: list[dict], gens: list[dict], n_samples: int, *, onsets: list[dict] | None = None,
-                    counts: dict[str, dict[str, int]] | None = None) -> str:
+def table2_markdown(
+    rows: list[dict],
+    gens: list[dict],
+    n_samples: int,
+    *,
+    onsets: list[dict] | None = None,
+    counts: dict[str, dict[str, int]] | None = None,
+) -> str:
     pooled = _pooled(rows)
     lines = [
         "**Table 2.** Mean normalised distance ‖ΔW‖_F / #elements of the edited matrix when an edit is "
@@ -190,60 +281,108 @@ def table2_markdown(rows: list[dict], gens: list[dict], n_samples: int, *, onset
     ]
     for p in pooled.values():
         ratio = _ratio(p)
-        lines.append(f"| {p['label']} | {p['disabling']['count']} | {_spread_md(p['disabling'])} | "
-                     f"{p['normal']['count']} | {_spread_md(p['normal'])} | "
-                     f"{'n/a' if ratio is None else f'{ratio:.3g}'} |")
+        lines.append(
+            f"| {p['label']} | {p['disabling']['count']} | {_spread_md(p['disabling'])} | "
+            f"{p['normal']['count']} | {_spread_md(p['normal'])} | "
+            f"{'n/a' if ratio is None else f'{ratio:.3g}'} |"
+        )
     lines += ["", "Paper (GPT-J, ROME): disabling 3.339e-04, normal 8.156e-07.", ""]
     if counts is not None:
         lines += onsets_markdown(rows, onsets or [], counts)
-    lines += ["**Table 8 analogue.** Greedy generations before (model after edit t-1) and after (model "
-              "after edit t) the first disabling edit t.", ""]
+    lines += [
+        "**Table 8 analogue.** Greedy generations before (model after edit t-1) and after (model "
+        "after edit t) the first disabling edit t.",
+        "",
+    ]
     if not gens:
         lines.append("No disabling edit was flagged, so there are no generations to show.")
     else:
-        lines += ["| Method | Edit t (case id) | Prompt | Before | After |", "|---|---|---|---|---|"]
+        lines += [
+            "| Method | Edit t (case id) | Prompt | Before | After |",
+            "|---|---|---|---|---|",
+        ]
         for g in gens:
-            lines.append(f"| {g['label']} | {g['edit']} ({g['case_id']}) | {_cell_md(g['prompt'])} | "
-                         f"{_cell_md(g['before'])} | {_cell_md(g['after'])} |")
+            lines.append(
+                f"| {g['label']} | {g['edit']} ({g['case_id']}) | {_cell_md(g['prompt'])} | "
+                f"{_cell_md(g['before'])} | {_cell_md(g['after'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def onsets_latex(rows: list[dict], onsets: list[dict], counts: dict[str, dict[str, int]]) -> list[str]:
+def onsets_latex(
+    rows: list[dict], onsets: list[dict], counts: dict[str, dict[str, int]]
+) -> list[str]:
     """LaTeX lines: a table float with the onsets per method and sample and the list of onset edits."""
     samples = _sample_ids(counts)
-    out = ["% Onsets of update-norm run-aways (the disabling edits) per method and sample",
-           r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "r" * (len(samples) + 1) + "}",
-           r"\hline", "Method & " + " & ".join(f"sample {_tex_escape(s)}" for s in samples) + r" & all \\",
-           r"\hline"]
+    out = [
+        "% Onsets of update-norm run-aways (the disabling edits) per method and sample",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\begin{tabular}{l" + "r" * (len(samples) + 1) + "}",
+        r"\hline",
+        "Method & " + " & ".join(f"sample {_tex_escape(s)}" for s in samples) + r" & all \\",
+        r"\hline",
+    ]
     for method, per_sample in counts.items():
         cells = [str(per_sample[s]) if s in per_sample else "--" for s in samples]
-        out.append(f"{_tex_escape(_label_of(rows, method))} & " + " & ".join(cells)
-                   + f" & {sum(per_sample.values())} " + r"\\")
-    out += [r"\hline", r"\end{tabular}", r"\medskip", "",
-            r"\begin{tabular}{lrrrlp{0.42\linewidth}}", r"\hline",
-            r"Method & sample & edit $t$ & case id & distance & reason \\", r"\hline"]
+        out.append(
+            f"{_tex_escape(_label_of(rows, method))} & "
+            + " & ".join(cells)
+            + f" & {sum(per_sample.values())} "
+            + r"\\"
+        )
+    out += [
+        r"\hline",
+        r"\end{tabular}",
+        r"\medskip",
+        "",
+        r"\begin{tabular}{lrrrlp{0.42\linewidth}}",
+        r"\hline",
+        r"Method & sample & edit $t$ & case id & distance & reason \\",
+        r"\hline",
+    ]
     if not onsets:
         out.append(r"\multicolumn{6}{l}{No onset was flagged.} \\")
     for o in onsets:
         case = "--" if o["case_id"] is None else _tex_escape(o["case_id"])
-        out.append(f"{_tex_escape(o['label'])} & {_tex_escape(o['sample'])} & {o['edit']} & "
-                   f"{case} & {_sci_tex(o['standalone_distance'])} & "
-                   f"{_tex_escape(o['reason'])} " + r"\\")
-    out += [r"\hline", r"\end{tabular}",
-            r"\caption{Disabling edits: onsets of update-norm run-aways (the first edit of each run-away of an "
-            r"edited matrix), per method and sample, and each onset edit with its case id, standalone distance "
-            r"and the rule's reason.}", r"\label{tab:disabling-onsets}", r"\end{table}", ""]
+        out.append(
+            f"{_tex_escape(o['label'])} & {_tex_escape(o['sample'])} & {o['edit']} & "
+            f"{case} & {_sci_tex(o['standalone_distance'])} & "
+            f"{_tex_escape(o['reason'])} " + r"\\"
+        )
+    out += [
+        r"\hline",
+        r"\end{tabular}",
+        r"\caption{Disabling edits: onsets of update-norm run-aways (the first edit of each run-away of an "
+        r"edited matrix), per method and sample, and each onset edit with its case id, standalone distance "
+        r"and the rule's reason.}",
+        r"\label{tab:disabling-onsets}",
+        r"\end{table}",
+        "",
+    ]
     return out
 
 
-def table2_latex(rows: list[dict], gens: list[dict], n_samples: int, *, onsets: list[dict] | None = None,
-                 counts: dict[str, dict[str, int]] | None = None) -> str:
+def table2_latex(
+    rows: list[dict],
+    gens: list[dict],
+    n_samples: int,
+    *,
+    onsets: list[dict] | None = None,
+    counts: dict[str, dict[str, int]] | None = None,
+) -> str:
     pooled = _pooled(rows)
     out = [
         "% Table 2 analogue (editscale): standalone normalised distance of disabling vs normal edits",
-        r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{lrlrl}", r"\hline",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\begin{tabular}{lrlrl}",
+        r"\hline",
         r"Method & \multicolumn{2}{c}{Disabling edits} & \multicolumn{2}{c}{Normal edits} \\",
-        r" & $n$ & distance & $n$ & distance \\", r"\hline",
+        r" & $n$ & distance & $n$ & distance \\",
+        r"\hline",
     ]
     for p in pooled.values():
         cells = []
@@ -252,23 +391,44 @@ def table2_latex(rows: list[dict], gens: list[dict], n_samples: int, *, onsets: 
             sd = f" $\\pm$ {_sci_tex(r['std'])}" if r["std"] is not None else ""
             cells += [str(r["count"]), _sci_tex(r["mean"]) + sd]
         out.append(f"{_tex_escape(p['label'])} & " + " & ".join(cells) + r" \\")
-    out += [r"\hline", r"\end{tabular}",
-            r"\caption{Mean distance $\|\Delta W\|_F/\#\mathrm{elements}$ of the edited matrix when an edit is "
-            rf"applied alone to the unedited model, disabling vs normal edits (pooled over {n_samples} "
-            r"sample(s); $\pm$ sample standard deviation).}", r"\label{tab:disabling-distance}", r"\end{table}", ""]
+    out += [
+        r"\hline",
+        r"\end{tabular}",
+        r"\caption{Mean distance $\|\Delta W\|_F/\#\mathrm{elements}$ of the edited matrix when an edit is "
+        rf"applied alone to the unedited model, disabling vs normal edits (pooled over {n_samples} "
+        r"sample(s); $\pm$ sample standard deviation).}",
+        r"\label{tab:disabling-distance}",
+        r"\end{table}",
+        "",
+    ]
     if counts is not None:
         out += onsets_latex(rows, onsets or [], counts)
-    out += ["% Table 8 analogue: generations around the first disabling edit",
-            r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{p{0.12\linewidth}p{0.2\linewidth}"
-            r"p{0.3\linewidth}p{0.3\linewidth}}", r"\hline", r"Method (edit) & Prompt & Before & After \\", r"\hline"]
+    out += [
+        "% Table 8 analogue: generations around the first disabling edit",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\begin{tabular}{p{0.12\linewidth}p{0.2\linewidth}"
+        r"p{0.3\linewidth}p{0.3\linewidth}}",
+        r"\hline",
+        r"Method (edit) & Prompt & Before & After \\",
+        r"\hline",
+    ]
     if not gens:
         out.append(r"\multicolumn{4}{l}{No disabling edit was flagged.} \\")
     for g in gens:
-        out.append(f"{_tex_escape(g['label'])} ({g['edit']}) & {_tex_escape(g['prompt'])} & "
-                   f"{_tex_escape(g['before'])} & {_tex_escape(g['after'])} \\\\")
-    out += [r"\hline", r"\end{tabular}",
-            r"\caption{Greedy generations of the model before and after the first disabling edit.}",
-            r"\label{tab:disabling-generations}", r"\end{table}", ""]
+        out.append(
+            f"{_tex_escape(g['label'])} ({g['edit']}) & {_tex_escape(g['prompt'])} & "
+            f"{_tex_escape(g['before'])} & {_tex_escape(g['after'])} \\\\"
+        )
+    out += [
+        r"\hline",
+        r"\end{tabular}",
+        r"\caption{Greedy generations of the model before and after the first disabling edit.}",
+        r"\label{tab:disabling-generations}",
+        r"\end{table}",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -287,7 +447,9 @@ def _write_csv(path, fields: list[str], rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def write_table2(disabling: dict[str, list[dict]], *, md, csv_path, tex, generations_csv) -> tuple[list, list]:
+def write_table2(
+    disabling: dict[str, list[dict]], *, md, csv_path, tex, generations_csv
+) -> tuple[list, list]:
     """Write Table 2 (+ the onsets and the Table 8 analogue) as Markdown, LaTeX and two CSVs.
 
     Returns the statistics rows and the generation rows; the onset rows are in the CSV (kind
@@ -301,14 +463,30 @@ def write_table2(disabling: dict[str, list[dict]], *, md, csv_path, tex, generat
     _write_text(md, table2_markdown(rows, gens, n_samples, onsets=onsets, counts=counts))
     _write_text(tex, table2_latex(rows, gens, n_samples, onsets=onsets, counts=counts))
     _write_csv(csv_path, TABLE2_FIELDS, rows + [_onset_csv_row(o) for o in onsets])
-    _write_csv(generations_csv, ["method", "label", "sample", "edit", "case_id", "prompt", "before", "after"], gens)
+    _write_csv(
+        generations_csv,
+        ["method", "label", "sample", "edit", "case_id", "prompt", "before", "after"],
+        gens,
+    )
     return rows, gens
 
 
 # --------------------------------------------------------------------------- runtime
 
-RUNTIME_FIELDS = ["rule", "job", "s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out",
-                  "mean_load", "cpu_time"]
+RUNTIME_FIELDS = [
+    "rule",
+    "job",
+    "s",
+    "h:m:s",
+    "max_rss",
+    "max_vms",
+    "max_uss",
+    "max_pss",
+    "io_in",
+    "io_out",
+    "mean_load",
+    "cpu_time",
+]
 
 
 def runtime_rows(benchmarks: list[str], root: str = "results/benchmarks") -> list[dict]:
@@ -319,7 +497,10 @@ def runtime_rows(benchmarks: list[str], root: str = "results/benchmarks") -> lis
         rel = Path(path).relative_to(root) if Path(path).is_relative_to(root) else Path(path)
         with open(path, newline="", encoding="utf-8") as fh:
             recs = list(csv.DictReader(fh, delimiter="\t"))
-        row = {"rule": rel.parts[0], "job": str(Path(*rel.parts[1:]).with_suffix("")) if len(rel.parts) > 1 else ""}
+        row = {
+            "rule": rel.parts[0],
+            "job": str(Path(*rel.parts[1:]).with_suffix("")) if len(rel.parts) > 1 else "",
+        }
         for k in RUNTIME_FIELDS[2:]:
             vals = [r.get(k) for r in recs if r.get(k) not in (None, "", "NA", "-")]
             if k == "h:m:s":
@@ -341,9 +522,17 @@ def runtime_summary(rows: list[dict]) -> list[dict]:
         s = [r["s"] for r in rr if r["s"] is not None]
         rss = [r["max_rss"] for r in rr if r.get("max_rss") is not None]
         cpu = [r["cpu_time"] for r in rr if r.get("cpu_time") is not None]
-        out.append({"rule": rule, "jobs": len(rr), "total_s": sum(s), "mean_s": float(np.mean(s)) if s else None,
-                    "max_s": max(s) if s else None, "peak_rss_mb": max(rss) if rss else None,
-                    "total_cpu_s": sum(cpu) if cpu else None})
+        out.append(
+            {
+                "rule": rule,
+                "jobs": len(rr),
+                "total_s": sum(s),
+                "mean_s": float(np.mean(s)) if s else None,
+                "max_s": max(s) if s else None,
+                "peak_rss_mb": max(rss) if rss else None,
+                "total_cpu_s": sum(cpu) if cpu else None,
+            }
+        )
     return out
 
 
@@ -361,18 +550,40 @@ def find_benchmarks(root: str = "results/benchmarks", models: list[str] | None =
     return out
 
 
-def write_runtime(benchmarks: list[str], *, jobs_csv, summary_csv, root: str = "results/benchmarks") -> None:
+def write_runtime(
+    benchmarks: list[str], *, jobs_csv, summary_csv, root: str = "results/benchmarks"
+) -> None:
     rows = runtime_rows(sorted(benchmarks), root)
     _write_csv(jobs_csv, RUNTIME_FIELDS, rows)
-    _write_csv(summary_csv, ["rule", "jobs", "total_s", "mean_s", "max_s", "peak_rss_mb", "total_cpu_s"],
-               runtime_summary(rows))
+    _write_csv(
+        summary_csv,
+        ["rule", "jobs", "total_s", "mean_s", "max_s", "peak_rss_mb", "total_cpu_s"],
+        runtime_summary(rows),
+    )
 
 
 # --------------------------------------------------------------------------- lifelong summary
 
-SUMMARY_FIELDS = ["method", "label", "editor", "edits_per_step", "samples", "n_edits", "es_last", "ps_last",
-                  "ns_last", "f1_unedited", "f1_end", "f1_retained", "known_end", "known_checkpoint",
-                  "norm_growth", "onsets", "onsets_per_sample", "first_onset"]
+SUMMARY_FIELDS = [
+    "method",
+    "label",
+    "editor",
+    "edits_per_step",
+    "samples",
+    "n_edits",
+    "es_last",
+    "ps_last",
+    "ns_last",
+    "f1_unedited",
+    "f1_end",
+    "f1_retained",
+    "known_end",
+    "known_checkpoint",
+    "norm_growth",
+    "onsets",
+    "onsets_per_sample",
+    "first_onset",
+]
 
 
 def _sample_summary(entry: dict, *, last: int, forgetting_test: str) -> dict:
@@ -385,7 +596,10 @@ def _sample_summary(entry: dict, *, last: int, forgetting_test: str) -> dict:
 
     m = load_metrics_csv(entry["metrics"])
     n = len(m["edit"])
-    out = {"n_edits": n, **{f"{k}_last": float(np.nanmean(m[k][-last:])) for k in ("es", "ps", "ns")}}
+    out = {
+        "n_edits": n,
+        **{f"{k}_last": float(np.nanmean(m[k][-last:])) for k in ("es", "ps", "ns")},
+    }
     sd = load_sample(entry)
     growth = [float(g[-1]) for g in sd.norm_growth()]
     out["norm_growth"] = max(growth) if growth else math.nan
@@ -393,7 +607,9 @@ def _sample_summary(entry: dict, *, last: int, forgetting_test: str) -> dict:
     f1_t = [float(v[-1]) for c, v in sd.downstream.values() if len(c) and c[-1] > 0]
     out["f1_unedited"] = float(np.mean(f1_0)) if f1_0 else math.nan
     out["f1_end"] = float(np.mean(f1_t)) if f1_t else math.nan
-    out["f1_retained"] = out["f1_end"] / out["f1_unedited"] if f1_0 and f1_t and out["f1_unedited"] > 0 else math.nan
+    out["f1_retained"] = (
+        out["f1_end"] / out["f1_unedited"] if f1_0 and f1_t and out["f1_unedited"] > 0 else math.nan
+    )
     out["known_end"], out["known_checkpoint"] = math.nan, None
     if entry.get("evaluation") and Path(entry["evaluation"]).exists():
         with h5py.File(entry["evaluation"], "r") as f:
@@ -408,7 +624,9 @@ def _sample_summary(entry: dict, *, last: int, forgetting_test: str) -> dict:
     return out
 
 
-def summary_rows(layout: list[dict], *, last: int = 100, forgetting_test: str = "argmax_ok") -> list[dict]:
+def summary_rows(
+    layout: list[dict], *, last: int = 100, forgetting_test: str = "argmax_ok"
+) -> list[dict]:
     """One row per method of a :func:`editscale.reporting.figure_data.figure_layout`: the field's lifelong-editing
     summary, each number the mean over the method's samples.
 
@@ -426,11 +644,24 @@ def summary_rows(layout: list[dict], *, last: int = 100, forgetting_test: str = 
     rows = []
     for method, entries in by_method.items():
         per = [_sample_summary(e, last=last, forgetting_test=forgetting_test) for e in entries]
-        row = {"method": method, "label": entries[0]["label"], "editor": entries[0]["editor"],
-               "edits_per_step": int(entries[0].get("edits_per_step", 1)), "samples": len(per),
-               "n_edits": min(p["n_edits"] for p in per)}
-        for k in ("es_last", "ps_last", "ns_last", "f1_unedited", "f1_end", "f1_retained", "known_end",
-                  "norm_growth"):
+        row = {
+            "method": method,
+            "label": entries[0]["label"],
+            "editor": entries[0]["editor"],
+            "edits_per_step": int(entries[0].get("edits_per_step", 1)),
+            "samples": len(per),
+            "n_edits": min(p["n_edits"] for p in per),
+        }
+        for k in (
+            "es_last",
+            "ps_last",
+            "ns_last",
+            "f1_unedited",
+            "f1_end",
+            "f1_retained",
+            "known_end",
+            "norm_growth",
+        ):
             vals = [p[k] for p in per if not math.isnan(p[k])]
             row[k] = float(np.mean(vals)) if vals else None
         checkpoints = {p["known_checkpoint"] for p in per}
@@ -448,43 +679,66 @@ def _num(x, fmt: str, none: str) -> str:
 
 
 def summary_markdown(rows: list[dict], *, last: int) -> str:
-    out = [f"| Method | edits/step | ES | PS | NS | F1 retained | known at end | norm growth | onsets (per sample) "
-           "| first onset |", "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| Method | edits/step | ES | PS | NS | F1 retained | known at end | norm growth | onsets (per sample) "
+        "| first onset |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {_cell_md(r['label'])} | {r['edits_per_step']} | {_num(r['es_last'], '.2f', 'n/a')} | "
-                   f"{_num(r['ps_last'], '.2f', 'n/a')} | {_num(r['ns_last'], '.2f', 'n/a')} | "
-                   f"{_num(r['f1_retained'], '.2f', 'n/a')} | {_num(r['known_end'], '.2f', 'n/a')} | "
-                   f"{_num(r['norm_growth'], '.3g', 'n/a')} | {r['onsets']} ({r['onsets_per_sample']}) | "
-                   f"{_num(r['first_onset'], 'd', '-')} |")
+        out.append(
+            f"| {_cell_md(r['label'])} | {r['edits_per_step']} | {_num(r['es_last'], '.2f', 'n/a')} | "
+            f"{_num(r['ps_last'], '.2f', 'n/a')} | {_num(r['ns_last'], '.2f', 'n/a')} | "
+            f"{_num(r['f1_retained'], '.2f', 'n/a')} | {_num(r['known_end'], '.2f', 'n/a')} | "
+            f"{_num(r['norm_growth'], '.3g', 'n/a')} | {r['onsets']} ({r['onsets_per_sample']}) | "
+            f"{_num(r['first_onset'], 'd', '-')} |"
+        )
     n = max((r["samples"] for r in rows), default=0)
-    out += ["", f"Means over {n} samples. ES/PS/NS: the last {last} edits, each scored after its own edit (or step). "
-            "F1 retained: the mean F1 of the downstream tasks at the last downstream checkpoint over the unedited "
-            "model's. Known at end: the fraction of the edited facts whose new target is still the model's answer at "
-            "the last forgetting checkpoint. Norm growth: ||W_T||_F / ||W_0||_F of the edited matrix that grew most. "
-            "Onsets: disabling edits (run-away onsets of the update norm; steps for batched methods), all samples.", ""]
+    out += [
+        "",
+        f"Means over {n} samples. ES/PS/NS: the last {last} edits, each scored after its own edit (or step). "
+        "F1 retained: the mean F1 of the downstream tasks at the last downstream checkpoint over the unedited "
+        "model's. Known at end: the fraction of the edited facts whose new target is still the model's answer at "
+        "the last forgetting checkpoint. Norm growth: ||W_T||_F / ||W_0||_F of the edited matrix that grew most. "
+        "Onsets: disabling edits (run-away onsets of the update norm; steps for batched methods), all samples.",
+        "",
+    ]
     return "\n".join(out)
 
 
 def summary_latex(rows: list[dict], *, last: int) -> str:
-    out = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{lrrrrrrrrr}", r"\hline",
-           r"Method & edits/step & ES & PS & NS & F1 retained & known at end & norm growth & onsets & first onset \\",
-           r"\hline"]
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\begin{tabular}{lrrrrrrrrr}",
+        r"\hline",
+        r"Method & edits/step & ES & PS & NS & F1 retained & known at end & norm growth & onsets & first onset \\",
+        r"\hline",
+    ]
     for r in rows:
-        out.append(f"{_tex_escape(r['label'])} & {r['edits_per_step']} & {_num(r['es_last'], '.2f', '--')} & "
-                   f"{_num(r['ps_last'], '.2f', '--')} & {_num(r['ns_last'], '.2f', '--')} & "
-                   f"{_num(r['f1_retained'], '.2f', '--')} & {_num(r['known_end'], '.2f', '--')} & "
-                   f"{_num(r['norm_growth'], '.3g', '--')} & {r['onsets']} & {_num(r['first_onset'], 'd', '--')} "
-                   + r"\\")
-    out += [r"\hline", r"\end{tabular}",
-            rf"\caption{{Lifelong editing: ES/PS/NS over the last {last} edits, downstream F1 retained relative to "
-            r"the unedited model, fraction of edited facts still known at the end, norm growth of the most grown "
-            r"edited matrix and disabling onsets; means over samples.}", r"\label{tab:lifelong-summary}",
-            r"\end{table}", ""]
+        out.append(
+            f"{_tex_escape(r['label'])} & {r['edits_per_step']} & {_num(r['es_last'], '.2f', '--')} & "
+            f"{_num(r['ps_last'], '.2f', '--')} & {_num(r['ns_last'], '.2f', '--')} & "
+            f"{_num(r['f1_retained'], '.2f', '--')} & {_num(r['known_end'], '.2f', '--')} & "
+            f"{_num(r['norm_growth'], '.3g', '--')} & {r['onsets']} & {_num(r['first_onset'], 'd', '--')} "
+            + r"\\"
+        )
+    out += [
+        r"\hline",
+        r"\end{tabular}",
+        rf"\caption{{Lifelong editing: ES/PS/NS over the last {last} edits, downstream F1 retained relative to "
+        r"the unedited model, fraction of edited facts still known at the end, norm growth of the most grown "
+        r"edited matrix and disabling onsets; means over samples.}",
+        r"\label{tab:lifelong-summary}",
+        r"\end{table}",
+        "",
+    ]
     return "\n".join(out)
 
 
-def write_summary(layout: list[dict], *, md, csv_path, tex, last: int = 100,
-                  forgetting_test: str = "argmax_ok") -> list[dict]:
+def write_summary(
+    layout: list[dict], *, md, csv_path, tex, last: int = 100, forgetting_test: str = "argmax_ok"
+) -> list[dict]:
     """Write the lifelong summary table (:func:`summary_rows`) as Markdown, CSV and LaTeX."""
     rows = summary_rows(layout, last=last, forgetting_test=forgetting_test)
     _write_text(md, summary_markdown(rows, last=last))
