@@ -6,6 +6,7 @@
 # make format - ruff format + ruff check --fix, and snakefmt, in place
 # make report - report.html (figures, tables, configuration, runtimes) of the last run
 # make bench - engine benchmark (benchmarks/bench_engine.py): ROME edit, evaluation, covariance, storage
+#              (SmolLM2-135M too when runs/smollm2/resources/models/smollm2 exists; SMOLLM2=DIR)
 #
 # The environment is .venv, built from requirements.txt (pinned) plus this package in editable
 # mode. It is rebuilt only when requirements.txt or pyproject.toml change (stamp file).
@@ -55,8 +56,12 @@ dry-run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+# SmolLM2-135M is benchmarked too when $(SMOLLM2) holds it (the folder make run-smollm2 prepares;
+# benchmarks/prepare_smollm2.sh makes it alone); otherwise bench_engine.py logs that it skips it
+SMOLLM2 ?= runs/smollm2/resources/models/smollm2
+
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_engine.py --smollm2 $(SMOLLM2)
 
 PY_SOURCES := src tests workflow benchmarks
 

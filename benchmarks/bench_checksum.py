@@ -2,14 +2,14 @@
 
     python benchmarks/bench_checksum.py [--edits 1000] [--snapshots 10] [--repeats 3]
 
-Writes a representative trajectory file through :class:`editscale.editing.store.TrajectoryWriter`, with
-and without the checksums: rank-one updates (u, v) of one 576 x 1536 float32 matrix (the MLP
-down projection of SmolLM2-135M) for every edit, the runner's per-edit metric columns, and
-snapshots of the matrix (the unedited one plus ``--snapshots`` more, evenly spaced). The read is
-what the evaluation jobs and the CSV export do: all metrics, all updates, the weights rebuilt
-after the last edit. Times are the median of ``--repeats`` runs, wall clock and CPU time of the
-process (the CPU time is what to compare on a machine busy with other work); the data are made
-beforehand. Results are also written as JSON to ``benchmarks/results/``.
+Writes a representative trajectory file through :class:`editscale.editing.store.TrajectoryWriter`,
+with and without the checksums: rank-one updates (u, v) of one 576 x 1536 float32 matrix (the MLP
+down projection of SmolLM2-135M) for every edit, the runner's per-edit metric columns, and snapshots
+of the matrix (the unedited one plus ``--snapshots`` more, evenly spaced). The read is what the
+evaluation jobs and the CSV export do: all metrics, all updates, the weights rebuilt after the last
+edit. Times are the median of ``--repeats`` runs, wall clock and CPU time of the process (the CPU
+time is what to compare on a machine busy with other work); the data are made beforehand. Results
+are also written as JSON to ``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -149,8 +149,8 @@ def main() -> None:
         "checksum",
         runs,
         [(k, "{:.3f}") for k in keys] + [(f"{k}_ratio", "{:.4f}") for k in keys],
-        f"{args.edits} rank-one edits of a {OUT_DIM}x{IN_DIM} float32 matrix, {len(data['snapshots'])} "
-        f"snapshots, {len(METRICS)} metrics; median of {args.repeats}",
+        f"{args.edits} rank-one edits of a {OUT_DIM}x{IN_DIM} float32 matrix, "
+        f"{len(data['snapshots'])} snapshots, {len(METRICS)} metrics; median of {args.repeats}",
     )
 
 

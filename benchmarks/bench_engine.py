@@ -1,9 +1,10 @@
-"""Engine benchmark: ROME edit time vs. its arithmetic floor, evaluation, covariance, memory, storage.
+"""Engine benchmark: ROME edit time vs. its arithmetic floor, evaluation, covariance, memory,
+storage.
 
     .venv/bin/python benchmarks/bench_engine.py [--smollm2 DIR] [--records N] [--threads T]
 
 For each model (a GPT-2-architecture model of ~14M parameters built here, and SmolLM2-135M when
-its folder exists: make it with ``benchmarks/prepare_smollm2.sh DIR``) it prints:
+its folder exists) it prints:
 
 * seconds per ROME edit (paper hyperparameters, 21 context templates), and the time of 20 bare
   forward + backward passes from the edited layer over the same batch, and their ratio;
@@ -13,12 +14,17 @@ its folder exists: make it with ``benchmarks/prepare_smollm2.sh DIR``) it prints
 * HDF5 bytes per edit of a trajectory file (updates + metrics), and of a snapshot.
 
 Results are also written as JSON to ``benchmarks/results/``.
+
+The SmolLM2-135M folder defaults to ``runs/smollm2/resources/models/smollm2`` inside the
+repository: the folder ``make run-smollm2`` prepares, which ``benchmarks/prepare_smollm2.sh`` also
+makes on its own (offline, ~30 s). When it is absent the SmolLM2 part is skipped, with a log line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import subprocess
 import sys
@@ -33,6 +39,10 @@ from report import report  # noqa: E402
 SHARED = REPO.parent / "shared" / "data"
 WIKITEXT = SHARED / "wikitext" / "wikitext-2_valid.tokens.txt"
 COUNTERFACT = SHARED / "counterfact" / "counterfact_500.json"
+# the SmolLM2 folder of `make run-smollm2` (rule prepare_model in runs/smollm2/), also made by
+# benchmarks/prepare_smollm2.sh
+SMOLLM2_REL = Path("runs/smollm2/resources/models/smollm2")
+log = logging.getLogger("bench_engine")
 PAPER_ROME = {
     "v_num_grad_steps": 20,
     "v_lr": 0.5,
@@ -178,33 +188,44 @@ def bench_model(model_dir: str, layer: int, n_records: int, threads: int) -> dic
     return res
 
 
+def smollm2_target(folder: str) -> list[tuple[str, str, int]]:
+    """The SmolLM2-135M benchmark target when ``folder`` holds a model, else none (logged)."""
+    if (Path(folder) / "config.json").exists():
+        log.info("SmolLM2-135M: using %s", folder)
+        return [("SmolLM2-135M (layer 6)", folder, 6)]
+    log.warning(
+        "skipping SmolLM2-135M: no model folder at %s (make it with "
+        "benchmarks/prepare_smollm2.sh, or make run-smollm2)",
+        folder,
+    )
+    return []
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "--smollm2", default="/work/models/smollm2", help="SmolLM2-135M folder (skipped if absent)"
+        "--smollm2",
+        default=str(REPO / SMOLLM2_REL),
+        help=f"SmolLM2-135M folder, skipped if absent (default: {SMOLLM2_REL}, in the repository)",
     )
     ap.add_argument("--records", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--one", nargs=2, metavar=("MODEL_DIR", "LAYER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.one:
         print(json.dumps(bench_model(args.one[0], int(args.one[1]), args.records, args.threads)))
         return
     if not COUNTERFACT.exists():
         sys.exit(f"needs the real data subsets in {SHARED}")
     runs = []
+    smollm2 = smollm2_target(args.smollm2)
     with tempfile.TemporaryDirectory() as tmp:
         gpt2 = Path(tmp) / "gpt2-small"
         build_gpt2_small(gpt2)
-        targets = [("gpt2-14M (layer 2)", str(gpt2), 2)]
-        if (Path(args.smollm2) / "config.json").exists():
-            targets.append(("SmolLM2-135M (layer 6)", args.smollm2, 6))
-        else:
-            print(
-                f"SmolLM2 folder {args.smollm2} not found: make it with benchmarks/prepare_smollm2.sh DIR"
-            )
+        targets = [("gpt2-14M (layer 2)", str(gpt2), 2)] + smollm2
         for name, path, layer in targets:
             out = subprocess.run(
                 [

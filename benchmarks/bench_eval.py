@@ -83,7 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--smollm2", default="/work/models/smollm2")
+    ap.add_argument("--smollm2", default=str(REPO / "runs/smollm2/resources/models/smollm2"))
     ap.add_argument("--facts", type=int, default=200)
     ap.add_argument("--n-per-label", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)

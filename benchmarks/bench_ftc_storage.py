@@ -1,4 +1,5 @@
-"""Storage of FT-C trajectories on GPT-J: bytes per edit of its dense updates, projected per trajectory.
+"""Storage of FT-C trajectories on GPT-J: bytes per edit of its dense updates,
+projected per trajectory.
 
     python benchmarks/bench_ftc_storage.py [--edits 50] [--steps 25] [--rows 256] [--n-edits 3000]
 
@@ -193,8 +194,9 @@ def main() -> None:
         "ftc_storage",
         runs,
         [("MiB_per_edit", "{:.2f}"), ("GB_per_trajectory", "{:.1f}"), ("fits_25GB", "{:.0f}")],
-        f"{args.edits} simulated FT-C edits of a {OUT_DIM}x{IN_DIM} float32 matrix, eps {EPS}, {args.steps} Adam "
-        f"steps each, measured on {args.rows} rows; projected to {args.n_edits} edits; entries: "
+        f"{args.edits} simulated FT-C edits of a {OUT_DIM}x{IN_DIM} float32 matrix, eps {EPS}, "
+        f"{args.steps} Adam steps each, measured on {args.rows} rows; projected to {args.n_edits} "
+        "edits; entries: "
         + ", ".join(f"{k} {v:.3f}" for k, v in res["fractions"].items())
         + f"; {res['seconds']:.0f} s",
     )

@@ -1,18 +1,18 @@
 """Side-by-side check of the project's MEMIT and EMMET editors against their public code.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_memit_reference.py --method memit \
-        --src /work/refcode/memit --layers 4 5 6 --records 5 --batch 10
-    ... --method emmet --src /work/refcode/emmet --layers 6
+        --src REFCODE/memit --layers 4 5 6 --records 5 --batch 10
+    ... --method emmet --src REFCODE/emmet --layers 6
 
 Public code: kmeng01/memit (``memit.memit_main.execute_memit``),
 scalable-model-editing/unified-model-editing (``emmet.emmet_main.execute_emmet``),
-scalable-model-editing/knowledge-editing-regularization (``encore.encore_main.execute_encore``,
-with ``sequential`` set as its sequential-editing driver sets it) and jianghoucheng/AlphaEdit (``AlphaEdit.AlphaEdit_main.apply_AlphaEdit_to_model``), extracted
-outside this repository and patched only to run on CPU and a Llama config (``PATCHES``: in
-``<package>/compute_z.py`` the literal "cuda" becomes the model's device, and
-``model.config.n_embd`` becomes ``hidden_size`` where the code has no fallback, and the three
-reads of a block's output take it whole when it is a tensor, as transformers 5 returns it). The
-script refuses an unpatched tree.
+scalable-model-editing/knowledge-editing-regularization (``encore.encore_main.execute_encore``, with
+``sequential`` set as its sequential-editing driver sets it) and jianghoucheng/AlphaEdit
+(``AlphaEdit.AlphaEdit_main.apply_AlphaEdit_to_model``), extracted outside this repository and
+patched only to run on CPU and a Llama config (``PATCHES``: in ``<package>/compute_z.py`` the
+literal "cuda" becomes the model's device, and ``model.config.n_embd`` becomes ``hidden_size`` where
+the code has no fallback, and the three reads of a block's output take it whole when it is a tensor,
+as transformers 5 returns it). The script refuses an unpatched tree.
 
 What is compared, on one model (``--model``, float32, CPU; SmolLM2-135M by default):
 
@@ -29,13 +29,13 @@ deltas the public code returns, in ``down_proj``'s (out, in) orientation) and ||
 A step agrees when every layer's relative difference is <= 1e-3 (the issue's tolerance).
 
 Injected, so that both see the same inputs: the key second moments C = E[k k^T] of each layer
-(``--stats-dir``/layer<L>.h5, ``editscale.editing.key_stats.load_key_second_moment``; the public ``get_cov``
-is replaced by a function returning C in float32, as it caches it) and the context templates
-(generated once with the project's generator and MEMIT's start words; the public
-``CONTEXT_TEMPLATES_CACHE`` is set to ``[["{}"], those templates]``). Hyperparameters: the
-project's (``--config`` ``methods.<method>``, merged with ``per_model.<--model-key>`` when
-present, and ``--layers``), mapped one to one onto the public dataclass; ``v_loss_layer`` is the
-last block, ``fact_token`` "subject_last", Llama module names.
+(``--stats-dir``/layer<L>.h5, ``editscale.editing.key_stats.load_key_second_moment``; the public
+``get_cov`` is replaced by a function returning C in float32, as it caches it) and the context
+templates (generated once with the project's generator and MEMIT's start words; the public
+``CONTEXT_TEMPLATES_CACHE`` is set to ``[["{}"], those templates]``). Hyperparameters: the project's
+(``--config`` ``methods.<method>``, merged with ``per_model.<--model-key>`` when present, and
+``--layers``), mapped one to one onto the public dataclass; ``v_loss_layer`` is the last block,
+``fact_token`` "subject_last", Llama module names.
 
 AlphaEdit: the public code edits the model in place and returns its accumulated K_p K_p^T; its
 updates are read as the weights' change, after which the weights are put back and the project's
@@ -44,7 +44,8 @@ step. P is built as the public ``experiments/evaluate.py`` ``get_project`` build
 float32 C, singular values below the threshold) and handed to the public code; the project's editor
 builds its own from the same C.
 
-Output: a per-step table, a summary on stdout and ``benchmarks/results/<method>_reference-<host>.json``.
+Output: a per-step table, a summary on stdout and
+``benchmarks/results/<method>_reference-<host>.json``.
 """
 
 from __future__ import annotations
@@ -104,11 +105,13 @@ SOURCES = {
 PATCHES = (
     "<package>/compute_z.py: the literal 'cuda' replaced by next(model.parameters()).device in "
     "tok(target).to(...), tok(all prompts).to(...) and torch.tensor(-100, device=...)",
-    "<package>/compute_z.py (memit only): torch.zeros((model.config.n_embd,), ..., device='cuda') -> "
-    "torch.zeros((model.config.hidden_size,), ..., device=<the model's device>)",
-    "<package>/compute_z.py: a block's output is a tensor under transformers 5 (a tuple before): cur_out[0] and "
-    "tr[...].output[0] -> that output's first element when it is a tuple, else the output itself (3 places)",
-    "AlphaEdit/AlphaEdit_main.py: in the update's solve, .cuda() and device='cuda' -> the keys' device",
+    "<package>/compute_z.py (memit only): torch.zeros((model.config.n_embd,), ..., device='cuda') "
+    "-> torch.zeros((model.config.hidden_size,), ..., device=<the model's device>)",
+    "<package>/compute_z.py: a block's output is a tensor under transformers 5 (a tuple before): "
+    "cur_out[0] and tr[...].output[0] -> that output's first element when it is a tuple, else the "
+    "output itself (3 places)",
+    "AlphaEdit/AlphaEdit_main.py: in the update's solve, .cuda() and device='cuda' -> the keys' "
+    "device",
     "encore/encore_main.py: the .cuda() after the update's solve removed",
 )
 
@@ -218,7 +221,8 @@ def inject(
 
 
 def public_projection(c: torch.Tensor, threshold: float) -> torch.Tensor:
-    """AlphaEdit's ``get_project`` (experiments/evaluate.py): U U^T over C's singular vectors below the threshold."""
+    """AlphaEdit's ``get_project`` (experiments/evaluate.py):
+    U U^T over C's singular vectors below the threshold."""
     u, sv, _ = torch.linalg.svd(c.float(), full_matrices=False)
     small = (sv < threshold).nonzero(as_tuple=True)[0]
     return u[:, small] @ u[:, small].T
@@ -436,8 +440,8 @@ def main() -> None:
             if k.startswith("dW_rel_diff_L")
         )
         print(
-            f"{r['step']:>12}  {'yes' if r['agree'] else 'NO ':>3}  {layers}  {r['seconds_proj']:.1f} s / "
-            f"{r['seconds_ref']:.1f} s"
+            f"{r['step']:>12}  {'yes' if r['agree'] else 'NO ':>3}  {layers}  "
+            f"{r['seconds_proj']:.1f} s / {r['seconds_ref']:.1f} s"
         )
     import transformers
 
@@ -470,8 +474,8 @@ def main() -> None:
             ("seconds_ref", "{:.1f}"),
             ("wall_seconds", "{:.1f}"),
         ],
-        f"threads={args.threads}, layers {args.layers}, {args.records} single edits then a batch of {args.batch}; "
-        f"agree: every layer's ||dW - dW_ref||/||dW_ref|| <= {DW_TOL}",
+        f"threads={args.threads}, layers {args.layers}, {args.records} single edits then a batch "
+        f"of {args.batch}; agree: every layer's ||dW - dW_ref||/||dW_ref|| <= {DW_TOL}",
     )
 
 

@@ -1,6 +1,7 @@
 """Side-by-side check of the project's ROME editor against the public reference code (kmeng01/rome).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_rome_reference.py --rome-src /work/refcode/rome \
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_rome_reference.py \
+        --rome-src REFCODE/rome \
         --model runs/smollm2/resources/models/smollm2 \
         --stats runs/smollm2/resources/stats/smollm2/wikitext/layer6.h5 [--records 20] [--no-eval]
 
@@ -28,12 +29,13 @@ dW difference <= 1e-4.
 
 Injections (the same inputs into both implementations):
 
-* Second moment: C = E[k k^T] from ``--stats`` (``editscale.editing.key_stats.load_key_second_moment``,
-  float64). The project's editor receives C itself (it inverts it in float64 by Cholesky). The
-  reference's ``rome.compute_u.get_inv_cov`` (which would download or compute Wikipedia
-  statistics and cache ``torch.inverse(mom2).float()`` in ``inv_mom2_cache``) is replaced by a
-  function returning ``torch.inverse(C.float())``: C in float32 (``mom2_dtype`` of the public
-  GPT-2 XL / GPT-J hyperparameters) inverted in float32, as the reference does.
+* Second moment: C = E[k k^T] from ``--stats``
+  (``editscale.editing.key_stats.load_key_second_moment``, float64). The project's editor receives C
+  itself (it inverts it in float64 by Cholesky). The reference's ``rome.compute_u.get_inv_cov``
+  (which would download or compute Wikipedia statistics and cache ``torch.inverse(mom2).float()`` in
+  ``inv_mom2_cache``) is replaced by a function returning ``torch.inverse(C.float())``: C in float32
+  (``mom2_dtype`` of the public GPT-2 XL / GPT-J hyperparameters) inverted in float32, as the
+  reference does.
 * Context templates: generated once with the project's
   ``editscale.editors.prompts.generate_context_templates`` (the config's lengths, top-k and seed:
   ``[[5, 5]]`` gives "{}" + 5 templates), given to the project's editor through
@@ -62,9 +64,9 @@ slicing in ``repr_tools``, forward hooks in ``util/nethook.py``, right padding: 
 checks the tokenizer pads on the right, as ``compute_v`` assumes). The script refuses to run on
 an unpatched reference.
 
-Output: a per-edit table and a summary on stdout, and ``benchmarks/results/rome_reference-<host>.json``
-(the summary with every edit's numbers, the templates and the patches). Use one thread
-(``--threads``, default 1) on a shared machine.
+Output: a per-edit table and a summary on stdout, and
+``benchmarks/results/rome_reference-<host>.json`` (the summary with every edit's numbers, the
+templates and the patches). Use one thread (``--threads``, default 1) on a shared machine.
 """
 
 from __future__ import annotations
@@ -95,10 +97,11 @@ COS_TOL = 0.9999999
 DW_TOL = 1e-4
 REFERENCE_COMMIT = "0874014cd9837e4365f3e6f3c71400ef11509e04"
 REFERENCE_PATCHES = (
-    "rome/compute_v.py: device = next(model.parameters()).device; the literal 'cuda' replaced by device in "
-    "tok(target).to(...), tok(all prompts).to(...) and torch.tensor(-100, device=...)",
-    "rome/compute_v.py: torch.zeros((model.config.n_embd,), ...) -> torch.zeros((model.config.hidden_size,), ...) "
-    "(n_embd is GPT-2/GPT-J's config name; Llama has hidden_size)",
+    "rome/compute_v.py: device = next(model.parameters()).device; the literal 'cuda' replaced by "
+    "device in tok(target).to(...), tok(all prompts).to(...) and torch.tensor(-100, device=...)",
+    "rome/compute_v.py: torch.zeros((model.config.n_embd,), ...) -> "
+    "torch.zeros((model.config.hidden_size,), ...) (n_embd is GPT-2/GPT-J's config name; Llama "
+    "has hidden_size)",
 )
 LOSS_LINE = re.compile(r"^loss (\S+) = ", re.MULTILINE)
 
@@ -136,7 +139,8 @@ def check_patched(src: Path) -> None:
 
 
 def import_reference(src: Path) -> Reference:
-    """Import the public ``rome`` and ``util`` packages from ``src`` (its globals.yml is read from the cwd)."""
+    """Import the public ``rome`` and ``util`` packages from ``src``
+    (its globals.yml is read from the cwd)."""
     check_patched(src)
     sys.path.insert(0, str(src))
     with working_directory(src):
@@ -194,7 +198,8 @@ def reference_hparams(ref: Reference, hp: dict[str, Any], n_layer: int, stats_na
 def inject(
     ref: Reference, second_moment: torch.Tensor, layer_name: str, templates: list[str]
 ) -> None:
-    """Give the reference the project's C (inverted as it inverts: float32) and context templates."""
+    """Give the reference the project's C (inverted as it inverts: float32)
+    and context templates."""
     inv = torch.inverse(second_moment.to(torch.float32)).float()
 
     def get_inv_cov(model, tok, name, mom2_dataset, mom2_n_samples, mom2_dtype) -> torch.Tensor:
@@ -219,7 +224,8 @@ class RefUpdate:
 def reference_update(
     ref: Reference, model, tok, request: dict, hparams, weight: torch.Tensor
 ) -> RefUpdate:
-    """``execute_rome`` on the current model; its prints are captured (one ``loss`` line per v* pass)."""
+    """``execute_rome`` on the current model; its prints are captured
+    (one ``loss`` line per v* pass)."""
     before = weight.detach().clone()
     out = io.StringIO()
     t0 = time.perf_counter()
@@ -328,7 +334,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
     model, tok = load_model(args.model, "float32", "cpu")
     if tok.padding_side != "right":
         raise SystemExit(
-            f"the tokenizer pads on the {tok.padding_side}; the reference's compute_v assumes the right"
+            f"the tokenizer pads on the {tok.padding_side}; the reference's compute_v assumes the "
+            "right"
         )
     spec = arch_of(model)
     ref_hp = reference_hparams(ref, hp, n_layers(model), args.stats.parent.name)
@@ -365,7 +372,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
         apply_updates(model, result.updates, spec)
         rows.append(row)
         log.info(
-            "edit %d/%d case %d: 1-cos(u) %.1e 1-cos(v) %.1e dW diff %.1e steps %d/%d (%.1f s / %.1f s)",
+            "edit %d/%d case %d: 1-cos(u) %.1e 1-cos(v) %.1e dW diff %.1e steps %d/%d (%.1f s / "
+            "%.1f s)",
             t,
             len(records),
             rec["case_id"],
@@ -427,8 +435,8 @@ def print_table(rows: list[dict[str, Any]], evaluated: bool) -> None:
         line = (
             f"{r['edit']:4d} {r['case_id']:6d} {1 - r['cos_u']:9.1e} {1 - r['cos_v']:9.1e} "
             f"{r['dW_rel_diff']:9.1e} {r['dW_rel_norm']:9.2e} {r['k_star_rel_diff']:9.1e} "
-            f"{r['steps_proj']:>3d}/{r['steps_ref']:<2d} {r['loss_proj']:6.3f}/{r['loss_ref']:<6.3f} "
-            f"{'yes' if r['agree'] else 'NO':>3}"
+            f"{r['steps_proj']:>3d}/{r['steps_ref']:<2d} "
+            f"{r['loss_proj']:6.3f}/{r['loss_ref']:<6.3f} {'yes' if r['agree'] else 'NO':>3}"
         )
         if evaluated:
             line += (
@@ -523,8 +531,8 @@ def main() -> None:
         "rome_reference",
         [run_info],
         keys,
-        f"threads={args.threads}, transformers {transformers.__version__}, {len(rows)} sequential edits, "
-        f"agree: cos(u), cos(v) >= {COS_TOL} and ||dW - dW_ref||/||dW_ref|| <= {DW_TOL}",
+        f"threads={args.threads}, transformers {transformers.__version__}, {len(rows)} sequential "
+        f"edits, agree: cos(u), cos(v) >= {COS_TOL} and ||dW - dW_ref||/||dW_ref|| <= {DW_TOL}",
     )
 
 

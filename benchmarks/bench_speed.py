@@ -1,7 +1,9 @@
-"""Seconds per edit of every editor: the project's beside the public code's, on one machine in one run.
+"""Seconds per edit of every editor: the project's beside the public code's, on one machine in
+one run.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_speed.py --refcode /work/refcode --threads 2 \
-        --organism . --smollm2 runs/smollm2 [--records 3] [--batch 10] [--models organism smollm2]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_speed.py --refcode REFCODE \
+        --threads 2 --organism . --smollm2 runs/smollm2 [--records 3] [--batch 10] \
+        [--models organism smollm2]
 
 Per model, each editor edits the first ``--records`` CounterFact records one at a time (each on
 the model after the project's earlier updates), then one step of ``--batch`` records (the batched
@@ -11,8 +13,8 @@ implementations on the same weights:
 * ROME and r-ROME's ROME core: ``bench_rome_reference.run`` (kmeng01/rome);
 * MEMIT, EMMET, AlphaEdit, ENCORE: ``bench_memit_reference.run`` (their public repositories);
 * FT-C and MEND: the project's editors only (``editor.compute``; MEND with the run directory's
-  trained editor, ``resources/editors/<model>/mend.safetensors``). Their public code (kmeng01/rome's FT baseline,
-  eric-mitchell/mend) is not set up here.
+  trained editor, ``resources/editors/<model>/mend.safetensors``). Their public code (kmeng01/rome's
+  FT baseline, eric-mitchell/mend) is not set up here.
 
 The public trees are ``<--refcode>/<rome|memit|emmet|alphaedit|encore>``, extracted and patched as
 the harnesses' docstrings say (outside this repository). Models:
@@ -26,8 +28,8 @@ the harnesses' docstrings say (outside this repository). Models:
 The organism's tokenizer adds BOS to every text; the public ROME and MEMIT code then put BOS into
 the target tokens (EMMET's, AlphaEdit's and ENCORE's strip it), so their organism updates differ
 from the project's (the ``agree`` column: steps within the harness's tolerance); the seconds compare
-the same work. Measured 2026-11-29 on the 2-core VM, 2 threads: README, "Benchmarks". Output: a table on stdout and
-``benchmarks/results/speed-<host>.json``.
+the same work. Measured 2026-11-29 on the 2-core VM, 2 threads: docs/benchmarks.md. Output: a
+table on stdout and ``benchmarks/results/speed-<host>.json``.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def model_setups(args) -> dict[str, dict]:
 
 
 def per_edit(rows: list[dict], single: int) -> dict:
-    """Mean seconds per edit of the single edits and of the batch step (its seconds / its records)."""
+    """Mean seconds per edit of the single edits and of the batch step
+    (its seconds / its records)."""
     singles, batch = rows[:single], rows[single:]
     rows = [{**r, "agree": bool(r.get("agree"))} for r in rows]
     out = {
@@ -253,17 +256,20 @@ def main() -> None:
         return "-" if x is None else f"{x:.2f}"
 
     print(
-        f"{'model':>9} {'method':>10} {'s/edit ours':>12} {'public':>8} {'batch ours':>11} {'public':>8}  agree"
+        f"{'model':>9} {'method':>10} {'s/edit ours':>12} {'public':>8} {'batch ours':>11} "
+        f"{'public':>8}  agree"
     )
     for r in rows:
         print(
-            f"{r['model']:>9} {r['method']:>10} {fmt(r['proj_single']):>12} {fmt(r.get('ref_single')):>8} "
-            f"{fmt(r.get('proj_batch')):>11} {fmt(r.get('ref_batch')):>8}  {r['agree']}"
+            f"{r['model']:>9} {r['method']:>10} {fmt(r['proj_single']):>12} "
+            f"{fmt(r.get('ref_single')):>8} {fmt(r.get('proj_batch')):>11} "
+            f"{fmt(r.get('ref_batch')):>8}  {r['agree']}"
         )
     header = (
-        f"machine {platform.node()} {platform.processor() or platform.machine()}, threads {args.threads}; "
-        f"{args.records} single edits, then one step of {args.batch} (batched editors); seconds per edit of "
-        "computing the update (batch: the step's seconds / its records)"
+        f"machine {platform.node()} {platform.processor() or platform.machine()}, threads "
+        f"{args.threads}; {args.records} single edits, then one step of {args.batch} (batched "
+        "editors); seconds per edit of computing the update (batch: the step's seconds / its "
+        "records)"
     )
     print(header)
     RESULTS.mkdir(parents=True, exist_ok=True)

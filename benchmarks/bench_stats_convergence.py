@@ -1,15 +1,17 @@
-"""How many tokens ROME's key statistics need: cos(u, u_full) of u = C^-1 k* against the token count.
+"""How many tokens ROME's key statistics need: cos(u, u_full) of u = C^-1 k* against the
+token count.
 
     python benchmarks/bench_stats_convergence.py --model runs/smollm2/resources/models/smollm2 \
         [--layer 6] [--docs 2000] [--chunk 100] [--records 20] [--max-doc-tokens 256]
 
 The statistics of block ``--layer`` are accumulated over ``--docs`` WikiText-2 paragraphs
-(``../shared/data/wikitext``, ROME's fixed random order: ``stats.sample: random``, seed 1, so
-every prefix is itself a random subset), ``--chunk`` documents at a time with
-:func:`editscale.editing.key_stats.compute_key_second_moment`, keeping the running sums after every chunk.
-For ``--records`` CounterFact records (``../shared/data/counterfact/counterfact_500.json``, the
-first ones) ROME's key k* is computed by the ROME editor with the project's default settings
-(6 context templates; one v* step and no C, neither of which k* depends on). For every prefix it reports:
+(``../shared/data/wikitext``, ROME's fixed random order: ``stats.sample: random``, seed 1, so every
+prefix is itself a random subset), ``--chunk`` documents at a time with
+:func:`editscale.editing.key_stats.compute_key_second_moment`, keeping the running sums after every
+chunk. For ``--records`` CounterFact records (``../shared/data/counterfact/counterfact_500.json``,
+the first ones) ROME's key k* is computed by the ROME editor with the project's default settings (6
+context templates; one v* step and no C, neither of which k* depends on). For every prefix it
+reports:
 
 * min over the records of cos(u_m, u_full), u = C^-1 k* as ROME computes it (Cholesky in
   float64), u_full from all ``--docs`` documents;
@@ -17,8 +19,9 @@ first ones) ROME's key k* is computed by the ROME editor with the project's defa
   records of 1 - cos(u_m, u_{m-1});
 * the change the workflow's own test (``stats.convergence``) sees: max over the records of
   ||u_m - u_{m-1}|| / ||u_m||, u = C^-1 k of the bare subject keys
-  (:func:`editscale.editing.key_stats.subject_keys`, :func:`~editscale.editing.key_stats.solution_change`), and where it
-  stops with ``patience`` 2 for several tolerances.
+  (:func:`editscale.editing.key_stats.subject_keys`,
+  :func:`~editscale.editing.key_stats.solution_change`), and where it stops with ``patience`` 2 for
+  several tolerances.
 
 It prints the tokens needed for cos(u, u_full) >= 0.999 on every record, the fraction of the
 full run's tokens (and so of its time: the statistics cost is linear in tokens) that saves, and
@@ -161,8 +164,9 @@ def main() -> None:
         prev = u
     for r in rows:
         print(
-            f"{r['tokens']:>9d} tokens  {r['seconds']:7.1f} s  min cos(u, u_full) {r['min_cos_full']:.6f}  "
-            f"checkpoint change {r['change']:.2e}  stats.convergence change {r['option_change']:.2e}"
+            f"{r['tokens']:>9d} tokens  {r['seconds']:7.1f} s  min cos(u, u_full) "
+            f"{r['min_cos_full']:.6f}  checkpoint change {r['change']:.2e}  stats.convergence "
+            f"change {r['option_change']:.2e}"
         )
     total = counts[-1]
     need = next((r for r in rows if r["min_cos_full"] >= 0.999), rows[-1])
@@ -220,9 +224,10 @@ def main() -> None:
             ("seconds", "{:.1f}"),
             ("min_cos_full", "{:.6f}"),
         ],
-        f"{args.model} layer {args.layer}, {len(docs)} WikiText-2 paragraphs (<= {args.max_doc_tokens} tokens, ROME's "
-        f"random order), checkpoints every {args.chunk} documents, k* of {len(records)} CounterFact records; "
-        f"torch threads {torch.get_num_threads()}",
+        f"{args.model} layer {args.layer}, {len(docs)} WikiText-2 paragraphs (<= "
+        f"{args.max_doc_tokens} tokens, ROME's random order), checkpoints every {args.chunk} "
+        f"documents, k* of {len(records)} CounterFact records; torch threads "
+        f"{torch.get_num_threads()}",
     )
 
 

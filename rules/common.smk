@@ -15,11 +15,13 @@ from snakemake.utils import validate
 try:
     from editscale import config as escfg
     from editscale.evaluation.checkpoints import checkpoint_plan, chunks as plan_chunks
+    from editscale.io import paths
 except ImportError:
     # snakemake runs outside the project's environment: use the source tree
     sys.path.insert(0, str(Path(workflow.basedir) / "src"))
     from editscale import config as escfg
     from editscale.evaluation.checkpoints import checkpoint_plan, chunks as plan_chunks
+    from editscale.io import paths
 
 # Jobs in conda environments (--sdm conda) and on cluster nodes import editscale from this
 # source tree: the environments hold its dependencies, not the package itself.
@@ -51,14 +53,15 @@ wildcard_constraints:
 
 
 # ---------------------------------------------------------------- paths
+# Every file's path is spelled in editscale.io.paths (shared with the figure code).
 
 
 def model_manifest(model):
-    return f"resources/models/{model}/editscale_manifest.json"
+    return paths.model_manifest(model)
 
 
 def ordering_path(sample):
-    return f"resources/data/orderings/sample{sample}.json"
+    return paths.ordering(sample)
 
 
 def stats_path(model, method):
@@ -72,7 +75,7 @@ def stats_path(model, method):
 
 def all_metrics_csv():
     return [
-        f"results/trajectories/{model}/{method}/sample{sample}.csv"
+        paths.trajectory(model, method, sample, "csv")
         for model, method in escfg.experiments(config)
         for sample in range(config["samples"])
     ]
@@ -137,8 +140,9 @@ def other_models_regex():
 
 
 def world_corpus(wildcards):
-    world = config["models"][wildcards.model]["world"]
-    return f"resources/worlds/{world}/corpus_train.jsonl"
+    return paths.world_file(
+        "corpus_train.jsonl", config["models"][wildcards.model]["world"]
+    )
 
 
 def world_training_hparams(wildcards):
@@ -162,7 +166,7 @@ def gates_file(model):
     """The gates JSON a world model must pass before any edit (None for other models)."""
     if config["models"][model]["source"] != "world":
         return None
-    return f"resources/models/{model}/gates.json"
+    return paths.model_gates(model)
 
 
 def edit_gate_stats(wildcards):
@@ -184,7 +188,7 @@ def counterfact_input(wildcards):
 def trajectory_inputs(wildcards):
     inputs = {
         "model": model_manifest(wildcards.model),
-        "counterfact": "resources/data/counterfact.json",
+        "counterfact": paths.COUNTERFACT,
         "ordering": ordering_path(wildcards.sample),
     }
     stats = stats_path(wildcards.model, wildcards.method)
@@ -201,7 +205,7 @@ def trajectory_inputs(wildcards):
 
 # ---------------------------------------------------------------- editor networks (MEND)
 
-EDITOR_SPLIT = "resources/data/editor_split.json"
+EDITOR_SPLIT = paths.EDITOR_SPLIT
 
 
 def editor_split_inputs(wildcards):
@@ -248,37 +252,30 @@ def eval_plan_chunks(model, method):
 def model_evaluated(model):
     """Whether any experiment of the model has evaluation checkpoints."""
     return any(
-        eval_plan_chunks(m, method)
-        for m, method in escfg.experiments(config)
-        if m == model
+        eval_plan_chunks(m, method) for m, method in escfg.experiments(config) if m == model
     )
 
 
 def eval_chunk_files(wildcards):
     return [
-        f"results/evaluations/{wildcards.model}/{wildcards.method}/sample{wildcards.sample}/chunk{i}.h5"
+        paths.eval_chunk(wildcards.model, wildcards.method, wildcards.sample, i)
         for i in range(len(eval_plan_chunks(wildcards.model, wildcards.method)))
     ]
 
 
 def downstream_sets():
-    return {
-        task: f"resources/data/downstream/{task}.json"
-        for task in config["downstream"]["tasks"]
-    }
+    return {task: paths.downstream_set(task) for task in config["downstream"]["tasks"]}
 
 
 def downstream_source_files(wildcards):
     source = config["downstream"]["source"]
     if source["type"] != "glue_files":
         return []
-    sub = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}[
-        wildcards.task
-    ]
+    sub = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}[wildcards.task]
     return [str(Path(source["path"]) / sub / "dev.tsv")]
 
 
-COLLAPSE_PROBE = "resources/data/collapse_probe.json"
+COLLAPSE_PROBE = paths.COLLAPSE_PROBE
 
 
 def perplexity_corpus_name():
@@ -297,22 +294,19 @@ def perplexity_corpus_files(wildcards):
 
 
 def trajectory_file(wildcards):
-    return f"results/trajectories/{wildcards.model}/{wildcards.method}/sample{wildcards.sample}.h5"
+    return paths.trajectory(wildcards.model, wildcards.method, wildcards.sample)
 
 
 def all_evaluations():
     out = []
     for model, method in escfg.experiments(config):
         for sample in range(config["samples"]):
-            base = f"results/evaluations/{model}/{method}/sample{sample}"
             if eval_plan_chunks(model, method):
                 out += [
-                    f"{base}.h5",
-                    f"{base}_forgetting.csv",
-                    f"{base}_downstream.csv",
-                    f"{base}_collapse.csv",
+                    paths.evaluation(model, method, sample, part)
+                    for part in (".h5", *paths.EVALUATION_PARTS)
                 ]
-            out.append(f"results/disabling/{model}/{method}/sample{sample}.json")
+            out.append(paths.disabling(model, method, sample))
     return out
 
 
@@ -338,15 +332,13 @@ def figure_inputs(wildcards):
     plus the model manifest and the data files, whose hashes go into the provenance."""
     sample = getattr(wildcards, "sample", None)
     layout = [
-        e
-        for e in figure_layout(wildcards)
-        if sample is None or e["sample"] == int(sample)
+        e for e in figure_layout(wildcards) if sample is None or e["sample"] == int(sample)
     ]
     inputs = {
         "metrics": [e["metrics"] for e in layout],
         "evaluations": [e["evaluation"] for e in layout if e["evaluation"]],
         "manifest": model_manifest(wildcards.model),
-        "counterfact": "resources/data/counterfact.json",
+        "counterfact": paths.COUNTERFACT,
         "orderings": sorted({ordering_path(e["sample"]) for e in layout}),
     }
     return inputs
@@ -370,9 +362,7 @@ def collapse_figure_inputs(wildcards):
     """The collapse figure's tidy files: per-edit metrics (weight norms), evaluation HDF5 files
     (initial norms) and collapse CSVs (perplexity, generation entropy)."""
     inputs = figure_inputs(wildcards)
-    inputs["collapse"] = [
-        e["collapse"] for e in figure_layout(wildcards) if e["collapse"]
-    ]
+    inputs["collapse"] = [e["collapse"] for e in figure_layout(wildcards) if e["collapse"]]
     return inputs
 
 
@@ -380,7 +370,7 @@ def table2_inputs(wildcards):
     return {
         "disabling": [e["disabling"] for e in figure_layout(wildcards)],
         "manifest": model_manifest(wildcards.model),
-        "counterfact": "resources/data/counterfact.json",
+        "counterfact": paths.COUNTERFACT,
         "orderings": [ordering_path(s) for s in range(config["samples"])],
     }
 
@@ -394,28 +384,32 @@ def summary_inputs(wildcards):
 
 
 def figure_settings():
-    return {
-        k: config["figures"][k] for k in ("bucket", "window", "band", "dpi", "labels")
-    }
+    return {k: config["figures"][k] for k in ("bucket", "window", "band", "dpi", "labels")}
 
 
 def all_figures():
     out = []
     for model in figure_models():
-        base = f"{FIGURES}/{model}"
         for fig in ("figure1", "figure2"):
-            out += [f"{base}/{fig}.{ext}" for ext in ("pdf", "png", "json")]
             out += [
-                f"{base}/samples/{fig}_sample{s}.{ext}"
+                paths.figure(FIGURES, fig, ext, model) for ext in ("pdf", "png", "json")
+            ]
+            out += [
+                paths.sample_figure(FIGURES, fig, ext, model, s)
                 for s in range(config["samples"])
                 for ext in ("pdf", "png", "json")
             ]
-        out += [f"{base}/collapse.{ext}" for ext in ("pdf", "png", "json")]
-        out += [f"{base}/table2.{ext}" for ext in ("md", "csv", "tex", "json")]
-        out += [f"{base}/summary.{ext}" for ext in ("md", "csv", "tex", "json")]
-        out.append(f"{base}/table2_generations.csv")
+        out += [
+            paths.figure(FIGURES, "collapse", ext, model) for ext in ("pdf", "png", "json")
+        ]
+        for table in ("table2", "summary"):
+            out += [
+                paths.figure(FIGURES, table, ext, model)
+                for ext in ("md", "csv", "tex", "json")
+            ]
+        out.append(paths.figure(FIGURES, "table2_generations", "csv", model))
     return out + [
-        "results/report/config.yaml",
-        "results/report/runtime.csv",
-        "results/report/runtime_summary.csv",
+        paths.REPORT_CONFIG,
+        paths.REPORT_RUNTIME,
+        paths.REPORT_RUNTIME_SUMMARY,
     ]

@@ -2,7 +2,7 @@ rule downstream_set:
     input:
         downstream_source_files,
     output:
-        "resources/data/downstream/{task}.json",
+        paths.downstream_set(),
     params:
         source=config["downstream"]["source"],
         n_per_label=config["downstream"]["n_per_label"],
@@ -20,7 +20,7 @@ rule downstream_set:
 
 rule collapse_probe:
     input:
-        counterfact="resources/data/counterfact.json",
+        counterfact=paths.COUNTERFACT,
         corpus=perplexity_corpus_files,
     output:
         COLLAPSE_PROBE,
@@ -49,7 +49,7 @@ rule eval_chunk:
         task_sets=list(downstream_sets().values()),
         collapse_probe=COLLAPSE_PROBE,
     output:
-        "results/evaluations/{model}/{method}/sample{sample}/chunk{chunk}.h5",
+        paths.eval_chunk(),
     params:
         checkpoints=lambda wildcards: eval_plan_chunks(
             wildcards.model, wildcards.method
@@ -63,7 +63,7 @@ rule eval_chunk:
     log:
         "logs/eval_chunk/{model}/{method}/sample{sample}/chunk{chunk}.log",
     benchmark:
-        "results/benchmarks/eval_chunk/{model}/{method}/sample{sample}/chunk{chunk}.tsv"
+        paths.benchmark("eval_chunk", "{model}/{method}/sample{sample}/chunk{chunk}")
     threads: model_resource("threads")
     resources:
         mem_mb=model_resource("mem_mb"),
@@ -80,10 +80,10 @@ rule eval_merge:
         chunks=eval_chunk_files,
         trajectory=trajectory_file,
     output:
-        h5="results/evaluations/{model}/{method}/sample{sample}.h5",
-        forgetting="results/evaluations/{model}/{method}/sample{sample}_forgetting.csv",
-        downstream="results/evaluations/{model}/{method}/sample{sample}_downstream.csv",
-        collapse="results/evaluations/{model}/{method}/sample{sample}_collapse.csv",
+        h5=paths.evaluation(),
+        forgetting=paths.evaluation(part="_forgetting.csv"),
+        downstream=paths.evaluation(part="_downstream.csv"),
+        collapse=paths.evaluation(part="_collapse.csv"),
     params:
         forgetting_every=config["evaluation"]["forgetting_every"],
         downstream_every=config["evaluation"]["downstream_every"],
@@ -101,8 +101,8 @@ rule disabling:
         unpack(trajectory_inputs),
         trajectory=trajectory_file,
     output:
-        json="results/disabling/{model}/{method}/sample{sample}.json",
-        csv="results/disabling/{model}/{method}/sample{sample}.csv",
+        json=paths.disabling(),
+        csv=paths.disabling(ext="csv"),
     params:
         rule={
             k: config["disabling"][k]
@@ -121,7 +121,7 @@ rule disabling:
     log:
         "logs/disabling/{model}/{method}/sample{sample}.log",
     benchmark:
-        "results/benchmarks/disabling/{model}/{method}/sample{sample}.tsv"
+        paths.benchmark("disabling", "{model}/{method}/sample{sample}")
     threads: model_resource("threads")
     resources:
         mem_mb=model_resource("mem_mb"),

@@ -7,15 +7,15 @@ rule figure1:
     input:
         unpack(figure_inputs),
     output:
-        pdf=f"{FIGURES}/{{model}}/figure1.pdf",
+        pdf=paths.figure(FIGURES, "figure1", "pdf"),
         png=report(
-            f"{FIGURES}/{{model}}/figure1.png",
+            paths.figure(FIGURES, "figure1", "png"),
             caption="../workflow/report/figure1.rst",
             category="Figures",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "Figure 1"},
         ),
-        json=f"{FIGURES}/{{model}}/figure1.json",
+        json=paths.figure(FIGURES, "figure1", "json"),
     params:
         kind="figure1",
         sample=None,
@@ -33,15 +33,15 @@ rule figure1_sample:
     input:
         unpack(figure_inputs),
     output:
-        pdf=f"{FIGURES}/{{model}}/samples/figure1_sample{{sample}}.pdf",
+        pdf=paths.sample_figure(FIGURES, "figure1", "pdf"),
         png=report(
-            f"{FIGURES}/{{model}}/samples/figure1_sample{{sample}}.png",
+            paths.sample_figure(FIGURES, "figure1", "png"),
             caption="../workflow/report/figure1_sample.rst",
             category="Appendix: per-sample figures",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "Figure 1", "sample": "{sample}"},
         ),
-        json=f"{FIGURES}/{{model}}/samples/figure1_sample{{sample}}.json",
+        json=paths.sample_figure(FIGURES, "figure1", "json"),
     params:
         kind="figure1",
         sample=lambda wildcards: int(wildcards.sample),
@@ -59,15 +59,15 @@ rule figure2:
     input:
         unpack(figure2_inputs),
     output:
-        pdf=f"{FIGURES}/{{model}}/figure2.pdf",
+        pdf=paths.figure(FIGURES, "figure2", "pdf"),
         png=report(
-            f"{FIGURES}/{{model}}/figure2.png",
+            paths.figure(FIGURES, "figure2", "png"),
             caption="../workflow/report/figure2.rst",
             category="Figures",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "Figure 2"},
         ),
-        json=f"{FIGURES}/{{model}}/figure2.json",
+        json=paths.figure(FIGURES, "figure2", "json"),
     params:
         kind="figure2",
         sample=None,
@@ -85,15 +85,15 @@ rule figure2_sample:
     input:
         unpack(figure2_inputs),
     output:
-        pdf=f"{FIGURES}/{{model}}/samples/figure2_sample{{sample}}.pdf",
+        pdf=paths.sample_figure(FIGURES, "figure2", "pdf"),
         png=report(
-            f"{FIGURES}/{{model}}/samples/figure2_sample{{sample}}.png",
+            paths.sample_figure(FIGURES, "figure2", "png"),
             caption="../workflow/report/figure2_sample.rst",
             category="Appendix: per-sample figures",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "Figure 2", "sample": "{sample}"},
         ),
-        json=f"{FIGURES}/{{model}}/samples/figure2_sample{{sample}}.json",
+        json=paths.sample_figure(FIGURES, "figure2", "json"),
     params:
         kind="figure2",
         sample=lambda wildcards: int(wildcards.sample),
@@ -111,15 +111,15 @@ rule figure_collapse:
     input:
         unpack(collapse_figure_inputs),
     output:
-        pdf=f"{FIGURES}/{{model}}/collapse.pdf",
+        pdf=paths.figure(FIGURES, "collapse", "pdf"),
         png=report(
-            f"{FIGURES}/{{model}}/collapse.png",
+            paths.figure(FIGURES, "collapse", "png"),
             caption="../workflow/report/collapse.rst",
             category="Figures",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "Collapse measures"},
         ),
-        json=f"{FIGURES}/{{model}}/collapse.json",
+        json=paths.figure(FIGURES, "collapse", "json"),
     params:
         kind="collapse",
         sample=None,
@@ -137,23 +137,23 @@ rule table2:
     input:
         unpack(table2_inputs),
     output:
-        md=f"{FIGURES}/{{model}}/table2.md",
+        md=paths.figure(FIGURES, "table2", "md"),
         csv=report(
-            f"{FIGURES}/{{model}}/table2.csv",
+            paths.figure(FIGURES, "table2", "csv"),
             caption="../workflow/report/table2.rst",
             category="Tables",
             subcategory="{model}",
             labels={"model": "{model}", "table": "Table 2: distance"},
         ),
-        tex=f"{FIGURES}/{{model}}/table2.tex",
+        tex=paths.figure(FIGURES, "table2", "tex"),
         generations=report(
-            f"{FIGURES}/{{model}}/table2_generations.csv",
+            paths.figure(FIGURES, "table2_generations", "csv"),
             caption="../workflow/report/table8.rst",
             category="Tables",
             subcategory="{model}",
             labels={"model": "{model}", "table": "Table 8 analogue: generations"},
         ),
-        json=f"{FIGURES}/{{model}}/table2.json",
+        json=paths.figure(FIGURES, "table2", "json"),
     params:
         layout=figure_layout,
     log:
@@ -168,16 +168,16 @@ rule summary_table:
     input:
         unpack(summary_inputs),
     output:
-        md=f"{FIGURES}/{{model}}/summary.md",
+        md=paths.figure(FIGURES, "summary", "md"),
         csv=report(
-            f"{FIGURES}/{{model}}/summary.csv",
+            paths.figure(FIGURES, "summary", "csv"),
             caption="../workflow/report/summary.rst",
             category="Tables",
             subcategory="{model}",
             labels={"model": "{model}", "table": "Lifelong-editing summary"},
         ),
-        tex=f"{FIGURES}/{{model}}/summary.tex",
-        json=f"{FIGURES}/{{model}}/summary.json",
+        tex=paths.figure(FIGURES, "summary", "tex"),
+        json=paths.figure(FIGURES, "summary", "json"),
     params:
         layout=figure_layout,
         last=config["figures"]["summary_last"],
@@ -193,7 +193,7 @@ rule summary_table:
 rule run_config:
     output:
         report(
-            "results/report/config.yaml",
+            paths.REPORT_CONFIG,
             caption="../workflow/report/config.rst",
             category="Configuration",
         ),
@@ -214,19 +214,19 @@ rule runtime_table:
         all_evaluations(),
     output:
         jobs=report(
-            "results/report/runtime.csv",
+            paths.REPORT_RUNTIME,
             caption="../workflow/report/runtime.rst",
             category="Runtime",
             labels={"table": "per job"},
         ),
         summary=report(
-            "results/report/runtime_summary.csv",
+            paths.REPORT_RUNTIME_SUMMARY,
             caption="../workflow/report/runtime.rst",
             category="Runtime",
             labels={"table": "per rule"},
         ),
     params:
-        root="results/benchmarks",
+        root=paths.BENCHMARKS,
         models=figure_models(),
     log:
         "logs/report/runtime_table.log",

@@ -4,7 +4,7 @@
 
 rule editor_split:
     input:
-        "resources/data/counterfact.json",
+        paths.COUNTERFACT,
     output:
         EDITOR_SPLIT,
     params:
@@ -22,13 +22,13 @@ rule editor_split:
 
 rule train_mend:
     input:
-        model="resources/models/{model}/editscale_manifest.json",
-        counterfact="resources/data/counterfact.json",
+        model=paths.model_manifest(),
+        counterfact=paths.COUNTERFACT,
         split=EDITOR_SPLIT,
         corpus=editor_training_corpus_files,
     output:
-        editor="resources/editors/{model}/{method}.safetensors",
-        manifest="resources/editors/{model}/{method}.safetensors.json",
+        editor=paths.editor_file(),
+        manifest=paths.editor_manifest(),
     params:
         hparams=method_hparams,
         training=lambda wildcards: config["methods"][wildcards.method]["training"],
@@ -37,7 +37,7 @@ rule train_mend:
     log:
         "logs/train_mend/{model}/{method}.log",
     benchmark:
-        "results/benchmarks/train_mend/{model}/{method}.tsv"
+        paths.benchmark("train_mend", "{model}/{method}")
     threads: model_resource("threads")
     resources:
         mem_mb=model_resource("mem_mb"),
@@ -51,8 +51,8 @@ rule train_mend:
 
 rule download_editor:
     output:
-        editor="resources/editors/{model}/{method}.pt",
-        manifest="resources/editors/{model}/{method}.pt.json",
+        editor=paths.editor_file(ext="pt"),
+        manifest=paths.editor_manifest(ext="pt"),
     params:
         weights=lambda wildcards: config["methods"][wildcards.method][
             "editor_weights"

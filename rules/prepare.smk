@@ -4,14 +4,14 @@ rule prepare_model:
     input:
         model_inputs,
     output:
-        manifest="resources/models/{model}/editscale_manifest.json",
+        manifest=paths.model_manifest(),
     params:
         spec=model_build_spec,
         tokenizer_corpus=tokenizer_corpus,
     log:
         "logs/prepare_model/{model}.log",
     benchmark:
-        "results/benchmarks/prepare_model/{model}.tsv"
+        paths.benchmark("prepare_model", "{model}")
     threads: model_resource("threads")
     resources:
         mem_mb=model_resource("mem_mb"),
@@ -26,7 +26,7 @@ rule counterfact:
     input:
         counterfact_input,
     output:
-        "resources/data/counterfact.json",
+        paths.COUNTERFACT,
     params:
         url=config["counterfact"].get("url"),
         sha256=config["counterfact"].get("sha256"),
@@ -40,10 +40,10 @@ rule counterfact:
 
 rule ordering:
     input:
-        "resources/data/counterfact.json",
+        paths.COUNTERFACT,
         reserved=editor_split_inputs,
     output:
-        "resources/data/orderings/sample{sample}.json",
+        paths.ordering(),
     params:
         seed=config["ordering_seed"],
         unique_subjects=config["counterfact"]["unique_subjects"],

@@ -1,15 +1,13 @@
 rule key_stats:
     input:
-        model="resources/models/{model}/editscale_manifest.json",
+        model=paths.model_manifest(),
         corpus=lambda wildcards: corpus_files(wildcards.corpus),
         # the convergence probes are CounterFact subjects
         counterfact=(
-            ["resources/data/counterfact.json"]
-            if config["stats"]["convergence"]["tolerance"]
-            else []
+            [paths.COUNTERFACT] if config["stats"]["convergence"]["tolerance"] else []
         ),
     output:
-        "resources/stats/{model}/{corpus}/layer{layer}.h5",
+        paths.key_stats(),
     params:
         corpus=lambda wildcards: config["corpora"][wildcards.corpus],
         n_docs=config["stats"]["n_docs"],
@@ -22,7 +20,7 @@ rule key_stats:
     log:
         "logs/key_stats/{model}/{corpus}/layer{layer}.log",
     benchmark:
-        "results/benchmarks/key_stats/{model}/{corpus}/layer{layer}.tsv"
+        paths.benchmark("key_stats", "{model}/{corpus}/layer{layer}")
     threads: model_resource("threads")
     resources:
         mem_mb=model_resource("mem_mb"),
@@ -36,9 +34,9 @@ rule key_stats:
 
 rule import_stats:
     input:
-        model="resources/models/{model}/editscale_manifest.json",
+        model=paths.model_manifest(),
     output:
-        "resources/stats_published/{model}/layer{layer}.h5",
+        paths.published_key_stats(),
     params:
         entry=lambda wildcards: escfg.published_stats(
             config, wildcards.model, int(wildcards.layer)
@@ -48,7 +46,7 @@ rule import_stats:
     log:
         "logs/import_stats/{model}/layer{layer}.log",
     benchmark:
-        "results/benchmarks/import_stats/{model}/layer{layer}.tsv"
+        paths.benchmark("import_stats", "{model}/layer{layer}")
     threads: 1
     resources:
         mem_mb=model_resource("mem_mb"),

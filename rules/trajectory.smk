@@ -2,7 +2,7 @@ rule trajectory:
     input:
         unpack(trajectory_inputs),
     output:
-        "results/trajectories/{model}/{method}/sample{sample}.h5",
+        paths.trajectory(),
     params:
         editor=lambda wildcards: config["methods"][wildcards.method]["editor"],
         hparams=method_hparams,
@@ -21,7 +21,7 @@ rule trajectory:
     log:
         "logs/trajectory/{model}/{method}/sample{sample}.log",
     benchmark:
-        "results/benchmarks/trajectory/{model}/{method}/sample{sample}.tsv"
+        paths.benchmark("trajectory", "{model}/{method}/sample{sample}")
     threads: model_resource("threads")
     resources:
         mem_mb=model_resource("mem_mb"),
@@ -35,9 +35,9 @@ rule trajectory:
 
 rule metrics_csv:
     input:
-        "results/trajectories/{model}/{method}/sample{sample}.h5",
+        paths.trajectory(),
     output:
-        "results/trajectories/{model}/{method}/sample{sample}.csv",
+        paths.trajectory(ext="csv"),
     log:
         "logs/metrics_csv/{model}/{method}/sample{sample}.log",
     conda:

@@ -1,14 +1,14 @@
 rule world:
     output:
-        counterfact="resources/worlds/{world}/counterfact.json",
-        train="resources/worlds/{world}/corpus_train.jsonl",
-        heldout="resources/worlds/{world}/corpus_heldout.jsonl",
-        facts="resources/worlds/{world}/facts.tsv",
-        summary="resources/worlds/{world}/world.json",
-        glue=expand(
-            "resources/worlds/{{world}}/glue/{sub}/dev.tsv",
-            sub=["SST-2", "MRPC", "RTE", "CoLA"],
-        ),
+        counterfact=paths.world_file("counterfact.json"),
+        train=paths.world_file("corpus_train.jsonl"),
+        heldout=paths.world_file("corpus_heldout.jsonl"),
+        facts=paths.world_file("facts.tsv"),
+        summary=paths.world_file("world.json"),
+        glue=[
+            paths.world_file(f"glue/{sub}/dev.tsv")
+            for sub in ("SST-2", "MRPC", "RTE", "CoLA")
+        ],
     params:
         spec=lambda wildcards: config["worlds"][wildcards.world],
     log:
@@ -25,14 +25,14 @@ rule train_world_model:
     input:
         corpus=world_corpus,
     output:
-        manifest="resources/models/{model}/editscale_manifest.json",
+        manifest=paths.model_manifest(),
     params:
         world=lambda wildcards: config["models"][wildcards.model]["world"],
         training=world_training_hparams,
     log:
         "logs/train_world_model/{model}.log",
     benchmark:
-        "results/benchmarks/train_world_model/{model}.tsv"
+        paths.benchmark("train_world_model", "{model}")
     threads: model_resource("threads")
     resources:
         mem_mb=model_resource("mem_mb"),
@@ -46,13 +46,13 @@ rule train_world_model:
 
 rule model_gates:
     input:
-        model="resources/models/{model}/editscale_manifest.json",
-        counterfact="resources/data/counterfact.json",
+        model=paths.model_manifest(),
+        counterfact=paths.COUNTERFACT,
         orderings=[ordering_path(s) for s in range(config["samples"])],
         task_sets=list(downstream_sets().values()),
         stats=edit_gate_stats,
     output:
-        "resources/models/{model}/gates.json",
+        paths.model_gates(),
     params:
         thresholds=lambda wildcards: {
             k: v
@@ -67,7 +67,7 @@ rule model_gates:
     log:
         "logs/model_gates/{model}.log",
     benchmark:
-        "results/benchmarks/model_gates/{model}.tsv"
+        paths.benchmark("model_gates", "{model}")
     threads: model_resource("threads")
     resources:
         mem_mb=model_resource("mem_mb"),

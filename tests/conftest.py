@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to ../shared/data, a tiny BPE tokenizer, tiny models of each architecture."""
+"""Shared fixtures: paths to ../shared/data, a tiny BPE tokenizer,
+tiny models of each architecture."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def counterfact_path(shared_data) -> Path:
 
 
 def _tokenizer_texts() -> list[str]:
-    """Text for the tiny test tokenizer: the real CounterFact prompts when present, else a fixed text."""
+    """Text for the tiny test tokenizer: the real CounterFact prompts when
+    present, else a fixed text."""
     if COUNTERFACT_500.exists():
         import json
 

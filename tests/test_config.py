@@ -1,4 +1,5 @@
-"""Tests of editscale.config: schema errors name the key, defaults, cross-key checks, shipped configs."""
+"""Tests of editscale.config: schema errors name the key, defaults,
+cross-key checks, shipped configs."""
 
 from __future__ import annotations
 
@@ -467,7 +468,8 @@ def test_ftc_layer_out_of_range():
 
 
 def mend_cfg(hparams: dict, training: dict | None = None) -> dict:
-    """minimal() + a MEND experiment; trained here when ``training`` is given, else public weights."""
+    """minimal() + a MEND experiment; trained here when ``training`` is
+    given, else public weights."""
     spec = {"editor": "mend", "hparams": hparams, "per_model": {"m": {}}}
     if training is None:
         spec["editor_weights"] = {
@@ -543,7 +545,8 @@ def test_more_edits_than_records_fails_at_start_up(counterfact_path):
     cfg["n_edits"] = 10
     cfg["experiments"] = [{"model": "m", "method": "rome", "n_edits": usable + 5}]
     assert error_key(cfg) == "experiments[0].n_edits"
-    # a file that is not there yet (made by a rule, or downloaded) is checked later, by rule ordering
+    # a file that is not there yet (made by a rule, or downloaded) is
+    # checked later, by rule ordering
     cfg["counterfact"]["path"] = "not-yet-made.json"
     load_config(cfg)
 

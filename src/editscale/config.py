@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterable, NoReturn
 
 import yaml
 
+from editscale.io import paths
+
 __all__ = [
     "ConfigError",
     "ConfigWarning",
@@ -131,7 +133,8 @@ def _key_path(parts: Iterable[Any]) -> str:
 
 
 def _default_filling_validator(schema: dict):
-    """A Draft 2020-12 validator that also sets the schema's defaults (deep copies) while validating."""
+    """A Draft 2020-12 validator that also sets the schema's defaults (deep copies) while
+    validating."""
     from jsonschema import Draft202012Validator, validators
 
     validate_properties = Draft202012Validator.VALIDATORS["properties"]
@@ -237,7 +240,8 @@ def max_n_edits(cfg: dict) -> int:
 
 
 def method_hparams(cfg: dict, method: str, model: str) -> dict:
-    """The hyperparameters of ``method`` on ``model``: ``hparams`` updated by ``per_model[model]``."""
+    """The hyperparameters of ``method`` on ``model``: ``hparams`` updated by
+    ``per_model[model]``."""
     m = cfg["methods"][method]
     return {
         **copy.deepcopy(m.get("hparams", {})),
@@ -246,7 +250,8 @@ def method_hparams(cfg: dict, method: str, model: str) -> dict:
 
 
 def needs_covariance(cfg: dict, method: str) -> bool:
-    """Whether the editor of ``method`` uses key statistics (``EDITORS[editor].needs_covariance``)."""
+    """Whether the editor of ``method`` uses key statistics
+    (``EDITORS[editor].needs_covariance``)."""
     from editscale.editors import editor_info
 
     return editor_info(cfg["methods"][method]["editor"]).needs_covariance
@@ -257,8 +262,9 @@ def stats_layers(cfg: dict, method: str, model: str) -> list[int]:
     merged hyperparameters' ``layers`` (MEMIT) or ``layer`` (ROME); [] if it needs none."""
     if not needs_covariance(cfg, method):
         return []
-    hp = method_hparams(cfg, method, model)
-    return [int(x) for x in hp["layers"]] if "layers" in hp else [int(hp["layer"])]
+    from editscale.editors import stats_layers as editor_stats_layers
+
+    return editor_stats_layers(method_hparams(cfg, method, model))
 
 
 def stats_layer(cfg: dict, method: str, model: str) -> int | None:
@@ -284,8 +290,8 @@ def stats_layer_file(cfg: dict, model: str, layer: int) -> str:
     (``resources/stats_published/``, rule import_stats) where ``stats.published`` lists that
     model and layer, else ``resources/stats/<model>/<corpus>/`` (rule key_stats)."""
     if published_stats(cfg, model, layer) is not None:
-        return f"resources/stats_published/{model}/layer{layer}.h5"
-    return f"resources/stats/{model}/{cfg['stats']['corpus']}/layer{layer}.h5"
+        return paths.published_key_stats(model, layer)
+    return paths.key_stats(model, cfg["stats"]["corpus"], layer)
 
 
 def stats_files(cfg: dict, method: str, model: str) -> list[str]:
@@ -308,7 +314,7 @@ def editor_file(cfg: dict, method: str, model: str) -> str | None:
     if not editor_info(spec["editor"]).needs_editor_file:
         return None
     ext = "pt" if model in spec.get("editor_weights", {}) else "safetensors"
-    return f"resources/editors/{model}/{method}.{ext}"
+    return paths.editor_file(model, method, ext)
 
 
 def trained_editors(cfg: dict) -> list[tuple[str, str]]:
@@ -326,8 +332,8 @@ def editor_training_corpus(cfg: dict) -> str | None:
 
 
 def perplexity_corpus(cfg: dict) -> str | None:
-    """The corpus of the held-out perplexity: ``evaluation.perplexity.corpus``, else ``stats.corpus``;
-    None when neither is set or ``n_docs`` is 0 (perplexity not measured)."""
+    """The corpus of the held-out perplexity: ``evaluation.perplexity.corpus``, else
+    ``stats.corpus``; None when neither is set or ``n_docs`` is 0 (perplexity not measured)."""
     ppl = cfg.get("evaluation", {}).get("perplexity", {})
     if int(ppl.get("n_docs", 0)) == 0:
         return None
@@ -579,7 +585,7 @@ def _check_stats_file(cfg: dict, exp: dict, layer: int, key: str, i: int, base_d
             },
         }
         wanted = [("layer", layer), ("corpus", corpus)]
-        manifest = under(base_dir, f"resources/models/{exp['model']}/editscale_manifest.json")
+        manifest = under(base_dir, paths.model_manifest(exp["model"]))
         # the model is prepared and not newer than the file (a newer model makes Snakemake
         # recompute the statistics anyway): the file must be this model's
         if manifest.is_file() and path.stat().st_mtime >= manifest.stat().st_mtime:
@@ -595,7 +601,8 @@ def _check_stats_file(cfg: dict, exp: dict, layer: int, key: str, i: int, base_d
 
 
 def _check_training_hparams(cfg: dict, method: str) -> None:
-    """``methods.<method>.training`` builds its editor's training dataclass (MEND's rule train_mend)."""
+    """``methods.<method>.training`` builds its editor's training dataclass (MEND's rule
+    train_mend)."""
     from editscale.editors import EDITORS
     from editscale.editors.hparams import HParamError, check_hparams
 
@@ -623,28 +630,14 @@ def edit_gate_spec(cfg: dict, model: str) -> dict | None:
 
 
 def _check_steps(cfg: dict, i: int, model: str, method: str) -> None:
-    """``methods.<m>.edits_per_step``: a batched editor, and every count of edits that must end a step
-    (n_edits, snapshot_every, the evaluation checkpoints) a multiple of it."""
-    from editscale.editors import EDITORS
+    """``methods.<m>.edits_per_step``: a batched editor, and every count of edits that must end a
+    step (n_edits, snapshot_every, the evaluation checkpoints) a multiple of it."""
+    from editscale.editors import edits_per_step_problem
 
     spec = cfg["methods"][method]
     k = spec.get("edits_per_step", 1)
     if k == 1:
         return
-    key = f"methods.{method}.edits_per_step"
-    if not EDITORS[spec["editor"]].batched:
-        batched = sorted(n for n, e in EDITORS.items() if e.batched)
-        raise ConfigError(
-            key,
-            f"{k}, but editor {spec['editor']!r} edits one record per step; the editors "
-            f"that edit in batches are {batched}",
-        )
-    if not spec.get("store_updates", True):
-        raise ConfigError(
-            key,
-            f"{k} needs methods.{method}.store_updates: true (replaying from snapshots "
-            "rebuilds one edit at a time)",
-        )
     ev = cfg.get("evaluation", {})
     counts = {
         f"experiments[{i}].n_edits"
@@ -655,13 +648,15 @@ def _check_steps(cfg: dict, i: int, model: str, method: str) -> None:
     for name in ("forgetting_every", "downstream_every"):
         if name in ev:
             counts[f"evaluation.{name}"] = ev[name]
-    for name, value in counts.items():
-        if value % k:
-            raise ConfigError(
-                key,
-                f"{k} does not divide {name} = {value}: every checkpoint and the last "
-                "edit must end a step",
-            )
+    problem = edits_per_step_problem(
+        spec["editor"],
+        k,
+        counts,
+        store_updates=spec.get("store_updates", True),
+        store_updates_key=f"methods.{method}.store_updates",
+    )
+    if problem is not None:
+        raise ConfigError(f"methods.{method}.edits_per_step", problem)
 
 
 def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
@@ -682,51 +677,69 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
 
     Warns (:class:`ConfigWarning`) for hub models and corpora whose revision is not a commit hash.
     """
-    from editscale.editors import EDITORS
+    for name, spec in cfg["models"].items():
+        _check_model(cfg, name, spec, base_dir)
+    _warn_corpus_revisions(cfg.get("corpora", {}))
+    _check_counterfact(cfg["counterfact"])
+    for name, spec in cfg["methods"].items():
+        _check_method(cfg, name, spec)
+    seen: set[tuple[str, str]] = set()
+    for i, exp in enumerate(cfg["experiments"]):
+        _check_experiment(cfg, i, exp, seen, base_dir)
+    for method in dict.fromkeys(method for _, method in trained_editors(cfg)):
+        _check_training_hparams(cfg, method)
+    _check_enough_records(cfg, base_dir)
+    _check_stats_files(cfg, base_dir)
+    _check_editor_training(cfg)
+    _check_stats_settings(cfg)
+    _check_defined(cfg)
 
-    models = cfg["models"]
-    methods = cfg["methods"]
+
+def _not_defined(value: str, section: str, defined: Iterable) -> str:
+    return f"{value!r} is not a key of {section} (defined: {sorted(defined)})"
+
+
+def _check_model(cfg: dict, name: str, spec: dict, base_dir) -> None:
+    """One ``models`` entry: its corpus, world and shapes; its edit gates; a GGUF file; a hub
+    revision that is not a commit hash (a warning)."""
+    where = f"models.{name}"
     corpora = cfg.get("corpora", {})
-
-    for name, spec in models.items():
-        where = f"models.{name}"
-        if spec["source"] == "scratch":
-            if spec["d_model"] % spec["n_head"]:
-                raise ConfigError(
-                    f"{where}.d_model",
-                    f"{spec['d_model']} is not divisible by n_head={spec['n_head']}",
-                )
-            if spec["tokenizer_corpus"] not in corpora:
-                raise ConfigError(
-                    f"{where}.tokenizer_corpus",
-                    f"{spec['tokenizer_corpus']!r} is not a key of corpora "
-                    f"(defined: {sorted(corpora)})",
-                )
-        if spec["source"] == "world":
-            if spec["world"] not in cfg.get("worlds", {}):
-                raise ConfigError(
-                    f"{where}.world",
-                    f"{spec['world']!r} is not a key of worlds "
-                    f"(defined: {sorted(cfg.get('worlds', {}))})",
-                )
-            if spec["d_model"] % spec["n_head"]:
-                raise ConfigError(
-                    f"{where}.d_model",
-                    f"{spec['d_model']} is not divisible by n_head={spec['n_head']}",
-                )
-            edit = spec.get("gates", {}).get("edit")
-            if edit is not None:
-                _check_edit_gates(cfg, name, edit, base_dir)
-        if spec["source"] == "gguf":
-            _check_gguf_source(where, spec, base_dir)
-        if spec["source"] == "hub" and not _COMMIT.match(spec["revision"]):
-            warnings.warn(
-                f"config key '{where}.revision': {spec['revision']!r} is not a commit hash; "
-                "a branch or tag can move, pin the 40-character commit for reproducibility",
-                ConfigWarning,
-                stacklevel=2,
+    if spec["source"] == "scratch":
+        _check_heads(where, spec)
+        if spec["tokenizer_corpus"] not in corpora:
+            raise ConfigError(
+                f"{where}.tokenizer_corpus",
+                _not_defined(spec["tokenizer_corpus"], "corpora", corpora),
             )
+    if spec["source"] == "world":
+        if spec["world"] not in cfg.get("worlds", {}):
+            raise ConfigError(
+                f"{where}.world", _not_defined(spec["world"], "worlds", cfg.get("worlds", {}))
+            )
+        _check_heads(where, spec)
+        edit = spec.get("gates", {}).get("edit")
+        if edit is not None:
+            _check_edit_gates(cfg, name, edit, base_dir)
+    if spec["source"] == "gguf":
+        _check_gguf_source(where, spec, base_dir)
+    if spec["source"] == "hub" and not _COMMIT.match(spec["revision"]):
+        warnings.warn(
+            f"config key '{where}.revision': {spec['revision']!r} is not a commit hash; "
+            "a branch or tag can move, pin the 40-character commit for reproducibility",
+            ConfigWarning,
+            stacklevel=3,
+        )
 
+
+def _check_heads(where: str, spec: dict) -> None:
+    if spec["d_model"] % spec["n_head"]:
+        raise ConfigError(
+            f"{where}.d_model",
+            f"{spec['d_model']} is not divisible by n_head={spec['n_head']}",
+        )
+
+
+def _warn_corpus_revisions(corpora: dict) -> None:
     for name, spec in corpora.items():
         if (
             spec["type"] == "hub"
@@ -737,10 +750,11 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
                 f"config key 'corpora.{name}.revision': {spec.get('revision')!r} is not a commit "
                 "hash; the data set may change between runs",
                 ConfigWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
 
-    cf = cfg["counterfact"]
+
+def _check_counterfact(cf: dict) -> None:
     has_path, has_url = cf.get("path") is not None, cf.get("url") is not None
     if has_path == has_url:
         raise ConfigError(
@@ -750,107 +764,116 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
             f"url={cf.get('url')!r}",
         )
 
-    for name, spec in methods.items():
-        if spec["editor"] not in EDITORS:
-            raise ConfigError(
-                f"methods.{name}.editor",
-                f"unknown editor {spec['editor']!r}; known editors: {sorted(EDITORS)}",
-            )
-        for model in spec.get("per_model", {}):
+
+def _check_method(cfg: dict, name: str, spec: dict) -> None:
+    """One ``methods`` entry: a known editor, defined models, editor files only for MEND."""
+    from editscale.editors import EDITORS
+
+    models = cfg["models"]
+    if spec["editor"] not in EDITORS:
+        raise ConfigError(
+            f"methods.{name}.editor",
+            f"unknown editor {spec['editor']!r}; known editors: {sorted(EDITORS)}",
+        )
+    for section in ("per_model", "editor_weights"):
+        for model in spec.get(section, {}):
             if model not in models:
                 raise ConfigError(
-                    f"methods.{name}.per_model.{model}",
-                    f"{model!r} is not a key of models (defined: {sorted(models)})",
+                    f"methods.{name}.{section}.{model}", _not_defined(model, "models", models)
                 )
-        for model in spec.get("editor_weights", {}):
-            if model not in models:
-                raise ConfigError(
-                    f"methods.{name}.editor_weights.{model}",
-                    f"{model!r} is not a key of models (defined: {sorted(models)})",
-                )
-        if (spec.get("training") or spec.get("editor_weights")) and not EDITORS[
-            spec["editor"]
-        ].needs_editor_file:
-            raise ConfigError(
-                f"methods.{name}",
-                f"'training' and 'editor_weights' apply to editors that need "
-                f"an editor file (MEND), not to {spec['editor']!r}",
-            )
+    if (spec.get("training") or spec.get("editor_weights")) and not EDITORS[
+        spec["editor"]
+    ].needs_editor_file:
+        raise ConfigError(
+            f"methods.{name}",
+            f"'training' and 'editor_weights' apply to editors that need "
+            f"an editor file (MEND), not to {spec['editor']!r}",
+        )
 
-    seen: set[tuple[str, str]] = set()
-    for i, exp in enumerate(cfg["experiments"]):
-        model, method = exp["model"], exp["method"]
-        if model not in models:
-            raise ConfigError(
-                f"experiments[{i}].model",
-                f"{model!r} is not a key of models (defined: {sorted(models)})",
-            )
-        if method not in methods:
-            raise ConfigError(
-                f"experiments[{i}].method",
-                f"{method!r} is not a key of methods (defined: {sorted(methods)})",
-            )
-        if (model, method) in seen:
-            raise ConfigError(f"experiments[{i}]", f"({model}, {method}) is listed twice")
-        seen.add((model, method))
-        per_model = methods[method].get("per_model", {})
-        if model not in per_model:
-            raise ConfigError(
-                f"methods.{method}.per_model.{model}",
-                f"missing: method {method!r} runs on model {model!r} (experiments[{i}]) "
-                "and needs its per-model hparams there",
-            )
-        info = EDITORS[methods[method]["editor"]]
-        if info.needs_covariance and "layer" in info.hparams.__dataclass_fields__:
-            layer = per_model[model].get("layer")
-            key = f"methods.{method}.per_model.{model}.layer"
-            if not isinstance(layer, int) or isinstance(layer, bool):
-                raise ConfigError(
-                    key,
-                    f"required (an integer >= 0): editor {methods[method]['editor']!r} "
-                    "edits one layer and needs its key statistics",
-                )
-            n_layer = model_n_layer(cfg, model, base_dir)
-            if n_layer is not None and layer >= n_layer:
-                raise ConfigError(
-                    key,
-                    f"{layer} is out of range: model {model!r} has {n_layer} layers "
-                    f"(0..{n_layer - 1})",
-                )
-        elif info.needs_covariance and "layers" not in per_model[model]:
-            raise ConfigError(
-                f"methods.{method}.per_model.{model}.layers",
-                f"required (a list of layers): editor {methods[method]['editor']!r} edits these "
-                "layers of this model and needs their key statistics",
-            )
-        _check_method_hparams(cfg, method, model, base_dir)
-        _check_steps(cfg, i, model, method)
 
-    for method in dict.fromkeys(method for _, method in trained_editors(cfg)):
-        _check_training_hparams(cfg, method)
-    _check_enough_records(cfg, base_dir)
-    _check_stats_files(cfg, base_dir)
-    if trained_editors(cfg):
-        model, method = trained_editors(cfg)[0]
-        loc_corpus = editor_training_corpus(cfg)
-        if loc_corpus is None:
-            raise ConfigError(
-                "editor_training.corpus",
-                f"required: method {method!r} trains an editor for model {model!r} (no "
-                f"methods.{method}.editor_weights.{model}) and needs locality text: set "
-                "editor_training.corpus or stats.corpus",
-            )
-        if loc_corpus not in corpora:
-            raise ConfigError(
-                "editor_training.corpus",
-                f"{loc_corpus!r} is not a key of corpora (defined: {sorted(corpora)})",
-            )
+def _check_experiment(
+    cfg: dict, i: int, exp: dict, seen: set[tuple[str, str]], base_dir: str | os.PathLike
+) -> None:
+    """``experiments[i]``: a defined model and method, not repeated, with the method's per-model
+    hparams (and the layers its statistics need), its hparams and its step size."""
+    models, methods = cfg["models"], cfg["methods"]
+    model, method = exp["model"], exp["method"]
+    if model not in models:
+        raise ConfigError(f"experiments[{i}].model", _not_defined(model, "models", models))
+    if method not in methods:
+        raise ConfigError(f"experiments[{i}].method", _not_defined(method, "methods", methods))
+    if (model, method) in seen:
+        raise ConfigError(f"experiments[{i}]", f"({model}, {method}) is listed twice")
+    seen.add((model, method))
+    per_model = methods[method].get("per_model", {})
+    if model not in per_model:
+        raise ConfigError(
+            f"methods.{method}.per_model.{model}",
+            f"missing: method {method!r} runs on model {model!r} (experiments[{i}]) "
+            "and needs its per-model hparams there",
+        )
+    _check_covariance_layers(cfg, model, method, per_model[model], base_dir)
+    _check_method_hparams(cfg, method, model, base_dir)
+    _check_steps(cfg, i, model, method)
 
+
+def _check_covariance_layers(
+    cfg: dict, model: str, method: str, hp: dict, base_dir: str | os.PathLike
+) -> None:
+    """An editor that needs key statistics names its layer (an integer in the model's range) or
+    its layers in ``methods.<method>.per_model.<model>``."""
+    from editscale.editors import EDITORS
+
+    editor = cfg["methods"][method]["editor"]
+    info = EDITORS[editor]
+    if info.needs_covariance and "layer" in info.hparams.__dataclass_fields__:
+        layer = hp.get("layer")
+        key = f"methods.{method}.per_model.{model}.layer"
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise ConfigError(
+                key,
+                f"required (an integer >= 0): editor {editor!r} "
+                "edits one layer and needs its key statistics",
+            )
+        n_layer = model_n_layer(cfg, model, base_dir)
+        if n_layer is not None and layer >= n_layer:
+            raise ConfigError(
+                key,
+                f"{layer} is out of range: model {model!r} has {n_layer} layers (0..{n_layer - 1})",
+            )
+    elif info.needs_covariance and "layers" not in hp:
+        raise ConfigError(
+            f"methods.{method}.per_model.{model}.layers",
+            f"required (a list of layers): editor {editor!r} edits these "
+            "layers of this model and needs their key statistics",
+        )
+
+
+def _check_editor_training(cfg: dict) -> None:
+    """Where an editor is trained here, a defined corpus of locality text."""
+    if not trained_editors(cfg):
+        return
+    corpora = cfg.get("corpora", {})
+    model, method = trained_editors(cfg)[0]
+    loc_corpus = editor_training_corpus(cfg)
+    if loc_corpus is None:
+        raise ConfigError(
+            "editor_training.corpus",
+            f"required: method {method!r} trains an editor for model {model!r} (no "
+            f"methods.{method}.editor_weights.{model}) and needs locality text: set "
+            "editor_training.corpus or stats.corpus",
+        )
+    if loc_corpus not in corpora:
+        raise ConfigError("editor_training.corpus", _not_defined(loc_corpus, "corpora", corpora))
+
+
+def _check_stats_settings(cfg: dict) -> None:
+    """``stats``: a defined corpus (required when some statistics are computed here) that can be
+    sampled as asked, published entries of defined models, a convergence check that runs."""
+    corpora, models = cfg.get("corpora", {}), cfg["models"]
     stats_corpus = cfg["stats"].get("corpus")
     if stats_corpus is not None and stats_corpus not in corpora:
-        raise ConfigError(
-            "stats.corpus", f"{stats_corpus!r} is not a key of corpora (defined: {sorted(corpora)})"
-        )
+        raise ConfigError("stats.corpus", _not_defined(stats_corpus, "corpora", corpora))
     if (
         stats_corpus is not None
         and cfg["stats"].get("sample") == "random"
@@ -865,13 +888,15 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     for i, entry in enumerate(cfg["stats"].get("published") or []):
         if entry["model"] not in models:
             raise ConfigError(
-                f"stats.published[{i}].model",
-                f"{entry['model']!r} is not a key of models (defined: {sorted(models)})",
+                f"stats.published[{i}].model", _not_defined(entry["model"], "models", models)
             )
     needs_computed = [
         (e["model"], e["method"])
         for e in cfg["experiments"]
-        if any(f.startswith("resources/stats/") for f in stats_files(cfg, e["method"], e["model"]))
+        if any(
+            published_stats(cfg, e["model"], layer) is None
+            for layer in stats_layers(cfg, e["method"], e["model"])
+        )
     ]
     if needs_computed and stats_corpus is None:
         raise ConfigError(
@@ -887,16 +912,15 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
             "no convergence check would ever run",
         )
 
+
+def _check_defined(cfg: dict) -> None:
+    """``evaluation.perplexity.corpus`` and the models of ``resources`` are defined."""
+    corpora, models = cfg.get("corpora", {}), cfg["models"]
     ppl_corpus = cfg.get("evaluation", {}).get("perplexity", {}).get("corpus")
     if ppl_corpus is not None and ppl_corpus not in corpora:
         raise ConfigError(
-            "evaluation.perplexity.corpus",
-            f"{ppl_corpus!r} is not a key of corpora (defined: {sorted(corpora)})",
+            "evaluation.perplexity.corpus", _not_defined(ppl_corpus, "corpora", corpora)
         )
-
     for model in cfg.get("resources", {}):
         if model not in models:
-            raise ConfigError(
-                f"resources.{model}",
-                f"{model!r} is not a key of models (defined: {sorted(models)})",
-            )
+            raise ConfigError(f"resources.{model}", _not_defined(model, "models", models))

@@ -1,4 +1,5 @@
-"""Tests for editscale.data.counterfact: CounterFact loading/validation, orderings, downloads, corpora."""
+"""Tests for editscale.data.counterfact: CounterFact loading/validation,
+orderings, downloads, corpora."""
 
 from __future__ import annotations
 
@@ -421,7 +422,8 @@ def test_wikitext_paragraphs_and_lines(shared_data):
 
 def test_doc_splits_small(tmp_path):
     (tmp_path / "a.txt").write_text(
-        "intro line\n\n = Alpha = \n\n text a1 \n = = Sub = = \n text a2\n\n = Beta = \n text b\n\n\n"
+        "intro line\n\n = Alpha = \n\n text a1 \n = = Sub = = \n"
+        " text a2\n\n = Beta = \n text b\n\n\n"
     )
     spec = {"type": "text_files", "paths": ["a.txt"], "doc_split": "wikitext_articles"}
     assert list(corpora.iter_corpus(spec, tmp_path)) == [

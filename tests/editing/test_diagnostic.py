@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from editscale.editing import diagnostic as ed
-from editscale.editing.runner import load_second_moment
+from editscale.editing.editor_state import load_second_moment
 from editscale.editors import load_editor_module
 from editscale.editors.base import apply_updates
 from editscale.lm.models import arch_of, edit_parameter, load_model

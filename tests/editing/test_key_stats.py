@@ -1,4 +1,5 @@
-"""Tests of editscale.editing.key_stats: key second moment, early stop, resume, provenance checks."""
+"""Tests of editscale.editing.key_stats: key second moment, early stop,
+resume, provenance checks."""
 
 from __future__ import annotations
 

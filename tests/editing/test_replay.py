@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from editscale.data.counterfact import select_records
+from editscale.editing.editor_state import trajectory_editor
 from editscale.editing.replay import ReplayMismatch, WeightLoader
-from editscale.editing.runner import run_trajectory, select_records, trajectory_editor
+from editscale.editing.runner import run_trajectory
 from editscale.editing.store import UpdatesNotStored, read_metrics, rebuild_weights, updates_stored
 from editscale.lm.models import arch_of, edit_parameter, load_model
 from tests.conftest import TRAJ_HPARAMS

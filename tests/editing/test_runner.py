@@ -197,7 +197,8 @@ def test_weight_norm_equals_norm_of_rebuilt_weight(finished):
 
 
 def test_resume_of_a_partial_file_without_weight_norms_fills_them_in(inputs, finished, tmp_path):
-    """A partial file written before the metric existed: resumed, its earlier edits get the norms."""
+    """A partial file written before the metric existed: resumed, its earlier edits get the
+    norms."""
     out = tmp_path / "old.h5"
     shutil.copy(finished, str(out) + ".partial")
     with h5py.File(str(out) + ".partial", "r+") as f:
@@ -236,7 +237,8 @@ def _matches_finished(finished, out) -> None:
 def test_partial_file_without_a_finished_edit_from_other_settings_is_replaced(
     inputs, finished, tmp_path, caplog
 ):
-    """A failed start leaves a partial file with no edit done: the rerun with the fixed config replaces it."""
+    """A failed start leaves a partial file with no edit done: the rerun with the fixed config
+    replaces it."""
     out = tmp_path / "z.h5"
     part = str(out) + ".partial"
     shutil.copy(finished, part)
@@ -257,7 +259,8 @@ def test_partial_file_without_a_finished_edit_from_other_settings_is_replaced(
 
 
 def test_unreadable_partial_file_is_moved_aside(inputs, finished, tmp_path, caplog):
-    """A truncated partial file is kept under another name, with a warning naming it; the run starts afresh."""
+    """A truncated partial file is kept under another name, with a warning naming it; the run
+    starts afresh."""
     out = tmp_path / "t.h5"
     part = Path(str(out) + ".partial")
     shutil.copy(finished, part)
@@ -278,7 +281,8 @@ def test_unreadable_partial_file_is_moved_aside(inputs, finished, tmp_path, capl
 
 
 def _small_trajectory(path: Path, n_edits: int = 4) -> None:
-    """A finished trajectory file of one 6x5 matrix with rank-one edits, written through the store API."""
+    """A finished trajectory file of one 6x5 matrix with rank-one edits, written through the
+    store API."""
     gen = torch.Generator().manual_seed(0)
     writer = TrajectoryWriter.open(
         path,
@@ -302,7 +306,8 @@ def _small_trajectory(path: Path, n_edits: int = 4) -> None:
 
 
 def _flip_first_bytes(path: Path, name: str, n: int = 8) -> None:
-    """Invert ``n`` bytes at the start of dataset ``name``'s stored data (its first chunk), in place."""
+    """Invert ``n`` bytes at the start of dataset ``name``'s stored data (its first chunk), in
+    place."""
     with h5py.File(path, "r") as f:
         ds = f[name]
         offset = ds.id.get_chunk_info(0).byte_offset if ds.chunks else ds.id.get_offset()

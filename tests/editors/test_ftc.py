@@ -144,7 +144,7 @@ def test_ftc_trajectory_stores_dense_updates_and_rebuilds(traj_inputs, tmp_path)
     assert torch.equal(next(iter(rebuild_weights(out, 3).values())), snap3)
 
 
-# --------------------------------------------------------------------------- the bias (include_bias)
+# -------------------------------------------------------------------------- the bias (include_bias)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gptj"])

@@ -16,12 +16,11 @@ from editscale.editors.alphaedit import make_editor as make_alphaedit_editor
 from editscale.editors.base import apply_updates
 from editscale.editors.emmet import EmmetEditor
 from editscale.editors.emmet import make_editor as make_emmet_editor
-from editscale.editors.encore import EncoreEditor
+from editscale.editors.encore import EncoreEditor, MostProbableStop
 from editscale.editors.encore import make_editor as make_encore_editor
 from editscale.editors.hparams import MemitHParams
 from editscale.editors.memit import MemitEditor, make_editor
 from editscale.editors.prompts import generate_context_templates
-from editscale.editors.rome import _most_probable_stop
 from editscale.lm.models import arch_of, edit_parameter, get_module, load_model
 from tests.conftest import ARCHS, synthetic_records
 from tests.editors.test_rome import random_spd
@@ -52,8 +51,8 @@ def editor_for(
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("layers", [[1], [0, 1]])
 def test_a_step_with_a_small_lambda_inserts_every_target(tiny_model_factory, arch, layers):
-    """lambda -> 0: the keys' outputs move by exactly the residuals, so after all layers' updates the
-    residual stream at the last edited block equals each record's target z (batch of 3; the bare
+    """lambda -> 0: the keys' outputs move by exactly the residuals, so after all layers' updates
+    the residual stream at the last edited block equals each record's target z (batch of 3; the bare
     template only, so that each record's key is its bare prompt's)."""
     model, tok = load_model(tiny_model_factory(arch))
     ed = editor_for(model, tok, layers, weight=1e-6, templates=["{}"])
@@ -70,8 +69,8 @@ def test_a_step_with_a_small_lambda_inserts_every_target(tiny_model_factory, arc
 
 @pytest.mark.parametrize("weight", [1.0, 1e4])
 def test_emmet_inserts_every_target_exactly_whatever_lambda(tiny_model_factory, weight):
-    """EMMET's equality constraints: with emmet_lambda 0 the keys map exactly onto the residuals, for any
-    lambda; for one edit its adjusted key is ROME's C^-1 k / (k^T C^-1 k)."""
+    """EMMET's equality constraints: with emmet_lambda 0 the keys map exactly onto the residuals,
+    for any lambda; for one edit its adjusted key is ROME's C^-1 k / (k^T C^-1 k)."""
     model, tok = load_model(tiny_model_factory("llama"))
     ed = editor_for(
         model, tok, [1], weight=weight, templates=["{}"], editor="emmet", emmet_lambda=0.0
@@ -129,8 +128,8 @@ def test_null_space_projection_is_the_low_eigenvalue_projector():
 
 
 def test_encore_solves_its_normal_equations_with_the_earlier_steps_keys(tiny_model_factory):
-    """(lambda C + mu I + K_prev K_prev^T + K K^T) adj = K at the first layer; the carried keys are the
-    ones the step used (read before its own updates)."""
+    """(lambda C + mu I + K_prev K_prev^T + K K^T) adj = K at the first layer; the carried keys
+    are the ones the step used (read before its own updates)."""
     model, tok = load_model(tiny_model_factory("llama"))
     ed = editor_for(model, tok, [0, 1], weight=2.0, editor="encore", update_norm_lambda=3.0)
     first = ed.compute_batch(RECORDS[:2])
@@ -154,20 +153,28 @@ def test_most_probable_early_stopping_counts_passes_with_every_target_top_1():
     wrong = right.clone()
     wrong[2, 1, 0], wrong[2, 1, 3] = -5.0, -0.1  # the last prompt's second token is not top-1
     nll = torch.ones(3, 2)
-    counter = [0]
-    assert not _most_probable_stop(-2, wrong.view(6, 4), tgt, 3, 2, nll, counter) and counter == [0]
-    assert not _most_probable_stop(-2, right.view(6, 4), tgt, 3, 2, nll, counter) and counter == [1]
-    assert not _most_probable_stop(-2, wrong.view(6, 4), tgt, 3, 2, nll, counter) and counter == [1]
-    assert _most_probable_stop(
-        -2, right.view(6, 4), tgt, 3, 2, nll, counter
-    )  # second pass, not consecutive
+    stop = MostProbableStop(-2)
+    assert not stop(wrong.view(6, 4), tgt, nll) and stop.passes == 0
+    assert not stop(right.view(6, 4), tgt, nll) and stop.passes == 1
+    assert not stop(wrong.view(6, 4), tgt, nll) and stop.passes == 1
+    assert stop(right.view(6, 4), tgt, nll)  # second pass, not consecutive
     right_but_first = right.clone()
     right_but_first[0] = -1.0  # the first prompt is never checked (the public code skips it)
-    assert _most_probable_stop(-1, right_but_first.view(6, 4), tgt, 3, 2, nll, [0])
-    assert _most_probable_stop(
-        0.3, right.view(6, 4), tgt, 3, 2, torch.full((3, 2), 0.5), [0]
-    )  # exp(-0.5) > 0.3
-    assert not _most_probable_stop(0.7, right.view(6, 4), tgt, 3, 2, torch.full((3, 2), 0.5), [0])
+    assert MostProbableStop(-1)(right_but_first.view(6, 4), tgt, nll)
+    assert MostProbableStop(0.3)(right.view(6, 4), tgt, torch.full((3, 2), 0.5))  # exp(-0.5) > 0.3
+    assert not MostProbableStop(0.7)(right.view(6, 4), tgt, torch.full((3, 2), 0.5))
+
+
+def test_only_encore_passes_a_stop_rule_to_the_shared_target_search(tiny_model_factory):
+    """ROME's v* optimisation knows no ENCORE hyperparameter: ENCORE hands it its stop rule."""
+    model, tok = load_model(tiny_model_factory("gpt2"))
+    assert editor_for(model, tok, [1], editor="memit")._stop_rule() is None
+    assert editor_for(model, tok, [1], editor="encore", prob_cutoff=0.0)._stop_rule() is None
+    rule = editor_for(model, tok, [1], editor="encore", prob_cutoff=-2.0)._stop_rule()
+    assert (
+        rule == MostProbableStop(-2.0)
+        and rule is not editor_for(model, tok, [1], editor="encore")._stop_rule()
+    )
 
 
 def test_first_layer_update_solves_memit_normal_equations(tiny_model_factory):
@@ -297,8 +304,8 @@ def run(inputs, out, **kw):
 
 
 def assert_same_run(full, broken, snapshot: str) -> None:
-    """The resumed run ``broken`` equals the uninterrupted ``full`` bit for bit: every per-edit metric
-    but the timings, the second matrix's stored factors and ``snapshot``."""
+    """The resumed run ``broken`` equals the uninterrupted ``full`` bit for bit: every per-edit
+    metric but the timings, the second matrix's stored factors and ``snapshot``."""
     a, b = read_metrics(full), read_metrics(broken)
     for k in a:
         if k not in ("edit_seconds", "eval_seconds"):
@@ -371,7 +378,7 @@ def test_steps_of_several_edits_store_one_update_each_and_resume_bitwise(
 ):
     cls, hparams = EDITORS[editor]
     import editscale.editing.store as store
-    from editscale.editing.runner import select_records
+    from editscale.data.counterfact import select_records
 
     full = tmp_path / "full.h5"
     run(
@@ -405,10 +412,11 @@ def test_steps_of_several_edits_store_one_update_each_and_resume_bitwise(
         mid, end = store.rebuild_weights(full, t_mid), store.rebuild_weights(full, t_end)
         assert all(torch.equal(mid[p], end[p]) for p in end)
 
-    # the same two steps by hand: each step's records edited together, on the model after the earlier step
+    # the same two steps by hand: each step's records edited together, on the model after the
+    # earlier step
     model, tok = load_model(memit_inputs["model_dir"])
     records = select_records(memit_inputs["counterfact_path"], memit_inputs["ordering_path"], 4)
-    from editscale.editing.runner import trajectory_editor
+    from editscale.editing.editor_state import trajectory_editor
 
     ed = trajectory_editor(full, model, tok, memit_inputs["model_dir"], memit_inputs["stats_path"])
     for step in (records[:2], records[2:]):
@@ -420,7 +428,8 @@ def test_steps_of_several_edits_store_one_update_each_and_resume_bitwise(
     for p in ed.edited_modules:
         assert torch.equal(edit_parameter(model, p), end[p]), p
 
-    # killed during the second step, then resumed: the first step is kept, the result bitwise the same
+    # killed during the second step, then resumed: the first step is kept, the result bitwise the
+    # same
     broken = tmp_path / "broken.h5"
     calls = {"n": 0}
     original = cls.compute_batch
@@ -479,8 +488,8 @@ def test_steps_of_several_edits_store_one_update_each_and_resume_bitwise(
             {"editor": "rome", "method": "rome", "hparams": {"layer": 1}, "stats_path": None},
             "one record per step",
         ),
-        ({"n_edits": 5}, "n_edits 5 is not a multiple"),
-        ({"snapshot_every": 3}, "snapshot_every 3 is not a multiple"),
+        ({"n_edits": 5}, "does not divide n_edits = 5"),
+        ({"snapshot_every": 3}, "does not divide snapshot_every = 3"),
         ({"store_updates": False}, "store_updates"),
     ],
 )

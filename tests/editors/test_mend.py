@@ -164,7 +164,8 @@ def test_trained_editor_reaches_80_percent_held_out_efficacy(trained):
     )
     es, sec = single_edit_es(model, tok, ed, trained["held_out"])
     print(
-        f"MEND: trained in {trained['seconds']:.1f} s, held-out ES {es:.2f}, {sec * 1000:.0f} ms per edit"
+        f"MEND: trained in {trained['seconds']:.1f} s, held-out ES {es:.2f}, "
+        f"{sec * 1000:.0f} ms per edit"
     )
     assert es >= 0.8
     upd = ed.compute(trained["held_out"][0]).updates
@@ -255,14 +256,14 @@ logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s",
 import torch
 torch.set_num_threads(1)
 from editscale.editors import mend_training
-save = mend_training._atomic_torch_save
+save = mend_training.save_checkpoint
 def save_or_die(obj, path):
     # killed while steps 11-15 run: their work is lost, the step-10 checkpoint is on disk
     # (deterministic: an outside kill after a fixed sleep raced a fast machine to the end)
     if obj["step"] >= 15:
         os.kill(os.getpid(), signal.SIGKILL)
     save(obj, path)
-mend_training._atomic_torch_save = save_or_die
+mend_training.save_checkpoint = save_or_die
 mend_training.train_mend(**json.loads(sys.argv[1]))
 """
 

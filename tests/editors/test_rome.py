@@ -100,7 +100,8 @@ def test_second_edit_leaves_c_inverse_orthogonal_directions_unchanged(tiny_model
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_upper_layers_equal_full_forward_with_injected_delta(tiny_model_factory, arch):
-    """Running blocks above the edited one from the cached residual == the full model with a hook."""
+    """Running blocks above the edited one from the cached residual == the full model with a
+    hook."""
     model, tok = load_model(tiny_model_factory(arch, n_layer=4))
     spec = arch_of(model)
     layer = 1

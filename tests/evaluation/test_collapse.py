@@ -1,5 +1,6 @@
-"""Collapse measures (editscale.evaluation.collapse): ROME's weighted n-gram entropy on hand-computed texts,
-held-out perplexity on a tiny model against a direct per-document computation, the fixed probe."""
+"""Collapse measures (editscale.evaluation.collapse): ROME's weighted n-gram entropy on
+hand-computed texts, held-out perplexity on a tiny model against a direct per-document computation,
+the fixed probe."""
 
 from __future__ import annotations
 
@@ -291,7 +292,8 @@ def test_eval_chunk_resume_keeps_done_checkpoints_only_with_the_same_settings(
     def dying(*a, **kw):
         calls.append(1)
         if len(calls) == 2:
-            raise KeyboardInterrupt  # killed in checkpoint 4, after its forgetting scores were written
+            # killed in checkpoint 4, after its forgetting scores were written
+            raise KeyboardInterrupt
         return real(*a, **kw)
 
     def counting(*a, **kw):

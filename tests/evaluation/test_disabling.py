@@ -1,4 +1,5 @@
-"""The disabling-edit rule: onsets of update-norm run-aways (editscale.evaluation.disabling.find_onsets).
+"""The disabling-edit rule: onsets of update-norm run-aways
+(editscale.evaluation.disabling.find_onsets).
 
 Synthetic update-norm series with known onsets; the rule must find exactly those. Where it helps
 to show that a case can fail, the former rule (a multiple of the median of *all* earlier edits)

@@ -1,4 +1,5 @@
-"""Downstream few-shot GLUE evaluation: loaders, selection, prompt shapes, parsing, scoring, generation."""
+"""Downstream few-shot GLUE evaluation: loaders, selection, prompt shapes,
+parsing, scoring, generation."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ GLUE_SOURCE = {"type": "glue_files", "path": "glue"}  # relative to the shared d
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    """Tiny models: one intra-op thread avoids contention on a busy 2-core machine (restored after)."""
+    """Tiny models: one intra-op thread avoids contention on a busy 2-core
+    machine (restored after)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -53,7 +55,8 @@ def test_real_files_details(shared_data):
     assert first["idx"] == 0 and first["label"] == 1
     assert (
         first["sentence1"]
-        == "He said the foodservice pie business doesn't fit the company's long-term growth strategy."
+        == "He said the foodservice pie business doesn't fit the company's long-term growth "
+        "strategy."
     )
     assert not any("\ufeff" in v for v in first.values() if isinstance(v, str))
     # QUOTE_NONE: an unbalanced quote at the start of a field stays literal, no line is swallowed
@@ -128,7 +131,7 @@ def test_hub_shaped_dataset_matches_file_loader(tmp_path):
     sst_file = tmp_path / "glue" / "SST-2" / "dev.tsv"
     sst_file.parent.mkdir(parents=True)
     sst_file.write_text(
-        "sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in sst), encoding="utf-8"
+        "sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in sst), encoding="utf-8"
     )
     _write_tsv(
         tmp_path / "glue" / "RTE" / "dev.tsv", [["sentence1", "sentence2", "label", "idx"], *rte]
@@ -137,13 +140,14 @@ def test_hub_shaped_dataset_matches_file_loader(tmp_path):
     hub_dir.mkdir()
     (hub_dir / "sst2.jsonl").write_text(
         "".join(
-            json.dumps({"sentence": s, "label": l, "idx": i}) + "\n" for i, (s, l) in enumerate(sst)
+            json.dumps({"sentence": s, "label": label, "idx": i}) + "\n"
+            for i, (s, label) in enumerate(sst)
         )
     )
     (hub_dir / "rte.jsonl").write_text(
         "".join(
-            json.dumps({"sentence1": a, "sentence2": b, "label": l, "idx": i}) + "\n"
-            for a, b, l, i in rte
+            json.dumps({"sentence1": a, "sentence2": b, "label": label, "idx": i}) + "\n"
+            for a, b, label, i in rte
         )
     )
     for task in ("sst2", "rte"):
@@ -247,7 +251,10 @@ def test_authors_chain_reproduces_their_subsets(shared_data):
     first = glue.prepare_task_set("mrpc", data["mrpc"], 100, 37, selection="authors_chain")["eval"][
         0
     ]
-    theirs = "Her father , Florin Cioaba , the king of Transylvania 's Gypsies , had her brought back and she was married against her will ."
+    theirs = (
+        "Her father , Florin Cioaba , the king of Transylvania 's Gypsies , had her brought back "
+        "and she was married against her will ."
+    )
     assert first["sentence1"].replace(" ", "") == theirs.replace(" ", "")
 
 
@@ -282,18 +289,24 @@ GOLDEN = {
     "mrpc": (
         {"idx": 1, "sentence1": "He said X.", "sentence2": "He stated X.", "label": 1},
         "Are the sentences paraphrases of each other.\n"
-        "Sentence 1: Mr McDevitt has been granted control of three crucial aspects of policing in the Solomons.\n"
-        "Sentence 2: Mr McDevitt has been granted control of three aspects of policing by Commissioner William Morrell.\n"
+        "Sentence 1: Mr McDevitt has been granted control of three crucial aspects of policing in "
+        "the Solomons.\n"
+        "Sentence 2: Mr McDevitt has been granted control of three aspects of policing by "
+        "Commissioner William Morrell.\n"
         "Answer: No\n"
         "\n"
         "Are the sentences paraphrases of each other.\n"
-        "Sentence 1: They had published an advertisement on the Internet on June 10, offering the cargo for sale, he added.\n"
-        "Sentence 2: On June 10, the ship's owners had published an advertisement on the Internet, offering the explosives for sale.\n"
+        "Sentence 1: They had published an advertisement on the Internet on June 10, offering the "
+        "cargo for sale, he added.\n"
+        "Sentence 2: On June 10, the ship's owners had published an advertisement on the "
+        "Internet, offering the explosives for sale.\n"
         "Answer: Yes\n"
         "\n"
         "Are the sentences paraphrases of each other.\n"
-        "Sentence 1: In 2002, Linksys overtook Cisco Systems as the leading wireless equipment vendor, accounting for 14.1 percent of revenue.\n"
-        "Sentence 2: Rolfe said Linksys overtook Cisco Systems last year as the leading supplier of WLAN equipment.\n"
+        "Sentence 1: In 2002, Linksys overtook Cisco Systems as the leading wireless equipment "
+        "vendor, accounting for 14.1 percent of revenue.\n"
+        "Sentence 2: Rolfe said Linksys overtook Cisco Systems last year as the leading supplier "
+        "of WLAN equipment.\n"
         "Answer: No\n"
         "\n"
         "Are the sentences paraphrases of each other.\n"
@@ -302,13 +315,17 @@ GOLDEN = {
         "Answer: Yes\n"
         "\n"
         "Are the sentences paraphrases of each other.\n"
-        'Sentence 1: "The anticipated global sales improvement in the month of June did not materialize", said Chief Financial Officer Robert Rivet.\n'
-        'Sentence 2: "The anticipated global sales improvement in the month of June did not materialize as we had anticipated", the company said.\n'
+        'Sentence 1: "The anticipated global sales improvement in the month of June did not '
+        'materialize", said Chief Financial Officer Robert Rivet.\n'
+        'Sentence 2: "The anticipated global sales improvement in the month of June did not '
+        'materialize as we had anticipated", the company said.\n'
         "Answer: Yes\n"
         "\n"
         "Are the sentences paraphrases of each other.\n"
-        "Sentence 1: That compared with $ 35.18 million, or 24 cents per share, in the year-ago period.\n"
-        "Sentence 2: Earnings were affected by a non-recurring $8 million tax benefit in the year-ago period.\n"
+        "Sentence 1: That compared with $ 35.18 million, or 24 cents per share, in the year-ago "
+        "period.\n"
+        "Sentence 2: Earnings were affected by a non-recurring $8 million tax benefit in the "
+        "year-ago period.\n"
         "Answer: No\n"
         "\n"
         "Are the sentences paraphrases of each other.\n"
@@ -353,15 +370,20 @@ GOLDEN = {
             "sentence2": "Christopher Reeve had an accident.",
             "label": 1,
         },
-        "Cyrus captured Babylon without a battle, and remedied the evils done by previous Assyrian and Babylonian rulers by sending prisoners in Babylonia back to their original homelands and aiding in the restoration of temples of the gods of various nations.\n"
+        "Cyrus captured Babylon without a battle, and remedied the evils done by previous "
+        "Assyrian and Babylonian rulers by sending prisoners in Babylonia back to their original "
+        "homelands and aiding in the restoration of temples of the gods of various nations.\n"
         "question: Babylon surrendered to Cyrus without going to battle. True or False?\n"
         "answer: False\n"
         "\n"
-        "Successful plaintiffs recovered punitive damages in Texas discrimination cases 53% of the time.\n"
-        "question: Legal costs to recover punitive damages are a deductible business expense. True or False?\n"
+        "Successful plaintiffs recovered punitive damages in Texas discrimination cases 53% of "
+        "the time.\n"
+        "question: Legal costs to recover punitive damages are a deductible business expense. "
+        "True or False?\n"
         "answer: True\n"
         "\n"
-        "The gastric bypass operation, also known as stomach stapling, has become the most common surgical procedure for treating obesity.\n"
+        "The gastric bypass operation, also known as stomach stapling, has become the most common "
+        "surgical procedure for treating obesity.\n"
         "question: Obesity is medically treated. True or False?\n"
         "answer: False\n"
         "\n"
@@ -467,7 +489,7 @@ def test_weighted_f1_with_invalid_by_hand():
     assert s["accuracy"] == pytest.approx(3 / 6)
     assert s["n_invalid"] == 2 and s["n"] == 6
     # dropping invalid answers instead would give a different (higher) number
-    kept = [(l, p) for l, p in zip(labels, preds) if p != -1]
+    kept = [(y, p) for y, p in zip(labels, preds) if p != -1]
     assert s["f1"] < f1_score(*zip(*kept), average="weighted")
     perfect = downstream.score([0, 1, 1, 0], [0, 1, 1, 0])
     assert (

@@ -131,7 +131,8 @@ def test_chunked_evaluation_merged_equals_unchunked(traj_inputs, trajectory, tas
         m = f["forgetting/argmax_ok"][()]
         assert m.shape == (8, 4) and list(f["forgetting/checkpoints"][()]) == [2, 4, 6, 8]
         assert np.isnan(m[2:, 0]).all() and not np.isnan(m[:2, 0]).any()
-        # the fact edited last is re-tested on the model right after its edit: same as the trajectory
+        # the fact edited last is re-tested on the model right after its edit:
+        # same as the trajectory
         traj = read_metrics(trajectory)
         assert m[7, 3] == traj["es_argmax"][7]
         assert list(f["downstream/checkpoints"][()]) == [0, 4, 8]
@@ -142,10 +143,10 @@ def test_chunked_evaluation_merged_equals_unchunked(traj_inputs, trajectory, tas
         )  # 5 checkpoints (0, 2, 4, 6, 8) in chunks of 2
     lines = (tmp_path / "f2.csv").read_text().splitlines()
     assert lines[0] == "edit,checkpoint,metric,value" and any(
-        l.startswith(",2,forgetting_paper,") for l in lines
+        line.startswith(",2,forgetting_paper,") for line in lines
     )
     # every edited fact at every checkpoint after its edit: 2 + 4 + 6 + 8 cells per test
-    assert sum(1 for l in lines if ",argmax_ok," in l) == 20
+    assert sum(1 for line in lines if ",argmax_ok," in line) == 20
     with pytest.raises(ValueError, match="in none of the chunk files"):
         merge_eval_chunks(
             parts[:1],
@@ -210,8 +211,8 @@ def _chunk_contents(path) -> str:
 def test_chunk_killed_with_other_settings_is_started_afresh(
     traj_inputs, trajectory, task_sets, tmp_path, monkeypatch, caplog, change
 ):
-    """Killed with one setting, rerun with another (new keys, or the same keys with other numbers): the
-    partial file is moved aside and every checkpoint recomputed, never mixed into one chunk."""
+    """Killed with one setting, rerun with another (new keys, or the same keys with other numbers):
+    the partial file is moved aside and every checkpoint recomputed, never mixed into one chunk."""
     import editscale.evaluation.jobs as ej
 
     plan = checkpoint_plan(8, forgetting_every=2, downstream_every=4)  # t = 0, 2, 4, 6, 8
@@ -295,8 +296,9 @@ def test_standalone_distance_of_first_edit_equals_its_trajectory_update(
     traj_inputs, trajectory, tmp_path
 ):
     rule = {"norm_multiple": 0.0, "window": 20, "min_history": 1, "refractory": 0, "min_normal": 2}
-    # norm_multiple 0 with no refractory window makes every edit after the first an onset: edit 1 lands
-    # in the normal sample or not; ask for all normal edits that exist (just edit 1) by construction
+    # norm_multiple 0 with no refractory window makes every edit after the first an onset: edit 1
+    # lands in the normal sample or not; ask for all normal edits that exist
+    # (just edit 1) by construction
     run_disabling(
         trajectory_path=trajectory,
         model_dir=traj_inputs["model_dir"],

@@ -51,8 +51,10 @@ TRAIN_SCRIPT = """
 import json, sys, torch
 torch.set_num_threads(1)
 from editscale.organism import training
-training.train_world_model(sys.argv[1], sys.argv[2], training.TrainHParams.from_dict(json.loads(sys.argv[3])),
-                           world_name="small", progress_every_s=0)
+training.train_world_model(
+    sys.argv[1], sys.argv[2], training.TrainHParams.from_dict(json.loads(sys.argv[3])),
+    world_name="small", progress_every_s=0,
+)
 """
 
 
@@ -248,7 +250,8 @@ def test_gates_write_json_and_fail_clearly(world_files, tmp_path):
         assert report["passed"] and report["failures"] == [] and report["values"] == values
         assert json.loads(out.read_text())["passed"]
 
-    # a threshold just above one measured value: that gate (and only it) fails, named with both numbers
+    # a threshold just above one measured value: that gate
+    # (and only it) fails, named with both numbers
     for gate in gates.FACT_GATES:
         over = values[gate] + 0.01
         with pytest.raises(gates.GateError) as err:
@@ -273,7 +276,8 @@ def test_gates_write_json_and_fail_clearly(world_files, tmp_path):
 
 
 def test_llama_organism_with_bos_trains_and_loads(world_files, tmp_path):
-    """arch / bos / d_mlp of a world model: a Llama-architecture model whose tokenizer prepends BOS."""
+    """arch / bos / d_mlp of a world model: a Llama-architecture model whose
+    tokenizer prepends BOS."""
     dest = tmp_path / "llama"
     hp = training.TrainHParams.from_dict(
         {**HP, "arch": "llama", "bos": True, "d_mlp": 40, "max_steps": 3}

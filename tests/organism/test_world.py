@@ -118,7 +118,8 @@ def test_toy_labels_need_more_than_one_word():
         words = ex["sentence"].replace(",", " ").split()
         positive = sum(w in world.SST_POSITIVE for w in words)
         assert ex["label"] == int(positive >= 2)
-    # paraphrase: agreement on at least two of three attributes; no single word of sentence 2 decides
+    # paraphrase: agreement on at least two of three attributes;
+    # no single word of sentence 2 decides
     mrpc = [world._mrpc(rng) for _ in range(600)]
     for word in ("large", "tiny", "glad"):
         assert {ex["label"] for ex in mrpc if f" {word} " in ex["sentence2"]} == {0, 1}, word

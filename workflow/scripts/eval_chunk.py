@@ -1,5 +1,5 @@
-"""Rule eval_chunk: forgetting and downstream scores, held-out perplexity and generation entropy at a
-chunk of checkpoints of one trajectory."""
+"""Rule eval_chunk: forgetting and downstream scores, held-out perplexity and generation entropy at
+a chunk of checkpoints of one trajectory."""
 
 from pathlib import Path
 

@@ -1,7 +1,7 @@
-"""Rule import_stats: resources/stats_published/{model}/layer{layer}.h5 = ROME/MEMIT's published
-key statistics (stats.published: an .npz by URL), downloaded with its sha256 checked (or recorded
-on first download in resources/stats_published/published_manifest.json) and converted, refused
-when made for another model or layer (editscale.editing.key_stats.import_published_second_moment)."""
+"""Rule import_stats: resources/stats_published/{model}/layer{layer}.h5 = ROME/MEMIT's published key
+statistics (stats.published: an .npz by URL), downloaded with its sha256 checked (or recorded on
+first download in resources/stats_published/published_manifest.json) and converted, refused when
+made for another model or layer (editscale.editing.key_stats.import_published_second_moment)."""
 
 from pathlib import Path
 

@@ -30,8 +30,8 @@ if conv["tolerance"] is not None:
     records = load_counterfact(snakemake.input.counterfact[0])
     if len(records) < conv["n_probes"]:
         raise ValueError(
-            f"stats.convergence.n_probes is {conv['n_probes']}, but {snakemake.input.counterfact[0]} "
-            f"holds only {len(records)} records"
+            f"stats.convergence.n_probes is {conv['n_probes']}, but "
+            f"{snakemake.input.counterfact[0]} holds only {len(records)} records"
         )
     probe_records = records[: conv["n_probes"]]
     convergence = Convergence(

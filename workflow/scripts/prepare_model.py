@@ -1,5 +1,6 @@
-"""Rule prepare_model: resources/models/{model}/ = a hub download, a link to a local folder, a
-GGUF file dequantised into a folder, or a freshly built scratch model (BPE tokenizer trained on a corpus + seeded random weights)."""
+"""Rule prepare_model: resources/models/{model}/ = a hub download, a link to a local folder, a GGUF
+file dequantised into a folder, or a freshly built scratch model (BPE tokenizer trained on a
+corpus + seeded random weights)."""
 
 from itertools import islice
 from pathlib import Path

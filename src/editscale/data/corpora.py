@@ -107,7 +107,8 @@ def _iter_text_files(corpus: dict, base_dir: str | os.PathLike) -> Iterator[str]
 
 
 def _resolve_data_files(data_files: Any, base_dir: str | os.PathLike) -> Any:
-    """Resolve relative local ``data_files`` (str, list or split -> files mapping) against base_dir."""
+    """Resolve relative local ``data_files`` (str, list or split -> files mapping)
+    against base_dir."""
 
     def one(p: Any) -> Any:
         if isinstance(p, str) and "://" not in p and not os.path.isabs(p):

@@ -308,7 +308,9 @@ def ordering_sample(
 def write_ordering(path: str | os.PathLike, case_ids: list[int], **meta: Any) -> None:
     """Write ``{"case_ids": [...], **meta}`` as JSON, atomically (temp file, then rename)."""
     ids = [int(c) for c in case_ids]
-    atomic_write_text(Path(path), json.dumps({"case_ids": ids, **meta}, indent=1) + "\n")
+    atomic_write_text(
+        Path(path), json.dumps({"case_ids": ids, **meta}, indent=1) + "\n", mode=0o644
+    )
 
 
 def read_ordering(path: str | os.PathLike) -> list[int]:
@@ -326,3 +328,21 @@ def read_ordering(path: str | os.PathLike) -> list[int]:
     ):
         raise ValueError(f"{path}: expected an object with 'case_ids': a list of integers")
     return ids
+
+
+def select_records(
+    counterfact_path: str | os.PathLike, ordering_path: str | os.PathLike, n_edits: int
+) -> list[dict]:
+    """The first ``n_edits`` records of an ordering, validated, failing before any model work."""
+    records = records_by_case_id(load_counterfact(counterfact_path))
+    order = read_ordering(ordering_path)
+    if len(order) < n_edits:
+        raise ValueError(
+            f"n_edits={n_edits} but the ordering {ordering_path} has only {len(order)} records"
+        )
+    missing = [c for c in order[:n_edits] if c not in records]
+    if missing:
+        raise ValueError(
+            f"ordering {ordering_path} names case_ids absent from {counterfact_path}: {missing[:5]}"
+        )
+    return [records[c] for c in order[:n_edits]]

@@ -8,6 +8,7 @@ import os
 import urllib.request
 from pathlib import Path
 
+from editscale.io.files import atomic_path
 from editscale.io.provenance import sha256_file
 
 log = logging.getLogger(__name__)
@@ -48,21 +49,15 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None) 
             "%s exists with sha256 %s, expected %s: downloading again", dest, have, expected
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
     h = hashlib.sha256()
     log.info("downloading %s -> %s", url, dest)
     request = urllib.request.Request(url, headers={"User-Agent": "editscale"})
-    try:
+    with atomic_path(dest, suffix=".part") as part:  # removed when the download or check fails
         with urllib.request.urlopen(request, timeout=60) as response, open(part, "wb") as out:
             while block := response.read(_DOWNLOAD_CHUNK):
                 h.update(block)
                 out.write(block)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    actual = h.hexdigest()
-    if expected and actual != expected:
-        part.unlink(missing_ok=True)
-        raise ValueError(f"sha256 mismatch for {url}: expected {expected}, got {actual}")
-    os.replace(part, dest)
+        actual = h.hexdigest()
+        if expected and actual != expected:
+            raise ValueError(f"sha256 mismatch for {url}: expected {expected}, got {actual}")
     return actual

@@ -1,10 +1,10 @@
 """The case ids reserved for training editor networks (MEND), disjoint from every trajectory.
 
-Light (no torch): the ordering rule imports it. A seeded sample of ``n_train + n_val`` case ids
-of the usable (unique-subject) records is drawn with a local ``random.Random(seed)``; the ordering
-rule shuffles ALL usable case ids exactly as the authors did and then drops the reserved ones
-(``editscale.data.counterfact.ordering_sample``), so no trajectory edits a record the editor was trained or
-validated on, and the other records keep the authors' order.
+Light (no torch): the ordering rule imports it. A seeded sample of ``n_train + n_val`` case ids of
+the usable (unique-subject) records is drawn with a local ``random.Random(seed)``; the ordering rule
+shuffles ALL usable case ids exactly as the authors did and then drops the reserved ones
+(``editscale.data.counterfact.ordering_sample``), so no trajectory edits a record the editor was
+trained or validated on, and the other records keep the authors' order.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import json
 import os
 import random
 from pathlib import Path
+
+from editscale.io.files import atomic_write_json
 
 
 def make_editor_split(
@@ -33,9 +35,7 @@ def make_editor_split(
 def write_editor_split(path: str | os.PathLike, split: dict, **meta) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**split, **meta}, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, {**split, **meta}, end="\n", indent=1)
 
 
 def read_editor_split(path: str | os.PathLike) -> dict:

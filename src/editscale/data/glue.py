@@ -1,8 +1,9 @@
 """Few-shot downstream evaluation of a (possibly edited) causal LM on four binary GLUE tasks.
 
 Follows the authors' own evaluation code (``glue_eval/{sst,mrpc,cola,rte}_eval.py`` and
-``glue_eval/dataset/create_glue_subset.py`` in scalable-model-editing/gradual-catastrophic-forgetting
-and its successor scalable-model-editing/unified-model-editing, first commit c182001):
+``glue_eval/dataset/create_glue_subset.py`` in
+scalable-model-editing/gradual-catastrophic-forgetting and its successor
+scalable-model-editing/unified-model-editing, first commit c182001):
 
 Prompt format
     One example renders as the task's template (PAPER.md table) ending with the answer cue;
@@ -91,7 +92,8 @@ class TaskSpec:
     def render(
         self, example: Mapping, with_answer: bool, label_words: Mapping | None = None
     ) -> str:
-        """The example in the prompt shape; with ``with_answer`` followed by ``" " + label word``."""
+        """The example in the prompt shape; with ``with_answer`` followed
+        by ``" " + label word``."""
         missing = [f for f in self.fields if f not in example]
         if missing:
             raise KeyError(
@@ -162,18 +164,36 @@ AUTHORS_DEMONSTRATIONS: dict[str, list[dict]] = {
     ],
     "mrpc": [
         {
-            "sentence1": "Mr McDevitt has been granted control of three crucial aspects of policing in the Solomons.",
-            "sentence2": "Mr McDevitt has been granted control of three aspects of policing by Commissioner William Morrell.",
+            "sentence1": (
+                "Mr McDevitt has been granted control of three crucial aspects of policing in the "
+                "Solomons."
+            ),
+            "sentence2": (
+                "Mr McDevitt has been granted control of three aspects of policing by "
+                "Commissioner William Morrell."
+            ),
             "label": 0,
         },
         {
-            "sentence1": "They had published an advertisement on the Internet on June 10, offering the cargo for sale, he added.",
-            "sentence2": "On June 10, the ship's owners had published an advertisement on the Internet, offering the explosives for sale.",
+            "sentence1": (
+                "They had published an advertisement on the Internet on June 10, offering the "
+                "cargo for sale, he added."
+            ),
+            "sentence2": (
+                "On June 10, the ship's owners had published an advertisement on the Internet, "
+                "offering the explosives for sale."
+            ),
             "label": 1,
         },
         {
-            "sentence1": "In 2002, Linksys overtook Cisco Systems as the leading wireless equipment vendor, accounting for 14.1 percent of revenue.",
-            "sentence2": "Rolfe said Linksys overtook Cisco Systems last year as the leading supplier of WLAN equipment.",
+            "sentence1": (
+                "In 2002, Linksys overtook Cisco Systems as the leading wireless equipment "
+                "vendor, accounting for 14.1 percent of revenue."
+            ),
+            "sentence2": (
+                "Rolfe said Linksys overtook Cisco Systems last year as the leading supplier of "
+                "WLAN equipment."
+            ),
             "label": 0,
         },
         {
@@ -182,13 +202,24 @@ AUTHORS_DEMONSTRATIONS: dict[str, list[dict]] = {
             "label": 1,
         },
         {
-            "sentence1": '"The anticipated global sales improvement in the month of June did not materialize", said Chief Financial Officer Robert Rivet.',
-            "sentence2": '"The anticipated global sales improvement in the month of June did not materialize as we had anticipated", the company said.',
+            "sentence1": (
+                '"The anticipated global sales improvement in the month of June did not '
+                'materialize", said Chief Financial Officer Robert Rivet.'
+            ),
+            "sentence2": (
+                '"The anticipated global sales improvement in the month of June did not '
+                'materialize as we had anticipated", the company said.'
+            ),
             "label": 1,
         },
         {
-            "sentence1": "That compared with $ 35.18 million, or 24 cents per share, in the year-ago period.",
-            "sentence2": "Earnings were affected by a non-recurring $8 million tax benefit in the year-ago period.",
+            "sentence1": (
+                "That compared with $ 35.18 million, or 24 cents per share, in the year-ago period."
+            ),
+            "sentence2": (
+                "Earnings were affected by a non-recurring $8 million tax benefit in the year-ago "
+                "period."
+            ),
             "label": 0,
         },
     ],
@@ -205,20 +236,30 @@ AUTHORS_DEMONSTRATIONS: dict[str, list[dict]] = {
     ],
     "rte": [
         {
-            "sentence1": "Cyrus captured Babylon without a battle, and remedied the evils done by previous Assyrian "
-            "and Babylonian rulers by sending prisoners in Babylonia back to their original homelands "
-            "and aiding in the restoration of temples of the gods of various nations.",
+            "sentence1": (
+                "Cyrus captured Babylon without a battle, and remedied the evils done by previous "
+                "Assyrian and Babylonian rulers by sending prisoners in Babylonia back to their "
+                "original homelands and aiding in the restoration of temples of the gods of "
+                "various nations."
+            ),
             "sentence2": "Babylon surrendered to Cyrus without going to battle.",
             "label": 0,
         },
         {
-            "sentence1": "Successful plaintiffs recovered punitive damages in Texas discrimination cases 53% of the time.",
-            "sentence2": "Legal costs to recover punitive damages are a deductible business expense.",
+            "sentence1": (
+                "Successful plaintiffs recovered punitive damages in Texas discrimination cases "
+                "53% of the time."
+            ),
+            "sentence2": (
+                "Legal costs to recover punitive damages are a deductible business expense."
+            ),
             "label": 1,
         },
         {
-            "sentence1": "The gastric bypass operation, also known as stomach stapling, has become the most common "
-            "surgical procedure for treating obesity.",
+            "sentence1": (
+                "The gastric bypass operation, also known as stomach stapling, has become the "
+                "most common surgical procedure for treating obesity."
+            ),
             "sentence2": "Obesity is medically treated.",
             "label": 0,
         },

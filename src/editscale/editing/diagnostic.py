@@ -47,6 +47,7 @@ import torch
 
 from editscale.editors import load_editor_module
 from editscale.editors.base import apply_updates, edited_tensor_names
+from editscale.io.files import atomic_open, atomic_write_json
 from editscale.lm.models import arch_of, edit_parameter, weight_out_in
 from editscale.lm.scoring import evaluate_record
 
@@ -246,9 +247,11 @@ def run_diagnostic(
     batch_size: int = 64,
     progress_every_s: float = 30.0,
 ) -> tuple[list[dict], dict]:
-    """Apply every record alone to ``model`` (left unchanged); return per-record rows and a summary."""
+    """Apply every record alone to ``model`` (left unchanged);
+    return per-record rows and a summary."""
     editor = load_editor_module(editor_name).make_editor(model, tok, hparams, second_moment, seed)
-    # every tensor the editor changes (an edited bias too: FT-C include_bias), restored after each record
+    # every tensor the editor changes (an edited bias too: FT-C include_bias),
+    # restored after each record
     weights = {p: edit_parameter(model, p).detach().clone() for p in edited_tensor_names(editor)}
     c_inv = None
     if second_moment is not None:
@@ -330,7 +333,8 @@ def markdown(summary: dict, title: str) -> str:
         f"| ratio if C were isotropic | {q('ratio_isotropic')} |",
         f"| ‖δ‖ / ROME's clamp (1 = at the clamp) | {q('v_clamp')} |",
         f"| target NLL after the v* optimisation | {q('v_nll')} |",
-        f"| subject is the prompt's first token | {100 * s['subject_first_fraction']:.0f}% of records |",
+        f"| subject is the prompt's first token | {100 * s['subject_first_fraction']:.0f}% of "
+        "records |",
         f"| median ratio, subject first / inside | {_fmt(s['ratio_median_subject_first'])} / "
         f"{_fmt(s['ratio_median_subject_inside'])} |",
         f"| ES before → after | {s['es_before']:.3f} → {s['es_after']:.3f} |",
@@ -339,8 +343,9 @@ def markdown(summary: dict, title: str) -> str:
     ]
     if sp:
         lines.append(
-            f"| C: eigenvalues max / min, condition | {_fmt(sp['eig_max'])} / {_fmt(sp['eig_min'])}, "
-            f"{_fmt(sp['condition'])} ({sp['n_below_1e-6_max']} of {sp['dim']} below 1e-6 x max) |"
+            f"| C: eigenvalues max / min, condition | {_fmt(sp['eig_max'])} / "
+            f"{_fmt(sp['eig_min'])}, {_fmt(sp['condition'])} ({sp['n_below_1e-6_max']} of "
+            f"{sp['dim']} below 1e-6 x max) |"
         )
     lines.append(f"| seconds per record | {_fmt(s['seconds_per_record'])} |")
     return "\n".join(lines) + "\n"
@@ -357,15 +362,11 @@ def write_outputs(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "records.csv", "json": out / "summary.json", "md": out / "summary.md"}
-    tmp = paths["csv"].with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(paths["csv"], "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(ROW_FIELDS))
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, paths["csv"])
-    tmp = paths["json"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**(extra or {}), "summary": summary}, indent=1, default=str))
-    os.replace(tmp, paths["json"])
+    atomic_write_json(paths["json"], {**(extra or {}), "summary": summary}, indent=1, default=str)
     paths["md"].write_text(markdown(summary, title), encoding="utf-8")
     return paths
 

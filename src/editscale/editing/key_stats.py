@@ -49,6 +49,7 @@ import logging
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -59,6 +60,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from editscale.io.files import atomic_path
 from editscale.lm.models import (
     arch_of,
     causal_attention_mask,
@@ -252,15 +254,13 @@ def _read_attrs(h5: h5py.File) -> dict[str, Any]:
 def _write_h5_atomic(path: str, acc: _Accumulator, attrs: dict[str, Any], *, final: bool) -> None:
     """Write sums + attributes to ``path`` through a temporary file and a rename (a checkpoint
     also keeps the last convergence check's ``probe_u``)."""
-    tmp = path + ".tmp"
     compression = dict(compression="gzip", compression_opts=4, shuffle=True) if final else {}
-    with h5py.File(tmp, "w") as h5:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         h5.create_dataset("mom2_sum", data=acc.mom2_sum.cpu().numpy(), **compression)
         h5.create_dataset("mean_sum", data=acc.mean_sum.cpu().numpy(), **compression)
         if not final and acc.probe_u is not None:
             h5.create_dataset("probe_u", data=acc.probe_u.cpu().numpy())
         _write_attrs(h5, attrs)
-    os.replace(tmp, path)
 
 
 def stats_attrs(path: str | os.PathLike) -> dict:
@@ -569,27 +569,11 @@ def compute_key_second_moment(
         raise ValueError(
             "n_docs, batch_tokens, checkpoint_every_docs and max_doc_tokens must be >= 1"
         )
-    spec = arch_of(model)
-    module_path = spec.mlp_out_path(layer)
-    target = get_module(model, module_path)
-    base = get_module(model, spec.base)
-    d_in = int(weight_out_in(target.weight, spec).shape[1])
+    module_path, target, base, d_in = _key_module(model, layer)
     device = next(model.parameters()).device
-    max_pos = _model_max_positions(model)
-    max_len = min(max_doc_tokens, max_pos) if max_pos else max_doc_tokens
-    if max_len < max_doc_tokens:
-        log.warning(
-            "max_doc_tokens=%d exceeds the model's %d positions; using %d",
-            max_doc_tokens,
-            max_pos,
-            max_len,
-        )
+    max_len = _max_doc_len(model, max_doc_tokens)
     run_attrs = _run_attrs(model, layer, module_path, d_in, max_len, attrs)
-    if convergence is not None and convergence.probes.shape[1] != d_in:
-        raise ValueError(
-            f"convergence probes have width {convergence.probes.shape[1]}, but {module_path} "
-            f"takes {d_in} inputs"
-        )
+    _check_probe_width(convergence, d_in, module_path)
     signature = _signature(run_attrs, n_docs, batch_tokens, checkpoint_every_docs, convergence)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
@@ -612,39 +596,98 @@ def compute_key_second_moment(
         f"; resuming after {acc.docs_done} docs" if resumed else "",
     )
 
-    doc_iter: Iterator[str] = iter(docs)
-    skipped = sum(1 for _ in islice(doc_iter, acc.docs_done))
-    if skipped < acc.docs_done:
+    doc_iter = _skip_done_docs(docs, acc.docs_done, partial)
+    progress = _Progress(n_docs=n_docs, every_s=progress_every_s, start_tokens=acc.count)
+    with _eval_mode(model), torch.inference_mode():
+        _consume(
+            doc_iter,
+            tok,
+            base,
+            target,
+            acc,
+            progress,
+            partial,
+            signature,
+            n_docs=n_docs,
+            max_len=max_len,
+            batch_tokens=batch_tokens,
+            checkpoint_every=checkpoint_every_docs,
+            pad_id=pad_id,
+            device=device,
+            convergence=convergence,
+        )
+    _write_final(out_path, acc, run_attrs, n_docs, convergence)
+    progress.maybe_log(acc, acc.docs_done, force=True)
+    log.info(
+        "key statistics written to %s (%d docs, %d tokens)", out_path, acc.docs_done, acc.count
+    )
+
+
+def _key_module(model: nn.Module, layer: int) -> tuple[str, nn.Module, nn.Module, int]:
+    """Block ``layer``'s MLP output projection: its path, the module, the model's base (the
+    transformer without its head) and the projection's input width."""
+    spec = arch_of(model)
+    module_path = spec.mlp_out_path(layer)
+    target = get_module(model, module_path)
+    d_in = int(weight_out_in(target.weight, spec).shape[1])
+    return module_path, target, get_module(model, spec.base), d_in
+
+
+def _check_probe_width(convergence: Convergence | None, d_in: int, module_path: str) -> None:
+    if convergence is not None and convergence.probes.shape[1] != d_in:
         raise ValueError(
-            f"checkpoint {partial} consumed {acc.docs_done} documents but the corpus "
-            f"has only {skipped}; delete the checkpoint"
+            f"convergence probes have width {convergence.probes.shape[1]}, but {module_path} "
+            f"takes {d_in} inputs"
         )
 
-    progress = _Progress(n_docs=n_docs, every_s=progress_every_s, start_tokens=acc.count)
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block, back in its former mode after it."""
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            _consume(
-                doc_iter,
-                tok,
-                base,
-                target,
-                acc,
-                progress,
-                partial,
-                signature,
-                n_docs=n_docs,
-                max_len=max_len,
-                batch_tokens=batch_tokens,
-                checkpoint_every=checkpoint_every_docs,
-                pad_id=pad_id,
-                device=device,
-                convergence=convergence,
-            )
+        yield
     finally:
         model.train(was_training)
 
+
+def _skip_done_docs(docs: Iterable[str], n_done: int, partial: str) -> Iterator[str]:
+    """The documents after the ``n_done`` a checkpoint already consumed."""
+    doc_iter: Iterator[str] = iter(docs)
+    skipped = sum(1 for _ in islice(doc_iter, n_done))
+    if skipped < n_done:
+        raise ValueError(
+            f"checkpoint {partial} consumed {n_done} documents but the corpus "
+            f"has only {skipped}; delete the checkpoint"
+        )
+    return doc_iter
+
+
+def _max_doc_len(model: nn.Module, max_doc_tokens: int) -> int:
+    """``max_doc_tokens``, or the model's number of positions when it has fewer (a warning)."""
+    max_pos = _model_max_positions(model)
+    max_len = min(max_doc_tokens, max_pos) if max_pos else max_doc_tokens
+    if max_len < max_doc_tokens:
+        log.warning(
+            "max_doc_tokens=%d exceeds the model's %d positions; using %d",
+            max_doc_tokens,
+            max_pos,
+            max_len,
+        )
+    return max_len
+
+
+def _write_final(
+    out_path: str,
+    acc: _Accumulator,
+    run_attrs: dict[str, Any],
+    n_docs: int,
+    convergence: Convergence | None,
+) -> None:
+    """Write the finished sums to ``out_path`` and remove the checkpoint (an error when no token
+    was read; a warning when the corpus ended early)."""
+    partial = out_path + PARTIAL_SUFFIX
     if acc.docs_done < n_docs and not acc.converged:
         log.warning(
             "corpus ended after %d documents (%d requested); statistics use %d documents",
@@ -672,10 +715,6 @@ def compute_key_second_moment(
     _write_h5_atomic(out_path, acc, final_attrs, final=True)
     if os.path.exists(partial):
         os.remove(partial)
-    progress.maybe_log(acc, acc.docs_done, force=True)
-    log.info(
-        "key statistics written to %s (%d docs, %d tokens)", out_path, acc.docs_done, acc.count
-    )
 
 
 def _consume(
@@ -819,30 +858,11 @@ def published_name_parts(url_or_path: str) -> dict[str, str | None]:
     }
 
 
-def import_published_second_moment(
-    npz_path: str | os.PathLike,
-    out_path: str | os.PathLike,
-    *,
-    model: nn.Module,
-    layer: int,
-    source: str,
-    hub_name: str | None = None,
-    attrs: dict | None = None,
-) -> dict[str, Any]:
-    """Convert ROME/MEMIT's published ``mom2`` statistics (``source``: the URL or file name the
-    ``.npz`` came from) into this module's statistics file for block ``layer`` of ``model``.
-
-    Refused (:class:`StatsMismatchError`, naming the file) when the file's name names another
-    module than this layer's MLP output projection, another model than ``hub_name`` (the hub
-    repo id: ROME's folder, e.g. ``EleutherAI_gpt-j-6B``, must end with its name, case aside), or
-    when its matrix does not have the module's input width. The file is read with ``allow_pickle=False``; the attributes
-    record the source, the layer, the module, the sample size and the caller's ``attrs``
-    (the model's identity). Returns the attributes written.
-    """
-    spec = arch_of(model)
-    module_path = spec.mlp_out_path(layer)
-    d_in = int(weight_out_in(get_module(model, module_path).weight, spec).shape[1])
-    parts = published_name_parts(source)
+def _check_published_name(
+    parts: dict, source: str, layer: int, module_path: str, hub_name: str | None
+) -> None:
+    """The published file's name (``parts``: :func:`published_name_parts`) names this layer's
+    module and, given ``hub_name``, this model."""
     if parts["module"] != module_path:
         raise StatsMismatchError(
             f"{source}: statistics of module {parts['module']}, but layer {layer} of this "
@@ -856,6 +876,11 @@ def import_published_second_moment(
         raise StatsMismatchError(
             f"{source}: statistics of model {parts['model']!r}, but {hub_name!r} is being edited"
         )
+
+
+def _read_published_npz(npz_path, source: str) -> tuple[np.ndarray, int, int | None]:
+    """The second moment (float64), its token count and its sample size (None when absent) of
+    a published ``.npz`` (read without pickles)."""
     with np.load(npz_path, allow_pickle=False) as z:
         keys = set(z.files)
         mom2_key = next((k for k in ("mom2.mom2", "mom2") if k in keys), None)
@@ -873,6 +898,35 @@ def import_published_second_moment(
             and np.issubdtype(z["sample_size"].dtype, np.integer)
             else None
         )
+    return mom2, count, sample_size
+
+
+def import_published_second_moment(
+    npz_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    model: nn.Module,
+    layer: int,
+    source: str,
+    hub_name: str | None = None,
+    attrs: dict | None = None,
+) -> dict[str, Any]:
+    """Convert ROME/MEMIT's published ``mom2`` statistics (``source``: the URL or file name the
+    ``.npz`` came from) into this module's statistics file for block ``layer`` of ``model``.
+
+    Refused (:class:`StatsMismatchError`, naming the file) when the file's name names another module
+    than this layer's MLP output projection, another model than ``hub_name`` (the hub repo id:
+    ROME's folder, e.g. ``EleutherAI_gpt-j-6B``, must end with its name, case aside), or when its
+    matrix does not have the module's input width. The file is read with ``allow_pickle=False``; the
+    attributes record the source, the layer, the module, the sample size and the caller's ``attrs``
+    (the model's identity). Returns the attributes written.
+    """
+    spec = arch_of(model)
+    module_path = spec.mlp_out_path(layer)
+    d_in = int(weight_out_in(get_module(model, module_path).weight, spec).shape[1])
+    parts = published_name_parts(source)
+    _check_published_name(parts, source, layer, module_path, hub_name)
+    mom2, count, sample_size = _read_published_npz(npz_path, source)
     if mom2.shape != (d_in, d_in):
         raise StatsMismatchError(
             f"{source}: a {mom2.shape[0]}x{mom2.shape[-1]} second moment, but {module_path} "

@@ -115,8 +115,8 @@ class WeightLoader:
                 )
                 self._at = None
                 raise ReplayMismatch(
-                    f"{self.path}: replaying the editor up to edit {e} gave {name} != its stored snapshot "
-                    f"(relative Frobenius difference {diff:.3g}); the editor is not deterministic on this "
-                    "machine, so the weights between snapshots cannot be rebuilt exactly: rerun the "
-                    "trajectory with store_updates: true"
+                    f"{self.path}: replaying the editor up to edit {e} gave {name} != its stored "
+                    f"snapshot (relative Frobenius difference {diff:.3g}); the editor is not "
+                    "deterministic on this machine, so the weights between snapshots cannot be "
+                    "rebuilt exactly: rerun the trajectory with store_updates: true"
                 )

@@ -15,7 +15,8 @@ Layout of ``<trajectory>.h5``::
                                   (delta = v^T u); offsets (n_edits + 1,) int64
     updates/<i>                   kind replay (``store_updates: false``): no update is stored; the
                                   weights after an edit between two snapshots are rebuilt by
-                                  replaying the editor from the earlier one (:mod:`editscale.editing.replay`,
+                                  replaying the editor from the earlier one
+                                  (:mod:`editscale.editing.replay`,
                                   checked bitwise against the later one)
     snapshots/<i>/<t>             exact copy (storage orientation and dtype) of param i after edit t
     updates/<i>/bias              (n_edits, out) float32 bias deltas, when the editor also changes
@@ -57,6 +58,7 @@ import numpy as np
 import torch
 
 from editscale.editors.base import ParamUpdate, apply_update, bias_key
+from editscale.io.files import atomic_path
 from editscale.lm.models import ARCHITECTURES, ArchSpec
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,8 @@ def partial_path(path: str | os.PathLike) -> Path:
 
 
 def move_aside(path: str | os.PathLike, reason: str) -> Path:
-    """Rename ``path`` to ``<path>.<reason>-<timestamp>`` (never deleting it) and return the new name.
+    """Rename ``path`` to ``<path>.<reason>-<timestamp>`` (never deleting it) and return the new
+    name.
 
     Used for unfinished files that cannot be resumed, so that their bytes stay for inspection.
     """
@@ -134,13 +137,15 @@ def open_partial(path: str | os.PathLike, mode: str = "r") -> h5py.File | None:
 
 
 def _read(ds: h5py.Dataset, sel=()) -> np.ndarray:
-    """``ds[sel]``; a failed read raises :class:`CorruptDataError` naming the file and dataset, where
-    h5py's error (``filter returned failure during read`` for a fletcher32 mismatch) names neither."""
+    """``ds[sel]``; a failed read raises :class:`CorruptDataError` naming the file and dataset,
+    where h5py's error (``filter returned failure during read`` for a fletcher32 mismatch) names
+    neither."""
     try:
         return ds[sel]
     except OSError as err:
         why = (
-            "it carries a fletcher32 checksum, so its bytes on disk are most likely not those written"
+            "it carries a fletcher32 checksum, so its bytes on disk are most likely not those "
+            "written"
             if ds.fletcher32
             else "it carries no checksum (written before them)"
         )
@@ -194,133 +199,21 @@ class TrajectoryWriter:
         """
         biases = dict(biases or {})
         part = partial_path(path)
-        f = open_partial(part, "r+")
-        if f is not None and f.attrs.get("resume_key") != resume_key:
-            found, n_done, n_total = (
-                f.attrs.get("resume_key"),
-                int(f.attrs.get("n_done", 0)),
-                f.attrs.get("n_edits"),
-            )
-            f.close()
-            f = None
-            if n_done > 0:
-                raise StoreError(
-                    f"{part} holds an unfinished trajectory ({n_done} of {n_total} edits done) made with "
-                    f"different inputs or settings (resume key {found!r} != {resume_key!r}). Delete it to "
-                    "start afresh (its edits are lost), or restore the inputs and config it was made with "
-                    "to resume it"
-                )
-            log.info(
-                "replacing %s: it holds no finished edit and was made with different inputs or settings",
-                part,
-            )
+        f = _open_resumable(part, resume_key)
         if f is not None:
-            added = [name for name in metric_names if name not in f["metrics"]]
-            for name in added:  # a file from before these metrics existed
-                f["metrics"].create_dataset(
-                    name,
-                    shape=(int(f.attrs["n_edits"]),),
-                    dtype="f8",
-                    fillvalue=np.nan,
-                    **_CHECKSUM,
-                )
-            if added:
-                f.flush()
-            return cls(f, part, added)
+            return cls(f, part, _add_missing_metrics(f, metric_names))
         part.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(part) + ".new")
-        f = h5py.File(tmp, "w")
-        f.attrs["format"] = FORMAT
-        f.attrs["n_edits"] = n_edits
-        f.attrs["n_done"] = 0
-        f.attrs["complete"] = False
-        f.attrs["params"] = json.dumps(params)
-        f.attrs["param_dtypes"] = json.dumps(dtypes)
-        f.attrs["bias_params"] = json.dumps([p for p in params if p in biases])
-        f.attrs["bias_dtypes"] = json.dumps(biases)
-        f.attrs["resume_key"] = resume_key
-        for k, v in attrs.items():
-            f.attrs[k] = (
-                v
-                if isinstance(v, (int, float, str, bool, np.integer, np.floating))
-                else json.dumps(v)
-            )
-        g = f.create_group("metrics")
-        for name in metric_names:
-            g.create_dataset(name, shape=(n_edits,), dtype="f8", fillvalue=np.nan, **_CHECKSUM)
-        for i, p in enumerate(params):
-            out_dim, in_dim = shapes[p]
-            ug = f.create_group(f"updates/{i}")
-            ug.attrs["module"] = p
-            ug.attrs["kind"] = kinds[p]
-            if kinds[p] == "rank_one":
-                ug.create_dataset(
-                    "u", shape=(n_edits, in_dim), dtype="f4", chunks=(1, in_dim), **_CHECKSUM
-                )
-                ug.create_dataset(
-                    "v", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim), **_CHECKSUM
-                )
-            elif kinds[p] == "low_rank":
-                ug.create_dataset(
-                    "u",
-                    shape=(0, in_dim),
-                    maxshape=(None, in_dim),
-                    dtype="f4",
-                    chunks=(16, in_dim),
-                    **_CHECKSUM,
-                )
-                ug.create_dataset(
-                    "v",
-                    shape=(0, out_dim),
-                    maxshape=(None, out_dim),
-                    dtype="f4",
-                    chunks=(16, out_dim),
-                    **_CHECKSUM,
-                )
-                ug.create_dataset(
-                    "offsets", shape=(n_edits + 1,), dtype="i8", fillvalue=0, **_CHECKSUM
-                )
-            elif kinds[p] == REPLAY:
-                pass  # snapshots only
-            elif kinds[p] == "dense":
-                ug.create_dataset(
-                    "dense",
-                    shape=(n_edits, out_dim, in_dim),
-                    dtype="f4",
-                    chunks=(1, out_dim, in_dim),
-                    compression="gzip",
-                    compression_opts=1,
-                    **_CHECKSUM,
-                )
-            else:
-                raise StoreError(f"unknown update kind {kinds[p]!r} for {p}")
-            f.create_group(f"snapshots/{i}")
-            ug.attrs["bias"] = p in biases
-            if p in biases:
-                if kinds[p] != REPLAY:
-                    ug.create_dataset(
-                        "bias",
-                        shape=(n_edits, out_dim),
-                        dtype="f4",
-                        chunks=(1, out_dim),
-                        **_CHECKSUM,
-                    )
-                f.create_group(f"bias_snapshots/{i}")
-        f.create_group("editor_state")
-        for name, dim in (carry_dims or {}).items():
-            cg = f.create_group(f"carry/{name}")
-            cg.create_dataset(
-                "rows",
-                shape=(0, dim),
-                maxshape=(None, dim),
-                dtype="f8",
-                chunks=(16, dim),
-                **_CHECKSUM,
-            )
-            cg.create_dataset("offsets", shape=(n_edits + 1,), dtype="i8", fillvalue=0, **_CHECKSUM)
-        f.flush()
-        f.close()
-        os.replace(tmp, part)
+        with atomic_path(part, suffix=".new") as tmp, h5py.File(tmp, "w") as f:
+            _write_header(f, n_edits, params, dtypes, biases, resume_key, attrs)
+            g = f.create_group("metrics")
+            for name in metric_names:
+                g.create_dataset(name, shape=(n_edits,), dtype="f8", fillvalue=np.nan, **_CHECKSUM)
+            for i, p in enumerate(params):
+                _create_param_groups(f, i, p, kinds[p], shapes[p], n_edits, p in biases)
+            f.create_group("editor_state")
+            for name, dim in (carry_dims or {}).items():
+                _create_carry(f, name, dim, n_edits)
+            f.flush()
         return cls(h5py.File(part, "r+"), part)
 
     @property
@@ -379,9 +272,9 @@ class TrajectoryWriter:
         snapshot: dict[str, torch.Tensor] | None = None,
         carry: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Record one editing step of ``len(metrics)`` edits, ``t .. t + len(metrics) - 1`` (1-based),
-        made by the one update ``updates``, and advance ``n_done`` to the step's last edit after a
-        flush (a run killed mid-step redoes the whole step).
+        """Record one editing step of ``len(metrics)`` edits, ``t .. t + len(metrics) - 1``
+        (1-based), made by the one update ``updates``, and advance ``n_done`` to the step's last
+        edit after a flush (a run killed mid-step redoes the whole step).
 
         The step's update and carried rows are stored with its first edit ``t``; its other edits
         store an empty update (zero factors, no low-rank rows, no carried rows), so that the weights
@@ -429,7 +322,8 @@ class TrajectoryWriter:
 
     @staticmethod
     def _write_update(g: h5py.Group, t: int, last: int, p: str, upd: ParamUpdate) -> None:
-        """``upd`` as edit ``t``'s update of param ``p`` (group ``g``), empty ones for ``t+1 .. last``."""
+        """``upd`` as edit ``t``'s update of param ``p`` (group ``g``), empty ones for
+        ``t+1 .. last``."""
         if upd.kind != g.attrs["kind"]:
             raise StoreError(
                 f"edit {t}: a {upd.kind} update for {p}, whose store kind is {g.attrs['kind']}"
@@ -472,15 +366,145 @@ class TrajectoryWriter:
             self.f.close()
 
 
+def _open_resumable(part: Path, resume_key: str) -> h5py.File | None:
+    """The partial file ``part`` opened to resume, when it was made with ``resume_key``; None when
+    there is none or it holds no finished edit (it is then replaced); an error when it holds
+    finished edits made with other inputs or settings."""
+    f = open_partial(part, "r+")
+    if f is None or f.attrs.get("resume_key") == resume_key:
+        return f
+    found, n_done, n_total = (
+        f.attrs.get("resume_key"),
+        int(f.attrs.get("n_done", 0)),
+        f.attrs.get("n_edits"),
+    )
+    f.close()
+    if n_done > 0:
+        raise StoreError(
+            f"{part} holds an unfinished trajectory ({n_done} of {n_total} edits done) made with "
+            f"different inputs or settings (resume key {found!r} != {resume_key!r}). Delete it to "
+            "start afresh (its edits are lost), or restore the inputs and config it was made with "
+            "to resume it"
+        )
+    log.info(
+        "replacing %s: it holds no finished edit and was made with different inputs or settings",
+        part,
+    )
+    return None
+
+
+def _add_missing_metrics(f: h5py.File, metric_names: list[str]) -> list[str]:
+    """Give a resumed file (NaN) datasets for the metrics it lacks (a file from before they
+    existed); their names."""
+    added = [name for name in metric_names if name not in f["metrics"]]
+    for name in added:
+        f["metrics"].create_dataset(
+            name,
+            shape=(int(f.attrs["n_edits"]),),
+            dtype="f8",
+            fillvalue=np.nan,
+            **_CHECKSUM,
+        )
+    if added:
+        f.flush()
+    return added
+
+
+def _write_header(
+    f: h5py.File,
+    n_edits: int,
+    params: list[str],
+    dtypes: dict[str, str],
+    biases: dict[str, str],
+    resume_key: str,
+    attrs: dict,
+) -> None:
+    """The file attributes of a new trajectory file (``attrs``: scalars as they are, others
+    JSON)."""
+    f.attrs["format"] = FORMAT
+    f.attrs["n_edits"] = n_edits
+    f.attrs["n_done"] = 0
+    f.attrs["complete"] = False
+    f.attrs["params"] = json.dumps(params)
+    f.attrs["param_dtypes"] = json.dumps(dtypes)
+    f.attrs["bias_params"] = json.dumps([p for p in params if p in biases])
+    f.attrs["bias_dtypes"] = json.dumps(biases)
+    f.attrs["resume_key"] = resume_key
+    for k, v in attrs.items():
+        f.attrs[k] = (
+            v if isinstance(v, (int, float, str, bool, np.integer, np.floating)) else json.dumps(v)
+        )
+
+
+def _create_param_groups(
+    f: h5py.File, i: int, p: str, kind: str, shape: tuple, n_edits: int, biased: bool
+) -> None:
+    """Groups ``updates/<i>`` (datasets of the update kind), ``snapshots/<i>`` and, when the
+    module's bias is edited, the bias deltas and ``bias_snapshots/<i>`` of param ``p``."""
+    out_dim, in_dim = shape
+    ug = f.create_group(f"updates/{i}")
+    ug.attrs["module"] = p
+    ug.attrs["kind"] = kind
+    if kind == "rank_one":
+        ug.create_dataset("u", shape=(n_edits, in_dim), dtype="f4", chunks=(1, in_dim), **_CHECKSUM)
+        ug.create_dataset(
+            "v", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim), **_CHECKSUM
+        )
+    elif kind == "low_rank":
+        for name, dim in (("u", in_dim), ("v", out_dim)):
+            ug.create_dataset(
+                name,
+                shape=(0, dim),
+                maxshape=(None, dim),
+                dtype="f4",
+                chunks=(16, dim),
+                **_CHECKSUM,
+            )
+        ug.create_dataset("offsets", shape=(n_edits + 1,), dtype="i8", fillvalue=0, **_CHECKSUM)
+    elif kind == REPLAY:
+        pass  # snapshots only
+    elif kind == "dense":
+        ug.create_dataset(
+            "dense",
+            shape=(n_edits, out_dim, in_dim),
+            dtype="f4",
+            chunks=(1, out_dim, in_dim),
+            compression="gzip",
+            compression_opts=1,
+            **_CHECKSUM,
+        )
+    else:
+        raise StoreError(f"unknown update kind {kind!r} for {p}")
+    f.create_group(f"snapshots/{i}")
+    ug.attrs["bias"] = biased
+    if biased:
+        if kind != REPLAY:
+            ug.create_dataset(
+                "bias", shape=(n_edits, out_dim), dtype="f4", chunks=(1, out_dim), **_CHECKSUM
+            )
+        f.create_group(f"bias_snapshots/{i}")
+
+
+def _create_carry(f: h5py.File, name: str, dim: int, n_edits: int) -> None:
+    """Group ``carry/<name>``: growing rows of width ``dim`` and each edit's end offset."""
+    cg = f.create_group(f"carry/{name}")
+    cg.create_dataset(
+        "rows", shape=(0, dim), maxshape=(None, dim), dtype="f8", chunks=(16, dim), **_CHECKSUM
+    )
+    cg.create_dataset("offsets", shape=(n_edits + 1,), dtype="i8", fillvalue=0, **_CHECKSUM)
+
+
 # -- readers --------------------------------------------------------------------------------
 def read_editor_state(f: h5py.File) -> dict[str, list[str]]:
-    """The editor's stored string lists (e.g. ROME's context templates) of an open trajectory file."""
+    """The editor's stored string lists (e.g. ROME's context templates) of an open trajectory
+    file."""
     g = f.get("editor_state", {})
     return {k: [s.decode() if isinstance(s, bytes) else s for s in g[k][()]] for k in g}
 
 
 def read_carry(f: h5py.File, t_to: int) -> list[dict[str, torch.Tensor]]:
-    """What the editor carried after each of edits 1..``t_to``, in order ({} per edit without any)."""
+    """What the editor carried after each of edits 1..``t_to``, in order ({} per edit without
+    any)."""
     g = f.get("carry")
     if g is None:
         return [{} for _ in range(t_to)]
@@ -495,8 +519,54 @@ def read_carry(f: h5py.File, t_to: int) -> list[dict[str, torch.Tensor]]:
     return out
 
 
+def read_editor_setup(path: str | os.PathLike) -> dict:
+    """What the runner made the trajectory's editor with: ``editor`` (its name), ``hparams``,
+    ``seed`` and ``state`` (:func:`read_editor_state`), from a trajectory file."""
+    with h5py.File(path, "r") as f:
+        return {
+            "editor": str(f.attrs["editor"]),
+            "hparams": json.loads(f.attrs["hparams"]),
+            "seed": int(f.attrs["seed"]),
+            "state": read_editor_state(f),
+        }
+
+
+def read_partial_editor_state(path: str | os.PathLike) -> dict[str, list[str]] | None:
+    """The editor state stored in the resumable partial file of trajectory ``path`` when it holds
+    finished edits, else None (an unreadable one is moved aside by :func:`open_partial`)."""
+    f = open_partial(partial_path(path), "r")
+    if f is None:
+        return None
+    with f:
+        if int(f.attrs.get("n_done", 0)) == 0:
+            return None
+        return read_editor_state(f)
+
+
+def finished_trajectory(path: str | os.PathLike) -> dict:
+    """``n_edits`` (edits done) and ``params`` (the edited matrices) of a finished trajectory
+    file; a ValueError when it is not finished."""
+    with h5py.File(path, "r") as f:
+        if not bool(f.attrs.get("complete", False)):
+            raise ValueError(f"{path} is not a finished trajectory (complete flag missing)")
+        return {"n_edits": int(f.attrs["n_done"]), "params": json.loads(f.attrs["params"])}
+
+
+def read_edits_per_step(path: str | os.PathLike) -> int:
+    """Records per editing step of a trajectory file (1 for files from before steps existed)."""
+    with h5py.File(path, "r") as f:
+        return int(f.attrs.get("edits_per_step", 1))
+
+
+def read_environment(path: str | os.PathLike) -> str:
+    """The JSON of where the trajectory ran (CPU, GPUs; ``"{}"`` in files without it)."""
+    with h5py.File(path, "r") as f:
+        return str(f.attrs.get("environment", "{}"))
+
+
 def read_metrics(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The per-edit metric columns of a trajectory file (finished or partial), first ``n_done`` rows."""
+    """The per-edit metric columns of a trajectory file (finished or partial), first ``n_done``
+    rows."""
     with h5py.File(path, "r") as f:
         n = int(f.attrs["n_done"])
         return {k: _read(f["metrics"][k], slice(0, n)) for k in f["metrics"]}
@@ -513,8 +583,9 @@ def read_updates(f: h5py.File, t_from: int, t_to: int) -> list[list[ParamUpdate]
                 cols.append([])
                 continue
             raise UpdatesNotStored(
-                f"{f.filename}: the updates of {p} are not stored (store_updates: false); the weights after "
-                f"edits {t_from + 1}..{t_to} are rebuilt by replaying the editor from snapshot {t_from} "
+                f"{f.filename}: the updates of {p} are not stored (store_updates: false); the "
+                f"weights after edits {t_from + 1}..{t_to} are rebuilt by replaying the editor "
+                f"from snapshot {t_from} "
                 "(editscale.editing.replay.WeightLoader)"
             )
         if g.attrs["kind"] == "rank_one":
@@ -577,7 +648,8 @@ def replay_weights(
     device: str | torch.device = "cpu",
     block: int = 64,
 ):
-    """Yield ``(t, weights)`` after every edit ``t = 1 .. t_to`` in turn, from the unedited snapshot.
+    """Yield ``(t, weights)`` after every edit ``t = 1 .. t_to`` in turn, from the unedited
+    snapshot.
 
     ``weights`` is the same dict of tensors each time, updated in place (copy what is kept). Each
     step applies one stored update with :func:`apply_update`, so the values are bitwise those of

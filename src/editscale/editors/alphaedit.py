@@ -64,7 +64,8 @@ class AlphaEditEditor(CarriedKeysEditor):
 def make_editor(
     model, tok, hparams: dict, second_moment, seed: int, state: dict | None = None
 ) -> AlphaEditEditor:
-    """Build an AlphaEdit editor (as :func:`editscale.editors.memit.make_editor`); K_p K_p^T starts at 0."""
+    """Build an AlphaEdit editor (as :func:`editscale.editors.memit.make_editor`); K_p K_p^T
+    starts at 0."""
     return _make_memit_editor(
         model, tok, hparams, second_moment, seed, state=state, editor_cls=AlphaEditEditor
     )

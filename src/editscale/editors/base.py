@@ -9,12 +9,15 @@ rebuilt from a file equal the runner's weights bit for bit on the same device.
 An update may also change the module's bias (``bias``: an (out,) delta; FT-C with
 ``include_bias``, as the public baseline, which fine-tunes every parameter of the module). In
 dicts of edited tensors (snapshots, rebuilt weights) the bias of module ``m`` is keyed
-:func:`bias_key` ``(m)`` = ``m + ".bias"``, which :func:`editscale.lm.models.edit_parameter` resolves.
+:func:`bias_key` ``(m)`` = ``m + ".bias"``, which :func:`editscale.lm.models.edit_parameter`
+resolves.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -24,7 +27,8 @@ BIAS_SUFFIX = ".bias"
 
 
 def bias_key(module: str) -> str:
-    """The key of ``module``'s bias in dicts of edited tensors (``transformer.h.0.mlp.c_proj.bias``)."""
+    """The key of ``module``'s bias in dicts of edited tensors
+    (``transformer.h.0.mlp.c_proj.bias``)."""
     return module + BIAS_SUFFIX
 
 
@@ -105,7 +109,100 @@ def apply_updates(model, updates: list[ParamUpdate], spec: ArchSpec) -> None:
         apply_update(edit_parameter(model, upd.module), upd, spec, bias=bias)
 
 
-def edited_tensor_names(editor) -> list[str]:
+# ----------------------------------------------------------------------------- the interface
+
+UPDATE_KINDS = ("rank_one", "low_rank", "dense")  # ParamUpdate.kind of an editor's updates
+
+
+@runtime_checkable
+class Editor(Protocol):
+    """What the workflow calls on an editor (the runner, replay, the single-edit diagnostic and
+    the disabling job). ``make_editor(model, tok, hparams, second_moment, seed, state=None)`` of
+    an editor module returns one (with ``editor_file=`` and ``identity=`` when its
+    :class:`editscale.editors.EditorInfo` sets ``needs_editor_file``).
+
+    Optional capabilities are declared, never probed: ``edited_biases`` (modules whose bias the
+    edits change too; FT-C ``include_bias``) and ``carry_dims`` ({name: row width} of what each
+    edit carries to the next ones in :attr:`EditResult.carry`, which the runner stores and hands
+    back to :meth:`commit`; AlphaEdit, ENCORE) are empty for most editors (:class:`EditorBase`
+    has those defaults). Editing several records per step is :class:`BatchEditor`, declared by
+    ``EditorInfo.batched``.
+    """
+
+    name: str
+    update_kind: str  # one of UPDATE_KINDS: how the trajectory file stores the updates
+    info_names: Sequence[str]  # the scalar diagnostics of EditResult.info, one metric each
+    edited_biases: Sequence[str]
+    carry_dims: Mapping[str, int]
+
+    @property
+    def edited_modules(self) -> list[str]:
+        """The module paths of the edited matrices, in a fixed order (metrics ``*_i``)."""
+        ...
+
+    def state_strings(self) -> dict[str, list[str]]:
+        """What a resumed run needs to continue identically (stored in the trajectory file)."""
+        ...
+
+    def compute(self, record: dict) -> EditResult:
+        """The updates inserting one CounterFact record, computed on the model as it is; the
+        model's weights are unchanged afterwards (the caller applies the updates)."""
+        ...
+
+    def commit(self, carry: Mapping[str, torch.Tensor]) -> None:
+        """Take what an applied edit carries (``EditResult.carry``); only with ``carry_dims``."""
+        ...
+
+
+@runtime_checkable
+class BatchEditor(Editor, Protocol):
+    """An editor that inserts several records with one update (``EditorInfo.batched``)."""
+
+    def compute_batch(self, records: list[dict]) -> EditResult: ...
+
+
+class EditorBase:
+    """The optional capabilities switched off: no bias edited, nothing carried between edits."""
+
+    edited_biases: Sequence[str] = ()
+    carry_dims: Mapping[str, int] = MappingProxyType({})
+
+    def commit(self, carry: Mapping[str, torch.Tensor]) -> None:
+        if carry:
+            raise ValueError(f"editor {self.name!r} carries nothing, got {sorted(carry)}")
+
+
+EDITOR_MEMBERS = (
+    "name",
+    "update_kind",
+    "info_names",
+    "edited_biases",
+    "carry_dims",
+    "edited_modules",
+    "state_strings",
+    "compute",
+    "commit",
+)
+
+
+def check_editor(editor: object, batched: bool = False) -> Editor:
+    """``editor`` if it has every member of :class:`Editor` (and ``compute_batch`` of
+    :class:`BatchEditor` when ``batched``) and a known ``update_kind``, else TypeError naming what
+    it lacks."""
+    members = EDITOR_MEMBERS + (("compute_batch",) if batched else ())
+    missing = [m for m in members if not hasattr(editor, m)]
+    kind = "BatchEditor" if batched else "Editor"
+    if missing:
+        raise TypeError(f"{type(editor).__name__} is not an {kind}: it lacks {missing}")
+    if editor.update_kind not in UPDATE_KINDS:
+        raise TypeError(
+            f"{type(editor).__name__}.update_kind {editor.update_kind!r} is not one of "
+            f"{UPDATE_KINDS}"
+        )
+    return editor
+
+
+def edited_tensor_names(editor: Editor) -> list[str]:
     """The keys of every tensor an editor changes: its matrices, then ``bias_key(m)`` of each
     module whose bias it edits (``editor.edited_biases``, empty for most editors)."""
-    return list(editor.edited_modules) + [bias_key(m) for m in getattr(editor, "edited_biases", ())]
+    return list(editor.edited_modules) + [bias_key(m) for m in editor.edited_biases]

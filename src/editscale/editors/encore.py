@@ -6,7 +6,8 @@ path: ``use_gd`` false) two changes against norm growth over long edit sequences
 
 * **Most-probable early stopping** (MPES) of the target search: ``prob_cutoff`` -2 stops the
   optimisation at the second pass at which the new target is the top-1 prediction after the
-  rewriting prompts (:func:`editscale.editors.rome.optimise_delta`).
+  rewriting prompts (:class:`MostProbableStop`, the stop rule handed to the shared v*
+  optimisation :func:`editscale.editors.rome.optimise_delta`).
 * **Norm penalty and earlier edits.** The update solves
   (lambda C + mu I + sum_{earlier steps} K K^T + K K^T) adj = K and dW = R adj^T, with mu =
   ``update_norm_lambda``: mu I penalises ||dW||_F, and (``add_prev_edits``) the keys of every
@@ -19,11 +20,37 @@ continues bit for bit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from editscale.editors.hparams import EncoreHParams
 from editscale.editors.memit import CarriedKeysEditor
 from editscale.editors.memit import make_editor as _make_memit_editor
+
+
+@dataclass
+class MostProbableStop:
+    """ENCORE's most-probable early stopping (public ``encore/compute_z.py``), a
+    :class:`editscale.editors.rome.StopRule`: asked after a forward pass and before its update.
+
+    ``cutoff`` < 0: stop at the |cutoff|-th pass (counted over the whole optimisation, not
+    consecutively) at which every target token is the argmax after every rewriting prompt but the
+    first (the public code skips row 0); > 0: stop once the mean over prompts of
+    exp(-mean token NLL) exceeds it. One instance per optimisation (``passes`` counts)."""
+
+    cutoff: float
+    passes: int = 0
+
+    def __call__(self, logp: torch.Tensor, tgt: torch.Tensor, nll_tok: torch.Tensor) -> bool:
+        n_rw, m = nll_tok.shape
+        if self.cutoff < 0:
+            top = logp.view(n_rw, m, -1)[1:].argmax(-1)
+            if bool((top == tgt[None]).all()):
+                self.passes += 1
+                return self.passes == abs(int(self.cutoff))
+            return False
+        return float(torch.exp(-nll_tok.sum(1) / m).mean()) > self.cutoff
 
 
 class EncoreEditor(CarriedKeysEditor):
@@ -33,6 +60,10 @@ class EncoreEditor(CarriedKeysEditor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._step_keys: dict[int, torch.Tensor] = {}
+
+    def _stop_rule(self) -> MostProbableStop | None:
+        """A fresh most-probable stop for each target search (none when ``prob_cutoff`` is 0)."""
+        return MostProbableStop(float(self.hp.prob_cutoff)) if self.hp.prob_cutoff else None
 
     def _adjusted_keys(self, layer: int, k: torch.Tensor) -> torch.Tensor:
         c = self.hp.mom2_update_weight * self.c[layer]
@@ -55,7 +86,8 @@ class EncoreEditor(CarriedKeysEditor):
 def make_editor(
     model, tok, hparams: dict, second_moment, seed: int, state: dict | None = None
 ) -> EncoreEditor:
-    """Build an ENCORE editor (as :func:`editscale.editors.memit.make_editor`); no earlier edits yet."""
+    """Build an ENCORE editor (as :func:`editscale.editors.memit.make_editor`); no earlier edits
+    yet."""
     return _make_memit_editor(
         model, tok, hparams, second_moment, seed, state=state, editor_cls=EncoreEditor
     )

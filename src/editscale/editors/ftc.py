@@ -1,4 +1,5 @@
-"""FT-C: constrained fine-tuning of one MLP output matrix (the baseline of ROME's paper, Zhu et al. 2020).
+"""FT-C: constrained fine-tuning of one MLP output matrix (the baseline of ROME's paper, Zhu et
+al. 2020).
 
 Per edit, as the public baseline (kmeng01/rome ``baselines/ft``, hparams ``FT/*_constr.json``):
 
@@ -33,7 +34,7 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
-from editscale.editors.base import EditResult, ParamUpdate
+from editscale.editors.base import EditorBase, EditResult, ParamUpdate
 from editscale.editors.hparams import TARGET_POSITIONS, FtcHParams  # noqa: F401 (re-exported)
 from editscale.lm.models import arch_of, causal_attention_mask, get_module, n_layers
 from editscale.lm.scoring import target_token_ids
@@ -68,7 +69,7 @@ def target_nll(model, tok, prompt: str, target: str, mode: str = "own") -> torch
     return -logp.gather(1, torch.tensor(tgt, device=device)[:, None]).mean()
 
 
-class FtcEditor:
+class FtcEditor(EditorBase):
     """Constrained fine-tuning of the MLP output matrix of one layer."""
 
     name = "ftc"

@@ -1,21 +1,18 @@
-"""The editors' hyperparameter dataclasses, and their check against a config at start-up.
+"""The editors' hyperparameter dataclasses (each an :class:`editscale.io.hparams.HParams`).
 
 Torch-free (standard library only) so that :func:`editscale.config.check_config` can build these
 dataclasses from a config before any job runs: an unknown key, a value of the wrong type or a
 value a dataclass refuses is then reported with its config key at start-up, not as a bare error
 inside a job (after Snakemake has already deleted that job's previous outputs). The editor
-modules (which import torch) take the same classes from here.
+modules (which import torch) take the same classes from here. :class:`HParamError` and
+:func:`check_hparams` (the start-up check) are re-exported from :mod:`editscale.io.hparams`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import re
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, TypeVar, Union
+
+from editscale.io.hparams import HParamError, HParams, check_hparams
 
 __all__ = [
     "TARGET_POSITIONS",
@@ -34,17 +31,10 @@ __all__ = [
 TARGET_POSITIONS = ("own", "last_prompt")
 
 
-def _from_dict(cls, d: dict, label: str):
-    """``cls(**d)`` after refusing keys that are not fields of ``cls`` (``label`` names the set)."""
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown {label}: {unknown} (known: {sorted(known)})")
-    return cls(**d)
-
-
 @dataclass
-class RomeHParams:
+class RomeHParams(HParams):
+    label = "ROME hyperparameters"
+
     layer: int
     v_num_grad_steps: int = 20
     v_lr: float = 0.5
@@ -64,16 +54,14 @@ class RomeHParams:
                 f"rome.key_mode must be 'original' or 'homogeneous', not {self.key_mode!r}"
             )
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "RomeHParams":
-        return _from_dict(cls, d, "ROME hyperparameters")
-
 
 @dataclass
-class MemitHParams:
+class MemitHParams(HParams):
     """MEMIT (Meng et al. 2023): the public GPT-J/GPT-2 XL settings are the defaults, except the
     layers (model-specific: GPT-J 3-8, GPT-2 XL 13-17) and ``mom2_update_weight`` (GPT-J 15000,
     GPT-2 XL 20000)."""
+
+    label = "MEMIT hyperparameters"
 
     layers: list
     v_num_grad_steps: int = 20
@@ -106,15 +94,13 @@ class MemitHParams:
                 f"memit.mom2_update_weight must be > 0, not {self.mom2_update_weight!r}"
             )
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "MemitHParams":
-        return _from_dict(cls, d, "MEMIT hyperparameters")
-
 
 @dataclass
 class EmmetHParams(MemitHParams):
     """EMMET (Gupta et al. 2024): MEMIT's targets, keys and layer spreading with equality
     constraints. Defaults: the public GPT-J settings (one layer; ``mom2_update_weight`` 1)."""
+
+    label = "EMMET hyperparameters"
 
     mom2_update_weight: float = 1.0
     emmet_lambda: float = (
@@ -127,15 +113,13 @@ class EmmetHParams(MemitHParams):
         if self.emmet_lambda < 0 or self.update_norm_lambda < 0:
             raise ValueError("emmet: emmet_lambda and update_norm_lambda must be >= 0")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "EmmetHParams":
-        return _from_dict(cls, d, "EMMET hyperparameters")
-
 
 @dataclass
 class AlphaEditHParams(MemitHParams):
     """AlphaEdit (Fang et al. 2025): MEMIT's targets and keys, the update projected onto the null
     space of the preserved keys. Defaults: the public GPT-J / Llama3-8B settings."""
+
+    label = "AlphaEdit hyperparameters"
 
     v_num_grad_steps: int = 25
     nullspace_threshold: float = 2e-2  # eigenvalues of C below it span the null space
@@ -146,15 +130,13 @@ class AlphaEditHParams(MemitHParams):
         if self.nullspace_threshold <= 0 or self.L2 <= 0:
             raise ValueError("alphaedit: nullspace_threshold and L2 must be > 0")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "AlphaEditHParams":
-        return _from_dict(cls, d, "AlphaEdit hyperparameters")
-
 
 @dataclass
 class EncoreHParams(MemitHParams):
     """ENCORE (Gupta et al. 2025): MEMIT with most-probable early stopping of the target search
     and a norm penalty on the update. Defaults: the public Llama3-8B settings."""
+
+    label = "ENCORE hyperparameters"
 
     v_num_grad_steps: int = 25
     update_norm_lambda: float = 20.0  # mu: mu I added to lambda C (the norm penalty)
@@ -172,13 +154,11 @@ class EncoreHParams(MemitHParams):
                 "encore: a negative prob_cutoff counts passes and must be a whole number"
             )
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoreHParams":
-        return _from_dict(cls, d, "ENCORE hyperparameters")
-
 
 @dataclass
-class FtcHParams:
+class FtcHParams(HParams):
+    label = "FT-C hyperparameters"
+
     layer: int = 0
     num_steps: int = 25
     lr: float = 5e-4
@@ -190,32 +170,28 @@ class FtcHParams:
     def __post_init__(self):
         if self.target_positions not in TARGET_POSITIONS:
             raise ValueError(
-                f"ftc.target_positions must be one of {TARGET_POSITIONS}, not {self.target_positions!r}"
+                f"ftc.target_positions must be one of {TARGET_POSITIONS}, "
+                f"not {self.target_positions!r}"
             )
         if self.num_steps < 1 or self.lr <= 0 or self.norm_constraint <= 0:
             raise ValueError("ftc: num_steps >= 1, lr > 0 and norm_constraint > 0 are required")
         if not isinstance(self.include_bias, bool):
             raise ValueError(f"ftc.include_bias must be true or false, not {self.include_bias!r}")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "FtcHParams":
-        return _from_dict(cls, d, "FT-C hyperparameters")
-
 
 @dataclass
-class MendHParams:
+class MendHParams(HParams):
     """Edit-time settings (``methods.<m>.hparams``): which matrices, and the public ``lr_scale``."""
+
+    label = "MEND hyperparameters"
 
     layers: list | None = None  # explicit layers; None = the last ``n_last_layers`` layers
     n_last_layers: int = 3
     lr_scale: float = 1.0
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "MendHParams":
-        return _from_dict(cls, d, "MEND hyperparameters")
-
     def layer_indices(self, n_layer: int) -> list[int]:
-        """The edited layers (sorted) of a model with ``n_layer`` blocks; ValueError if any is outside it."""
+        """The edited layers (sorted) of a model with ``n_layer`` blocks; ValueError if any is
+        outside it."""
         layers = (
             list(self.layers)
             if self.layers is not None
@@ -228,7 +204,9 @@ class MendHParams:
 
 
 @dataclass
-class MendTrainHParams:
+class MendTrainHParams(HParams):
+    label = "MEND training hyperparameters"
+
     rank: int = 1920
     n_hidden: int = 1
     combine: bool = True
@@ -266,151 +244,3 @@ class MendTrainHParams:
             raise ValueError(
                 "mend training: max_steps, val_every, norm_records, loc_docs, loc_max_tokens >= 1"
             )
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MendTrainHParams":
-        return _from_dict(cls, d, "MEND training hyperparameters")
-
-
-# --------------------------------------------------------------------------- start-up check
-
-
-class HParamError(ValueError):
-    """A hyperparameter a dataclass does not accept; ``key`` is its dotted config key.
-
-    Same attributes and message as :class:`editscale.config.ConfigError` (which is not imported
-    here, to keep this module free of the config machinery)."""
-
-    def __init__(self, key: str, problem: str):
-        self.key = key
-        self.problem = problem
-        super().__init__(f"config key '{key}': {problem}")
-
-
-T = TypeVar("T")
-
-# how a YAML value's type, and a field annotation, read in a message
-_VALUE_KINDS = {
-    bool: "a boolean",
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    list: "a list",
-    tuple: "a list",
-    dict: "a mapping",
-}
-_EXPECTED = {**_VALUE_KINDS, bool: "true or false", type(None): "null"}
-
-
-def _type_name(value: Any) -> str:
-    """How a YAML value reads in a message: ``'fast' (a string)``."""
-    if value is None:
-        return "null"
-    return f"{value!r} ({_VALUE_KINDS.get(type(value), type(value).__name__)})"
-
-
-def _expected(tp: Any) -> str:
-    """A type annotation in words: ``a number``, ``a list or null``, ``one of ['a', 'b']``."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_expected(a) for a in typing.get_args(tp))
-    if origin is Literal:
-        return f"one of {list(typing.get_args(tp))}"
-    if origin in (list, tuple):
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return f"a list of {_expected(args[0])}" if args else "a list"
-    return _EXPECTED.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _matches(value: Any, tp: Any) -> bool:
-    """Whether a YAML value fits a field annotation: ints are numbers, booleans are neither."""
-    if tp is Any:
-        return True
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return any(_matches(value, a) for a in typing.get_args(tp))
-    if origin is Literal:
-        return any(value == a and type(value) is type(a) for a in typing.get_args(tp))
-    if origin in (list, tuple):
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return isinstance(value, (list, tuple)) and (
-            not args or all(_matches(v, args[0]) for v in value)
-        )
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp in (list, tuple):
-        return isinstance(value, (list, tuple))
-    return isinstance(value, tp) if isinstance(tp, type) else True
-
-
-def _refused_by(cls: type, values: Mapping[str, Any]) -> list[str]:
-    """The given keys without which ``cls`` accepts ``values``: what its ``__post_init__`` objects
-    to (several bad values at once leave none: the caller then looks for names in the message)."""
-    out = []
-    for name in values:
-        try:
-            cls(**{k: v for k, v in values.items() if k != name})
-        except (TypeError, ValueError):
-            continue
-        out.append(name)
-    return out
-
-
-def check_hparams(
-    cls: type[T], values: Mapping[str, Any], where: str, keys: Mapping[str, str] | None = None
-) -> T:
-    """``cls`` built from a config's ``values``, or :class:`HParamError` naming the config key.
-
-    Checks, in order: every key is a field of ``cls`` (else the known ones and the closest
-    match), every field without a default is given, every value fits the field's annotation
-    (an integer is accepted for a float, a boolean for neither, and no number for a boolean),
-    and the dataclass's own ``__post_init__`` accepts them.
-
-    ``where`` is the config key holding ``values`` (e.g. ``methods.mend.training``): a value's key
-    is ``<where>.<name>`` unless ``keys`` gives another (merged values: ``per_model`` entries
-    override ``hparams``). A ``__post_init__`` error is pinned on the given value without which the
-    dataclass accepts the rest, else on the first given value its message names, else on ``where``.
-    """
-    keys = keys or {}
-
-    def key(name: str) -> str:
-        return keys.get(name, f"{where}.{name}")
-
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for name in values:
-        if name not in fields:
-            close = difflib.get_close_matches(name, list(fields), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise HParamError(
-                key(name),
-                f"is not a hyperparameter of {cls.__name__} ({hint}known: {sorted(fields)})",
-            )
-    for name, f in fields.items():
-        if (
-            name not in values
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        ):
-            raise HParamError(key(name), f"is required by {cls.__name__} but missing")
-    hints = typing.get_type_hints(cls)
-    for name, value in values.items():
-        if not _matches(value, hints[name]):
-            raise HParamError(
-                key(name), f"expected {_expected(hints[name])}, got {_type_name(value)}"
-            )
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as e:
-        culprits = _refused_by(cls, values) or [
-            n for n in values if re.search(rf"\b{re.escape(n)}\b", str(e))
-        ]
-        if not culprits:
-            raise HParamError(where, f"{e} (given: {dict(values)})") from None
-        given = ", ".join(f"{n}={values[n]!r}" for n in culprits)
-        raise HParamError(key(culprits[0]), f"{e} (given: {given})") from None

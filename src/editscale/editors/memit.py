@@ -34,16 +34,16 @@ from dataclasses import asdict
 
 import torch
 
-from editscale.editors.base import EditResult, ParamUpdate, apply_update
+from editscale.editors.base import EditorBase, EditResult, ParamUpdate, apply_update
 from editscale.editors.hparams import MemitHParams
 from editscale.editors.prompts import build_prompts, generate_context_templates, template_texts
-from editscale.editors.rome import lower_pass, optimise_delta
+from editscale.editors.rome import StopRule, lower_pass, optimise_delta
 from editscale.lm.models import arch_of, edit_parameter, n_layers
 
 log = logging.getLogger(__name__)
 
 
-class MemitEditor:
+class MemitEditor(EditorBase):
     """MEMIT updates of the MLP output matrices of ``hparams.layers``."""
 
     name = "memit"
@@ -97,7 +97,8 @@ class MemitEditor:
 
     # -- targets ----------------------------------------------------------------------------
     def _target(self, record: dict) -> tuple[torch.Tensor, dict]:
-        """z = h + delta at the last edited block for one record, and the optimisation's diagnostics."""
+        """z = h + delta at the last edited block for one record, and the optimisation's
+        diagnostics."""
         rw = record["requested_rewrite"]
         new = rw["target_new"]["str"]
         target_ids = self.tok(new if new.startswith(" ") else " " + new, add_special_tokens=False)[
@@ -123,9 +124,14 @@ class MemitEditor:
             len(self.context_templates),
             target_init,
             z_layer,
+            stop=self._stop_rule(),
         )
         info.update(delta_norm=float(delta.norm()), target_init_norm=float(target_init.norm()))
         return target_init + delta, info
+
+    def _stop_rule(self) -> StopRule | None:
+        """An extra stop of the target search, fresh per record (ENCORE's); MEMIT has none."""
+        return None
 
     # -- keys and current values ------------------------------------------------------------
     def _keys_and_values(
@@ -149,11 +155,13 @@ class MemitEditor:
         return k.T.double(), h.T.double()
 
     def _adjusted_keys(self, layer: int, k: torch.Tensor) -> torch.Tensor:
-        """(lambda C + K K^T)^-1 K (float64, (in, n)): dW = R adj^T. EMMET, AlphaEdit and ENCORE change this."""
+        """(lambda C + K K^T)^-1 K (float64, (in, n)): dW = R adj^T. EMMET, AlphaEdit and ENCORE
+        change this."""
         return torch.linalg.solve(self.hp.mom2_update_weight * self.c[layer] + k @ k.T, k)
 
     def _carry(self, records: list[dict]) -> dict[str, torch.Tensor]:
-        """What the next steps need from this one, read on the edited model (AlphaEdit: the keys)."""
+        """What the next steps need from this one, read on the edited model (AlphaEdit: the
+        keys)."""
         return {}
 
     # -- the step ---------------------------------------------------------------------------

@@ -20,8 +20,9 @@ when a public ``mend-*.pt`` file is loaded (:func:`load_public_state`).
 An edit's update of each matrix is stored as its low-rank factors (rows = the positions with a
 non-zero gradient): ``u = x~`` (r, in) and ``v = -lr * lr_scale * delta~`` (r, out).
 
-Editor files: ``<name>.safetensors`` written by :mod:`editscale.editors.mend_training` (tensors + a JSON
-manifest in the safetensors metadata and beside the file as ``<name>.safetensors.json``), or a public ``mend-*.pt`` file (read
+Editor files: ``<name>.safetensors`` written by :mod:`editscale.editors.mend_training` (tensors +
+a JSON manifest in the safetensors metadata and beside the file as ``<name>.safetensors.json``),
+or a public ``mend-*.pt`` file (read
 with ``torch.load(weights_only=True)``; a sidecar ``<file>.json`` from the download rule names the
 model it is meant for and the sha256 recorded at download, checked on every load:
 :mod:`editscale.editors.published`). A file made for another model, revision, set of matrices or
@@ -40,8 +41,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from editscale.editors.base import EditResult, ParamUpdate
+from editscale.editors.base import EditorBase, EditResult, ParamUpdate
 from editscale.editors.hparams import MendHParams
+from editscale.io.files import atomic_path
 from editscale.lm.models import arch_of, causal_attention_mask, get_module, n_layers
 from editscale.lm.scoring import target_token_ids
 
@@ -110,7 +112,8 @@ class IdMlp(nn.Module):
 
 
 class GradientTransform(nn.Module):
-    """Normalise the factors of one matrix shape and map them through the identity-initialised MLP."""
+    """Normalise the factors of one matrix shape and map them through the identity-initialised
+    MLP."""
 
     def __init__(
         self,
@@ -223,7 +226,8 @@ def edit_batch(tok, pairs: list[tuple[str, str]], device):
 
 
 def batch_nll(logits_fn, batch) -> torch.Tensor:
-    """Per-token NLL (k,) of a batch from :func:`edit_batch`; ``logits_fn(ids, mask, rows, pos)``."""
+    """Per-token NLL (k,) of a batch from :func:`edit_batch`; ``logits_fn(ids, mask, rows,
+    pos)``."""
     ids, mask, rows, pos, tgt = batch
     logp = logits_fn(ids, mask, rows, pos).float().log_softmax(-1)
     return -logp.gather(1, tgt[:, None])[:, 0]
@@ -368,63 +372,72 @@ def _check(what: str, found, expected, path) -> None:
         )
 
 
+def _read_own_file(path: Path) -> tuple[dict, dict]:
+    """(manifest, state) of an editor file this project wrote (safetensors)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        raise EditorFileMismatch(
+            f"{path} is not an editscale MEND editor (format {meta.get('format')!r})"
+        )
+    return json.loads(meta["manifest"]), load_file(str(path))
+
+
+def _read_public_file(path: Path, model, modules: list[str], shapes: dict) -> tuple[dict, dict]:
+    """(manifest, state) of a published editor file (the authors' pickled checkpoint), checked
+    against the sha256 recorded when it was fetched and against the model's hidden size."""
+    from editscale.editors.published import verify_editor_weights
+
+    # a downloaded file must still have the bytes whose sha256 was recorded when it was fetched
+    verify_editor_weights(path)
+    side = Path(str(path) + ".json")
+    manifest = json.loads(side.read_text()) if side.exists() else {}
+    raw = _load_public_pt(path)
+    raw_state = raw.get("model", raw) if isinstance(raw, dict) else raw
+    cfg = raw_state.get("model_config") if isinstance(raw_state, dict) else None
+    n_embd = getattr(cfg, "n_embd", None) if cfg is not None else None
+    if n_embd is not None and n_embd != model.config.hidden_size:
+        raise EditorFileMismatch(
+            f"editor file {path} was made for a model with hidden size {n_embd}, "
+            f"this model has {model.config.hidden_size}"
+        )
+    state = _public_key_map(raw_state, arch_of(model), modules)
+    u_key = next((k for k in state if k.endswith("layers.0.u")), None)
+    if u_key is None:
+        raise EditorFileMismatch(
+            f"{path}: no editor network weights found (expected mend.(in, out).mlp...)"
+        )
+    n_hidden = max(int(re.search(r"layers\.(\d+)\.", k).group(1)) for k in state if ".layers." in k)
+    manifest = {
+        **manifest,
+        "arch": {
+            "rank": int(state[u_key].shape[1]),
+            "n_hidden": n_hidden,
+            "combine": any(".mlp.layers." in k for k in state),
+            "modules": modules,
+            "shapes": {m: list(s) for m, s in shapes.items()},
+        },
+        "source": "public",
+    }
+    return manifest, state
+
+
 def load_editor(
     path, model, modules: list[str], identity: dict | None = None
 ) -> tuple[MendNetwork, dict]:
-    """Load and check an editor file for ``model``; returns (network on the model's device, manifest)."""
+    """Load and check an editor file for ``model``; returns (network on the model's device,
+    manifest)."""
     path = Path(path)
     shapes = {m: module_shape(model, m) for m in modules}
-    spec = arch_of(model)
     if not path.exists():
         raise FileNotFoundError(f"MEND editor file {path} not found")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise EditorFileMismatch(
-                f"{path} is not an editscale MEND editor (format {meta.get('format')!r})"
-            )
-        manifest = json.loads(meta["manifest"])
-        state = load_file(str(path))
+        manifest, state = _read_own_file(path)
     else:
-        from editscale.editors.published import verify_editor_weights
-
-        # a downloaded file must still have the bytes whose sha256 was recorded when it was fetched
-        verify_editor_weights(path)
-        side = Path(str(path) + ".json")
-        manifest = json.loads(side.read_text()) if side.exists() else {}
-        raw = _load_public_pt(path)
-        raw_state = raw.get("model", raw) if isinstance(raw, dict) else raw
-        cfg = raw_state.get("model_config") if isinstance(raw_state, dict) else None
-        n_embd = getattr(cfg, "n_embd", None) if cfg is not None else None
-        if n_embd is not None and n_embd != model.config.hidden_size:
-            raise EditorFileMismatch(
-                f"editor file {path} was made for a model with hidden size {n_embd}, "
-                f"this model has {model.config.hidden_size}"
-            )
-        state = _public_key_map(raw_state, spec, modules)
-        u_key = next((k for k in state if k.endswith("layers.0.u")), None)
-        if u_key is None:
-            raise EditorFileMismatch(
-                f"{path}: no editor network weights found (expected mend.(in, out).mlp...)"
-            )
-        n_hidden = max(
-            int(re.search(r"layers\.(\d+)\.", k).group(1)) for k in state if ".layers." in k
-        )
-        manifest = {
-            **manifest,
-            "arch": {
-                "rank": int(state[u_key].shape[1]),
-                "n_hidden": n_hidden,
-                "combine": any(".mlp.layers." in k for k in state),
-                "modules": modules,
-                "shapes": {m: list(s) for m, s in shapes.items()},
-            },
-            "source": "public",
-        }
+        manifest, state = _read_public_file(path, model, modules, shapes)
     if identity is not None and "model_id" in manifest:
         _check("model", manifest["model_id"], identity["model_id"], path)
         _check("revision", manifest.get("revision"), identity["revision"], path)
@@ -451,19 +464,19 @@ def load_editor(
 
 
 def save_editor(path, net: MendNetwork, manifest: dict) -> None:
-    """Write the editor as safetensors (manifest in the metadata) + ``<path>.json`` (the manifest)."""
+    """Write the editor as safetensors (manifest in the metadata) + ``<path>.json`` (the
+    manifest)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     manifest = {**manifest, "arch": net.manifest_arch()}
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        state,
-        str(tmp),
-        metadata={"format": FORMAT, "manifest": json.dumps(manifest, sort_keys=True)},
-    )
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(
+            state,
+            str(tmp),
+            metadata={"format": FORMAT, "manifest": json.dumps(manifest, sort_keys=True)},
+        )
     side = Path(str(path) + ".json")
     side.write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
@@ -471,7 +484,7 @@ def save_editor(path, net: MendNetwork, manifest: dict) -> None:
 # --------------------------------------------------------------------------- the editor
 
 
-class MendEditor:
+class MendEditor(EditorBase):
     name = "mend"
     update_kind = "low_rank"
     info_names = ("mend_nll_pre", "mend_rank")

@@ -26,10 +26,9 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -51,6 +50,7 @@ from editscale.editors.mend import (
     shape_key,
 )
 from editscale.io import provenance
+from editscale.io.files import atomic_save
 from editscale.lm.models import load_model, model_identity, n_layers
 
 log = logging.getLogger(__name__)
@@ -178,10 +178,175 @@ def _load_locality_docs(
     return docs
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _training_records(split_path, counterfact_path) -> tuple[list[dict], list[dict], str, str]:
+    """The training and validation records of the editor split, the CounterFact file's sha256
+    and the hash of the records (:func:`records_hash`)."""
+    split = read_editor_split(split_path)
+    by_id = counterfact.records_by_case_id(counterfact.load_counterfact(counterfact_path))
+    missing = [c for c in split["train"] + split["val"] if c not in by_id]
+    if missing:
+        raise ValueError(
+            f"{split_path} names case ids absent from {counterfact_path}: {missing[:5]}"
+        )
+    train = [by_id[c] for c in split["train"]]
+    val = [by_id[c] for c in split["val"]]
+    cf_sha = provenance.sha256_file(counterfact_path)
+    return train, val, cf_sha, records_hash(split["train"], split["val"], cf_sha)
+
+
+def _fresh_state() -> dict:
+    """The training state a checkpoint carries (step, best validation, history, time)."""
+    return {
+        "step": 0,
+        "best_loss": math.inf,
+        "best_state": None,
+        "best_step": 0,
+        "bad_rounds": 0,
+        "history": [],
+        "elapsed": 0.0,
+        "untrained": None,
+    }
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """The training state (``torch.save``) through a temporary file and a rename: a kill leaves
+    the previous checkpoint whole."""
+    atomic_save(torch.save, state, path)
+
+
+@dataclass
+class _Job:
+    """What one training job holds: the trainer, the editor networks and their two optimizers,
+    its checkpoint (valid only for inputs and settings hashing to ``key``) and its clock."""
+
+    tr: _Trainer
+    net: MendNetwork
+    opt: torch.optim.Optimizer
+    lr_opt: torch.optim.Optimizer
+    ckpt_path: Path
+    key: str
+    t_start: float
+
+    def resume(self) -> dict:
+        """The state of the checkpoint when it was made for ``key`` (loading the networks and
+        optimizers), else a fresh one with the normalisation statistics and the untrained
+        networks' validation."""
+        state = _fresh_state()
+        if self.ckpt_path.exists():
+            ck = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+            if ck.get("key") == self.key:
+                self.net.load_state_dict(ck["net"])
+                self.opt.load_state_dict(ck["opt"])
+                self.lr_opt.load_state_dict(ck["lr_opt"])
+                state.update({k: ck[k] for k in state})
+                log.info("resuming MEND training from %s at step %d", self.ckpt_path, state["step"])
+            else:
+                log.warning(
+                    "%s was written with other inputs or settings: starting afresh", self.ckpt_path
+                )
+        if state["step"] == 0:
+            n_norm = min(self.tr.thp.norm_records, len(self.tr.train))
+            self.tr.init_normalisation(n_norm)
+            log.info("normalisation statistics from %d training edits", n_norm)
+            state["untrained"] = self.tr.validate()
+            log.info("validation before training: %s", _fmt(state["untrained"]))
+        return state
+
+    def save(self, state: dict) -> None:
+        save_checkpoint(
+            {
+                "key": self.key,
+                "net": self.net.state_dict(),
+                "opt": self.opt.state_dict(),
+                "lr_opt": self.lr_opt.state_dict(),
+                **{k: v for k, v in state.items()},
+                "elapsed": state["elapsed"] + time.perf_counter() - self.t_start,
+            },
+            self.ckpt_path,
+        )
+
+    def validate(self, state: dict, step: int) -> bool:
+        """Validate at ``step``, keeping the best networks; whether to stop early."""
+        v = self.tr.validate()
+        state["history"].append({"step": float(step), **v})
+        if v["loss"] < state["best_loss"]:
+            state.update(
+                best_loss=v["loss"],
+                best_step=step,
+                bad_rounds=0,
+                best_state={k: t.detach().cpu().clone() for k, t in self.net.state_dict().items()},
+            )
+        else:
+            state["bad_rounds"] += 1
+        log.info(
+            "step %d validation: %s (best loss %.4f at step %d)",
+            step,
+            _fmt(v),
+            state["best_loss"],
+            state["best_step"],
+        )
+        patience = self.tr.thp.early_stop_patience
+        if state["bad_rounds"] >= patience:
+            log.info("early stop: no lower validation loss for %d validations", patience)
+            return True
+        return False
+
+    def run(self, state: dict, progress_every_s: float) -> int:
+        """Train from ``state["step"]`` until ``max_steps`` or the early stop; the last step."""
+        thp, net = self.tr.thp, self.net
+        net.train()
+        running: dict[str, float] = {}
+        last_log = time.perf_counter()
+        step = state["step"]
+        stopped = False
+        while step < thp.max_steps and not stopped:
+            rec, para, loc = self.tr.step_choices(step)
+            loss, st = self.tr.edit_step(rec, para, loc)
+            (loss / thp.accumulate).backward()
+            for k, v in st.items():
+                running[k] = running.get(k, 0.0) + v
+            step += 1
+            if step % thp.accumulate == 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), thp.grad_clip)
+                self.opt.step()
+                self.lr_opt.step()
+                self.opt.zero_grad()
+                self.lr_opt.zero_grad()
+            if step % thp.val_every == 0 or step == thp.max_steps:
+                stopped = self.validate(state, step)
+            state["step"] = step
+            if step % thp.checkpoint_every == 0 and step % thp.accumulate == 0 and not stopped:
+                self.save(state)
+            now = time.perf_counter()
+            if now - last_log >= progress_every_s:
+                n = step % thp.accumulate or thp.accumulate
+                log.info(
+                    "step %d/%d: %s | lrs %s",
+                    step,
+                    thp.max_steps,
+                    _fmt({k: v / max(n, 1) for k, v in running.items()}),
+                    [round(x, 6) for x in net.edit_lrs.detach().cpu().tolist()],
+                )
+                last_log = now
+            if step % thp.accumulate == 0:
+                running = {}
+        return step
+
+
+def _training_key(identity: dict, rec_hash: str, thp, hp, modules: list[str]) -> str:
+    """What a checkpoint must have been made with to be resumed, hashed."""
+    return hashlib.sha256(
+        json.dumps(
+            {
+                "identity": identity,
+                "records": rec_hash,
+                "training": asdict(thp),
+                "hparams": asdict(hp),
+                "modules": modules,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
 
 
 def train_mend(
@@ -203,17 +368,7 @@ def train_mend(
     t_start = time.perf_counter()
     thp = MendTrainHParams.from_dict(dict(training))
     hp = MendHParams.from_dict(dict(hparams))
-    split = read_editor_split(split_path)
-    by_id = counterfact.records_by_case_id(counterfact.load_counterfact(counterfact_path))
-    missing = [c for c in split["train"] + split["val"] if c not in by_id]
-    if missing:
-        raise ValueError(
-            f"{split_path} names case ids absent from {counterfact_path}: {missing[:5]}"
-        )
-    train = [by_id[c] for c in split["train"]]
-    val = [by_id[c] for c in split["val"]]
-    cf_sha = provenance.sha256_file(counterfact_path)
-    rec_hash = records_hash(split["train"], split["val"], cf_sha)
+    train, val, cf_sha, rec_hash = _training_records(split_path, counterfact_path)
 
     torch.manual_seed(thp.seed)
     model, tok = load_model(model_dir, dtype=dtype, device=device)
@@ -230,125 +385,18 @@ def train_mend(
         seed=thp.seed,
     ).to(next(model.parameters()).device)
     loc_docs = _load_locality_docs(tok, corpus, thp.loc_docs, thp.loc_max_tokens, base_dir)
-    tr = _Trainer(model, tok, net, thp, train, val, loc_docs)
-    edit_lr_params = [net.edit_lrs]
-    net_params = [p for n, p in net.named_parameters() if n != "edit_lrs"]
-    opt = torch.optim.Adam(net_params, lr=thp.lr)
-    lr_opt = torch.optim.Adam(edit_lr_params, lr=thp.lr_lr)
-
     out_path = Path(out_path)
-    ckpt_path = out_path.with_name(out_path.name + ".ckpt.pt")
-    key = hashlib.sha256(
-        json.dumps(
-            {
-                "identity": identity,
-                "records": rec_hash,
-                "training": asdict(thp),
-                "hparams": asdict(hp),
-                "modules": modules,
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()
-    state = {
-        "step": 0,
-        "best_loss": math.inf,
-        "best_state": None,
-        "best_step": 0,
-        "bad_rounds": 0,
-        "history": [],
-        "elapsed": 0.0,
-        "untrained": None,
-    }
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ck.get("key") == key:
-            net.load_state_dict(ck["net"])
-            opt.load_state_dict(ck["opt"])
-            lr_opt.load_state_dict(ck["lr_opt"])
-            state.update({k: ck[k] for k in state})
-            log.info("resuming MEND training from %s at step %d", ckpt_path, state["step"])
-        else:
-            log.warning("%s was written with other inputs or settings: starting afresh", ckpt_path)
-    if state["step"] == 0:
-        n_norm = min(thp.norm_records, len(train))
-        tr.init_normalisation(n_norm)
-        log.info("normalisation statistics from %d training edits", n_norm)
-        state["untrained"] = tr.validate()
-        log.info("validation before training: %s", _fmt(state["untrained"]))
-
-    def save_ckpt():
-        _atomic_torch_save(
-            {
-                "key": key,
-                "net": net.state_dict(),
-                "opt": opt.state_dict(),
-                "lr_opt": lr_opt.state_dict(),
-                **{k: v for k, v in state.items()},
-                "elapsed": state["elapsed"] + time.perf_counter() - t_start,
-            },
-            ckpt_path,
-        )
-
-    net.train()
-    running: dict[str, float] = {}
-    last_log = time.perf_counter()
-    step = state["step"]
-    stopped = False
-    while step < thp.max_steps and not stopped:
-        rec, para, loc = tr.step_choices(step)
-        loss, st = tr.edit_step(rec, para, loc)
-        (loss / thp.accumulate).backward()
-        for k, v in st.items():
-            running[k] = running.get(k, 0.0) + v
-        step += 1
-        if step % thp.accumulate == 0:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), thp.grad_clip)
-            opt.step()
-            lr_opt.step()
-            opt.zero_grad()
-            lr_opt.zero_grad()
-        if step % thp.val_every == 0 or step == thp.max_steps:
-            v = tr.validate()
-            state["history"].append({"step": float(step), **v})
-            if v["loss"] < state["best_loss"]:
-                state.update(
-                    best_loss=v["loss"],
-                    best_step=step,
-                    bad_rounds=0,
-                    best_state={k: t.detach().cpu().clone() for k, t in net.state_dict().items()},
-                )
-            else:
-                state["bad_rounds"] += 1
-            log.info(
-                "step %d validation: %s (best loss %.4f at step %d)",
-                step,
-                _fmt(v),
-                state["best_loss"],
-                state["best_step"],
-            )
-            if state["bad_rounds"] >= thp.early_stop_patience:
-                log.info(
-                    "early stop: no lower validation loss for %d validations",
-                    thp.early_stop_patience,
-                )
-                stopped = True
-        state["step"] = step
-        if step % thp.checkpoint_every == 0 and step % thp.accumulate == 0 and not stopped:
-            save_ckpt()
-        now = time.perf_counter()
-        if now - last_log >= progress_every_s:
-            n = step % thp.accumulate or thp.accumulate
-            log.info(
-                "step %d/%d: %s | lrs %s",
-                step,
-                thp.max_steps,
-                _fmt({k: v / max(n, 1) for k, v in running.items()}),
-                [round(x, 6) for x in net.edit_lrs.detach().cpu().tolist()],
-            )
-            last_log = now
-        if step % thp.accumulate == 0:
-            running = {}
+    job = _Job(
+        tr=_Trainer(model, tok, net, thp, train, val, loc_docs),
+        net=net,
+        opt=torch.optim.Adam([p for n, p in net.named_parameters() if n != "edit_lrs"], lr=thp.lr),
+        lr_opt=torch.optim.Adam([net.edit_lrs], lr=thp.lr_lr),
+        ckpt_path=out_path.with_name(out_path.name + ".ckpt.pt"),
+        key=_training_key(identity, rec_hash, thp, hp, modules),
+        t_start=t_start,
+    )
+    state = job.resume()
+    step = job.run(state, progress_every_s)
 
     net.load_state_dict(state["best_state"])
     best = next(h for h in state["history"] if int(h["step"]) == state["best_step"])
@@ -371,7 +419,7 @@ def train_mend(
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_editor(out_path, net, manifest)
-    ckpt_path.unlink(missing_ok=True)
+    job.ckpt_path.unlink(missing_ok=True)
     log.info(
         "MEND editor written to %s after %d steps (%.0f s): validation %s",
         out_path,

@@ -105,7 +105,8 @@ def template_texts(
 
 
 def build_prompts(tok, texts: list[tuple[str, int]]):
-    """Tokenise (text, subject_end_char) pairs with right padding; return encoding + lookup indices."""
+    """Tokenise (text, subject_end_char) pairs with right padding; return encoding + lookup
+    indices."""
     enc = tok(
         [t for t, _ in texts],
         return_tensors="pt",

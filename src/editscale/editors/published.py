@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 
 from editscale.data.download import download_file
+from editscale.io.files import atomic_write_json
 from editscale.io.provenance import sha256_file
 
 MANIFEST_NAME = "weights_manifest.json"
@@ -66,9 +67,7 @@ def read_manifest(manifest: str | os.PathLike) -> dict[str, dict]:
 
 
 def _write_manifest(manifest: Path, entries: dict) -> None:
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, manifest)
+    atomic_write_json(manifest, entries, end="\n", indent=1, sort_keys=True)
 
 
 def fetch_editor_weights(
@@ -91,9 +90,9 @@ def fetch_editor_weights(
     sha256 = sha256.lower() if sha256 else None
     if sha256 and recorded and sha256 != recorded:
         raise EditorWeightsMismatch(
-            f"{dest}: config sha256 {sha256} for {url} disagrees with the sha256 {recorded} recorded in "
-            f"{manifest} when it was first downloaded; the file at the URL may have changed (remove its "
-            "entry from the manifest to accept the config's hash)"
+            f"{dest}: config sha256 {sha256} for {url} disagrees with the sha256 {recorded} "
+            f"recorded in {manifest} when it was first downloaded; the file at the URL may have "
+            "changed (remove its entry from the manifest to accept the config's hash)"
         )
     expected = sha256 or recorded
     source = (

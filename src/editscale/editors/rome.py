@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from editscale.editors.base import EditResult, ParamUpdate
+from editscale.editors.base import EditorBase, EditResult, ParamUpdate
 from editscale.editors.hparams import RomeHParams
 from editscale.editors.prompts import build_prompts, generate_context_templates, template_texts
 from editscale.lm.models import (
@@ -55,7 +56,7 @@ class _StopForward(Exception):
     pass
 
 
-class RomeEditor:
+class RomeEditor(EditorBase):
     """Computes ROME updates for one matrix of a model (the MLP output projection of ``layer``)."""
 
     name = "rome"
@@ -184,30 +185,56 @@ def lower_pass(model, layer: int, enc, lookup, z_layer: int | None = None):
     return captured["resid"], captured["keys"], captured["mlp0"]
 
 
-def optimise_delta(model, hp, enc, lookup, resid, target_ids, n_rw, target_init, layer: int):
+class StopRule(Protocol):
+    """An extra stopping rule of :func:`optimise_delta`, asked after every forward pass (before
+    the loss threshold and the update): ``logp`` (n_rw * m, vocabulary) are the log-probabilities
+    at the target positions, rows in prompt order, ``tgt`` (m,) the target tokens, ``nll_tok``
+    (n_rw, m) their NLLs. A rule may count passes: give each optimisation a fresh one."""
+
+    def __call__(self, logp: torch.Tensor, tgt: torch.Tensor, nll_tok: torch.Tensor) -> bool: ...
+
+
+def _loss_positions(mask: torch.Tensor, lookup: torch.Tensor, n_rw: int, m: int):
+    """(rows, positions) whose logits predict the ``m`` target tokens at the end of each of the
+    first ``n_rw`` (right-padded) rows, each (n_rw, m), and the KL row and position (the last
+    row's subject token)."""
+    dev = mask.device
+    start = mask.sum(1)[:n_rw] - m
+    pos = start[:, None] + torch.arange(m, device=dev)[None]
+    rows = torch.arange(n_rw, device=dev)[:, None].expand(n_rw, m)
+    return rows, pos, mask.shape[0] - 1, lookup[-1]
+
+
+def optimise_delta(
+    model,
+    hp,
+    enc,
+    lookup,
+    resid,
+    target_ids,
+    n_rw,
+    target_init,
+    layer: int,
+    stop: StopRule | None = None,
+):
     """The v* optimisation shared by ROME and MEMIT: ``delta`` added to the residual stream after
     block ``layer`` at every row's subject token (``resid``: that stream, from :func:`lower_pass`).
 
     Loss: mean NLL of the target after the first ``n_rw`` rows, + ``kl_factor`` x KL of the last
     row's next-token distribution from its initial one, + ``v_weight_decay`` x ||delta|| /
     ||target_init||^2; Adam with ``v_lr``, ||delta|| clamped to ``clamp_norm_factor`` x
-    ||target_init||; ``v_num_grad_steps`` forward passes at most, stopping under ``early_stop_loss``.
-    ``hp`` has those fields (:class:`RomeHParams`, :class:`MemitHParams`). ENCORE's
-    ``prob_cutoff`` (most-probable early stopping), when set, stops it earlier:
-    :func:`_most_probable_stop`.
+    ||target_init||; ``v_num_grad_steps`` forward passes at most, stopping under
+    ``early_stop_loss``.
+    ``hp`` has those fields (:class:`RomeHParams`, :class:`MemitHParams`). ``stop``, when given,
+    ends it earlier (:class:`StopRule`; ENCORE passes its most-probable early stopping).
     """
     dev = resid.device
     spec = arch_of(model)
     mask = enc["attention_mask"]
     n, t = mask.shape
-    lengths = mask.sum(1)
-    # positions whose logits predict target tokens (rewrite prompts) and the KL position
     tgt = torch.tensor(target_ids, device=dev)
     m = len(target_ids)
-    start = lengths[:n_rw] - m
-    pos = start[:, None] + torch.arange(m, device=dev)[None]  # (n_rw, m)
-    rw_rows = torch.arange(n_rw, device=dev)[:, None].expand(n_rw, m)
-    kl_row, kl_pos = n - 1, lookup[-1]
+    rw_rows, pos, kl_row, kl_pos = _loss_positions(mask, lookup, n_rw, m)
     onehot = torch.zeros(n, t, 1, device=dev, dtype=resid.dtype)
     onehot[torch.arange(n, device=dev), lookup] = 1
 
@@ -218,7 +245,6 @@ def optimise_delta(model, hp, enc, lookup, resid, target_ids, n_rw, target_init,
     max_norm = hp.clamp_norm_factor * target_init.norm()
     info = {}
     attn = causal_attention_mask(mask, t, resid.dtype)
-    cutoff, counter = float(getattr(hp, "prob_cutoff", 0.0)), [0]  # ENCORE's early stopping
     with upper_layers_only(model, layer + 1) as upper:
         for it in range(hp.v_num_grad_steps):
             opt.zero_grad()
@@ -244,7 +270,7 @@ def optimise_delta(model, hp, enc, lookup, resid, target_ids, n_rw, target_init,
                 "v_kl": kl.item(),
                 "v_steps": it + 1,
             }
-            if cutoff and _most_probable_stop(cutoff, logp[:-1], tgt, n_rw, m, nll_tok, counter):
+            if stop is not None and stop(logp[:-1], tgt, nll_tok):
                 break
             if loss.item() < hp.early_stop_loss or it == hp.v_num_grad_steps - 1:
                 break
@@ -255,29 +281,6 @@ def optimise_delta(model, hp, enc, lookup, resid, target_ids, n_rw, target_init,
                 if norm > max_norm:
                     delta.mul_(max_norm / norm)
     return delta.detach(), info
-
-
-def _most_probable_stop(
-    cutoff: float,
-    logp: torch.Tensor,
-    tgt: torch.Tensor,
-    n_rw: int,
-    m: int,
-    nll_tok: torch.Tensor,
-    counter: list[int],
-) -> bool:
-    """ENCORE's most-probable early stopping (public ``encore/compute_z.py``), checked after a
-    forward pass and before its update. ``cutoff`` < 0: stop at the |cutoff|-th pass (counted over
-    the whole optimisation, not consecutively) at which every target token is the argmax after
-    every rewriting prompt but the first (the public code skips row 0); > 0: stop once the mean
-    over prompts of exp(-mean token NLL) exceeds it."""
-    if cutoff < 0:
-        top = logp.view(n_rw, m, -1)[1:].argmax(-1)
-        if bool((top == tgt[None]).all()):
-            counter[0] += 1
-            return counter[0] == abs(int(cutoff))
-        return False
-    return float(torch.exp(-nll_tok.sum(1) / m).mean()) > cutoff
 
 
 def _inverse(second_moment: torch.Tensor) -> torch.Tensor:
@@ -301,7 +304,8 @@ def make_editor(
     seed: int,
     state: dict | None = None,
 ) -> RomeEditor:
-    """Build a ROME editor; context templates come from ``state`` (resume) or are generated (seeded)."""
+    """Build a ROME editor; context templates come from ``state`` (resume) or are generated
+    (seeded)."""
     hp = RomeHParams.from_dict(hparams)
     if isinstance(second_moment, dict):  # {layer: C} from the trajectory runner
         second_moment = second_moment.get(hp.layer)

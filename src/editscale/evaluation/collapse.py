@@ -7,9 +7,9 @@ trajectory sees the same text:
 Held-out perplexity
     ``n_docs`` documents drawn with ``random.Random(seed)`` (without replacement, kept in corpus
     order) from the first ``pool_docs`` documents of a corpus (default: ``stats.corpus``, read with
-    :func:`editscale.data.corpora.iter_corpus`, the reader of the key statistics). At evaluation time each
-    document is tokenised (tokenizer defaults, no special tokens added) and cut to its first
-    ``max_tokens`` tokens; documents with fewer than 2 tokens are skipped. Token ``i`` is
+    :func:`editscale.data.corpora.iter_corpus`, the reader of the key statistics). At evaluation
+    time each document is tokenised (tokenizer defaults, no special tokens added) and cut to its
+    first ``max_tokens`` tokens; documents with fewer than 2 tokens are skipped. Token ``i`` is
     predicted from tokens ``0..i-1`` of its own document (the first token of a document is not
     predicted, nothing is prepended). Over the ``N`` predicted tokens of all documents::
 
@@ -31,10 +31,10 @@ Generation entropy (ROME's fluency measure, which r-ROME uses to detect collapse
         H(text) = ((2/3) * H_2 + (4/3) * H_3) / 2
 
     and the checkpoint's generation entropy is the mean of ``H`` over the prompts (ROME's
-    ``n_gram_entropy`` with ``agg="arith"``, kmeng01/rome ``experiments/py/eval_utils_counterfact.py``).
-    ROME samples its generations (top-k 5, 100 tokens); here decoding is greedy, so the value is a
-    deterministic function of the weights. A model that repeats itself scores low (a text
-    repeating one word scores 0).
+    ``n_gram_entropy`` with ``agg="arith"``, kmeng01/rome
+    ``experiments/py/eval_utils_counterfact.py``). ROME samples its generations (top-k 5, 100
+    tokens); here decoding is greedy, so the value is a deterministic function of the weights. A
+    model that repeats itself scores low (a text repeating one word scores 0).
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ _WORD = re.compile(r"\w+|[^\w\s]")
 
 
 def word_tokens(text: str) -> list[str]:
-    """Words of ``text``: runs of word characters (``\\w+``) and single other non-space characters."""
+    """Words of ``text``: runs of word characters (``\\w+``) and single
+    other non-space characters."""
     return _WORD.findall(text)
 
 
@@ -137,7 +138,8 @@ def select_documents(docs: Iterable[str], n_docs: int, pool_docs: int, seed: int
 def probe_prompts(
     prompts: Sequence[str] | None, n_prompts: int, records: Sequence[Mapping] = ()
 ) -> tuple[list[str], str]:
-    """The generation prompts and where they come from (``config``, ``counterfact`` or ``fallback``).
+    """The generation prompts and where they come from (``config``, ``counterfact`` or
+    ``fallback``).
 
     Given ``prompts``: their first ``n_prompts``. Otherwise the first generation prompt of each of
     the first ``n_prompts`` records (file order) that have one; when no record has one, the first
@@ -171,7 +173,8 @@ def build_probe(
     n_prompts: int,
     records: Sequence[Mapping] = (),
 ) -> dict:
-    """The fixed texts of the collapse measures (JSON-serialisable); ``docs`` None = no perplexity."""
+    """The fixed texts of the collapse measures (JSON-serialisable);
+    ``docs`` None = no perplexity."""
     documents = select_documents(docs, n_docs, pool_docs, seed) if docs is not None else []
     chosen, source = probe_prompts(prompts, n_prompts, records)
     return {

@@ -40,21 +40,19 @@ the paper's Table 8.
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import os
 import random
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
-import h5py
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from editscale.data.counterfact import select_records
+from editscale.editing.editor_state import trajectory_editor
 from editscale.editing.replay import WeightLoader
-from editscale.editing.runner import select_records, trajectory_editor
-from editscale.editing.store import read_metrics
+from editscale.editing.store import read_edits_per_step, read_metrics
+from editscale.io.files import atomic_open, atomic_write_json
 from editscale.lm.generation import generate_greedy
 from editscale.lm.models import arch_of, edit_parameter, load_model
 
@@ -77,13 +75,14 @@ class Onset:
     def reason(self) -> str:
         ratio = self.norm / self.baseline if self.baseline > 0 else float("inf")
         return (
-            f"onset in matrix {self.matrix}: update norm {self.norm:.4g} = {ratio:.3g} x the median "
-            f"{self.baseline:.4g} of edits {self.first}..{self.last}"
+            f"onset in matrix {self.matrix}: update norm {self.norm:.4g} = {ratio:.3g} x the "
+            f"median {self.baseline:.4g} of edits {self.first}..{self.last}"
         )
 
 
 def trailing_medians(x: np.ndarray, window: int) -> np.ndarray:
-    """b[k] = median of the finite values of x[max(0, k - window):k]; NaN where there are none (k = 0)."""
+    """b[k] = median of the finite values of x[max(0, k - window):k];
+    NaN where there are none (k = 0)."""
     x = np.asarray(x, dtype=float)
     padded = np.concatenate([np.full(window, np.nan), np.where(np.isfinite(x), x, np.nan)])
     views = sliding_window_view(padded, window)[: len(x)]  # views[k] = x[k - window:k], NaN-padded
@@ -101,7 +100,8 @@ def matrix_onsets(
     min_history: int,
     refractory: int,
 ) -> list[Onset]:
-    """The onsets of one matrix's update-norm series ``x`` (n,), in order (see the module docstring)."""
+    """The onsets of one matrix's update-norm series ``x`` (n,), in order
+    (see the module docstring)."""
     x = np.asarray(x, dtype=float)
     out: list[Onset] = []
     start, first_allowed = (
@@ -172,8 +172,7 @@ def flag_disabling(
 
 def edits_per_step(trajectory_path) -> int:
     """Records per editing step of a trajectory (1 for files from before steps existed)."""
-    with h5py.File(trajectory_path, "r") as f:
-        return int(f.attrs.get("edits_per_step", 1))
+    return read_edits_per_step(trajectory_path)
 
 
 def flag_steps(update_norm: np.ndarray, k: int, rule: dict) -> list[tuple[int, str]]:
@@ -188,6 +187,88 @@ def flag_steps(update_norm: np.ndarray, k: int, rule: dict) -> list[tuple[int, s
         ((s - 1) * k + 1, f"step {s} (edits {(s - 1) * k + 1}..{s * k}): {why} (steps, not edits)")
         for s, why in flagged
     ]
+
+
+def _pick_edits(
+    norms: np.ndarray, k_step: int, rule: dict, seed: int, n: int
+) -> tuple[list[tuple[int, str]], list[int]]:
+    """The flagged disabling steps (with why) and a seeded sample of normal steps (as many, at
+    least ``rule["min_normal"]``, as far as there are)."""
+    flagged = flag_steps(norms, k_step, rule)
+    flagged_t = {t for t, _ in flagged}
+    normal_pool = [t for t in range(1, n + 1, k_step) if t not in flagged_t]
+    k = min(len(normal_pool), max(len(flagged), rule["min_normal"]))
+    normal = sorted(random.Random(seed).sample(normal_pool, k))
+    return flagged, normal
+
+
+def _standalone_rows(
+    editor,
+    model,
+    records: list[dict],
+    flagged: list[tuple[int, str]],
+    normal: list[int],
+    k_step: int,
+    norms: np.ndarray,
+) -> list[dict]:
+    """Each flagged and normal step's update computed alone on the unedited model (editors never
+    modify it), as a normalised distance beside the trajectory's update norm."""
+    numel = {p: edit_parameter(model, p).numel() for p in editor.edited_modules}
+    reasons = dict(flagged)
+    rows = []
+    for kind, steps in (("disabling", sorted({t for t, _ in flagged})), ("normal", normal)):
+        for t in steps:
+            # on the unedited model (editors never modify it): the step's records together
+            res = (
+                editor.compute(records[t - 1])
+                if k_step == 1
+                else editor.compute_batch(records[t - 1 : t - 1 + k_step])
+            )
+            dists = [u.frobenius_norm() / numel[u.module] for u in res.updates]
+            rows.append(
+                {
+                    "edit": t,
+                    "case_id": records[t - 1]["case_id"],
+                    "kind": kind,
+                    "standalone_distance": float(np.mean(dists)),
+                    "trajectory_update_norm": float(norms[t - 1].max()),
+                    "reason": reasons.get(t, ""),
+                }
+            )
+    return rows
+
+
+def _distance_summary(rows: list[dict]) -> dict:
+    """Count, mean, std, min and max of the standalone distances of each kind of edit."""
+    summary = {}
+    for kind in ("disabling", "normal"):
+        vals = np.array([r["standalone_distance"] for r in rows if r["kind"] == kind])
+        summary[kind] = {
+            "count": int(vals.size),
+            "mean": float(vals.mean()) if vals.size else None,
+            "std": float(vals.std(ddof=1)) if vals.size > 1 else None,
+            "min": float(vals.min()) if vals.size else None,
+            "max": float(vals.max()) if vals.size else None,
+        }
+    return summary
+
+
+def _write_disabling(out_json, out_csv, out: dict, rows: list[dict]) -> None:
+    atomic_write_json(out_json, out, indent=1)
+    with atomic_open(out_csv, "w", newline="") as fh:
+        w = csv.DictWriter(
+            fh,
+            fieldnames=[
+                "edit",
+                "case_id",
+                "kind",
+                "standalone_distance",
+                "trajectory_update_norm",
+                "reason",
+            ],
+        )
+        w.writeheader()
+        w.writerows(rows)
 
 
 def run_disabling(
@@ -214,11 +295,7 @@ def run_disabling(
     n_mat = sum(1 for k in m if k.startswith("update_norm_"))
     norms = np.stack([m[f"update_norm_{i}"] for i in range(n_mat)], axis=1)
     k_step = edits_per_step(trajectory_path)
-    flagged = flag_steps(norms, k_step, rule)
-    flagged_t = {t for t, _ in flagged}
-    normal_pool = [t for t in range(1, n + 1, k_step) if t not in flagged_t]
-    k = min(len(normal_pool), max(len(flagged), rule["min_normal"]))
-    normal = sorted(random.Random(seed).sample(normal_pool, k))
+    flagged, normal = _pick_edits(norms, k_step, rule, seed, n)
     log.info(
         "%d disabling edits (run-away onsets) flagged, %d normal edits sampled",
         len(flagged),
@@ -228,47 +305,14 @@ def run_disabling(
         log.info("edit %d (case %s): %s", t, records[t - 1]["case_id"], why)
 
     model, tok = load_model(model_dir, dtype=dtype, device=device)
-    spec = arch_of(model)
     editor = trajectory_editor(trajectory_path, model, tok, model_dir, stats_path, editor_file)
-    numel = {p: edit_parameter(model, p).numel() for p in editor.edited_modules}
-    reasons = dict(flagged)
-    rows = []
-    for kind, steps in (("disabling", sorted(flagged_t)), ("normal", normal)):
-        for t in steps:
-            # on the unedited model (editors never modify it): the step's records together
-            res = (
-                editor.compute(records[t - 1])
-                if k_step == 1
-                else editor.compute_batch(records[t - 1 : t - 1 + k_step])
-            )
-            dists = [u.frobenius_norm() / numel[u.module] for u in res.updates]
-            rows.append(
-                {
-                    "edit": t,
-                    "case_id": records[t - 1]["case_id"],
-                    "kind": kind,
-                    "standalone_distance": float(np.mean(dists)),
-                    "trajectory_update_norm": float(norms[t - 1].max()),
-                    "reason": reasons.get(t, ""),
-                }
-            )
-    summary = {}
-    for kind in ("disabling", "normal"):
-        vals = np.array([r["standalone_distance"] for r in rows if r["kind"] == kind])
-        summary[kind] = {
-            "count": int(vals.size),
-            "mean": float(vals.mean()) if vals.size else None,
-            "std": float(vals.std(ddof=1)) if vals.size > 1 else None,
-            "min": float(vals.min()) if vals.size else None,
-            "max": float(vals.max()) if vals.size else None,
-        }
-
+    rows = _standalone_rows(editor, model, records, flagged, normal, k_step, norms)
     generations = None
     if flagged:
         t = flagged[0][0]
         generations = {"edit": t, "case_id": records[t - 1]["case_id"], "prompts": prompts}
         loader = WeightLoader(
-            trajectory_path, model, spec, records, lambda: editor
+            trajectory_path, model, arch_of(model), records, lambda: editor
         )  # after the standalone edits
         for label, step in (("before", t - 1), ("after", t + k_step - 1)):
             loader.load(step)
@@ -280,25 +324,7 @@ def run_disabling(
         "n_edits": n,
         "edits_per_step": k_step,
         "edits": rows,
-        "summary": summary,
+        "summary": _distance_summary(rows),
         "generations": generations,
     }
-    tmp = Path(str(out_json) + ".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, out_json)
-    tmp = Path(str(out_csv) + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(
-            fh,
-            fieldnames=[
-                "edit",
-                "case_id",
-                "kind",
-                "standalone_distance",
-                "trajectory_update_norm",
-                "reason",
-            ],
-        )
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, out_csv)
+    _write_disabling(out_json, out_csv, out, rows)

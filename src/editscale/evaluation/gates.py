@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from editscale.io.files import atomic_write_json
 from editscale.lm.scoring import score_targets, target_token_ids
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def edit_gates(
         run_diagnostic,
         write_outputs,
     )
-    from editscale.editing.runner import load_second_moment
+    from editscale.editing.editor_state import load_second_moment
 
     hparams = dict(edit["hparams"])
     n = int(edit["n_records"])
@@ -118,6 +118,73 @@ def edit_gates(
     return values, limits, edit_gate_failures(values, edit), summary
 
 
+def _gate_records(counterfact_path, ordering_paths: Sequence[str], n_edits: int) -> list[dict]:
+    """Every record some ordering edits (each once, by case id)."""
+    from editscale.data.counterfact import select_records
+
+    case_ids: dict[int, dict] = {}
+    for path in ordering_paths:
+        for rec in select_records(counterfact_path, path, n_edits):
+            case_ids.setdefault(rec["case_id"], rec)
+    records = [case_ids[c] for c in sorted(case_ids)]
+    log.info(
+        "gates on %d records to be edited (%d orderings x %d edits)",
+        len(records),
+        len(ordering_paths),
+        n_edits,
+    )
+    return records
+
+
+def _downstream_gates(
+    model, tok, task_set_paths: Mapping[str, str], thresholds: Mapping[str, float], values, limits
+) -> None:
+    """Add each task's downstream F1 (``f1_<task>``) and its threshold."""
+    from editscale.evaluation.downstream import evaluate_task_set
+
+    for task, path in sorted(task_set_paths.items()):
+        with open(path, encoding="utf-8") as f:
+            result = evaluate_task_set(model, tok, json.load(f))
+        values[f"f1_{task}"] = float(result["f1"])
+        limits[f"f1_{task}"] = float(thresholds["downstream_f1"])
+
+
+def _add_edit_gates(
+    report: dict,
+    failures: list[str],
+    edit: Mapping,
+    e_values: dict,
+    e_limits: dict,
+    e_failures: list[str],
+    summary: dict,
+) -> None:
+    """The edit gates' values into ``report``; their failures into ``failures`` when enforced."""
+    enforce = bool(edit.get("enforce", True))
+    if enforce:
+        failures += e_failures
+    report.update(
+        passed=not failures,
+        failures=failures,
+        edit_values=e_values,
+        edit_thresholds=e_limits,
+        edit_method=edit["method"],
+        edit_diagnostic=summary,
+        edit_enforced=enforce,
+        passed_edit=not e_failures,
+        edit_failures=e_failures,
+    )
+    for name, value in e_values.items():
+        missed = any(f.startswith(name + ":") for f in e_failures)
+        log.log(
+            logging.WARNING if missed else logging.INFO,
+            "gate %-17s %.3f (%s)%s",
+            name,
+            value,
+            e_limits[name],
+            "" if not missed else "  MISSED" if enforce else "  MISSED (not enforced)",
+        )
+
+
 def run_gates(
     *,
     model_dir,
@@ -138,33 +205,18 @@ def run_gates(
     ``thresholds``: ``rewrite``, ``paraphrase``, ``neighborhood`` and ``downstream_f1`` (each task).
     ``edit``: the edit gates (``method``, ``editor``, ``hparams``, ``n_records``,
     ``max_ratio_median``, ``min_es``, ``min_ps``, ``max_ns_drop``), measured on the first
-    ``n_records`` records of the first ordering (also beyond ``n_edits``), each applied alone (``stats_path``: the key
-    statistics of the edited layer); the per-record diagnostic goes to ``edit_diagnostic/``
-    next to ``out_json``.
+    ``n_records`` records of the first ordering (also beyond ``n_edits``), each applied alone
+    (``stats_path``: the key statistics of the edited layer); the per-record diagnostic goes to
+    ``edit_diagnostic/`` next to ``out_json``.
     """
-    from editscale.editing.runner import select_records
-    from editscale.evaluation.downstream import evaluate_task_set
+    from editscale.data.counterfact import select_records
     from editscale.lm.models import load_model, model_identity
 
     model, tok = load_model(model_dir, dtype=dtype, device=device)
-    case_ids: dict[int, dict] = {}
-    for path in ordering_paths:
-        for rec in select_records(counterfact_path, path, n_edits):
-            case_ids.setdefault(rec["case_id"], rec)
-    records = [case_ids[c] for c in sorted(case_ids)]
-    log.info(
-        "gates on %d records to be edited (%d orderings x %d edits)",
-        len(records),
-        len(ordering_paths),
-        n_edits,
-    )
+    records = _gate_records(counterfact_path, ordering_paths, n_edits)
     values = fact_knowledge(model, tok, records)
     limits = {k: float(thresholds[k]) for k in FACT_GATES}
-    for task, path in sorted(task_set_paths.items()):
-        with open(path, encoding="utf-8") as f:
-            result = evaluate_task_set(model, tok, json.load(f))
-        values[f"f1_{task}"] = float(result["f1"])
-        limits[f"f1_{task}"] = float(thresholds["downstream_f1"])
+    _downstream_gates(model, tok, task_set_paths, thresholds, values, limits)
     failures = gate_failures(values, limits)
     report = {
         "model": model_identity(model_dir),
@@ -176,7 +228,7 @@ def run_gates(
     }
     if edit is not None:
         first = select_records(counterfact_path, ordering_paths[0], int(edit["n_records"]))
-        e_values, e_limits, e_failures, summary = edit_gates(
+        gates = edit_gates(
             model,
             tok,
             first,
@@ -186,35 +238,9 @@ def run_gates(
             seed=seed,
             diagnostic_dir=Path(out_json).parent / "edit_diagnostic",
         )
-        enforce = bool(edit.get("enforce", True))
-        if enforce:
-            failures += e_failures
-        report.update(
-            passed=not failures,
-            failures=failures,
-            edit_values=e_values,
-            edit_thresholds=e_limits,
-            edit_method=edit["method"],
-            edit_diagnostic=summary,
-            edit_enforced=enforce,
-            passed_edit=not e_failures,
-            edit_failures=e_failures,
-        )
-        for name, value in e_values.items():
-            missed = any(f.startswith(name + ":") for f in e_failures)
-            log.log(
-                logging.WARNING if missed else logging.INFO,
-                "gate %-17s %.3f (%s)%s",
-                name,
-                value,
-                e_limits[name],
-                "" if not missed else "  MISSED" if enforce else "  MISSED (not enforced)",
-            )
+        _add_edit_gates(report, failures, edit, *gates)
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{out_json}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1, sort_keys=True)
-    os.replace(tmp, out_json)
+    atomic_write_json(out_json, report, indent=1, sort_keys=True)
     for name, value in values.items():
         log.info(
             "gate %-13s %.3f (threshold %.2f)%s",

@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from editscale.io.files import atomic_write_json
+
 log = logging.getLogger(__name__)
 
 # Distributions whose versions are recorded (distribution names as pip knows them).
@@ -75,7 +77,8 @@ def _gpus() -> list[str]:
 
 
 def git_state(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """``{"git_commit": sha or None, "git_dirty": bool or None}`` of the repository holding ``path``.
+    """``{"git_commit": sha or None, "git_dirty": bool or None}`` of the repository holding
+    ``path``.
 
     ``path`` defaults to the editscale source tree (the repository this package is installed
     from in editable mode). Changed tracked files and untracked files that git does not ignore
@@ -384,8 +387,4 @@ def write_sidecar(record: dict[str, Any], path: str | os.PathLike) -> None:
     """Write a provenance record as indented JSON (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(
-        json.dumps(record, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8"
-    )
-    os.replace(tmp, path)
+    atomic_write_json(path, record, end="\n", indent=1, sort_keys=True, default=str)

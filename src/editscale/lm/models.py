@@ -178,7 +178,8 @@ def causal_attention_mask(
 
 
 def right_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask`` (long tensors on ``device``) for token lists."""
+    """Right-padded ``input_ids`` and ``attention_mask``
+    (long tensors on ``device``) for token lists."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -248,7 +249,8 @@ def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "c
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a bar per load would flood cluster logs; the job logs its own progress
+    # a bar per load would flood cluster logs; the job logs its own progress
+    hf_logging.disable_progress_bar()
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
     path = Path(path)
@@ -505,7 +507,8 @@ def build_scratch_model(
     n_positions: int = 256,
     seed: int = 0,
 ) -> dict:
-    """Randomly initialise (seeded) a model of ``arch`` and save it with its tokenizer + manifest."""
+    """Randomly initialise (seeded) a model of ``arch`` and save it with
+    its tokenizer + manifest."""
     from transformers import AutoModelForCausalLM
 
     cfg = scratch_config(

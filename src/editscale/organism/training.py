@@ -2,8 +2,9 @@
 
 A byte-level BPE tokenizer (``tokenizers``) is trained on the corpus (prepending BOS to every
 text when ``bos``, as Llama-family tokenizers do; every training document then starts with it),
-then a model of architecture ``arch`` (GPT-2 or Llama, ...) with AdamW, linear warm-up and cosine decay. Every epoch the documents are shuffled with a
-generator seeded by (seed, epoch) and packed into blocks that start at a document boundary
+then a model of architecture ``arch`` (GPT-2 or Llama, ...) with AdamW, linear warm-up and
+cosine decay. Every epoch the documents are shuffled with a generator seeded by (seed, epoch) and
+packed into blocks that start at a document boundary
 (documents never straddle two blocks, so a fact is seen whole, often at position 0 as at
 evaluation time). Dropout is off: the model is meant to memorise its world.
 
@@ -21,13 +22,15 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from editscale.data.corpora import read_jsonl_docs
+from editscale.io.files import atomic_save
+from editscale.io.hparams import HParams
 from editscale.io.provenance import sha256_file
 from editscale.lm.models import scratch_config, train_bpe_tokenizer, write_manifest
 
@@ -35,7 +38,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TrainHParams:
+class TrainHParams(HParams):
+    """How the organism model is trained (``models.<m>.training`` of a world model)."""
+
+    label = "training keys"
+
     arch: str = "gpt2"  # a key of models.ARCHITECTURES with a scratch config
     bos: bool = (
         False  # the tokenizer prepends its BOS token to every text (as Llama-family tokenizers do)
@@ -57,27 +64,19 @@ class TrainHParams:
     answer_weight: float = 1.0  # loss weight of the toy tasks' label words (the answers)
     seed: int = 37
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "TrainHParams":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"training: unknown keys {unknown}; known: {sorted(known)}")
-        hp = cls(**d)
+    def __post_init__(self):
         from editscale.lm.models import SCRATCH_ARCHS
 
-        if hp.arch not in SCRATCH_ARCHS:
-            raise ValueError(f"training: arch {hp.arch!r} is not one of {list(SCRATCH_ARCHS)}")
-        if hp.d_model % hp.n_head:
+        if self.arch not in SCRATCH_ARCHS:
+            raise ValueError(f"training: arch {self.arch!r} is not one of {list(SCRATCH_ARCHS)}")
+        if self.d_model % self.n_head:
             raise ValueError(
-                f"training: d_model {hp.d_model} is not divisible by n_head {hp.n_head}"
+                f"training: d_model {self.d_model} is not divisible by n_head {self.n_head}"
             )
-        if hp.answer_weight <= 0:
-            raise ValueError(f"training: answer_weight must be > 0, got {hp.answer_weight}")
-        if hp.max_steps < 1 or hp.batch_size < 1 or hp.block_size < 8:
+        if self.answer_weight <= 0:
+            raise ValueError(f"training: answer_weight must be > 0, got {self.answer_weight}")
+        if self.max_steps < 1 or self.batch_size < 1 or self.block_size < 8:
             raise ValueError("training: max_steps and batch_size must be >= 1, block_size >= 8")
-        return hp
 
 
 def lr_at(step: int, hp: TrainHParams) -> float:
@@ -187,17 +186,16 @@ class _Schedule:
 
 
 def _save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, signature: str) -> None:
-    tmp = ckpt_dir / "checkpoint.pt.tmp"
-    torch.save(
+    atomic_save(
+        torch.save,
         {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "step": step,
             "signature": signature,
         },
-        tmp,
+        ckpt_dir / "checkpoint.pt",
     )
-    os.replace(tmp, ckpt_dir / "checkpoint.pt")
 
 
 def _load_checkpoint(ckpt_dir: Path, model, optimizer, signature: str) -> int:
@@ -215,35 +213,9 @@ def _load_checkpoint(ckpt_dir: Path, model, optimizer, signature: str) -> int:
     return int(state["step"])
 
 
-def train_world_model(
-    corpus_path: str | os.PathLike,
-    dest: str | os.PathLike,
-    hp: TrainHParams,
-    *,
-    world_name: str,
-    stop_after: int | None = None,
-    progress_every_s: float = 15.0,
-    extra_manifest: dict | None = None,
-) -> dict:
-    """Train tokenizer + model on the JSON-lines corpus and write the model folder ``dest``.
-
-    ``stop_after`` ends the job after that many steps (with a checkpoint) without writing the
-    model: tests use it to interrupt a run deterministically.
-    """
-    from transformers import AutoModelForCausalLM
-
-    t0 = time.perf_counter()
-    dest = Path(dest)
-    ckpt_dir = Path(f"{dest}.train")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    texts = list(read_jsonl_docs(corpus_path))
-    if not texts:
-        raise ValueError(f"{corpus_path}: the training corpus is empty")
-    corpus_sha = sha256_file(corpus_path)
-    signature = json.dumps({"corpus": corpus_sha, "hp": asdict(hp)}, sort_keys=True)
-
+def _tokenize(texts: list[str], hp: TrainHParams):
+    """A BPE tokenizer trained on ``texts``, the documents' token ids and the corpus's tokens."""
     tok = train_bpe_tokenizer(texts, hp.vocab_size, add_prefix_space=True, add_bos=hp.bos)
-    eos = tok.eos_token_id
     docs = tok(texts, add_special_tokens=False)["input_ids"]
     n_tokens = sum(len(d) + 1 + hp.bos for d in docs)
     too_long = sum(len(d) >= hp.block_size for d in docs)
@@ -251,6 +223,13 @@ def train_world_model(
         log.warning(
             "%d documents are longer than block_size %d and are truncated", too_long, hp.block_size
         )
+    return tok, docs, n_tokens
+
+
+def _new_model(tok, hp: TrainHParams):
+    """The model (initialised from ``hp.seed``) and its AdamW optimizer (no weight decay on
+    vectors)."""
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(hp.seed)
     cfg = scratch_config(
@@ -260,12 +239,11 @@ def train_world_model(
         hp.d_model,
         hp.n_head,
         hp.block_size,
-        eos_token_id=eos,
+        eos_token_id=tok.eos_token_id,
         dropout=0.0,
         d_mlp=hp.d_mlp,
     )
     model = AutoModelForCausalLM.from_config(cfg)
-    n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -276,23 +254,26 @@ def train_world_model(
         lr=hp.lr,
         betas=(0.9, 0.95),
     )
-    step = _load_checkpoint(ckpt_dir, model, optimizer, signature)
-    weight_ids = torch.tensor(answer_token_ids(tok), dtype=torch.long)
-    schedule = _Schedule(docs, hp, eos)
-    log.info(
-        "training %s: %d documents, %d tokens, vocab %d, %d parameters, %d blocks/epoch, %d steps "
-        "(%.1f epochs)%s",
-        world_name,
-        len(docs),
-        n_tokens,
-        len(tok),
-        n_params,
-        schedule.blocks_per_epoch,
-        hp.max_steps,
-        hp.max_steps / schedule.batches_per_epoch,
-        f"; resuming at step {step}" if step else "",
-    )
+    return model, optimizer
 
+
+@dataclass
+class _Run:
+    """One training job: where it checkpoints, what its checkpoints must match, its clock."""
+
+    ckpt_dir: Path
+    signature: str
+    t0: float
+    progress_every_s: float
+
+
+def _train_steps(
+    model, optimizer, schedule: _Schedule, hp: TrainHParams, tok, run: _Run, step: int, end: int
+) -> tuple[int, float | None]:
+    """Train from ``step`` to ``end`` (checkpointing every ``hp.checkpoint_every`` steps and at
+    the end); the step reached and the loss's moving average."""
+    eos = tok.eos_token_id
+    weight_ids = torch.tensor(answer_token_ids(tok), dtype=torch.long)
     model.train()
     last_log, loss_ema, seen_tokens, t_loop, start_step = (
         time.perf_counter(),
@@ -301,7 +282,6 @@ def train_world_model(
         time.perf_counter(),
         step,
     )
-    end = hp.max_steps if stop_after is None else min(hp.max_steps, stop_after)
     while step < end:
         epoch, blocks = schedule.batch(step)
         ids, labels, mask = batch_tensors(blocks, eos)
@@ -318,23 +298,76 @@ def train_world_model(
         loss_value = loss.item()
         loss_ema = loss_value if loss_ema is None else 0.95 * loss_ema + 0.05 * loss_value
         if step % hp.checkpoint_every == 0 or step == end:
-            _save_checkpoint(ckpt_dir, model, optimizer, step, signature)
+            _save_checkpoint(run.ckpt_dir, model, optimizer, step, run.signature)
         now = time.perf_counter()
-        if now - last_log >= progress_every_s or step == end:
+        if now - last_log >= run.progress_every_s or step == end:
             rate = seen_tokens / max(now - t_loop, 1e-9)
             eta = (hp.max_steps - step) * (now - t_loop) / max(1, step - start_step)
             log.info(
-                "step %d/%d (epoch %d) loss %.3f lr %.2e | %.0f tokens/s | %.0f s elapsed, ~%.0f s left",
+                "step %d/%d (epoch %d) loss %.3f lr %.2e | %.0f tokens/s | %.0f s elapsed, "
+                "~%.0f s left",
                 step,
                 hp.max_steps,
                 epoch,
                 loss_ema,
                 lr_at(step - 1, hp),
                 rate,
-                now - t0,
+                now - run.t0,
                 eta,
             )
             last_log = now
+    return step, loss_ema
+
+
+def train_world_model(
+    corpus_path: str | os.PathLike,
+    dest: str | os.PathLike,
+    hp: TrainHParams,
+    *,
+    world_name: str,
+    stop_after: int | None = None,
+    progress_every_s: float = 15.0,
+    extra_manifest: dict | None = None,
+) -> dict:
+    """Train tokenizer + model on the JSON-lines corpus and write the model folder ``dest``.
+
+    ``stop_after`` ends the job after that many steps (with a checkpoint) without writing the
+    model: tests use it to interrupt a run deterministically.
+    """
+    t0 = time.perf_counter()
+    dest = Path(dest)
+    ckpt_dir = Path(f"{dest}.train")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    texts = list(read_jsonl_docs(corpus_path))
+    if not texts:
+        raise ValueError(f"{corpus_path}: the training corpus is empty")
+    corpus_sha = sha256_file(corpus_path)
+    run = _Run(
+        ckpt_dir,
+        json.dumps({"corpus": corpus_sha, "hp": asdict(hp)}, sort_keys=True),
+        t0,
+        progress_every_s,
+    )
+    tok, docs, n_tokens = _tokenize(texts, hp)
+    model, optimizer = _new_model(tok, hp)
+    n_params = sum(p.numel() for p in model.parameters())
+    step = _load_checkpoint(ckpt_dir, model, optimizer, run.signature)
+    schedule = _Schedule(docs, hp, tok.eos_token_id)
+    log.info(
+        "training %s: %d documents, %d tokens, vocab %d, %d parameters, %d blocks/epoch, %d steps "
+        "(%.1f epochs)%s",
+        world_name,
+        len(docs),
+        n_tokens,
+        len(tok),
+        n_params,
+        schedule.blocks_per_epoch,
+        hp.max_steps,
+        hp.max_steps / schedule.batches_per_epoch,
+        f"; resuming at step {step}" if step else "",
+    )
+    end = hp.max_steps if stop_after is None else min(hp.max_steps, stop_after)
+    step, loss_ema = _train_steps(model, optimizer, schedule, hp, tok, run, step, end)
     if stop_after is not None and step < hp.max_steps:
         log.info("stopping after step %d as asked (checkpoint kept)", step)
         return {"step": step}

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+from editscale.data.glue import GLUE_DIRS
+from editscale.io.hparams import HParams
 from editscale.io.provenance import sha256_file
 
 log = logging.getLogger(__name__)
@@ -231,8 +233,9 @@ SST_FRAMES = (
     "honestly , the {noun} was {a} , {b} and {c} .",
 )
 
-# MRPC: (base word, synonyms, antonyms) per attribute; sentence 1 states three base words, sentence 2
-# restates each with a synonym (agrees) or an antonym (contradicts); a paraphrase agrees on most.
+# MRPC: (base word, synonyms, antonyms) per attribute; sentence 1 states three base words,
+# sentence 2 restates each with a synonym (agrees) or an antonym (contradicts); a paraphrase
+# agrees on most.
 MRPC_ATTRIBUTES = (
     ("big", ("large", "huge"), ("small", "tiny")),
     ("fast", ("quick", "rapid"), ("slow", "sluggish")),
@@ -550,12 +553,12 @@ RICH_PRONOUNS = ("He", "She", "They", "We", "Nobody", "Everyone", "Someone")
 
 FILLER_GRAMMARS = ("cola", "rich")
 
-GLUE_DIRS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}
-
 
 @dataclass(frozen=True)
-class WorldSpec:
+class WorldSpec(HParams):
     """How big the world is; every default is the embedded default's."""
+
+    label = "world keys"
 
     seed: int = 37
     n_people: int = 700
@@ -572,27 +575,19 @@ class WorldSpec:
     n_heldout_docs: int = 2000  # documents in the held-out corpus
     filler_grammar: str = "cola"  # "cola": the CoLA frame's words; "rich": varied everyday English
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "WorldSpec":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"world: unknown keys {unknown}; known: {sorted(known)}")
-        spec = cls(**d)
-        if spec.filler_grammar not in FILLER_GRAMMARS:
+    def __post_init__(self):
+        if self.filler_grammar not in FILLER_GRAMMARS:
             raise ValueError(
                 f"world.filler_grammar must be one of {list(FILLER_GRAMMARS)}, "
-                f"got {spec.filler_grammar!r}"
+                f"got {self.filler_grammar!r}"
             )
-        for f in fields(cls):
-            if f.name != "filler_grammar" and getattr(spec, f.name) < 0:
-                raise ValueError(f"world.{f.name} must be >= 0, got {getattr(spec, f.name)}")
-        if spec.n_task_dev % 2 or spec.n_task_heldout % 2:
+        for f in fields(self):
+            if f.name != "filler_grammar" and getattr(self, f.name) < 0:
+                raise ValueError(f"world.{f.name} must be >= 0, got {getattr(self, f.name)}")
+        if self.n_task_dev % 2 or self.n_task_heldout % 2:
             raise ValueError(
                 "world.n_task_dev and world.n_task_heldout must be even (balanced labels)"
             )
-        return spec
 
 
 @dataclass(frozen=True)
@@ -875,7 +870,10 @@ def _clause(rng: random.Random) -> str:
     if kind == 0:
         return f"{subj} {rng.choice(RICH_VERBS)} {_noun_phrase(rng)}"
     if kind == 1:
-        return f"{subj} {rng.choice(RICH_ADVS)} {rng.choice(RICH_INTRANS)} {rng.choice(RICH_PREPS)} {_noun_phrase(rng)}"
+        return (
+            f"{subj} {rng.choice(RICH_ADVS)} {rng.choice(RICH_INTRANS)} {rng.choice(RICH_PREPS)} "
+            f"{_noun_phrase(rng)}"
+        )
     if kind == 2:
         return (
             f"{subj} {rng.choice(RICH_VERBS)} {_noun_phrase(rng)} {rng.choice(RICH_PREPS)} "
@@ -951,7 +949,8 @@ class World:
 
 
 def generate_world(spec: WorldSpec) -> World:
-    """The whole world of ``spec``; deterministic (one ``random.Random`` per part, from the seed)."""
+    """The whole world of ``spec``; deterministic
+    (one ``random.Random`` per part, from the seed)."""
 
     def rng(part: str) -> random.Random:
         return random.Random(f"{spec.seed}:{part}")

@@ -3,11 +3,12 @@
 Two layers, both free of torch and matplotlib:
 
 * :func:`figure_methods` / :func:`figure_layout` say which (method, sample) trajectories of a
-  model are drawn and where their tidy files are (the workflow's path conventions). They use the
+  model are drawn and where their tidy files are (:mod:`editscale.io.paths`). They use the
   standard library only, so that the Snakefile can call them when it builds the DAG.
 * :func:`load_sample` / :func:`load_methods` / :func:`load_disabling` read those files (the
   per-edit metrics CSV, the merged evaluation HDF5 + downstream and collapse CSVs, the disabling
-  JSON) into plain numpy arrays: the plot code (:mod:`editscale.reporting.plots`) takes these, never a model.
+  JSON) into plain numpy arrays: the plot code (:mod:`editscale.reporting.plots`) takes these,
+  never a model.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from editscale.io import paths
 
 # The paper's panel order (by editor), then every other method in config order.
 PAPER_ORDER = ("ftc", "mend", "rome")
@@ -68,7 +72,7 @@ def figure_layout(cfg: dict, model: str, evaluated: bool = True) -> list[dict[st
     out = []
     for method in figure_methods(cfg, model):
         for sample in range(int(cfg["samples"])):
-            ev = f"results/evaluations/{model}/{method}/sample{sample}"
+            ev = partial(paths.evaluation, model, method, sample)
             out.append(
                 {
                     "method": method,
@@ -76,11 +80,11 @@ def figure_layout(cfg: dict, model: str, evaluated: bool = True) -> list[dict[st
                     "editor": cfg["methods"][method]["editor"],
                     "sample": sample,
                     "edits_per_step": int(cfg["methods"][method].get("edits_per_step", 1)),
-                    "metrics": f"results/trajectories/{model}/{method}/sample{sample}.csv",
-                    "evaluation": f"{ev}.h5" if evaluated else None,
-                    "downstream": f"{ev}_downstream.csv" if evaluated else None,
-                    "collapse": f"{ev}_collapse.csv" if evaluated else None,
-                    "disabling": f"results/disabling/{model}/{method}/sample{sample}.json",
+                    "metrics": paths.trajectory(model, method, sample, "csv"),
+                    "evaluation": ev(".h5") if evaluated else None,
+                    "downstream": ev("_downstream.csv") if evaluated else None,
+                    "collapse": ev("_collapse.csv") if evaluated else None,
+                    "disabling": paths.disabling(model, method, sample),
                 }
             )
     return out

@@ -1,4 +1,5 @@
-"""The paper's figures from tidy data (:mod:`editscale.reporting.figure_data`): pure functions, no model runs.
+"""The paper's figures from tidy data (:mod:`editscale.reporting.figure_data`): pure functions,
+no model runs.
 
 * :func:`bucket_means` / :func:`trailing_mean`: the smoothing of Figure 1 (dashed: means of
   non-overlapping buckets of 5 edits; solid: trailing mean of the last 50 edits).
@@ -279,88 +280,110 @@ def figure1(
         fig, axes = _new_figure(len(methods) + 1)
         n_samples = max(len(m.samples) for m in methods)
         for i, (ax, md) in enumerate(zip(axes, methods)):
-            for key, name, colour in METRICS:
-                if any(key not in s.metrics for s in md.samples):
-                    continue
-                b = [
-                    (bx, 100 * by)
-                    for bx, by in (bucket_means(s.metrics[key], bucket) for s in md.samples)
-                ]
-                t = [(s.edits, 100 * trailing_mean(s.metrics[key], window)) for s in md.samples]
-                _plot_band(
-                    ax,
-                    b,
-                    "minmax",
-                    colour,
-                    f"{name} ({bucket}-edit buckets)",
-                    linestyle="--",
-                    linewidth=0.9,
-                    draw_band=False,
-                )
-                _plot_band(
-                    ax, t, band, colour, f"{name} (trailing {window}-edit mean)", linestyle="-"
-                )
-            ax.set_title(f"{_letter(i)} {md.label}")
-            ax.set_xlabel("Number of edits")
-            ax.set_ylabel("Score (%)")
-            ax.set_ylim(-3, 103)
-            ax.set_xlim(0, _n_edits(md))
-        ax = axes[-1]
+            _scores_panel(
+                ax, md, f"{_letter(i)} {md.label}", bucket=bucket, window=window, band=band
+            )
         colours = method_colours(methods)
-        drawn = False
-        for md in methods:
-            curves = [s.forgetting for s in md.samples if s.forgetting is not None]
-            if curves:
-                _plot_band(
-                    ax, curves, band, colours[md.method], md.label, marker="o", markersize=2.5
-                )
-                drawn = True
-        if not drawn:
-            _empty(ax, "forgetting not evaluated")
-        elif not any(
-            np.isfinite(c[1]).any()
-            for md in methods
-            for s in md.samples
-            if (c := s.forgetting) is not None
-        ):
-            _empty(ax, "no successfully edited fact yet")
-        ax.set_title(f"{_letter(len(methods))} Forgetting of edited facts")
-        ax.set_xlabel("Number of edits")
-        ax.set_ylabel("Edited facts forgotten (%)")
-        ax.set_ylim(-3, 103)
-        ax.set_xlim(0, max(_n_edits(m) for m in methods))
-
-        handles = [Line2D([], [], color=c, label=n) for _, n, c in METRICS]
-        handles += [
-            Line2D(
-                [],
-                [],
-                color="0.3",
-                linestyle="--",
-                linewidth=0.9,
-                label=f"mean of {bucket}-edit buckets",
-            ),
-            Line2D([], [], color="0.3", linestyle="-", label=f"trailing mean, last {window} edits"),
-        ]
-        if n_samples > 1:
-            handles.append(Patch(color="0.3", alpha=0.18, label=_band_label(band)))
-        fig.legend(
-            handles=_row_major(handles, 3), loc="outside upper center", ncol=3, frameon=False
-        )
-        fig.legend(
-            handles=[
-                Line2D([], [], color=colours[m.method], marker="o", markersize=2.5, label=m.label)
-                for m in methods
-            ],
-            loc="outside lower center",
-            ncol=min(len(methods), 4),
-            frameon=False,
-            title=f"{_letter(len(methods))} forgetting, by method",
-            title_fontsize=8,
-        )
+        _forgetting_panel(axes[-1], methods, colours, band)
+        _figure1_legends(fig, methods, colours, bucket, window, band, n_samples)
         if title:
             fig.suptitle(title)
     return fig
+
+
+def _scores_panel(ax, md: MethodData, panel_title: str, *, bucket: int, window: int, band: str):
+    """ES, PS, NS of one method: bucket means (dashed) and trailing means (solid, with band)."""
+    for key, name, colour in METRICS:
+        if any(key not in s.metrics for s in md.samples):
+            continue
+        b = [
+            (bx, 100 * by) for bx, by in (bucket_means(s.metrics[key], bucket) for s in md.samples)
+        ]
+        t = [(s.edits, 100 * trailing_mean(s.metrics[key], window)) for s in md.samples]
+        _plot_band(
+            ax,
+            b,
+            "minmax",
+            colour,
+            f"{name} ({bucket}-edit buckets)",
+            linestyle="--",
+            linewidth=0.9,
+            draw_band=False,
+        )
+        _plot_band(ax, t, band, colour, f"{name} (trailing {window}-edit mean)", linestyle="-")
+    _percent_axes(ax, panel_title, "Score (%)", _n_edits(md))
+
+
+def _percent_axes(ax, title: str, ylabel: str, n_edits: int) -> None:
+    """A panel of percentages over the edits: its title and labels, y in [-3, 103]."""
+    ax.set_title(title)
+    ax.set_xlabel("Number of edits")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-3, 103)
+    ax.set_xlim(0, n_edits)
+
+
+def _forgetting_panel(ax, methods: list[MethodData], colours: dict, band: str) -> None:
+    """The paper's forgetting curve of every method."""
+    drawn = False
+    for md in methods:
+        curves = [s.forgetting for s in md.samples if s.forgetting is not None]
+        if curves:
+            _plot_band(ax, curves, band, colours[md.method], md.label, marker="o", markersize=2.5)
+            drawn = True
+    if not drawn:
+        _empty(ax, "forgetting not evaluated")
+    elif not any(
+        np.isfinite(c[1]).any()
+        for md in methods
+        for s in md.samples
+        if (c := s.forgetting) is not None
+    ):
+        _empty(ax, "no successfully edited fact yet")
+    _percent_axes(
+        ax,
+        f"{_letter(len(methods))} Forgetting of edited facts",
+        "Edited facts forgotten (%)",
+        max(_n_edits(m) for m in methods),
+    )
+
+
+def _figure1_legends(
+    fig: Figure,
+    methods: list[MethodData],
+    colours: dict,
+    bucket: int,
+    window: int,
+    band: str,
+    n_samples: int,
+) -> None:
+    """Above: the scores and the two means (and the band); below: the methods' forgetting."""
+    handles = [Line2D([], [], color=c, label=n) for _, n, c in METRICS]
+    handles += [
+        Line2D(
+            [],
+            [],
+            color="0.3",
+            linestyle="--",
+            linewidth=0.9,
+            label=f"mean of {bucket}-edit buckets",
+        ),
+        Line2D([], [], color="0.3", linestyle="-", label=f"trailing mean, last {window} edits"),
+    ]
+    if n_samples > 1:
+        handles.append(Patch(color="0.3", alpha=0.18, label=_band_label(band)))
+    fig.legend(handles=_row_major(handles, 3), loc="outside upper center", ncol=3, frameon=False)
+    fig.legend(
+        handles=[
+            Line2D([], [], color=colours[m.method], marker="o", markersize=2.5, label=m.label)
+            for m in methods
+        ],
+        loc="outside lower center",
+        ncol=min(len(methods), 4),
+        frameon=False,
+        title=f"{_letter(len(methods))} forgetting, by method",
+        title_fontsize=8,
+    )
 
 
 def _row_major(handles: list, ncol: int) -> list:
@@ -394,86 +417,102 @@ def figure2(methods: list[MethodData], *, band: str = "minmax", title: str | Non
     with matplotlib.rc_context(STYLE):
         fig, axes = _new_figure(len(methods) + 1)
         n_samples = max(len(m.samples) for m in methods)
-        tasks: list[str] = []
-        for md in methods:
-            for s in md.samples:
-                tasks += [t for t in s.downstream if t not in tasks]
-        tasks = [t for t in TASKS if t in tasks] + [t for t in tasks if t not in TASKS]
-        task_style = {
-            t: TASKS.get(t, (t, _EXTRA_COLOURS[i % len(_EXTRA_COLOURS)]))
-            for i, t in enumerate(tasks)
-        }
+        task_style = _task_styles(methods)
         for i, (ax, md) in enumerate(zip(axes, methods)):
-            drawn = False
-            for task in tasks:
-                curves = [
-                    (s.downstream[task][0], 100 * s.downstream[task][1])
-                    for s in md.samples
-                    if task in s.downstream
-                ]
-                if curves:
-                    name, colour = task_style[task]
-                    _plot_band(ax, curves, band, colour, name, marker="o", markersize=2.5)
-                    drawn = True
-            if not drawn:
-                _empty(ax, "downstream tasks not evaluated")
-            ax.set_title(f"{_letter(i)} {md.label}")
-            ax.set_xlabel("Number of edits")
-            ax.set_ylabel("F1 (%)")
-            ax.set_ylim(-3, 103)
-            ax.set_xlim(0, _n_edits(md))
-        ax = axes[-1]
+            _downstream_panel(ax, md, f"{_letter(i)} {md.label}", task_style, band)
         colours = method_colours(methods)
-        dist_handles, all_values = [], []
-        for md in methods:
-            s0 = md.samples[0]
-            for j, (matrix, _) in enumerate(zip(s0.matrices, s0.distances())):
-                curves = [(s.edits, s.distances()[j]) for s in md.samples if len(s.distances()) > j]
-                all_values += [c[1] for c in curves]
-                label = f"{md.label}: {short_matrix_name(matrix)}"
-                style = _MATRIX_STYLES[j % len(_MATRIX_STYLES)]
-                _plot_band(ax, curves, band, colours[md.method], label, linestyle=style)
-                dist_handles.append(
-                    Line2D([], [], color=colours[md.method], linestyle=style, label=label)
-                )
-        if _use_log(all_values):
-            ax.set_yscale("log")
-        elif dist_handles:
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-        if not dist_handles:
-            _empty(ax, "no edited matrices")
-        ax.set_title(f"{_letter(len(methods))} Distance from the original weights")
-        ax.set_xlabel("Number of edits")
-        ax.set_ylabel(r"$\|W_t - W_0\|_F$ / #elements")
-        ax.set_xlim(0, max(_n_edits(m) for m in methods))
-
+        dist_handles = _distance_panel(axes[-1], methods, colours, band)
         handles = [
-            Line2D(
-                [], [], color=task_style[t][1], marker="o", markersize=2.5, label=task_style[t][0]
-            )
-            for t in tasks
+            Line2D([], [], color=colour, marker="o", markersize=2.5, label=name)
+            for name, colour in task_style.values()
         ]
         if n_samples > 1:
             handles.append(Patch(color="0.3", alpha=0.18, label=_band_label(band)))
-        if handles:
-            fig.legend(
-                handles=handles,
-                loc="outside upper center",
-                ncol=min(len(handles), 5),
-                frameon=False,
-            )
-        if dist_handles:
-            fig.legend(
-                handles=_row_major(dist_handles, 3),
-                loc="outside lower center",
-                ncol=min(len(dist_handles), 3),
-                frameon=False,
-                title_fontsize=8,
-                title=f"{_letter(len(methods))} distance, by method and matrix",
-            )
+        _two_legends(
+            fig,
+            handles,
+            dist_handles,
+            f"{_letter(len(methods))} distance, by method and matrix",
+        )
         if title:
             fig.suptitle(title)
     return fig
+
+
+def _task_styles(methods: list[MethodData]) -> dict[str, tuple[str, str]]:
+    """task -> (name, colour) of every downstream task of the methods: the paper's first."""
+    tasks: list[str] = []
+    for md in methods:
+        for s in md.samples:
+            tasks += [t for t in s.downstream if t not in tasks]
+    tasks = [t for t in TASKS if t in tasks] + [t for t in tasks if t not in TASKS]
+    return {
+        t: TASKS.get(t, (t, _EXTRA_COLOURS[i % len(_EXTRA_COLOURS)])) for i, t in enumerate(tasks)
+    }
+
+
+def _downstream_panel(ax, md: MethodData, panel_title: str, task_style: dict, band: str) -> None:
+    """Downstream F1 of every task, for one method."""
+    drawn = False
+    for task, (name, colour) in task_style.items():
+        curves = [
+            (s.downstream[task][0], 100 * s.downstream[task][1])
+            for s in md.samples
+            if task in s.downstream
+        ]
+        if curves:
+            _plot_band(ax, curves, band, colour, name, marker="o", markersize=2.5)
+            drawn = True
+    if not drawn:
+        _empty(ax, "downstream tasks not evaluated")
+    _percent_axes(ax, panel_title, "F1 (%)", _n_edits(md))
+
+
+def _distance_panel(ax, methods: list[MethodData], colours: dict, band: str) -> list:
+    """The normalised distance of every edited matrix of every method; its legend handles."""
+    dist_handles, all_values = [], []
+    for md in methods:
+        s0 = md.samples[0]
+        for j, (matrix, _) in enumerate(zip(s0.matrices, s0.distances())):
+            curves = [(s.edits, s.distances()[j]) for s in md.samples if len(s.distances()) > j]
+            all_values += [c[1] for c in curves]
+            label = f"{md.label}: {short_matrix_name(matrix)}"
+            style = _MATRIX_STYLES[j % len(_MATRIX_STYLES)]
+            _plot_band(ax, curves, band, colours[md.method], label, linestyle=style)
+            dist_handles.append(
+                Line2D([], [], color=colours[md.method], linestyle=style, label=label)
+            )
+    if _use_log(all_values):
+        ax.set_yscale("log")
+    elif dist_handles:
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    if not dist_handles:
+        _empty(ax, "no edited matrices")
+    ax.set_title(f"{_letter(len(methods))} Distance from the original weights")
+    ax.set_xlabel("Number of edits")
+    ax.set_ylabel(r"$\|W_t - W_0\|_F$ / #elements")
+    ax.set_xlim(0, max(_n_edits(m) for m in methods))
+    return dist_handles
+
+
+def _two_legends(fig: Figure, upper: list, lower: list, lower_title: str) -> None:
+    """A legend above the panels (up to 5 columns) and one below (3 columns, titled)."""
+    if upper:
+        fig.legend(
+            handles=upper,
+            loc="outside upper center",
+            ncol=min(len(upper), 5),
+            frameon=False,
+        )
+    if lower:
+        fig.legend(
+            handles=_row_major(lower, 3),
+            loc="outside lower center",
+            ncol=min(len(lower), 3),
+            frameon=False,
+            title_fontsize=8,
+            title=lower_title,
+        )
 
 
 COLLAPSE_PANELS = ("Norm growth of the edited weights", "Held-out perplexity", "Generation entropy")
@@ -498,50 +537,13 @@ def figure_collapse(
         n_samples = max(len(m.samples) for m in methods)
         x_max = max(_n_edits(m) for m in methods)
 
-        ax, norm_handles, values = axes[0], [], []
-        for md in methods:
-            samples = [s for s in md.samples if s.norm_growth()]
-            if not samples:
-                continue
-            for j, matrix in enumerate(samples[0].matrices):
-                curves = [(np.r_[0.0, s.edits], np.r_[1.0, s.norm_growth()[j]]) for s in samples]
-                values += [c[1] for c in curves]
-                label = f"{md.label}: {short_matrix_name(matrix)}"
-                style = _MATRIX_STYLES[j % len(_MATRIX_STYLES)]
-                _plot_band(ax, curves, band, colours[md.method], label, linestyle=style)
-                norm_handles.append(
-                    Line2D([], [], color=colours[md.method], linestyle=style, label=label)
-                )
-        if norm_handles:
-            ax.axhline(1.0, color="0.5", linewidth=0.6, linestyle=":")
-            if _use_log(values):
-                ax.set_yscale("log")
-        else:
-            _empty(ax, "weight norms not recorded")
-        ax.set_ylabel(r"$\|W_t\|_F\ /\ \|W_0\|_F$")
-
+        norm_handles = _norm_growth_panel(axes[0], methods, colours, band)
         drawn = {}
         for ax, key, ylabel in (
             (axes[1], "perplexity", "Perplexity (held-out text)"),
             (axes[2], "generation_entropy", "n-gram entropy (bits)"),
         ):
-            values = []
-            for md in methods:
-                curves = [
-                    s.collapse[key]
-                    for s in md.samples
-                    if key in s.collapse and len(s.collapse[key][0])
-                ]
-                if curves:
-                    _plot_band(
-                        ax, curves, band, colours[md.method], md.label, marker="o", markersize=2.5
-                    )
-                    values += [c[1] for c in curves]
-                    drawn[md.method] = md
-            if not values:
-                _empty(ax, "not evaluated")
-            elif key == "perplexity" and _use_log(values):
-                ax.set_yscale("log")
+            _collapse_measure_panel(ax, methods, colours, band, key, drawn)
             ax.set_ylabel(ylabel)
         for i, (ax, name) in enumerate(zip(axes, COLLAPSE_PANELS)):
             ax.set_title(f"{_letter(i)} {name}")
@@ -555,25 +557,55 @@ def figure_collapse(
         ]
         if n_samples > 1:
             handles.append(Patch(color="0.3", alpha=0.18, label=_band_label(band)))
-        if handles:
-            fig.legend(
-                handles=handles,
-                loc="outside upper center",
-                ncol=min(len(handles), 5),
-                frameon=False,
-            )
-        if norm_handles:
-            fig.legend(
-                handles=_row_major(norm_handles, 3),
-                loc="outside lower center",
-                ncol=min(len(norm_handles), 3),
-                frameon=False,
-                title_fontsize=8,
-                title="(a) norm growth, by method and matrix",
-            )
+        _two_legends(fig, handles, norm_handles, "(a) norm growth, by method and matrix")
         if title:
             fig.suptitle(title)
     return fig
+
+
+def _norm_growth_panel(ax, methods: list[MethodData], colours: dict, band: str) -> list:
+    """||W_t||_F / ||W_0||_F of every edited matrix of every method; its legend handles."""
+    norm_handles, values = [], []
+    for md in methods:
+        samples = [s for s in md.samples if s.norm_growth()]
+        if not samples:
+            continue
+        for j, matrix in enumerate(samples[0].matrices):
+            curves = [(np.r_[0.0, s.edits], np.r_[1.0, s.norm_growth()[j]]) for s in samples]
+            values += [c[1] for c in curves]
+            label = f"{md.label}: {short_matrix_name(matrix)}"
+            style = _MATRIX_STYLES[j % len(_MATRIX_STYLES)]
+            _plot_band(ax, curves, band, colours[md.method], label, linestyle=style)
+            norm_handles.append(
+                Line2D([], [], color=colours[md.method], linestyle=style, label=label)
+            )
+    if norm_handles:
+        ax.axhline(1.0, color="0.5", linewidth=0.6, linestyle=":")
+        if _use_log(values):
+            ax.set_yscale("log")
+    else:
+        _empty(ax, "weight norms not recorded")
+    ax.set_ylabel(r"$\|W_t\|_F\ /\ \|W_0\|_F$")
+    return norm_handles
+
+
+def _collapse_measure_panel(
+    ax, methods: list[MethodData], colours: dict, band: str, key: str, drawn: dict
+) -> None:
+    """One collapse measure at the checkpoints, every method (those drawn go into ``drawn``)."""
+    values = []
+    for md in methods:
+        curves = [
+            s.collapse[key] for s in md.samples if key in s.collapse and len(s.collapse[key][0])
+        ]
+        if curves:
+            _plot_band(ax, curves, band, colours[md.method], md.label, marker="o", markersize=2.5)
+            values += [c[1] for c in curves]
+            drawn[md.method] = md
+    if not values:
+        _empty(ax, "not evaluated")
+    elif key == "perplexity" and _use_log(values):
+        ax.set_yscale("log")
 
 
 # --------------------------------------------------------------------------- saving
@@ -586,8 +618,9 @@ def figure_metadata(provenance: dict, title: str) -> tuple[dict, dict]:
     )
     git = provenance.get("git", {})
     keywords = (
-        f"editscale; rule {provenance.get('rule')}; git {git.get('commit')} dirty={git.get('dirty')}; "
-        f"config {provenance.get('config_hash')}; digest {provenance.get('digest')}"
+        f"editscale; rule {provenance.get('rule')}; git {git.get('commit')} "
+        f"dirty={git.get('dirty')}; config {provenance.get('config_hash')}; digest "
+        f"{provenance.get('digest')}"
     )
     pdf = {
         "Title": title,
@@ -618,7 +651,9 @@ def save_figure(
 FIGURES = {
     "figure1": "Figure 1: editing scores and forgetting",
     "figure2": "Figure 2: downstream F1 and distance",
-    "collapse": "Supplementary figure: collapse measures (norm growth, perplexity, generation entropy)",
+    "collapse": (
+        "Supplementary figure: collapse measures (norm growth, perplexity, generation entropy)"
+    ),
 }
 
 

@@ -1,16 +1,16 @@
 """The paper's tables from tidy data: Table 2 (+ the Table 8 analogue) and the runtime table.
 
-* :func:`table2_rows` pools the disabling JSONs of every sample of a method: the mean
-  standalone normalised distance ||delta W||_F / numel of the flagged (disabling) edits and of
-  the sampled normal edits, each applied alone to the unedited model, with counts, the sample
-  standard deviation and the range. The disabling edits are the onsets of update-norm run-aways
-  (:mod:`editscale.evaluation.disabling`): :func:`onset_rows` lists them per method and sample (edit, case
-  id, standalone distance, reason) and :func:`onset_counts` counts them per sample.
+* :func:`table2_rows` pools the disabling JSONs of every sample of a method: the mean standalone
+  normalised distance ||delta W||_F / numel of the flagged (disabling) edits and of the sampled
+  normal edits, each applied alone to the unedited model, with counts, the sample standard deviation
+  and the range. The disabling edits are the onsets of update-norm run-aways
+  (:mod:`editscale.evaluation.disabling`): :func:`onset_rows` lists them per method and sample
+  (edit, case id, standalone distance, reason) and :func:`onset_counts` counts them per sample.
   :func:`write_table2` writes all of it as Markdown, CSV and LaTeX, with a small table of the
   generations before and after the first disabling edit. The CSV holds the statistics rows (kind
-  ``disabling`` / ``normal``; the count of a per-sample ``disabling`` row is that sample's number
-  of onsets) followed by one row of kind ``onset`` per onset edit (count 1, its standalone
-  distance as mean/min/max, and its edit, case id and reason).
+  ``disabling`` / ``normal``; the count of a per-sample ``disabling`` row is that sample's number of
+  onsets) followed by one row of kind ``onset`` per onset edit (count 1, its standalone distance as
+  mean/min/max, and its edit, case id and reason).
 * :func:`write_summary`: the lifelong-editing summary, one row per method (ES/PS/NS of the last
   edits, downstream F1 retained, facts still known at the end, norm growth, disabling onsets).
 * :func:`find_benchmarks` + :func:`runtime_rows` read Snakemake ``benchmark:`` files into one table.
@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 
 import numpy as np
+
+from editscale.io import paths
+from editscale.io.files import atomic_open, atomic_write_text
 
 _KINDS = ("disabling", "normal")
 TABLE2_FIELDS = [
@@ -56,8 +58,9 @@ def _stats(values) -> dict:
 def table2_rows(disabling: dict[str, list[dict]]) -> list[dict]:
     """Rows (method, sample or 'all', kind, count, mean, std, min, max) from disabling JSONs.
 
-    ``disabling``: method -> one document per sample (``editscale.evaluation.disabling.run_disabling``'s
-    JSON with ``sample`` and ``label`` added). The 'all' rows pool the edits of every sample.
+    ``disabling``: method -> one document per sample
+    (``editscale.evaluation.disabling.run_disabling``'s JSON with ``sample`` and ``label`` added).
+    The 'all' rows pool the edits of every sample.
     """
     rows = []
     for method, docs in disabling.items():
@@ -134,7 +137,8 @@ def _onset_csv_row(o: dict) -> dict:
 
 
 def generation_rows(disabling: dict[str, list[dict]]) -> list[dict]:
-    """Per method, the generations around the first disabling edit of the first sample that has one."""
+    """Per method, the generations around the first disabling edit of the
+    first sample that has one."""
     rows = []
     for method, docs in disabling.items():
         for doc in docs:
@@ -231,9 +235,10 @@ def onsets_markdown(
     """Markdown lines: onsets per method and sample, then the list of onset edits."""
     samples = _sample_ids(counts)
     lines = [
-        "**Onsets.** Disabling edits are the onsets of update-norm run-aways (the first edit of each "
-        "run-away of an edited matrix; config `disabling`): their number per method and sample, then "
-        "each onset edit t with its CounterFact case id, its standalone distance and the rule's reason.",
+        "**Onsets.** Disabling edits are the onsets of update-norm run-aways (the first edit of "
+        "each run-away of an edited matrix; config `disabling`): their number per method and "
+        "sample, then each onset edit t with its CounterFact case id, its standalone distance and "
+        "the rule's reason.",
         "",
         "| Method | " + " | ".join(f"Sample {s}" for s in samples) + " | All |",
         "|---|" + "---:|" * (len(samples) + 1),
@@ -272,9 +277,9 @@ def table2_markdown(
 ) -> str:
     pooled = _pooled(rows)
     lines = [
-        "**Table 2.** Mean normalised distance ‖ΔW‖_F / #elements of the edited matrix when an edit is "
-        f"applied alone to the unedited model, disabling vs normal edits (pooled over {n_samples} "
-        "sample(s); ± sample standard deviation, [min, max]; n = number of edits).",
+        "**Table 2.** Mean normalised distance ‖ΔW‖_F / #elements of the edited matrix when an "
+        "edit is applied alone to the unedited model, disabling vs normal edits (pooled over "
+        f"{n_samples} sample(s); ± sample standard deviation, [min, max]; n = number of edits).",
         "",
         "| Method | Disabling n | Disabling distance | Normal n | Normal distance | Ratio |",
         "|---|---:|---|---:|---|---:|",
@@ -312,7 +317,8 @@ def table2_markdown(
 def onsets_latex(
     rows: list[dict], onsets: list[dict], counts: dict[str, dict[str, int]]
 ) -> list[str]:
-    """LaTeX lines: a table float with the onsets per method and sample and the list of onset edits."""
+    """LaTeX lines: a table float with the onsets per method and sample and
+    the list of onset edits."""
     samples = _sample_ids(counts)
     out = [
         "% Onsets of update-norm run-aways (the disabling edits) per method and sample",
@@ -354,9 +360,9 @@ def onsets_latex(
     out += [
         r"\hline",
         r"\end{tabular}",
-        r"\caption{Disabling edits: onsets of update-norm run-aways (the first edit of each run-away of an "
-        r"edited matrix), per method and sample, and each onset edit with its case id, standalone distance "
-        r"and the rule's reason.}",
+        r"\caption{Disabling edits: onsets of update-norm run-aways (the first edit of each "
+        r"run-away of an edited matrix), per method and sample, and each onset edit with its case "
+        r"id, standalone distance and the rule's reason.}",
         r"\label{tab:disabling-onsets}",
         r"\end{table}",
         "",
@@ -374,7 +380,8 @@ def table2_latex(
 ) -> str:
     pooled = _pooled(rows)
     out = [
-        "% Table 2 analogue (editscale): standalone normalised distance of disabling vs normal edits",
+        "% Table 2 analogue (editscale): standalone normalised distance of disabling vs normal "
+        "edits",
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
@@ -394,9 +401,9 @@ def table2_latex(
     out += [
         r"\hline",
         r"\end{tabular}",
-        r"\caption{Mean distance $\|\Delta W\|_F/\#\mathrm{elements}$ of the edited matrix when an edit is "
-        rf"applied alone to the unedited model, disabling vs normal edits (pooled over {n_samples} "
-        r"sample(s); $\pm$ sample standard deviation).}",
+        r"\caption{Mean distance $\|\Delta W\|_F/\#\mathrm{elements}$ of the edited matrix "
+        r"when an edit is applied alone to the unedited model, disabling vs normal edits (pooled "
+        rf"over {n_samples} sample(s); $\pm$ sample standard deviation).}}",
         r"\label{tab:disabling-distance}",
         r"\end{table}",
         "",
@@ -433,18 +440,14 @@ def table2_latex(
 
 
 def _write_text(path, text: str) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _write_csv(path, fields: list[str], rows: list[dict]) -> None:
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows([{k: ("" if r.get(k) is None else r.get(k)) for k in fields} for r in rows])
-    os.replace(tmp, path)
 
 
 def write_table2(
@@ -489,7 +492,7 @@ RUNTIME_FIELDS = [
 ]
 
 
-def runtime_rows(benchmarks: list[str], root: str = "results/benchmarks") -> list[dict]:
+def runtime_rows(benchmarks: list[str], root: str = paths.BENCHMARKS) -> list[dict]:
     """One row per benchmark file (``results/benchmarks/<rule>/<job...>.tsv``); repeated
     measurements (``repeat()``) are averaged."""
     rows = []
@@ -536,9 +539,10 @@ def runtime_summary(rows: list[dict]) -> list[dict]:
     return out
 
 
-def find_benchmarks(root: str = "results/benchmarks", models: list[str] | None = None) -> list[str]:
+def find_benchmarks(root: str = paths.BENCHMARKS, models: list[str] | None = None) -> list[str]:
     """Every benchmark file under ``root`` (``<rule>/<model>/...tsv`` or ``<rule>/<model>.tsv``),
-    restricted to jobs of ``models`` when given (files left by runs of other configs are skipped)."""
+    restricted to jobs of ``models`` when given (files left by runs of other configs are
+    skipped)."""
     out = []
     for path in sorted(Path(root).rglob("*.tsv")):
         parts = path.relative_to(root).parts
@@ -551,7 +555,7 @@ def find_benchmarks(root: str = "results/benchmarks", models: list[str] | None =
 
 
 def write_runtime(
-    benchmarks: list[str], *, jobs_csv, summary_csv, root: str = "results/benchmarks"
+    benchmarks: list[str], *, jobs_csv, summary_csv, root: str = paths.BENCHMARKS
 ) -> None:
     rows = runtime_rows(sorted(benchmarks), root)
     _write_csv(jobs_csv, RUNTIME_FIELDS, rows)
@@ -627,16 +631,17 @@ def _sample_summary(entry: dict, *, last: int, forgetting_test: str) -> dict:
 def summary_rows(
     layout: list[dict], *, last: int = 100, forgetting_test: str = "argmax_ok"
 ) -> list[dict]:
-    """One row per method of a :func:`editscale.reporting.figure_data.figure_layout`: the field's lifelong-editing
-    summary, each number the mean over the method's samples.
+    """One row per method of a :func:`editscale.reporting.figure_data.figure_layout`: the field's
+    lifelong-editing summary, each number the mean over the method's samples.
 
-    ``es_last``/``ps_last``/``ns_last``: ES/PS/NS of the last ``last`` edits (each scored right after
-    its own edit, or its step); ``f1_retained``: the mean F1 of the downstream tasks at the last
-    downstream checkpoint over that of the unedited model (checkpoint 0); ``known_end``: the
+    ``es_last``/``ps_last``/``ns_last``: ES/PS/NS of the last ``last`` edits (each scored right
+    after its own edit, or its step); ``f1_retained``: the mean F1 of the downstream tasks at the
+    last downstream checkpoint over that of the unedited model (checkpoint 0); ``known_end``: the
     fraction of the facts edited by the last forgetting checkpoint (``known_checkpoint``) whose new
     target is still known there (``forgetting_test``); ``norm_growth``: ||W_T||_F / ||W_0||_F of the
-    edited matrix that grew most; ``onsets``: disabling onsets (:mod:`editscale.evaluation.disabling`) summed
-    over samples, ``onsets_per_sample`` each sample's count and ``first_onset`` the earliest edit.
+    edited matrix that grew most; ``onsets``: disabling onsets
+    (:mod:`editscale.evaluation.disabling`) summed over samples, ``onsets_per_sample`` each sample's
+    count and ``first_onset`` the earliest edit.
     """
     by_method: dict[str, list[dict]] = {}
     for e in layout:
@@ -680,26 +685,27 @@ def _num(x, fmt: str, none: str) -> str:
 
 def summary_markdown(rows: list[dict], *, last: int) -> str:
     out = [
-        "| Method | edits/step | ES | PS | NS | F1 retained | known at end | norm growth | onsets (per sample) "
-        "| first onset |",
+        "| Method | edits/step | ES | PS | NS | F1 retained | known at end | norm growth | onsets "
+        "(per sample) | first onset |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
-            f"| {_cell_md(r['label'])} | {r['edits_per_step']} | {_num(r['es_last'], '.2f', 'n/a')} | "
-            f"{_num(r['ps_last'], '.2f', 'n/a')} | {_num(r['ns_last'], '.2f', 'n/a')} | "
-            f"{_num(r['f1_retained'], '.2f', 'n/a')} | {_num(r['known_end'], '.2f', 'n/a')} | "
-            f"{_num(r['norm_growth'], '.3g', 'n/a')} | {r['onsets']} ({r['onsets_per_sample']}) | "
-            f"{_num(r['first_onset'], 'd', '-')} |"
+            f"| {_cell_md(r['label'])} | {r['edits_per_step']} | "
+            f"{_num(r['es_last'], '.2f', 'n/a')} | {_num(r['ps_last'], '.2f', 'n/a')} | "
+            f"{_num(r['ns_last'], '.2f', 'n/a')} | {_num(r['f1_retained'], '.2f', 'n/a')} | "
+            f"{_num(r['known_end'], '.2f', 'n/a')} | {_num(r['norm_growth'], '.3g', 'n/a')} | "
+            f"{r['onsets']} ({r['onsets_per_sample']}) | {_num(r['first_onset'], 'd', '-')} |"
         )
     n = max((r["samples"] for r in rows), default=0)
     out += [
         "",
-        f"Means over {n} samples. ES/PS/NS: the last {last} edits, each scored after its own edit (or step). "
-        "F1 retained: the mean F1 of the downstream tasks at the last downstream checkpoint over the unedited "
-        "model's. Known at end: the fraction of the edited facts whose new target is still the model's answer at "
-        "the last forgetting checkpoint. Norm growth: ||W_T||_F / ||W_0||_F of the edited matrix that grew most. "
-        "Onsets: disabling edits (run-away onsets of the update norm; steps for batched methods), all samples.",
+        f"Means over {n} samples. ES/PS/NS: the last {last} edits, each scored after its own edit "
+        "(or step). F1 retained: the mean F1 of the downstream tasks at the last downstream "
+        "checkpoint over the unedited model's. Known at end: the fraction of the edited facts "
+        "whose new target is still the model's answer at the last forgetting checkpoint. Norm "
+        "growth: ||W_T||_F / ||W_0||_F of the edited matrix that grew most. Onsets: disabling "
+        "edits (run-away onsets of the update norm; steps for batched methods), all samples.",
         "",
     ]
     return "\n".join(out)
@@ -712,23 +718,25 @@ def summary_latex(rows: list[dict], *, last: int) -> str:
         r"\small",
         r"\begin{tabular}{lrrrrrrrrr}",
         r"\hline",
-        r"Method & edits/step & ES & PS & NS & F1 retained & known at end & norm growth & onsets & first onset \\",
+        r"Method & edits/step & ES & PS & NS & F1 retained & known at end & norm growth & onsets "
+        r"& first onset \\",
         r"\hline",
     ]
     for r in rows:
         out.append(
-            f"{_tex_escape(r['label'])} & {r['edits_per_step']} & {_num(r['es_last'], '.2f', '--')} & "
-            f"{_num(r['ps_last'], '.2f', '--')} & {_num(r['ns_last'], '.2f', '--')} & "
-            f"{_num(r['f1_retained'], '.2f', '--')} & {_num(r['known_end'], '.2f', '--')} & "
-            f"{_num(r['norm_growth'], '.3g', '--')} & {r['onsets']} & {_num(r['first_onset'], 'd', '--')} "
-            + r"\\"
+            f"{_tex_escape(r['label'])} & {r['edits_per_step']} & "
+            f"{_num(r['es_last'], '.2f', '--')} & {_num(r['ps_last'], '.2f', '--')} & "
+            f"{_num(r['ns_last'], '.2f', '--')} & {_num(r['f1_retained'], '.2f', '--')} & "
+            f"{_num(r['known_end'], '.2f', '--')} & {_num(r['norm_growth'], '.3g', '--')} & "
+            f"{r['onsets']} & {_num(r['first_onset'], 'd', '--')} " + r"\\"
         )
     out += [
         r"\hline",
         r"\end{tabular}",
-        rf"\caption{{Lifelong editing: ES/PS/NS over the last {last} edits, downstream F1 retained relative to "
-        r"the unedited model, fraction of edited facts still known at the end, norm growth of the most grown "
-        r"edited matrix and disabling onsets; means over samples.}",
+        rf"\caption{{Lifelong editing: ES/PS/NS over the last {last} edits, downstream F1 "
+        r"retained relative to the unedited model, fraction of edited facts still known at the "
+        r"end, norm growth of the most grown edited matrix and disabling onsets; means over "
+        r"samples.}",
         r"\label{tab:lifelong-summary}",
         r"\end{table}",
         "",
