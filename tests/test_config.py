@@ -675,3 +675,55 @@ def test_statistics_convergence_settings():
         "check_every_docs": cfg["stats"].get("n_docs", 100000) + 1,
     }
     assert error_key(cfg) == "stats.convergence.check_every_docs"
+
+
+# ---------------------------------------------------------------- messages (issue 25, item 6)
+
+
+def test_unknown_editor_of_the_edit_gate_method_names_the_key():
+    """`editor: romee` on the method the default organism's edit gates run: a ConfigError naming
+    methods.<m>.editor and the known editors (it was a bare KeyError 'romee')."""
+    cfg = yaml.safe_load(DEFAULT.read_text(encoding="utf-8"))
+    (model,) = [m for m, spec in cfg["models"].items() if spec.get("gates", {}).get("edit")]
+    method = cfg["models"][model]["gates"]["edit"]["method"]
+    cfg["methods"][method]["editor"] = "romee"
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert info.value.key == f"methods.{method}.editor"
+    assert "unknown editor 'romee'; known editors: ['alphaedit'" in info.value.problem
+    assert f"models.{model}.gates.edit.method" in info.value.problem
+
+
+def test_mistyped_stats_corpus_is_reported_as_stats_corpus_when_editor_training_uses_it():
+    """MEND trained here takes its locality text from stats.corpus (editor_training.corpus null):
+    a typo there names stats.corpus, not editor_training.corpus."""
+    cfg = mend_cfg({"n_last_layers": 2}, training={})
+    cfg["stats"]["corpus"] = "cc"
+    with pytest.raises(ConfigError, match="'cc' is not a key of corpora") as info:
+        load_config(cfg)
+    assert info.value.key == "stats.corpus"
+    cfg["stats"]["corpus"] = "c"
+    cfg["editor_training"] = {"corpus": "cc"}  # set there: named there
+    assert error_key(cfg) == "editor_training.corpus"
+    cfg["editor_training"] = {"corpus": "c"}
+    load_config(cfg)
+
+
+def _merged(base: dict, overlay: dict) -> dict:
+    """Snakemake's merge of config files: mappings key by key, anything else replaced whole."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def test_lifelong_overlay_merged_over_the_default_config_validates():
+    base = yaml.safe_load(DEFAULT.read_text(encoding="utf-8"))
+    overlay = yaml.safe_load((REPO / "config" / "lifelong.yaml").read_text(encoding="utf-8"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)
+        cfg = load_config(_merged(base, overlay))
+    assert {"memit", "encore_b10"} <= {e["method"] for e in cfg["experiments"]}

@@ -22,11 +22,14 @@ import stat
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn
 
 import yaml
 
 from editscale.io import paths
+
+if TYPE_CHECKING:
+    from editscale.editors import EditorInfo
 
 __all__ = [
     "ConfigError",
@@ -417,6 +420,21 @@ def model_n_layer(cfg: dict, model: str, base_dir: str | os.PathLike = ".") -> i
 # --------------------------------------------------------------------------- cross-key checks
 
 
+def _editor_info(cfg: dict, method: str, used_by: str = "") -> EditorInfo:
+    """The :class:`editscale.editors.EditorInfo` of ``methods.<method>.editor``; an unknown editor
+    is a :class:`ConfigError` naming that key and the known editors (``used_by``: what needs the
+    method, said in the message)."""
+    from editscale.editors import EDITORS
+
+    name = cfg["methods"][method]["editor"]
+    if name not in EDITORS:
+        raise ConfigError(
+            f"methods.{method}.editor",
+            f"unknown editor {name!r}; known editors: {sorted(EDITORS)}{used_by}",
+        )
+    return EDITORS[name]
+
+
 def _check_edit_gates(cfg: dict, model: str, edit: dict, base_dir: str | os.PathLike = ".") -> None:
     where = f"models.{model}.gates.edit"
     method = edit["method"]
@@ -429,6 +447,7 @@ def _check_edit_gates(cfg: dict, model: str, edit: dict, base_dir: str | os.Path
         raise ConfigError(
             f"{where}.method", f"methods.{method}.per_model has no entry for {model!r}"
         )
+    _editor_info(cfg, method, f" (method {method!r} runs the edit gates, {where}.method)")
     _check_method_hparams(cfg, method, model, base_dir)
 
 
@@ -478,11 +497,10 @@ def _check_method_hparams(
     the model has; an error names the key where the value was set (a missing required value: the
     ``per_model`` entry, a default one: ``hparams``). Torch-free (editors.hparams), so that this
     runs at start-up."""
-    from editscale.editors import EDITORS
     from editscale.editors.hparams import HParamError, check_hparams
 
     spec = cfg["methods"][method]
-    cls = EDITORS[spec["editor"]].hparams
+    cls = _editor_info(cfg, method).hparams
     if cls is None:
         return
     per_model = spec.get("per_model", {}).get(model, {})
@@ -603,11 +621,10 @@ def _check_stats_file(cfg: dict, exp: dict, layer: int, key: str, i: int, base_d
 def _check_training_hparams(cfg: dict, method: str) -> None:
     """``methods.<method>.training`` builds its editor's training dataclass (MEND's rule
     train_mend)."""
-    from editscale.editors import EDITORS
     from editscale.editors.hparams import HParamError, check_hparams
 
     spec = cfg["methods"][method]
-    cls = EDITORS[spec["editor"]].training
+    cls = _editor_info(cfg, method).training
     if cls is None:
         return
     try:
@@ -767,23 +784,15 @@ def _check_counterfact(cf: dict) -> None:
 
 def _check_method(cfg: dict, name: str, spec: dict) -> None:
     """One ``methods`` entry: a known editor, defined models, editor files only for MEND."""
-    from editscale.editors import EDITORS
-
     models = cfg["models"]
-    if spec["editor"] not in EDITORS:
-        raise ConfigError(
-            f"methods.{name}.editor",
-            f"unknown editor {spec['editor']!r}; known editors: {sorted(EDITORS)}",
-        )
+    info = _editor_info(cfg, name)
     for section in ("per_model", "editor_weights"):
         for model in spec.get(section, {}):
             if model not in models:
                 raise ConfigError(
                     f"methods.{name}.{section}.{model}", _not_defined(model, "models", models)
                 )
-    if (spec.get("training") or spec.get("editor_weights")) and not EDITORS[
-        spec["editor"]
-    ].needs_editor_file:
+    if (spec.get("training") or spec.get("editor_weights")) and not info.needs_editor_file:
         raise ConfigError(
             f"methods.{name}",
             f"'training' and 'editor_weights' apply to editors that need "
@@ -822,10 +831,8 @@ def _check_covariance_layers(
 ) -> None:
     """An editor that needs key statistics names its layer (an integer in the model's range) or
     its layers in ``methods.<method>.per_model.<model>``."""
-    from editscale.editors import EDITORS
-
     editor = cfg["methods"][method]["editor"]
-    info = EDITORS[editor]
+    info = _editor_info(cfg, method)
     if info.needs_covariance and "layer" in info.hparams.__dataclass_fields__:
         layer = hp.get("layer")
         key = f"methods.{method}.per_model.{model}.layer"
@@ -864,7 +871,13 @@ def _check_editor_training(cfg: dict) -> None:
             "editor_training.corpus or stats.corpus",
         )
     if loc_corpus not in corpora:
-        raise ConfigError("editor_training.corpus", _not_defined(loc_corpus, "corpora", corpora))
+        problem = _not_defined(loc_corpus, "corpora", corpora)
+        if cfg.get("editor_training", {}).get("corpus"):
+            raise ConfigError("editor_training.corpus", problem)
+        # editor_training.corpus null: the locality text is stats.corpus, where the typo is
+        raise ConfigError(
+            "stats.corpus", f"{problem} (editor training's locality text: its corpus is null)"
+        )
 
 
 def _check_stats_settings(cfg: dict) -> None:

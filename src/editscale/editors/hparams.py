@@ -1,18 +1,22 @@
 """The editors' hyperparameter dataclasses (each an :class:`editscale.io.hparams.HParams`).
 
 Torch-free (standard library only) so that :func:`editscale.config.check_config` can build these
-dataclasses from a config before any job runs: an unknown key, a value of the wrong type or a
-value a dataclass refuses is then reported with its config key at start-up, not as a bare error
-inside a job (after Snakemake has already deleted that job's previous outputs). The editor
+dataclasses from a config before any job runs: an unknown key, a value of the wrong type or
+shape, one outside its range or one a dataclass refuses is then reported with its config key at
+start-up, not as a bare error inside a job (after Snakemake has already deleted that job's
+previous outputs). Each field declares its values next to it: the annotation its type and shape
+(``list[tuple[int, int]]``), :func:`editscale.io.hparams.param` its range or choices; building a
+dataclass checks them all (``HParams.__post_init__``), and a class's own ``__post_init__`` adds the
+checks across fields. The editor
 modules (which import torch) take the same classes from here. :class:`HParamError` and
 :func:`check_hparams` (the start-up check) are re-exported from :mod:`editscale.io.hparams`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from editscale.io.hparams import HParamError, HParams, check_hparams
+from editscale.io.hparams import HParamError, HParams, check_hparams, param
 
 __all__ = [
     "TARGET_POSITIONS",
@@ -29,30 +33,30 @@ __all__ = [
 ]
 
 TARGET_POSITIONS = ("own", "last_prompt")
+KEY_MODES = ("original", "homogeneous")
+# a context template pair: [tokens in the prefix, prefixes of that length]
+PAIRS = "a list of [length, count] pairs of integers"
+PROMPT = (r"\{\}", "contain '{}' (where the subject goes)")
 
 
 @dataclass
 class RomeHParams(HParams):
     label = "ROME hyperparameters"
 
-    layer: int
-    v_num_grad_steps: int = 20
-    v_lr: float = 0.5
-    v_weight_decay: float = 0.5
-    clamp_norm_factor: float = 4.0
-    kl_factor: float = 0.0625
-    kl_prompt: str = "{} is a"
-    early_stop_loss: float = 0.05
+    layer: int = param(ge=0)
+    v_num_grad_steps: int = param(20, ge=1)
+    v_lr: float = param(0.5, gt=0)
+    v_weight_decay: float = param(0.5, ge=0)
+    clamp_norm_factor: float = param(4.0, gt=0)
+    kl_factor: float = param(0.0625, ge=0)
+    kl_prompt: str = param("{} is a", text=PROMPT)
+    early_stop_loss: float = param(0.05, ge=0)
     mom2_adjustment: bool = True
-    context_template_lengths: list = field(default_factory=lambda: [[5, 10], [10, 10]])
-    context_template_top_k: int = 5
-    key_mode: str = "original"  # original | homogeneous (r-ROME)
-
-    def __post_init__(self):
-        if self.key_mode not in ("original", "homogeneous"):
-            raise ValueError(
-                f"rome.key_mode must be 'original' or 'homogeneous', not {self.key_mode!r}"
-            )
+    context_template_lengths: list[tuple[int, int]] = param(
+        factory=lambda: [[5, 10], [10, 10]], ge=1, what=PAIRS
+    )
+    context_template_top_k: int = param(5, ge=1)
+    key_mode: str = param("original", choices=KEY_MODES)  # homogeneous: r-ROME
 
 
 @dataclass
@@ -63,35 +67,28 @@ class MemitHParams(HParams):
 
     label = "MEMIT hyperparameters"
 
-    layers: list
-    v_num_grad_steps: int = 20
-    v_lr: float = 0.5
-    v_weight_decay: float = 0.5
-    clamp_norm_factor: float = 0.75
-    kl_factor: float = 0.0625
-    kl_prompt: str = "{} is a"
-    early_stop_loss: float = 0.05
-    mom2_update_weight: float = 15000.0
-    context_template_lengths: list = field(default_factory=lambda: [[10, 5]])
-    context_template_starts: list = field(
-        default_factory=lambda: ["The", "Therefore", "Because", "I", "You"]
+    layers: list[int] = param(ge=0, nonempty=True)
+    v_num_grad_steps: int = param(20, ge=1)
+    v_lr: float = param(0.5, gt=0)
+    v_weight_decay: float = param(0.5, ge=0)
+    clamp_norm_factor: float = param(0.75, gt=0)
+    kl_factor: float = param(0.0625, ge=0)
+    kl_prompt: str = param("{} is a", text=PROMPT)
+    early_stop_loss: float = param(0.05, ge=0)
+    mom2_update_weight: float = param(15000.0, gt=0)
+    context_template_lengths: list[tuple[int, int]] = param(
+        factory=lambda: [[10, 5]], ge=1, what=PAIRS
     )
-    context_template_top_k: int = 5
+    context_template_starts: list[str] = param(
+        factory=lambda: ["The", "Therefore", "Because", "I", "You"], text=(r"\S", "not be blank")
+    )
+    context_template_top_k: int = param(5, ge=1)
 
     def __post_init__(self):
-        if not self.layers or any(
-            not isinstance(x, int) or isinstance(x, bool) for x in self.layers
-        ):
-            raise ValueError(
-                f"memit.layers must be a non-empty list of layer indices, not {self.layers!r}"
-            )
+        super().__post_init__()
         if list(self.layers) != sorted(set(self.layers)):
             raise ValueError(
                 f"memit.layers must be increasing without repeats, not {self.layers!r}"
-            )
-        if self.mom2_update_weight <= 0:
-            raise ValueError(
-                f"memit.mom2_update_weight must be > 0, not {self.mom2_update_weight!r}"
             )
 
 
@@ -102,16 +99,10 @@ class EmmetHParams(MemitHParams):
 
     label = "EMMET hyperparameters"
 
-    mom2_update_weight: float = 1.0
-    emmet_lambda: float = (
-        0.1  # added to D = K^T C^-1 K (batches of 2 or more) against ill-conditioning
-    )
-    update_norm_lambda: float = 0.0  # added to C's diagonal
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.emmet_lambda < 0 or self.update_norm_lambda < 0:
-            raise ValueError("emmet: emmet_lambda and update_norm_lambda must be >= 0")
+    mom2_update_weight: float = param(1.0, gt=0)
+    # added to D = K^T C^-1 K (batches of 2 or more) against ill-conditioning
+    emmet_lambda: float = param(0.1, ge=0)
+    update_norm_lambda: float = param(0.0, ge=0)  # added to C's diagonal
 
 
 @dataclass
@@ -121,14 +112,10 @@ class AlphaEditHParams(MemitHParams):
 
     label = "AlphaEdit hyperparameters"
 
-    v_num_grad_steps: int = 25
-    nullspace_threshold: float = 2e-2  # eigenvalues of C below it span the null space
-    L2: float = 10.0  # the public name: the update's ridge term
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.nullspace_threshold <= 0 or self.L2 <= 0:
-            raise ValueError("alphaedit: nullspace_threshold and L2 must be > 0")
+    v_num_grad_steps: int = param(25, ge=1)
+    # eigenvalues of C below it span the null space
+    nullspace_threshold: float = param(2e-2, gt=0)
+    L2: float = param(10.0, gt=0)  # the public name: the update's ridge term
 
 
 @dataclass
@@ -138,17 +125,15 @@ class EncoreHParams(MemitHParams):
 
     label = "ENCORE hyperparameters"
 
-    v_num_grad_steps: int = 25
-    update_norm_lambda: float = 20.0  # mu: mu I added to lambda C (the norm penalty)
-    prob_cutoff: float = (
-        -2.0
-    )  # < 0: stop at the |n|-th pass with every target token top-1; > 0: mean prob
+    v_num_grad_steps: int = param(25, ge=1)
+    update_norm_lambda: float = param(20.0, ge=0)  # mu: mu I added to lambda C (the norm penalty)
+    # < 0: stop at the |n|-th pass with every target token top-1; > 0: at this mean probability
+    # of the target; 0: no early stop
+    prob_cutoff: float = param(-2.0, le=1)
     add_prev_edits: bool = True  # the earlier steps' keys join C (sequential editing)
 
     def __post_init__(self):
         super().__post_init__()
-        if self.update_norm_lambda < 0:
-            raise ValueError("encore: update_norm_lambda must be >= 0")
         if self.prob_cutoff < 0 and self.prob_cutoff != int(self.prob_cutoff):
             raise ValueError(
                 "encore: a negative prob_cutoff counts passes and must be a whole number"
@@ -159,24 +144,15 @@ class EncoreHParams(MemitHParams):
 class FtcHParams(HParams):
     label = "FT-C hyperparameters"
 
-    layer: int = 0
-    num_steps: int = 25
-    lr: float = 5e-4
-    norm_constraint: float = 5e-4  # L-infinity radius around the weights before the edit
-    early_stop_loss: float = 1e-2
-    target_positions: str = "own"  # own | last_prompt (the public baseline's scoring)
+    layer: int = param(0, ge=0)
+    num_steps: int = param(25, ge=1)
+    lr: float = param(5e-4, gt=0)
+    # L-infinity radius around the weights before the edit
+    norm_constraint: float = param(5e-4, gt=0)
+    early_stop_loss: float = param(1e-2, ge=0)
+    # last_prompt: the public baseline's scoring
+    target_positions: str = param("own", choices=TARGET_POSITIONS)
     include_bias: bool = False  # also fine-tune (and clamp) the module's bias: the public baseline
-
-    def __post_init__(self):
-        if self.target_positions not in TARGET_POSITIONS:
-            raise ValueError(
-                f"ftc.target_positions must be one of {TARGET_POSITIONS}, "
-                f"not {self.target_positions!r}"
-            )
-        if self.num_steps < 1 or self.lr <= 0 or self.norm_constraint <= 0:
-            raise ValueError("ftc: num_steps >= 1, lr > 0 and norm_constraint > 0 are required")
-        if not isinstance(self.include_bias, bool):
-            raise ValueError(f"ftc.include_bias must be true or false, not {self.include_bias!r}")
 
 
 @dataclass
@@ -185,9 +161,10 @@ class MendHParams(HParams):
 
     label = "MEND hyperparameters"
 
-    layers: list | None = None  # explicit layers; None = the last ``n_last_layers`` layers
-    n_last_layers: int = 3
-    lr_scale: float = 1.0
+    # explicit layers; None = the last ``n_last_layers`` layers
+    layers: list[int] | None = param(None, ge=0, nonempty=True)
+    n_last_layers: int = param(3, ge=1)
+    lr_scale: float = param(1.0, gt=0)
 
     def layer_indices(self, n_layer: int) -> list[int]:
         """The edited layers (sorted) of a model with ``n_layer`` blocks; ValueError if any is
@@ -207,40 +184,28 @@ class MendHParams(HParams):
 class MendTrainHParams(HParams):
     label = "MEND training hyperparameters"
 
-    rank: int = 1920
-    n_hidden: int = 1
+    rank: int = param(1920, ge=1)
+    n_hidden: int = param(1, ge=0)  # hidden layers of each gradient network (n_hidden + 1 layers)
     combine: bool = True
-    edit_lr_init: float = 1e-4
-    lr: float = 1e-6
-    lr_lr: float = 1e-4
-    cedit: float = 0.1
-    cloc: float = 1.0
-    accumulate: int = 10  # training edits per optimiser step
-    grad_clip: float = 100.0
-    max_steps: int = 100000  # training edits in all
-    val_every: int = 5000  # training edits between validations
-    early_stop_patience: int = 4  # validations without a lower validation loss
-    norm_records: int = 1000
-    loc_docs: int = 1000
-    loc_max_tokens: int = 128
-    checkpoint_every: int = 1000
-    seed: int = 0
+    edit_lr_init: float = param(1e-4, gt=0)
+    lr: float = param(1e-6, gt=0)
+    lr_lr: float = param(1e-4, ge=0)  # 0: the edit learning rates stay at edit_lr_init
+    cedit: float = param(0.1, ge=0)
+    cloc: float = param(1.0, ge=0)
+    accumulate: int = param(10, ge=1)  # training edits per optimiser step
+    grad_clip: float = param(100.0, gt=0)
+    max_steps: int = param(100000, ge=1)  # training edits in all
+    val_every: int = param(5000, ge=1)  # training edits between validations
+    early_stop_patience: int = param(4, ge=1)  # validations without a lower validation loss
+    norm_records: int = param(1000, ge=1)
+    loc_docs: int = param(1000, ge=1)
+    loc_max_tokens: int = param(128, ge=1)
+    checkpoint_every: int = param(1000, ge=1)
+    seed: int = param(0, ge=0)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.checkpoint_every % self.accumulate or self.val_every % self.accumulate:
             raise ValueError(
                 "mend training: checkpoint_every and val_every must be multiples of accumulate"
-            )
-        if (
-            min(
-                self.max_steps,
-                self.val_every,
-                self.norm_records,
-                self.loc_docs,
-                self.loc_max_tokens,
-            )
-            < 1
-        ):
-            raise ValueError(
-                "mend training: max_steps, val_every, norm_records, loc_docs, loc_max_tokens >= 1"
             )
