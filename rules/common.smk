@@ -313,7 +313,7 @@ def all_evaluations():
 # ---------------------------------------------------------------- figures and report
 
 
-from editscale.reporting import figure_data as figdata
+from editscale.reporting import figure_data
 from editscale.io.provenance import config_hash
 
 
@@ -322,7 +322,7 @@ def figure_models():
 
 
 def figure_layout(wildcards):
-    return figdata.figure_layout(
+    return figure_data.figure_layout(
         config, wildcards.model, evaluated=model_evaluated(wildcards.model)
     )
 

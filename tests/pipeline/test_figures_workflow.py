@@ -9,7 +9,7 @@ import re
 import yaml
 
 from editscale import config as escfg
-from editscale.reporting import figure_data as figdata
+from editscale.reporting import figure_data
 from tests.pipeline.test_workflow import REPO, job_counts, snakemake
 
 
@@ -49,8 +49,8 @@ def test_default_dag_ends_with_figures_tables_and_report_items(shared_data):
             assert f"figures/{model}/{name}" in all_inputs, name
     assert "results/report/runtime_summary.csv" in all_inputs
     # the methods of the default config are drawn in the paper's order
-    layout = figdata.figure_layout(cfg, models[0])
-    assert [e["method"] for e in layout][:: cfg["samples"]] == figdata.figure_methods(
+    layout = figure_data.figure_layout(cfg, models[0])
+    assert [e["method"] for e in layout][:: cfg["samples"]] == figure_data.figure_methods(
         cfg, models[0]
     )
 

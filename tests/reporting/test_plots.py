@@ -16,8 +16,7 @@ from matplotlib.colors import to_rgba
 from PIL import Image
 
 from editscale.io.provenance import config_hash
-from editscale.reporting import figure_data as figdata
-from editscale.reporting import plots, tables
+from editscale.reporting import figure_data, plots, tables
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -63,7 +62,7 @@ def write_fixture(
     with_generations=True,
 ):
     """Tidy files of every (method, sample) of ``cfg`` under ``root`` (the workflow's layout)."""
-    layout = figdata.figure_layout(cfg, "m")
+    layout = figure_data.figure_layout(cfg, "m")
     for e in layout:
         m, s = e["method"], e["sample"]
         for key in ("metrics", "evaluation", "downstream", "disabling"):
@@ -189,28 +188,28 @@ def test_aggregate_bands():
 
 def test_method_order_and_labels():
     cfg = make_cfg(["rrome", "rome", "mend", "ftc"])
-    assert figdata.figure_methods(cfg, "m") == ["ftc", "mend", "rome", "rrome"]
-    assert [figdata.method_label(cfg, m) for m in ("ftc", "mend", "rome", "rrome")] == [
+    assert figure_data.figure_methods(cfg, "m") == ["ftc", "mend", "rome", "rrome"]
+    assert [figure_data.method_label(cfg, m) for m in ("ftc", "mend", "rome", "rrome")] == [
         "FT-C",
         "MEND",
         "ROME",
         "r-ROME",
     ]
     cfg["figures"]["labels"] = {"rome": "ROME (k)"}
-    assert figdata.method_label(cfg, "rome") == "ROME (k)"
+    assert figure_data.method_label(cfg, "rome") == "ROME (k)"
     cfg = make_cfg(["rome"])
     cfg["methods"]["custom"] = {"editor": "rome"}
     cfg["experiments"].insert(0, {"model": "m", "method": "custom"})
-    assert figdata.figure_methods(cfg, "m") == [
+    assert figure_data.figure_methods(cfg, "m") == [
         "rome",
         "custom",
     ]  # both edit with ROME: "rome" first
-    assert figdata.method_label(cfg, "custom") == "custom"
-    assert figdata.figure_methods(cfg, "other") == []
-    lay = figdata.figure_layout(make_cfg(["rome"], samples=2), "m", evaluated=False)
+    assert figure_data.method_label(cfg, "custom") == "custom"
+    assert figure_data.figure_methods(cfg, "other") == []
+    lay = figure_data.figure_layout(make_cfg(["rome"], samples=2), "m", evaluated=False)
     assert [e["sample"] for e in lay] == [0, 1] and lay[0]["evaluation"] is None
     assert lay[1]["metrics"] == "results/trajectories/m/rome/sample1.csv"
-    assert figdata.short_matrix_name("transformer.h.5.mlp.fc_out.weight") == "h.5.mlp.fc_out"
+    assert figure_data.short_matrix_name("transformer.h.5.mlp.fc_out.weight") == "h.5.mlp.fc_out"
 
 
 # --------------------------------------------------------------------------- figures
@@ -226,7 +225,7 @@ def _rgba(c):
 
 def test_figure1_panels_lines_and_labels(three_methods):
     cfg, layout = three_methods
-    methods = figdata.load_methods(layout)
+    methods = figure_data.load_methods(layout)
     fig = plots.figure1(methods, bucket=5, window=50)
     axes = fig.get_axes()
     assert len(axes) == 5  # FT-C, MEND, ROME, r-ROME, forgetting
@@ -285,7 +284,7 @@ def test_figure1_panels_lines_and_labels(three_methods):
 def test_figure1_rome_alone_one_sample(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = make_cfg(["rome"], samples=1)
-    methods = figdata.load_methods(write_fixture(tmp_path, cfg, n_edits=7))
+    methods = figure_data.load_methods(write_fixture(tmp_path, cfg, n_edits=7))
     fig = plots.figure1(methods, bucket=5, window=3, title="Sample 0")
     axes = fig.get_axes()
     assert [ax.get_title() for ax in axes] == ["(a) ROME", "(b) Forgetting of edited facts"]
@@ -301,7 +300,7 @@ def test_figure1_without_evaluations(tmp_path, monkeypatch):
     layout = write_fixture(tmp_path, cfg, n_edits=5)
     for e in layout:
         e["evaluation"] = e["downstream"] = None
-    methods = figdata.load_methods(layout)
+    methods = figure_data.load_methods(layout)
     assert methods[0].samples[0].matrices == ["matrix 0"]  # no names without the evaluation file
     fig = plots.figure1(methods)
     assert any(t.get_text() == "forgetting not evaluated" for t in fig.get_axes()[1].texts)
@@ -311,7 +310,7 @@ def test_figure1_without_evaluations(tmp_path, monkeypatch):
 
 def test_figure2_panels_lines_and_labels(three_methods):
     cfg, layout = three_methods
-    fig = plots.figure2(figdata.load_methods(layout), band="ci95")
+    fig = plots.figure2(figure_data.load_methods(layout), band="ci95")
     axes = fig.get_axes()
     assert [ax.get_title() for ax in axes] == [
         "(a) FT-C",
@@ -361,7 +360,7 @@ def test_figure2_panels_lines_and_labels(three_methods):
 def test_figure2_linear_distance_when_range_is_small(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = make_cfg(["rome"], samples=1)
-    fig = plots.figure2(figdata.load_methods(write_fixture(tmp_path, cfg, n_edits=10)))
+    fig = plots.figure2(figure_data.load_methods(write_fixture(tmp_path, cfg, n_edits=10)))
     assert fig.get_axes()[1].get_yscale() == "linear"
 
 
@@ -399,7 +398,7 @@ def add_collapse_fixture(root, layout, n_edits=12, checkpoints=(0, 4, 8, 12)):
 def test_collapse_figure_panels_lines_and_labels(three_methods, tmp_path):
     cfg, layout = three_methods
     add_collapse_fixture(tmp_path, layout)
-    methods = figdata.load_methods(layout)
+    methods = figure_data.load_methods(layout)
     fig = plots.figure_collapse(methods)
     axes = fig.get_axes()
     assert [ax.get_title() for ax in axes] == [
@@ -452,7 +451,7 @@ def test_collapse_figure_without_measures(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = make_cfg(["rome"], samples=1)
     layout = write_fixture(tmp_path, cfg, n_edits=5)
-    methods = figdata.load_methods(layout)
+    methods = figure_data.load_methods(layout)
     assert methods[0].samples[0].norm_growth() == [] and methods[0].samples[0].collapse == {}
     fig = plots.figure_collapse(methods)
     assert [t.get_text() for ax in fig.get_axes() for t in ax.texts] == [
@@ -629,7 +628,7 @@ def test_sidecar_changes_when_an_input_changes(tmp_path, monkeypatch):
 
 def test_table2_rows_and_files(three_methods, tmp_path):
     cfg, layout = three_methods
-    dis = figdata.load_disabling(layout)
+    dis = figure_data.load_disabling(layout)
     # MEND's sample 1 has a second onset (the rule's reason names the matrix)
     mend1 = dis["mend"][1]
     mend1["edits"].append(
@@ -728,7 +727,7 @@ def test_table2_without_disabling_edits(tmp_path, monkeypatch):
     doc["edits"] = [e for e in doc["edits"] if e["kind"] == "normal"]
     (tmp_path / layout[0]["disabling"]).write_text(json.dumps(doc))
     rows, gens = tables.write_table2(
-        figdata.load_disabling(layout),
+        figure_data.load_disabling(layout),
         md=tmp_path / "t.md",
         csv_path=tmp_path / "t.csv",
         tex=tmp_path / "t.tex",
