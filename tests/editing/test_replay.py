@@ -133,20 +133,42 @@ def test_rome_replay_uses_the_stored_templates_and_statistics(traj_inputs, tmp_p
         _assert_model_holds(model, rebuild_weights(stored, t))
 
 
-def test_a_replay_that_misses_a_snapshot_stops(traj_inputs, ftc_pair, tmp_path):
-    """A replay passing a snapshot it does not reproduce bit for bit raises, naming the file."""
+def _nudge_snapshot(src, dest, step: int = 3) -> None:
+    """Copy trajectory ``src`` to ``dest`` with one weight of snapshot ``step`` one ulp up."""
     import shutil
 
-    bad = tmp_path / "tampered.h5"
-    shutil.copy(ftc_pair[1], bad)
-    with h5py.File(bad, "r+") as f:
-        w = f["snapshots/0/3"][()]
+    shutil.copy(src, dest)
+    with h5py.File(dest, "r+") as f:
+        w = f[f"snapshots/0/{step}"][()]
         w[0, 0] = np.nextafter(w[0, 0], np.float32(np.inf))
-        f["snapshots/0/3"][...] = w
+        f[f"snapshots/0/{step}"][...] = w
+
+
+def test_a_replay_that_misses_a_snapshot_stops(traj_inputs, ftc_pair, tmp_path):
+    """A replay passing a snapshot it does not reproduce bit for bit raises, naming the file.
+    The file is resealed after the change, as if the run had written that snapshot: the
+    message then blames the device or software, not the file, and names the remedy."""
+    from editscale.io.h5 import seal
+
+    bad = tmp_path / "tampered.h5"
+    _nudge_snapshot(ftc_pair[1], bad)
+    seal(bad)
     loader, _, _ = _loader(traj_inputs, bad)
     loader.load(2)  # replays edits 1-2 from the unedited snapshot
-    with pytest.raises(ReplayMismatch, match=r"tampered.h5.*edit 3.*store_updates: true"):
+    with pytest.raises(ReplayMismatch, match=r"tampered.h5.*edit 3.*passed its seal") as err:
         loader.load(4)  # continues through snapshot 3
+    assert "same kind of device" in str(err.value) and "store_updates: true" in str(err.value)
+
+
+def test_a_damaged_snapshot_is_refused_before_any_replay(traj_inputs, ftc_pair, tmp_path):
+    """A snapshot changed on disk (no reseal) is refused by the file's seal, naming the file,
+    instead of being blamed on a non-deterministic editor."""
+    from editscale.io.h5 import DamagedFileError
+
+    bad = tmp_path / "damaged.h5"
+    _nudge_snapshot(ftc_pair[1], bad)
+    with pytest.raises(DamagedFileError, match=r"damaged.h5: its bytes are not those written"):
+        _loader(traj_inputs, bad)
 
 
 def test_killed_replayed_trajectory_resumes_from_its_last_snapshot(

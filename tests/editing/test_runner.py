@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from editscale.editing import store
 from editscale.editing.runner import export_metrics_csv, run_trajectory
 from editscale.editing.store import (
     StoreError,
@@ -246,6 +247,7 @@ def test_partial_file_without_a_finished_edit_from_other_settings_is_replaced(
         f.attrs["n_done"] = 0
         f.attrs["complete"] = False
         f.attrs["resume_key"] = "the key of a config since fixed"
+        store._stamp_metadata(f)  # as the run with that config wrote it
     with caplog.at_level(logging.INFO, logger="editscale.editing.store"):
         run(inputs, out)
     _matches_finished(finished, out)
@@ -320,8 +322,10 @@ def _flip_first_bytes(path: Path, name: str, n: int = 8) -> None:
 
 @pytest.mark.parametrize("name", ["metrics/es", "updates/0/u", "snapshots/0/0"])
 def test_bytes_changed_on_disk_fail_the_read_naming_file_and_dataset(tmp_path, name):
+    """In an unfinished file (no seal yet) each dataset's fletcher32 checksum finds the change."""
     path = tmp_path / "small.h5"
     _small_trajectory(path)
+    path = path.rename(tmp_path / "small.h5.partial")
     assert list(read_metrics(path)["es"]) == [0.1, 0.2, 0.3, 0.4]
     before = rebuild_weights(path, 2)["m"]
     _flip_first_bytes(path, name)
@@ -338,6 +342,20 @@ def test_bytes_changed_on_disk_fail_the_read_naming_file_and_dataset(tmp_path, n
         assert list(read_metrics(path)["es"]) == [0.1, 0.2, 0.3, 0.4]
     else:
         assert torch.equal(rebuild_weights(path, 2)["m"], before)
+
+
+@pytest.mark.parametrize("name", ["metrics/es", "updates/0/u", "snapshots/0/0"])
+def test_a_finished_file_with_changed_bytes_is_refused_by_its_seal(tmp_path, name):
+    """A finished trajectory is refused whole by its seal, naming the file and the dataset."""
+    from editscale.io.h5 import DamagedFileError
+
+    path = tmp_path / "small.h5"
+    _small_trajectory(path)
+    _flip_first_bytes(path, name)
+    for read in (read_metrics, lambda p: rebuild_weights(p, 2)):
+        with pytest.raises(DamagedFileError) as err:
+            read(path)
+        assert str(path) in str(err.value) and f"dataset /{name} fails" in str(err.value)
 
 
 def test_stats_for_another_layer_are_refused(inputs, tmp_path):

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from editscale.io.files import atomic_path
+from editscale.io.h5 import DamagedFileError, open_verified, read_dataset, write_sealed
 from editscale.lm.models import (
     arch_of,
     causal_attention_mask,
@@ -255,7 +255,7 @@ def _write_h5_atomic(path: str, acc: _Accumulator, attrs: dict[str, Any], *, fin
     """Write sums + attributes to ``path`` through a temporary file and a rename (a checkpoint
     also keeps the last convergence check's ``probe_u``)."""
     compression = dict(compression="gzip", compression_opts=4, shuffle=True) if final else {}
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+    with write_sealed(path) as h5:
         h5.create_dataset("mom2_sum", data=acc.mom2_sum.cpu().numpy(), **compression)
         h5.create_dataset("mean_sum", data=acc.mean_sum.cpu().numpy(), **compression)
         if not final and acc.probe_u is not None:
@@ -268,7 +268,7 @@ def stats_attrs(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"key statistics file {path} does not exist")
-    with h5py.File(path, "r") as h5:
+    with open_verified(path) as h5:
         return _read_attrs(h5)
 
 
@@ -295,8 +295,8 @@ def load_key_second_moment(path: str | os.PathLike, *, expect: dict) -> torch.Te
     count = int(attrs.get("count", 0))
     if count <= 0:
         raise ValueError(f"statistics {path} hold no tokens (count={count})")
-    with h5py.File(path, "r") as h5:
-        mom2 = torch.from_numpy(np.asarray(h5["mom2_sum"], dtype=np.float64))
+    with open_verified(path) as h5:
+        mom2 = torch.from_numpy(np.asarray(read_dataset(h5["mom2_sum"]), dtype=np.float64))
     return mom2 / count
 
 
@@ -450,7 +450,7 @@ def _load_partial(partial: str, signature: str, acc: _Accumulator) -> bool:
     if not os.path.exists(partial):
         return False
     try:
-        with h5py.File(partial, "r") as h5:
+        with open_verified(partial) as h5:
             attrs = _read_attrs(h5)
             if attrs.get("signature") != signature:
                 log.warning("ignoring checkpoint %s: it was written with other settings", partial)
@@ -462,7 +462,7 @@ def _load_partial(partial: str, signature: str, acc: _Accumulator) -> bool:
                 if "probe_u" in h5
                 else None
             )
-    except (OSError, KeyError) as err:
+    except (OSError, KeyError, DamagedFileError) as err:
         log.warning("ignoring unreadable checkpoint %s: %s", partial, err)
         return False
     if mom2.shape != acc.mom2_sum.shape:

@@ -26,11 +26,18 @@ import os
 import time
 from typing import Callable
 
-import h5py
 import torch
 
-from editscale.editing.store import StoreError, rebuild_weights, snapshot_steps, updates_stored
+from editscale.editing.store import (
+    StoreError,
+    open_trajectory,
+    read_environment,
+    rebuild_weights,
+    snapshot_steps,
+    updates_stored,
+)
 from editscale.editors.base import apply_updates
+from editscale.io.h5 import has_user_block
 from editscale.lm.models import ArchSpec, edit_parameter
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,27 @@ def load_weights_into(model, weights: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, w in weights.items():
             edit_parameter(model, name).copy_(w)
+
+
+def _mismatch_message(path: str | os.PathLike, e: int, name: str, diff: float, sealed: bool) -> str:
+    """Why a replay can differ from its stored snapshot, and the remedy. A sealed file was
+    verified before the replay began, so its snapshot is the one written: the editor computed
+    something else here than in the run (another device type, library or CPU kernel)."""
+    head = (
+        f"{path}: replaying the editor up to edit {e} gave {name} != its stored snapshot "
+        f"(relative Frobenius difference {diff:.3g}). "
+    )
+    if not sealed:
+        return head + (
+            "The file carries no seal (written before seals), so either a snapshot was damaged "
+            "on disk or the editor is not deterministic here: rerun the trajectory"
+        )
+    return head + (
+        "The file passed its seal, so the snapshot is the one the run wrote: the editor computes "
+        f"differently here than where the trajectory ran ({read_environment(path)}). Run this "
+        "job on the same kind of device and software as the trajectory (on Slurm: the profile's "
+        "GPU constraint), or rerun the trajectory with store_updates: true"
+    )
 
 
 class WeightLoader:
@@ -67,8 +95,9 @@ class WeightLoader:
         self._make_editor = make_editor
         self._editor = None
         self._at: int | None = None  # the edit the model's edited tensors hold, while known
-        with h5py.File(trajectory_path, "r") as f:
+        with open_trajectory(trajectory_path) as f:  # its seal checked: stored bytes are trusted
             self._snapshots = set(snapshot_steps(f))
+            self._sealed = has_user_block(trajectory_path)
         self._replays = not updates_stored(trajectory_path)  # snapshots only: replay in between
         self.replayed = 0  # edits recomputed so far (for the logs)
 
@@ -114,9 +143,4 @@ class WeightLoader:
                     (got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-300)
                 )
                 self._at = None
-                raise ReplayMismatch(
-                    f"{self.path}: replaying the editor up to edit {e} gave {name} != its stored "
-                    f"snapshot (relative Frobenius difference {diff:.3g}); the editor is not "
-                    "deterministic on this machine, so the weights between snapshots cannot be "
-                    "rebuilt exactly: rerun the trajectory with store_updates: true"
-                )
+                raise ReplayMismatch(_mismatch_message(self.path, e, name, diff, self._sealed))

@@ -59,6 +59,16 @@ import torch
 
 from editscale.editors.base import ParamUpdate, apply_update, bias_key
 from editscale.io.files import atomic_path
+from editscale.io.h5 import (
+    DamagedFileError,
+    create,
+    finish_sealed,
+    metadata_digest,
+    open_h5,
+    open_verified,
+    read_dataset,
+    readable_problem,
+)
 from editscale.lm.models import ARCHITECTURES, ArchSpec
 
 log = logging.getLogger(__name__)
@@ -73,8 +83,9 @@ class StoreError(RuntimeError):
     pass
 
 
-class CorruptDataError(StoreError):
-    """A dataset could not be read back as written (its checksum fails: the file is damaged)."""
+class CorruptDataError(StoreError, DamagedFileError):
+    """A trajectory file's bytes are not those written (its seal, a dataset's checksum or its
+    metadata digest fails, or HDF5 cannot read it back): the file is damaged."""
 
 
 class UpdatesNotStored(StoreError):
@@ -109,16 +120,20 @@ def move_aside(path: str | os.PathLike, reason: str) -> Path:
 def open_partial(path: str | os.PathLike, mode: str = "r") -> h5py.File | None:
     """Open an unfinished HDF5 file to resume it; None when there is none to resume.
 
-    A file HDF5 cannot open (truncated by a full disk or a copy, not HDF5 at all) would otherwise
-    stop every rerun with a bare ``OSError`` that does not name it: it is moved aside to
-    ``<path>.unreadable-<timestamp>`` with a warning naming it and the error, and the caller starts
-    afresh. A file locked by another process is not unreadable: that stays an error, naming it.
+    The file is first read back whole by a separate process
+    (:func:`editscale.io.h5.readable_problem`: every object visited, every dataset's checksum): a
+    file HDF5 cannot read back (truncated or cut short by a full disk, structures pointing past
+    its end, not HDF5 at all) would otherwise stop every rerun with an error that does not name
+    it, or crash the job. It is moved aside to ``<path>.unreadable-<timestamp>`` with a warning
+    naming it and the problem, and the caller starts afresh. A file locked by another process is
+    not unreadable: that stays an error, naming it.
     """
     path = Path(path)
     if not path.exists():
         return None
     try:
-        return h5py.File(path, mode)
+        problem = readable_problem(path)
+        f = None if problem is not None else h5py.File(path, mode)
     except BlockingIOError as err:
         raise StoreError(
             f"{path} is open in another process (is another job writing it?): {err}"
@@ -126,33 +141,26 @@ def open_partial(path: str | os.PathLike, mode: str = "r") -> h5py.File | None:
     except (FileNotFoundError, PermissionError):
         raise
     except OSError as err:
-        dest = move_aside(path, "unreadable")
-        log.warning(
-            "cannot read the unfinished file %s (%s): moved it aside to %s and starting afresh",
-            path,
-            err,
-            dest,
-        )
-        return None
+        problem = str(err)
+    if problem is None:
+        return f
+    dest = move_aside(path, "unreadable")
+    log.warning(
+        "cannot resume the unfinished file %s (%s): moved it aside to %s and starting afresh",
+        path,
+        problem,
+        dest,
+    )
+    return None
 
 
 def _read(ds: h5py.Dataset, sel=()) -> np.ndarray:
-    """``ds[sel]``; a failed read raises :class:`CorruptDataError` naming the file and dataset,
-    where h5py's error (``filter returned failure during read`` for a fletcher32 mismatch) names
-    neither."""
+    """:func:`editscale.io.h5.read_dataset`, its failure a :class:`CorruptDataError` (a
+    :class:`StoreError`, as the store's other refusals)."""
     try:
-        return ds[sel]
-    except OSError as err:
-        why = (
-            "it carries a fletcher32 checksum, so its bytes on disk are most likely not those "
-            "written"
-            if ds.fletcher32
-            else "it carries no checksum (written before them)"
-        )
-        raise CorruptDataError(
-            f"{ds.file.filename}: dataset {ds.name} cannot be read back ({err}); {why}: "
-            "the file is damaged, recompute it"
-        ) from err
+        return read_dataset(ds, sel)
+    except DamagedFileError as err:
+        raise CorruptDataError(str(err)) from err
 
 
 def _torch_to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -203,7 +211,7 @@ class TrajectoryWriter:
         if f is not None:
             return cls(f, part, _add_missing_metrics(f, metric_names))
         part.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(part, suffix=".new") as tmp, h5py.File(tmp, "w") as f:
+        with atomic_path(part, suffix=".new") as tmp, create(tmp) as f:
             _write_header(f, n_edits, params, dtypes, biases, resume_key, attrs)
             g = f.create_group("metrics")
             for name in metric_names:
@@ -213,8 +221,9 @@ class TrajectoryWriter:
             f.create_group("editor_state")
             for name, dim in (carry_dims or {}).items():
                 _create_carry(f, name, dim, n_edits)
+            _stamp_metadata(f)
             f.flush()
-        return cls(h5py.File(part, "r+"), part)
+        return cls(open_h5(part, "r+"), part)
 
     @property
     def n_done(self) -> int:
@@ -229,6 +238,7 @@ class TrajectoryWriter:
                 g.create_dataset(k, data=np.array(v, dtype=object), dtype=_STR)
             else:
                 g.attrs[k] = json.dumps(v)
+        _stamp_metadata(self.f)
         self.f.flush()
 
     def write_snapshot(self, t: int, weights: dict[str, torch.Tensor]) -> None:
@@ -280,7 +290,28 @@ class TrajectoryWriter:
         store an empty update (zero factors, no low-rank rows, no carried rows), so that the weights
         "after edit t'" for any t' of the step are the weights after the whole step, as its per-edit
         metrics were measured. ``snapshot``: the weights after the step, stored under its last edit.
+        An HDF5 error while writing (a full disk) is raised as a :class:`StoreError` naming the
+        file.
         """
+        try:
+            self._write_step(t, metrics, updates, snapshot, carry)
+        except StoreError:
+            raise
+        except (OSError, RuntimeError) as err:
+            raise StoreError(
+                f"{self.path}: writing edits from {t} on failed ({type(err).__name__}: {err}). "
+                "A rerun checks the file and resumes it from its last committed edit, or moves it "
+                "aside when it is damaged"
+            ) from err
+
+    def _write_step(
+        self,
+        t: int,
+        metrics: list[dict[str, float]],
+        updates: list[ParamUpdate],
+        snapshot: dict[str, torch.Tensor] | None,
+        carry: dict[str, torch.Tensor] | None,
+    ) -> None:
         k = len(metrics)
         if k < 1:
             raise StoreError(f"step at edit {t}: no edit's metrics given")
@@ -356,9 +387,12 @@ class TrajectoryWriter:
                 g["dense"][s] = 0.0
 
     def finish(self, final_path: str | os.PathLike) -> None:
+        """Mark the file complete, seal it (:func:`editscale.io.h5.seal`) and rename it to
+        ``final_path``."""
         self.f.attrs["complete"] = True
         self.f.flush()
         self.f.close()
+        finish_sealed(self.path)
         os.replace(self.path, final_path)
 
     def close(self) -> None:
@@ -371,7 +405,17 @@ def _open_resumable(part: Path, resume_key: str) -> h5py.File | None:
     there is none or it holds no finished edit (it is then replaced); an error when it holds
     finished edits made with other inputs or settings."""
     f = open_partial(part, "r+")
-    if f is None or f.attrs.get("resume_key") == resume_key:
+    if f is None:
+        return None
+    problem = partial_problem(f)
+    if problem is not None:
+        f.close()
+        dest = move_aside(part, "damaged")
+        log.warning(
+            "cannot resume %s (%s): moved it aside to %s and starting afresh", part, problem, dest
+        )
+        return None
+    if f.attrs.get("resume_key") == resume_key:
         return f
     found, n_done, n_total = (
         f.attrs.get("resume_key"),
@@ -391,6 +435,62 @@ def _open_resumable(part: Path, resume_key: str) -> h5py.File | None:
         part,
     )
     return None
+
+
+_COUNTERS = frozenset({"n_done", "complete", "metadata_sha256"})
+
+
+def _stamp_metadata(f: h5py.File) -> None:
+    """Record the digest of the file's metadata (:func:`editscale.io.h5.metadata_digest`: every
+    attribute but the counters that advance as it grows, and the editor's stored strings)."""
+    f.attrs["metadata_sha256"] = metadata_digest(f, skip_attrs=_COUNTERS)
+
+
+def check_metadata(f: h5py.File) -> None:
+    """Refuse a trajectory file whose metadata (hyperparameters, seed, config, context templates,
+    ...) are not those written: :class:`CorruptDataError` naming the file. Files from before the
+    digest have none to check."""
+    stored = f.attrs.get("metadata_sha256")
+    if stored is None:
+        return
+    if metadata_digest(f, skip_attrs=_COUNTERS) != stored:
+        raise CorruptDataError(
+            f"{f.filename}: its metadata (attributes such as hparams, seed and config, or the "
+            "editor's stored context templates) are not those written (metadata_sha256 differs): "
+            "the file is damaged or was edited; delete it and rerun the trajectory"
+        )
+
+
+def _offsets_problem(f: h5py.File, n_done: int) -> str | None:
+    """Growing row datasets (MEND's factor rows, carried rows) whose offsets do not fit
+    ``n_done``."""
+    groups = [f[f"updates/{k}"] for k in f.get("updates", {})] + [
+        f[f"carry/{k}"] for k in f.get("carry", {})
+    ]
+    for g in groups:
+        if "offsets" not in g:
+            continue
+        off = _read(g["offsets"], slice(0, n_done + 1))
+        rows = g["u"] if "u" in g else g["rows"]
+        if np.any(np.diff(off) < 0) or int(off[-1]) > rows.shape[0]:
+            return f"{g.name}/offsets do not fit its {rows.shape[0]} rows and {n_done} edits"
+    return None
+
+
+def partial_problem(f: h5py.File) -> str | None:
+    """Why the unfinished trajectory file ``f`` cannot be resumed, or None when it can: its
+    metadata digest, its committed edit count against its size, the unedited snapshot and the
+    growing rows' offsets. (:func:`open_partial` has read every dataset back already.)"""
+    try:
+        check_metadata(f)
+        n_done, n_edits = int(f.attrs["n_done"]), int(f.attrs["n_edits"])
+        if not 0 <= n_done <= n_edits:
+            return f"n_done {n_done} is outside 0..{n_edits}"
+        if n_done > 0 and "0" not in f.get("snapshots/0", {}):
+            return f"{n_done} edits committed but no unedited snapshot (snapshots/0/0)"
+        return _offsets_problem(f, n_done)
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
 
 
 def _add_missing_metrics(f: h5py.File, metric_names: list[str]) -> list[str]:
@@ -495,6 +595,48 @@ def _create_carry(f: h5py.File, name: str, dim: int, n_edits: int) -> None:
 
 
 # -- readers --------------------------------------------------------------------------------
+def open_trajectory(path: str | os.PathLike) -> h5py.File:
+    """A trajectory file opened read-only after its checks: a finished one against its seal
+    (:func:`editscale.io.h5.open_verified`), a ``.partial`` one against its metadata digest
+    (:func:`check_metadata`); a failure names the file."""
+    f = open_h5(path) if str(path).endswith(".partial") else open_verified(path)
+    try:
+        check_metadata(f)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _config_hparams(cfg: dict, method: str) -> list[dict]:
+    """The hyperparameters a config gives ``method`` on each of its models (``hparams`` updated
+    by ``per_model``), as the rules pass them to the runner."""
+    spec = cfg.get("methods", {}).get(method, {})
+    base = spec.get("hparams", {})
+    return [base] + [{**base, **over} for over in spec.get("per_model", {}).values()]
+
+
+def check_hparams_match_config(path: str | os.PathLike, f: h5py.File) -> None:
+    """Refuse a trajectory file whose ``hparams`` attribute is not what its own ``config``
+    attribute gives the method (one of the two was changed after the run)."""
+    cfg = json.loads(f.attrs.get("config", "{}"))
+    method = str(f.attrs.get("method", ""))
+    if method not in cfg.get("methods", {}):
+        return  # made outside the workflow (tests, the API): no config to compare with
+    hparams = json.loads(f.attrs["hparams"])
+    wanted = [json.loads(json.dumps(h)) for h in _config_hparams(cfg, method)]
+    if hparams not in wanted:
+        keys = sorted(
+            k for k in set(hparams) | set(wanted[0]) if hparams.get(k) != wanted[0].get(k)
+        )
+        raise CorruptDataError(
+            f"{path}: its hparams attribute disagrees with its own config attribute "
+            f"(methods.{method}; differing keys: {', '.join(keys) or 'per_model'}): one of them "
+            "was changed after the run, so the editor cannot be rebuilt from it; rerun the "
+            "trajectory"
+        )
+
+
 def read_editor_state(f: h5py.File) -> dict[str, list[str]]:
     """The editor's stored string lists (e.g. ROME's context templates) of an open trajectory
     file."""
@@ -522,7 +664,8 @@ def read_carry(f: h5py.File, t_to: int) -> list[dict[str, torch.Tensor]]:
 def read_editor_setup(path: str | os.PathLike) -> dict:
     """What the runner made the trajectory's editor with: ``editor`` (its name), ``hparams``,
     ``seed`` and ``state`` (:func:`read_editor_state`), from a trajectory file."""
-    with h5py.File(path, "r") as f:
+    with open_trajectory(path) as f:
+        check_hparams_match_config(path, f)
         return {
             "editor": str(f.attrs["editor"]),
             "hparams": json.loads(f.attrs["hparams"]),
@@ -538,15 +681,15 @@ def read_partial_editor_state(path: str | os.PathLike) -> dict[str, list[str]] |
     if f is None:
         return None
     with f:
-        if int(f.attrs.get("n_done", 0)) == 0:
-            return None
+        if int(f.attrs.get("n_done", 0)) == 0 or partial_problem(f) is not None:
+            return None  # nothing to resume, or a damaged file the writer moves aside
         return read_editor_state(f)
 
 
 def finished_trajectory(path: str | os.PathLike) -> dict:
     """``n_edits`` (edits done) and ``params`` (the edited matrices) of a finished trajectory
     file; a ValueError when it is not finished."""
-    with h5py.File(path, "r") as f:
+    with open_trajectory(path) as f:
         if not bool(f.attrs.get("complete", False)):
             raise ValueError(f"{path} is not a finished trajectory (complete flag missing)")
         return {"n_edits": int(f.attrs["n_done"]), "params": json.loads(f.attrs["params"])}
@@ -554,20 +697,20 @@ def finished_trajectory(path: str | os.PathLike) -> dict:
 
 def read_edits_per_step(path: str | os.PathLike) -> int:
     """Records per editing step of a trajectory file (1 for files from before steps existed)."""
-    with h5py.File(path, "r") as f:
+    with open_trajectory(path) as f:
         return int(f.attrs.get("edits_per_step", 1))
 
 
 def read_environment(path: str | os.PathLike) -> str:
     """The JSON of where the trajectory ran (CPU, GPUs; ``"{}"`` in files without it)."""
-    with h5py.File(path, "r") as f:
+    with open_trajectory(path) as f:
         return str(f.attrs.get("environment", "{}"))
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The per-edit metric columns of a trajectory file (finished or partial), first ``n_done``
     rows."""
-    with h5py.File(path, "r") as f:
+    with open_trajectory(path) as f:
         n = int(f.attrs["n_done"])
         return {k: _read(f["metrics"][k], slice(0, n)) for k in f["metrics"]}
 
@@ -634,7 +777,7 @@ def snapshot_steps(f: h5py.File) -> list[int]:
 def updates_stored(path: str | os.PathLike) -> bool:
     """Whether a trajectory file stores every edit's update (False: snapshots only, the edits in
     between rebuilt by replaying the editor, :mod:`editscale.editing.replay`)."""
-    with h5py.File(path, "r") as f:
+    with open_trajectory(path) as f:
         return not any(
             f[f"updates/{i}"].attrs["kind"] == REPLAY
             for i in range(len(json.loads(f.attrs["params"])))
@@ -656,7 +799,7 @@ def replay_weights(
     :func:`rebuild_weights` (and of the runner). Updates are read ``block`` edits at a time.
     """
     weights = rebuild_weights(path, 0, spec, device=device)
-    with h5py.File(path, "r") as f:
+    with open_trajectory(path) as f:
         spec = _spec(f, spec)
         n_done = int(f.attrs["n_done"])
         if not 0 <= t_to <= n_done:
@@ -673,7 +816,7 @@ def replay_weights(
 def initial_weight_norms(path: str | os.PathLike) -> list[float]:
     """||W_0||_F (float64) of each edited matrix, in ``params`` order, from the unedited snapshot
     (edited biases are not matrices: left out)."""
-    with h5py.File(path, "r") as f:
+    with open_trajectory(path) as f:
         params = json.loads(f.attrs["params"])
     weights = rebuild_weights(path, 0)
     return [float(torch.linalg.norm(weights[p].double())) for p in params]
@@ -697,7 +840,7 @@ def rebuild_weights(
     stored updates with the runner's own :func:`apply_update`, so on the same device the result
     equals the runner's in-memory weights bit for bit.
     """
-    with h5py.File(path, "r") as f:
+    with open_trajectory(path) as f:
         n_done = int(f.attrs["n_done"])
         if not 0 <= t <= n_done:
             raise StoreError(f"{path}: edit {t} requested, but the file holds edits 0..{n_done}")

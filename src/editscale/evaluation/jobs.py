@@ -29,7 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from editscale.data.counterfact import select_records
+from editscale.data.counterfact import check_record_tokens, select_records
 from editscale.editing.editor_state import trajectory_editor
 from editscale.editing.replay import WeightLoader
 from editscale.editing.store import (
@@ -45,7 +45,8 @@ from editscale.evaluation.collapse import MEASURES as COLLAPSE_MEASURES
 from editscale.evaluation.collapse import evaluate_collapse, heldout_token_lists
 from editscale.evaluation.downstream import evaluate_task_set
 from editscale.evaluation.forgetting import evaluate_facts, forgetting_curves
-from editscale.io.files import atomic_open, atomic_path
+from editscale.io.files import atomic_open
+from editscale.io.h5 import create, finish_sealed, open_verified, write_sealed
 from editscale.io.provenance import canonical_json, environment, sha256_file
 from editscale.lm.models import arch_of, load_model, model_identity
 
@@ -126,7 +127,7 @@ def _open_chunk_partial(part: Path, settings: dict) -> h5py.File:
     resumed: its checkpoints would be mixed with new ones in one chunk, silently or failing only
     at the merge.
     """
-    f = open_partial(part, "r+")
+    f = open_partial(part, "r+")  # read back whole first; a damaged one is moved aside
     if f is not None and f.attrs.get("settings") != canonical_json(settings):
         found = f.attrs.get("settings")
         f.close()
@@ -139,7 +140,7 @@ def _open_chunk_partial(part: Path, settings: dict) -> h5py.File:
             _settings_difference(found, settings),
             dest,
         )
-    return f if f is not None else h5py.File(part, "w")
+    return f if f is not None else create(part)
 
 
 @dataclass
@@ -331,6 +332,7 @@ def run_eval_chunk(
     records = select_records(counterfact_path, ordering_path, meta["n_edits"])
     collapse = collapse_settings(collapse_probe, perplexity_max_tokens, generation_max_new_tokens)
     model, tok = load_model(model_dir, dtype=dtype, device=device)
+    check_record_tokens(records, tok, model.config, counterfact_path)
     probe, heldout = _load_probe(collapse_probe, tok, perplexity_max_tokens)
     loader = _weight_loader(
         trajectory_path, model, tok, records, model_dir, stats_path, editor_file
@@ -363,6 +365,20 @@ def run_eval_chunk(
         max_new_tokens=max_new_tokens,
         collapse=collapse,
     )
+    _write_chunk(out_path, settings, traj_sha, collapse, checkpoints, loader, evaluator)
+
+
+def _write_chunk(
+    out_path,
+    settings: dict,
+    traj_sha: str,
+    collapse: dict | None,
+    checkpoints: list[dict],
+    loader: WeightLoader,
+    evaluator: _CheckpointEvaluator,
+) -> None:
+    """Evaluate the checkpoints into ``<out_path>.partial`` (resuming it), then seal it and
+    rename it to ``out_path``."""
     part = Path(str(out_path) + ".partial")
     f = _open_chunk_partial(part, settings)
     try:
@@ -371,6 +387,7 @@ def run_eval_chunk(
         f.attrs["complete"] = True
     finally:
         f.close()
+    finish_sealed(part)
     os.replace(part, out_path)
 
 
@@ -412,7 +429,7 @@ def _read_chunks(chunk_paths: list[str], trajectory_path, traj_sha: str) -> _Chu
     """Read every chunk file, refusing one computed from another version of the trajectory."""
     out = _Chunks()
     for p in chunk_paths:
-        with h5py.File(p, "r") as f:
+        with open_verified(p) as f:
             if f.attrs["trajectory_sha256"] != traj_sha:
                 raise ValueError(
                     f"evaluation chunk {p} was computed from another version of {trajectory_path}"
@@ -509,7 +526,7 @@ def _write_merged_h5(
     test: str,
     collapse_settings: str,
 ) -> None:
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as out:
+    with write_sealed(out_path) as out:
         out.attrs["trajectory"] = str(trajectory_path)
         out.attrs["trajectory_sha256"] = traj_sha
         out.attrs["chunks"] = json.dumps(chunk_info)

@@ -187,10 +187,11 @@ def load_collapse_csv(path) -> dict:
 def _load_evaluation_h5(path) -> tuple[tuple | None, list[str], list | None]:
     """(checkpoints, the paper's forgetting curve), the edited matrices' names and their initial
     Frobenius norms, as far as stored."""
-    import h5py
     import numpy as np
 
-    with h5py.File(path, "r") as f:
+    from editscale.io.h5 import open_verified
+
+    with open_verified(path) as f:
         matrices = json.loads(f.attrs["params"]) if "params" in f.attrs else []
         w0 = f.get("trajectory/weight_norm_initial")
         initial = [float(x) for x in w0[()]] if w0 is not None else None

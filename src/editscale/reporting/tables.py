@@ -594,8 +594,7 @@ def _sample_summary(entry: dict, *, last: int, forgetting_test: str) -> dict:
     """One trajectory's summary numbers (NaN where its evaluation files are absent)."""
     import json
 
-    import h5py
-
+    from editscale.io.h5 import open_verified
     from editscale.reporting.figure_data import load_metrics_csv, load_sample
 
     m = load_metrics_csv(entry["metrics"])
@@ -616,7 +615,7 @@ def _sample_summary(entry: dict, *, last: int, forgetting_test: str) -> dict:
     )
     out["known_end"], out["known_checkpoint"] = math.nan, None
     if entry.get("evaluation") and Path(entry["evaluation"]).exists():
-        with h5py.File(entry["evaluation"], "r") as f:
+        with open_verified(entry["evaluation"]) as f:
             fg = f.get("forgetting")
             if fg is not None and forgetting_test in fg and len(fg["checkpoints"]):
                 col = np.asarray(fg[forgetting_test][:, -1], dtype=float)  # NaN: not yet edited
