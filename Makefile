@@ -5,6 +5,10 @@
 # make lint  - ruff (format check and lint, 100 columns), snakemake --lint and snakefmt --check
 # make format - ruff format + ruff check --fix, and snakefmt, in place
 # make report - report.html (figures, tables, configuration, runtimes) of the last run
+# make publish-figures - copy a finished run's figures and tables (PNG, .md, .csv, .tex, sidecars)
+#              from results/figures/ into the committed figures/ (the only thing that changes them):
+#              CONFIG="config/config.yaml config/lifelong.yaml" for make run-lifelong,
+#              CONFIG=config/smollm2.yaml RUN_DIR=runs/smollm2 for make run-smollm2
 # make bench - engine benchmark (benchmarks/bench_engine.py): ROME edit, evaluation, covariance, storage
 #              (SmolLM2-135M too when runs/smollm2/resources/models/smollm2 exists; SMOLLM2=DIR)
 #
@@ -19,7 +23,8 @@ SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.editscale-installed
 
-.PHONY: all venv run run-smollm2 run-lifelong dry-run test lint format bench clean-results report
+.PHONY: all venv run run-smollm2 run-lifelong dry-run test lint format bench clean-results report \
+	publish-figures
 
 all: test
 
@@ -39,13 +44,21 @@ run: $(STAMP)
 # directory runs/smollm2/ (config/smollm2.yaml; under 2 hours on 2 cores)
 # The lifelong-editing methods beside the paper's on the default organism (config/lifelong.yaml, an
 # overlay of config/config.yaml): in the default run's directory, so that its organism, statistics
-# and eight trajectories are reused; figures in figures/lifelong/
+# and eight trajectories are reused; figures in results/figures/lifelong/
 run-lifelong: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/lifelong.yaml $(SNAKEMAKE_ARGS)
 
 run-smollm2: $(STAMP)
 	mkdir -p runs/smollm2
 	$(BIN)/snakemake --cores $(CORES) --configfile config/smollm2.yaml --directory runs/smollm2 $(SNAKEMAKE_ARGS)
+
+# A run's figures go to results/figures/ (git-ignored, config figures.dir); the committed reference
+# copies in figures/ change only here (src/editscale/reporting/publish.py; figures/README.md)
+CONFIG ?= config/config.yaml
+RUN_DIR ?= .
+
+publish-figures: $(STAMP)
+	$(BIN)/python -m editscale.reporting.publish --configfile $(CONFIG) --directory $(RUN_DIR)
 
 report: $(STAMP)
 	$(BIN)/snakemake --report report.html $(SNAKEMAKE_ARGS)
@@ -76,6 +89,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix $(PY_SOURCES)
 	$(BIN)/snakefmt Snakefile rules/
 
-# Removes what the workflow made (models, statistics, trajectories, logs); asks nothing.
+# Removes what the workflow made (models, statistics, trajectories, figures, logs); asks nothing.
+# The committed reference figures in figures/ stay.
 clean-results:
-	rm -rf results resources logs figures/*/ report.html
+	rm -rf results resources logs report.html

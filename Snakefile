@@ -36,6 +36,7 @@ include: "rules/figures.smk"
 localrules:
     all,
     world,
+    gates_passed,
     prepare_model,
     counterfact,
     ordering,
@@ -61,4 +62,6 @@ rule all:
         all_metrics_csv(),
         all_evaluations(),
         all_figures(),
+        # a missing or failed gate measurement is made again (rules/common.smk, "model gates")
+        all_gates_measured(),
     default_target: True

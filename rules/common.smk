@@ -36,9 +36,16 @@ if _src not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
 # editscale's validation first: a bad key gets one line naming it (snakemake's validate() would
 # print the whole schema, over a thousand lines). Snakemake skips validate() in cluster jobs
 # (--mode remote), which re-parse the workflow on the node; editscale's fills the defaults there.
-escfg.validate_schema(config)
-validate(config, schema="../workflow/schemas/config.schema.yaml")
-escfg.check_config(config)
+# Each config file is first checked on its own, so that an error names the file (a workflow
+# target written after --configfile is read as a config file), and so are the --config keys
+# (top-level keys only; nested keys go in an overlay file): config/README.md.
+_overrides = dict(workflow.config_settings.config or {})
+with escfg.config_overrides_hint(_overrides):
+    escfg.validate_run_config(
+        config, configfiles=workflow.configfiles, overrides=_overrides
+    )
+    validate(config, schema="../workflow/schemas/config.schema.yaml")
+    escfg.check_config(config)
 
 # where figures and tables go (config figures.dir)
 FIGURES = config["figures"]["dir"]
@@ -162,11 +169,45 @@ def world_training_hparams(wildcards):
     }
 
 
+# ---------------------------------------------------------------- model gates
+# The gates of a world model are a go/no-go barrier before any edit, not data: no job reads the
+# gates file's content (trajectories, evaluations and disabling jobs only wait for it). So a rerun
+# of the gates, passed or failed, must not rerun the finished edit jobs (docs/recovery.md, "A
+# failed gate rerun"). Snakemake 9.27 (dag.py, update_needrun) reruns every job behind a job that
+# runs ("Input files updated by another job") unless all the files between them are ancient() and
+# exist; and it deletes the output of a failed job. Hence two rules:
+#
+#   model_gates   measures, writes gates.measured.json, and fails on a missed gate
+#   gates_passed  (a checkpoint) copies a passed measurement to gates.json
+#
+# The edit jobs take gates.json as ancient(): it is never the output of a job that may fail, so
+# it survives a failed model_gates and a rerun of the gates does not reach them. gates_passed has
+# model_gates' inputs and params, so that it (and, through its then missing input, model_gates)
+# reruns whenever they change: no edit job starts without gates passed with the current config and
+# inputs. gates.measured.json is an input of rule all, so a run makes a missing or failed
+# measurement again. gates_passed is a checkpoint because, while a job runs, Snakemake skips the
+# jobs behind it that only an ancient() input connects, without checking their own reasons to run
+# (changed params, a new output): once a checkpoint has run it plans the DAG again, and then it
+# checks them. A dry run (-n) shows the first plan ("DAG of jobs will be updated after completion").
+
+
 def gates_file(model):
     """The gates JSON a world model must pass before any edit (None for other models)."""
     if config["models"][model]["source"] != "world":
         return None
     return paths.model_gates(model)
+
+
+def gates_measured_file(model="{model}"):
+    """What rule model_gates measured (written even when a gate is missed, then deleted by
+    Snakemake with the failed job); gates.json is its copy once every gate passed."""
+    return paths.model_gates_measured(model)
+
+
+def all_gates_measured():
+    """The gate measurements of the world models edited in this config (inputs of rule all)."""
+    models = dict.fromkeys(model for model, _ in escfg.experiments(config))
+    return [gates_measured_file(m) for m in models if gates_file(m) is not None]
 
 
 def edit_gate_stats(wildcards):
@@ -175,6 +216,31 @@ def edit_gate_stats(wildcards):
     if edit is None:
         return []
     return escfg.stats_files(config, edit["method"], wildcards.model)
+
+
+def gate_inputs(wildcards):
+    """The input files of the gates of a world model (rules model_gates and gates_passed)."""
+    return {
+        "model": model_manifest(wildcards.model),
+        "counterfact": paths.COUNTERFACT,
+        "orderings": [ordering_path(s) for s in range(config["samples"])],
+        "task_sets": list(downstream_sets().values()),
+        "stats": edit_gate_stats(wildcards),
+    }
+
+
+def gate_spec(wildcards):
+    """Everything besides the input files that decides the gates' verdict (rules model_gates and
+    gates_passed): the thresholds, the edit gates, the records checked, the dtype."""
+    spec = config["models"][wildcards.model]
+    return {
+        "thresholds": {k: v for k, v in spec["gates"].items() if k != "edit"},
+        "edit": escfg.edit_gate_spec(config, wildcards.model),
+        "seed": config["seed"],
+        "n_edits": escfg.max_n_edits(config),
+        "tasks": list(downstream_sets()),
+        "dtype": spec["dtype"],
+    }
 
 
 def counterfact_input(wildcards):
@@ -196,7 +262,8 @@ def trajectory_inputs(wildcards):
         inputs["stats"] = stats
     gates = gates_file(wildcards.model)
     if gates is not None:
-        inputs["gates"] = gates
+        # ancient: a barrier, not data; a rerun of the gates does not rerun the edit jobs (above)
+        inputs["gates"] = ancient(gates)
     editor = escfg.editor_file(config, wildcards.method, wildcards.model)
     if editor is not None:
         inputs["editor_file"] = editor

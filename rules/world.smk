@@ -44,26 +44,17 @@ rule train_world_model:
         "../workflow/scripts/train_world_model.py"
 
 
+# The gates are a barrier before any edit, split in two so that a failed rerun of the gates (a
+# tightened threshold, an exception) leaves the finished edit jobs alone: they wait for gates.json
+# as ancient(), which checkpoint gates_passed writes only after model_gates passed. Why and how:
+# rules/common.smk ("model gates") and docs/recovery.md ("A failed gate rerun").
 rule model_gates:
     input:
-        model=paths.model_manifest(),
-        counterfact=paths.COUNTERFACT,
-        orderings=[ordering_path(s) for s in range(config["samples"])],
-        task_sets=list(downstream_sets().values()),
-        stats=edit_gate_stats,
+        unpack(gate_inputs),
     output:
-        paths.model_gates(),
+        gates_measured_file(),
     params:
-        thresholds=lambda wildcards: {
-            k: v
-            for k, v in config["models"][wildcards.model]["gates"].items()
-            if k != "edit"
-        },
-        edit=lambda wildcards: escfg.edit_gate_spec(config, wildcards.model),
-        seed=config["seed"],
-        n_edits=escfg.max_n_edits(config),
-        tasks=list(downstream_sets()),
-        dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
+        spec=gate_spec,
     log:
         "logs/model_gates/{model}.log",
     benchmark:
@@ -77,3 +68,24 @@ rule model_gates:
         "../envs/torch.yaml"
     script:
         "../workflow/scripts/model_gates.py"
+
+
+# The same inputs and params as model_gates: it reruns whenever they change, and its missing
+# input (gates.measured.json, deleted with a failed model_gates) then reruns model_gates. A
+# checkpoint, so that Snakemake decides again what the edit jobs need once the gates passed (while
+# the gates are to run, it does not look at the jobs behind an ancient() input for their own
+# reasons, e.g. changed params: rules/common.smk).
+checkpoint gates_passed:
+    input:
+        unpack(gate_inputs),
+        measured=gates_measured_file(),
+    output:
+        paths.model_gates(),
+    params:
+        spec=gate_spec,
+    log:
+        "logs/gates_passed/{model}.log",
+    conda:
+        "../envs/plot.yaml"
+    script:
+        "../workflow/scripts/gates_passed.py"

@@ -20,9 +20,10 @@ import os
 import re
 import stat
 import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NoReturn
 
 import yaml
 
@@ -39,6 +40,11 @@ __all__ = [
     "load_schema",
     "load_config",
     "validate_schema",
+    "validate_run_config",
+    "config_overrides_hint",
+    "check_config_file",
+    "check_config_overrides",
+    "ConfigFileError",
     "check_config",
     "experiments",
     "method_hparams",
@@ -218,6 +224,158 @@ def load_config(path_or_dict: str | os.PathLike | dict, base_dir: str | os.PathL
     validate_schema(cfg)
     check_config(cfg, base_dir=base_dir)
     return cfg
+
+
+# --------------------------------------------------------------------------- config sources
+# What the Snakefile checks before the merged config (validate_run_config): each --configfile
+# file on its own, so that an error names the file, and the --config keys.
+
+CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+# the top folders of what a run writes: a path there is a workflow target, not a config file
+_RUN_FOLDERS = ("results", "resources", "logs", "figures", "runs", ".snakemake")
+TARGET_HINT = (
+    "Snakemake's --configfile takes every word after it as a config file, so a target written "
+    "after it is read as one: put the targets before --configfile, or end the list of config "
+    "files with -- (snakemake --configfile config/smollm2.yaml -- TARGET)"
+)
+OVERLAY_HINT = (
+    "--config sets top-level keys only, and reads the values inside a mapping or list as text; "
+    "put nested keys in an overlay file, a YAML file with just the keys to change, given after "
+    "the config it changes: --configfile config/config.yaml my-overlay.yaml (config/README.md, "
+    "'Overlay files')"
+)
+# keywords of what a whole config must have (required keys, counts, conditional requirements):
+# a config file that is a part of a run's config (an overlay) need not satisfy them alone
+_WHOLE_CONFIG_KEYWORDS = frozenset(
+    {"required", "minItems", "minProperties", "allOf", "anyOf", "oneOf", "not", "if", "then"}
+    | {"else", "dependentRequired", "default"}
+)
+# keywords whose values map names (properties, definitions), not keywords, to subschemas
+_NAMED_SUBSCHEMAS = frozenset({"properties", "$defs", "patternProperties", "definitions"})
+
+
+class ConfigFileError(ConfigError):
+    """A config file given with ``--configfile`` that is not one, or that is wrong on its own."""
+
+    def __init__(self, path: str | os.PathLike, problem: str, key: str = ""):
+        self.path = str(path)
+        ValueError.__init__(
+            self, f"config file {self.path}: " + (f"key '{key}': {problem}" if key else problem)
+        )
+        self.key, self.problem = key, problem
+
+
+def _partial_schema(node: Any) -> Any:
+    """The schema without what only a whole config must satisfy (:data:`_WHOLE_CONFIG_KEYWORDS`):
+    what every config file, an overlay too, must satisfy on its own."""
+    if isinstance(node, list):
+        return [_partial_schema(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key in _WHOLE_CONFIG_KEYWORDS:
+            continue
+        if key in _NAMED_SUBSCHEMAS and isinstance(value, dict):
+            out[key] = {name: _partial_schema(sub) for name, sub in value.items()}
+        else:
+            out[key] = _partial_schema(value)
+    return out
+
+
+def _looks_like_target(path: Path, data: dict, known: Iterable[str]) -> bool:
+    """A file with unknown top-level keys that is more likely a workflow target than a config
+    with a typo: not YAML/JSON by its name, in a folder a run writes, or mostly unknown keys
+    that are mostly not close to a config key (a JSON sidecar, a run's config record)."""
+    known = list(known)
+    unknown = [str(k) for k in data if k not in known]
+    typos = [k for k in unknown if difflib.get_close_matches(k, known, n=1)]
+    return (
+        path.suffix.lower() not in CONFIG_FILE_SUFFIXES
+        or any(part in _RUN_FOLDERS for part in path.parts[:-1])
+        or (2 * len(unknown) >= len(data) and 2 * len(typos) < len(unknown))
+    )
+
+
+def check_config_file(path: str | os.PathLike) -> None:
+    """One ``--configfile`` file on its own: a mapping of known config keys, each of the schema's
+    type and range (keys another file gives may be missing). Raises :class:`ConfigFileError`
+    naming the file; for what looks like a workflow target (a path under ``results/`` etc., no
+    YAML/JSON suffix, no config key at all) it says how to give targets with --configfile."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigFileError(
+            path, f"cannot be read as YAML or JSON ({type(e).__name__}). {TARGET_HINT}"
+        ) from None
+    schema = load_schema()
+    known = sorted(schema.get("properties", {}))
+    if not isinstance(data, dict):
+        what = "empty" if data is None else f"a {type(data).__name__}"
+        raise ConfigFileError(
+            path,
+            f"is not a config file (it is {what}, not a mapping of config keys). " + TARGET_HINT,
+        )
+    unknown = [k for k in data if k not in known]
+    if unknown and _looks_like_target(path, data, known):
+        raise ConfigFileError(
+            path,
+            f"is not a config file (its keys {unknown[:5]} are no config keys; known: "
+            f"{known}). {TARGET_HINT}",
+        )
+    errors = list(Draft202012Validator(_partial_schema(schema)).iter_errors(data))
+    if errors:
+        depth = max(len(e.absolute_path) for e in errors)
+        key, message = _error_key(best_match([e for e in errors if len(e.absolute_path) == depth]))
+        raise ConfigFileError(path, message, key=key)
+
+
+def check_config_overrides(overrides: dict) -> None:
+    """The ``--config KEY=VALUE`` keys: known top-level keys (a dotted key is not a path)."""
+    known = sorted(load_schema().get("properties", {}))
+    for key in overrides:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(str(key).split(".")[0], known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close and "." not in str(key) else ""
+        raise ConfigError(
+            str(key),
+            f"given with --config, is not a top-level config key ({hint}known: "
+            f"{known}). {OVERLAY_HINT}",
+        )
+
+
+def validate_run_config(
+    cfg: dict, configfiles: Iterable[str | os.PathLike] = (), overrides: dict | None = None
+) -> dict:
+    """The start-up validation of a run: every config file on its own
+    (:func:`check_config_file`), the ``--config`` keys (:func:`check_config_overrides`), then the
+    merged config (:func:`validate_schema`, which fills in the defaults)."""
+    for path in dict.fromkeys(map(str, configfiles)):
+        check_config_file(path)
+    check_config_overrides(dict(overrides or {}))
+    return validate_schema(cfg)
+
+
+@contextmanager
+def config_overrides_hint(overrides: dict | None) -> Iterator[None]:
+    """Re-raise a :class:`ConfigError` in a key that ``--config`` set with a mapping or list with
+    how to set nested keys instead (Snakemake reads the values inside as text)."""
+    try:
+        yield
+    except ConfigError as e:
+        root = re.split(r"[.\[]", e.key, maxsplit=1)[0]
+        if not isinstance(e, ConfigFileError) and isinstance(
+            dict(overrides or {}).get(root), (dict, list)
+        ):
+            raise ConfigError(
+                e.key, f"{e.problem} (set with --config {root}=...). {OVERLAY_HINT}"
+            ) from None
+        raise
 
 
 # --------------------------------------------------------------------------- derived values
@@ -530,14 +688,20 @@ def _check_enough_records(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     ``n_edits``. Checked at start-up when the file is already on disk (a file a rule makes, or
     a download, is checked by rule ordering); an unreadable file or a bad record stops the run
     here, naming the record, before rule counterfact would replace the data link (and the
-    outputs that depend on it)."""
-    from editscale.data.counterfact import load_counterfact, unique_subject_records
+    outputs that depend on it). So does a record with a text field longer than
+    ``counterfact.max_chars`` or an empty paraphrase or neighbourhood list."""
+    from editscale.data.counterfact import (
+        DEFAULT_MAX_CHARS,
+        load_counterfact,
+        unique_subject_records,
+    )
 
     path = cfg["counterfact"].get("path")
     if path is None or not under(base_dir, path).is_file():
         return
+    max_chars = cfg["counterfact"].get("max_chars", DEFAULT_MAX_CHARS)
     try:
-        records = load_counterfact(under(base_dir, path))
+        records = load_counterfact(under(base_dir, path), max_chars=max_chars)
     except ValueError as e:  # a bad record stops the run before any job replaces a finished output
         raise ConfigError("counterfact.path", str(e)) from None
     if cfg["counterfact"].get("unique_subjects", True):

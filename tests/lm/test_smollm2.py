@@ -286,6 +286,6 @@ def test_reduced_smollm2_run_through_the_dag(tmp_path):
         if method in ("rome", "rrome"):
             # the edits take: ROME's edited fact is the model's answer right after the edit
             assert sum(metrics["es"]) >= 2, (method, metrics["es"])
-    figures = work / "figures" / "smollm2"
+    figures = work / "results" / "figures" / "smollm2"
     for name in ("figure1.png", "figure2.png", "table2.md", "collapse.png"):
         assert (figures / name).exists(), name

@@ -111,7 +111,8 @@ def test_reduced_default_config_runs_offline(tmp_path):
     es = [float(row.split(",")[header.index("es")]) for row in csv_text[1:]]
     assert len(es) == N_EDITS and sum(es[:10]) >= 8, es
 
-    figures = work / "figures" / model
+    figures = work / "results" / "figures" / model  # figures.dir; figures/ is the committed copy
+    assert not (work / "figures").exists()
     for name in (
         "figure1.pdf",
         "figure1.png",

@@ -46,7 +46,7 @@ def test_default_dag_ends_with_figures_tables_and_report_items(shared_data):
             "summary.tex",
             "summary.json",
         ):
-            assert f"figures/{model}/{name}" in all_inputs, name
+            assert f"results/figures/{model}/{name}" in all_inputs, name
     assert "results/report/runtime_summary.csv" in all_inputs
     # the methods of the default config are drawn in the paper's order
     layout = figure_data.figure_layout(cfg, models[0])
@@ -75,8 +75,8 @@ def test_lifelong_overlay_adds_the_batched_methods_and_draws_into_its_own_folder
     )  # layers 2, 3
     assert counts["summary_table"] == 1 and counts["figure1"] == 1
     all_inputs = re.search(r"(?:local)?rule all:\n\s+input: (.*)\n", out).group(1).split(", ")
-    assert "figures/lifelong/toy-llama/summary.md" in all_inputs
-    assert not any(p.startswith("figures/toy-llama/") for p in all_inputs)
+    assert "results/figures/lifelong/toy-llama/summary.md" in all_inputs
+    assert not any(p.startswith("results/figures/toy-llama/") for p in all_inputs)
     cfg = escfg.load_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()) | {})
     lifelong = yaml.safe_load((REPO / "config" / "lifelong.yaml").read_text())
     assert lifelong["methods"]["memit_b10"]["edits_per_step"] == 10

@@ -172,7 +172,7 @@ def test_paper_config_rehearsal_runs_through_the_dag(tmp_path, tiny_model_factor
             assert ev.exists(), ev
             rows = ev.read_text().splitlines()
             assert len(rows) > 1
-        figures = work / "figures" / model
+        figures = work / "results" / "figures" / model
         for name in ("figure1.png", "figure2.png", "table2.md", "collapse.png"):
             assert (figures / name).exists(), (model, name)
         side = json.loads((figures / "table2.json").read_text())

@@ -11,8 +11,11 @@ CounterFact records follow the ROME schema (kmeng01/rome ``counterfact.json``)::
 
 Every field the experiment reads is required; ``pararel_idx``, ``relation_id``, the target
 ``id``s, ``attribute_prompts`` and ``generation_prompts`` are optional but type-checked
-when present. Errors are :class:`RecordError` and name the file, the record
-(``case_id`` and index) and the dotted field path.
+when present. ``paraphrase_prompts`` and ``neighborhood_prompts`` must each hold at least one
+prompt (every record of the real CounterFact has 2 and 10). Errors are :class:`RecordError` and
+name the file, the record (``case_id`` and index) and the dotted field path. Hostile lengths are
+refused too: a text field longer than ``max_chars`` (:func:`check_record_chars`, at start-up), and
+in the jobs a prompt and target longer than the model's context (:func:`check_record_tokens`).
 
 Orderings reproduce the authors' sampling: ``random.seed(37)`` and then the SAME list is
 shuffled in place n times in a row, sample n being the state after the (n+1)-th shuffle.
@@ -43,6 +46,12 @@ log = logging.getLogger(__name__)
 
 class RecordError(ValueError):
     """A CounterFact record (or file) that does not follow the ROME schema."""
+
+
+DEFAULT_MAX_CHARS = 1000
+"""Default longest text field of a record (config key ``counterfact.max_chars``). The longest
+field of the real CounterFact subset in ``../shared/data`` (500 records) is a paraphrase prompt of
+161 characters; subjects reach 48, targets 14."""
 
 
 # --------------------------------------------------------------------------- CounterFact
@@ -105,20 +114,35 @@ def _check_int(record: dict, index: int, source: str, value: Any, path: str) -> 
         )
 
 
-def _check_str_list(record: dict, index: int, source: str, value: Any, path: str) -> None:
+def _check_str_list(
+    record: dict, index: int, source: str, value: Any, path: str, non_empty: bool = False
+) -> None:
     if not isinstance(value, list):
         raise _fail(
             record, index, source, path, f"expected a list of strings, got {_type_name(value)}"
+        )
+    if non_empty and not value:
+        raise _fail(
+            record,
+            index,
+            source,
+            path,
+            "empty list: every record needs at least one prompt here (without one its score "
+            "is undefined); remove the record or give it one",
         )
     for i, item in enumerate(value):
         _check_str(record, index, source, item, f"{path}[{i}]")
 
 
-def validate_record(record: dict, index: int, source: str = "<memory>") -> None:
+def validate_record(
+    record: dict, index: int, source: str = "<memory>", max_chars: int | None = None
+) -> None:
     """Raise :class:`RecordError` unless ``record`` follows the ROME CounterFact schema.
 
     ``index`` is the record's position in its file and ``source`` the file name; both go
-    into the message, with the ``case_id`` and the dotted path of the offending field.
+    into the message, with the ``case_id`` and the dotted path of the offending field. The
+    paraphrase and neighbourhood lists must each hold at least one prompt. ``max_chars``: when
+    given, no text field may be longer (:func:`check_record_chars`).
     """
     if not isinstance(record, dict):
         raise RecordError(f"{source}: record {index}: expected an object, got {_type_name(record)}")
@@ -176,20 +200,63 @@ def validate_record(record: dict, index: int, source: str = "<memory>") -> None:
         )
 
     for field in ("paraphrase_prompts", "neighborhood_prompts"):
-        _check_str_list(
-            record, index, source, _get(record, index, source, record, field, field), field
-        )
+        value = _get(record, index, source, record, field, field)
+        _check_str_list(record, index, source, value, field, non_empty=True)
     for field in ("attribute_prompts", "generation_prompts"):
         if field in record:
             _check_str_list(record, index, source, record[field], field)
+    if max_chars is not None:
+        check_record_chars(record, index, source, max_chars)
 
 
-def load_counterfact(path: str | os.PathLike) -> list[dict]:
+_PROMPT_FIELDS = (
+    "paraphrase_prompts",
+    "neighborhood_prompts",
+    "attribute_prompts",
+    "generation_prompts",
+)
+
+
+def _text_fields(record: dict) -> Iterable[tuple[str, str]]:
+    """(dotted path, text) of every text field of a validated record."""
+    rw = record["requested_rewrite"]
+    for key in ("prompt", "subject", "relation_id"):
+        if key in rw:
+            yield f"requested_rewrite.{key}", rw[key]
+    for target in ("target_new", "target_true"):
+        for key in ("str", "id"):
+            if key in rw[target]:
+                yield f"requested_rewrite.{target}.{key}", rw[target][key]
+    for field in _PROMPT_FIELDS:
+        for i, text in enumerate(record.get(field, ())):
+            yield f"{field}[{i}]", text
+
+
+def check_record_chars(record: dict, index: int, source: str, max_chars: int) -> None:
+    """Raise :class:`RecordError` when a text field of the (schema-valid) ``record`` is longer
+    than ``max_chars`` characters, naming the file, record, case id and field. A character bound
+    is what can be checked without a tokenizer (at start-up); the jobs check tokens against the
+    model's context length (:func:`check_record_tokens`)."""
+    for path, text in _text_fields(record):
+        if len(text) > max_chars:
+            preview = f"{text[:40]!r}{'...' if len(text) > 40 else ''}"
+            raise _fail(
+                record,
+                index,
+                source,
+                path,
+                f"{len(text):,} characters ({preview}), more than the limit of {max_chars:,} "
+                "(config key counterfact.max_chars)",
+            )
+
+
+def load_counterfact(path: str | os.PathLike, max_chars: int | None = None) -> list[dict]:
     """Read a CounterFact JSON list and validate every record (the first error is raised).
 
     Also rejects duplicate ``case_id``s and an empty list. Raises :class:`RecordError` (a
     ``ValueError``) for schema problems, for a file that is not UTF-8 (with byte offset and line)
-    and for a file that is not valid JSON (with line and column).
+    and for a file that is not valid JSON (with line and column). ``max_chars``: when given, the
+    longest text field a record may have (:func:`check_record_chars`).
     """
     path = Path(path)
     source = str(path)
@@ -214,7 +281,7 @@ def load_counterfact(path: str | os.PathLike) -> list[dict]:
         raise RecordError(f"{source}: the CounterFact list is empty (no records)")
     first_index: dict[int, int] = {}
     for i, rec in enumerate(records):
-        validate_record(rec, i, source)
+        validate_record(rec, i, source, max_chars)
         cid = rec["case_id"]
         if cid in first_index:
             raise _fail(
@@ -235,6 +302,65 @@ def subject_prompt(record: dict) -> tuple[str, int]:
     rw = record["requested_rewrite"]
     pre, _, post = rw["prompt"].partition("{}")
     return pre + rw["subject"] + post, len(pre) + len(rw["subject"])
+
+
+def context_length(model_config: Any) -> tuple[str, int] | None:
+    """The context length a model declares in its (transformers) config, and the name of the
+    entry giving it: ``n_positions``, ``max_position_embeddings`` or ``n_ctx``; None if none."""
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return name, value
+    return None
+
+
+def _scored_prompts(record: dict) -> list[tuple[str, str]]:
+    """(field, text) of every prompt a record is edited or scored on."""
+    pairs = [("requested_rewrite.prompt", subject_prompt(record)[0])]
+    for field in ("paraphrase_prompts", "neighborhood_prompts"):
+        pairs += [(f"{field}[{i}]", text) for i, text in enumerate(record[field])]
+    return pairs
+
+
+def check_record_tokens(
+    records: list[dict], tok, model_config: Any, source: str | os.PathLike = "<memory>"
+) -> None:
+    """Refuse records too long for the model, once per job, before its heavy work.
+
+    Every prompt a record is edited and scored on (the rewrite prompt filled with the subject,
+    each paraphrase and neighbourhood prompt), tokenised as the scoring tokenises it, followed by
+    the longer of the record's two targets, must fit the model's context length
+    (:func:`context_length` of ``model_config``; nothing is checked when it declares none). The
+    editors' context templates (a few tokens in front of the rewrite prompt) are not counted.
+    Raises :class:`RecordError` naming ``source``, the first offending record's case id and
+    field, its token count and the limit, and how many records exceed it.
+    """
+    from editscale.lm.scoring import target_token_ids  # the scoring's own target tokens
+
+    bound = context_length(model_config)
+    if bound is None or not records:
+        return
+    name, limit = bound
+    owners = [(rec, field, text) for rec in records for field, text in _scored_prompts(rec)]
+    prompt_ids = tok([text for _, _, text in owners])["input_ids"]
+    targets: dict[int, int] = {}
+    over = []
+    for (rec, field, _), ids in zip(owners, prompt_ids):
+        rw = rec["requested_rewrite"]
+        if id(rec) not in targets:
+            targets[id(rec)] = max(
+                len(target_token_ids(tok, rw[t]["str"])) for t in ("target_new", "target_true")
+            )
+        if len(ids) + targets[id(rec)] > limit:
+            over.append((rec, field, len(ids) + targets[id(rec)]))
+    if over:
+        rec, field, n = over[0]
+        n_records = len({id(r) for r, _, _ in over})
+        raise RecordError(
+            f"{source}: case_id {rec['case_id']}: field '{field}' followed by its longer target "
+            f"is {n:,} tokens, more than the model's context length of {limit:,} (config "
+            f"{name}); {n_records} of {len(records)} records exceed it: shorten or remove them"
+        )
 
 
 def unique_subject_records(records: list[dict]) -> list[dict]:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from editscale.data.counterfact import select_records
+from editscale.data.counterfact import check_record_tokens, select_records
 from editscale.editing.editor_state import (
     load_second_moments,
     make_editor,
@@ -236,6 +236,7 @@ def write_trajectory(tr: Trajectory) -> None:
     records = _check_inputs(tr)
     torch.manual_seed(tr.seed)
     model, tok = load_model(tr.model_dir, dtype=tr.dtype, device=tr.device)
+    check_record_tokens(records, tok, model.config, tr.counterfact_path)
     second_moment = load_second_moments(tr.stats_path, tr.model_dir, tr.hparams)
     identity = model_identity(tr.model_dir)
     shas = {

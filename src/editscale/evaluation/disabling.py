@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from editscale.data.counterfact import select_records
+from editscale.data.counterfact import check_record_tokens, select_records
 from editscale.editing.editor_state import trajectory_editor
 from editscale.editing.replay import WeightLoader
 from editscale.editing.store import read_edits_per_step, read_metrics
@@ -305,6 +305,7 @@ def run_disabling(
         log.info("edit %d (case %s): %s", t, records[t - 1]["case_id"], why)
 
     model, tok = load_model(model_dir, dtype=dtype, device=device)
+    check_record_tokens(records, tok, model.config, counterfact_path)
     editor = trajectory_editor(trajectory_path, model, tok, model_dir, stats_path, editor_file)
     rows = _standalone_rows(editor, model, records, flagged, normal, k_step, norms)
     generations = None

@@ -209,11 +209,17 @@ def run_gates(
     (``stats_path``: the key statistics of the edited layer); the per-record diagnostic goes to
     ``edit_diagnostic/`` next to ``out_json``.
     """
-    from editscale.data.counterfact import select_records
+    from editscale.data.counterfact import check_record_tokens, select_records
     from editscale.lm.models import load_model, model_identity
 
     model, tok = load_model(model_dir, dtype=dtype, device=device)
     records = _gate_records(counterfact_path, ordering_paths, n_edits)
+    first = (
+        select_records(counterfact_path, ordering_paths[0], int(edit["n_records"]))
+        if edit is not None
+        else []
+    )
+    check_record_tokens(records + first, tok, model.config, counterfact_path)
     values = fact_knowledge(model, tok, records)
     limits = {k: float(thresholds[k]) for k in FACT_GATES}
     _downstream_gates(model, tok, task_set_paths, thresholds, values, limits)
@@ -227,7 +233,6 @@ def run_gates(
         "failures": failures,
     }
     if edit is not None:
-        first = select_records(counterfact_path, ordering_paths[0], int(edit["n_records"]))
         gates = edit_gates(
             model,
             tok,

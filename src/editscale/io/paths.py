@@ -33,6 +33,12 @@ def model_gates(model: str = "{model}") -> str:
     return f"resources/models/{model}/gates.json"
 
 
+def model_gates_measured(model: str = "{model}") -> str:
+    """What the gates of a world model measured (written even when a gate is missed);
+    :func:`model_gates` is its copy once every gate passed."""
+    return f"resources/models/{model}/gates.measured.json"
+
+
 def ordering(sample: int | str = "{sample}") -> str:
     """The order in which sample ``sample`` edits the CounterFact records."""
     return f"resources/data/orderings/sample{sample}.json"
