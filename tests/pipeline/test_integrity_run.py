@@ -1,9 +1,11 @@
 """A byte changed anywhere in a result file of a finished (reduced) run, then the job that reads
 it: a refusal naming the file. Key statistics, trajectory, evaluation chunk and merged
 evaluation each get changed bytes at seeded positions across the file, read back by the readers
-their consumer jobs use; two changes go through Snakemake itself (the probes of issue 25: a
-context template with its modification time kept, then ``--forcerun disabling``; three bytes of
-``forgetting/curve_paper``, then ``--forcerun figure1``)."""
+their consumer jobs use; the text results the figure and table jobs read (per-edit metrics,
+tidy downstream and collapse CSVs, the disabling analysis) a changed digit. Two changes go
+through Snakemake itself (the probes of issue 25: a context template with its modification time
+kept, then ``--forcerun disabling``; three bytes of ``forgetting/curve_paper``, then
+``--forcerun figure1``)."""
 
 from __future__ import annotations
 
@@ -91,6 +93,40 @@ def test_a_flipped_byte_anywhere_is_refused_naming_the_file(finished_run, tmp_pa
             open_verified(path).close()
     shutil.copy(original, tmp_path / "intact.h5")
     open_verified(tmp_path / "intact.h5").close()
+
+
+TEXT_FILES = {
+    "metrics": "results/trajectories/tiny-local/rome/sample0.csv",
+    "downstream": "results/evaluations/tiny-local/rome/sample0_downstream.csv",
+    "collapse": "results/evaluations/tiny-local/rome/sample0_collapse.csv",
+    "disabling": "results/disabling/tiny-local/rome/sample0.json",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TEXT_FILES))
+def test_a_changed_digit_in_a_text_result_is_refused_by_its_reader(finished_run, tmp_path, kind):
+    """The text results the figure and table jobs read are sealed too: one digit changed is
+    refused by the reader those jobs use, naming the file."""
+    from editscale.reporting import figure_data
+
+    readers = {
+        "metrics": figure_data.load_metrics_csv,
+        "downstream": figure_data._load_downstream_csv,
+        "collapse": figure_data.load_collapse_csv,
+        "disabling": lambda p: figure_data.load_disabling(
+            [{"disabling": p, "method": "rome", "sample": 0, "label": "ROME"}]
+        ),
+    }
+    _, work = finished_run
+    path = tmp_path / Path(TEXT_FILES[kind]).name
+    shutil.copy(work / TEXT_FILES[kind], path)
+    shutil.copy(work / (TEXT_FILES[kind] + ".sha256"), str(path) + ".sha256")
+    readers[kind](path)  # intact: read
+    text = path.read_text()
+    i = next(i for i, c in enumerate(text) if c.isdigit() and i > len(text) // 2)
+    path.write_text(text[:i] + str((int(text[i]) + 1) % 10) + text[i + 1 :])
+    with pytest.raises(DamagedFileError, match=f"{path}: its bytes are not those written"):
+        readers[kind](path)
 
 
 def _keep_mtime(path: Path, change) -> None:

@@ -487,7 +487,7 @@ def export_metrics_csv(h5_path, csv_path) -> None:
     cols = read_metrics(h5_path)
     names = ["edit", "case_id"] + [k for k in sorted(cols) if k not in ("edit", "case_id")]
     n = len(cols["edit"])
-    with atomic_open(csv_path, "w", newline="") as fh:
+    with atomic_open(csv_path, "w", newline="", sealed=True) as fh:
         w = csv.writer(fh)
         w.writerow(names)
         for i in range(n):

@@ -254,8 +254,8 @@ def _distance_summary(rows: list[dict]) -> dict:
 
 
 def _write_disabling(out_json, out_csv, out: dict, rows: list[dict]) -> None:
-    atomic_write_json(out_json, out, indent=1)
-    with atomic_open(out_csv, "w", newline="") as fh:
+    atomic_write_json(out_json, out, indent=1, sealed=True)
+    with atomic_open(out_csv, "w", newline="", sealed=True) as fh:
         w = csv.DictWriter(
             fh,
             fieldnames=[

@@ -678,7 +678,7 @@ def _write_merged_collapse(
 
 
 def _write_csv(path, header: list[str], rows: list[tuple]) -> None:
-    with atomic_open(path, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="", sealed=True) as fh:
         w = csv.writer(fh)
         w.writerow(header)
         w.writerows(rows)

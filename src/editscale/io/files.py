@@ -15,13 +15,17 @@ fixed ``mode`` is asked of :func:`atomic_write_text`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -40,12 +44,87 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Pa
 
 @contextmanager
 def atomic_open(
-    path: str | os.PathLike, mode: str = "w", *, suffix: str = ".tmp", **open_kwargs: Any
+    path: str | os.PathLike,
+    mode: str = "w",
+    *,
+    suffix: str = ".tmp",
+    sealed: bool = False,
+    **open_kwargs: Any,
 ) -> Iterator[IO]:
     """Yield a file opened (``open(tmp, mode, **open_kwargs)``) on ``<path><suffix>``, closed and
-    renamed onto ``path`` when the block ends; removed when the block raises."""
+    renamed onto ``path`` when the block ends; removed when the block raises. ``sealed``: then
+    write its seal (:func:`seal_file`)."""
     with atomic_path(path, suffix=suffix) as tmp, open(tmp, mode, **open_kwargs) as fh:
         yield fh
+    if sealed:
+        seal_file(path)
+
+
+# -- seals of text results ---------------------------------------------------------------------
+# A result file another job reads (per-edit metrics CSV, tidy evaluation CSVs, the disabling
+# analysis) gets a sidecar ``<file>.sha256`` in ``sha256sum`` format (``sha256sum -c`` checks it
+# by hand); readers open it with open_sealed, which refuses a file whose bytes changed. (HDF5
+# results carry their seal inside: editscale.io.h5.)
+SEAL_SUFFIX = ".sha256"
+
+
+class DamagedFileError(RuntimeError):
+    """A file's bytes are not those written, or it cannot be read back: the message names the
+    file (and the dataset, where one failed) and what to do."""
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def seal_path(path: str | os.PathLike) -> Path:
+    """The sidecar holding the seal of text result ``path``."""
+    return Path(str(path) + SEAL_SUFFIX)
+
+
+def seal_file(path: str | os.PathLike) -> None:
+    """Write the seal of the finished file ``path``: ``<sha256>  <name>`` in its sidecar."""
+    path = Path(path)
+    atomic_write_text(seal_path(path), f"{_sha256(path)}  {path.name}\n")
+
+
+def verify_sealed(path: str | os.PathLike) -> bool:
+    """Check ``path`` against its sidecar seal: True when it matches, False (with a warning) when
+    it has none (written before seals); :class:`DamagedFileError` naming the file otherwise."""
+    path, side = Path(path), seal_path(path)
+    if not side.is_file():
+        log.warning("%s has no seal (%s; written before seals existed): not verified", path, side)
+        return False
+    fields = side.read_text(encoding="utf-8", errors="replace").split()
+    if len(fields) != 2 or fields[1] != path.name or len(fields[0]) != 64:
+        raise DamagedFileError(
+            f"{path}: its seal {side} is damaged: delete both and rerun the job that makes them"
+        )
+    if _sha256(path) != fields[0]:
+        raise DamagedFileError(
+            f"{path}: its bytes are not those written (sha256 differs from {side}): the file is "
+            "damaged or was edited; delete it and rerun the job that makes it"
+        )
+    return True
+
+
+def open_sealed(path: str | os.PathLike, **open_kwargs: Any) -> IO:
+    """``open(path, "r", **open_kwargs)`` after :func:`verify_sealed`."""
+    verify_sealed(path)
+    return open(path, "r", **open_kwargs)
+
+
+def read_sealed_json(path: str | os.PathLike) -> Any:
+    """The JSON document of a sealed file (:func:`verify_sealed`), a parse error naming it."""
+    with open_sealed(path, encoding="utf-8") as fh:
+        try:
+            return json.load(fh)
+        except json.JSONDecodeError as err:
+            raise DamagedFileError(f"{path}: not valid JSON ({err})") from err
 
 
 def atomic_write_text(
@@ -77,10 +156,13 @@ def atomic_write_text(
 
 
 def atomic_write_json(
-    path: str | os.PathLike, obj: Any, *, end: str = "", **dumps_kwargs: Any
+    path: str | os.PathLike, obj: Any, *, end: str = "", sealed: bool = False, **dumps_kwargs: Any
 ) -> None:
-    """Write ``json.dumps(obj, **dumps_kwargs) + end`` to ``path`` atomically (UTF-8)."""
+    """Write ``json.dumps(obj, **dumps_kwargs) + end`` to ``path`` atomically (UTF-8);
+    ``sealed``: with its seal (:func:`seal_file`)."""
     atomic_write_text(path, json.dumps(obj, **dumps_kwargs) + end)
+    if sealed:
+        seal_file(path)
 
 
 def atomic_save(save: Callable[[Any, Path], None], obj: Any, path: str | os.PathLike) -> None:

@@ -40,7 +40,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from editscale.io.files import atomic_path
+from editscale.io.files import DamagedFileError, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,6 @@ SEAL_BYTES = 512
 _SEAL_RE = re.compile(rb"editscale-h5-seal/1 sha256=([0-9a-f]{64})\n")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _CHUNK = 8 << 20
-
-
-class DamagedFileError(RuntimeError):
-    """A file's bytes are not those written, or HDF5 cannot read it back: the message names the
-    file (and the dataset, where one failed) and what to do."""
 
 
 def create(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> h5py.File:

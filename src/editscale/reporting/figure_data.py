@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from editscale.io import paths
+from editscale.io.files import open_sealed, read_sealed_json
 
 # The paper's panel order (by editor), then every other method in config order.
 PAPER_ORDER = ("ftc", "mend", "rome")
@@ -146,7 +147,7 @@ def load_metrics_csv(path) -> dict:
     """Columns of a per-edit metrics CSV (``export_metrics_csv``) as float arrays."""
     import numpy as np
 
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open_sealed(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
         raise ValueError(f"{path} has no edits")
@@ -160,7 +161,7 @@ def _load_downstream_csv(path) -> dict:
     import numpy as np
 
     by_task: dict[str, dict[int, float]] = {}
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open_sealed(path, newline="", encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
             if r["metric"] == "f1":
                 by_task.setdefault(r["task"], {})[int(r["checkpoint"])] = float(r["value"])
@@ -175,7 +176,7 @@ def load_collapse_csv(path) -> dict:
     import numpy as np
 
     by_metric: dict[str, dict[int, float]] = {}
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open_sealed(path, newline="", encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
             by_metric.setdefault(r["metric"], {})[int(r["checkpoint"])] = float(r["value"])
     return {
@@ -246,7 +247,7 @@ def load_disabling(layout: list[dict]) -> dict[str, list[dict]]:
     """method -> the disabling JSON of each sample (with ``sample`` added), in layout order."""
     out: dict[str, list[dict]] = {}
     for entry in layout:
-        doc = json.loads(Path(entry["disabling"]).read_text(encoding="utf-8"))
+        doc = read_sealed_json(entry["disabling"])
         out.setdefault(entry["method"], []).append(
             {**doc, "sample": entry["sample"], "label": entry["label"]}
         )

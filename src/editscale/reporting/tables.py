@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from editscale.io import paths
-from editscale.io.files import atomic_open, atomic_write_text
+from editscale.io.files import atomic_open, atomic_write_text, read_sealed_json
 
 _KINDS = ("disabling", "normal")
 TABLE2_FIELDS = [
@@ -592,7 +592,6 @@ SUMMARY_FIELDS = [
 
 def _sample_summary(entry: dict, *, last: int, forgetting_test: str) -> dict:
     """One trajectory's summary numbers (NaN where its evaluation files are absent)."""
-    import json
 
     from editscale.io.h5 import open_verified
     from editscale.reporting.figure_data import load_metrics_csv, load_sample
@@ -621,7 +620,7 @@ def _sample_summary(entry: dict, *, last: int, forgetting_test: str) -> dict:
                 col = np.asarray(fg[forgetting_test][:, -1], dtype=float)  # NaN: not yet edited
                 out["known_end"] = float(np.nanmean(col)) if np.isfinite(col).any() else math.nan
                 out["known_checkpoint"] = int(fg["checkpoints"][-1])
-    doc = json.loads(Path(entry["disabling"]).read_text(encoding="utf-8"))
+    doc = read_sealed_json(entry["disabling"])
     onsets = sorted(int(r["edit"]) for r in doc["edits"] if r["kind"] == "disabling")
     out["onsets"], out["first_onset"] = len(onsets), (onsets[0] if onsets else None)
     return out
