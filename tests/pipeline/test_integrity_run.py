@@ -19,8 +19,7 @@ import pytest
 import yaml
 
 from editscale.io.h5 import DamagedFileError, open_verified
-from tests.conftest import WIKITEXT
-from tests.pipeline.test_workflow import REPO, snakemake
+from tests.pipeline.test_workflow import snakemake, tiny_local_config
 
 pytestmark = pytest.mark.slow
 
@@ -31,30 +30,12 @@ def finished_run(tmp_path_factory, tiny_model_factory, counterfact_path):
     analysis and figures."""
     tmp = tmp_path_factory.mktemp("integrity_run")
     model_dir = tiny_model_factory("gpt2", n_layer=3, d_model=32, n_head=4, n_positions=1024)
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    cfg["models"] = {"tiny-local": {"source": "local", "path": str(model_dir), "device": "cpu"}}
-    cfg["counterfact"]["path"] = str(counterfact_path)
-    cfg["corpora"] = {
-        "wikitext": {"type": "text_files", "paths": [str(WIKITEXT)], "doc_split": "blank_lines"}
-    }
-    cfg["stats"].update(corpus="wikitext", n_docs=20, max_doc_tokens=64)
+    cfg = tiny_local_config(model_dir, counterfact_path, n_docs=20, tasks=["sst2"])
     cfg["stats"].pop("convergence", None)
-    cfg.update(
-        samples=1,
-        n_edits=4,
-        snapshot_every=2,
-        experiments=[{"model": "tiny-local", "method": "rome"}],
-    )
-    cfg["methods"] = {"rome": cfg["methods"]["rome"]}
-    cfg["methods"]["rome"]["per_model"] = {"tiny-local": {"layer": 1}}
+    cfg.update(samples=1, n_edits=4, snapshot_every=2)
     cfg["methods"]["rome"]["hparams"].update(v_num_grad_steps=3, context_template_lengths=[[5, 2]])
-    cfg["resources"] = {}
     cfg["evaluation"].update(forgetting_every=2, downstream_every=4, chunk_size=2)
-    cfg["downstream"].update(
-        tasks=["sst2"],
-        n_per_label=2,
-        source={"type": "glue_files", "path": str(counterfact_path.parents[1] / "glue")},
-    )
+    cfg["downstream"]["n_per_label"] = 2
     config_file = tmp / "config.yaml"
     config_file.write_text(yaml.safe_dump(cfg))
     work = tmp / "work"

@@ -228,18 +228,35 @@ def test_misspelled_key_is_one_short_message(tmp_path):
     assert len(out.splitlines()) < 20, out
 
 
-def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, counterfact_path):
-    """2 orderings x 5 ROME edits of a tiny local GPT-2,
-    real CounterFact and WikiText statistics."""
-    model_dir = tiny_model_factory("gpt2", n_layer=3, d_model=32, n_head=4, n_positions=1024)
-    n_edits, samples = 5, 2
+def tiny_local_config(model_dir, counterfact_path, *, n_docs: int, tasks: list[str]) -> dict:
+    """The default config on a tiny local model ("tiny-local"): ROME only (layer 1), the real
+    CounterFact subset, WikiText statistics over ``n_docs`` documents, GLUE ``tasks`` from the
+    shared files, no resources."""
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["models"] = {"tiny-local": {"source": "local", "path": str(model_dir), "device": "cpu"}}
     cfg["counterfact"]["path"] = str(counterfact_path)
     cfg["corpora"] = {
         "wikitext": {"type": "text_files", "paths": [str(WIKITEXT)], "doc_split": "blank_lines"}
     }
-    cfg["stats"].update(corpus="wikitext", n_docs=40, max_doc_tokens=64)
+    cfg["stats"].update(corpus="wikitext", n_docs=n_docs, max_doc_tokens=64)
+    cfg["experiments"] = [{"model": "tiny-local", "method": "rome"}]
+    cfg["methods"] = {"rome": cfg["methods"]["rome"]}  # the default config also has FT-C and MEND
+    cfg["methods"]["rome"]["per_model"] = {"tiny-local": {"layer": 1}}
+    cfg["resources"] = {}
+    cfg["downstream"]["tasks"] = tasks
+    cfg["downstream"]["source"] = {
+        "type": "glue_files",
+        "path": str(counterfact_path.parents[1] / "glue"),
+    }
+    return cfg
+
+
+def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, counterfact_path):
+    """2 orderings x 5 ROME edits of a tiny local GPT-2,
+    real CounterFact and WikiText statistics."""
+    model_dir = tiny_model_factory("gpt2", n_layer=3, d_model=32, n_head=4, n_positions=1024)
+    n_edits, samples = 5, 2
+    cfg = tiny_local_config(model_dir, counterfact_path, n_docs=40, tasks=["sst2", "rte"])
     # the statistics stop once u = C^-1 k of 3 CounterFact subjects has settled: with this
     # tolerance at the first check that has a previous, non-singular C to compare with
     cfg["stats"]["convergence"] = {
@@ -248,21 +265,9 @@ def test_end_to_end_run_on_a_tiny_local_model(tmp_path, tiny_model_factory, coun
         "check_every_docs": 4,
         "patience": 1,
     }
-    cfg.update(
-        samples=samples,
-        n_edits=n_edits,
-        snapshot_every=2,
-        experiments=[{"model": "tiny-local", "method": "rome"}],
-    )
-    cfg["methods"] = {"rome": cfg["methods"]["rome"]}  # the default config also has FT-C and MEND
-    cfg["resources"] = {}
+    cfg.update(samples=samples, n_edits=n_edits, snapshot_every=2)
     cfg["evaluation"].update(forgetting_every=2, downstream_every=5, chunk_size=2)
-    cfg["downstream"].update(
-        tasks=["sst2", "rte"],
-        n_per_label=3,
-        source={"type": "glue_files", "path": str(counterfact_path.parents[1] / "glue")},
-    )
-    cfg["methods"]["rome"]["per_model"] = {"tiny-local": {"layer": 1}}
+    cfg["downstream"]["n_per_label"] = 3
     cfg["methods"]["rome"]["hparams"].update(
         v_num_grad_steps=5, context_template_lengths=[[5, 2], [10, 2]]
     )
