@@ -18,6 +18,7 @@ import yaml
 from editscale.config import ConfigError, load_config
 from editscale.data import counterfact
 from tests.conftest import REPO, synthetic_records
+from tests.test_config import minimal
 
 HOSTILE = {
     "long target": (
@@ -44,25 +45,9 @@ HOSTILE = {
 
 
 def _config(cf_path: Path, **counterfact_keys) -> dict:
-    return {
-        "models": {
-            "m": {
-                "source": "scratch",
-                "arch": "gpt2",
-                "n_layer": 2,
-                "d_model": 16,
-                "n_head": 2,
-                "vocab_size": 300,
-                "tokenizer_corpus": "c",
-            },
-        },
-        "counterfact": {"path": str(cf_path), **counterfact_keys},
-        "corpora": {"c": {"type": "text_files", "paths": ["c.txt"]}},
-        "stats": {"corpus": "c"},
-        "n_edits": 5,
-        "experiments": [{"model": "m", "method": "rome"}],
-        "methods": {"rome": {"editor": "rome", "per_model": {"m": {"layer": 1}}}},
-    }
+    cfg = minimal()
+    cfg.update(counterfact={"path": str(cf_path), **counterfact_keys}, n_edits=5)
+    return cfg
 
 
 def _hostile_file(tmp_path: Path, mutate, index: int = 6) -> tuple[Path, int]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.organism.test_training import SPEC
 from tests.pipeline.test_workflow import REPO, job_counts, snakemake
 
 MODEL = "toy-llama"
@@ -33,20 +34,7 @@ def tiny_world_config() -> dict:
     """config/config.yaml on a small world and a tiny model: gates that pass (thresholds 0, no
     edit gates), FT-C only, 1 ordering x 4 edits."""
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    cfg["worlds"]["toy"] = {
-        "seed": 37,
-        "n_people": 300,
-        "n_places": 60,
-        "n_companies": 60,
-        "n_neighbors": 3,
-        "n_attribute": 3,
-        "n_task_dev": 40,
-        "n_task_heldout": 10,
-        "n_task_chains": 6,
-        "chain_length": 3,
-        "n_filler": 10,
-        "n_heldout_docs": 10,
-    }
+    cfg["worlds"]["toy"] = {"seed": 37, **SPEC}
     model = cfg["models"][MODEL]
     model.update(n_layer=2, d_model=32, n_head=2, vocab_size=400, n_positions=256, device="cpu")
     model["training"] = {"batch_size": 4, "max_steps": 8, "lr": 3e-3, "warmup_steps": 2}

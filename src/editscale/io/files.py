@@ -73,11 +73,13 @@ class DamagedFileError(RuntimeError):
     file (and the dataset, where one failed) and what to do."""
 
 
-def _sha256(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20, start: int = 0) -> str:
+    """Hex sha256 of a file's bytes from offset ``start`` on, read in chunks."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(8 << 20):
-            h.update(chunk)
+    with open(path, "rb") as f:
+        f.seek(start)
+        while block := f.read(chunk):
+            h.update(block)
     return h.hexdigest()
 
 
@@ -89,7 +91,7 @@ def seal_path(path: str | os.PathLike) -> Path:
 def seal_file(path: str | os.PathLike) -> None:
     """Write the seal of the finished file ``path``: ``<sha256>  <name>`` in its sidecar."""
     path = Path(path)
-    atomic_write_text(seal_path(path), f"{_sha256(path)}  {path.name}\n")
+    atomic_write_text(seal_path(path), f"{sha256_file(path)}  {path.name}\n")
 
 
 def verify_sealed(path: str | os.PathLike) -> bool:
@@ -104,7 +106,7 @@ def verify_sealed(path: str | os.PathLike) -> bool:
         raise DamagedFileError(
             f"{path}: its seal {side} is damaged: delete both and rerun the job that makes them"
         )
-    if _sha256(path) != fields[0]:
+    if sha256_file(path) != fields[0]:
         raise DamagedFileError(
             f"{path}: its bytes are not those written (sha256 differs from {side}): the file is "
             "damaged or was edited; delete it and rerun the job that makes it"

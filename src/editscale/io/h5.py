@@ -40,7 +40,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from editscale.io.files import DamagedFileError, atomic_path
+from editscale.io.files import DamagedFileError, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,7 @@ def write_sealed(path: str | os.PathLike) -> Iterator[h5py.File]:
 
 
 def _digest_after_block(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        fh.seek(SEAL_BYTES)
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path, _CHUNK, start=SEAL_BYTES)
 
 
 def _seal_block(digest: str) -> bytes:

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from editscale.io.files import atomic_write_json
+from editscale.io.files import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +123,6 @@ def environment() -> dict[str, Any]:
         env["torch_cuda"] = getattr(torch.version, "cuda", None)
     env.update(git_state())
     return env
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def canonical_json(obj: Any) -> str:
