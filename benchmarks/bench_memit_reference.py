@@ -68,6 +68,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_rome_reference import rel_diff, working_directory  # noqa: E402
 from report import report  # noqa: E402
+from search_paths import project_paths  # noqa: E402
 
 log = logging.getLogger("bench_memit_reference")
 
@@ -380,12 +381,18 @@ def run(args) -> tuple[list[dict], dict]:
         steps.append(records[args.records : args.records + args.batch])
     rows = []
     for i, recs in enumerate(steps, 1):
-        t0 = time.perf_counter()
-        result = editor.compute_batch(recs)
-        t_proj = time.perf_counter() - t0
+        paths = {}
+        if getattr(args, "paths", False):  # the reference search path too (search_paths.py)
+            result, paths = project_paths(editor, recs, model, tok)
+            t_proj = paths["seconds_new"]
+        else:
+            t0 = time.perf_counter()
+            result = editor.compute_batch(recs)
+            t_proj = time.perf_counter() - t0
         ref_dw, t_ref = reference_deltas(args.method, ref, model, tok, recs, ref_hp, weights, state)
         label = f"edit {i}" if len(recs) == 1 else f"batch of {len(recs)}"
         row = compare(label, recs, result, ref_dw, weights, (t_proj, t_ref))
+        row.update(paths)
         apply_updates(model, result.updates, spec)
         if hasattr(editor, "commit"):
             editor.commit(result.carry)
@@ -425,6 +432,11 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=37)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--paths",
+        action="store_true",
+        help="also time the project's reference v* search path (no prefix cache) and the scoring",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)

