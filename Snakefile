@@ -46,6 +46,7 @@ localrules:
     collapse_probe,
     editor_split,
     download_editor,
+    import_stats,
     figure1,
     figure1_sample,
     figure2,

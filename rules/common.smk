@@ -373,7 +373,8 @@ def all_evaluations():
                     paths.evaluation(model, method, sample, part)
                     for part in (".h5", *paths.EVALUATION_PARTS)
                 ]
-            out.append(paths.disabling(model, method, sample))
+            if figure_data.has_disabling(config, method):
+                out.append(paths.disabling(model, method, sample))
     return out
 
 
@@ -435,7 +436,7 @@ def collapse_figure_inputs(wildcards):
 
 def table2_inputs(wildcards):
     return {
-        "disabling": [e["disabling"] for e in figure_layout(wildcards)],
+        "disabling": [e["disabling"] for e in figure_layout(wildcards) if e["disabling"]],
         "manifest": model_manifest(wildcards.model),
         "counterfact": paths.COUNTERFACT,
         "orderings": [ordering_path(s) for s in range(config["samples"])],
@@ -446,7 +447,9 @@ def summary_inputs(wildcards):
     """The lifelong summary's tidy files: Figure 2's (per-edit metrics, evaluations, downstream)
     plus every trajectory's disabling JSON."""
     inputs = figure2_inputs(wildcards)
-    inputs["disabling"] = [e["disabling"] for e in figure_layout(wildcards)]
+    inputs["disabling"] = [
+        e["disabling"] for e in figure_layout(wildcards) if e["disabling"]
+    ]
     return inputs
 
 

@@ -42,15 +42,15 @@ rule import_stats:
             config, wildcards.model, int(wildcards.layer)
         ),
         hub_name=lambda wildcards: config["models"][wildcards.model].get("repo_id"),
-        dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
     log:
         "logs/import_stats/{model}/layer{layer}.log",
     benchmark:
         paths.benchmark("import_stats", "{model}/layer{layer}")
     threads: 1
+    # a local rule (a download): the model is not loaded, only the .npz (GPT-J's: 1 GiB) converted
     resources:
-        mem_mb=model_resource("mem_mb"),
-        runtime=model_resource("runtime"),
+        mem_mb=6000,
+        runtime=120,
     conda:
         "../envs/torch.yaml"
     script:

@@ -727,3 +727,29 @@ def test_lifelong_overlay_merged_over_the_default_config_validates():
         warnings.simplefilter("error", ConfigWarning)
         cfg = load_config(_merged(base, overlay))
     assert {"memit", "encore_b10"} <= {e["method"] for e in cfg["experiments"]}
+
+
+def test_disabling_methods_name_defined_methods_and_select_the_disabling_jobs():
+    from editscale.reporting.figure_data import figure_layout
+
+    cfg = minimal()
+    cfg["methods"]["ftc"] = {"editor": "ftc", "per_model": {"m": {"layer": 0}}}
+    cfg["experiments"].append({"model": "m", "method": "ftc"})
+    assert error_key({**cfg, "disabling": {"methods": ["rome", "memit"]}}) == "disabling.methods[1]"
+    every = load_config(cfg)
+    assert all(e["disabling"] for e in figure_layout(every, "m"))
+    rome_only = load_config({**cfg, "disabling": {"methods": ["rome"]}})
+    layout = {e["method"]: e["disabling"] for e in figure_layout(rome_only, "m")}
+    assert layout["rome"] and layout["ftc"] is None
+    paper = load_config(PAPER)
+    assert paper["disabling"]["methods"] == ["rome"] and paper["n_edits"] == 1200
+
+
+def test_no_paper_job_asks_for_more_than_24_hours():
+    """Many partitions stop at 24 h; every job resumes after a kill, so none asks for more."""
+    from editscale.config import model_resources
+
+    cfg = load_config(PAPER)
+    for model, spec in cfg["resources"].items():
+        for rule in [None, *spec.get("rules", {})]:
+            assert model_resources(cfg, model, rule)["runtime"] <= 24 * 60, (model, rule)

@@ -854,7 +854,7 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
     * ``stats.corpus`` and every scratch model's ``tokenizer_corpus`` name a defined corpus;
     * ``counterfact`` has exactly one of ``path`` and ``url``;
     * scratch models: ``d_model`` divisible by ``n_head``;
-    * ``resources`` only names defined models.
+    * ``resources`` only names defined models, ``disabling.methods`` defined methods.
 
     Warns (:class:`ConfigWarning`) for hub models and corpora whose revision is not a commit hash.
     """
@@ -1091,8 +1091,14 @@ def _check_stats_settings(cfg: dict) -> None:
 
 
 def _check_defined(cfg: dict) -> None:
-    """``evaluation.perplexity.corpus`` and the models of ``resources`` are defined."""
+    """``evaluation.perplexity.corpus``, the models of ``resources`` and the methods of
+    ``disabling.methods`` are defined."""
     corpora, models = cfg.get("corpora", {}), cfg["models"]
+    for i, method in enumerate(cfg.get("disabling", {}).get("methods") or []):
+        if method not in cfg["methods"]:
+            raise ConfigError(
+                f"disabling.methods[{i}]", _not_defined(method, "methods", cfg["methods"])
+            )
     ppl_corpus = cfg.get("evaluation", {}).get("perplexity", {}).get("corpus")
     if ppl_corpus is not None and ppl_corpus not in corpora:
         raise ConfigError(

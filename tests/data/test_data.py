@@ -537,3 +537,26 @@ def test_sample_corpus_random_from_a_local_hub_dataset(tmp_path):
     assert list(corpora.sample_corpus(corpus, 5, "random", 1, base_dir=tmp_path)) == [
         rows[i]["text"] for i in order[:5]
     ]
+
+
+def test_a_streamed_hub_corpus_gives_the_same_first_documents(tmp_path):
+    """The collapse probe streams a hub corpus (``streamed``): the same documents in the same
+    order as the loaded data set, and other corpora are left as they are."""
+    import itertools
+
+    rows = [{"text": f"row {i}"} for i in range(30)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    loaded = {
+        "type": "hub",
+        "dataset": "json",
+        "data_files": "d.jsonl",
+        "split": "train",
+        "streaming": False,
+        "text_field": "text",
+    }
+    stream = corpora.streamed(loaded)
+    assert stream["streaming"] is True and loaded["streaming"] is False
+    first = list(itertools.islice(corpora.iter_corpus(stream, base_dir=tmp_path), 12))
+    assert first == list(itertools.islice(corpora.iter_corpus(loaded, base_dir=tmp_path), 12))
+    text = {"type": "text_files", "paths": ["x.txt"]}
+    assert corpora.streamed(text) is text

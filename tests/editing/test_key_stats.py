@@ -379,7 +379,7 @@ def test_import_published_rome_statistics(tmp_path, tiny_model_factory):
         import_published_second_moment,
         load_key_second_moment,
     )
-    from editscale.lm.models import load_model
+    from editscale.lm.models import load_model, model_skeleton
     from tests.pipeline.test_paper_rehearsal import publish_rome_npz
 
     model, _ = load_model(tiny_model_factory("gpt2"))
@@ -407,6 +407,11 @@ def test_import_published_rome_statistics(tmp_path, tiny_model_factory):
         out, expect={"model_id": "m", "layer": 1, "module": "transformer.h.1.mlp.c_proj"}
     )
     np.testing.assert_array_equal(c.numpy(), expected)
+    # rule import_stats converts with the model's skeleton (meta device, no weights read)
+    skeleton = model_skeleton(tiny_model_factory("gpt2"))
+    assert next(skeleton.parameters()).device.type == "meta"
+    import_published_second_moment(npz, tmp_path / "meta.h5", model=skeleton, layer=1, source=url)
+    np.testing.assert_array_equal(load_key_second_moment(tmp_path / "meta.h5", expect={}), c)
 
     with pytest.raises(
         StatsMismatchError, match=r"module transformer\.h\.1\.mlp\.c_proj, but layer 2"

@@ -115,6 +115,9 @@ def test_paper_config_rehearsal_runs_through_the_dag(tmp_path, tiny_model_factor
     # what is kept: the paper's methods, layers, schedule and downstream protocol
     assert cfg["methods"]["rome"]["hparams"] == paper["methods"]["rome"]["hparams"]
     assert cfg["methods"]["ftc"] == paper["methods"]["ftc"]
+    assert cfg["methods"]["mend"]["hparams"] == paper["methods"]["mend"]["hparams"]
+    assert paper["methods"]["mend"]["hparams"]["normalisation"] == "authors_running"
+    assert cfg["disabling"]["methods"] == ["rome"]
     assert cfg["experiments"] == paper["experiments"]
     for key in ("forgetting_every", "downstream_every", "chunk_size", "forgetting_test"):
         assert cfg["evaluation"][key] == paper["evaluation"][key]
@@ -142,6 +145,7 @@ def test_paper_config_rehearsal_runs_through_the_dag(tmp_path, tiny_model_factor
     assert counts["counterfact"] == 1 and counts["ordering"] == 1
     # 10 edits, forgetting every 10, downstream every 5: checkpoints 0, 5, 10 in one chunk of 50
     assert counts["eval_chunk"] == 6
+    assert counts["disabling"] == 2  # ROME's only, as the paper's Table 2
 
     from editscale.editing.key_stats import stats_attrs
 
@@ -166,6 +170,9 @@ def test_paper_config_rehearsal_runs_through_the_dag(tmp_path, tiny_model_factor
         "replayed edits 1..5"
         in (work / "logs/eval_chunk/gpt-j-6b/ftc/sample0/chunk0.log").read_text()
     )
+    # MEND normalises as the authors ran it: running statistics carried edit by edit
+    with h5py.File(work / "results/trajectories/gpt2-xl/mend/sample0.h5") as f:
+        assert list(f["carry/mend_count/offsets"][()])[-1] == 2 * N_EDITS  # two shapes per edit
     for model in ("gpt-j-6b", "gpt2-xl"):
         for method in ("rome", "ftc", "mend"):
             ev = work / "results" / "evaluations" / model / method / "sample0_downstream.csv"

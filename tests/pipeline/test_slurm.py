@@ -600,7 +600,7 @@ def test_model_resources_per_rule_overrides():
         "threads": 8,
         "gpu": 1,
     }
-    assert model_resources(cfg, "gpt-j-6b", "trajectory")["runtime"] == 2880
+    assert model_resources(cfg, "gpt-j-6b", "trajectory")["runtime"] == 1440
     assert model_resources(cfg, "gpt2-xl", "trajectory")["runtime"] == 1440
     assert model_resources(cfg, "gpt2-xl", "eval_chunk") == {
         "mem_mb": 32000,

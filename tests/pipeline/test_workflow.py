@@ -120,9 +120,10 @@ def test_paper_config_dry_run_plans_twenty_trajectories(tmp_path):
         and "editor_split" not in counts
     )
     assert counts["ordering"] == 10 and counts["counterfact"] == 1
-    # 3000 edits, forgetting every 10, downstream every 5: 601 checkpoints in chunks of 50 = 13 jobs
+    # 1200 edits, forgetting every 10, downstream every 5: 241 checkpoints in chunks of 50 = 5 jobs;
+    # disabling jobs for ROME only (the paper's Table 2)
     assert (
-        counts["eval_chunk"] == 60 * 13 and counts["eval_merge"] == 60 and counts["disabling"] == 60
+        counts["eval_chunk"] == 60 * 5 and counts["eval_merge"] == 60 and counts["disabling"] == 20
     )
     assert counts["downstream_set"] == 4
     for path in (
@@ -139,7 +140,7 @@ def test_paper_config_dry_run_plans_twenty_trajectories(tmp_path):
     jobs = planned_jobs(out)
     assert (
         jobs[("trajectory", "gpt-j-6b")]["resources"].items()
-        >= {"gpu": "1", "mem_mb": "64000", "runtime": "2880"}.items()
+        >= {"gpu": "1", "mem_mb": "64000", "runtime": "1440"}.items()
     )
     assert (
         jobs[("trajectory", "gpt2-xl")]["resources"].items()
@@ -149,7 +150,9 @@ def test_paper_config_dry_run_plans_twenty_trajectories(tmp_path):
         jobs[("eval_chunk", "gpt-j-6b")]["resources"].items()
         >= {"gpu": "1", "runtime": "720"}.items()
     )
-    assert jobs[("import_stats", "gpt2-xl")]["resources"].items() >= {"mem_mb": "32000"}.items()
+    # import_stats downloads: a local rule on the submitting host, sized for the .npz, not the model
+    assert jobs[("import_stats", "gpt2-xl")]["local"]
+    assert jobs[("import_stats", "gpt2-xl")]["resources"].items() >= {"mem_mb": "6000"}.items()
     assert jobs[("trajectory", "gpt-j-6b")]["threads"] == "8"
 
 

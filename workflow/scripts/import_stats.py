@@ -1,7 +1,9 @@
 """Rule import_stats: resources/stats_published/{model}/layer{layer}.h5 = ROME/MEMIT's published key
 statistics (stats.published: an .npz by URL), downloaded with its sha256 checked (or recorded on
 first download in resources/stats_published/published_manifest.json) and converted, refused when
-made for another model or layer (editscale.editing.key_stats.import_published_second_moment)."""
+made for another model or layer (editscale.editing.key_stats.import_published_second_moment).
+A local rule (it downloads): the model is built from its config on the meta device (module names
+and widths only, no weights read), so the job needs about twice the .npz file's size in memory."""
 
 from pathlib import Path
 
@@ -11,7 +13,7 @@ log = setup_rule_logging(snakemake.log[0], snakemake.threads)
 
 from editscale.editing.key_stats import import_published_second_moment  # noqa: E402
 from editscale.editors.published import fetch_editor_weights  # noqa: E402
-from editscale.lm.models import load_model, model_identity  # noqa: E402
+from editscale.lm.models import model_identity, model_skeleton  # noqa: E402
 
 wc = snakemake.wildcards
 entry = snakemake.params.entry
@@ -20,7 +22,7 @@ npz = out.with_suffix(".npz")
 manifest = out.parent.parent / "published_manifest.json"
 info = fetch_editor_weights(entry["url"], npz, sha256=entry.get("sha256"), manifest=manifest)
 model_dir = Path(snakemake.input.model).parent
-model, _ = load_model(model_dir, snakemake.params.dtype, "cpu")
+model = model_skeleton(model_dir)
 import_published_second_moment(
     npz,
     out,

@@ -231,6 +231,16 @@ def sample_corpus(
             yield text
 
 
+def streamed(corpus: dict) -> dict:
+    """``corpus`` read as a stream when it is a hub data set (``streaming: true``; other corpora
+    unchanged): for readers of its first documents only, such as the collapse probe (its first
+    ``pool_docs``), which then never download or convert a whole dump. The documents and their
+    order are the same as without streaming."""
+    if _corpus_type(corpus) != "hub" or corpus.get("streaming", True):
+        return corpus
+    return {**corpus, "streaming": True}
+
+
 def corpus_fingerprint(corpus: dict, base_dir: str | os.PathLike = ".") -> str:
     """sha256 over the corpus spec and the sha256 of its local files (to tag statistics).
 

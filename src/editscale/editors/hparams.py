@@ -34,6 +34,8 @@ __all__ = [
 
 TARGET_POSITIONS = ("own", "last_prompt")
 KEY_MODES = ("original", "homogeneous")
+MEND_NORMALISATIONS = ("frozen", "authors_running")
+MEND_LR_ORDERS = ("trained", "named_parameters")
 # a context template pair: [tokens in the prefix, prefixes of that length]
 PAIRS = "a list of [length, count] pairs of integers"
 PROMPT = (r"\{\}", "contain '{}' (where the subject goes)")
@@ -165,6 +167,15 @@ class MendHParams(HParams):
     layers: list[int] | None = param(None, ge=0, nonempty=True)
     n_last_layers: int = param(3, ge=1)
     lr_scale: float = param(1.0, gt=0)
+    # frozen: the editor file's factor statistics, as an editor in eval mode normalises;
+    # authors_running: the statistics of every factor row edited so far, restarted at the first
+    # edit and updated before each edit's rows are normalised, shared by the matrices of one shape
+    # (the public GradientTransform in training mode, as the paper's authors ran it)
+    normalisation: str = param("frozen", choices=MEND_NORMALISATIONS)
+    # which matrix each learned edit learning rate of a public editor file scales: "trained" (the
+    # order of the public training config's inner_params) or "named_parameters" (the model's
+    # parameter order, as the authors' executor applied them: on GPT-2 the two orders differ)
+    public_lr_order: str = param("trained", choices=MEND_LR_ORDERS)
 
     def layer_indices(self, n_layer: int) -> list[int]:
         """The edited layers (sorted) of a model with ``n_layer`` blocks; ValueError if any is

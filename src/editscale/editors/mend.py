@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 FORMAT = "editscale-mend/1"
 # the order of the public code's inner_params within a layer (for its edit_lrs vector)
 PUBLIC_MATRIX_ORDER = {"gpt2": ("mlp_out", "mlp_in"), "gptj": ("mlp_in", "mlp_out")}
+# the order of the two matrices in a model's named_parameters(), the same in every architecture of
+# editscale.lm.models.ARCHITECTURES (the input projection is defined, and listed, first)
+NAMED_PARAMETER_ORDER = ("mlp_in", "mlp_out")
 
 
 class EditorFileMismatch(ValueError):
@@ -73,6 +76,105 @@ def module_shape(model, path: str) -> tuple[int, int]:
 
 def shape_key(shape: tuple[int, int]) -> str:
     return f"{shape[0]}x{shape[1]}"
+
+
+# --------------------------------------------------------------------------- factor statistics
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Count, mean and sum of squared deviations (float64) of the rows seen so far."""
+
+    count: int
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+    @classmethod
+    def empty(cls, dim: int, device) -> Moments:
+        zeros = torch.zeros(dim, dtype=torch.float64, device=device)
+        return cls(0, zeros, zeros)
+
+    def merged(self, rows: torch.Tensor) -> Moments:
+        """These moments with ``rows`` (r, dim) added (Chan et al.'s pairwise update: the same
+        mean and variance as adding the rows one at a time, as the public code does in float32)."""
+        n = int(rows.shape[0])
+        if n == 0:
+            return self
+        rows = rows.double()
+        b_mean = rows.mean(0)
+        b_m2 = ((rows - b_mean) ** 2).sum(0)
+        total = self.count + n
+        diff = b_mean - self.mean
+        mean = self.mean + diff * (n / total)
+        m2 = self.m2 + b_m2 + diff**2 * (self.count * n / total)
+        return Moments(total, mean, m2)
+
+    def std(self) -> torch.Tensor:
+        return (self.m2 / (self.count - 1)).sqrt()
+
+
+@dataclass(frozen=True)
+class FactorStats:
+    """What one matrix's factors are normalised with: the moments of its inputs (u) and output
+    gradients (v)."""
+
+    u: Moments
+    v: Moments
+
+    def as_float32(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t.float() for t in (self.u.mean, self.u.std(), self.v.mean, self.v.std()))
+
+
+def running_stats(
+    net: MendNetwork,
+    raw: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    state: dict[str, FactorStats],
+) -> tuple[dict[str, FactorStats], dict[str, FactorStats]]:
+    """The public GradientTransform's training-mode statistics for one edit.
+
+    Matrix by matrix in the editor's order, the statistics of the matrix's shape take its factor
+    rows, and the matrix is normalised with the result (so a later layer of a shape sees the rows
+    of the earlier ones). Returns ({matrix: statistics to normalise it with}, {shape: statistics
+    after the edit}); ``state`` ({shape: statistics before the edit}) is not changed. Raises
+    ValueError while a shape has seen fewer than two rows (its standard deviation is undefined;
+    the public code raises too)."""
+    state, per_matrix = dict(state), {}
+    for m in net.module_paths:
+        key = shape_key(net.shapes[m])
+        x, d = raw[m]
+        before = state.get(key) or FactorStats(
+            Moments.empty(x.shape[-1], x.device), Moments.empty(d.shape[-1], d.device)
+        )
+        after = FactorStats(before.u.merged(x), before.v.merged(d))
+        if after.u.count < 2:
+            raise ValueError(
+                f"MEND normalisation authors_running: {m} has seen {after.u.count} factor row(s) "
+                "so far; a standard deviation needs at least 2"
+            )
+        state[key] = per_matrix[m] = after
+    return per_matrix, state
+
+
+def stats_carry(state: dict[str, FactorStats]) -> dict[str, torch.Tensor]:
+    """The running statistics as the rows a trajectory file stores after each edit (float64):
+    ``mend_u_<shape>`` and ``mend_v_<shape>`` (mean; m2), ``mend_count`` (one row per shape, in
+    sorted shape order)."""
+    carry = {"mend_count": torch.tensor([[float(state[k].u.count)] for k in sorted(state)])}
+    for key, st in state.items():
+        carry[f"mend_u_{key}"] = torch.stack([st.u.mean, st.u.m2])
+        carry[f"mend_v_{key}"] = torch.stack([st.v.mean, st.v.m2])
+    return carry
+
+
+def stats_from_carry(carry: dict[str, torch.Tensor], device) -> dict[str, FactorStats]:
+    """The inverse of :func:`stats_carry`."""
+    keys = sorted(k[len("mend_u_") :] for k in carry if k.startswith("mend_u_"))
+    counts = carry["mend_count"][:, 0].tolist()
+    out = {}
+    for key, count in zip(keys, counts):
+        u, v = carry[f"mend_u_{key}"].to(device), carry[f"mend_v_{key}"].to(device)
+        out[key] = FactorStats(Moments(int(count), u[0], u[1]), Moments(int(count), v[0], v[1]))
+    return out
 
 
 # --------------------------------------------------------------------------- the networks
@@ -137,10 +239,17 @@ class GradientTransform(nn.Module):
             self.mlp2 = IdMlp(delta_dim, rank, n_hidden, n_modes, generator)
 
     def forward(
-        self, x: torch.Tensor, delta: torch.Tensor, mode: int
+        self, x: torch.Tensor, delta: torch.Tensor, mode: int, stats: FactorStats | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (x.float() - self.u_mean) / (self.u_std + 1e-7)
-        delta = (delta.float() - self.v_mean) / (self.v_std + 1e-7)
+        """``stats``: the statistics to normalise with, instead of the file's buffers (MEND's
+        ``authors_running`` normalisation)."""
+        u_mean, u_std, v_mean, v_std = (
+            (self.u_mean, self.u_std, self.v_mean, self.v_std)
+            if stats is None
+            else stats.as_float32()
+        )
+        x = (x.float() - u_mean) / (u_std + 1e-7)
+        delta = (delta.float() - v_mean) / (v_std + 1e-7)
         if self.combine:
             out = self.mlp(torch.cat([x, delta], -1), mode)
             return out[:, : self.x_dim], out[:, self.x_dim :]
@@ -177,15 +286,25 @@ class MendNetwork(nn.Module):
         )
         self.edit_lrs = nn.Parameter(torch.full((len(modules),), float(edit_lr_init)))
 
-    def transform(self, module: str, x: torch.Tensor, delta: torch.Tensor):
+    def transform(
+        self, module: str, x: torch.Tensor, delta: torch.Tensor, stats: FactorStats | None = None
+    ):
         """(x~, delta~) of one matrix: (r, in), (r, out)."""
-        return self.transforms[shape_key(self.shapes[module])](x, delta, self.modes[module])
+        key = shape_key(self.shapes[module])
+        return self.transforms[key](x, delta, self.modes[module], stats)
 
-    def factors(self, raw: dict[str, tuple[torch.Tensor, torch.Tensor]], lr_scale: float = 1.0):
-        """Low-rank update factors per matrix: u (r, in), v (r, out) with delta W = v^T u."""
+    def factors(
+        self,
+        raw: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        lr_scale: float = 1.0,
+        stats: dict[str, FactorStats] | None = None,
+    ):
+        """Low-rank update factors per matrix: u (r, in), v (r, out) with delta W = v^T u;
+        ``stats``: per matrix, the statistics to normalise its factors with (default: the
+        file's)."""
         out = {}
         for i, m in enumerate(self.module_paths):
-            xt, dt = self.transform(m, *raw[m])
+            xt, dt = self.transform(m, *raw[m], None if stats is None else stats[m])
             out[m] = (xt, -(self.edit_lrs[i] * lr_scale) * dt)
         return out
 
@@ -308,9 +427,14 @@ def edited_params(
 # --------------------------------------------------------------------------- editor files
 
 
-def _public_key_map(state: dict, spec, modules: list[str]) -> dict[str, torch.Tensor]:
+def _public_key_map(
+    state: dict, spec, modules: list[str], lr_order: str = "trained"
+) -> dict[str, torch.Tensor]:
     """Map a public MEND state dict (``mend.``/``gtn.`` prefixes, ``(in, out)`` shape keys) onto
-    :class:`MendNetwork`'s names."""
+    :class:`MendNetwork`'s names. The edit learning rates pair with the matrices in the order the
+    public training config lists them (``lr_order`` "trained"), or in the model's parameter order
+    (mlp_in before mlp_out in each layer: "named_parameters", as the paper's authors' executor,
+    kmeng01/rome's ``baselines/mend/mend_main.py``, applied them)."""
     out = {}
     pat = re.compile(r"^(?:mend|gtn)\.\((\d+), (\d+)\)\.(.+)$")
     for key, value in state.items():
@@ -329,6 +453,8 @@ def _public_key_map(state: dict, spec, modules: list[str]) -> dict[str, torch.Te
     if "edit_lrs" not in state:
         raise EditorFileMismatch("the MEND file has no edit_lrs: not a MEND editor state")
     order = PUBLIC_MATRIX_ORDER.get(spec.name)
+    if order is not None and lr_order == "named_parameters":
+        order = NAMED_PARAMETER_ORDER
     if order is None:
         raise EditorFileMismatch(
             f"public MEND files exist for GPT-2 and GPT-J only, not for {spec.name!r}"
@@ -386,7 +512,9 @@ def _read_own_file(path: Path) -> tuple[dict, dict]:
     return json.loads(meta["manifest"]), load_file(str(path))
 
 
-def _read_public_file(path: Path, model, modules: list[str], shapes: dict) -> tuple[dict, dict]:
+def _read_public_file(
+    path: Path, model, modules: list[str], shapes: dict, lr_order: str = "trained"
+) -> tuple[dict, dict]:
     """(manifest, state) of a published editor file (the authors' pickled checkpoint), checked
     against the sha256 recorded when it was fetched and against the model's hidden size."""
     from editscale.editors.published import verify_editor_weights
@@ -404,7 +532,7 @@ def _read_public_file(path: Path, model, modules: list[str], shapes: dict) -> tu
             f"editor file {path} was made for a model with hidden size {n_embd}, "
             f"this model has {model.config.hidden_size}"
         )
-    state = _public_key_map(raw_state, arch_of(model), modules)
+    state = _public_key_map(raw_state, arch_of(model), modules, lr_order)
     u_key = next((k for k in state if k.endswith("layers.0.u")), None)
     if u_key is None:
         raise EditorFileMismatch(
@@ -426,10 +554,11 @@ def _read_public_file(path: Path, model, modules: list[str], shapes: dict) -> tu
 
 
 def load_editor(
-    path, model, modules: list[str], identity: dict | None = None
+    path, model, modules: list[str], identity: dict | None = None, lr_order: str = "trained"
 ) -> tuple[MendNetwork, dict]:
     """Load and check an editor file for ``model``; returns (network on the model's device,
-    manifest)."""
+    manifest). ``lr_order``: how a public file's edit learning rates pair with the matrices
+    (:class:`MendHParams` ``public_lr_order``)."""
     path = Path(path)
     shapes = {m: module_shape(model, m) for m in modules}
     if not path.exists():
@@ -437,7 +566,7 @@ def load_editor(
     if path.suffix == ".safetensors":
         manifest, state = _read_own_file(path)
     else:
-        manifest, state = _read_public_file(path, model, modules, shapes)
+        manifest, state = _read_public_file(path, model, modules, shapes, lr_order)
     if identity is not None and "model_id" in manifest:
         _check("model", manifest["model_id"], identity["model_id"], path)
         _check("revision", manifest.get("revision"), identity["revision"], path)
@@ -493,6 +622,12 @@ class MendEditor(EditorBase):
         self.model, self.tok, self.hp, self.net, self.manifest = model, tok, hparams, net, manifest
         self.modules = list(net.module_paths)
         self.device = get_module(model, self.modules[0]).weight.device
+        self.running = hparams.normalisation == "authors_running"
+        self.stats: dict[str, FactorStats] = {}  # by shape, after the edits committed so far
+        if self.running:  # the statistics travel with each edit (resumable bit for bit)
+            self.carry_dims = {"mend_count": 1}
+            for key, tr in net.transforms.items():
+                self.carry_dims.update({f"mend_u_{key}": tr.x_dim, f"mend_v_{key}": tr.delta_dim})
 
     @property
     def edited_modules(self) -> list[str]:
@@ -510,13 +645,23 @@ class MendEditor(EditorBase):
             self.tok, [(rw["prompt"].format(rw["subject"]), rw["target_new"]["str"])], self.device
         )
         raw, nll = capture_factors(self.model, self.modules, batch)
+        per_matrix, carry = None, {}
+        if self.running:
+            per_matrix, after = running_stats(self.net, raw, self.stats)
+            carry = stats_carry(after)
         with torch.no_grad():
-            facs = self.net.factors(raw, self.hp.lr_scale)
+            facs = self.net.factors(raw, self.hp.lr_scale, per_matrix)
         updates = [
             ParamUpdate(m, u=facs[m][0].detach().float(), v=facs[m][1].detach().float())
             for m in self.modules
         ]
-        return EditResult(updates, {"mend_nll_pre": nll, "mend_rank": float(updates[0].u.shape[0])})
+        info = {"mend_nll_pre": nll, "mend_rank": float(updates[0].u.shape[0])}
+        return EditResult(updates, info, carry=carry)
+
+    def commit(self, carry: dict[str, torch.Tensor]) -> None:
+        """Take the running statistics after an applied edit (``authors_running``)."""
+        if self.running:
+            self.stats = stats_from_carry(carry, self.device)
 
 
 def make_editor(
@@ -536,6 +681,6 @@ def make_editor(
             "MEND needs an editor file (train_mend, or public weights via editor_weights)"
         )
     modules = edited_module_paths(model, hp.layer_indices(n_layers(model)))
-    net, manifest = load_editor(editor_file, model, modules, identity)
+    net, manifest = load_editor(editor_file, model, modules, identity, hp.public_lr_order)
     log.info("MEND editor %s for %s", editor_file, modules)
     return MendEditor(model, tok, hp, net, manifest)

@@ -272,6 +272,22 @@ def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "c
     return model, tok
 
 
+def model_skeleton(path: str | os.PathLike) -> nn.Module:
+    """The causal LM of a local folder built from its ``config.json`` on the meta device: its
+    module names and weight shapes, without reading a weight or allocating its memory (for jobs
+    that need the architecture only, e.g. converting published statistics of GPT-J)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
+    cfg = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)
+    arch_of(model)  # fail early on unsupported architectures
+    return model
+
+
 def folder_digest(folder: str | os.PathLike) -> dict[str, str]:
     """sha256 of every file of a model folder (the manifest itself excluded), by relative path."""
     folder = Path(folder)

@@ -47,6 +47,13 @@ def method_label(cfg: dict, method: str) -> str:
     return LABELS[editor] if method == editor and editor in LABELS else method
 
 
+def has_disabling(cfg: dict, method: str) -> bool:
+    """Whether ``method``'s trajectories get a disabling job and enter Table 2 (config
+    ``disabling.methods``; null: every method)."""
+    listed = cfg.get("disabling", {}).get("methods")
+    return listed is None or method in listed
+
+
 def figure_methods(cfg: dict, model: str) -> list[str]:
     """The methods configured for ``model``: FT-C, MEND, ROME (by editor; the method named after
     its editor before other methods using it) first, then the rest in config order."""
@@ -85,7 +92,11 @@ def figure_layout(cfg: dict, model: str, evaluated: bool = True) -> list[dict[st
                     "evaluation": ev(".h5") if evaluated else None,
                     "downstream": ev("_downstream.csv") if evaluated else None,
                     "collapse": ev("_collapse.csv") if evaluated else None,
-                    "disabling": paths.disabling(model, method, sample),
+                    "disabling": (
+                        paths.disabling(model, method, sample)
+                        if has_disabling(cfg, method)
+                        else None
+                    ),
                 }
             )
     return out
@@ -244,9 +255,12 @@ def load_methods(layout: list[dict]) -> list[MethodData]:
 
 
 def load_disabling(layout: list[dict]) -> dict[str, list[dict]]:
-    """method -> the disabling JSON of each sample (with ``sample`` added), in layout order."""
+    """method -> the disabling JSON of each sample (with ``sample`` added), in layout order;
+    methods without disabling jobs (config ``disabling.methods``) are left out."""
     out: dict[str, list[dict]] = {}
     for entry in layout:
+        if entry["disabling"] is None:
+            continue
         doc = read_sealed_json(entry["disabling"])
         out.setdefault(entry["method"], []).append(
             {**doc, "sample": entry["sample"], "label": entry["label"]}

@@ -28,6 +28,12 @@ from editscale.io import paths
 from editscale.io.files import atomic_open, atomic_write_text, read_sealed_json
 
 _KINDS = ("disabling", "normal")
+# every rendering of Table 2 says what it is
+RECONSTRUCTION = (
+    "A reconstruction: the paper's authors published no code for Table 2; the onset rule that "
+    "flags disabling edits, the seeded sample of normal edits and the pooling over orderings are "
+    "this project's (config `disabling`)."
+)
 TABLE2_FIELDS = [
     "method",
     "label",
@@ -279,7 +285,8 @@ def table2_markdown(
     lines = [
         "**Table 2.** Mean normalised distance ‖ΔW‖_F / #elements of the edited matrix when an "
         "edit is applied alone to the unedited model, disabling vs normal edits (pooled over "
-        f"{n_samples} sample(s); ± sample standard deviation, [min, max]; n = number of edits).",
+        f"{n_samples} sample(s); ± sample standard deviation, [min, max]; n = number of edits). "
+        f"{RECONSTRUCTION}",
         "",
         "| Method | Disabling n | Disabling distance | Normal n | Normal distance | Ratio |",
         "|---|---:|---|---:|---|---:|",
@@ -403,7 +410,7 @@ def table2_latex(
         r"\end{tabular}",
         r"\caption{Mean distance $\|\Delta W\|_F/\#\mathrm{elements}$ of the edited matrix "
         r"when an edit is applied alone to the unedited model, disabling vs normal edits (pooled "
-        rf"over {n_samples} sample(s); $\pm$ sample standard deviation).}}",
+        rf"over {n_samples} sample(s); $\pm$ sample standard deviation). {RECONSTRUCTION}}}",
         r"\label{tab:disabling-distance}",
         r"\end{table}",
         "",
@@ -620,9 +627,11 @@ def _sample_summary(entry: dict, *, last: int, forgetting_test: str) -> dict:
                 col = np.asarray(fg[forgetting_test][:, -1], dtype=float)  # NaN: not yet edited
                 out["known_end"] = float(np.nanmean(col)) if np.isfinite(col).any() else math.nan
                 out["known_checkpoint"] = int(fg["checkpoints"][-1])
-    doc = read_sealed_json(entry["disabling"])
-    onsets = sorted(int(r["edit"]) for r in doc["edits"] if r["kind"] == "disabling")
-    out["onsets"], out["first_onset"] = len(onsets), (onsets[0] if onsets else None)
+    out["onsets"], out["first_onset"] = None, None  # no disabling job (disabling.methods)
+    if entry["disabling"] is not None:
+        doc = read_sealed_json(entry["disabling"])
+        onsets = sorted(int(r["edit"]) for r in doc["edits"] if r["kind"] == "disabling")
+        out["onsets"], out["first_onset"] = len(onsets), (onsets[0] if onsets else None)
     return out
 
 
@@ -669,8 +678,9 @@ def summary_rows(
             row[k] = float(np.mean(vals)) if vals else None
         checkpoints = {p["known_checkpoint"] for p in per}
         row["known_checkpoint"] = checkpoints.pop() if len(checkpoints) == 1 else None
-        row["onsets"] = sum(p["onsets"] for p in per)
-        row["onsets_per_sample"] = "/".join(str(p["onsets"]) for p in per)
+        counted = all(p["onsets"] is not None for p in per)
+        row["onsets"] = sum(p["onsets"] for p in per) if counted else None
+        row["onsets_per_sample"] = "/".join(str(p["onsets"]) for p in per) if counted else "n/a"
         firsts = [p["first_onset"] for p in per if p["first_onset"] is not None]
         row["first_onset"] = min(firsts) if firsts else None
         rows.append(row)
@@ -693,7 +703,8 @@ def summary_markdown(rows: list[dict], *, last: int) -> str:
             f"{_num(r['es_last'], '.2f', 'n/a')} | {_num(r['ps_last'], '.2f', 'n/a')} | "
             f"{_num(r['ns_last'], '.2f', 'n/a')} | {_num(r['f1_retained'], '.2f', 'n/a')} | "
             f"{_num(r['known_end'], '.2f', 'n/a')} | {_num(r['norm_growth'], '.3g', 'n/a')} | "
-            f"{r['onsets']} ({r['onsets_per_sample']}) | {_num(r['first_onset'], 'd', '-')} |"
+            f"{_num(r['onsets'], 'd', 'n/a')} ({r['onsets_per_sample']}) | "
+            f"{_num(r['first_onset'], 'd', '-')} |"
         )
     n = max((r["samples"] for r in rows), default=0)
     out += [
@@ -726,7 +737,7 @@ def summary_latex(rows: list[dict], *, last: int) -> str:
             f"{_num(r['es_last'], '.2f', '--')} & {_num(r['ps_last'], '.2f', '--')} & "
             f"{_num(r['ns_last'], '.2f', '--')} & {_num(r['f1_retained'], '.2f', '--')} & "
             f"{_num(r['known_end'], '.2f', '--')} & {_num(r['norm_growth'], '.3g', '--')} & "
-            f"{r['onsets']} & {_num(r['first_onset'], 'd', '--')} " + r"\\"
+            f"{_num(r['onsets'], 'd', 'n/a')} & {_num(r['first_onset'], 'd', '--')} " + r"\\"
         )
     out += [
         r"\hline",
