@@ -5,6 +5,10 @@ one run.
         --threads 2 --organism . --smollm2 runs/smollm2 [--records 3] [--batch 10] \
         [--models organism smollm2]
 
+    # the v* search's prefix cache: old path vs new path vs the public code, with scores
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_speed.py --refcode REFCODE --paths \
+        --methods rome memit --threads 1 --records 5 --batch 0
+
 Per model, each editor edits the first ``--records`` CounterFact records one at a time (each on
 the model after the project's earlier updates), then one step of ``--batch`` records (the batched
 editors). The timings come from the side-by-side harnesses, which compute each update with both
@@ -15,6 +19,13 @@ implementations on the same weights:
 * FT-C and MEND: the project's editors only (``editor.compute``; MEND with the run directory's
   trained editor, ``resources/editors/<model>/mend.safetensors``). Their public code (kmeng01/rome's
   FT baseline, eric-mitchell/mend) is not set up here.
+
+``--paths`` (ROME and the batched editors): each step is also computed with the project's
+reference v* search (no prefix cache, ``search_prefix_cache = False``) on the same weights, and the
+record is scored (ES/PS/NS) once (``search_paths.py``). The second table then gives seconds per edit
+with its scores (edit + ES/PS/NS) of the old path, the new path and the public code, the v* search
+alone of both paths, their ratios, and the largest relative difference between the two paths'
+updates.
 
 The public trees are ``<--refcode>/<rome|memit|emmet|alphaedit|encore>``, extracted and patched as
 the harnesses' docstrings say (outside this repository). Models:
@@ -28,8 +39,8 @@ the harnesses' docstrings say (outside this repository). Models:
 The organism's tokenizer adds BOS to every text; the public ROME and MEMIT code then put BOS into
 the target tokens (EMMET's, AlphaEdit's and ENCORE's strip it), so their organism updates differ
 from the project's (the ``agree`` column: steps within the harness's tolerance); the seconds compare
-the same work. Measured 2026-11-29 on the 2-core VM, 2 threads: docs/benchmarks.md. Output: a
-table on stdout and ``benchmarks/results/speed-<host>.json``.
+the same work. Measured on the 2-core VM: docs/benchmarks.md. Output: the tables on stdout and
+``benchmarks/results/speed-<host>.json``.
 """
 
 from __future__ import annotations
@@ -87,18 +98,48 @@ def model_setups(args) -> dict[str, dict]:
 
 def per_edit(rows: list[dict], single: int) -> dict:
     """Mean seconds per edit of the single edits and of the batch step
-    (its seconds / its records)."""
+    (its seconds / its records); with the harness's ``--paths`` columns, the same for the old
+    and new search paths, their searches alone and the scoring."""
     singles, batch = rows[:single], rows[single:]
-    rows = [{**r, "agree": bool(r.get("agree"))} for r in rows]
+
+    def mean(key: str, of: list[dict]) -> float | None:
+        vals = [r[key] for r in of if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
     out = {
-        "proj_single": sum(r["seconds_proj"] for r in singles) / max(len(singles), 1),
-        "ref_single": sum(r["seconds_ref"] for r in singles) / max(len(singles), 1),
+        "proj_single": mean("seconds_proj", singles) or 0.0,
+        "ref_single": mean("seconds_ref", singles) or 0.0,
         "agree": f"{sum(bool(r.get('agree')) for r in rows)}/{len(rows)}",
     }
+    if singles and "seconds_old" in singles[0]:
+        for key in ("seconds_old", "seconds_new", "search_old", "search_new", "seconds_scores"):
+            out[key] = mean(key, singles)
+        out["paths_rel_diff"] = max(r["paths_rel_diff"] for r in rows)
+        out["paths_steps_differ"] = sum(r["steps_old"] != r["steps_new"] for r in rows)
     if batch:
         n = len(batch[0]["case_ids"])
         out.update(proj_batch=batch[0]["seconds_proj"] / n, ref_batch=batch[0]["seconds_ref"] / n)
     return out
+
+
+def paths_table(rows: list[dict]) -> list[str]:
+    """Lines of the old-vs-new-vs-public table (seconds per single edit, one thread as run)."""
+    lines = [
+        f"{'model':>9} {'method':>9} {'old+sc':>7} {'new+sc':>7} {'pub+sc':>7} {'new/old':>8} "
+        f"{'new/pub':>8} {'search old':>11} {'new':>6} {'new/old':>8} {'max diff':>9} steps!="
+    ]
+    for r in rows:
+        if r.get("seconds_old") is None:
+            continue
+        sc = r["seconds_scores"]
+        old, new, pub = r["seconds_old"] + sc, r["seconds_new"] + sc, r["ref_single"] + sc
+        lines.append(
+            f"{r['model']:>9} {r['method']:>9} {old:7.2f} {new:7.2f} {pub:7.2f} {new / old:8.3f} "
+            f"{new / pub:8.3f} {r['search_old']:11.2f} {r['search_new']:6.2f} "
+            f"{r['search_new'] / r['search_old']:8.3f} {r['paths_rel_diff']:9.1e} "
+            f"{r['paths_steps_differ']}"
+        )
+    return lines
 
 
 def time_rome(setup: dict, args) -> dict:
@@ -115,6 +156,7 @@ def time_rome(setup: dict, args) -> dict:
         seed=args.seed,
         threads=args.threads,
         eval=False,
+        paths=args.paths,
     )
     rows, _ = rr.run(ns)  # each row's "agree": the harness's tolerances
     return per_edit(rows, len(rows))
@@ -136,6 +178,7 @@ def time_batched(method: str, setup: dict, args) -> dict:
         batch=args.batch,
         seed=args.seed,
         threads=args.threads,
+        paths=args.paths,
     )
     rows, _ = mr.run(ns)
     return per_edit(rows, args.records)
@@ -191,6 +234,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=37)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
+        "--paths",
+        action="store_true",
+        help="also the project's reference v* search (no prefix cache) and the scoring",
+    )
+    ap.add_argument(
         "--child", type=Path, default=None, help=argparse.SUPPRESS
     )  # one (model, method) -> JSON
     args = ap.parse_args()
@@ -237,6 +285,7 @@ def main() -> None:
                 str(args.threads),
                 "--child",
                 str(out),
+                *(["--paths"] if args.paths else []),
             ]
             subprocess.run(cmd, check=True)
             res = json.loads(out.read_text())
@@ -272,6 +321,13 @@ def main() -> None:
         "records)"
     )
     print(header)
+    if args.paths:
+        print("\n".join(paths_table(rows)))
+        print(
+            "seconds per single edit with its ES/PS/NS (+sc): the project's reference search path "
+            "(old), its prefix-cached path (new), the public code (pub); search: the v* searches "
+            "alone; max diff: largest ||dW_new - dW_old|| / ||dW_old||"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"speed-{platform.node()}.json"
     out.write_text(
