@@ -1,0 +1,114 @@
+"""The v* search with and without its prefix cache, edit by edit on SmolLM2-135M.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_search_paths.py \
+        [--smollm2 runs/smollm2] [--records 20] [--methods rome memit]
+
+ROME (layer 6, config/smollm2.yaml's settings and statistics) and MEMIT (layers 4-6, its public
+defaults) each edit the first ``--records`` unique-subject CounterFact records of
+``../shared/data`` one after another into SmolLM2-135M (float32, one thread). Every edit is computed
+twice on the same weights, by the reference search (every position at every step) and by the
+prefix-cached one (:func:`editscale.editors.search_check.compare_search_paths`), the record is
+scored (ES/PS/NS) with each update applied, and the cached path's update is kept. Per edit it
+prints the relative difference of the updates and of the search targets (v* for ROME, z for
+MEMIT), both paths' optimisation steps, ES/PS/NS and seconds; the summary line gives the largest
+differences, the count of edits whose steps or scores differ, and the seconds per edit of each
+path. Needs a run directory of ``make run-smollm2`` with statistics of layers 4-6
+(``runs/smollm2/resources/stats/smollm2/wikitext/layer{4,5,6}.h5``). Output: stdout and
+``benchmarks/results/search_paths-<host>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from report import RESULTS  # noqa: E402
+
+log = logging.getLogger("bench_search_paths")
+COUNTERFACT = REPO.parent / "shared/data/counterfact/counterfact_500.json"
+LAYERS = {"rome": [6], "memit": [4, 5, 6]}
+
+
+def editor_for(method: str, model, tok, run_dir: Path, seed: int):
+    import yaml
+
+    from editscale.config import method_hparams
+    from editscale.editing.key_stats import load_key_second_moment
+    from editscale.editors import load_editor_module
+
+    cfg = yaml.safe_load((REPO / "config/smollm2.yaml").read_text())
+    if method == "rome":
+        hp = method_hparams(cfg, "rome", "smollm2")
+    else:
+        hp = {"layers": LAYERS["memit"], "mom2_update_weight": 15000.0}
+    stats = run_dir / "resources/stats/smollm2/wikitext"
+    second = {
+        layer: load_key_second_moment(stats / f"layer{layer}.h5", expect={"layer": layer})
+        for layer in LAYERS[method]
+    }
+    if method == "rome":
+        second = second[6]
+    return load_editor_module(method).make_editor(model, tok, hp, second, seed)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--smollm2", type=Path, default=REPO / "runs/smollm2")
+    ap.add_argument("--records", type=int, default=20)
+    ap.add_argument("--methods", nargs="+", default=["rome", "memit"], choices=sorted(LAYERS))
+    ap.add_argument("--seed", type=int, default=37)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+
+    from editscale.data.counterfact import load_counterfact, unique_subject_records
+    from editscale.editors.search_check import SCORES, compare_search_paths
+    from editscale.lm.models import load_model
+
+    records = unique_subject_records(load_counterfact(COUNTERFACT))[: args.records]
+    out = {"machine": f"{platform.node()} {platform.machine()}", "threads": args.threads}
+    for method in args.methods:
+        model, tok = load_model(args.smollm2 / "resources/models/smollm2")
+        ed = editor_for(method, model, tok, args.smollm2, args.seed)
+        target = "target" if method == "rome" else "z"
+        rows = compare_search_paths(ed, [[r] for r in records], target_key=target)
+        for t, r in enumerate(rows, 1):
+            scores = " ".join(f"{k} {r[k + '_old']:.2f}/{r[k + '_new']:.2f}" for k in SCORES)
+            print(
+                f"{method} edit {t:>2} case {r['case_ids'][0]:>5}: dW {r['update_rel']:.1e} "
+                f"target {r['target_rel']:.1e} steps {r['steps_old']}/{r['steps_new']} {scores} "
+                f"{r['seconds_old']:.2f} s / {r['seconds_new']:.2f} s"
+            )
+        differ = sum(
+            r["steps_old"] != r["steps_new"] or any(r[k + "_old"] != r[k + "_new"] for k in SCORES)
+            for r in rows
+        )
+        summary = {
+            "edits": len(rows),
+            "max_update_rel": max(r["update_rel"] for r in rows),
+            "max_target_rel": max(r["target_rel"] for r in rows),
+            "edits_with_other_steps_or_scores": differ,
+            "seconds_old": sum(r["seconds_old"] for r in rows) / len(rows),
+            "seconds_new": sum(r["seconds_new"] for r in rows) / len(rows),
+        }
+        print(f"{method}: {json.dumps(summary)}")
+        out[method] = {"summary": summary, "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"search_paths-{platform.node()}.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
