@@ -140,6 +140,10 @@ class LocalSlurm:
         cpus = os.cpu_count() or 1
         mem = max(2000, min(_available_memory_mb() - 3000, 16000))
         self.memory_mb = mem
+        # the node has the GPU type the profile pins the replaying rules to (a node feature)
+        features = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"][
+            "trajectory"
+        ]["constraint"]
         conf = f"""\
 ClusterName=editscaletest
 SlurmctldHost=localhost
@@ -173,7 +177,7 @@ SlurmdLogFile={r}/log/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 GresTypes=gpu
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} Gres=gpu:1 State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} Gres=gpu:1 Features={features} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
 """
@@ -496,6 +500,11 @@ def test_tiny_workflow_through_slurm(slurm_cluster, tmp_path, tiny_model_factory
     assert "TresPerJob=gres:gpu:1" in traj_job, traj_job
     stats_job = slurm_cluster.run("scontrol", "show", "job", by_rule["key_stats"][0]).stdout
     assert "gres:gpu" not in stats_job, stats_job
+    # the jobs that write or replay a trajectory ran on the one GPU type the profile pins
+    for rule in ("trajectory", "eval_chunk", "disabling"):
+        show = slurm_cluster.run("scontrol", "show", "job", by_rule[rule][0]).stdout
+        assert re.search(r"\bFeatures=a100\b", show), show
+    assert not re.search(r"\bFeatures=a100\b", stats_job), stats_job
     # the rule's own log was written on the node
     assert "trajectory" in (work / "logs/trajectory/tiny-local/rome/sample0.log").read_text()
 
@@ -576,6 +585,9 @@ def test_profile_sends_every_gpu_rule_to_the_gpu_partition():
         f"GPU rules without a partition in profiles/slurm/config.yaml set-resources: {missing}"
     )
     assert "slurm_account" not in profile["default-resources"]  # the user's to fill in (commented)
+    # one GPU type for the rules that write or replay a trajectory (bitwise replay of FT-C)
+    pins = {set_resources[r].get("constraint") for r in ("trajectory", "eval_chunk", "disabling")}
+    assert len(pins) == 1 and None not in pins, pins
     text = (PROFILE / "config.yaml").read_text()
     assert "# slurm_account:" in text and "<- your" in text
     # mem_mb/runtime of the heavy rules come from the workflow config, not from the profile

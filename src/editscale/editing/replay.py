@@ -70,8 +70,9 @@ def _mismatch_message(path: str | os.PathLike, e: int, name: str, diff: float, s
     return head + (
         "The file passed its seal, so the snapshot is the one the run wrote: the editor computes "
         f"differently here than where the trajectory ran ({read_environment(path)}). Run this "
-        "job on the same kind of device and software as the trajectory (on Slurm: the profile's "
-        "GPU constraint), or rerun the trajectory with store_updates: true"
+        "job on the same kind of device and software as the trajectory (on Slurm: the GPU type "
+        "profiles/slurm/config.yaml pins with `constraint` for the trajectory, eval_chunk and "
+        "disabling rules), or rerun the trajectory with store_updates: true"
     )
 
 
