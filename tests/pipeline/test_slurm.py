@@ -144,6 +144,10 @@ class LocalSlurm:
         features = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"][
             "trajectory"
         ]["constraint"]
+        node = (
+            f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} Gres=gpu:1 "
+            f"Features={features} State=UNKNOWN"
+        )
         conf = f"""\
 ClusterName=editscaletest
 SlurmctldHost=localhost
@@ -177,7 +181,7 @@ SlurmdLogFile={r}/log/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 GresTypes=gpu
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} Gres=gpu:1 Features={features} State=UNKNOWN
+{node}
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
 """
