@@ -518,13 +518,11 @@ def test_sample_corpus_first_and_romes_fixed_random_subset(tmp_path):
         list(corpora.sample_corpus(corpus, 5, "last", base_dir=tmp_path))
 
 
-def test_sample_corpus_random_from_a_local_hub_dataset(tmp_path):
-    """A hub corpus (here ``json`` over a local file, streaming off) is indexed by position."""
-    import random
-
+def local_hub_corpus(folder) -> tuple[list[dict], dict]:
+    """30 rows in a JSON-lines file and a hub corpus spec over it (``json``, streaming off)."""
     rows = [{"text": f"row {i}"} for i in range(30)]
-    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    corpus = {
+    (folder / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    spec = {
         "type": "hub",
         "dataset": "json",
         "data_files": "d.jsonl",
@@ -532,6 +530,14 @@ def test_sample_corpus_random_from_a_local_hub_dataset(tmp_path):
         "streaming": False,
         "text_field": "text",
     }
+    return rows, spec
+
+
+def test_sample_corpus_random_from_a_local_hub_dataset(tmp_path):
+    """A hub corpus (here ``json`` over a local file, streaming off) is indexed by position."""
+    import random
+
+    rows, corpus = local_hub_corpus(tmp_path)
     order = list(range(30))
     random.Random(1).shuffle(order)
     assert list(corpora.sample_corpus(corpus, 5, "random", 1, base_dir=tmp_path)) == [
@@ -544,16 +550,7 @@ def test_a_streamed_hub_corpus_gives_the_same_first_documents(tmp_path):
     order as the loaded data set, and other corpora are left as they are."""
     import itertools
 
-    rows = [{"text": f"row {i}"} for i in range(30)]
-    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    loaded = {
-        "type": "hub",
-        "dataset": "json",
-        "data_files": "d.jsonl",
-        "split": "train",
-        "streaming": False,
-        "text_field": "text",
-    }
+    _, loaded = local_hub_corpus(tmp_path)
     stream = corpora.streamed(loaded)
     assert stream["streaming"] is True and loaded["streaming"] is False
     first = list(itertools.islice(corpora.iter_corpus(stream, base_dir=tmp_path), 12))
