@@ -154,11 +154,14 @@ class RomeEditor(EditorBase):
         k_used = k_bare if self.hp.key_mode == "original" else k_star
         with torch.no_grad():
             cur_out = self.module(k_used.to(self.module.weight.dtype)[None]).float()[0]
-        v = (target - cur_out) / torch.dot(k_used.float(), u)
+        denominator = torch.dot(k_used.float(), u)
+        v = (target - cur_out) / denominator
         info.update(
             delta_norm=float(delta.norm()),
             target_init_norm=float(target_init.norm()),
             key_gap=float((k_star - k_bare).norm() / k_bare.norm()),
+            denominator=float(denominator),
+            value_gap=float((target - cur_out).norm()),
         )
         vectors = {"k_used": k_used, "k_star": k_star, "k_bare": k_bare, "target": target, "u": u}
         return EditResult(
