@@ -38,7 +38,9 @@ factors x and delta (the layer's inputs and output gradients, the public hooks' 
 ``.mlp``); the transformed factors (its output); the weight delta (public: ``lr * mean_grads``
 exactly as ``MEND.edit`` adds it, see the injections; project: ``ParamUpdate.delta_out_in()``, both
 (out, in)); mode B also the statistics each matrix is normalised with (the public buffers after its
-forward vs the project's float64 ``running_stats``, the max over u/v mean/std). An edit agrees when
+forward vs the project's float64 ``running_stats``, the max over u/v mean/std) and the project's
+update recomputed from its own raw factors with the public float32 statistics (``+pubst``,
+``pubstats_updates``). An edit agrees when
 every matrix's weight-delta difference is <= 1e-5. Both sides' wall and CPU seconds per edit.
 
 Injections (no file of the public tree is changed):
@@ -79,40 +81,48 @@ path ran unchanged (``algs/mend.py``, ``nn.py``, ``hooks.py``, ``editable_model.
 ``losses.py``, ``utils.py``: no CUDA literal; Llama's MLP calls each projection with one
 positional input, as ``linear_forward_hook`` asserts; ``register_full_backward_hook`` works).
 
-Measured (SmolLM2-135M, the project's rank-256 editor, the first 10 records, one thread): the
-layer inputs x agree to <= 1e-6 (bit for bit on 9 of 10 edits) but the output gradients delta
-differ by ~1e-4, and that carries through normalisation and the networks into dW: 1 of 10 edits
-agrees in mode A (max 3.0e-4), none in mode B (max 4.4e-4). The cause is one line:
+Measured (SmolLM2-135M, the project's rank-256 editor, the first 10 records, one thread, torch
+2.13.0 CPU, transformers 5.24.0): every edit agrees in both modes. Mode A: 10 of 10, relative dW
+difference 5.3e-7 to 1.8e-6; mode B: 10 of 10, 5.0e-7 to 1.3e-6. The raw factors x and delta are
+bit for bit the public ones in 9 of 10 edits, and so are the normalised factors in mode A. What
+is left, each side's line:
 
-* project ``src/editscale/editors/mend.py`` line 373 (``model_logits``, used by
-  ``capture_factors`` at line 400): ``head(hidden[rows, pos])``, the LM head on the k scored
-  positions only. Its backward forms the hidden-state gradient as a (k x 49,152) @ (49,152 x 576)
-  product; with k = 1 or 2 (single- and two-token targets) torch's CPU kernel for it accumulates
-  the 49,152-term sums in float32 about ten times less accurately than the blocked matrix product
-  that a full-sequence head takes (on random data: 5e-6 against 5e-7 relative to float64);
-* public ``algs/mend.py`` line 181 (``_logits(self.model(**batch))``): transformers'
-  ``LlamaForCausalLM.forward`` (modeling_llama.py line 471, ``self.lm_head(hidden_states)``) runs
-  the head on all T positions, and ``losses.py`` lines 50 and 55 pick the scored ones afterwards.
+* Every edit, 3.8e-7 to 4.9e-7 in the transformed factors and 5e-7 to 8e-7 in dW: the same
+  products in another order. The network's low-rank layer, project ``editors/mend.py``
+  ``LowRankIdLayer.forward``: ``pre = (x @ self.v.T) @ self.u.T + self.bias``; public ``nn.py``
+  line 70: ``pre_act = (self.u @ (self.v @ x.T)).T``. The update, project ``MendNetwork.factors``
+  ``-(self.edit_lrs[i] * lr_scale) * dt`` then ``ParamUpdate.delta_out_in`` ``self.v.T @ self.u``;
+  public ``algs/mend.py`` line 209 ``torch.einsum(f"bi,bj->{targ}", x, delta)`` then line 227
+  ``lr * g``.
+* Edit 4 (case 9012) only, x 6.1e-7 / 6.7e-7 and delta 1.6e-6 / 1.2e-6 off, dW 1.8e-6 / 1.3e-6
+  (A / B): the public forward runs one more position. Project ``editors/mend.py`` ``edit_batch``:
+  ``seqs.append(p_ids + t_ids[:-1])`` (the last target token is predicted, never fed); public
+  ``algs/mend.py`` line 181 ``self.model(**batch)`` on the batch's ``input_ids``, the prompt and the
+  whole target (``losses.py`` shifts the logits after). At this length (7 positions against 8) the
+  float32 kernels round the shared positions differently: the MLP inputs of layers 27-29 differ by
+  up to 3.4e-5 absolute with 8 positions, and not at all between the two attention masks (the
+  project's 4-D ``causal_attention_mask``, transformers' 2-D mask) at equal length; at the other
+  nine lengths they are bit for bit equal.
+* Mode B, the running statistics' arithmetic: float32 Welford row by row on the public side
+  (``algs/mend.py`` lines 19-23 ``update_counter``, called at lines 96-97; the std at lines
+  101-102) against a float64 Chan merge of a whole edit on the project's (``Moments.merged`` and
+  ``Moments.std``, cast to float32 by ``as_float32``). The statistics differ by at most 3.4e-7
+  (``stats``), the normalised factors by 6.6e-8 to 2.0e-7 where the raw ones are equal, and the
+  project's update recomputed with the public float32 statistics (``+pubst``) differs from the
+  public one by 5.0e-7 to 1.5e-6, about as much as with its own (5.0e-7 to 1.3e-6): the
+  statistics move the update by nothing measurable.
 
-Against a float64 run of the same forward (the first record, measured once while writing this
-script) the project's float32 output gradients are 1.0-1.2e-4 off, the public ones 1.8-3.7e-6: the
-public side is the more accurate one. The ``fh`` columns are the cause check: the project's
-factors captured again with ``full_head_logits`` (``model_logits`` with only that line changed,
-``head(hidden)[rows, pos]``) equal the public delta bit for bit (<= 1.4e-6 where x differs), and
-the project's network on them reproduces the public update: mode A 10 of 10 edits agree (max
-2.0e-6); mode B, with the running statistics of those full-head factors kept in a shadow state
-(the project editor's own statistics took its own factors), also 10 of 10 (max 1.2e-6). What mode B
-leaves is the statistics' arithmetic, float32 Welford row by row on the public side (public
-``algs/mend.py`` lines 19-23 ``update_counter``, called at lines 95-97, std at 101-102) against a
-float64 Chan merge of a whole edit on the project's (``mend.py`` lines 97-113, ``Moments.merged``
-and ``std``; cast to float32 at line 125): the statistics differ by at most 3.2e-7 and the
-update with the public float32 statistics substituted (``fh+pubst``) by at most 1.4e-6, both far
-below the 1e-5 tolerance. Without the cause check the project's running statistics also inherit
-the ~1e-4 of the earlier edits' output gradients (``stats``).
+Until the project ran the LM head on every position (``editscale/lm/scoring.py`` ``logits_at``:
+``_lm_head(model)(hidden)[rows, pos]``, as the public code's full ``LlamaForCausalLM`` logits,
+modeling_llama.py ``self.lm_head(hidden_states)``, picked by ``losses.py`` after), it applied the
+head to the k scored positions only (``head(hidden[rows, pos])``); for one- and two-token targets
+the float32 backward of that (k x 49,152) @ (49,152 x 576) product is about ten times less
+accurate (output gradients 1.0-1.2e-4 off a float64 run against 1.8-3.7e-6 for the public code)
+and 1 of 10 (mode A, max 3.0e-4) and 0 of 10 edits (mode B, max 4.4e-4) agreed.
 
-Seconds per edit (one thread, nice 19 beside another job): project 0.28 wall / 0.14 CPU, public
-1.2 / 0.59 (its ``loss.backward()`` computes the gradient of every parameter, and it logs gradient
-statistics of each inner matrix).
+Seconds per edit (one thread each, on a 2-core machine loaded by other jobs): project 0.20 wall /
+0.14 CPU, public 0.95 / 0.64 (mode A; its ``loss.backward()`` computes the gradient of every
+parameter, and it logs gradient statistics of each inner matrix).
 
 Output: a per-edit table per mode and a summary on stdout (``report.py``), and
 ``benchmarks/results/mend_reference-<host>.json`` (the summary with every edit's numbers, per
@@ -158,16 +168,8 @@ INJECTIONS = (
     "hooks.hook_model and requires_grad on every parameter only around each public edit",
     "batch: the project's edit_batch tokens (prompt + target), labels -100 except the target",
 )
-DIFF_KEYS = (
-    "x_rel_diff",
-    "delta_rel_diff",
-    "norm_rel_diff",
-    "out_rel_diff",
-    "dW_rel_diff",
-    "fullhead_delta_rel_diff",
-    "fullhead_dW_rel_diff",
-)
-RUNNING_KEYS = ("stats_rel_diff", "fullhead_stats_rel_diff", "fullhead_pubstats_dW_rel_diff")
+DIFF_KEYS = ("x_rel_diff", "delta_rel_diff", "norm_rel_diff", "out_rel_diff", "dW_rel_diff")
+RUNNING_KEYS = ("stats_rel_diff", "pubstats_dW_rel_diff")
 MODES = {
     "A": {"normalisation": "frozen", "public": "eval", "name": "A frozen / eval"},
     "B": {"normalisation": "authors_running", "public": "train", "name": "B running / train"},
@@ -395,59 +397,17 @@ def public_update(
     return recorder.updates, seconds
 
 
-def full_head_logits(model, params: dict | None = None):
-    """``editscale.editors.mend.model_logits`` with one line changed, for the cause check: the
-    language-model head runs on every position and the scored ones are picked from its output
-    (``head(hidden)[rows, pos]``, as the public code's full logits), instead of
-    ``head(hidden[rows, pos])``."""
-    from editscale.lm.models import arch_of, causal_attention_mask, get_module
-
-    if params:
-        raise ValueError("the cause check runs the model's own weights")
-    spec = arch_of(model)
-    base, head = get_module(model, spec.base), get_module(model, spec.lm_head)
-
-    def fn(ids, mask, rows, pos):
-        mask = causal_attention_mask(mask, ids.shape[1], base.dtype)
-        hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        return head(hidden)[rows, pos]
-
-    return fn
-
-
-def full_head_check(
-    editor, record: dict, pub_calls: list[dict], shadow: dict
-) -> tuple[dict[str, dict], dict]:
-    """The project's update recomputed from factors captured with :func:`full_head_logits`, with
-    the project's normalisation (``dW``: the file's statistics, or, under ``authors_running``,
-    ``running_stats`` of the shadow state ``shadow``: the statistics of the full-head factors of
-    the earlier edits) and with the public float32 statistics (``dW_pubstats``); plus those float64
-    statistics (``stats``). Returns ({module: those}, the shadow state after this edit)."""
-    from editscale.editors import mend
-
-    rw = record["requested_rewrite"]
-    batch = mend.edit_batch(
-        editor.tok, [(rw["prompt"].format(rw["subject"]), rw["target_new"]["str"])], editor.device
-    )
-    saved, mend.model_logits = mend.model_logits, full_head_logits
-    try:
-        raw, _ = mend.capture_factors(editor.model, editor.modules, batch)
-    finally:
-        mend.model_logits = saved
-    per_matrix = None
-    if editor.running:
-        per_matrix, shadow = mend.running_stats(editor.net, raw, shadow)
-    out = {m: {"raw": raw[m], "stats": None if per_matrix is None else per_matrix[m]} for m in raw}
+def pubstats_updates(editor, proj_calls: list[dict], pub_calls: list[dict]) -> dict:
+    """Under ``authors_running``: {module: the project's weight delta (out, in) from its own raw
+    factors of this edit, normalised with the public float32 statistics instead of its own
+    float64 ones}: what the statistics' arithmetic alone moves the update by. {} otherwise."""
+    if not editor.running:
+        return {}
+    raw = {m: (c["x"], c["d"]) for m, c in zip(editor.net.module_paths, proj_calls)}
+    stats = {m: Float32Stats(c["stats"]) for m, c in zip(editor.net.module_paths, pub_calls)}
     with torch.no_grad():
-        for name, stats in (("dW", per_matrix), ("dW_pubstats", "public")):
-            if stats == "public":
-                if not editor.running:
-                    continue
-                stats = {m: Float32Stats(c["stats"]) for m, c in zip(editor.modules, pub_calls)}
-            facs = editor.net.factors(raw, editor.hp.lr_scale, stats)
-            for m, (u, v) in facs.items():
-                out[m][name] = v.T @ u
-    return out, shadow
+        facs = editor.net.factors(raw, editor.hp.lr_scale, stats)
+    return {m: v.T @ u for m, (u, v) in facs.items()}
 
 
 STATS_NAMES = ("u_mean", "u_std", "v_mean", "v_std")
@@ -466,7 +426,7 @@ def compare_edit(
     proj_calls: list[dict],
     pub_calls: list[dict],
     pub_updates: dict[str, torch.Tensor],
-    check: dict[str, dict],
+    pubstats: dict[str, torch.Tensor],
     weights: dict[str, torch.Tensor],
     running: bool,
     n_target: int,
@@ -474,7 +434,7 @@ def compare_edit(
     rw = record["requested_rewrite"]
     matrices = []
     for upd, pc, rc in zip(result.updates, proj_calls, pub_calls):
-        name, ck = f"{upd.module}.weight", check[upd.module]
+        name = f"{upd.module}.weight"
         if pc["x"].shape != rc["x"].shape:
             raise RuntimeError(f"{upd.module}: {pc['x'].shape[0]} vs {rc['x'].shape[0]} rows")
         d_proj, d_ref = upd.delta_out_in(), pub_updates[name]
@@ -487,14 +447,11 @@ def compare_edit(
             "out_rel_diff": rel_diff(pc["out"], rc["out"]),
             "dW_rel_diff": rel_diff(d_proj, d_ref),
             "dW_rel_norm": float(d_proj.double().norm() / weights[name].double().norm()),
-            "fullhead_delta_rel_diff": rel_diff(ck["raw"][1], rc["d"]),
-            "fullhead_dW_rel_diff": rel_diff(ck["dW"], d_ref),
         }
         if running:
-            m["stats_rel_diff"] = max(stats_diffs(pc["stats"], rc["stats"]).values())
-            m["fullhead_stats"] = stats_diffs(ck["stats"], rc["stats"])
-            m["fullhead_stats_rel_diff"] = max(m["fullhead_stats"].values())
-            m["fullhead_pubstats_dW_rel_diff"] = rel_diff(ck["dW_pubstats"], d_ref)
+            m["stats"] = stats_diffs(pc["stats"], rc["stats"])
+            m["stats_rel_diff"] = max(m["stats"].values())
+            m["pubstats_dW_rel_diff"] = rel_diff(pubstats[upd.module], d_ref)
         matrices.append(m)
     row = {
         "edit": t,
@@ -542,7 +499,7 @@ def run_mode(
     pub_tr = [public.mend[str((tr.x_dim, tr.delta_dim))] for tr in editor.net.transforms.values()]
     proj_hooks = Calls(editor.net.transforms.values(), public=False)
     pub_hooks = Calls(pub_tr, public=True)
-    rows, shadow = [], {}
+    rows = []
     try:
         for t, rec in enumerate(records, 1):
             t0, c0 = time.perf_counter(), time.process_time()
@@ -552,8 +509,8 @@ def run_mode(
             batch = public_batch(tok, rec, editor.device)
             pub_updates, ref_seconds = public_update(ref, public, model, batch, inner, weights)
             pub_calls = pub_hooks.take()
-            check, shadow = full_head_check(editor, rec, pub_calls, shadow)
-            proj_hooks.take()  # the check ran the project's transforms again
+            pubstats = pubstats_updates(editor, proj_calls, pub_calls)
+            proj_hooks.take()  # that ran the project's transforms again
             n_target = int((batch["labels"] != -100).sum())
             row = compare_edit(
                 t,
@@ -562,7 +519,7 @@ def run_mode(
                 proj_calls,
                 pub_calls,
                 pub_updates,
-                check,
+                pubstats,
                 weights,
                 running,
                 n_target,
@@ -579,14 +536,14 @@ def run_mode(
             editor.commit(result.carry)
             rows.append(row)
             log.info(
-                "mode %s edit %d/%d case %d: dW diff %.1e (full head %.1e), normalised %.1e "
-                "(CPU %.2f s / %.2f s)",
+                "mode %s edit %d/%d case %d: dW diff %.1e, output gradients %.1e, normalised "
+                "%.1e (CPU %.2f s / %.2f s)",
                 mode,
                 t,
                 len(records),
                 rec["case_id"],
                 row["dW_rel_diff"],
-                row["fullhead_dW_rel_diff"],
+                row["delta_rel_diff"],
                 row["norm_rel_diff"],
                 proj_seconds[1],
                 ref_seconds[1],
@@ -615,7 +572,6 @@ def summarise(mode: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
             for k in DIFF_KEYS + RUNNING_KEYS
             if k != "dW_rel_diff"
         },
-        "n_agree_fullhead": sum(r["fullhead_dW_rel_diff"] <= DW_TOL for r in rows),
         "mean_dW_rel_norm": sum(r["dW_rel_norm"] for r in rows) / len(rows),
         "seconds_per_edit_proj": sum(r["seconds_proj"] for r in rows) / len(rows),
         "seconds_per_edit_ref": sum(r["seconds_ref"] for r in rows) / len(rows),
@@ -629,14 +585,15 @@ def print_table(mode: str, rows: list[dict[str, Any]]) -> None:
     running = MODES[mode]["normalisation"] == "authors_running"
     print(
         f"mode {MODES[mode]['name']}: relative differences, the max over the "
-        f"{len(rows[0]['matrices'])} matrices (fh: the project's factors with the full-head logits)"
+        f"{len(rows[0]['matrices'])} matrices (+pubst: the project's update with the public "
+        "statistics)"
     )
     head = (
         f"{'edit':>4} {'case':>6} {'tok':>3} {'rows':>4} {'x':>8} {'delta':>8} {'normed':>8} "
-        f"{'out':>8} {'dW':>8} {'|dW|/|W|':>8} {'fh delta':>8} {'fh dW':>8}"
+        f"{'out':>8} {'dW':>8} {'|dW|/|W|':>8}"
     )
     if running:
-        head += f" {'stats':>8} {'fh stats':>8} {'fh+pubst':>8}"
+        head += f" {'stats':>8} {'+pubst':>8}"
     print(head + f" {'cpu s p/r':>11} {'ok':>3}")
     for r in rows:
         line = (
@@ -650,8 +607,6 @@ def print_table(mode: str, rows: list[dict[str, Any]]) -> None:
                     "out_rel_diff",
                     "dW_rel_diff",
                     "dW_rel_norm",
-                    "fullhead_delta_rel_diff",
-                    "fullhead_dW_rel_diff",
                 )
                 + (RUNNING_KEYS if running else ())
             )
@@ -742,7 +697,6 @@ def main() -> None:
         ("n_agree", "{:d}"),
         ("max_dW_rel_diff", "{:.2e}"),
         *((f"max_{k}", "{:.2e}") for k in DIFF_KEYS + RUNNING_KEYS if k != "dW_rel_diff"),
-        ("n_agree_fullhead", "{:d}"),
         ("mean_dW_rel_norm", "{:.3e}"),
         ("seconds_per_edit_proj", "{:.2f}"),
         ("seconds_per_edit_ref", "{:.2f}"),

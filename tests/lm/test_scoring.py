@@ -1,13 +1,22 @@
-"""Batched teacher-forced scoring equals a naive one-sequence-at-a-time computation."""
+"""Batched teacher-forced scoring equals a naive one-sequence-at-a-time computation; the editors'
+differentiable logits run the LM head on every position."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 
-from editscale.lm.models import load_model
-from editscale.lm.scoring import evaluate_record, score_targets, target_token_ids
+from editscale.lm.models import (
+    arch_of,
+    causal_attention_mask,
+    get_module,
+    load_model,
+    n_layers,
+)
+from editscale.lm.scoring import evaluate_record, logits_at, score_targets, target_token_ids
 from tests.conftest import ARCHS
 
 
@@ -98,3 +107,64 @@ def test_out_of_memory_halves_the_batch(tiny_model_factory, monkeypatch):
     assert sizes == [3, 2, 1, 1, 1]
     monkeypatch.setattr(ev, "_score_batch", real)
     np.testing.assert_allclose(sc.nll, score_targets(model, tok, PROMPTS, TARGETS).nll, rtol=1e-5)
+
+
+def _grad_at_last_mlp(model, loss_fn) -> torch.Tensor:
+    """d loss / d (the last layer's MLP output), (1, T, d)."""
+    z = {}
+
+    def hook(mod, inputs, output):
+        z["z"] = torch.zeros_like(output, requires_grad=True)
+        return output + z["z"]
+
+    module = get_module(model, arch_of(model).mlp_out_path(n_layers(model) - 1))
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(loss_fn(model), z["z"])
+    finally:
+        handle.remove()
+    return grad
+
+
+def test_logits_at_runs_the_head_on_every_position_for_an_accurate_gradient(tiny_model_factory):
+    """With a head as wide as SmolLM2's vocabulary (49,152), one scored row: logits_at gives the
+    head-on-that-row logits, feeds the head all T positions, and its float32 gradient at the last
+    MLP output is several times closer to a float64 run than that of the head on the row alone."""
+    model, tok = load_model(tiny_model_factory("llama"))
+    spec = arch_of(model)
+    assert "." not in spec.lm_head
+    gen = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(32, 49152, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * 0.5)
+    head.requires_grad_(False)
+    setattr(model, spec.lm_head, head)
+    model64 = copy.deepcopy(model).double()
+    ids = torch.tensor([tok("The mother tongue of Danielle Darrieux is")["input_ids"]])
+    mask, rows, pos, tgt = torch.ones_like(ids), torch.tensor([0]), torch.tensor([4]), 40_000
+    seen = []
+    handle = head.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape))
+    with torch.no_grad():
+        full = logits_at(model, ids, mask, rows, pos)
+    handle.remove()
+    assert seen == [(1, ids.shape[1], 32)]  # every position went through the head
+
+    def rows_only(m):
+        base = get_module(m, spec.base)
+        attn = causal_attention_mask(mask, ids.shape[1], base.dtype)
+        hidden = base(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+        return get_module(m, spec.lm_head)(hidden[rows, pos])
+
+    with torch.no_grad():
+        torch.testing.assert_close(full, rows_only(model), rtol=1e-5, atol=1e-5)
+
+    def nll(logits_fn):
+        return lambda m: -logits_fn(m).log_softmax(-1)[0, tgt]
+
+    ref = _grad_at_last_mlp(model64, nll(lambda m: logits_at(m, ids, mask, rows, pos))).double()
+    err = {}
+    for name, fn in (("full", lambda m: logits_at(m, ids, mask, rows, pos)), ("rows", rows_only)):
+        err[name] = float((_grad_at_last_mlp(model, nll(fn)).double() - ref).norm() / ref.norm())
+    assert err["full"] < 5e-6
+    assert err["full"] * 5 < err["rows"], err

@@ -39,13 +39,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from editscale.editors.base import EditorBase, EditResult, ParamUpdate
 from editscale.editors.hparams import MendHParams
 from editscale.io.files import atomic_path
-from editscale.lm.models import arch_of, causal_attention_mask, get_module, n_layers
-from editscale.lm.scoring import target_token_ids
+from editscale.lm.models import arch_of, get_module, n_layers
+from editscale.lm.scoring import logits_at, target_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -353,24 +352,11 @@ def batch_nll(logits_fn, batch) -> torch.Tensor:
 
 
 def model_logits(model, params: dict | None = None):
-    """A ``logits_fn`` for :func:`batch_nll` running the model (with ``params`` substituted)."""
-    spec = arch_of(model)
-    base, head = get_module(model, spec.base), get_module(model, spec.lm_head)
-    prefix = spec.base + "."
+    """A ``logits_fn`` for :func:`batch_nll` running the model (with ``params`` substituted):
+    :func:`editscale.lm.scoring.logits_at`, the LM head on every position."""
 
     def fn(ids, mask, rows, pos):
-        mask = causal_attention_mask(mask, ids.shape[1], base.dtype)
-        if params:
-            base_params = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
-            hidden = functional_call(
-                base,
-                base_params,
-                (),
-                {"input_ids": ids, "attention_mask": mask, "use_cache": False},
-            ).last_hidden_state
-        else:
-            hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        return head(hidden[rows, pos])
+        return logits_at(model, ids, mask, rows, pos, params)
 
     return fn
 
