@@ -72,6 +72,8 @@ class RomeEditor(EditorBase):
         "delta_norm",
         "target_init_norm",
         "key_gap",
+        "denominator",
+        "value_gap",
     )
     # False: the v* search runs every position at every step (the reference path of the tests and
     # benchmarks); True runs each row from its subject token on (optimise_delta's prefix_cache)
@@ -113,7 +115,9 @@ class RomeEditor(EditorBase):
         return asdict(self.hp)
 
     # -- the edit -------------------------------------------------------------------------
-    def compute(self, record: dict) -> EditResult:
+    def _search_inputs(self, record: dict):
+        """The search batch of a record (rewriting prompts in every context template, then the KL
+        prompt), its lower pass and the target's token ids."""
         rw = record["requested_rewrite"]
         prompt, subject = rw["prompt"], rw["subject"]
         new = rw["target_new"]["str"]
@@ -126,11 +130,25 @@ class RomeEditor(EditorBase):
         enc, lookup = build_prompts(self.tok, texts)
         enc = {k: v.to(self.device) for k, v in enc.items()}
         lookup = lookup.to(self.device)
-        n_rw = len(self.context_templates)
-
         resid, keys, mlp_out0 = lower_pass(self.model, self.hp.layer, enc, lookup)
-        k_star = keys[:n_rw].mean(0)
-        k_bare = keys[0]
+        return enc, lookup, target_ids, resid, keys, mlp_out0
+
+    def key_used(self, record: dict) -> torch.Tensor:
+        """The key the update of ``record`` uses (the bare prompt's, or k* for r-ROME), from the
+        current weights. Edits of this editor's own matrix never change it (the key is that
+        matrix's input), so on the unedited model it is the key of any edit of a trajectory."""
+        return self._keys(self._search_inputs(record)[4])[2]
+
+    def _keys(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(k of the bare prompt, k* averaged over the context templates, the key the update
+        uses) from the keys of a search batch."""
+        k_star, k_bare = keys[: len(self.context_templates)].mean(0), keys[0]
+        return k_bare, k_star, (k_bare if self.hp.key_mode == "original" else k_star)
+
+    def compute(self, record: dict) -> EditResult:
+        enc, lookup, target_ids, resid, keys, mlp_out0 = self._search_inputs(record)
+        n_rw = len(self.context_templates)
+        k_bare, k_star, k_used = self._keys(keys)
         target_init = mlp_out0
 
         delta, info = optimise_delta(
@@ -151,7 +169,6 @@ class RomeEditor(EditorBase):
         if self.c_inv is not None:
             u = self.c_inv @ u
         u = u / u.norm()
-        k_used = k_bare if self.hp.key_mode == "original" else k_star
         with torch.no_grad():
             cur_out = self.module(k_used.to(self.module.weight.dtype)[None]).float()[0]
         denominator = torch.dot(k_used.float(), u)
