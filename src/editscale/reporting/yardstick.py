@@ -422,6 +422,7 @@ PANELS = (
     ("forgotten", "% of earlier edits forgotten"),
     ("norm_growth", "||W_t|| / ||W_0||"),
     ("jump", "update norm / trailing median"),
+    ("denominator", "k.u / its median (per edit)"),
 )
 
 
@@ -443,6 +444,9 @@ def _panel_series(t: Trajectory, key: str) -> tuple[np.ndarray, np.ndarray] | No
         return None if t.norm_growth is None else (t.density, t.norm_growth)
     if key == "jump":
         return t.density, t.jump
+    if key == "denominator":
+        den = np.abs(t.metrics.get("denominator", np.full(len(t.density), np.nan)))
+        return t.density, den / _median(den)
     return t.density, _rolling(t.metrics[key], 20)
 
 
@@ -463,14 +467,18 @@ def plot(trajs: list[Trajectory], out_png: Path) -> None:
             if series is None:
                 continue
             label = f"{t.side} {t.method}" if t.sample == 0 else None
-            ax.plot(*series, color=colours[(t.side, t.method)], lw=0.9, alpha=0.8, label=label)
-            if key == "jump" and t.onsets:
+            colour = colours[(t.side, t.method)]
+            if key == "denominator":
+                ax.scatter(*series, color=colour, s=3, alpha=0.5, label=label)
+            else:
+                ax.plot(*series, color=colour, lw=0.9, alpha=0.8, label=label)
+            if key in ("jump", "denominator") and t.onsets:
                 idx = np.asarray(t.onsets) - 1
-                ax.scatter(t.density[idx], t.jump[idx], color=colours[(t.side, t.method)], s=14)
+                ax.scatter(*(a[idx] for a in series), color=colour, s=14, marker="x")
         ax.set_title(title, fontsize=9)
         ax.set_xscale("log")
         ax.set_xlabel("edits per key dimension")
-        if key in ("jump", "norm_growth"):
+        if key in ("jump", "norm_growth", "denominator"):
             ax.set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
