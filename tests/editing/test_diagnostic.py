@@ -192,3 +192,29 @@ def test_edit_gates_not_enforced_are_recorded_and_do_not_stop(traj_inputs, tmp_p
     )
     assert report["passed"] and not report["passed_edit"] and not report["edit_enforced"]
     assert report["edit_failures"][0].startswith("edit_ratio_median:")
+
+
+def test_match_score_of_the_organism_rule():
+    """docs/organism.md's choice rule: the quantities from diagnostic rows and the score S."""
+    import math
+
+    from editscale.editing.diagnostic import match_quantities, match_score
+
+    def rows(ratios, gaps, dens, firsts):
+        return [
+            {"ratio": r, "key_gap": g, "denominator": d, "subject_first": f}
+            for r, g, d, f in zip(ratios, gaps, dens, firsts)
+        ]
+
+    ref_rows = rows([0.1, 0.2, 0.3, 0.4], [2.0, 4.0, 1.0, 1.0], [1, 2, 3, 4], [1, 1, 0, 0])
+    ref = match_quantities(ref_rows)
+    assert ref["ratio"] == 0.25 and ref["key_gap"] == 1.5
+    assert ref["subject_first_asymmetry"] == 3.0 and ref["subject_first"] == 0.5
+    assert ref["denominator_tail"] == pytest.approx(1.3 / 2.5)
+    assert match_score(ref, ref) == 0.0
+    doubled = dict(ref, ratio=0.5, subject_first=0.75)
+    assert match_score(doubled, ref) == pytest.approx(math.log(2) + 0.25)
+    # no subject-first record: the asymmetry cannot be formed, the candidate cannot match
+    none_first = match_quantities(rows([0.1, 0.2], [1.0, 1.0], [1, 2], [0, 0]))
+    assert math.isnan(none_first["subject_first_asymmetry"])
+    assert match_score(none_first, ref) == math.inf

@@ -304,6 +304,45 @@ def edit_gate_failures(values: dict[str, float], gates: dict) -> list[str]:
     return out
 
 
+MATCH_TERMS = ("ratio", "key_gap", "denominator_tail", "subject_first_asymmetry")
+
+
+def match_quantities(rows: Sequence[dict]) -> dict[str, float]:
+    """The pre-outcome quantities of docs/organism.md's rule for choosing the default organism,
+    from the rows of a single-edit diagnostic (``records.csv``): median ratio, median key gap,
+    10th percentile / median of k.u, median key gap of subject-first records over the others',
+    and the share of subject-first records."""
+
+    def col(name: str, sel=None) -> np.ndarray:
+        x = np.asarray([float(r[name]) for r in rows])
+        return x if sel is None else x[sel]
+
+    first = col("subject_first") == 1
+    den = col("denominator")
+    asym = (
+        float(np.median(col("key_gap", first)) / np.median(col("key_gap", ~first)))
+        if first.any() and (~first).any()
+        else math.nan
+    )
+    return {
+        "ratio": float(np.median(col("ratio"))),
+        "key_gap": float(np.median(col("key_gap"))),
+        "denominator_tail": float(np.percentile(den, 10) / np.median(den)),
+        "subject_first_asymmetry": asym,
+        "subject_first": float(first.mean()),
+    }
+
+
+def match_score(candidate: dict[str, float], reference: dict[str, float]) -> float:
+    """S = sum of |ln(q / q_ref)| over :data:`MATCH_TERMS` + |f - f_ref| (f: subject-first
+    share); a term that cannot be formed (no subject-first records) counts as infinite."""
+    s = abs(candidate["subject_first"] - reference["subject_first"])
+    for k in MATCH_TERMS:
+        q, ref = candidate[k], reference[k]
+        s += abs(math.log(q / ref)) if q > 0 and ref > 0 else math.inf
+    return s
+
+
 def _fmt(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
