@@ -70,7 +70,8 @@ def test_bins_pool_samples_on_edits_per_key_dimension():
     # key gap split by subject-first, pooled over both samples (b's gaps reversed)
     assert lo["key_gap_first"] > lo["key_gap_inside"]
     # b has no denominator metric: the split is n/a for the group, not a partial pool
-    assert math.isnan(lo["denominator_first"])
+    assert math.isnan(lo["denominator_first"]) and math.isnan(lo["denominator_min"])
+    assert lo["key_gap_max"] == 2.0
     onsets = ys.onset_rows([a, b])
     assert len(onsets) == 1 and onsets[0]["edit"] == 12 and onsets[0]["jump"] == pytest.approx(50)
     assert onsets[0]["per_key_dim"] == pytest.approx(0.12)

@@ -75,6 +75,8 @@ FIELDS = (
     "key_gap_inside",
     "denominator_first",
     "denominator_inside",
+    "key_gap_max",
+    "denominator_min",
 )
 ONSET_FIELDS = (
     "side",
@@ -281,6 +283,13 @@ def _split_medians(trajs: list[Trajectory], masks: list[np.ndarray], column: str
     return _median(vals[first]), _median(vals[~first])
 
 
+def _pooled_column(trajs: list[Trajectory], masks: list[np.ndarray], column: str) -> np.ndarray:
+    """``column`` over the masked edits of every trajectory (empty if one lacks it)."""
+    if any(column not in t.metrics for t in trajs):
+        return np.empty(0)
+    return np.concatenate([t.metrics[column][m] for t, m in zip(trajs, masks)])
+
+
 def _forgotten(trajs: list[Trajectory], lo: float, hi: float) -> float:
     vals = []
     for t in trajs:
@@ -312,6 +321,14 @@ def bin_row(trajs: list[Trajectory], lo: float, hi: float) -> dict | None:
     onsets = sum(sum(1 for e in t.onsets if lo < e / t.d_key <= hi) for t in trajs)
     kg = _split_medians(trajs, masks, "key_gap")
     den = _split_medians(trajs, masks, "denominator")
+    tails = {
+        name: float(fn(np.abs(vals))) if vals.size else math.nan
+        for name, fn, column in (
+            ("key_gap_max", np.nanmax, "key_gap"),
+            ("denominator_min", np.nanmin, "denominator"),
+        )
+        for vals in [_pooled_column(trajs, masks, column)]
+    }
     return {
         "side": trajs[0].side,
         "method": trajs[0].method,
@@ -333,6 +350,7 @@ def bin_row(trajs: list[Trajectory], lo: float, hi: float) -> dict | None:
         "key_gap_inside": kg[1],
         "denominator_first": den[0],
         "denominator_inside": den[1],
+        **tails,
     }
 
 
