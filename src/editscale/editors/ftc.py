@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from editscale.editors.base import EditorBase, EditResult, ParamUpdate
 from editscale.editors.hparams import TARGET_POSITIONS, FtcHParams  # noqa: F401 (re-exported)
-from editscale.lm.models import arch_of, causal_attention_mask, get_module, n_layers
+from editscale.lm.models import arch_of, get_module, model_attention_mask, n_layers, output_head
 from editscale.lm.scoring import target_token_ids
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,9 @@ def target_nll(model, tok, prompt: str, target: str, mode: str = "own") -> torch
         ids = torch.tensor([prompt_ids], device=device)
         pos = torch.full((m,), len(prompt_ids) - 1, device=device)
     base = get_module(model, arch_of(model).base)
-    head = get_module(model, arch_of(model).lm_head)
-    mask = causal_attention_mask(
-        torch.ones_like(ids), ids.shape[1], base.dtype
+    head = output_head(model)
+    mask = model_attention_mask(
+        model, torch.ones_like(ids), ids.shape[1], base.dtype
     )  # skips transformers' slow builder
     hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[0]
     logp = head(hidden[pos]).float().log_softmax(-1)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from editscale.lm.models import arch_of, causal_attention_mask, get_module
+from editscale.lm.models import arch_of, full_cache, get_module, model_attention_mask, output_head
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ def target_token_ids(tok, target: str) -> list[int]:
     return ids
 
 
-def _lm_head(model):
-    return get_module(model, arch_of(model).lm_head)
-
-
 def _base(model):
     return get_module(model, arch_of(model).base)
 
@@ -60,11 +56,12 @@ def _score_batch(
     mask = enc["attention_mask"]
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     base = _base(model)
-    head = _lm_head(model)
+    head = output_head(model)
     out = base(
         input_ids=enc["input_ids"],
-        attention_mask=causal_attention_mask(mask, mask.shape[1], base.dtype),
+        attention_mask=model_attention_mask(model, mask, mask.shape[1], base.dtype),
         position_ids=pos,
+        cache=full_cache(),
         use_cache=True,
     )
     first_logits = head(out.last_hidden_state[:, -1]).float().log_softmax(-1)  # (N, V)
@@ -97,7 +94,7 @@ def _score_batch(
         cont_pos = start + torch.arange(max_len - 1, device=device)[None, :]
         out2 = base(
             input_ids=cont,
-            attention_mask=causal_attention_mask(full_mask, cont.shape[1], base.dtype),
+            attention_mask=model_attention_mask(model, full_mask, cont.shape[1], base.dtype),
             position_ids=cont_pos,
             cache=cache,
             use_cache=True,
