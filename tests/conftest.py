@@ -17,6 +17,37 @@ GLUE_DIR = SHARED_DATA / "glue"
 
 ARCHS = ("gpt2", "gptj", "gpt_neox", "llama")
 
+# Llama 3's RoPE (theta 500,000 with the "llama3" frequency scaling) and grouped-query attention
+LLAMA3 = {
+    "rope_parameters": {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    },
+    "num_key_value_heads": 2,
+}
+# The model families of issue 29, each a tiny model built from its transformers config with random
+# weights: name -> (model_type, whether its tokenizer prepends BOS, config updates). BOS as the
+# released tokenizers do where that is certain (Llama 3, Mistral and Gemma prepend one, Qwen does
+# not); Phi-3 and OLMo 2 go without, so that both conventions meet every family kind.
+FAMILIES = {
+    "llama3": ("llama", True, LLAMA3),
+    "mistral": ("mistral", True, {}),
+    "qwen2": ("qwen2", False, {}),
+    "qwen3": ("qwen3", False, {}),
+    "gemma": ("gemma", True, {}),
+    "gemma2": ("gemma2", True, {}),
+    "gemma3_text": ("gemma3_text", True, {}),
+    "phi3": ("phi3", False, {}),
+    "olmo2": ("olmo2", False, {}),
+}
+# the tiny family models' sliding window (Mistral, Qwen2/3, Gemma 2/3, Phi-3): shorter than most
+# test prompts, so that a mask without it gives other logits
+FAMILY_WINDOW = 6
+
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
@@ -99,6 +130,45 @@ def tiny_model_factory(tmp_path_factory, tiny_tokenizer):
             )
             built[key] = dest
         return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bos_tokenizer():
+    """The tiny tokenizer's vocabulary, prepending BOS to every text encoded with special tokens
+    (as Llama-family tokenizers do)."""
+    from editscale.lm.models import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(_tokenizer_texts(), vocab_size=600, add_bos=True)
+
+
+@pytest.fixture(scope="session")
+def family_model(tmp_path_factory, tiny_tokenizer, tiny_bos_tokenizer):
+    """``family_model(name)``: the folder of :data:`FAMILIES`' tiny model ``name`` (3 blocks,
+    width 32, 4 heads: 2 key/value heads, sliding window :data:`FAMILY_WINDOW`), built once per
+    session with save_pretrained."""
+    from editscale.lm.models import build_scratch_model
+
+    built: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name not in built:
+            model_type, bos, updates = FAMILIES[name]
+            dest = tmp_path_factory.mktemp(f"family-{name}")
+            build_scratch_model(
+                model_type,
+                tiny_bos_tokenizer if bos else tiny_tokenizer,
+                dest,
+                n_layer=3,
+                d_model=32,
+                n_head=4,
+                n_positions=128,
+                sliding_window=FAMILY_WINDOW,
+                config_updates=updates,
+            )
+            built[name] = dest
+        return built[name]
 
     return make
 

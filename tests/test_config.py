@@ -289,6 +289,33 @@ def test_layer_is_checked_against_a_local_models_config_json(tmp_path):
     load_config(cfg, base_dir=tmp_path / "elsewhere")
 
 
+def test_an_unknown_architecture_stops_at_start_up_naming_the_known_ones(tmp_path):
+    """A local model's config.json names its model_type; one without an entry in the table stops
+    the config check naming it, the supported ones and how to add one. A scratch model's arch is
+    one the schema lists (the scratch configs: SCRATCH_ARCHS)."""
+    from editscale.lm.models import ARCHITECTURES, SCRATCH_ARCHS
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 4}))
+    cfg = minimal()
+    cfg["models"]["m"] = {"source": "local", "path": "model"}
+    with pytest.raises(ConfigError, match="model_type 'bert'") as info:
+        load_config(cfg, base_dir=tmp_path)
+    assert info.value.key == "models.m.path"
+    assert str(sorted(ARCHITECTURES)) in str(info.value) and "docs/extending.md" in str(info.value)
+    (folder / "config.json").write_text(json.dumps({"model_type": "phi3", "num_hidden_layers": 4}))
+    load_config(cfg, base_dir=tmp_path)
+    cfg = minimal()
+    cfg["models"]["m"]["arch"] = "bert"
+    assert error_key(cfg) == "models.m.arch"
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert schema["$defs"]["model"]["properties"]["arch"]["enum"] == list(SCRATCH_ARCHS)
+    for arch in SCRATCH_ARCHS[4:]:  # the families of issue 29 are scratch architectures too
+        cfg["models"]["m"]["arch"] = arch
+        load_config(cfg)
+
+
 def test_unpinned_hub_revision_warns():
     cfg = minimal()
     cfg["models"]["m"] = {"source": "hub", "repo_id": "EleutherAI/gpt-j-6b", "revision": "float16"}

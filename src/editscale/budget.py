@@ -15,12 +15,15 @@ import argparse
 from pathlib import Path
 
 from editscale.config import experiment_n_edits, load_config, method_hparams
-from editscale.editing.disk import model_widths, trajectory_budget
+from editscale.editing.disk import mlp_in_blocks, model_widths, trajectory_budget
 
 
-def config_budgets(cfg: dict, widths: dict[str, tuple[int, int, int]]) -> list[dict]:
+def config_budgets(
+    cfg: dict, widths: dict[str, tuple[int, int, int]], in_blocks: dict[str, int] | None = None
+) -> list[dict]:
     """One row per experiment of a loaded config: bytes per trajectory and for all samples.
-    ``widths``: (d_model, d_mlp, n_layer) per model."""
+    ``widths``: (d_model, d_mlp, n_layer) per model; ``in_blocks``: the MLP input matrix's blocks
+    of d_mlp rows per model (:func:`editscale.editing.disk.mlp_in_blocks`; 1 when not given)."""
     rows = []
     for exp in cfg["experiments"]:
         model, method = exp["model"], exp["method"]
@@ -36,6 +39,7 @@ def config_budgets(cfg: dict, widths: dict[str, tuple[int, int, int]]) -> list[d
             snapshot_every=int(cfg["snapshot_every"]),
             edits_per_step=int(spec.get("edits_per_step", 1)),
             store_updates=bool(spec.get("store_updates", True)),
+            mlp_in_blocks=(in_blocks or {}).get(model, 1),
         )
         samples = int(cfg["samples"])
         rows.append(
@@ -54,20 +58,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models-dir", type=Path, default=Path("resources/models"))
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
-    widths = {}
+    widths, in_blocks = {}, {}
     for name, spec in cfg["models"].items():
         folder = args.models_dir / name
         if (folder / "config.json").exists():
-            widths[name] = model_widths(folder)
+            hf_config = folder
         elif spec.get("source") == "hub":
             from transformers import AutoConfig
 
-            hub = AutoConfig.from_pretrained(spec["repo_id"], revision=spec.get("revision"))
-            widths[name] = model_widths(hub)
+            hf_config = AutoConfig.from_pretrained(spec["repo_id"], revision=spec.get("revision"))
         else:
             raise SystemExit(f"model {name}: no config.json in {folder} (prepare it first)")
+        widths[name], in_blocks[name] = model_widths(hf_config), mlp_in_blocks(hf_config)
     total = 0
-    for row in config_budgets(cfg, widths):
+    for row in config_budgets(cfg, widths, in_blocks):
         b, k = row["per_trajectory"], row["samples"]
         total += b.total * k
         print(

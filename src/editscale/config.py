@@ -853,7 +853,9 @@ def check_config(cfg: dict, base_dir: str | os.PathLike = ".") -> None:
       its size is known; ``training`` builds ``EditorInfo.training`` where an editor is trained;
     * ``stats.corpus`` and every scratch model's ``tokenizer_corpus`` name a defined corpus;
     * ``counterfact`` has exactly one of ``path`` and ``url``;
-    * scratch models: ``d_model`` divisible by ``n_head``;
+    * scratch models: ``d_model`` divisible by ``n_head``; local models: their config.json's
+      ``model_type`` has an entry in the architecture table (scratch and world models: the
+      schema's ``arch`` values);
     * ``resources`` only names defined models, ``disabling.methods`` defined methods.
 
     Warns (:class:`ConfigWarning`) for hub models and corpora whose revision is not a commit hash.
@@ -903,6 +905,8 @@ def _check_model(cfg: dict, name: str, spec: dict, base_dir) -> None:
             _check_edit_gates(cfg, name, edit, base_dir)
     if spec["source"] == "gguf":
         _check_gguf_source(where, spec, base_dir)
+    if spec["source"] == "local":
+        _check_local_architecture(where, spec, base_dir)
     if spec["source"] == "hub" and not _COMMIT.match(spec["revision"]):
         warnings.warn(
             f"config key '{where}.revision': {spec['revision']!r} is not a commit hash; "
@@ -910,6 +914,22 @@ def _check_model(cfg: dict, name: str, spec: dict, base_dir) -> None:
             ConfigWarning,
             stacklevel=3,
         )
+
+
+def _check_local_architecture(where: str, spec: dict, base_dir) -> None:
+    """A local model folder's ``config.json`` names a ``model_type`` of the architecture table
+    (:data:`editscale.lm.architectures.ARCHITECTURES`). A folder without a readable config.json
+    is left to rule prepare_model, which names it. (Hub models are checked when their
+    config.json is fetched, before their weights; GGUF files before they are dequantised.)"""
+    from editscale.lm.architectures import UnsupportedArchitecture, spec_of_folder
+
+    folder = under(base_dir, spec["path"])
+    try:
+        spec_of_folder(folder)
+    except UnsupportedArchitecture as err:
+        raise ConfigError(f"{where}.path", str(err)) from None
+    except (OSError, ValueError):
+        return  # no readable config.json: rule prepare_model names the folder
 
 
 def _check_heads(where: str, spec: dict) -> None:

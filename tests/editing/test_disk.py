@@ -6,9 +6,10 @@ from __future__ import annotations
 import h5py
 import pytest
 
-from editscale.editing.disk import snapshot_count, trajectory_budget
+from editscale.editing.disk import mlp_in_blocks, snapshot_count, trajectory_budget
 from editscale.editing.runner import run_trajectory
-from editscale.lm.models import load_model
+from editscale.editors.mend import MendNetwork, edited_module_paths, module_shape, save_editor
+from editscale.lm.models import load_model, model_identity
 from tests.editors.test_mend_running import untrained  # noqa: F401  (a fixture)
 
 N_EDITS, EVERY = 6, 4
@@ -120,6 +121,41 @@ def test_mend_budget_with_the_running_statistics(traj_inputs, untrained, tmp_pat
         budget.updates,
         budget.carry,
     )
+
+
+def test_mend_budget_counts_a_fused_mlp_input_matrix(traj_inputs, family_model, tmp_path):
+    """Phi-3's MLP input is one (2 d_mlp, d) matrix (gate and up, fused), which MEND edits whole:
+    the trajectory stores it so, and the budget counts its two blocks."""
+    folder = family_model("phi3")
+    model, _ = load_model(folder)
+    modules = edited_module_paths(model, [1, 2])
+    editor_file = tmp_path / "mend.safetensors"
+    net = MendNetwork(modules, {m: module_shape(model, m) for m in modules}, rank=8)
+    save_editor(editor_file, net, {**model_identity(folder), "source": "test"})
+    hp = {"layers": [1, 2]}
+    out = tmp_path / "mend.h5"
+    run(
+        {**traj_inputs, "model_dir": folder, "stats_path": None},
+        out,
+        "mend",
+        hp,
+        editor_file=editor_file,
+    )
+    stored = stored_bytes(out)
+    cfg = model.config
+    assert mlp_in_blocks(folder) == 2 and module_shape(model, modules[0])[1] == 2 * 128
+    budget = trajectory_budget(
+        "mend",
+        hp,
+        n_edits=N_EDITS,
+        snapshot_every=EVERY,
+        d_model=cfg.hidden_size,
+        d_mlp=cfg.intermediate_size,
+        n_layer=cfg.num_hidden_layers,
+        mend_rows=stored["rows"],
+        mlp_in_blocks=mlp_in_blocks(folder),
+    )
+    assert (stored["snapshots"], stored["updates"]) == (budget.snapshots, budget.updates)
 
 
 def test_snapshot_count():

@@ -109,6 +109,29 @@ def test_download_model_writes_hub_manifest(tiny_model_factory, tmp_path, monkey
     assert model_identity(tmp_path / "dl") == {"model_id": "org/tiny", "revision": rev}
 
 
+def test_download_stops_at_an_unknown_architecture_before_the_weights(
+    tiny_model_factory, tmp_path, monkeypatch
+):
+    """config.json is fetched first: a model_type without a table entry stops the download,
+    naming it, before a weight file is requested."""
+    src = tiny_model_factory("gpt2")
+    asked = []
+
+    def fake_snapshot(repo_id, revision, local_dir, allow_patterns):
+        asked.append(allow_patterns)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        config = json.loads((src / "config.json").read_text())
+        (local_dir / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+
+    monkeypatch.setattr(
+        huggingface_hub, "list_repo_files", lambda r, revision: ["model.safetensors"]
+    )
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    with pytest.raises(UnsupportedArchitecture, match="model_type 'bert'.*'qwen2'"):
+        download_model("org/tiny-bert", "0" * 40, tmp_path / "dl")
+    assert asked == [["config.json"]]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_causal_attention_mask_matches_the_models_own(tiny_model_factory, arch, side):

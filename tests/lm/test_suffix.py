@@ -7,9 +7,17 @@ import torch
 
 from editscale.editors.prompts import build_prompts
 from editscale.editors.rome import lower_pass
-from editscale.lm.models import causal_attention_mask, load_model, upper_layers_only
+from editscale.lm.models import (
+    arch_of,
+    get_module,
+    load_model,
+    model_attention_mask,
+    upper_layers_only,
+)
 from editscale.lm.suffix import split_rows
-from tests.conftest import ARCHS
+from tests.conftest import ARCHS, FAMILIES
+
+MODELS = ARCHS + tuple(sorted(FAMILIES))  # the built-in architectures, then issue 29's families
 
 TEXTS = [
     ("Danielle Darrieux speaks French and more", 17),
@@ -37,7 +45,7 @@ def full_and_suffix(model, tok, layer: int, cut: torch.Tensor):
                 onehot[rows, cut] = 1
                 hidden = upper(
                     inputs_embeds=resid + onehot * d,
-                    attention_mask=causal_attention_mask(mask, mask.shape[1], resid.dtype),
+                    attention_mask=model_attention_mask(model, mask, mask.shape[1], resid.dtype),
                 ).last_hidden_state
                 suffixes = split_rows(model, upper, layer + 1, resid, mask, cut)
                 hidden = suffixes.take(hidden)
@@ -51,9 +59,16 @@ def full_and_suffix(model, tok, layer: int, cut: torch.Tensor):
     return out, suffixes
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_suffix_positions_equal_the_full_forward(tiny_model_factory, arch):
-    model, tok = load_model(tiny_model_factory(arch, n_layer=4))
+def tiny(name: str, tiny_model_factory, family_model):
+    """A built-in architecture's 4-block tiny model, or a family's (3 blocks, sliding window 6)."""
+    return load_model(
+        family_model(name) if name in FAMILIES else tiny_model_factory(name, n_layer=4)
+    )
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_suffix_positions_equal_the_full_forward(tiny_model_factory, family_model, arch):
+    model, tok = tiny(arch, tiny_model_factory, family_model)
     lengths = build_prompts(tok, TEXTS)[0]["attention_mask"].sum(1)
     cut = torch.stack([torch.tensor(2), lengths[1] - 1, torch.tensor(0), lengths[3] // 2])
     out, suffixes = full_and_suffix(model, tok, 1, cut)
@@ -80,3 +95,24 @@ def test_a_cut_outside_a_row_is_refused(tiny_model_factory):
         split_rows(
             model, upper, 2, resid, enc["attention_mask"], torch.stack([lengths[0], lengths[1] * 0])
         )
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_upper_blocks_from_the_residual_stream_equal_the_full_forward(
+    tiny_model_factory, family_model, arch
+):
+    """The blocks above block 0 run on its output (``inputs_embeds``) give the full forward's last
+    hidden state: nothing the base model does to token embeddings (Gemma's sqrt(d) scale) is done
+    again, and each block keeps its own kind of attention (Gemma 2/3, Qwen2/3: ``layer_types``)."""
+    model, tok = tiny(arch, tiny_model_factory, family_model)
+    enc, _ = build_prompts(tok, TEXTS)
+    mask = enc["attention_mask"]
+    resid, _, _ = lower_pass(model, 0, enc, torch.zeros(len(TEXTS), dtype=torch.long))
+    base = get_module(model, arch_of(model).base)
+    attn = model_attention_mask(model, mask, mask.shape[1], resid.dtype)
+    with torch.no_grad():
+        full = base(input_ids=enc["input_ids"], attention_mask=attn).last_hidden_state
+        with upper_layers_only(model, 1) as upper:
+            ours = upper(inputs_embeds=resid, attention_mask=attn).last_hidden_state
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], full[real], rtol=1e-5, atol=1e-5)

@@ -217,20 +217,22 @@ def test_the_page_editor_runs_through_the_dag(
 # ---------------------------------------------------------------- a model architecture
 
 
-def tiny_qwen2(dest: Path, tok) -> Path:
-    """A 3-block Qwen2 with random weights, built from its config (no download)."""
-    from transformers import AutoModelForCausalLM, Qwen2Config
+def tiny_olmo(dest: Path, tok) -> Path:
+    """A 3-block OLMo (the first one, model_type "olmo") with random weights, built from its config
+    (no download)."""
+    from transformers import AutoModelForCausalLM, OlmoConfig
 
-    cfg = Qwen2Config(
+    cfg = OlmoConfig(
         vocab_size=len(tok),
         hidden_size=32,
-        intermediate_size=64,
+        intermediate_size=128,
         num_hidden_layers=3,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,
         bos_token_id=tok.eos_token_id,
         eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
         tie_word_embeddings=False,
     )
     torch.manual_seed(0)
@@ -255,16 +257,16 @@ def assert_mask_is_the_models_own(model, tok) -> None:
 def test_an_architecture_added_to_the_table_is_edited_by_rome(
     tmp_path, tiny_tokenizer, monkeypatch
 ):
-    model_dir = tiny_qwen2(tmp_path / "qwen2", tiny_tokenizer)
-    assert "qwen2" not in models.ARCHITECTURES
-    with pytest.raises(UnsupportedArchitecture, match="qwen2"):
+    model_dir = tiny_olmo(tmp_path / "olmo", tiny_tokenizer)
+    assert "olmo" not in models.ARCHITECTURES
+    with pytest.raises(UnsupportedArchitecture, match="'olmo'"):
         load_model(model_dir)
     (entry,) = doc_blocks("entry").values()
     table = eval("{" + entry + "}", {"ArchSpec": ArchSpec})
     for model_type, spec in table.items():
         monkeypatch.setitem(models.ARCHITECTURES, model_type, spec)
     model, tok = load_model(model_dir)
-    assert arch_of(model).name == "qwen2"
+    assert arch_of(model).name == "olmo"
     assert_mask_is_the_models_own(model, tok)
     ed = make_rome_editor(model, tok, ROME_HP, None, 3)
     weights = params_of(model)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from editscale.editors.hparams import MendHParams
+from editscale.lm.architectures import ARCHITECTURES
 
 # low-rank rows one MEND edit stores per matrix: the positions of prompt + target with a gradient
 # (~16 CounterFact tokens with GPT-2's BPE; measured runs read their own count from the file)
@@ -73,10 +74,12 @@ def trajectory_budget(
     store_updates: bool = True,
     dtype_bytes: int = 4,
     mend_rows: float = MEND_ROWS,
+    mlp_in_blocks: int = 1,
 ) -> Budget:
     """The bytes of one trajectory of ``editor`` on a model of width ``d_model``, MLP width
-    ``d_mlp`` and ``n_layer`` blocks (see the module docstring)."""
-    shapes = {"mlp_in": (d_mlp, d_model), "mlp_out": (d_model, d_mlp)}  # (out, in)
+    ``d_mlp`` and ``n_layer`` blocks (see the module docstring); ``mlp_in_blocks``: the MLP input
+    matrix's blocks of ``d_mlp`` rows (:func:`mlp_in_blocks`; Phi-3's fused matrix has 2)."""
+    shapes = {"mlp_in": (mlp_in_blocks * d_mlp, d_model), "mlp_out": (d_model, d_mlp)}  # (out, in)
     matrices = [shapes[kind] for kind, _ in edited_matrices(editor, hp, n_layer)]
     weights = sum(o * i for o, i in matrices)
     bias = editor == "ftc" and bool(hp.get("include_bias"))
@@ -101,16 +104,26 @@ def trajectory_budget(
     return Budget(int(snaps), updates, int(carry), n_edits * METRICS * 8)
 
 
+def _config(folder_or_config):
+    from transformers import AutoConfig
+
+    if isinstance(folder_or_config, (str, Path)):
+        return AutoConfig.from_pretrained(folder_or_config, trust_remote_code=False)
+    return folder_or_config
+
+
+def mlp_in_blocks(folder_or_config) -> int:
+    """How many blocks of d_mlp rows the model's MLP input matrix stacks, from the architecture
+    table (:class:`editscale.lm.architectures.ArchSpec` ``mlp_in_blocks``; 1 for a model type
+    without an entry)."""
+    spec = ARCHITECTURES.get(getattr(_config(folder_or_config), "model_type", None))
+    return 1 if spec is None else len(spec.mlp_in_blocks)
+
+
 def model_widths(folder_or_config) -> tuple[int, int, int]:
     """(d_model, d_mlp, n_layer) from a transformers config (or a folder holding one): the edited
     MLP output matrix's input width is d_mlp."""
-    from transformers import AutoConfig
-
-    cfg = (
-        AutoConfig.from_pretrained(folder_or_config, trust_remote_code=False)
-        if isinstance(folder_or_config, (str, Path))
-        else folder_or_config
-    )
+    cfg = _config(folder_or_config)
     d_model = int(cfg.hidden_size)
     d_mlp = None
     for name in ("intermediate_size", "n_inner"):

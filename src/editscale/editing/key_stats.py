@@ -63,8 +63,8 @@ from torch import nn
 from editscale.io.h5 import DamagedFileError, open_verified, read_dataset, write_sealed
 from editscale.lm.models import (
     arch_of,
-    causal_attention_mask,
     get_module,
+    model_attention_mask,
     right_padded,
     weight_out_in,
 )
@@ -354,9 +354,11 @@ def _model_max_positions(model: nn.Module) -> int | None:
 
 
 def _mlp_out_inputs(
-    base: nn.Module, target: nn.Module, ids: torch.Tensor, mask: torch.Tensor
+    model: nn.Module, target: nn.Module, ids: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
-    """Inputs of ``target`` at every position, [rows, length, d_in]; stops the forward there."""
+    """Inputs of ``target`` (a module of ``model``) at every position, [rows, length, d_in];
+    stops the forward there."""
+    base = get_module(model, arch_of(model).base)
     captured: list[torch.Tensor] = []
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -367,7 +369,7 @@ def _mlp_out_inputs(
     try:
         base(
             input_ids=ids,
-            attention_mask=causal_attention_mask(mask, ids.shape[1], base.dtype),
+            attention_mask=model_attention_mask(model, mask, ids.shape[1], base.dtype),
             use_cache=False,
         )
     except _StopForward:
@@ -380,10 +382,10 @@ def _mlp_out_inputs(
 
 
 def _capture_keys(
-    base: nn.Module, target: nn.Module, ids: torch.Tensor, mask: torch.Tensor
+    model: nn.Module, target: nn.Module, ids: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     """Inputs of ``target`` at the non-padding positions, [n_tokens, d_in]."""
-    return _mlp_out_inputs(base, target, ids, mask)[mask.bool()]
+    return _mlp_out_inputs(model, target, ids, mask)[mask.bool()]
 
 
 def _accumulate(acc: _Accumulator, keys: torch.Tensor) -> None:
@@ -397,7 +399,7 @@ def _accumulate(acc: _Accumulator, keys: torch.Tensor) -> None:
 def _process_chunk(
     texts: list[str],
     tok,
-    base: nn.Module,
+    model: nn.Module,
     target: nn.Module,
     acc: _Accumulator,
     *,
@@ -415,7 +417,7 @@ def _process_chunk(
     done_in_chunk = n_empty
     for batch in pack_batches(lengths, batch_tokens):
         ids, mask = right_padded([token_lists[i] for i in batch], pad_id, device)
-        _accumulate(acc, _capture_keys(base, target, ids, mask))
+        _accumulate(acc, _capture_keys(model, target, ids, mask))
         done_in_chunk += len(batch)
         progress.maybe_log(acc, acc.docs_done + done_in_chunk)
 
@@ -569,7 +571,7 @@ def compute_key_second_moment(
         raise ValueError(
             "n_docs, batch_tokens, checkpoint_every_docs and max_doc_tokens must be >= 1"
         )
-    module_path, target, base, d_in = _key_module(model, layer)
+    module_path, target, d_in = _key_module(model, layer)
     device = next(model.parameters()).device
     max_len = _max_doc_len(model, max_doc_tokens)
     run_attrs = _run_attrs(model, layer, module_path, d_in, max_len, attrs)
@@ -602,7 +604,7 @@ def compute_key_second_moment(
         _consume(
             doc_iter,
             tok,
-            base,
+            model,
             target,
             acc,
             progress,
@@ -623,14 +625,13 @@ def compute_key_second_moment(
     )
 
 
-def _key_module(model: nn.Module, layer: int) -> tuple[str, nn.Module, nn.Module, int]:
-    """Block ``layer``'s MLP output projection: its path, the module, the model's base (the
-    transformer without its head) and the projection's input width."""
+def _key_module(model: nn.Module, layer: int) -> tuple[str, nn.Module, int]:
+    """Block ``layer``'s MLP output projection: its path, the module and its input width."""
     spec = arch_of(model)
     module_path = spec.mlp_out_path(layer)
     target = get_module(model, module_path)
     d_in = int(weight_out_in(target.weight, spec).shape[1])
-    return module_path, target, get_module(model, spec.base), d_in
+    return module_path, target, d_in
 
 
 def _check_probe_width(convergence: Convergence | None, d_in: int, module_path: str) -> None:
@@ -720,7 +721,7 @@ def _write_final(
 def _consume(
     doc_iter: Iterator[str],
     tok,
-    base: nn.Module,
+    model: nn.Module,
     target: nn.Module,
     acc: _Accumulator,
     progress: _Progress,
@@ -747,7 +748,7 @@ def _consume(
             _process_chunk(
                 texts,
                 tok,
-                base,
+                model,
                 target,
                 acc,
                 max_len=max_len,
@@ -803,7 +804,6 @@ def subject_keys(
 
     spec = arch_of(model)
     target = get_module(model, spec.mlp_out_path(layer))
-    base = get_module(model, spec.base)
     device = next(model.parameters()).device
     out = []
     was_training = model.training
@@ -813,7 +813,7 @@ def subject_keys(
             for start in range(0, len(prompts), batch_size):
                 enc, lookup = build_prompts(tok, prompts[start : start + batch_size])
                 ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-                keys = _mlp_out_inputs(base, target, ids, mask)
+                keys = _mlp_out_inputs(model, target, ids, mask)
                 rows = torch.arange(len(lookup), device=device)
                 out.append(keys[rows, lookup.to(device)].to(torch.float64))
     finally:

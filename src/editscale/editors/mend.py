@@ -17,6 +17,15 @@ Sign convention: here ``W <- W - lr * G`` (an untrained editor takes a normalise
 step); the public code adds ``+lr * G`` and learns a negative lr, so its ``edit_lrs`` are negated
 when a public ``mend-*.pt`` file is loaded (:func:`load_public_state`).
 
+The edited matrices are the MLP input and output projections of the chosen layers
+(:func:`edited_module_paths`; ``ArchSpec.mlp_in`` and ``mlp_out``). Where the input projection
+fuses several matrices in one parameter (Phi-3's ``gate_up_proj``: gate rows, then up rows;
+``ArchSpec.mlp_in_blocks``) MEND edits that parameter whole, a (2 d_mlp, d) matrix with its own
+editor network shape, as it edits any named parameter: its factors are the parameter's input and
+output gradient, and the gate rows change with the up rows. On the unfused families only the up
+projection is edited (EasyEdit's MEND configs for Llama 3 and Qwen2.5 also name ``gate_proj``;
+here it stays as it is).
+
 An edit's update of each matrix is stored as its low-rank factors (rows = the positions with a
 non-zero gradient): ``u = x~`` (r, in) and ``v = -lr * lr_scale * delta~`` (r, out).
 
@@ -61,7 +70,8 @@ class EditorFileMismatch(ValueError):
 
 
 def edited_module_paths(model, layers: list[int]) -> list[str]:
-    """MLP input and output projections of ``layers``, layer by layer (in before out)."""
+    """MLP input and output projections of ``layers``, layer by layer (in before out); a fused
+    input projection (Phi-3's ``gate_up_proj``) is one matrix, edited whole."""
     spec = arch_of(model)
     return [p for layer in layers for p in (spec.mlp_in_path(layer), spec.mlp_out_path(layer))]
 

@@ -17,7 +17,10 @@ Speed: the blocks below the edited one never change during the v* optimisation, 
 per edit; each step runs only the blocks above it, and the LM head only at the positions a loss
 reads. All prompts form one batch. The bare prompt's key k is read from the "{}" template's
 prompt (causal attention: the target tokens after it do not change it), and delta is added to
-the residual stream after the edited block, which equals adding it to the MLP output.
+the residual stream after the edited block, which equals adding it to the MLP output; where a
+norm follows the MLP (Gemma 2/3, OLMo 2: ``ArchSpec.mlp_post_norm``) the stream gets
+``norm(m + delta) - norm(m)`` instead (:func:`mlp_output_injection`), so delta is still a change of
+the MLP output, as in the public code.
 
 Other deliberate differences from the public code, none of which changes an edit on the models
 compared (20 sequential edits of SmolLM2-135M layer 6 under transformers 5, same templates and
@@ -34,7 +37,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from functools import partial
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +47,10 @@ from editscale.editors.hparams import RomeHParams
 from editscale.editors.prompts import build_prompts, generate_context_templates, template_texts
 from editscale.lm.models import (
     arch_of,
-    causal_attention_mask,
     get_module,
+    model_attention_mask,
     n_layers,
+    output_head,
     upper_layers_only,
 )
 from editscale.lm.suffix import split_rows
@@ -130,8 +134,8 @@ class RomeEditor(EditorBase):
         enc, lookup = build_prompts(self.tok, texts)
         enc = {k: v.to(self.device) for k, v in enc.items()}
         lookup = lookup.to(self.device)
-        resid, keys, mlp_out0 = lower_pass(self.model, self.hp.layer, enc, lookup)
-        return enc, lookup, target_ids, resid, keys, mlp_out0
+        resid, keys, mlp_outs = lower_pass(self.model, self.hp.layer, enc, lookup)
+        return enc, lookup, target_ids, resid, keys, mlp_outs
 
     def key_used(self, record: dict) -> torch.Tensor:
         """The key the update of ``record`` uses (the bare prompt's, or k* for r-ROME), from the
@@ -146,10 +150,10 @@ class RomeEditor(EditorBase):
         return k_bare, k_star, (k_bare if self.hp.key_mode == "original" else k_star)
 
     def compute(self, record: dict) -> EditResult:
-        enc, lookup, target_ids, resid, keys, mlp_out0 = self._search_inputs(record)
+        enc, lookup, target_ids, resid, keys, mlp_outs = self._search_inputs(record)
         n_rw = len(self.context_templates)
         k_bare, k_star, k_used = self._keys(keys)
-        target_init = mlp_out0
+        target_init = mlp_outs[0]
 
         delta, info = optimise_delta(
             self.model,
@@ -162,6 +166,7 @@ class RomeEditor(EditorBase):
             target_init,
             self.hp.layer,
             prefix_cache=self.search_prefix_cache,
+            inject=mlp_output_injection(self.model, self.hp.layer, mlp_outs),
         )
         target = target_init + delta
 
@@ -189,8 +194,8 @@ class RomeEditor(EditorBase):
 @torch.no_grad()
 def lower_pass(model, layer: int, enc, lookup, z_layer: int | None = None):
     """One pass up to block ``z_layer`` (default ``layer``): the residual stream after it, and at
-    each row's subject token the input of ``layer``'s MLP output matrix (the keys) and, for the
-    first row, that matrix's output. Blocks above ``z_layer`` never run."""
+    each row's subject token the input of ``layer``'s MLP output matrix (the keys) and that
+    matrix's output (the MLP's output, (rows, d)). Blocks above ``z_layer`` never run."""
     spec = arch_of(model)
     z_layer = layer if z_layer is None else z_layer
     captured = {}
@@ -198,7 +203,7 @@ def lower_pass(model, layer: int, enc, lookup, z_layer: int | None = None):
 
     def mlp_hook(mod, inputs, output):
         captured["keys"] = inputs[0][rows, lookup].float()
-        captured["mlp0"] = output[0, lookup[0]].float()
+        captured["mlp_out"] = output[rows, lookup].float()
 
     def block_hook(mod, inputs, output):
         captured["resid"] = (output[0] if isinstance(output, tuple) else output).detach()
@@ -209,14 +214,40 @@ def lower_pass(model, layer: int, enc, lookup, z_layer: int | None = None):
     h2 = block.register_forward_hook(block_hook)
     try:
         base = get_module(model, spec.base)
-        mask = causal_attention_mask(enc["attention_mask"], enc["input_ids"].shape[1], base.dtype)
+        mask = model_attention_mask(
+            model, enc["attention_mask"], enc["input_ids"].shape[1], base.dtype
+        )
         base(input_ids=enc["input_ids"], attention_mask=mask, use_cache=False)
     except _StopForward:
         pass
     finally:
         h1.remove()
         h2.remove()
-    return captured["resid"], captured["keys"], captured["mlp0"]
+    return captured["resid"], captured["keys"], captured["mlp_out"]
+
+
+# delta (d,) -> the change of every row's residual stream after the edited block at its subject
+# token, (rows, d)
+Injection = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _residual_injection(n_rows: int) -> Injection:
+    """delta added to the residual stream as it is, in every row."""
+    return lambda delta: delta.expand(n_rows, -1)
+
+
+def mlp_output_injection(model, layer: int, mlp_outs: torch.Tensor) -> Injection:
+    """delta added to block ``layer``'s MLP output at each row's subject token (``mlp_outs``,
+    (rows, d), from :func:`lower_pass`), seen in the residual stream after the block: itself
+    where the MLP output joins the residual stream as it is, else through the architecture's
+    norm of the MLP output (:class:`editscale.lm.models.ArchSpec` ``mlp_post_norm``):
+    ``norm(m + delta) - norm(m)``, the norm being per position."""
+    path = arch_of(model).mlp_post_norm_path(layer)
+    if path is None:
+        return _residual_injection(len(mlp_outs))
+    norm = get_module(model, path)
+    before = norm(mlp_outs).float().detach()
+    return lambda delta: norm(mlp_outs + delta).float() - before
 
 
 class StopRule(Protocol):
@@ -251,6 +282,7 @@ def optimise_delta(
     layer: int,
     stop: StopRule | None = None,
     prefix_cache: bool = True,
+    inject: Injection | None = None,
 ):
     """The v* optimisation shared by ROME and MEMIT: ``delta`` added to the residual stream after
     block ``layer`` at every row's subject token (``resid``: that stream, from :func:`lower_pass`).
@@ -267,13 +299,17 @@ def optimise_delta(
     on, the blocks' keys and values of the positions before it computed once
     (:mod:`editscale.lm.suffix`); ``False`` runs every position at every step (the reference: the
     same steps, updates within float rounding, ``tests/editors/test_search_cache.py``).
+
+    ``inject`` (:data:`Injection`; default: delta itself, as MEMIT's z) maps delta to each row's
+    change of that stream; ROME passes :func:`mlp_output_injection` (delta changes the MLP output).
     """
     dev = resid.device
     mask = enc["attention_mask"]
     tgt = torch.tensor(target_ids, device=dev)
     m = len(target_ids)
     rw_rows, pos, kl_row, kl_pos = _loss_positions(mask, lookup, n_rw, m)
-    head = get_module(model, arch_of(model).lm_head)
+    head = output_head(model)
+    inject = inject or _residual_injection(len(lookup))
     delta = torch.zeros(resid.shape[-1], device=dev, dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     init_kl = None
@@ -285,7 +321,7 @@ def optimise_delta(
         )
         for it in range(hp.v_num_grad_steps):
             opt.zero_grad()
-            hidden = forward(h0 + onehot * delta.to(resid.dtype))
+            hidden = forward(h0 + onehot * inject(delta).to(resid.dtype)[:, None, :])
             sel = torch.cat(
                 [hidden[rw_rows.reshape(-1), pos.reshape(-1)], hidden[kl_row, kl_pos][None]]
             )
@@ -312,11 +348,16 @@ def optimise_delta(
                 break
             loss.backward()
             opt.step()
-            with torch.no_grad():
-                norm = delta.norm()
-                if norm > max_norm:
-                    delta.mul_(max_norm / norm)
+            _clamp_norm_(delta, max_norm)
     return delta.detach(), info
+
+
+@torch.no_grad()
+def _clamp_norm_(delta: torch.Tensor, max_norm: torch.Tensor) -> None:
+    """Scale ``delta`` in place down to ``max_norm`` when its norm is larger."""
+    norm = delta.norm()
+    if norm > max_norm:
+        delta.mul_(max_norm / norm)
 
 
 def _search_batch(model, upper, layer, resid, mask, lookup, pos, kl_pos, prefix_cache: bool):
@@ -330,7 +371,7 @@ def _search_batch(model, upper, layer, resid, mask, lookup, pos, kl_pos, prefix_
         onehot = torch.zeros(*h0.shape[:2], 1, device=dev, dtype=resid.dtype)
         onehot[:, 0] = 1
         return h0, onehot, partial(suffixes.run, upper), pos - lookup[: len(pos), None], 0
-    attn = causal_attention_mask(mask, mask.shape[1], resid.dtype)
+    attn = model_attention_mask(model, mask, mask.shape[1], resid.dtype)
     onehot = torch.zeros(*mask.shape, 1, device=dev, dtype=resid.dtype)
     onehot[torch.arange(mask.shape[0], device=dev), lookup] = 1
     return resid, onehot, partial(_run_all_positions, upper, attn), pos, kl_pos

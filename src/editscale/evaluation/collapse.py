@@ -49,7 +49,13 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from editscale.lm.models import arch_of, causal_attention_mask, get_module, right_padded
+from editscale.lm.models import (
+    arch_of,
+    get_module,
+    model_attention_mask,
+    output_head,
+    right_padded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -207,14 +213,13 @@ def heldout_token_lists(tok, docs: Sequence[str], max_tokens: int) -> list[list[
 def _doc_nll_sums(model, token_lists: list[list[int]], pad_id: int) -> list[float]:
     """Sum of -ln p over the predicted tokens of each document of one batch (one forward pass)."""
     device = next(model.parameters()).device
-    spec = arch_of(model)
-    base, head = get_module(model, spec.base), get_module(model, spec.lm_head)
+    base, head = get_module(model, arch_of(model).base), output_head(model)
     ids, mask = right_padded(token_lists, pad_id, device)
     width = ids.shape[1]
     pos = torch.arange(width, device=device)[None, :].expand(len(token_lists), -1)
     out = base(
         input_ids=ids,
-        attention_mask=causal_attention_mask(mask, width, base.dtype),
+        attention_mask=model_attention_mask(model, mask, width, base.dtype),
         position_ids=pos,
         use_cache=False,
     )

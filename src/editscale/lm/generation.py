@@ -11,7 +11,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from editscale.lm.models import arch_of, causal_attention_mask, get_module
+from editscale.lm.models import (
+    arch_of,
+    full_cache,
+    get_module,
+    model_attention_mask,
+    output_head,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +53,9 @@ def _prefix_cache(model, prefix: list[int]):
     mask = torch.ones_like(ids)
     out = base(
         input_ids=ids,
-        attention_mask=causal_attention_mask(mask, ids.shape[1], base.dtype),
+        attention_mask=model_attention_mask(model, mask, ids.shape[1], base.dtype),
         position_ids=torch.arange(ids.shape[1], device=device)[None],
+        cache=full_cache(),
         use_cache=True,
     )
     return out.cache
@@ -66,23 +73,21 @@ def _generate_batch(
     """Greedy tokens for each row of ``ids``; with ``prefix_cache``, the rows' first ``prefix_len``
     tokens (the same in every row) are taken from it and only the rest is run."""
     device = next(model.parameters()).device
-    spec = arch_of(model)
-    base, head = get_module(model, spec.base), get_module(model, spec.lm_head)
+    base, head = get_module(model, arch_of(model).base), output_head(model)
     rest = [x[prefix_len:] for x in ids]
     width = max(len(x) for x in rest)
     input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in rest], device=device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rest], device=device)
     pos = prefix_len + (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = None
+    cache = copy.deepcopy(prefix_cache) if prefix_len else full_cache()
     if prefix_len:
-        cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(len(ids))
         mask = torch.cat(
             [torch.ones((len(ids), prefix_len), dtype=mask.dtype, device=device), mask], dim=1
         )
     out = base(
         input_ids=input_ids,
-        attention_mask=causal_attention_mask(mask, width, base.dtype),
+        attention_mask=model_attention_mask(model, mask, width, base.dtype),
         position_ids=pos,
         cache=cache,
         use_cache=True,
@@ -97,7 +102,7 @@ def _generate_batch(
         pos = pos[:, -1:] + 1
         out = base(
             input_ids=nxt[:, None],
-            attention_mask=causal_attention_mask(mask, 1, base.dtype),
+            attention_mask=model_attention_mask(model, mask, 1, base.dtype),
             position_ids=pos,
             cache=out.cache,
             use_cache=True,

@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from editscale.io.provenance import sha256_file
+from editscale.lm.architectures import ARCHITECTURES, spec_for
 from editscale.lm.models import write_manifest
 
 log = logging.getLogger(__name__)
@@ -184,12 +185,49 @@ def metadata_checks(meta: dict, model, tokenizer) -> list[str]:
     return fixes
 
 
+def gguf_model_type(path: str | os.PathLike) -> str:
+    """The transformers ``model_type`` a GGUF file dequantises into (transformers' own mapping of
+    the file's ``general.architecture``: llama.cpp's ``llama`` named Mistral is ``mistral``, its
+    ``gemma3`` is ``gemma3_text``), read from the metadata only. :class:`GGUFSourceError` when
+    transformers cannot dequantise the architecture or the table has no entry for it, naming the
+    families this source covers (:func:`gguf_families`)."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    try:
+        model_type = load_gguf_checkpoint(str(path), return_tensors=False)["config"]["model_type"]
+        spec_for(model_type)
+    except ValueError as err:  # transformers: "not supported yet"; the table: no entry
+        raise GGUFSourceError(
+            f"{path}: {str(err).rstrip('.')}; GGUF files of these families can be used: "
+            f"{gguf_families()}"
+        ) from None
+    return model_type
+
+
+# the GGUF general.architecture transformers reads into each model_type, where the two differ
+# (transformers.modeling_gguf_pytorch_utils renames gemma3 to gemma3_text when it loads)
+GGUF_ARCH_NAMES = {"gemma3_text": "gemma3"}
+
+
+def gguf_families() -> list[str]:
+    """The model types of :data:`editscale.lm.architectures.ARCHITECTURES` that transformers can
+    dequantise from GGUF (its ``GGUF_SUPPORTED_ARCHITECTURES``)."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    return [
+        model_type
+        for model_type in ARCHITECTURES
+        if GGUF_ARCH_NAMES.get(model_type, model_type) in GGUF_SUPPORTED_ARCHITECTURES
+    ]
+
+
 def prepare_gguf_model(spec: dict, dest: str | os.PathLike) -> dict:
     """Dequantise the GGUF file of ``spec`` into the model folder ``dest`` (float32 safetensors +
     tokenizer) and write its manifest: the file's sha256, the package that shipped it, the
     transformers version that dequantised it and the metadata fixes applied.
 
-    ``spec['sha256']``, when given, is checked before anything is loaded.
+    ``spec['sha256']``, when given, is checked before anything is loaded, and the file's
+    architecture (:func:`gguf_model_type`) before it is dequantised.
     """
     import torch
     import transformers
@@ -203,11 +241,13 @@ def prepare_gguf_model(spec: dict, dest: str | os.PathLike) -> dict:
             f"{where.path}: sha256 {digest}, but config key 'sha256' expects {expected}"
         )
     meta = read_metadata(where.path)
+    model_type = gguf_model_type(where.path)
     log.info(
-        "dequantising %s (sha256 %s, %s, %s tensors) with transformers %s",
+        "dequantising %s (sha256 %s, %s, %s, %s tensors) with transformers %s",
         where.path,
         digest[:16],
         meta.get("general.name"),
+        model_type,
         meta.get("GGUF.tensor_count"),
         transformers.__version__,
     )

@@ -1,7 +1,9 @@
-"""Model loading, download with provenance manifests, and the per-architecture layer table.
+"""Model loading, download with provenance manifests, and what the package runs beside a model's
+own forward: its attention masks, logits, key/value caches and upper blocks.
 
-Every architecture-specific name lives in :data:`ARCHITECTURES`; the rest of the package asks
-that table (never branches on strings). Weight orientation: GPT-2 stores its MLP matrices as
+Every architecture-specific name and behaviour lives in :data:`ARCHITECTURES`
+(:mod:`editscale.lm.architectures`, re-exported here); the rest of the package asks that table
+(never branches on strings). Weight orientation: GPT-2 stores its MLP matrices as
 ``Conv1D`` with weight shape ``(in, out)``; the others use ``nn.Linear`` with ``(out, in)``.
 All edit code works in the (out, in) convention through :func:`weight_out_in`.
 """
@@ -12,7 +14,6 @@ import json
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -20,112 +21,25 @@ import torch
 from torch import nn
 
 from editscale.io.provenance import identity_from_manifest, sha256_file
+from editscale.lm.architectures import (  # noqa: F401 (the table's names, re-exported)
+    ARCHITECTURES,
+    ArchSpec,
+    UnsupportedArchitecture,
+    spec_for,
+    spec_of_folder,
+)
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "editscale_manifest.json"
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    """Module names of one architecture, relative to the causal-LM model object."""
-
-    name: str
-    base: str  # the decoder stack without LM head
-    layers: str  # the ModuleList of blocks
-    mlp: str  # MLP module inside a block
-    mlp_in: str  # MLP input projection inside a block (the "fc_in"/"c_fc"/"up_proj")
-    mlp_out: str  # MLP output projection inside a block (the matrix ROME edits)
-    lm_head: str
-    final_norm: str
-    n_layers_attr: str  # config attribute holding the number of blocks
-    conv1d: bool  # True: weight stored (in, out) as in GPT-2's Conv1D
-    position_embedding: str | None  # absolute position embedding module, if any
-
-    def layer_path(self, layer: int) -> str:
-        return f"{self.layers}.{layer}"
-
-    def mlp_out_path(self, layer: int) -> str:
-        return f"{self.layers}.{layer}.{self.mlp_out}"
-
-    def mlp_in_path(self, layer: int) -> str:
-        return f"{self.layers}.{layer}.{self.mlp_in}"
-
-    def mlp_path(self, layer: int) -> str:
-        return f"{self.layers}.{layer}.{self.mlp}"
-
-
-ARCHITECTURES: dict[str, ArchSpec] = {
-    "gpt2": ArchSpec(
-        name="gpt2",
-        base="transformer",
-        layers="transformer.h",
-        mlp="mlp",
-        mlp_in="mlp.c_fc",
-        mlp_out="mlp.c_proj",
-        lm_head="lm_head",
-        final_norm="transformer.ln_f",
-        n_layers_attr="n_layer",
-        conv1d=True,
-        position_embedding="transformer.wpe",
-    ),
-    "gptj": ArchSpec(
-        name="gptj",
-        base="transformer",
-        layers="transformer.h",
-        mlp="mlp",
-        mlp_in="mlp.fc_in",
-        mlp_out="mlp.fc_out",
-        lm_head="lm_head",
-        final_norm="transformer.ln_f",
-        n_layers_attr="n_layer",
-        conv1d=False,
-        position_embedding=None,
-    ),
-    "gpt_neox": ArchSpec(
-        name="gpt_neox",
-        base="gpt_neox",
-        layers="gpt_neox.layers",
-        mlp="mlp",
-        mlp_in="mlp.dense_h_to_4h",
-        mlp_out="mlp.dense_4h_to_h",
-        lm_head="lm_head",
-        final_norm="gpt_neox.final_layer_norm",
-        n_layers_attr="num_hidden_layers",
-        conv1d=False,
-        position_embedding=None,
-    ),
-    "llama": ArchSpec(
-        name="llama",
-        base="model",
-        layers="model.layers",
-        mlp="mlp",
-        mlp_in="mlp.up_proj",
-        mlp_out="mlp.down_proj",
-        lm_head="lm_head",
-        final_norm="model.norm",
-        n_layers_attr="num_hidden_layers",
-        conv1d=False,
-        position_embedding=None,
-    ),
-}
-
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class UnsupportedArchitecture(ValueError):
-    pass
 
 
 def arch_of(model: nn.Module) -> ArchSpec:
     """The :class:`ArchSpec` for a loaded model, from its ``config.model_type``."""
-    model_type = model.config.model_type
-    if model_type not in ARCHITECTURES:
-        raise UnsupportedArchitecture(
-            f"model_type {model_type!r} has no entry in editscale.lm.models.ARCHITECTURES "
-            f"(supported: {sorted(ARCHITECTURES)})"
-        )
-    return ARCHITECTURES[model_type]
+    return spec_for(model.config.model_type)
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
@@ -153,7 +67,10 @@ def weight_out_in(weight: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
 
 
 def causal_attention_mask(
-    padding_mask: torch.Tensor, query_length: int, dtype: torch.dtype
+    padding_mask: torch.Tensor,
+    query_length: int,
+    dtype: torch.dtype,
+    window: int | None = None,
 ) -> torch.Tensor:
     """The additive 4-D mask ``(B, 1, Q, K)`` a model builds from a 2-D padding mask ``(B, K)``.
 
@@ -163,18 +80,95 @@ def causal_attention_mask(
     was most of a small model's forward time; here it is plain broadcasting. A query that would
     see nothing (a left pad) sees itself, so padded rows stay finite. Every architecture in
     :data:`ARCHITECTURES` takes a 4-D additive mask as it is (tested against the 2-D path).
+
+    ``window`` (sliding-window attention): a query also sees only the keys fewer than ``window``
+    positions before it, as transformers' ``sliding_window_overlay``. Positions are counted in
+    real tokens (the number of non-padding keys before a key), so the window is right whatever
+    padding or cached prefix sits between a query and its keys (the editors' layouts: left-padded
+    prompts with right-padded continuations, a shared prefix then left padding, a per-row prefix
+    cache).
     """
     n_keys = padding_mask.shape[-1]
     device = padding_mask.device
     k_pos = torch.arange(n_keys, device=device)
     q_pos = k_pos[n_keys - query_length :]
-    seen = (k_pos[None, :] <= q_pos[:, None])[None] & padding_mask.bool()[:, None, :]  # (B, Q, K)
+    real = padding_mask.bool()
+    seen = (k_pos[None, :] <= q_pos[:, None])[None] & real[:, None, :]  # (B, Q, K)
+    if window is not None:
+        tokens = real.long().cumsum(-1)  # (B, K): real tokens up to and including each key
+        q_tokens = tokens[:, n_keys - query_length :]
+        seen &= (q_tokens[:, :, None] - tokens[:, None, :]) < int(window)
     blind = ~seen.any(-1, keepdim=True)
     seen |= blind & (k_pos[None, None, :] == q_pos[None, :, None])
     mask = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(
         ~seen, torch.finfo(dtype).min
     )
     return mask[:, None]
+
+
+# the kinds of block transformers names in config.layer_types, and whether each slides
+LAYER_TYPE_SLIDES = {"full_attention": False, "sliding_attention": True}
+
+
+def _sliding_window(model: nn.Module) -> int | None:
+    window = getattr(model.config, "sliding_window", None)
+    return None if window is None else int(window)
+
+
+def model_attention_mask(
+    model: nn.Module, padding_mask: torch.Tensor, query_length: int, dtype: torch.dtype
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """What to pass as ``attention_mask`` to ``model``'s base (or its upper blocks): the
+    :func:`causal_attention_mask` of ``padding_mask``, with the model's sliding window where its
+    architecture has one (:class:`ArchSpec` ``sliding_window``): on every block (``every_layer``,
+    when ``config.sliding_window`` is set), or a mask per kind of block named in
+    ``config.layer_types`` (``by_layer_type``), which those models take as a dict."""
+    mode = arch_of(model).sliding_window
+    window = _sliding_window(model) if mode != "none" else None
+    if mode != "by_layer_type":
+        return causal_attention_mask(padding_mask, query_length, dtype, window)
+    kinds = sorted(set(model.config.layer_types))
+    unknown = [k for k in kinds if k not in LAYER_TYPE_SLIDES]
+    if unknown:
+        raise UnsupportedArchitecture(
+            f"{model.config.model_type}: layer types {unknown} are not one of "
+            f"{sorted(LAYER_TYPE_SLIDES)}"
+        )
+    masks = {
+        slides: causal_attention_mask(padding_mask, query_length, dtype, window if slides else None)
+        for slides in {LAYER_TYPE_SLIDES[k] for k in kinds}
+    }
+    return {k: masks[LAYER_TYPE_SLIDES[k]] for k in kinds}
+
+
+def full_cache():
+    """An empty key/value cache whose every layer keeps all its keys. A cache built from the
+    config would keep only the last ``sliding_window - 1`` keys of a sliding block, which the
+    masks of :func:`model_attention_mask` (a column per key kept) do not expect."""
+    from transformers.cache_utils import DynamicCache
+
+    return DynamicCache()
+
+
+class SoftCappedHead(nn.Module):
+    """An LM head whose logits are soft-capped: ``cap * tanh(head(h) / cap)``."""
+
+    def __init__(self, head: nn.Module, cap: float):
+        super().__init__()
+        self.head, self.cap = head, float(cap)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.head(hidden) / self.cap) * self.cap
+
+
+def output_head(model: nn.Module) -> nn.Module:
+    """The map from the base model's last hidden state to the logits the model's own forward
+    returns: the LM head, soft-capped where the architecture's config sets a cap
+    (:class:`ArchSpec` ``logit_softcap_attr``, Gemma 2)."""
+    spec = arch_of(model)
+    head = get_module(model, spec.lm_head)
+    cap = getattr(model.config, spec.logit_softcap_attr, None) if spec.logit_softcap_attr else None
+    return head if cap is None else SoftCappedHead(head, cap)
 
 
 def right_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -335,13 +329,20 @@ def weight_patterns(repo_files: list[str]) -> list[str]:
 def download_model(repo_id: str, revision: str, dest: str | os.PathLike) -> dict:
     """Download a hub model at a pinned revision into ``dest`` and write its manifest.
 
-    The revision should be a commit hash; a branch name is accepted but recorded as given.
+    The revision should be a commit hash; a branch name is accepted but recorded as given. Its
+    ``config.json`` comes first: a ``model_type`` without an entry in :data:`ARCHITECTURES` stops
+    the download (:class:`UnsupportedArchitecture`) before any weight is fetched.
     """
     from huggingface_hub import list_repo_files, snapshot_download
 
     dest = Path(dest)
     files = list_repo_files(repo_id, revision=revision)
     patterns = weight_patterns(files)
+    # the architecture is checked on config.json before a weight byte is fetched
+    snapshot_download(
+        repo_id=repo_id, revision=revision, local_dir=dest, allow_patterns=["config.json"]
+    )
+    spec_of_folder(dest)
     log.info("downloading %s@%s (%s) into %s", repo_id, revision, patterns[-1], dest)
     snapshot_download(repo_id=repo_id, revision=revision, local_dir=dest, allow_patterns=patterns)
     return write_manifest(dest, source="hub", repo_id=repo_id, revision=revision)
@@ -352,6 +353,7 @@ def link_local_model(src: str | os.PathLike, dest: str | os.PathLike) -> dict:
     src, dest = Path(src).resolve(), Path(dest)
     if not (src / "config.json").exists():
         raise FileNotFoundError(f"local model folder {src} has no config.json")
+    spec_of_folder(src)
     dest.mkdir(parents=True, exist_ok=True)
     for p in sorted(src.iterdir()):
         if p.is_file() and p.name != MANIFEST_NAME:
@@ -362,14 +364,24 @@ def link_local_model(src: str | os.PathLike, dest: str | os.PathLike) -> dict:
     return write_manifest(dest, source="local", path=str(src))
 
 
+class _SkippedBlock(nn.Module):
+    """A block that is not run: its input passes through unchanged."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states
+
+
 @contextmanager
 def upper_layers_only(model: nn.Module, first_layer: int) -> Iterator[nn.Module]:
     """Temporarily make the base model start at block ``first_layer``.
 
     Inside the context, calling the base model with ``inputs_embeds=h`` (``h`` = residual stream
     entering block ``first_layer``) runs only blocks ``first_layer..L-1`` and the final norm. The
-    absolute position embedding (GPT-2), if any, is silenced so that it is not added twice.
-    Used by ROME's v* optimisation: blocks below the edited one never change during it.
+    blocks below are replaced by pass-throughs rather than removed, so every block keeps its index:
+    Qwen2/3 and Gemma 2/3 pick a block's mask (and Gemma 3 its rotary embedding) by its index in
+    ``config.layer_types``, and the blocks address the key/value cache by it. The absolute
+    position embedding (GPT-2), if any, is silenced so that it is not added twice. Used by ROME's
+    v* optimisation: blocks below the edited one never change during it.
     """
     spec = arch_of(model)
     parent_path, _, attr = spec.layers.rpartition(".")
@@ -379,7 +391,8 @@ def upper_layers_only(model: nn.Module, first_layer: int) -> Iterator[nn.Module]
     if spec.position_embedding is not None:
         pos = get_module(model, spec.position_embedding)
         handles.append(pos.register_forward_hook(lambda m, i, o: torch.zeros_like(o)))
-    setattr(parent, attr, nn.ModuleList(list(full)[first_layer:]))
+    skipped = [_SkippedBlock() for _ in range(first_layer)]
+    setattr(parent, attr, nn.ModuleList(skipped + list(full)[first_layer:]))
     try:
         yield get_module(model, spec.base)
     finally:
@@ -437,7 +450,67 @@ def train_bpe_tokenizer(
     return tok
 
 
-SCRATCH_ARCHS = ("gpt2", "gptj", "gpt_neox", "llama")
+# extra config keywords of each Llama-like family's scratch model, from (sliding window, head
+# width): every sliding-window family slides (Qwen2/3 from block 1 on, Gemma 2/3 every other
+# block), and Gemma 2/3 scale queries by the head width as their smaller releases do
+SCRATCH_EXTRAS = {
+    "mistral": lambda window, head_dim: {"sliding_window": window},
+    "qwen2": lambda window, head_dim: {
+        "use_sliding_window": True,
+        "sliding_window": window,
+        "max_window_layers": 1,
+    },
+    "qwen3": lambda window, head_dim: {
+        "use_sliding_window": True,
+        "sliding_window": window,
+        "max_window_layers": 1,
+    },
+    "gemma": lambda window, head_dim: {},
+    "gemma2": lambda window, head_dim: {
+        "sliding_window": window,
+        "query_pre_attn_scalar": head_dim,
+    },
+    "gemma3_text": lambda window, head_dim: {
+        "sliding_window": window,
+        "sliding_window_pattern": 2,
+        "query_pre_attn_scalar": head_dim,
+    },
+    "phi3": lambda window, head_dim: {"sliding_window": window},
+    "olmo2": lambda window, head_dim: {},
+}
+SCRATCH_ARCHS = ("gpt2", "gptj", "gpt_neox", "llama", *SCRATCH_EXTRAS)
+
+
+def _family_config(
+    arch: str,
+    common: dict,
+    n_layer: int,
+    d_model: int,
+    n_head: int,
+    d_mlp: int,
+    n_positions: int,
+    sliding_window: int | None,
+):
+    """The config of one of :data:`SCRATCH_EXTRAS`' families: Llama's keywords with grouped-query
+    attention (half as many key/value heads when ``n_head`` is even), a head width of
+    ``d_model / n_head``, and the family's extras (the sliding window: ``n_positions // 2`` when
+    None)."""
+    from transformers import CONFIG_MAPPING
+
+    head_dim = d_model // n_head
+    window = n_positions // 2 if sliding_window is None else int(sliding_window)
+    return CONFIG_MAPPING[arch](
+        num_hidden_layers=n_layer,
+        hidden_size=d_model,
+        num_attention_heads=n_head,
+        num_key_value_heads=n_head // 2 if n_head % 2 == 0 else n_head,
+        head_dim=head_dim,
+        intermediate_size=d_mlp,
+        max_position_embeddings=n_positions,
+        pad_token_id=common["eos_token_id"],
+        **common,
+        **SCRATCH_EXTRAS[arch](window, head_dim),
+    )
 
 
 def scratch_config(
@@ -450,10 +523,12 @@ def scratch_config(
     eos_token_id: int = 0,
     dropout: float | None = None,
     d_mlp: int | None = None,
+    sliding_window: int | None = None,
 ):
     """A transformers config for a small model of the given architecture (``dropout``: every
     dropout probability of the architecture, when given; ``d_mlp``: the MLP's hidden width,
-    4 x ``d_model`` when None)."""
+    4 x ``d_model`` when None; ``sliding_window``: of the families that have one, see
+    :func:`_family_config`)."""
     d_mlp = 4 * d_model if d_mlp is None else int(d_mlp)
     from transformers import GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig
 
@@ -495,21 +570,33 @@ def scratch_config(
             **common,
         ),
     }
+    for family in SCRATCH_EXTRAS:
+        builders[family] = lambda family=family: _family_config(
+            family, common, n_layer, d_model, n_head, d_mlp, n_positions, sliding_window
+        )
     if arch not in builders:
-        raise UnsupportedArchitecture(f"no scratch config for architecture {arch!r}")
+        raise UnsupportedArchitecture(
+            f"no scratch config for architecture {arch!r} (known: {list(SCRATCH_ARCHS)})"
+        )
     cfg = builders[arch]()
-    if dropout is not None:
-        for name in (
-            "resid_pdrop",
-            "embd_pdrop",
-            "attn_pdrop",
-            "attention_dropout",
-            "hidden_dropout",
-            "classifier_dropout",
-        ):
-            if hasattr(cfg, name):
-                setattr(cfg, name, dropout)
+    _set_dropout(cfg, dropout)
     return cfg
+
+
+def _set_dropout(cfg, dropout: float | None) -> None:
+    """Every dropout probability of ``cfg`` set to ``dropout`` (nothing when None)."""
+    if dropout is None:
+        return
+    for name in (
+        "resid_pdrop",
+        "embd_pdrop",
+        "attn_pdrop",
+        "attention_dropout",
+        "hidden_dropout",
+        "classifier_dropout",
+    ):
+        if hasattr(cfg, name):
+            setattr(cfg, name, dropout)
 
 
 def build_scratch_model(
@@ -522,9 +609,13 @@ def build_scratch_model(
     n_head: int,
     n_positions: int = 256,
     seed: int = 0,
+    sliding_window: int | None = None,
+    config_updates: dict | None = None,
 ) -> dict:
-    """Randomly initialise (seeded) a model of ``arch`` and save it with
-    its tokenizer + manifest."""
+    """Randomly initialise (seeded) a model of ``arch`` and save it with its tokenizer +
+    manifest. ``sliding_window``: see :func:`scratch_config`; ``config_updates``: config
+    attributes set over the architecture's defaults before the model is built (e.g. Llama 3's
+    RoPE parameters), recorded in the manifest."""
     from transformers import AutoModelForCausalLM
 
     cfg = scratch_config(
@@ -535,11 +626,15 @@ def build_scratch_model(
         n_head,
         n_positions,
         eos_token_id=tokenizer.eos_token_id,
+        sliding_window=sliding_window,
     )
+    for name, value in (config_updates or {}).items():
+        setattr(cfg, name, value)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
+    extra = {"config_updates": config_updates} if config_updates else {}
     return write_manifest(
         dest,
         source="scratch",
@@ -548,6 +643,7 @@ def build_scratch_model(
         n_layer=n_layer,
         d_model=d_model,
         n_head=n_head,
+        **extra,
     )
 
 

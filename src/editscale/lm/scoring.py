@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from editscale.lm.models import arch_of, causal_attention_mask, get_module
+from editscale.lm.models import arch_of, full_cache, get_module, model_attention_mask, output_head
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,6 @@ def target_token_ids(tok, target: str) -> list[int]:
     if not ids:
         raise ValueError(f"target {target!r} tokenises to nothing")
     return ids
-
-
-def _lm_head(model):
-    return get_module(model, arch_of(model).lm_head)
 
 
 def _base(model):
@@ -79,7 +75,7 @@ def logits_at(
     5-6 s FT-C edit (docs/benchmarks.md).
     """
     base = _base(model)
-    attn = causal_attention_mask(mask, ids.shape[1], base.dtype)
+    attn = model_attention_mask(model, mask, ids.shape[1], base.dtype)
     kwargs = {"input_ids": ids, "attention_mask": attn, "use_cache": False}
     if params:
         prefix = arch_of(model).base + "."
@@ -87,7 +83,7 @@ def logits_at(
         hidden = functional_call(base, own, (), kwargs).last_hidden_state
     else:
         hidden = base(**kwargs).last_hidden_state
-    return _lm_head(model)(hidden)[rows, pos]
+    return output_head(model)(hidden)[rows, pos]
 
 
 @torch.no_grad()
@@ -100,11 +96,12 @@ def _score_batch(
     mask = enc["attention_mask"]
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     base = _base(model)
-    head = _lm_head(model)
+    head = output_head(model)
     out = base(
         input_ids=enc["input_ids"],
-        attention_mask=causal_attention_mask(mask, mask.shape[1], base.dtype),
+        attention_mask=model_attention_mask(model, mask, mask.shape[1], base.dtype),
         position_ids=pos,
+        cache=full_cache(),
         use_cache=True,
     )
     first_logits = head(out.last_hidden_state[:, -1]).float().log_softmax(-1)  # (N, V)
@@ -137,7 +134,7 @@ def _score_batch(
         cont_pos = start + torch.arange(max_len - 1, device=device)[None, :]
         out2 = base(
             input_ids=cont,
-            attention_mask=causal_attention_mask(full_mask, cont.shape[1], base.dtype),
+            attention_mask=model_attention_mask(model, full_mask, cont.shape[1], base.dtype),
             position_ids=cont_pos,
             cache=cache,
             use_cache=True,

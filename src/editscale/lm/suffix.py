@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer
 
-from editscale.lm.models import causal_attention_mask
+from editscale.lm.models import full_cache, model_attention_mask
 
 
 class _FrozenPrefixLayer(DynamicLayer):
@@ -51,7 +51,7 @@ class RowSuffixes:
     index: torch.Tensor  # (n, S) full-batch position of each suffix position (clamped)
     valid: torch.Tensor  # (n, S) bool: a real token of its row
     position_ids: torch.Tensor  # (n, S)
-    attention: torch.Tensor  # (n, 1, S, P + S) additive mask
+    attention: torch.Tensor | dict[str, torch.Tensor]  # (n, 1, S, P + S) additive mask(s)
     cache: Cache | None  # the prefix's keys and values; None when every cut is 0
 
     def take(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +109,7 @@ def split_rows(
         index=index,
         valid=valid,
         position_ids=cut[:, None] + j.expand(n, s),
-        attention=causal_attention_mask(keys_seen, s, resid.dtype),
+        attention=model_attention_mask(model, keys_seen, s, resid.dtype),
         cache=cache,
     )
 
@@ -119,9 +119,9 @@ def _prefix_cache(model, upper, first_layer: int, resid, padding_mask) -> Cache:
     n, p = padding_mask.shape
     out = upper(
         inputs_embeds=resid,
-        attention_mask=causal_attention_mask(padding_mask, p, resid.dtype),
+        attention_mask=model_attention_mask(model, padding_mask, p, resid.dtype),
         position_ids=torch.arange(p, device=resid.device)[None].expand(n, p),
-        cache=DynamicCache(config=model.config),
+        cache=full_cache(),
         use_cache=True,
     )
     layers = [
