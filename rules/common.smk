@@ -84,7 +84,7 @@ def all_metrics_csv():
     return [
         paths.trajectory(model, method, sample, "csv")
         for model, method in escfg.experiments(config)
-        for sample in range(config["samples"])
+        for sample in range(figure_data.experiment_samples(config, model, method))
     ]
 
 
@@ -367,7 +367,7 @@ def trajectory_file(wildcards):
 def all_evaluations():
     out = []
     for model, method in escfg.experiments(config):
-        for sample in range(config["samples"]):
+        for sample in range(figure_data.experiment_samples(config, model, method)):
             if eval_plan_chunks(model, method):
                 out += [
                     paths.evaluation(model, method, sample, part)

@@ -780,3 +780,24 @@ def test_no_paper_job_asks_for_more_than_24_hours():
     for model, spec in cfg["resources"].items():
         for rule in [None, *spec.get("rules", {})]:
             assert model_resources(cfg, model, rule)["runtime"] <= 24 * 60, (model, rule)
+
+
+def test_an_experiment_runs_the_first_of_the_runs_orderings_when_it_names_its_own_samples():
+    """``experiments[i].samples``: that experiment's trajectories (figures, budget) are the first
+    ``samples`` orderings; asking for more than the run draws is refused, naming the key."""
+    from editscale.budget import config_budgets
+    from editscale.reporting.figure_data import experiment_samples, figure_layout
+
+    cfg = minimal()
+    cfg["samples"] = 3
+    cfg["methods"]["ftc"] = {"editor": "ftc", "per_model": {"m": {"layer": 0}}}
+    cfg["experiments"].append({"model": "m", "method": "ftc", "samples": 1})
+    loaded = load_config(cfg)
+    assert experiment_samples(loaded, "m", "rome") == 3
+    assert experiment_samples(loaded, "m", "ftc") == 1
+    samples = [(e["method"], e["sample"]) for e in figure_layout(loaded, "m")]
+    assert sorted(samples) == [("ftc", 0), ("rome", 0), ("rome", 1), ("rome", 2)]
+    rows = config_budgets(loaded, {"m": (8, 32, 2)}, {"m": 1})
+    assert {r["method"]: r["samples"] for r in rows} == {"rome": 3, "ftc": 1}
+    cfg["experiments"][-1]["samples"] = 4
+    assert error_key(cfg) == "experiments[1].samples"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from editscale.config import experiment_n_edits, load_config, method_hparams
 from editscale.editing.disk import mlp_in_blocks, model_widths, trajectory_budget
+from editscale.reporting.figure_data import experiment_samples
 
 
 def config_budgets(
@@ -41,7 +42,7 @@ def config_budgets(
             store_updates=bool(spec.get("store_updates", True)),
             mlp_in_blocks=(in_blocks or {}).get(model, 1),
         )
-        samples = int(cfg["samples"])
+        samples = experiment_samples(cfg, model, method)
         rows.append(
             {"model": model, "method": method, "per_trajectory": budget, "samples": samples}
         )

@@ -987,8 +987,9 @@ def _check_method(cfg: dict, name: str, spec: dict) -> None:
 def _check_experiment(
     cfg: dict, i: int, exp: dict, seen: set[tuple[str, str]], base_dir: str | os.PathLike
 ) -> None:
-    """``experiments[i]``: a defined model and method, not repeated, with the method's per-model
-    hparams (and the layers its statistics need), its hparams and its step size."""
+    """``experiments[i]``: a defined model and method, not repeated, no more ``samples`` than the
+    run draws, with the method's per-model hparams (and the layers its statistics need), its
+    hparams and its step size."""
     models, methods = cfg["models"], cfg["methods"]
     model, method = exp["model"], exp["method"]
     if model not in models:
@@ -1004,6 +1005,12 @@ def _check_experiment(
             f"methods.{method}.per_model.{model}",
             f"missing: method {method!r} runs on model {model!r} (experiments[{i}]) "
             "and needs its per-model hparams there",
+        )
+    if exp.get("samples") is not None and exp["samples"] > cfg["samples"]:
+        raise ConfigError(
+            f"experiments[{i}].samples",
+            f"{exp['samples']} orderings asked but the run draws {cfg['samples']} "
+            "(top-level samples); an experiment runs the first of them",
         )
     _check_covariance_layers(cfg, model, method, per_model[model], base_dir)
     _check_method_hparams(cfg, method, model, base_dir)

@@ -54,6 +54,15 @@ def has_disabling(cfg: dict, method: str) -> bool:
     return listed is None or method in listed
 
 
+def experiment_samples(cfg: dict, model: str, method: str) -> int:
+    """Orderings (samples) of the experiment (model, method): its own ``samples``, else the
+    top-level ``samples``; its trajectories are samples 0 .. n-1 of the run's orderings."""
+    for e in cfg["experiments"]:
+        if e["model"] == model and e["method"] == method and e.get("samples") is not None:
+            return int(e["samples"])
+    return int(cfg["samples"])
+
+
 def figure_methods(cfg: dict, model: str) -> list[str]:
     """The methods configured for ``model``: FT-C, MEND, ROME (by editor; the method named after
     its editor before other methods using it) first, then the rest in config order."""
@@ -79,7 +88,7 @@ def figure_layout(cfg: dict, model: str, evaluated: bool = True) -> list[dict[st
     """
     out = []
     for method in figure_methods(cfg, model):
-        for sample in range(int(cfg["samples"])):
+        for sample in range(experiment_samples(cfg, model, method)):
             ev = partial(paths.evaluation, model, method, sample)
             out.append(
                 {
