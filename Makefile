@@ -1,7 +1,8 @@
 # make run   - build/reuse the virtual environment, then run the workflow (default config)
 # make run-smollm2 - the workflow on SmolLM2-135M (config/smollm2.yaml), in runs/smollm2/
 # make run-lifelong - the default run plus the lifelong-editing methods (config/lifelong.yaml)
-# make run-smollm2-lifelong - run-smollm2 plus the lifelong-editing methods (config/smollm2-lifelong.yaml)
+# make run-smollm2-lifelong - all eight methods on SmolLM2, one ordering (config/smollm2-lifelong.yaml),
+#              in runs/smollm2-lifelong/
 # make test  - build/reuse the virtual environment, then run the test suite
 # make lint  - ruff (format check and lint, 100 columns), snakemake --lint and snakefmt --check
 # make format - ruff format + ruff check --fix, and snakefmt, in place
@@ -9,7 +10,9 @@
 # make publish-figures - copy a finished run's figures and tables (PNG, .md, .csv, .tex, sidecars)
 #              from results/figures/ into the committed figures/ (the only thing that changes them):
 #              CONFIG="config/config.yaml config/lifelong.yaml" for make run-lifelong,
-#              CONFIG=config/smollm2.yaml RUN_DIR=runs/smollm2 for make run-smollm2
+#              CONFIG=config/smollm2.yaml RUN_DIR=runs/smollm2 for make run-smollm2,
+#              CONFIG="config/smollm2.yaml config/smollm2-lifelong.yaml" RUN_DIR=runs/smollm2-lifelong
+#              for make run-smollm2-lifelong
 # make bench - engine benchmark (benchmarks/bench_engine.py): ROME edit, evaluation, covariance, storage
 #              (SmolLM2-135M too when runs/smollm2/resources/models/smollm2 exists; SMOLLM2=DIR)
 #
@@ -53,12 +56,13 @@ run-smollm2: $(STAMP)
 	mkdir -p runs/smollm2
 	$(BIN)/snakemake --cores $(CORES) --configfile config/smollm2.yaml --directory runs/smollm2 $(SNAKEMAKE_ARGS)
 
-# MEMIT, EMMET, AlphaEdit and ENCORE beside run-smollm2's methods, in its directory (its model,
-# statistics and trajectories reused); figures in runs/smollm2/results/figures/lifelong/
+# MEMIT, EMMET, AlphaEdit and ENCORE beside run-smollm2's four methods, one ordering each, in a
+# directory of its own (a changed config reruns everything downstream of it, so sharing
+# runs/smollm2 would redo its trajectories); figures in runs/smollm2-lifelong/results/figures/lifelong/
 run-smollm2-lifelong: $(STAMP)
-	mkdir -p runs/smollm2
+	mkdir -p runs/smollm2-lifelong
 	$(BIN)/snakemake --cores $(CORES) --configfile config/smollm2.yaml config/smollm2-lifelong.yaml \
-		--directory runs/smollm2 $(SNAKEMAKE_ARGS)
+		--directory runs/smollm2-lifelong $(SNAKEMAKE_ARGS)
 
 # A run's figures go to results/figures/ (git-ignored, config figures.dir); the committed reference
 # copies in figures/ change only here (src/editscale/reporting/publish.py; figures/README.md)

@@ -33,8 +33,8 @@ the harnesses' docstrings say (outside this repository). Models:
 * ``organism``: the default run's ``toy-llama`` (``--organism``: the working directory of a
   finished ``make run``), its statistics of layers 2 and 3, ROME with config/config.yaml's
   settings and the batched editors with config/lifelong.yaml's;
-* ``smollm2``: ``--smollm2`` (a run directory of config/smollm2.yaml with statistics of layers 4-6:
-  `make run-smollm2-lifelong` computes them, `make run-smollm2` only layer 6),
+* ``smollm2``: ``--smollm2`` (a SmolLM2 run directory with statistics of layers 4-6:
+  runs/smollm2-lifelong of `make run-smollm2-lifelong` has them, runs/smollm2 only layer 6),
   ROME at layer 6, the batched editors on layers 4-6 with their public defaults.
 
 The organism's tokenizer adds BOS to every text; the public ROME and MEMIT code then put BOS into
