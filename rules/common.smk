@@ -290,6 +290,11 @@ def method_hparams(wildcards):
 
 # ---------------------------------------------------------------- resources
 
+# Priority of the jobs that gate trajectories (key statistics, editor training): scheduled before
+# any ready trajectory or evaluation. They may take all cores; started later, each would wait for
+# every running one-thread job to end at once, with cores idle meanwhile.
+GATE_PRIORITY = 10
+
 
 def model_resource(key):
     """A resource of the heavy rules for the job's model and rule.

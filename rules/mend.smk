@@ -38,6 +38,7 @@ rule train_mend:
         "logs/train_mend/{model}/{method}.log",
     benchmark:
         paths.benchmark("train_mend", "{model}/{method}")
+    priority: GATE_PRIORITY
     threads: model_resource("threads")
     resources:
         mem_mb=model_resource("mem_mb"),

@@ -21,6 +21,7 @@ rule key_stats:
         "logs/key_stats/{model}/{corpus}/layer{layer}.log",
     benchmark:
         paths.benchmark("key_stats", "{model}/{corpus}/layer{layer}")
+    priority: GATE_PRIORITY
     threads: model_resource("threads")
     resources:
         mem_mb=model_resource("mem_mb"),
