@@ -290,10 +290,13 @@ def method_hparams(wildcards):
 
 # ---------------------------------------------------------------- resources
 
-# Priority of the jobs that gate trajectories (key statistics, editor training): scheduled before
-# any ready trajectory or evaluation. They may take all cores; started later, each would wait for
-# every running one-thread job to end at once, with cores idle meanwhile.
+# Scheduling order (Snakemake's priority: higher first among ready jobs), longest work first:
+# - the jobs that gate trajectories (key statistics, editor training) before any trajectory: they
+#   may take all cores, and started later each would wait for every running one-thread job to end
+#   at once, with cores idle meanwhile;
+# - trajectories before the evaluations and the rest, which fill the cores at the end.
 GATE_PRIORITY = 10
+TRAJECTORY_PRIORITY = 5
 
 
 def model_resource(key):

@@ -22,6 +22,7 @@ rule trajectory:
         "logs/trajectory/{model}/{method}/sample{sample}.log",
     benchmark:
         paths.benchmark("trajectory", "{model}/{method}/sample{sample}")
+    priority: TRAJECTORY_PRIORITY
     threads: model_resource("threads")
     resources:
         mem_mb=model_resource("mem_mb"),
