@@ -129,8 +129,8 @@ def bench_model(model_dir: str, layer: int, n_records: int, threads: int) -> dic
     res["rome_mean_v_steps"] = sum(steps) / len(steps)
 
     # the floor: 20 forward + backward passes of what the search runs, the blocks above the edited
-    # layer on each row's positions from its subject token on (their prefix cached once, as
-    # editscale.lm.suffix does), over the same batch
+    # layer on each row's positions from its subject token on, the KL prompt's subject token only
+    # (packed, their prefix cached once, as editscale.lm.suffix does), over the same batch
     floor = []
     for rec in records:
         rw = rec["requested_rewrite"]
@@ -147,7 +147,9 @@ def bench_model(model_dir: str, layer: int, n_records: int, threads: int) -> dic
         delta = torch.zeros(resid.shape[-1], requires_grad=True)
         t0 = time.perf_counter()
         with upper_layers_only(model, layer + 1) as upper:
-            rows = split_rows(model, upper, layer + 1, resid, enc["attention_mask"], lookup)
+            end = enc["attention_mask"].sum(1)
+            end[-1] = lookup[-1] + 1
+            rows = split_rows(model, upper, layer + 1, resid, enc["attention_mask"], lookup, end)
             h0 = rows.take(resid)
             for _ in range(20):
                 h = rows.run(upper, h0 + delta)

@@ -27,9 +27,10 @@ TEXTS = [
 ]
 
 
-def full_and_suffix(model, tok, layer: int, cut: torch.Tensor):
+def full_and_suffix(model, tok, layer: int, cut: torch.Tensor, end: torch.Tensor | None = None):
     """The upper blocks' output with a vector added at each row's cut: every position run (full),
-    and only the positions from the cut on (suffix); and the gradients of one loss through both."""
+    and only each row's positions from its cut to its end, packed (suffix); and the gradients of
+    one loss through both."""
     enc, _ = build_prompts(tok, TEXTS)
     mask = enc["attention_mask"]
     resid, _, _ = lower_pass(model, layer, enc, torch.zeros(len(TEXTS), dtype=torch.long))
@@ -47,16 +48,16 @@ def full_and_suffix(model, tok, layer: int, cut: torch.Tensor):
                     inputs_embeds=resid + onehot * d,
                     attention_mask=model_attention_mask(model, mask, mask.shape[1], resid.dtype),
                 ).last_hidden_state
-                suffixes = split_rows(model, upper, layer + 1, resid, mask, cut)
-                hidden = suffixes.take(hidden)
+                packed = split_rows(model, upper, layer + 1, resid, mask, cut, end)
+                hidden = packed.take(hidden)
             else:
-                h = suffixes.take(resid)
+                h = packed.take(resid)
                 onehot = torch.zeros(*h.shape[:2], 1)
-                onehot[:, 0] = 1
-                hidden = suffixes.run(upper, h + onehot * d)
-            hidden[suffixes.valid].square().sum().backward()
+                onehot[0, packed.offset] = 1
+                hidden = packed.run(upper, h + onehot * d)
+            hidden.square().sum().backward()
             out[name] = (hidden.detach(), d.grad)
-    return out, suffixes
+    return out, packed
 
 
 def tiny(name: str, tiny_model_factory, family_model):
@@ -71,19 +72,39 @@ def test_suffix_positions_equal_the_full_forward(tiny_model_factory, family_mode
     model, tok = tiny(arch, tiny_model_factory, family_model)
     lengths = build_prompts(tok, TEXTS)[0]["attention_mask"].sum(1)
     cut = torch.stack([torch.tensor(2), lengths[1] - 1, torch.tensor(0), lengths[3] // 2])
-    out, suffixes = full_and_suffix(model, tok, 1, cut)
-    assert suffixes.cache is not None and suffixes.index.shape[1] < lengths.max()
-    valid = suffixes.valid
-    torch.testing.assert_close(out["suffix"][0][valid], out["full"][0][valid], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out["suffix"][1], out["full"][1], rtol=1e-4, atol=1e-5)
+    end = lengths.clone()
+    end[0] = cut[0] + 1  # a row read at its cut only (as the KL prompt)
+    end[2] = lengths[2] - 1  # a row whose last position nothing reads
+    for ends in (None, end):
+        out, packed = full_and_suffix(model, tok, 1, cut, ends)
+        assert packed.cache is not None
+        assert len(packed.rows) == int(((lengths if ends is None else ends) - cut).sum())
+        torch.testing.assert_close(out["suffix"][0], out["full"][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out["suffix"][1], out["full"][1], rtol=1e-4, atol=1e-5)
+
+
+def test_packed_indices_address_each_rows_segment(tiny_model_factory):
+    model, tok = load_model(tiny_model_factory("llama", n_layer=4))
+    enc, _ = build_prompts(tok, TEXTS)
+    mask = enc["attention_mask"]
+    lengths = mask.sum(1)
+    resid = torch.randn(*mask.shape, model.config.hidden_size)
+    cut = torch.tensor([1, 0, 0, 2])
+    with upper_layers_only(model, 2) as upper:
+        packed = split_rows(model, upper, 2, resid, mask, cut)
+    assert packed.offset.tolist() == [0, *torch.cumsum(lengths - cut, 0)[:-1].tolist()]
+    for r in range(len(TEXTS)):
+        at = packed.index(torch.tensor(r), cut[r] + torch.arange(int(lengths[r] - cut[r])))
+        assert packed.rows[at].eq(r).all()
+        assert packed.positions[at].tolist() == list(range(int(cut[r]), int(lengths[r])))
+    torch.testing.assert_close(packed.take(resid)[0], resid[packed.rows, packed.positions])
 
 
 def test_no_prefix_when_every_row_is_cut_at_0(tiny_model_factory):
     model, tok = load_model(tiny_model_factory("llama", n_layer=4))
-    out, suffixes = full_and_suffix(model, tok, 1, torch.zeros(len(TEXTS), dtype=torch.long))
-    assert suffixes.cache is None
-    valid = suffixes.valid
-    torch.testing.assert_close(out["suffix"][0][valid], out["full"][0][valid], rtol=1e-5, atol=1e-5)
+    out, packed = full_and_suffix(model, tok, 1, torch.zeros(len(TEXTS), dtype=torch.long))
+    assert packed.cache is None
+    torch.testing.assert_close(out["suffix"][0], out["full"][0], rtol=1e-5, atol=1e-5)
 
 
 def test_a_cut_outside_a_row_is_refused(tiny_model_factory):
@@ -91,10 +112,16 @@ def test_a_cut_outside_a_row_is_refused(tiny_model_factory):
     enc, _ = build_prompts(tok, TEXTS[:2])
     resid = torch.zeros(*enc["input_ids"].shape, model.config.hidden_size)
     lengths = enc["attention_mask"].sum(1)
-    with upper_layers_only(model, 2) as upper, pytest.raises(ValueError, match="cut positions"):
-        split_rows(
-            model, upper, 2, resid, enc["attention_mask"], torch.stack([lengths[0], lengths[1] * 0])
-        )
+    mask = enc["attention_mask"]
+    with upper_layers_only(model, 2) as upper:
+        with pytest.raises(ValueError, match="cut positions"):
+            split_rows(model, upper, 2, resid, mask, torch.stack([lengths[0], lengths[1] * 0]))
+        with pytest.raises(ValueError, match="cut positions"):  # an end past its row
+            split_rows(model, upper, 2, resid, mask, torch.zeros(2, dtype=torch.long), lengths + 1)
+        with pytest.raises(ValueError, match="cut positions"):  # nothing between cut and end
+            split_rows(
+                model, upper, 2, resid, mask, torch.ones(2, dtype=torch.long), lengths * 0 + 1
+            )
 
 
 @pytest.mark.parametrize("arch", MODELS)

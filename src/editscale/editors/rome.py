@@ -80,7 +80,8 @@ class RomeEditor(EditorBase):
         "value_gap",
     )
     # False: the v* search runs every position at every step (the reference path of the tests and
-    # benchmarks); True runs each row from its subject token on (optimise_delta's prefix_cache)
+    # benchmarks); True runs each row from its subject token to its last scored position, the rows
+    # packed into one sequence (optimise_delta's prefix_cache)
     search_prefix_cache = True
 
     def __init__(
@@ -295,10 +296,10 @@ def optimise_delta(
     ``hp`` has those fields (:class:`RomeHParams`, :class:`MemitHParams`). ``stop``, when given,
     ends it earlier (:class:`StopRule`; ENCORE passes its most-probable early stopping).
 
-    ``prefix_cache`` (the default) runs each step on the positions from each row's subject token
-    on, the blocks' keys and values of the positions before it computed once
-    (:mod:`editscale.lm.suffix`); ``False`` runs every position at every step (the reference: the
-    same steps, updates within float rounding, ``tests/editors/test_search_cache.py``).
+    ``prefix_cache`` (the default) runs each step on each row's positions from its subject token
+    to the last one its loss reads, packed, the earlier ones cached (:mod:`editscale.lm.suffix`);
+    ``False`` runs every position at every step (the reference: the same steps, updates within
+    float rounding, ``tests/editors/test_search_cache.py``).
 
     ``inject`` (:data:`Injection`; default: delta itself, as MEMIT's z) maps delta to each row's
     change of that stream; ROME passes :func:`mlp_output_injection` (delta changes the MLP output).
@@ -316,12 +317,12 @@ def optimise_delta(
     max_norm = hp.clamp_norm_factor * target_init.norm()
     info = {}
     with upper_layers_only(model, layer + 1) as upper:
-        h0, onehot, forward, pos, kl_pos = _search_batch(
-            model, upper, layer, resid, mask, lookup, pos, kl_pos, prefix_cache
+        inputs, forward, rw_rows, pos, kl_row, kl_pos = _search_batch(
+            model, upper, layer, resid, mask, lookup, rw_rows, pos, kl_row, kl_pos, prefix_cache
         )
         for it in range(hp.v_num_grad_steps):
             opt.zero_grad()
-            hidden = forward(h0 + onehot * inject(delta).to(resid.dtype)[:, None, :])
+            hidden = forward(inputs(inject(delta).to(resid.dtype)))
             sel = torch.cat(
                 [hidden[rw_rows.reshape(-1), pos.reshape(-1)], hidden[kl_row, kl_pos][None]]
             )
@@ -360,21 +361,35 @@ def _clamp_norm_(delta: torch.Tensor, max_norm: torch.Tensor) -> None:
         delta.mul_(max_norm / norm)
 
 
-def _search_batch(model, upper, layer, resid, mask, lookup, pos, kl_pos, prefix_cache: bool):
-    """What each search step runs: the inputs without delta, where delta goes (a one-hot
-    (rows, positions, 1)), the forward of the blocks above ``layer``, and the loss positions in
-    those coordinates. With ``prefix_cache`` a row's position 0 is its subject token."""
+def _search_batch(
+    model, upper, layer, resid, mask, lookup, rows, pos, kl_row, kl_pos, prefix_cache
+):
+    """What each search step runs: the inputs with each row's change (rows, d) added at its
+    subject token, the forward of the blocks above ``layer``, and the loss positions (rows,
+    positions) and KL (row, position) in that forward's coordinates. With ``prefix_cache`` the
+    rows' positions from their subject token to the last one the loss reads are packed into one
+    sequence (:func:`editscale.lm.suffix.split_rows`)."""
     dev = resid.device
     if prefix_cache:
-        suffixes = split_rows(model, upper, layer + 1, resid, mask, lookup)
-        h0 = suffixes.take(resid)
-        onehot = torch.zeros(*h0.shape[:2], 1, device=dev, dtype=resid.dtype)
-        onehot[:, 0] = 1
-        return h0, onehot, partial(suffixes.run, upper), pos - lookup[: len(pos), None], 0
+        end = mask.sum(1)
+        end[kl_row] = kl_pos + 1  # the KL prompt is read at its subject token only
+        packed = split_rows(model, upper, layer + 1, resid, mask, lookup, end)
+        h0 = packed.take(resid)
+
+        def inputs(change: torch.Tensor) -> torch.Tensor:
+            return h0 + torch.zeros_like(h0).index_add_(1, packed.offset, change[None])
+
+        kl_at = packed.index(torch.tensor(kl_row, device=dev), kl_pos)
+        zero = torch.zeros_like(pos)
+        return inputs, partial(packed.run, upper), zero, packed.index(rows, pos), 0, kl_at
     attn = model_attention_mask(model, mask, mask.shape[1], resid.dtype)
     onehot = torch.zeros(*mask.shape, 1, device=dev, dtype=resid.dtype)
     onehot[torch.arange(mask.shape[0], device=dev), lookup] = 1
-    return resid, onehot, partial(_run_all_positions, upper, attn), pos, kl_pos
+
+    def full_inputs(change: torch.Tensor) -> torch.Tensor:
+        return resid + onehot * change[:, None, :]
+
+    return full_inputs, partial(_run_all_positions, upper, attn), rows, pos, kl_row, kl_pos
 
 
 def _run_all_positions(upper, attn: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

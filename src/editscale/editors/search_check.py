@@ -1,9 +1,10 @@
 """The v* search with and without its prefix cache, side by side on the same weights.
 
 :func:`editscale.editors.rome.optimise_delta` runs each search step on the positions from each
-row's subject token on (``prefix_cache=True``, the default) or on every position (the reference
-path). :func:`compare_search_paths` edits records one step after another into one model; for every
-step it computes the update both ways on the current weights, scores the record (ES/PS/NS) with
+row's subject token to the last one its loss reads, the rows packed into one sequence
+(``prefix_cache=True``, the default), or on every position (the reference path).
+:func:`compare_search_paths` edits records one step after another into one model; for every step
+it computes the update both ways on the current weights, scores the record (ES/PS/NS) with
 each update applied, then applies the cached path's update before the next step. So edit t
 compares the two paths on the model after t - 1 edits, and differences never accumulate. The tests
 (``tests/editors/test_search_cache.py``) and ``benchmarks/bench_speed.py`` use it.

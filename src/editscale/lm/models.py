@@ -15,7 +15,7 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -120,13 +120,25 @@ def model_attention_mask(
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """What to pass as ``attention_mask`` to ``model``'s base (or its upper blocks): the
     :func:`causal_attention_mask` of ``padding_mask``, with the model's sliding window where its
-    architecture has one (:class:`ArchSpec` ``sliding_window``): on every block (``every_layer``,
-    when ``config.sliding_window`` is set), or a mask per kind of block named in
-    ``config.layer_types`` (``by_layer_type``), which those models take as a dict."""
+    architecture has one (see :func:`masks_for_model`)."""
+    return masks_for_model(
+        model, lambda window: causal_attention_mask(padding_mask, query_length, dtype, window)
+    )
+
+
+def masks_for_model(
+    model: nn.Module, build: Callable[[int | None], torch.Tensor]
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The ``attention_mask`` argument of ``model``'s base from ``build(window)``, a 4-D mask
+    with a sliding window of ``window`` positions (``None``: none): one mask where the
+    architecture has no sliding window or slides on every block (:class:`ArchSpec`
+    ``sliding_window`` ``every_layer``, when ``config.sliding_window`` is set), or a mask per
+    kind of block named in ``config.layer_types`` (``by_layer_type``), which those models take as
+    a dict."""
     mode = arch_of(model).sliding_window
     window = _sliding_window(model) if mode != "none" else None
     if mode != "by_layer_type":
-        return causal_attention_mask(padding_mask, query_length, dtype, window)
+        return build(window)
     kinds = sorted(set(model.config.layer_types))
     unknown = [k for k in kinds if k not in LAYER_TYPE_SLIDES]
     if unknown:
@@ -135,7 +147,7 @@ def model_attention_mask(
             f"{sorted(LAYER_TYPE_SLIDES)}"
         )
     masks = {
-        slides: causal_attention_mask(padding_mask, query_length, dtype, window if slides else None)
+        slides: build(window if slides else None)
         for slides in {LAYER_TYPE_SLIDES[k] for k in kinds}
     }
     return {k: masks[LAYER_TYPE_SLIDES[k]] for k in kinds}
