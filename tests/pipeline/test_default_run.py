@@ -21,7 +21,7 @@ MEND_VAL_ES = 0.7
 @pytest.mark.slow
 def test_reduced_default_config_runs_offline(tmp_path):
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    cfg.update(n_edits=N_EDITS, snapshot_every=10)
+    cfg.update(n_edits=N_EDITS, snapshot_every=10, samples=2)  # the default: 10 orderings
     cfg["evaluation"].update(forgetting_every=10, downstream_every=N_EDITS, chunk_size=2)
     # The trained organism is the same bytes run after run on one machine, but not across CPU
     # types, and the default's gates sit close to what it reaches: on an AMD EPYC VM it trained to

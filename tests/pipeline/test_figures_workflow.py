@@ -70,9 +70,10 @@ def test_lifelong_overlay_adds_the_batched_methods_and_draws_into_its_own_folder
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     counts = job_counts(out)
-    assert (
-        counts["trajectory"] == 24 and counts["eval_merge"] == 24 and counts["key_stats"] == 2
-    )  # layers 2, 3
+    samples = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["samples"]
+    n = 12 * samples  # 12 methods, each on every ordering of the default
+    assert counts["trajectory"] == n and counts["eval_merge"] == n
+    assert counts["key_stats"] == 2  # layers 2, 3
     assert counts["summary_table"] == 1 and counts["figure1"] == 1
     all_inputs = re.search(r"(?:local)?rule all:\n\s+input: (.*)\n", out).group(1).split(", ")
     assert "results/figures/lifelong/toy-llama/summary.md" in all_inputs
