@@ -167,4 +167,7 @@ def test_logits_at_runs_the_head_on_every_position_for_an_accurate_gradient(tiny
     for name, fn in (("full", lambda m: logits_at(m, ids, mask, rows, pos)), ("rows", rows_only)):
         err[name] = float((_grad_at_last_mlp(model, nll(fn)).double() - ref).norm() / ref.norm())
     assert err["full"] < 5e-6
-    assert err["full"] * 5 < err["rows"], err
+    # the ratio depends on the CPU's float kernels: 4.4x on an Intel Xeon VM (3.2e-7 against
+    # 1.4e-6), more on the AMD EPYC VM where the test was written; the head on the row alone
+    # would give a ratio of 1
+    assert err["full"] * 3 < err["rows"], err
