@@ -27,7 +27,8 @@ Every onset is listed on its own (its edit, density, record, subject-first, key 
 and jump). Command line (from the repository root)::
 
     python -m editscale.reporting.yardstick \\
-        --side smollm2:smollm2:runs/smollm2:config/smollm2.yaml \\
+        --side smollm2:smollm2:runs/smollm2-yardstick:config/smollm2.yaml,\\
+config/experiments/smollm2-yardstick.yaml \\
         --side organism:toy-llama:.:config/config.yaml \\
         --methods rome rrome --out figures/diagnostics/yardstick
 
