@@ -159,15 +159,22 @@ def test_logits_at_runs_the_head_on_every_position_for_an_accurate_gradient(tiny
     with torch.no_grad():
         torch.testing.assert_close(full, rows_only(model), rtol=1e-5, atol=1e-5)
 
-    def nll(logits_fn):
-        return lambda m: -logits_fn(m).log_softmax(-1)[0, tgt]
+    def nll(logits_fn, target):
+        return lambda m: -logits_fn(m).log_softmax(-1)[0, target]
 
-    ref = _grad_at_last_mlp(model64, nll(lambda m: logits_at(m, ids, mask, rows, pos))).double()
-    err = {}
-    for name, fn in (("full", lambda m: logits_at(m, ids, mask, rows, pos)), ("rows", rows_only)):
-        err[name] = float((_grad_at_last_mlp(model, nll(fn)).double() - ref).norm() / ref.norm())
-    assert err["full"] < 5e-6
-    # the ratio depends on the CPU's float kernels: 4.4x on an Intel Xeon VM (3.2e-7 against
-    # 1.4e-6), more on the AMD EPYC VM where the test was written; the head on the row alone
-    # would give a ratio of 1
-    assert err["full"] * 3 < err["rows"], err
+    # One target's ratio is noisy (2.9x-7.9x over 15 seeds and targets on an Intel Xeon VM; one
+    # target alone, the former 5x bound, failed there): five targets, each better, median > 3.5x
+    # (4.4x on that VM). The head on the row alone gives 1x.
+    def full_head(m):
+        return logits_at(m, ids, mask, rows, pos)
+
+    ratios = []
+    for target in (tgt, 100, 7_000, 25_000, 49_000):
+        ref = _grad_at_last_mlp(model64, nll(full_head, target))
+        err = {}
+        for name, fn in (("full", full_head), ("rows", rows_only)):
+            grad = _grad_at_last_mlp(model, nll(fn, target)).double()
+            err[name] = float((grad - ref.double()).norm() / ref.double().norm())
+        assert err["full"] < 5e-6 and err["full"] * 1.5 < err["rows"], (target, err)
+        ratios.append(err["rows"] / err["full"])
+    assert sorted(ratios)[2] > 3.5, ratios
