@@ -76,21 +76,48 @@ def counterfact_path(shared_data) -> Path:
     return COUNTERFACT_500
 
 
+def _record_texts(records: list[dict]) -> list[str]:
+    texts = []
+    for rec in records:
+        rw = rec["requested_rewrite"]
+        texts.append(rw["prompt"].format(rw["subject"]) + " " + rw["target_true"]["str"])
+        texts.append(rw["target_new"]["str"])
+        texts.extend(rec["paraphrase_prompts"] + rec["neighborhood_prompts"])
+    return texts
+
+
+def _fallback_texts() -> list[str]:
+    """Text for the tiny tokenizer without ../shared/data: what the tests tokenise (the synthetic
+    CounterFact records, the few-shot task templates, the organism world's words), so that their
+    prompts are as short as with the real prompts (a tokenizer that has never seen a word spells
+    it out byte by byte, and the tests' prompts outgrow the tiny models' 128 positions)."""
+    from editscale.data import glue
+    from editscale.organism import world
+
+    texts = _record_texts(synthetic_records(len(SUBJECTS) * len(TEMPLATES)))
+    for spec in glue.TASKS.values():
+        for label in spec.label_words:
+            example = {"label": label, **{f: "the old house was good" for f in spec.fields}}
+            texts.extend([spec.render(example, with_answer=True)] * 20)
+    words = [
+        w
+        for name in dir(world)
+        if name.isupper() and isinstance(getattr(world, name), tuple)
+        for w in getattr(world, name)
+        if isinstance(w, str) and "{" not in w
+    ]
+    texts.extend(" ".join(words[i : i + 12]) for i in range(0, len(words), 12))
+    return texts * 5
+
+
 def _tokenizer_texts() -> list[str]:
-    """Text for the tiny test tokenizer: the real CounterFact prompts when
-    present, else a fixed text."""
+    """Text for the tiny test tokenizer: the real CounterFact prompts when present, else
+    _fallback_texts()."""
     if COUNTERFACT_500.exists():
         import json
 
-        texts = []
-        for rec in json.loads(COUNTERFACT_500.read_text()):
-            rw = rec["requested_rewrite"]
-            texts.append(rw["prompt"].format(rw["subject"]) + " " + rw["target_true"]["str"])
-            texts.append(rw["target_new"]["str"])
-            texts.extend(rec["paraphrase_prompts"] + rec["neighborhood_prompts"])
-        return texts
-    words = "the of and to in is was a on for by with as at from capital city language born".split()
-    return [" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) for i in range(400)]
+        return _record_texts(json.loads(COUNTERFACT_500.read_text()))
+    return _fallback_texts()
 
 
 @pytest.fixture(scope="session")

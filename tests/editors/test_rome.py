@@ -41,7 +41,7 @@ def random_spd(d: int, seed: int = 0) -> torch.Tensor:
     return a @ a.T / (3 * d) + 0.1 * torch.eye(d, dtype=torch.float64)
 
 
-def editor_for(model, tok, layer=1, key_mode="original", templates=None, steps=20):
+def editor_for(model, tok, layer=1, key_mode="original", templates=None, steps=20, **extra):
     spec = arch_of(model)
     d_in = get_module(model, spec.mlp_out_path(layer)).weight.shape[0 if spec.conv1d else 1]
     hp = {
@@ -49,6 +49,7 @@ def editor_for(model, tok, layer=1, key_mode="original", templates=None, steps=2
         "key_mode": key_mode,
         "v_num_grad_steps": steps,
         "context_template_lengths": [[4, 3], [6, 3]],
+        **extra,
     }
     state = {"context_templates": templates} if templates else None
     return make_editor(model, tok, hp, random_spd(d_in), seed=3, state=state)
@@ -147,7 +148,12 @@ def test_context_templates_are_seeded(tiny_model_factory):
 
 def test_optimisation_lowers_the_new_target_nll(tiny_model_factory):
     model, tok = load_model(tiny_model_factory("gpt2"))
-    res = editor_for(model, tok).compute(RECORD)
+    # without the weight decay: a random tiny model's next-token distribution is nearly uniform
+    # (NLL ~ ln 600 = 6.40) and barely responds to delta, while its MLP output (norm ~0.03) makes
+    # the decay term (~ ||delta|| / 0.03^2) large, so with it whether the NLL falls depends on the
+    # tokenizer's training text (it rose by 2.5e-4 with the fallback text of a clone without
+    # ../shared/data)
+    res = editor_for(model, tok, v_weight_decay=0.0).compute(RECORD)
     assert res.info["v_nll"] < res.info["v_nll_init"]
     assert 1 <= res.info["v_steps"] <= 20
 

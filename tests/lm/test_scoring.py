@@ -127,6 +127,29 @@ def _grad_at_last_mlp(model, loss_fn) -> torch.Tensor:
     return grad
 
 
+PROMPT_IDS = [
+    281,
+    386,
+    389,
+    424,
+    266,
+    267,
+    598,
+    269,
+    340,
+    260,
+    528,
+    324,
+    340,
+    272,
+    303,
+    69,
+    85,
+    88,
+    261,
+]
+
+
 def test_logits_at_runs_the_head_on_every_position_for_an_accurate_gradient(tiny_model_factory):
     """With a head as wide as SmolLM2's vocabulary (49,152), one scored row: logits_at gives the
     head-on-that-row logits, feeds the head all T positions, and its float32 gradient at the last
@@ -141,7 +164,10 @@ def test_logits_at_runs_the_head_on_every_position_for_an_accurate_gradient(tiny
     head.requires_grad_(False)
     setattr(model, spec.lm_head, head)
     model64 = copy.deepcopy(model).double()
-    ids = torch.tensor([tok("The mother tongue of Danielle Darrieux is")["input_ids"]])
+    # fixed ids, not a text: the ratios below depend on the input (on five random 19-token inputs
+    # the median ranged 1.2x-3.9x), and the tiny tokenizer's text depends on ../shared/data;
+    # these are "The mother tongue of Danielle Darrieux is" under the tokenizer trained on it
+    ids = torch.tensor([PROMPT_IDS])
     mask, rows, pos, tgt = torch.ones_like(ids), torch.tensor([0]), torch.tensor([4]), 40_000
     seen = []
     handle = head.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape))

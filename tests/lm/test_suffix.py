@@ -22,7 +22,7 @@ MODELS = ARCHS + tuple(sorted(FAMILIES))  # the built-in architectures, then iss
 TEXTS = [
     ("Danielle Darrieux speaks French and more", 17),
     ("Paris is a big city here", 5),
-    ("Paris", 5),
+    ("Paris it", 5),  # two words: two tokens or more under any tokenizer
     ("the capital city of it", 3),
 ]
 
