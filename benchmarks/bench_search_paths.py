@@ -12,14 +12,19 @@ scored (ES/PS/NS) with each update applied, and the cached path's update is kept
 prints the relative difference of the updates and of the search targets (v* for ROME, z for
 MEMIT), both paths' optimisation steps, ES/PS/NS and seconds; the summary line gives the largest
 differences, the count of edits whose steps or scores differ, and the seconds per edit of each
-path. Needs a run directory of ``make run-smollm2`` with statistics of layers 4-6
-(``runs/smollm2/resources/stats/smollm2/wikitext/layer{4,5,6}.h5``). Output: stdout and
+path. ``--exact`` also computes each step on a float64 copy of the model (the reference path,
+autograd in float64) and gives each float32 path's relative distance from that update.
+``--timing`` only times the two paths edit by edit (the edit with its ES/PS/NS, and its v*
+search alone; medians over the edits after the first) and prints the ratios. Needs a run
+directory of ``make run-smollm2`` (ROME: statistics of layer 6; MEMIT: layers 4-6,
+``runs/smollm2/resources/stats/smollm2/wikitext/layer{4,5,6}.h5``). Output: stdout and
 ``benchmarks/results/search_paths-<host>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import platform
@@ -39,7 +44,7 @@ COUNTERFACT = REPO.parent / "shared/data/counterfact/counterfact_500.json"
 LAYERS = {"rome": [6], "memit": [4, 5, 6]}
 
 
-def editor_for(method: str, model, tok, run_dir: Path, seed: int):
+def editor_for(method: str, model, tok, run_dir: Path, seed: int, state: dict | None = None):
     import yaml
 
     from editscale.config import method_hparams
@@ -58,7 +63,46 @@ def editor_for(method: str, model, tok, run_dir: Path, seed: int):
     }
     if method == "rome":
         second = second[6]
-    return load_editor_module(method).make_editor(model, tok, hp, second, seed)
+    return load_editor_module(method).make_editor(model, tok, hp, second, seed, state=state)
+
+
+def time_paths(method: str, editor, model, tok, records: list[dict]) -> dict:
+    """Seconds per edit of both paths, with the record's scores, and of their searches alone, the
+    first edit left out as a warm-up; the default path's update is applied after each edit."""
+    from statistics import median
+
+    from search_paths import project_paths
+
+    from editscale.editors.base import apply_updates
+    from editscale.lm.models import arch_of
+
+    rows = []
+    for t, rec in enumerate(records, 1):
+        result, row = project_paths(editor, [rec], model, tok)
+        apply_updates(model, result.updates, arch_of(model))
+        rows.append(row)
+        print(
+            f"{method} edit {t:>2} case {rec['case_id']:>5}: old {row['seconds_old']:.2f} s "
+            f"(search {row['search_old']:.2f}) new {row['seconds_new']:.2f} s (search "
+            f"{row['search_new']:.2f}) scores {row['seconds_scores']:.2f} s dW "
+            f"{row['paths_rel_diff']:.1e}"
+        )
+    timed = rows[1:] or rows
+    old = median(r["seconds_old"] + r["seconds_scores"] for r in timed)
+    new = median(r["seconds_new"] + r["seconds_scores"] for r in timed)
+    search_old = median(r["search_old"] for r in timed)
+    search_new = median(r["search_new"] for r in timed)
+    summary = {
+        "edits_timed": len(timed),
+        "old_with_scores": old,
+        "new_with_scores": new,
+        "ratio_with_scores": new / old,
+        "search_old": search_old,
+        "search_new": search_new,
+        "ratio_search": search_new / search_old,
+    }
+    print(f"{method} timing (medians): {json.dumps(summary)}")
+    return {"summary": summary, "rows": rows}
 
 
 def main() -> None:
@@ -70,6 +114,18 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["rome", "memit"], choices=sorted(LAYERS))
     ap.add_argument("--seed", type=int, default=37)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--timing",
+        action="store_true",
+        help="only time the two paths edit by edit (each edit, with its scores, and its v* "
+        "search alone; benchmarks/search_paths.py), printing the ratios",
+    )
+    ap.add_argument(
+        "--exact",
+        action="store_true",
+        help="also compute every step on a float64 copy of the model (reference path) and give "
+        "each float32 path's distance from it",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -83,14 +139,24 @@ def main() -> None:
     for method in args.methods:
         model, tok = load_model(args.smollm2 / "resources/models/smollm2")
         ed = editor_for(method, model, tok, args.smollm2, args.seed)
+        if args.timing:
+            out[method] = time_paths(method, ed, model, tok, records)
+            continue
+        exact = None
+        if args.exact:
+            model64 = copy.deepcopy(model).double()
+            exact = editor_for(method, model64, tok, args.smollm2, args.seed, ed.state_strings())
         target = "target" if method == "rome" else "z"
-        rows = compare_search_paths(ed, [[r] for r in records], target_key=target)
+        rows = compare_search_paths(ed, [[r] for r in records], target_key=target, exact=exact)
         for t, r in enumerate(rows, 1):
             scores = " ".join(f"{k} {r[k + '_old']:.2f}/{r[k + '_new']:.2f}" for k in SCORES)
+            far = ""
+            if exact is not None:
+                far = f" from float64 {r['exact_rel_old']:.1e}/{r['exact_rel_new']:.1e}"
             print(
                 f"{method} edit {t:>2} case {r['case_ids'][0]:>5}: dW {r['update_rel']:.1e} "
-                f"target {r['target_rel']:.1e} steps {r['steps_old']}/{r['steps_new']} {scores} "
-                f"{r['seconds_old']:.2f} s / {r['seconds_new']:.2f} s"
+                f"target {r['target_rel']:.1e}{far} steps {r['steps_old']}/{r['steps_new']} "
+                f"{scores} {r['seconds_old']:.2f} s / {r['seconds_new']:.2f} s"
             )
         differ = sum(
             r["steps_old"] != r["steps_new"] or any(r[k + "_old"] != r[k + "_new"] for k in SCORES)
@@ -104,6 +170,9 @@ def main() -> None:
             "seconds_old": sum(r["seconds_old"] for r in rows) / len(rows),
             "seconds_new": sum(r["seconds_new"] for r in rows) / len(rows),
         }
+        if exact is not None:
+            summary["max_exact_rel_old"] = max(r["exact_rel_old"] for r in rows)
+            summary["max_exact_rel_new"] = max(r["exact_rel_new"] for r in rows)
         print(f"{method}: {json.dumps(summary)}")
         out[method] = {"summary": summary, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)

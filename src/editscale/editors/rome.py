@@ -326,7 +326,7 @@ def optimise_delta(
             sel = torch.cat(
                 [hidden[rw_rows.reshape(-1), pos.reshape(-1)], hidden[kl_row, kl_pos][None]]
             )
-            logp = head(sel).float().log_softmax(-1)
+            logp = head(sel).to(torch.promote_types(sel.dtype, torch.float32)).log_softmax(-1)
             nll_tok = -logp[:-1].gather(1, tgt.repeat(n_rw)[:, None]).view(n_rw, m)
             nll = (nll_tok.sum(1) / m).mean()
             kl_logp = logp[-1:]

@@ -64,13 +64,23 @@ def _timed(editor, records: list[dict], cached: bool) -> tuple[EditResult, float
 
 
 def compare_search_paths(
-    editor, steps: Sequence[list[dict]], score: bool = True, target_key: str = "target"
+    editor,
+    steps: Sequence[list[dict]],
+    score: bool = True,
+    target_key: str = "target",
+    exact=None,
 ) -> list[dict]:
     """Per step (a list of records, one step of the editor): the relative differences of the
     update (``update_rel``) and of the search's target vectors (``target_rel``: ``vectors
     [target_key]``, v* for ROME, ``z`` for MEMIT), both paths' optimisation steps and seconds, and
     with ``score``, each path's ES/PS/NS of the step's first record. The cached path's update is
     applied after each step. ``editor``: a ROME- or MEMIT-family editor (``search_prefix_cache``).
+
+    ``exact``: the same editor on a float64 copy of the model (its context templates given); each
+    step is computed there too, by the reference path (in float64 throughout: half-precision
+    logits are taken to float32, float64 ones kept), and each path's update is compared with it
+    (``exact_rel_old``, ``exact_rel_new``: how far each float32 path is from the float64 update);
+    the cached path's update is applied to it as well, so both models stay the same.
     """
     model = editor.model
     rows = []
@@ -86,6 +96,11 @@ def compare_search_paths(
             "seconds_old": t_old,
             "seconds_new": t_new,
         }
+        if exact is not None:
+            ref, _ = _timed(exact, records, cached=False)
+            row["exact_rel_old"] = update_difference(old, ref)
+            row["exact_rel_new"] = update_difference(new, ref)
+            apply_updates(exact.model, new.updates, arch_of(exact.model))
         if score:
             for label, result in (("old", old), ("new", new)):
                 with _applied(model, result):
