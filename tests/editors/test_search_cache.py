@@ -15,14 +15,23 @@ delta at every step (measured: identical updates), which is what these tests che
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+import torch
 
 from editscale.data.counterfact import load_counterfact, unique_subject_records
 from editscale.editors.memit import make_editor as make_memit_editor
 from editscale.editors.prompts import build_prompts
 from editscale.editors.rome import make_editor as make_rome_editor
 from editscale.editors.search_check import SCORES, compare_search_paths
-from editscale.lm.models import build_scratch_model, load_model, train_bpe_tokenizer
+from editscale.lm.models import (
+    arch_of,
+    build_scratch_model,
+    edit_parameter,
+    load_model,
+    train_bpe_tokenizer,
+)
 from tests.conftest import ARCHS, _tokenizer_texts, synthetic_records
 from tests.editors.test_memit import d_in
 from tests.editors.test_rome import random_spd
@@ -120,6 +129,26 @@ def test_memit_batches_match_the_reference_path(tiny_model_factory, arch):
     steps = [[recs[0]], recs[1:4], recs[4:7], [recs[7]], recs[8:10]]
     rows = compare_search_paths(memit_editor(model, tok), steps, target_key="z")
     check(rows, len(steps))
+
+
+def test_the_exact_reference_is_computed_and_kept_in_step(tiny_model_factory):
+    """compare_search_paths(exact=...): each step is computed on the copy by the reference path
+    and each path is compared with it; the copy gets the cached path's update. A copy in the same
+    dtype makes the reference path's distance exactly 0 and the cached path's its difference."""
+    model, tok = float64_model(tiny_model_factory("llama", n_layer=4))
+    twin = copy.deepcopy(model)
+    name = arch_of(model).mlp_out_path(1)
+    before = edit_parameter(model, name).detach().clone()
+    rows = compare_search_paths(
+        rome_editor(model, tok), [[r] for r in records(3)], exact=rome_editor(twin, tok)
+    )
+    assert len(rows) == 3
+    for row in rows:
+        assert row["exact_rel_old"] == 0.0
+        assert row["exact_rel_new"] == row["update_rel"]
+    after = edit_parameter(model, name)
+    assert not torch.equal(after, before)  # the steps edited the model
+    assert torch.equal(edit_parameter(twin, name), after)  # and the copy the same way
 
 
 SMOLLM2_TEMPLATES = [
