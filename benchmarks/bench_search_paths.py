@@ -15,8 +15,10 @@ differences, the count of edits whose steps or scores differ, and the seconds pe
 path. ``--exact`` also computes each step on a float64 copy of the model (the reference path,
 autograd in float64) and gives each float32 path's relative distance from that update.
 ``--timing`` only times the two paths edit by edit (the edit with its ES/PS/NS, and its v*
-search alone; medians over the edits after the first) and prints the ratios. Needs a run
-directory of ``make run-smollm2`` (ROME: statistics of layer 6; MEMIT: layers 4-6,
+search alone; medians over the edits after the first) and prints the ratios; ``--repeats K``
+runs each path and the scoring K times per edit, the two paths taking turns to go first, and
+keeps the fastest of each (on a machine whose speed wanders, the computation's own cost).
+Needs a run directory of ``make run-smollm2`` (ROME: statistics of layer 6; MEMIT: layers 4-6,
 ``runs/smollm2/resources/stats/smollm2/wikitext/layer{4,5,6}.h5``). Output: stdout and
 ``benchmarks/results/search_paths-<host>.json``.
 """
@@ -44,6 +46,12 @@ COUNTERFACT = REPO.parent / "shared/data/counterfact/counterfact_500.json"
 LAYERS = {"rome": [6], "memit": [4, 5, 6]}
 
 
+def stats_files(method: str, run_dir: Path) -> dict[int, Path]:
+    """The key statistics ``method`` reads, by layer, in a run directory of ``make run-smollm2``."""
+    stats = run_dir / "resources/stats/smollm2/wikitext"
+    return {layer: stats / f"layer{layer}.h5" for layer in LAYERS[method]}
+
+
 def editor_for(method: str, model, tok, run_dir: Path, seed: int, state: dict | None = None):
     import yaml
 
@@ -56,19 +64,20 @@ def editor_for(method: str, model, tok, run_dir: Path, seed: int, state: dict | 
         hp = method_hparams(cfg, "rome", "smollm2")
     else:
         hp = {"layers": LAYERS["memit"], "mom2_update_weight": 15000.0}
-    stats = run_dir / "resources/stats/smollm2/wikitext"
     second = {
-        layer: load_key_second_moment(stats / f"layer{layer}.h5", expect={"layer": layer})
-        for layer in LAYERS[method]
+        layer: load_key_second_moment(path, expect={"layer": layer})
+        for layer, path in stats_files(method, run_dir).items()
     }
     if method == "rome":
         second = second[6]
     return load_editor_module(method).make_editor(model, tok, hp, second, seed, state=state)
 
 
-def time_paths(method: str, editor, model, tok, records: list[dict]) -> dict:
+def time_paths(method: str, editor, model, tok, records: list[dict], repeats: int = 1) -> dict:
     """Seconds per edit of both paths, with the record's scores, and of their searches alone, the
-    first edit left out as a warm-up; the default path's update is applied after each edit."""
+    first edit left out as a warm-up; the default path's update is applied after each edit. With
+    ``repeats`` each time is the fastest of that many runs (:func:`search_paths.project_paths`);
+    the summary gives the medians and the median of the edits' own ratios."""
     from statistics import median
 
     from search_paths import project_paths
@@ -78,7 +87,7 @@ def time_paths(method: str, editor, model, tok, records: list[dict]) -> dict:
 
     rows = []
     for t, rec in enumerate(records, 1):
-        result, row = project_paths(editor, [rec], model, tok)
+        result, row = project_paths(editor, [rec], model, tok, repeats)
         apply_updates(model, result.updates, arch_of(model))
         rows.append(row)
         print(
@@ -100,6 +109,12 @@ def time_paths(method: str, editor, model, tok, records: list[dict]) -> dict:
         "search_old": search_old,
         "search_new": search_new,
         "ratio_search": search_new / search_old,
+        "median_edit_ratio_with_scores": median(
+            (r["seconds_new"] + r["seconds_scores"]) / (r["seconds_old"] + r["seconds_scores"])
+            for r in timed
+        ),
+        "median_edit_ratio_search": median(r["search_new"] / r["search_old"] for r in timed),
+        "repeats": repeats,
     }
     print(f"{method} timing (medians): {json.dumps(summary)}")
     return {"summary": summary, "rows": rows}
@@ -121,6 +136,13 @@ def main() -> None:
         "search alone; benchmarks/search_paths.py), printing the ratios",
     )
     ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="with --timing: run each path and the scoring this many times per edit (the paths "
+        "taking turns to go first) and keep the fastest time of each",
+    )
+    ap.add_argument(
         "--exact",
         action="store_true",
         help="also compute every step on a float64 copy of the model (reference path) and give "
@@ -134,13 +156,27 @@ def main() -> None:
     from editscale.editors.search_check import SCORES, compare_search_paths
     from editscale.lm.models import load_model
 
+    missing = [
+        f"{method}: {path}"
+        for method in args.methods
+        for path in stats_files(method, args.smollm2).values()
+        if not path.exists()
+    ]
+    if missing:  # before any edit is timed, not after the first method's minutes
+        ap.error(
+            "key statistics missing; the workflow makes them, e.g. .venv/bin/snakemake --cores 2 "
+            "--configfile config/smollm2.yaml --directory runs/smollm2 "
+            "resources/stats/smollm2/wikitext/layer4.h5:\n  " + "\n  ".join(missing)
+        )
     records = unique_subject_records(load_counterfact(COUNTERFACT))[: args.records]
+    results = RESULTS / f"search_paths-{platform.node()}.json"
     out = {"machine": f"{platform.node()} {platform.machine()}", "threads": args.threads}
     for method in args.methods:
         model, tok = load_model(args.smollm2 / "resources/models/smollm2")
         ed = editor_for(method, model, tok, args.smollm2, args.seed)
         if args.timing:
-            out[method] = time_paths(method, ed, model, tok, records)
+            out[method] = time_paths(method, ed, model, tok, records, args.repeats)
+            _write(results, out)
             continue
         exact = None
         if args.exact:
@@ -175,8 +211,14 @@ def main() -> None:
             summary["max_exact_rel_new"] = max(r["exact_rel_new"] for r in rows)
         print(f"{method}: {json.dumps(summary)}")
         out[method] = {"summary": summary, "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"search_paths-{platform.node()}.json").write_text(json.dumps(out, indent=1))
+        _write(results, out)
+
+
+def _write(path: Path, out: dict) -> None:
+    """The results so far (after each method, so that a later one's failure keeps them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"written {path}")
 
 
 if __name__ == "__main__":
