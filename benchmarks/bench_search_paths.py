@@ -156,6 +156,8 @@ def main() -> None:
     from editscale.editors.search_check import SCORES, compare_search_paths
     from editscale.lm.models import load_model
 
+    if args.repeats < 1 or (args.repeats != 1 and not args.timing):
+        ap.error(f"--repeats {args.repeats}: a count of at least 1, and only with --timing")
     missing = [
         f"{method}: {path}"
         for method in args.methods
