@@ -297,9 +297,10 @@ def optimise_delta(
     ends it earlier (:class:`StopRule`; ENCORE passes its most-probable early stopping).
 
     ``prefix_cache`` (the default) runs each step on each row's positions from its subject token
-    to the last one its loss reads, packed, the earlier ones cached (:mod:`editscale.lm.suffix`);
-    ``False`` runs every position at every step (the reference: the same steps, updates within
-    float rounding, ``tests/editors/test_search_cache.py``).
+    to the last one its loss reads, packed, the earlier ones cached (:mod:`editscale.lm.suffix`),
+    the head's few rows in vocabulary slices (:mod:`editscale.lm.head`); ``False`` runs every
+    position at every step (the reference: the same steps, updates within float rounding,
+    ``tests/editors/test_search_cache.py``).
 
     ``inject`` (:data:`Injection`; default: delta itself, as MEMIT's z) maps delta to each row's
     change of that stream; ROME passes :func:`mlp_output_injection` (delta changes the MLP output).
@@ -309,7 +310,7 @@ def optimise_delta(
     tgt = torch.tensor(target_ids, device=dev)
     m = len(target_ids)
     rw_rows, pos, kl_row, kl_pos = _loss_positions(mask, lookup, n_rw, m)
-    head = output_head(model)
+    head = output_head(model, few_rows=prefix_cache)
     inject = inject or _residual_injection(len(lookup))
     delta = torch.zeros(resid.shape[-1], device=dev, dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)

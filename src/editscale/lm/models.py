@@ -28,6 +28,7 @@ from editscale.lm.architectures import (  # noqa: F401 (the table's names, re-ex
     spec_for,
     spec_of_folder,
 )
+from editscale.lm.head import sliced
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +174,16 @@ class SoftCappedHead(nn.Module):
         return torch.tanh(self.head(hidden) / self.cap) * self.cap
 
 
-def output_head(model: nn.Module) -> nn.Module:
+def output_head(model: nn.Module, few_rows: bool = False) -> nn.Module:
     """The map from the base model's last hidden state to the logits the model's own forward
     returns: the LM head, soft-capped where the architecture's config sets a cap
-    (:class:`ArchSpec` ``logit_softcap_attr``, Gemma 2)."""
+    (:class:`ArchSpec` ``logit_softcap_attr``, Gemma 2). ``few_rows``: for callers that read it
+    at a few rows, its product on 4-15 float32 rows on a CPU taken in vocabulary slices
+    (:mod:`editscale.lm.head`: the same logits, faster)."""
     spec = arch_of(model)
     head = get_module(model, spec.lm_head)
+    if few_rows:
+        head = sliced(head)
     cap = getattr(model.config, spec.logit_softcap_attr, None) if spec.logit_softcap_attr else None
     return head if cap is None else SoftCappedHead(head, cap)
 

@@ -96,7 +96,7 @@ def _score_batch(
     mask = enc["attention_mask"]
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     base = _base(model)
-    head = output_head(model)
+    head = output_head(model, few_rows=True)
     out = base(
         input_ids=enc["input_ids"],
         attention_mask=model_attention_mask(model, mask, mask.shape[1], base.dtype),
