@@ -296,11 +296,10 @@ def optimise_delta(
     ``hp`` has those fields (:class:`RomeHParams`, :class:`MemitHParams`). ``stop``, when given,
     ends it earlier (:class:`StopRule`; ENCORE passes its most-probable early stopping).
 
-    ``prefix_cache`` (the default) runs each step on each row's positions from its subject token
-    to the last one its loss reads, packed, the earlier ones cached (:mod:`editscale.lm.suffix`),
-    the head's few rows in vocabulary slices (:mod:`editscale.lm.head`); ``False`` runs every
-    position at every step (the reference: the same steps, updates within float rounding,
-    ``tests/editors/test_search_cache.py``).
+    ``prefix_cache`` (default) runs each step on each row's positions from its subject token to
+    the last one its loss reads, packed, the earlier ones cached (:mod:`editscale.lm.suffix`), the
+    head in slices (:mod:`editscale.lm.head`); ``False`` every position at every step (reference:
+    same steps, updates within float rounding, ``tests/editors/test_search_cache.py``).
 
     ``inject`` (:data:`Injection`; default: delta itself, as MEMIT's z) maps delta to each row's
     change of that stream; ROME passes :func:`mlp_output_injection` (delta changes the MLP output).
