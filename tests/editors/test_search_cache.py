@@ -21,10 +21,12 @@ import pytest
 import torch
 
 from editscale.data.counterfact import load_counterfact, unique_subject_records
+from editscale.editors.base import apply_updates
 from editscale.editors.memit import make_editor as make_memit_editor
 from editscale.editors.prompts import build_prompts
 from editscale.editors.rome import make_editor as make_rome_editor
 from editscale.editors.search_check import SCORES, compare_search_paths
+from editscale.lm import head as lm_head
 from editscale.lm.models import (
     arch_of,
     build_scratch_model,
@@ -129,6 +131,35 @@ def test_memit_batches_match_the_reference_path(tiny_model_factory, arch):
     steps = [[recs[0]], recs[1:4], recs[4:7], [recs[7]], recs[8:10]]
     rows = compare_search_paths(memit_editor(model, tok), steps, target_key="z")
     check(rows, len(steps))
+
+
+def test_the_head_in_slices_gives_the_whole_heads_updates(tiny_model_factory, monkeypatch):
+    """float32: the packed search reads the head at 4 m + 1 rows, here in slices of 64 of the
+    tiny vocabulary (:mod:`editscale.lm.head`); the whole head's product gives the same updates,
+    edit after edit."""
+    model, tok = load_model(tiny_model_factory("llama", n_layer=4))
+    editor = rome_editor(model, tok)
+    monkeypatch.setattr(lm_head, "SLICE", 64)
+    sliced_rows = []
+    takes_slices = lm_head.SlicedHead.takes_slices
+
+    def spy(self, x):
+        out = takes_slices(self, x)
+        sliced_rows.append(x.shape[0] if out else None)
+        return out
+
+    monkeypatch.setattr(lm_head.SlicedHead, "takes_slices", spy)
+    assert len(tok) > 2 * 64
+    for rec in records(5):
+        sliced = editor.compute(rec)
+        with monkeypatch.context() as m:
+            m.setattr(lm_head, "SLICED_ROWS", range(0))
+            whole = editor.compute(rec)
+        assert sliced.info["v_steps"] == whole.info["v_steps"]
+        for a, b in zip(sliced.updates, whole.updates, strict=True):
+            torch.testing.assert_close(a.delta_out_in(), b.delta_out_in(), rtol=1e-6, atol=1e-9)
+        apply_updates(model, sliced.updates, arch_of(model))
+    assert sliced_rows and all(rows is not None for rows in sliced_rows[:5])
 
 
 def test_the_exact_reference_is_computed_and_kept_in_step(tiny_model_factory):

@@ -48,10 +48,12 @@ class _SlicedProduct(torch.autograd.Function):
 
 class SlicedHead(nn.Module):
     """``linear`` (an ``nn.Linear`` LM head), its product on few rows taken in slices of
-    ``size`` vocabulary rows (see the module docstring); elsewhere ``linear`` itself."""
+    ``size`` vocabulary rows (default :data:`SLICE`; see the module docstring); elsewhere
+    ``linear`` itself."""
 
-    def __init__(self, linear: nn.Linear, size: int = SLICE):
+    def __init__(self, linear: nn.Linear, size: int | None = None):
         super().__init__()
+        size = SLICE if size is None else size
         if size < 1:
             raise ValueError(f"the slice size must be at least 1, not {size}")
         self.linear, self.size = linear, size
