@@ -5,7 +5,7 @@ row per prompt. For fewer than 16 rows of a float32 product MKL uses another ker
 ``F.linear``'s ``x @ W.T``, slow on a head's tall matrix. On SmolLM2's head (49,152 x 576, one
 thread, Intel Xeon VM, MKL 2024.2; ``benchmarks/bench_head.py``) the whole product took 35 ms at 7
 rows and 63 ms at 13, the same product taken 512 vocabulary rows at a time 21 and 31 ms; slices
-were slower at 1-3 rows (12 against 10-12 ms) and alike from 16 rows on (24-39 ms either way).
+were slower at 1-3 rows (12-14 against 10-12 ms) and alike from 16 rows on (24-39 ms either way).
 Each logit is the same dot product either way, and the slices came out bitwise equal to the whole
 product at every row count measured (1-25), so slicing changes the time, not the numbers.
 :class:`SlicedHead` slices only where it was measured to help: float32 on a CPU, 4 to 15 rows
